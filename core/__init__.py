@@ -1,0 +1,1 @@
+"""CerviCurve engine: reading, measuring, storing, training, predicting. Never imports streamlit."""

@@ -1,0 +1,43 @@
+"""`python -m core COMMAND ...`: every page action is also a command.
+
+Only the module of the chosen command is imported, so `measure` or `phantom` start without torch.
+Each module named below provides ``configure_<command>(parser)`` and ``run_<command>(args) -> int``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "phantom": ("core.phantom", "write synthetic lateral radiographs with ground truth"),
+    "import": ("core.datasets", "import images and labels into the workspace"),
+    "export": ("core.datasets", "export a dataset (yolo, folder, csv, coco)"),
+    "split": ("core.datasets", "make patient-grouped, class-stratified splits"),
+    "measure": ("core.measure", "Cobb angles, CCI and rule class from Labelme landmarks"),
+    "train": ("core.train", "train a model from a YAML config (classify | detect | landmarks)"),
+    "evaluate": ("core.train", "evaluate a run on a split"),
+    "compare": ("core.compare", "train and compare the study's seven models"),
+    "predict": ("core.pipeline", "classify radiographs: class, box, Grad-CAM, angle"),
+    "promote": ("core.jobs", "make a run the model Predict uses"),
+    "demo": ("core.demo", "build a phantom workspace and demo models"),
+    "runs": ("core.jobs", "list runs"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: python -m core COMMAND [options]\n\ncommands:")
+        for name, (_, summary) in COMMANDS.items():
+            print(f"  {name:<9} {summary}")
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nunknown command: {argv[0]}", file=sys.stderr)
+            return 2
+        return 0
+    command, rest = argv[0], argv[1:]
+    module = importlib.import_module(COMMANDS[command][0])
+    parser = argparse.ArgumentParser(prog=f"python -m core {command}", description=COMMANDS[command][1])
+    getattr(module, f"configure_{command}")(parser)
+    args = parser.parse_args(rest)
+    return int(getattr(module, f"run_{command}")(args) or 0)

@@ -1,0 +1,292 @@
+"""Cervical sagittal alignment from the 23 CSXA landmarks: Cobb angles, Ishihara index, arc depth, rule class.
+
+Landmark order (CSXA): C2 centroid, C2 bottom left, C2 bottom right, then for C3..C7 top left, top right,
+bottom left, bottom right. "left"/"right" are image sides, so which corner is anterior depends on which way
+the patient faces; every signed quantity here is normalised so that lordosis is positive.
+
+Definitions (adapted to the landmarks CSXA provides):
+- Cobb C2–C7 / C2–C6: angle between the C2 inferior endplate and the C7 (C6) inferior endplate.
+- Ishihara curvature index (CCI): chord from the posterior-inferior corner of C2 to that of C7; a1..a4 are the
+  signed distances of the posterior-inferior corners of C3..C6 from the chord (anterior positive);
+  CCI = (a1 + a2 + a3 + a4) / |chord| x 100 %. The a_i are also Toyama's distances.
+- Arc depth (after Borden): the deepest point of the posterior body line (posterior corners of C3..C6) from the
+  same chord. Borden's chord starts at the dens tip, which CSXA does not mark, so values run smaller than
+  Borden's 12 +/- 5 mm norm.
+- Rule class from Cobb C2–C7 (``RuleThresholds``): normal >= 10 deg (asymptomatic adults average 12.7 deg,
+  95 % CI 6.6–18.8), reversed <= -4 deg (kyphosis beyond the +/-4 deg band commonly called straight),
+  straightened in between. Both are settings: ``CERVICURVE_NORMAL_MIN_DEG`` and ``CERVICURVE_REVERSED_MAX_DEG``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+LEVELS = ("C3", "C4", "C5", "C6", "C7")
+CORNERS = ("top left", "top right", "bottom left", "bottom right")
+LANDMARK_NAMES: tuple[str, ...] = ("C2 centroid", "C2 bottom left", "C2 bottom right") + tuple(
+    f"{level} {corner}" for level in LEVELS for corner in CORNERS
+)
+_INDEX = {name: i for i, name in enumerate(LANDMARK_NAMES)}
+
+
+class LandmarkError(ValueError):
+    """Landmarks that cannot be measured (wrong count, missing points, unreadable file)."""
+
+
+@dataclass(frozen=True)
+class RuleThresholds:
+    normal_min_deg: float = 10.0
+    reversed_max_deg: float = -4.0
+
+    def __post_init__(self):
+        if not self.reversed_max_deg < self.normal_min_deg:
+            raise ValueError(
+                f"reversed_max_deg ({self.reversed_max_deg}) must be below normal_min_deg ({self.normal_min_deg})"
+            )
+
+    @classmethod
+    def from_env(cls) -> "RuleThresholds":
+        return cls(
+            normal_min_deg=float(os.environ.get("CERVICURVE_NORMAL_MIN_DEG", cls.normal_min_deg)),
+            reversed_max_deg=float(os.environ.get("CERVICURVE_REVERSED_MAX_DEG", cls.reversed_max_deg)),
+        )
+
+
+@dataclass
+class Measurements:
+    cobb_c2c7: float
+    cobb_c2c6: float
+    cci: float
+    toyama_px: list[float]
+    arc_depth_px: float
+    rule_class: str
+    facing: str
+    arc_depth_mm: float | None = None
+    toyama_mm: list[float] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def classify_cobb(cobb_c2c7: float, thresholds: RuleThresholds | None = None) -> str:
+    t = thresholds or RuleThresholds.from_env()
+    if cobb_c2c7 >= t.normal_min_deg:
+        return "normal"
+    if cobb_c2c7 <= t.reversed_max_deg:
+        return "reversed"
+    return "straightened"
+
+
+def _as_landmarks(landmarks) -> np.ndarray:
+    points = np.asarray(landmarks, dtype=float)
+    if points.shape != (len(LANDMARK_NAMES), 2):
+        raise LandmarkError(f"expected {len(LANDMARK_NAMES)} landmarks as (x, y), got shape {points.shape}")
+    return points
+
+
+def _point(points: np.ndarray, name: str) -> np.ndarray:
+    return points[_INDEX[name]]
+
+
+def infer_facing(landmarks) -> str:
+    """The side the face is on, from the forward lean of the neck.
+
+    In upright lateral films C2 sits anterior of C7 in nearly every adult (a positive C2–C7 sagittal vertical
+    axis), so the side C2's centroid lies on, measured across the column axis, is the anterior side.
+    Pass ``facing`` explicitly when it is known (DICOM orientation, phantom ground truth).
+    """
+    points = _as_landmarks(landmarks)
+    c7_mid = points[[_INDEX["C7 bottom left"], _INDEX["C7 bottom right"]]].mean(axis=0)
+    c2 = _point(points, "C2 centroid")
+    # Endplates run across the column; their left->right direction tells how far the film is rotated.
+    across = np.nanmean(
+        [_point(points, f"{lvl} bottom right") - _point(points, f"{lvl} bottom left") for lvl in LEVELS], axis=0
+    )
+    across = across / (np.linalg.norm(across) or 1.0)
+    return "right" if float(np.dot(c2 - c7_mid, across)) >= 0 else "left"
+
+
+def _endplate_angle(posterior: np.ndarray, anterior: np.ndarray, anterior_sign: float) -> float:
+    """Tilt of an endplate in degrees: positive when its anterior end is higher (image y grows downwards)."""
+    dx, dy = (anterior - posterior)
+    return math.degrees(math.atan2(-dy, dx * anterior_sign))
+
+
+def _corners(points: np.ndarray, level: str, edge: str, facing: str) -> tuple[np.ndarray, np.ndarray]:
+    """(posterior, anterior) corners of one endplate."""
+    left, right = _point(points, f"{level} {edge} left"), _point(points, f"{level} {edge} right")
+    return (left, right) if facing == "right" else (right, left)
+
+
+def _signed_distance(point: np.ndarray, a: np.ndarray, b: np.ndarray, anterior: np.ndarray) -> float:
+    """Distance of ``point`` from line a-b, positive on the anterior side."""
+    chord = b - a
+    normal = np.array([-chord[1], chord[0]]) / np.linalg.norm(chord)
+    if np.dot(normal, anterior) < 0:
+        normal = -normal
+    return float(np.dot(point - a, normal))
+
+
+def measure_landmarks(
+    landmarks,
+    facing: str | None = None,
+    pixel_spacing_mm: float | tuple[float, float] | None = None,
+    thresholds: RuleThresholds | None = None,
+) -> Measurements:
+    """All angles and indices from one set of 23 landmarks (pixels, original image)."""
+    points = _as_landmarks(landmarks)
+    needed = [i for i, name in enumerate(LANDMARK_NAMES) if name != "C2 centroid" or facing is None]
+    missing = [LANDMARK_NAMES[i] for i in needed if not np.all(np.isfinite(points[i]))]
+    if missing:
+        raise LandmarkError(f"landmarks missing: {', '.join(missing)}")
+    notes = []
+    if facing is None:
+        facing = infer_facing(points)
+        notes.append(f"facing inferred as {facing} from the C2-C7 forward lean")
+    if facing not in ("left", "right"):
+        raise LandmarkError(f"facing must be 'left' or 'right', not {facing!r}")
+    sign = 1.0 if facing == "right" else -1.0
+
+    c2_tilt = _endplate_angle(*_corners(points, "C2", "bottom", facing), sign)
+    cobb_c2c7 = c2_tilt - _endplate_angle(*_corners(points, "C7", "bottom", facing), sign)
+    cobb_c2c6 = c2_tilt - _endplate_angle(*_corners(points, "C6", "bottom", facing), sign)
+
+    c2_post, c2_ant = _corners(points, "C2", "bottom", facing)
+    c7_post, c7_ant = _corners(points, "C7", "bottom", facing)
+    anterior = ((c2_ant - c2_post) + (c7_ant - c7_post)) / 2
+    chord_length = float(np.linalg.norm(c7_post - c2_post))
+    if chord_length == 0:
+        raise LandmarkError("C2 and C7 posterior corners coincide")
+    toyama = [_signed_distance(_corners(points, lvl, "bottom", facing)[0], c2_post, c7_post, anterior)
+              for lvl in ("C3", "C4", "C5", "C6")]
+    cci = sum(toyama) / chord_length * 100.0
+    posterior_line = [_corners(points, lvl, edge, facing)[0] for lvl in ("C3", "C4", "C5", "C6") for edge in ("top", "bottom")]
+    depths = [_signed_distance(p, c2_post, c7_post, anterior) for p in posterior_line]
+    # The deepest point keeps its sign: a posterior bulge (kyphosis) gives a negative depth.
+    arc_depth_px = max(depths, key=abs)
+
+    spacing = None
+    if pixel_spacing_mm is not None:
+        spacing = float(np.mean(pixel_spacing_mm))
+    return Measurements(
+        cobb_c2c7=float(cobb_c2c7),
+        cobb_c2c6=float(cobb_c2c6),
+        cci=float(cci),
+        toyama_px=[float(t) for t in toyama],
+        arc_depth_px=float(arc_depth_px),
+        rule_class=classify_cobb(cobb_c2c7, thresholds),
+        facing=facing,
+        arc_depth_mm=None if spacing is None else float(arc_depth_px * spacing),
+        toyama_mm=None if spacing is None else [float(t * spacing) for t in toyama],
+        notes=notes,
+    )
+
+
+def roi_box_from_landmarks(landmarks, image_size: tuple[int, int] | None = None, margin: float = 0.12) -> list[float]:
+    """Box around C2–C7, grown by ``margin`` of its size on each side and clipped to the image.
+
+    Every ROI box in the project (phantom truth, CSXA import, detector targets) comes from here,
+    so they agree by construction.
+    """
+    points = _as_landmarks(landmarks)
+    points = points[np.all(np.isfinite(points), axis=1)]
+    if len(points) < 3:
+        raise LandmarkError("too few landmarks for a box")
+    (x1, y1), (x2, y2) = points.min(axis=0), points.max(axis=0)
+    grow = margin * max(x2 - x1, y2 - y1)
+    x1, y1, x2, y2 = x1 - grow, y1 - grow, x2 + grow, y2 + grow
+    if image_size is not None:
+        width, height = image_size
+        x1, y1, x2, y2 = max(0.0, x1), max(0.0, y1), min(float(width), x2), min(float(height), y2)
+    return [float(x1), float(y1), float(x2), float(y2)]
+
+
+@dataclass
+class LabelmeRecord:
+    landmarks: np.ndarray
+    image_path: str | None
+    image_size: tuple[int, int] | None
+    unknown_labels: list[str] = field(default_factory=list)
+
+
+def read_labelme(path: str | Path) -> LabelmeRecord:
+    """Landmarks from a Labelme JSON with CSXA label names; absent points are nan."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        shapes = data["shapes"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise LandmarkError(f"{path.name}: not a Labelme JSON file ({error})") from error
+    points = np.full((len(LANDMARK_NAMES), 2), np.nan)
+    unknown = []
+    for shape in shapes:
+        label = " ".join(str(shape.get("label", "")).split())
+        match = next((name for name in LANDMARK_NAMES if name.lower() == label.lower()), None)
+        if match is None or not shape.get("points"):
+            unknown.append(label)
+            continue
+        points[_INDEX[match]] = [float(v) for v in shape["points"][0][:2]]
+    size = None
+    if data.get("imageWidth") and data.get("imageHeight"):
+        size = (int(data["imageWidth"]), int(data["imageHeight"]))
+    return LabelmeRecord(points, data.get("imagePath"), size, unknown)
+
+
+def write_labelme(path: str | Path, landmarks, image_path: str, image_size: tuple[int, int]) -> None:
+    points = _as_landmarks(landmarks)
+    shapes = [
+        {"label": name, "points": [[float(x), float(y)]], "group_id": None, "shape_type": "point", "flags": {}}
+        for name, (x, y) in zip(LANDMARK_NAMES, points)
+        if np.isfinite(x) and np.isfinite(y)
+    ]
+    document = {
+        "version": "5.2.1",
+        "flags": {},
+        "shapes": shapes,
+        "imagePath": image_path,
+        "imageData": None,
+        "imageWidth": int(image_size[0]),
+        "imageHeight": int(image_size[1]),
+    }
+    Path(path).write_text(json.dumps(document, indent=1), encoding="utf-8")
+
+
+def configure_measure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", type=Path, help="Labelme JSON files with the 23 CSXA landmarks")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--facing", choices=("left", "right"), help="side the face is on (inferred when omitted)")
+    parser.add_argument("--pixel-spacing", type=float, help="mm per pixel, for arc depth in mm")
+    parser.add_argument("--normal-min", type=float, help="Cobb C2-C7 at or above which the class is normal")
+    parser.add_argument("--reversed-max", type=float, help="Cobb C2-C7 at or below which the class is reversed")
+
+
+def run_measure(args: argparse.Namespace) -> int:
+    base = RuleThresholds.from_env()
+    thresholds = RuleThresholds(
+        normal_min_deg=base.normal_min_deg if args.normal_min is None else args.normal_min,
+        reversed_max_deg=base.reversed_max_deg if args.reversed_max is None else args.reversed_max,
+    )
+    failures = 0
+    for path in args.files:
+        try:
+            record = read_labelme(path)
+            result = measure_landmarks(record.landmarks, args.facing, args.pixel_spacing, thresholds)
+        except LandmarkError as error:
+            failures += 1
+            message = str(error) if str(error).startswith(path.name) else f"{path.name}: {error}"
+            print(json.dumps({"file": str(path), "error": message}) if args.json else f"{path}: error: {message}")
+            continue
+        row = {"file": str(path), **result.as_dict()}
+        if args.json:
+            print(json.dumps(row))
+        else:
+            print(f"{path}: Cobb C2-C7 {result.cobb_c2c7:.1f} deg, C2-C6 {result.cobb_c2c6:.1f} deg, "
+                  f"CCI {result.cci:.1f} %, arc depth {result.arc_depth_px:.1f} px -> {result.rule_class}")
+    return 1 if failures else 0
