@@ -1,0 +1,861 @@
+"""ROI detector and landmark (pose) model on Ultralytics YOLO — the only module that imports ``ultralytics``.
+
+Public API::
+
+    train_detector(data_yaml, run_dir, *, model="yolov8n.yaml", epochs=50, imgsz=640, batch=16,
+                   device="auto", seed=0, workers=None, patience=50, progress_callback=None, config=None)
+        -> DetectorReport
+    train_landmark_model(data_yaml, run_dir, *, model="yolov8n-pose.yaml", ...same...) -> DetectorReport
+    train_from_config(cfg: dict, run_dir) -> dict        # `python -m core train` for task detect | landmarks
+    RoiDetector(weights_path).detect(image, min_confidence=0.25) -> ([x1, y1, x2, y2], confidence) | None
+    LandmarkModel(weights_path).predict(image, min_confidence=0.25) -> (landmarks (23, 2), confidence (23,)) | None
+    evaluate_landmarks(model, items) -> {mean_error_px, mean_error_pct_c2c7, cobb_mae_deg, images, missed}
+    read_yolo_landmarks(data_yaml, split="val") -> [(image, landmarks), ...]
+
+Models are built from a packaged Ultralytics yaml (``yolov8n.yaml``, ``yolo11n.yaml``, ``yolov3-tinyu.yaml``,
+``yolov3u.yaml`` — the study's detector family —, ``yolov8n-pose.yaml`` ...) with random weights, or start from a
+local ``.pt`` the user points at. Nothing is ever downloaded: a ``.pt`` that is not on disk is a FileNotFoundError.
+
+A run folder looks like every other run (docs/ARCHITECTURE.md): ``status.json`` (written atomically, updated
+after every epoch from an Ultralytics callback), ``metrics.csv`` (one row per epoch), ``train.log``,
+``dataset.yaml`` (the sanitised dataset description actually trained on), ``best.pt``/``last.pt`` and
+``test_report.json``. ``best.pt``/``last.pt`` are CerviCurve checkpoints — ``{"state_dict", "meta"}`` with the
+network's yaml in ``meta`` — loadable with ``torch.load(weights_only=True)``; Ultralytics' own pickled files stay
+in ``ultralytics/weights/`` (referenced as ``meta["ultralytics_weights"]``) for inspection only.
+
+Loading safety: ``RoiDetector``/``LandmarkModel`` only accept CerviCurve checkpoints and load them with
+``weights_only=True``, so a promoted model never unpickles code. Ultralytics' native ``.pt`` files are pickles; the
+only ones CerviCurve opens are the ones its own runs wrote in the workspace (for the final validation) and a
+starting ``.pt`` the user names explicitly — both through Ultralytics' restricted loader
+(``ULTRALYTICS_SAFE_LOAD=1``: ``weights_only=True`` plus an allow-list of Ultralytics layer classes), so a
+crafted file is refused rather than executed.
+
+Ultralytics' global side effects are contained: before the first import its config and matplotlib's cache point
+at ``settings.tool_config_dir()``, it is offline (``YOLO_OFFLINE``, no auto-install, no settings sync or
+integrations), its Arial font is a local copy of matplotlib's DejaVuSans, runs go to ``run_dir/ultralytics``
+(never ``./runs``), and torch's thread count, ``OMP_NUM_THREADS``, numpy/torch print options and OpenCV's thread
+count are restored after the import and after every train/predict call. Its AMP self-check (which downloads
+yolo26n.pt on a GPU) is replaced, during our calls only, by Ultralytics' own offline outcome: AMP on for CUDA.
+
+Landmarks and flips: CSXA names left/right by image side, so a horizontal flip turns "C4 top left" into
+"C4 top right". Flip augmentation stays on (it teaches both facings) and ``flip_idx`` swaps each left/right pair;
+it is derived from ``core.measure.LANDMARK_NAMES`` and always overrides what a dataset yaml says.
+
+Models are shared between Streamlit sessions, so each predictor holds a lock. Ultralytics is AGPL-3.0.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from core import settings
+
+log = logging.getLogger(__name__)
+
+LANDMARK_COUNT = 23
+KPT_SHAPE = [LANDMARK_COUNT, 3]
+DEFAULT_DETECT_MODEL = "yolov8n.yaml"
+DEFAULT_LANDMARK_MODEL = "yolov8n-pose.yaml"
+CHECKPOINT_FORMAT = "cervicurve-yolo/1"
+# project task -> Ultralytics task
+TASKS = {"detect": "detect", "landmarks": "pose"}
+_PRIMARY_METRIC = {"detect": "metrics/mAP50-95(B)", "pose": "metrics/mAP50-95(P)"}
+_OTHER_HEADS = ("-pose", "-seg", "-cls", "-obb", "-world", "yoloe", "rtdetr")
+# A tiny packaged network per task: the YOLO wrapper needs one to exist before our own network replaces it.
+_WRAPPER_STUB = {"detect": "yolov8n.yaml", "pose": "yolov8n-pose.yaml"}
+
+ProgressCallback = Callable[[int, int, dict], None]
+
+
+def landmark_flip_idx() -> list[int]:
+    """For each landmark, the index it becomes after a horizontal flip (left <-> right, image sides)."""
+    from core.measure import LANDMARK_NAMES
+
+    index = {name: i for i, name in enumerate(LANDMARK_NAMES)}
+    swap = {"left": "right", "right": "left"}
+    mirrored = [" ".join(swap.get(word, word) for word in name.split(" ")) for name in LANDMARK_NAMES]
+    return [index[name] for name in mirrored]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Containing Ultralytics
+# ---------------------------------------------------------------------------------------------------------------
+
+_IMPORT_LOCK = threading.RLock()
+_FONTS = ("Arial.ttf", "Arial.Unicode.ttf")
+
+
+def _install_fonts(config_dir: Path) -> None:
+    """Ultralytics downloads Arial on every train/val unless it finds it: give it matplotlib's DejaVuSans."""
+    import matplotlib
+
+    source = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    config_dir.mkdir(parents=True, exist_ok=True)
+    for name in _FONTS:
+        target = config_dir / name
+        if not target.exists():
+            shutil.copyfile(source, target)
+
+
+def _offline_env() -> Path:
+    config = settings.tool_config_dir()
+    os.environ["YOLO_OFFLINE"] = "1"
+    os.environ["YOLO_AUTOINSTALL"] = "0"
+    os.environ["ULTRALYTICS_SAFE_LOAD"] = "1"
+    os.environ["YOLO_CONFIG_DIR"] = str(config)
+    os.environ["MPLCONFIGDIR"] = str(config)
+    _install_fonts(config / "Ultralytics")
+    return config
+
+
+def _import_ultralytics():
+    """Import ultralytics once, offline and inside the workspace, undoing its import-time global changes."""
+    with _IMPORT_LOCK:
+        if "ultralytics" not in sys.modules:
+            _offline_env()
+            import cv2
+            import torch
+
+            numpy_print = np.get_printoptions()
+            cv2_threads = cv2.getNumThreads()
+            with _restored_threads():
+                import ultralytics  # noqa: F401  (sets OMP_NUM_THREADS, print options, cv2 threads)
+            np.set_printoptions(**numpy_print)
+            torch.set_printoptions(profile="default")
+            cv2.setNumThreads(cv2_threads)
+        import ultralytics
+        from ultralytics.utils import SETTINGS, USER_CONFIG_DIR
+
+        _install_fonts(Path(USER_CONFIG_DIR))
+        tools = settings.tool_config_dir() / "ultralytics"
+        wanted = {
+            "sync": False, "clearml": False, "comet": False, "dvc": False, "mlflow": False, "raytune": False,
+            "tensorboard": False, "wandb": False, "vscode_msg": False, "openvino_msg": False,
+            "runs_dir": str(tools / "runs"), "datasets_dir": str(tools / "datasets"),
+            "weights_dir": str(tools / "weights"),
+        }
+        changed = {k: v for k, v in wanted.items() if SETTINGS.get(k) != v}
+        if changed:
+            SETTINGS.update(**changed)
+        return ultralytics
+
+
+@contextlib.contextmanager
+def _restored_threads():
+    """Ultralytics sets torch to NUM_THREADS (1 on a 2-core machine) for the whole process: undo it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    omp = os.environ.get("OMP_NUM_THREADS")
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        if omp is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = omp
+
+
+def _offline_amp_check(model) -> bool:
+    """Ultralytics' check_amp downloads yolo26n.pt; offline it falls back to 'AMP on' for CUDA, as this does."""
+    try:
+        return next(model.parameters()).device.type == "cuda"
+    except StopIteration:
+        return False
+
+
+@contextlib.contextmanager
+def _yolo_session():
+    """Every train/predict call runs in here: offline, AMP check local, threads and OMP restored afterwards."""
+    with _restored_threads():
+        ultralytics = _import_ultralytics()
+        from ultralytics.engine import trainer as trainer_module
+
+        saved = trainer_module.check_amp
+        trainer_module.check_amp = _offline_amp_check
+        try:
+            yield ultralytics
+        finally:
+            trainer_module.check_amp = saved
+
+
+def resolve_device(device: str | int | None = "auto") -> str:
+    """'auto' -> first CUDA GPU if any, else 'cpu'; 'cuda'/'cuda:1' -> Ultralytics' '0'/'1'; others pass through."""
+    import torch
+
+    text = "auto" if device is None else str(device).strip().lower()
+    if text in ("", "auto"):
+        return "0" if torch.cuda.is_available() else "cpu"
+    if text == "cuda":
+        return "0"
+    if text.startswith("cuda:"):
+        return text.split(":", 1)[1]
+    return text
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inputs: model source and dataset yaml
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _model_source(model: str | Path, yolo_task: str) -> str:
+    """A packaged/local yaml (random weights) or an existing local .pt; never a name Ultralytics would download."""
+    text = str(model).strip()
+    name = Path(text).name.lower()
+    if name.endswith((".yaml", ".yml")):
+        is_pose = "-pose" in name
+        if yolo_task == "pose" and not is_pose:
+            raise ValueError(f"landmarks need a pose network (e.g. yolov8n-pose.yaml, yolo11n-pose.yaml), not {text}")
+        if yolo_task == "detect" and any(tag in name for tag in _OTHER_HEADS):
+            raise ValueError(f"the ROI detector needs a detection network (e.g. yolov8n.yaml), not {text}")
+        path = Path(text).expanduser()
+        return str(path.resolve()) if path.is_file() else text
+    if name.endswith(".pt"):
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"YOLO weights {path} not found. CerviCurve never downloads weights: build the network from a yaml "
+                f"(e.g. {_WRAPPER_STUB[yolo_task]}) or give the path of a .pt file on this machine."
+            )
+        return str(path.resolve())
+    raise ValueError(
+        f"model must be an Ultralytics network yaml (yolov8n.yaml, yolo11n.yaml, yolov3-tinyu.yaml, yolov3u.yaml, "
+        f"yolov8n-pose.yaml ...) or a local .pt file, not {text!r}"
+    )
+
+
+def _split_dirs(root: Path, value) -> list[Path]:
+    entries = value if isinstance(value, (list, tuple)) else [value]
+    return [Path(e) if Path(e).is_absolute() else root / str(e) for e in entries]
+
+
+def _load_dataset_yaml(data_yaml: str | Path) -> tuple[dict, Path]:
+    import yaml
+
+    path = Path(data_yaml).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"dataset description {path} not found (expected a YOLO data.yaml)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must be a mapping with train, val and names")
+    root = Path(str(data.get("path") or path.parent)).expanduser()
+    if not root.is_absolute():
+        root = path.parent / root
+    return data, root.resolve()
+
+
+def _write_dataset_yaml(data_yaml: str | Path, out: Path, yolo_task: str) -> Path:
+    """A clean copy of the dataset yaml: absolute path, existing folders, our kpt_shape/flip_idx, no `download`.
+
+    Ultralytics runs a yaml's `download:` entry (a URL, a shell command or Python) when a split is missing; the copy
+    never carries one and missing folders are an error here instead.
+    """
+    import yaml
+
+    data, root = _load_dataset_yaml(data_yaml)
+    clean: dict[str, Any] = {"path": str(root)}
+    for split in ("train", "val", "test"):
+        value = data.get(split)
+        if value in (None, "", []):
+            if split != "test":
+                raise ValueError(f"{data_yaml}: no '{split}' images listed")
+            continue
+        for folder in _split_dirs(root, value):
+            if not folder.exists():
+                raise FileNotFoundError(
+                    f"{split} images {folder} not found (listed in {data_yaml}; CerviCurve never runs a dataset's "
+                    f"download script)"
+                )
+        clean[split] = value
+    names = data.get("names")
+    if isinstance(names, (list, tuple)):
+        names = dict(enumerate(names))
+    if not isinstance(names, dict) or not names:
+        raise ValueError(f"{data_yaml}: 'names' must list the class names, e.g. {{0: cervical_spine}}")
+    clean["names"] = {int(k): str(v) for k, v in names.items()}
+    if yolo_task == "pose":
+        kpt_shape = list(data.get("kpt_shape") or KPT_SHAPE)
+        if kpt_shape != KPT_SHAPE:
+            raise ValueError(f"{data_yaml}: kpt_shape must be {KPT_SHAPE} (the 23 CSXA landmarks), not {kpt_shape}")
+        clean["kpt_shape"] = KPT_SHAPE
+        clean["flip_idx"] = landmark_flip_idx()
+    elif data.get("kpt_shape"):
+        raise ValueError(f"{data_yaml} holds landmarks (kpt_shape); export the dataset with task='detect' for the detector")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(clean, sort_keys=False), encoding="utf-8")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Run folder
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    """Readers (the page polling status.json) never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=_json_default), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _column(key: str) -> str:
+    """'metrics/mAP50-95(B)' -> 'mAP50_95', '(P)' -> 'pose_...', 'train/box_loss' -> 'train_box_loss'."""
+    name = key.removeprefix("metrics/")
+    if name.endswith("(B)"):
+        name = name[:-3]
+    elif name.endswith("(P)"):
+        name = "pose_" + name[:-3]
+    return name.replace("/", "_").replace("-", "_")
+
+
+class _AnsiFreeFormatter(logging.Formatter):
+    _ansi = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+    def format(self, record):
+        return self._ansi.sub("", super().format(record))
+
+
+class _RunRecorder:
+    """Keeps status.json, metrics.csv and train.log of one run up to date from Ultralytics callbacks."""
+
+    def __init__(self, run_dir: Path, task: str, epochs: int, progress_callback: ProgressCallback | None):
+        self.run_dir = run_dir
+        self.task = task
+        self.yolo_task = TASKS[task]
+        self.epochs = epochs
+        self.progress_callback = progress_callback
+        self.status_path = run_dir / "status.json"
+        self.metrics_path = run_dir / "metrics.csv"
+        self.best_metric: float | None = None
+        self.final_metrics: dict = {}
+        self.epoch_metrics: dict = {}
+        self.epochs_run = 0
+        self._columns: list[str] | None = None
+        self._pending_epoch = False
+        self._started = time.time()
+        self._epoch_started = self._started
+        self._durations: list[float] = []
+        self._status: dict = {}
+        self._handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+        self._handler.setFormatter(_AnsiFreeFormatter("%(asctime)s %(message)s", "%H:%M:%S"))
+
+    # status ----------------------------------------------------------------
+    def status(self, **fields) -> None:
+        if not self._status:
+            self._status = {"state": "running", "epoch": 0, "epochs": self.epochs, "eta_s": None,
+                            "best_metric": None, "metric": "mAP50-95", "pid": os.getpid(), "task": self.task,
+                            "message": ""}
+        self._status.update(fields, updated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        write_json_atomic(self.status_path, self._status)
+
+    def log(self, message: str) -> None:
+        self._handler.emit(logging.LogRecord("core.detect", logging.INFO, "", 0, message, None, None))
+
+    @contextlib.contextmanager
+    def capturing_ultralytics_log(self):
+        ulog = logging.getLogger("ultralytics")
+        ulog.addHandler(self._handler)
+        try:
+            yield
+        finally:
+            ulog.removeHandler(self._handler)
+
+    def close(self) -> None:
+        self._handler.close()
+
+    # callbacks -------------------------------------------------------------
+    def attach(self, yolo, threads: int) -> None:
+        import torch
+
+        def on_train_epoch_start(trainer):
+            # Ultralytics' select_device() pinned torch to NUM_THREADS; train with what the user gave us.
+            torch.set_num_threads(threads)
+            self._epoch_started = time.time()
+
+        def on_train_epoch_end(trainer):
+            self._pending_epoch = True
+
+        yolo.add_callback("on_train_epoch_start", on_train_epoch_start)
+        yolo.add_callback("on_train_epoch_end", on_train_epoch_end)
+        yolo.add_callback("on_fit_epoch_end", self._on_fit_epoch_end)
+
+    def _on_fit_epoch_end(self, trainer) -> None:
+        metrics = {k: float(v) for k, v in (trainer.metrics or {}).items()}
+        if not self._pending_epoch:  # Ultralytics' final validation of best.pt calls this hook once more
+            self.final_metrics = metrics
+            return
+        self._pending_epoch = False
+        epoch = int(trainer.epoch) + 1
+        self.epochs = int(trainer.epochs)
+        self.epochs_run = epoch
+        self._durations.append(time.time() - self._epoch_started)
+        losses = trainer.label_loss_items(trainer.tloss, prefix="train") if trainer.tloss is not None else {}
+        row = {"epoch": epoch, "time_s": round(time.time() - self._started, 3)}
+        row.update({_column(k): float(v) for k, v in losses.items()})
+        row.update({_column(k): v for k, v in metrics.items()})
+        row.update({_column(k): float(v) for k, v in (getattr(trainer, "lr", None) or {}).items()})
+        if trainer.fitness is not None:
+            row["fitness"] = float(trainer.fitness)
+        self._append_row(row)
+        primary = metrics.get(_PRIMARY_METRIC[self.yolo_task])
+        if primary is not None and (self.best_metric is None or primary > self.best_metric):
+            self.best_metric = primary
+        self.epoch_metrics = metrics
+        eta = float(np.mean(self._durations)) * max(self.epochs - epoch, 0)
+        message = f"epoch {epoch}/{self.epochs}: mAP50-95 {primary if primary is not None else float('nan'):.4f}"
+        self.status(epoch=epoch, epochs=self.epochs, eta_s=round(eta, 1), best_metric=self.best_metric,
+                    message=message)
+        self.log(message)
+        if self.progress_callback is not None:
+            self.progress_callback(epoch, self.epochs, dict(row))
+
+    def _append_row(self, row: dict) -> None:
+        if self._columns is None:
+            self._columns = list(row)
+            with self.metrics_path.open("w", newline="", encoding="utf-8") as f:
+                csv.writer(f).writerow(self._columns)
+        with self.metrics_path.open("a", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerow([row.get(c, "") for c in self._columns])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoints: Ultralytics pickles -> weights-only CerviCurve files
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _export_checkpoint(ultralytics_pt: Path, out: Path, meta: dict) -> Path:
+    """Our own run's Ultralytics .pt -> {"state_dict", "meta"} that torch.load(weights_only=True) can read."""
+    import torch
+    from ultralytics.nn.tasks import load_checkpoint
+
+    network, _ = load_checkpoint(str(ultralytics_pt))
+    network_yaml = json.loads(json.dumps(network.yaml))  # plain types only, or this fails loudly
+    payload = {
+        "state_dict": {k: v.detach().float().cpu().clone() if v.is_floating_point() else v.detach().cpu().clone()
+                       for k, v in network.state_dict().items()},
+        "meta": {
+            **meta,
+            "format": CHECKPOINT_FORMAT,
+            "ultralytics_task": network.task,
+            "model_yaml": network_yaml,
+            "names": {int(k): str(v) for k, v in network.names.items()},
+            "kpt_shape": list(network.kpt_shape) if getattr(network, "kpt_shape", None) else None,
+        },
+    }
+    tmp = out.with_name(f".{out.name}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, out)
+    return out
+
+
+def _read_checkpoint(weights_path: str | Path, task: str) -> dict:
+    import pickle
+
+    import torch
+
+    path = Path(weights_path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} not found")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        raise ValueError(
+            f"{path} is not a CerviCurve {task} checkpoint. Only weights-only files written by a CerviCurve run "
+            f"(runs/<id>/best.pt or promoted/) are loaded; Ultralytics .pt files are pickled code and are used "
+            f"only as training starting points. ({type(exc).__name__})"
+        ) from exc
+    meta = checkpoint.get("meta") if isinstance(checkpoint, dict) else None
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT or "state_dict" not in checkpoint:
+        raise ValueError(f"{path} is not a CerviCurve {task} checkpoint (no {CHECKPOINT_FORMAT} meta)")
+    if meta.get("task") != task:
+        raise ValueError(f"{path} holds a {meta.get('task')} model, not a {task} model")
+    return checkpoint
+
+
+class _YoloPredictor:
+    """A rebuilt network behind Ultralytics' predictor (letterbox, NMS, scaling back), one call at a time."""
+
+    task = "detect"
+
+    def __init__(self, weights_path: str | Path):
+        checkpoint = _read_checkpoint(weights_path, self.task)
+        self.path = Path(weights_path)
+        self.meta = checkpoint["meta"]
+        self.imgsz = int(self.meta.get("imgsz") or 640)
+        self.names = self.meta["names"]
+        self._lock = threading.Lock()
+        with _yolo_session():
+            from ultralytics import YOLO
+            from ultralytics.nn.tasks import DetectionModel, PoseModel
+
+            yolo_task = self.meta["ultralytics_task"]
+            cfg = copy.deepcopy(self.meta["model_yaml"])
+            channels = int(cfg.get("channels", 3))
+            if yolo_task == "pose":
+                network = PoseModel(cfg, ch=channels, nc=len(self.names),
+                                    data_kpt_shape=tuple(self.meta["kpt_shape"]), verbose=False)
+            else:
+                network = DetectionModel(cfg, ch=channels, nc=len(self.names), verbose=False)
+            network.load_state_dict(checkpoint["state_dict"])
+            network.names = dict(self.names)
+            network.eval()
+            self._yolo = YOLO(_WRAPPER_STUB[yolo_task], task=yolo_task, verbose=False)
+            self._yolo.model = network
+
+    def _predict(self, image: np.ndarray, min_confidence: float):
+        pixels = _as_bgr(image)
+        with self._lock, _yolo_session():
+            results = self._yolo.predict(
+                pixels, imgsz=self.imgsz, conf=float(min_confidence), device=resolve_device("auto"),
+                verbose=False, save=False, project=str(settings.tool_config_dir() / "ultralytics" / "predict"),
+                name="predict", exist_ok=True,
+            )
+        return results[0]
+
+
+def _as_bgr(image) -> np.ndarray:
+    """float32 H x W in [0, 1] -> the uint8 3-channel image Ultralytics trains on (grayscale PNGs read as BGR)."""
+    array = np.asarray(image)
+    if array.ndim != 2 or array.size == 0:
+        raise ValueError(f"expected a grayscale image H x W, got shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"expected a float image in [0, 1], got dtype {array.dtype}")
+    gray = np.round(np.clip(np.nan_to_num(array), 0.0, 1.0) * 255).astype(np.uint8)
+    return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+
+
+class RoiDetector(_YoloPredictor):
+    """The cervical-spine box finder. ``detect`` returns the most confident box in original pixels, or None."""
+
+    task = "detect"
+
+    def detect(self, image: np.ndarray, min_confidence: float = 0.25) -> tuple[list[float], float] | None:
+        result = self._predict(image, min_confidence)
+        boxes = result.boxes
+        if boxes is None or len(boxes) == 0:
+            return None
+        best = int(boxes.conf.argmax())
+        x1, y1, x2, y2 = (float(v) for v in boxes.xyxy[best].tolist())
+        return [x1, y1, x2, y2], float(boxes.conf[best])
+
+
+class LandmarkModel(_YoloPredictor):
+    """The 23 CSXA landmarks. ``predict`` returns ((23, 2) x/y in original pixels, (23,) confidences) or None."""
+
+    task = "landmarks"
+
+    def predict(self, image: np.ndarray, min_confidence: float = 0.25) -> tuple[np.ndarray, np.ndarray] | None:
+        result = self._predict(image, min_confidence)
+        if result.boxes is None or len(result.boxes) == 0 or result.keypoints is None:
+            return None
+        best = int(result.boxes.conf.argmax())
+        points = result.keypoints.xy[best].cpu().numpy().astype(np.float64)
+        conf = result.keypoints.conf
+        confidence = (conf[best].cpu().numpy() if conf is not None else np.ones(len(points))).astype(np.float64)
+        return points, confidence
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DetectorReport:
+    task: str                       # "detect" | "landmarks"
+    mAP50: float | None             # box mAP on the report split
+    mAP50_95: float | None
+    weights: Path                   # run_dir/best.pt (weights-only CerviCurve checkpoint)
+    last_weights: Path
+    run_dir: Path
+    split: str                      # "test" when the dataset has one, else "val"
+    precision: float | None = None
+    recall: float | None = None
+    pose_mAP50: float | None = None
+    pose_mAP50_95: float | None = None
+    landmark_errors: dict | None = None
+    epochs_run: int = 0
+    seconds: float = 0.0
+    seconds_per_epoch: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        for key in ("weights", "last_weights", "run_dir"):
+            out[key] = str(out[key])
+        return out
+
+
+def _metric(metrics: dict, key: str) -> float | None:
+    value = metrics.get(key)
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def _train(task: str, data_yaml, run_dir, *, model, epochs, imgsz, batch, device, seed, workers, patience,
+           progress_callback, config) -> DetectorReport:
+    import torch
+
+    yolo_task = TASKS[task]
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if int(epochs) < 1 or int(imgsz) < 32 or int(batch) < 1:
+        raise ValueError(f"epochs >= 1, imgsz >= 32 and batch >= 1 are needed (got {epochs}, {imgsz}, {batch})")
+    recorder = _RunRecorder(run_dir, task, int(epochs), progress_callback)
+    try:
+        recorder.status(state="running", message="preparing")
+        source = _model_source(model, yolo_task)
+        dataset_yaml = _write_dataset_yaml(data_yaml, run_dir / "dataset.yaml", yolo_task)
+        device = resolve_device(device)
+        threads = torch.get_num_threads()
+        if workers is None:
+            workers = 0 if device == "cpu" else min(8, os.cpu_count() or 1)
+        recorder.log(f"training {task} model {source} on {dataset_yaml} ({epochs} epochs, {imgsz} px, device {device})")
+        started = time.time()
+        with _yolo_session(), recorder.capturing_ultralytics_log():
+            from ultralytics import YOLO
+
+            try:
+                yolo = YOLO(source, task=yolo_task)
+            except FileNotFoundError as exc:
+                raise FileNotFoundError(f"unknown network {model!r}: {exc}") from exc
+            except TypeError as exc:  # Ultralytics' restricted loader refusing a .pt
+                raise ValueError(f"{model} cannot be loaded safely as YOLO weights: {exc}") from exc
+            if yolo.task != yolo_task:
+                raise ValueError(f"{model} is a {yolo.task} network; {task} needs a {yolo_task} network")
+            recorder.attach(yolo, threads)
+            yolo.train(
+                data=str(dataset_yaml), epochs=int(epochs), imgsz=int(imgsz), batch=int(batch), device=device,
+                seed=int(seed), deterministic=True, workers=int(workers), patience=int(patience),
+                project=str(run_dir), name="ultralytics", exist_ok=True, plots=False, verbose=False, val=True,
+            )
+            ultra_dir = Path(yolo.trainer.save_dir)
+            final = recorder.final_metrics or recorder.epoch_metrics
+            split = "val"
+            if "test" in _load_dataset_yaml(dataset_yaml)[0]:
+                split = "test"
+                final = {k: float(v) for k, v in yolo.val(
+                    data=str(dataset_yaml), split="test", imgsz=int(imgsz), batch=int(batch), device=device,
+                    project=str(run_dir), name="ultralytics_test", exist_ok=True, plots=False, verbose=False,
+                ).results_dict.items()}
+            seconds = time.time() - started
+            meta = {
+                "task": task, "imgsz": int(imgsz), "epochs": recorder.epochs_run, "metrics": final,
+                "config": config or {}, "model_source": str(model), "dataset": str(dataset_yaml),
+                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "ultralytics_version": _version(), "landmark_names": _landmark_names() if task == "landmarks" else None,
+            }
+            best_src = ultra_dir / "weights" / "best.pt"
+            last_src = ultra_dir / "weights" / "last.pt"
+            best = _export_checkpoint(best_src, run_dir / "best.pt",
+                                      {**meta, "ultralytics_weights": str(best_src.relative_to(run_dir))})
+            last = _export_checkpoint(last_src, run_dir / "last.pt",
+                                      {**meta, "ultralytics_weights": str(last_src.relative_to(run_dir))})
+        report = DetectorReport(
+            task=task, mAP50=_metric(final, "metrics/mAP50(B)"), mAP50_95=_metric(final, "metrics/mAP50-95(B)"),
+            precision=_metric(final, "metrics/precision(B)"), recall=_metric(final, "metrics/recall(B)"),
+            pose_mAP50=_metric(final, "metrics/mAP50(P)"), pose_mAP50_95=_metric(final, "metrics/mAP50-95(P)"),
+            weights=best, last_weights=last, run_dir=run_dir, split=split, epochs_run=recorder.epochs_run,
+            seconds=round(seconds, 2),
+            seconds_per_epoch=round(seconds / recorder.epochs_run, 2) if recorder.epochs_run else None,
+        )
+        if task == "landmarks":
+            recorder.status(message="measuring landmark errors")
+            report.landmark_errors = evaluate_landmarks(LandmarkModel(best), read_yolo_landmarks(dataset_yaml, split))
+        write_json_atomic(run_dir / "test_report.json", report.as_dict())
+        best_metric = report.pose_mAP50_95 if task == "landmarks" else report.mAP50_95
+        recorder.status(state="done", eta_s=0, best_metric=recorder.best_metric,
+                        message=f"done: {split} mAP50-95 {best_metric if best_metric is not None else float('nan'):.4f}")
+        recorder.log(f"done in {seconds:.1f} s; report in test_report.json")
+        return report
+    except BaseException as exc:
+        state = "cancelled" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
+        recorder.status(state=state, message=f"{type(exc).__name__}: {exc}")
+        recorder.log(f"{state}: {type(exc).__name__}: {exc}")
+        raise
+    finally:
+        recorder.close()
+
+
+def _version() -> str:
+    import ultralytics
+
+    return ultralytics.__version__
+
+
+def _landmark_names() -> list[str]:
+    from core.measure import LANDMARK_NAMES
+
+    return list(LANDMARK_NAMES)
+
+
+def train_detector(data_yaml, run_dir, *, model: str | Path = DEFAULT_DETECT_MODEL, epochs: int = 50,
+                   imgsz: int = 640, batch: int = 16, device: str = "auto", seed: int = 0, workers: int | None = None,
+                   patience: int = 50, progress_callback: ProgressCallback | None = None,
+                   config: dict | None = None) -> DetectorReport:
+    """Train the cervical-spine ROI detector on a YOLO detection dataset; writes a full run folder."""
+    return _train("detect", data_yaml, run_dir, model=model, epochs=epochs, imgsz=imgsz, batch=batch,
+                  device=device, seed=seed, workers=workers, patience=patience,
+                  progress_callback=progress_callback, config=config)
+
+
+def train_landmark_model(data_yaml, run_dir, *, model: str | Path = DEFAULT_LANDMARK_MODEL, epochs: int = 50,
+                         imgsz: int = 640, batch: int = 16, device: str = "auto", seed: int = 0,
+                         workers: int | None = None, patience: int = 50,
+                         progress_callback: ProgressCallback | None = None,
+                         config: dict | None = None) -> DetectorReport:
+    """Train YOLO-pose on the 23 landmarks (kpt_shape [23, 3]); the report adds landmark errors and Cobb MAE."""
+    return _train("landmarks", data_yaml, run_dir, model=model, epochs=epochs, imgsz=imgsz, batch=batch,
+                  device=device, seed=seed, workers=workers, patience=patience,
+                  progress_callback=progress_callback, config=config)
+
+
+def train_from_config(cfg: dict, run_dir) -> dict:
+    """`python -m core train` for task detect | landmarks. Keys (defaults):
+
+    task (required), data (a YOLO data.yaml) or dataset (a store dataset, exported with core.datasets.export_yolo),
+    model (yolov8n.yaml / yolov8n-pose.yaml), epochs (50), imgsz or input_size (640), batch or batch_size (16),
+    device (auto), seed (0), workers (0 on CPU), patience (50). Returns the report as a dict.
+    """
+    task = cfg.get("task")
+    if task not in TASKS:
+        raise ValueError(f"train_from_config handles task 'detect' or 'landmarks', not {task!r}")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = cfg.get("data") or cfg.get("data_yaml")
+    if not data:
+        dataset = cfg.get("dataset")
+        if not dataset:
+            raise ValueError("the config needs 'dataset' (a dataset in the annotation store) or 'data' (a YOLO data.yaml)")
+        status = {"state": "running", "epoch": 0, "epochs": int(cfg.get("epochs", 50)), "eta_s": None,
+                  "best_metric": None, "pid": os.getpid(), "task": task, "message": f"exporting dataset {dataset}"}
+        write_json_atomic(run_dir / "status.json", status)
+        try:
+            from core.datasets import export_yolo
+
+            exported = export_yolo(dataset, run_dir / "dataset", task=task)
+        except BaseException as exc:
+            write_json_atomic(run_dir / "status.json", {**status, "state": "failed", "message": f"export: {exc}"})
+            raise
+        exported = Path(exported) if exported else run_dir / "dataset"
+        data = exported if exported.suffix in (".yaml", ".yml") else exported / "data.yaml"
+    default_model = DEFAULT_DETECT_MODEL if task == "detect" else DEFAULT_LANDMARK_MODEL
+    train = train_detector if task == "detect" else train_landmark_model
+    report = train(
+        data, run_dir, model=cfg.get("model") or default_model, epochs=int(cfg.get("epochs", 50)),
+        imgsz=int(cfg.get("imgsz", cfg.get("input_size", 640))), batch=int(cfg.get("batch", cfg.get("batch_size", 16))),
+        device=str(cfg.get("device", "auto")), seed=int(cfg.get("seed", 0)),
+        workers=None if cfg.get("workers") is None else int(cfg["workers"]), patience=int(cfg.get("patience", 50)),
+        config=dict(cfg),
+    )
+    return report.as_dict()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Landmark evaluation
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _read_gray(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            array = np.asarray(img, dtype=np.float32)
+            return np.clip(array / (65535.0 if array.max() > 255 else 255.0), 0, 1).astype(np.float32)
+        return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+
+
+def read_yolo_landmarks(data_yaml, split: str = "val") -> list[tuple[np.ndarray, np.ndarray]]:
+    """(image, landmarks (23, 2) in pixels, nan where not visible) for every labelled image of a pose split."""
+    data, root = _load_dataset_yaml(data_yaml)
+    if not data.get(split):
+        raise ValueError(f"{data_yaml} has no '{split}' split")
+    items = []
+    for folder in _split_dirs(root, data[split]):
+        for image_path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")):
+            parts = list(image_path.parts)
+            where = len(parts) - 1 - parts[::-1].index("images")  # Ultralytics: last /images/ -> /labels/
+            label = Path(*parts[:where], "labels", *parts[where + 1:]).with_suffix(".txt")
+            if not label.is_file() or not label.read_text().strip():
+                continue
+            values = np.array(label.read_text().split("\n")[0].split(), dtype=np.float64)
+            if values.size != 5 + 3 * LANDMARK_COUNT:
+                raise ValueError(f"{label}: expected 5 + 3 x {LANDMARK_COUNT} numbers, found {values.size}")
+            image = _read_gray(image_path)
+            height, width = image.shape
+            kpts = values[5:].reshape(LANDMARK_COUNT, 3)
+            landmarks = kpts[:, :2] * [width, height]
+            landmarks[kpts[:, 2] <= 0] = np.nan
+            items.append((image, landmarks))
+    return items
+
+
+def evaluate_landmarks(model: LandmarkModel, items: Iterable) -> dict:
+    """Point error and the clinical number that depends on it (Cobb C2–C7) on labelled images.
+
+    ``items``: ``(image, true_landmarks)`` or ``(image, true_landmarks, facing)``. Errors are per visible point;
+    the percentage is relative to the C2–C7 length (C2 centroid to the middle of the C7 lower endplate) of each
+    image. Facing comes from the truth (given or inferred) and is used for both, so a Cobb error is never a sign
+    flip from a different facing guess. ``missed`` counts images without a detection.
+    """
+    from core.measure import LandmarkError, infer_facing, measure_landmarks
+
+    errors_px, errors_pct, cobb_errors = [], [], []
+    images = missed = 0
+    for item in items:
+        image, truth = item[0], np.asarray(item[1], dtype=np.float64)
+        facing = item[2] if len(item) > 2 else None
+        images += 1
+        predicted = model.predict(image)
+        if predicted is None:
+            missed += 1
+            continue
+        points = predicted[0]
+        distance = np.linalg.norm(points - truth, axis=1)
+        visible = np.isfinite(distance)
+        errors_px.extend(distance[visible])
+        span = np.linalg.norm(truth[0] - (truth[21] + truth[22]) / 2)  # C2 centroid .. C7 lower endplate middle
+        if np.isfinite(span) and span > 0:
+            errors_pct.extend(distance[visible] / span * 100.0)
+        try:
+            facing = facing or infer_facing(truth)
+            cobb_true = measure_landmarks(truth, facing=facing).cobb_c2c7
+            cobb_pred = measure_landmarks(points, facing=facing).cobb_c2c7
+            cobb_errors.append(abs(cobb_pred - cobb_true))
+        except LandmarkError:
+            pass  # a truth without every corner has no Cobb angle to compare
+
+    def mean(values):
+        return float(np.mean(values)) if len(values) else None
+
+    return {"mean_error_px": mean(errors_px), "mean_error_pct_c2c7": mean(errors_pct),
+            "cobb_mae_deg": mean(cobb_errors), "images": images, "missed": missed}

@@ -1,0 +1,146 @@
+"""Class activation maps: which part of the cervical crop drove the network's class.
+
+Built on the grad-cam package (pytorch-grad-cam). Four methods, one small mapping name -> class:
+``gradcam``, ``gradcam++``, ``eigencam`` (gradient-free: the first principal component of the
+activations, so it ignores the target class) and ``layercam``.
+
+The target layer comes from the model registry (``ModelSpec.cam_layer``, a dotted attribute path such
+as ``layer4.2``). Models without one cannot be explained: the SVM (HOG features, no layers) and the
+RNN (a recurrent network over image rows, no spatial feature map) have ``cam_layer=None`` in
+``models.registry``; asking for their map raises :class:`ExplainUnavailable`.
+
+A CAM object puts the model in eval mode and hooks the target layer while it runs, so two callers
+sharing one model (several Streamlit sessions) must take turns: :func:`model_lock` hands out one lock
+per model object, and both :func:`explain` and the pipeline's forward pass hold it.
+"""
+from __future__ import annotations
+
+import threading
+import weakref
+
+import cv2
+import numpy as np
+import torch
+from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, LayerCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+CAM_METHODS = {
+    "gradcam": GradCAM,
+    "gradcam++": GradCAMPlusPlus,
+    "eigencam": EigenCAM,
+    "layercam": LayerCAM,
+}
+
+
+class ExplainUnavailable(ValueError):
+    """The model has no layer a class activation map can be taken from, or the layer path is wrong."""
+
+
+_locks: "weakref.WeakKeyDictionary[torch.nn.Module, threading.Lock]" = weakref.WeakKeyDictionary()
+_locks_guard = threading.Lock()
+
+
+def model_lock(model: torch.nn.Module) -> threading.Lock:
+    """The one lock of this model object; hold it around any forward pass on a shared model."""
+    with _locks_guard:
+        lock = _locks.get(model)
+        if lock is None:
+            lock = _locks[model] = threading.Lock()
+        return lock
+
+
+def resolve_layer(model: torch.nn.Module, model_name: str | None = None,
+                  layer: str | torch.nn.Module | None = None) -> torch.nn.Module:
+    """The target layer: ``layer`` when given (a module or a dotted path), else the registry's ``cam_layer``."""
+    if isinstance(layer, torch.nn.Module):
+        return layer
+    if layer is None:
+        from models.registry import MODELS
+
+        name = model_name or getattr(model, "registry_name", None)
+        if name is None:
+            raise ExplainUnavailable("cannot tell which registry model this is: pass model_name or layer")
+        spec = MODELS.get(name)
+        if spec is None:
+            raise ExplainUnavailable(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+        if spec.cam_layer is None:
+            without = ", ".join(n for n, s in MODELS.items() if s.cam_layer is None)
+            raise ExplainUnavailable(
+                f"model {name!r} has no convolutional feature map to explain "
+                f"(models without a Grad-CAM layer: {without})"
+            )
+        layer = spec.cam_layer
+    try:
+        return model.get_submodule(layer)
+    except AttributeError as error:
+        raise ExplainUnavailable(f"the model has no layer {layer!r} ({error})") from None
+
+
+def explain(model: torch.nn.Module, input_tensor: torch.Tensor, target_class: int | None,
+            method: str = "gradcam", layer: str | torch.nn.Module | None = None,
+            model_name: str | None = None) -> np.ndarray:
+    """Map of evidence for ``target_class`` (None = the predicted class) over the network's input.
+
+    ``input_tensor`` is the normalised crop, ``C x H x W`` or ``1 x C x H x W``. Returns ``float32``
+    ``H x W`` in ``[0, 1]`` at the input size.
+    """
+    if method not in CAM_METHODS:
+        raise ValueError(f"unknown CAM method {method!r}; choose one of: {', '.join(CAM_METHODS)}")
+    target_layer = resolve_layer(model, model_name, layer)
+    batch = input_tensor if input_tensor.dim() == 4 else input_tensor.unsqueeze(0)
+    if batch.shape[0] != 1:
+        raise ValueError(f"explain takes one image at a time, got a batch of {batch.shape[0]}")
+    device = next(model.parameters()).device
+    # An input that requires grad gives gradients at the target layer even when the weights are frozen.
+    batch = batch.detach().to(device).clone().requires_grad_(True)
+    targets = None if target_class is None else [ClassifierOutputTarget(int(target_class))]
+    maps = None
+    with model_lock(model):
+        was_training = model.training
+        try:
+            # Gradients are needed even when a caller (a page, a test) runs under no_grad.
+            with torch.enable_grad(), CAM_METHODS[method](model=model, target_layers=[target_layer]) as cam:
+                maps = cam(input_tensor=batch, targets=targets)
+        finally:
+            model.train(was_training)
+            model.zero_grad(set_to_none=True)
+    if maps is None:  # the package's `with` block swallows IndexError (a layer path into the wrong place)
+        raise ExplainUnavailable(f"{method} failed on layer {target_layer.__class__.__name__} of this model")
+    return np.clip(np.nan_to_num(maps[0].astype(np.float32)), 0.0, 1.0)
+
+
+def cam_to_image(cam: np.ndarray, roi_box, image_shape: tuple[int, int]) -> np.ndarray:
+    """A map over the ROI crop placed back in the original image (``H x W``); zero outside the box.
+
+    The crop is the box resized to the network's square input, so the map is resized back to the box.
+    """
+    height, width = int(image_shape[0]), int(image_shape[1])
+    full = np.zeros((height, width), dtype=np.float32)
+    x1, y1, x2, y2 = (float(v) for v in roi_box)
+    left, top = max(0, int(round(x1))), max(0, int(round(y1)))
+    right, bottom = min(width, int(round(x2))), min(height, int(round(y2)))
+    if right <= left or bottom <= top:
+        return full
+    # Resize to the unclipped box, then cut, so a box reaching past the edge keeps its scale.
+    box_w, box_h = max(1, int(round(x2)) - int(round(x1))), max(1, int(round(y2)) - int(round(y1)))
+    resized = cv2.resize(np.asarray(cam, dtype=np.float32), (box_w, box_h), interpolation=cv2.INTER_LINEAR)
+    off_x, off_y = left - int(round(x1)), top - int(round(y1))
+    full[top:bottom, left:right] = resized[off_y:off_y + bottom - top, off_x:off_x + right - left]
+    return np.clip(full, 0.0, 1.0)
+
+
+def overlay(pixels: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """The radiograph in gray with the map in the jet colormap on top, as ``uint8`` RGB ``H x W x 3``.
+
+    The colour's opacity grows with the map's value (``alpha`` at 1), so areas the network ignored,
+    and everything outside the ROI box, keep the plain radiograph rather than a blue veil.
+    """
+    pixels = np.clip(np.asarray(pixels, dtype=np.float32), 0.0, 1.0)
+    cam = np.clip(np.asarray(cam, dtype=np.float32), 0.0, 1.0)
+    if cam.shape != pixels.shape:
+        cam = cv2.resize(cam, (pixels.shape[1], pixels.shape[0]), interpolation=cv2.INTER_LINEAR)
+    heat = cv2.applyColorMap(np.round(cam * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+    weight = (float(alpha) * cam)[..., None]
+    blended = (1.0 - weight) * pixels[..., None] + weight * heat
+    return np.round(np.clip(blended, 0.0, 1.0) * 255).astype(np.uint8)

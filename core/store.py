@@ -1,0 +1,468 @@
+"""The annotation store: images and their append-only label history (SQLAlchemy 2 Core).
+
+SQLite (WAL, busy timeout) by default; ``CERVICURVE_DB`` may point at PostgreSQL for a team.
+Every save is a new ``labels`` row with annotator and time, so nothing is ever overwritten;
+the *current* label of an image is its newest row. A save that leaves a field out (None)
+carries the current value forward, so an annotator who only draws a box keeps the class.
+
+Writes on SQLite start with ``BEGIN IMMEDIATE``: the write lock is taken before the
+carry-forward read, so two annotators saving at once queue on the busy timeout instead of
+one of them failing with "database is locked" halfway through.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection, Engine
+
+from core import settings
+from core.settings import CLASSES
+
+SCHEMA_VERSION = 1
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+N_LANDMARKS = 23
+BUSY_TIMEOUT_MS = 30_000
+
+metadata = MetaData()
+
+schema_info = Table(
+    "schema_info",
+    metadata,
+    Column("version", Integer, nullable=False),
+)
+
+images_table = Table(
+    "images",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("sha256", String(64), nullable=False),
+    Column("path", Text, nullable=False),  # relative to the workspace folder
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("patient_id", String(200), nullable=False),
+    Column("source", Text, nullable=False),
+    Column("dataset", String(200), nullable=False, index=True),
+    Column("split", String(10)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("meta", JSON, nullable=False),
+    UniqueConstraint("dataset", "sha256", name="uq_image_per_dataset"),
+)
+
+labels_table = Table(
+    "labels",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("image_id", Integer, ForeignKey("images.id"), nullable=False, index=True),
+    Column("annotator", String(200), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("curvature_class", String(20)),
+    Column("roi_box", JSON),
+    Column("landmarks", JSON),  # 23 [x, y]; a missing landmark is null (JSON has no NaN)
+    Column("note", Text),
+)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    image_id: int
+    sha256: str
+    path: str  # relative to the workspace folder
+    width: int
+    height: int
+    patient_id: str
+    source: str
+    dataset: str
+    split: str | None
+    created_at: datetime
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LabelRevision:
+    label_id: int
+    image_id: int
+    annotator: str
+    created_at: datetime
+    curvature_class: str | None
+    roi_box: list[float] | None
+    landmarks: np.ndarray | None  # (23, 2), nan where missing
+    note: str | None
+
+
+@dataclass(frozen=True)
+class LabeledImage:
+    """An image with its current label; the label fields are None when it was never labeled."""
+
+    image_id: int
+    sha256: str
+    path: str
+    width: int
+    height: int
+    patient_id: str
+    source: str
+    dataset: str
+    split: str | None
+    created_at: datetime
+    meta: dict
+    curvature_class: str | None = None
+    roi_box: list[float] | None = None
+    landmarks: np.ndarray | None = None
+    note: str | None = None
+    annotator: str | None = None
+    labeled_at: datetime | None = None
+    label_id: int | None = None
+
+    @property
+    def class_index(self) -> int | None:
+        return None if self.curvature_class is None else CLASSES.index(self.curvature_class)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def validate_class(curvature_class: str) -> str:
+    if curvature_class not in CLASSES:
+        raise ValueError(f"unknown curvature class {curvature_class!r}; expected one of {', '.join(CLASSES)}")
+    return curvature_class
+
+
+def validate_box(roi_box: Sequence[float]) -> list[float]:
+    """A box is [x1, y1, x2, y2], finite, with x1 < x2 and y1 < y2."""
+    try:
+        values = [float(v) for v in roi_box]
+    except (TypeError, ValueError):
+        raise ValueError(f"a box is 4 numbers [x1, y1, x2, y2], got {roi_box!r}") from None
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"a box is 4 finite numbers [x1, y1, x2, y2], got {roi_box!r}")
+    x1, y1, x2, y2 = values
+    if not (x1 < x2 and y1 < y2):
+        raise ValueError(f"a box needs x1 < x2 and y1 < y2, got {values}")
+    return values
+
+
+def validate_landmarks(landmarks: Any) -> np.ndarray:
+    """23 (x, y) points in CSXA order; nan marks a missing point, inf is refused."""
+    try:
+        points = np.asarray(landmarks, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError("landmarks must be 23 [x, y] number pairs") from None
+    if points.shape != (N_LANDMARKS, 2):
+        raise ValueError(f"landmarks must have shape (23, 2), got {points.shape}")
+    if np.isinf(points).any():
+        raise ValueError("landmarks contain an infinite coordinate")
+    return points
+
+
+def _landmarks_to_json(points: np.ndarray) -> list[list[float | None]]:
+    return [[None if math.isnan(v) else float(v) for v in row] for row in points.tolist()]
+
+
+def _landmarks_from_json(value: Any) -> np.ndarray | None:
+    if value is None:
+        return None
+    return np.array([[np.nan if v is None else v for v in row] for row in value], dtype=np.float64)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; everything written here is UTC.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# ---------------------------------------------------------------- engine
+
+
+def _make_engine(url: str) -> Engine:
+    engine = create_engine(url)
+    if engine.dialect.name != "sqlite":
+        return engine
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):
+        # SQLAlchemy emits BEGIN itself (below), so the driver must not.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection):
+        immediate = conn.get_execution_options().get("cervicurve_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+class AnnotationStore:
+    """Images and labels of every dataset in the workspace."""
+
+    def __init__(self, url: str | None = None):
+        self.url = url or settings.db_url()
+        self._engine = _make_engine(self.url)
+        self._ensure_schema()
+
+    # -- lifecycle
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> "AnnotationStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self._engine.connect().execution_options(cervicurve_write=True) as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self._engine.connect() as conn, conn.begin():
+            yield conn
+
+    def _ensure_schema(self) -> None:
+        with self._write() as conn:
+            metadata.create_all(conn)
+            version = conn.execute(select(func.max(schema_info.c.version))).scalar()
+            if version is None:
+                conn.execute(insert(schema_info).values(version=SCHEMA_VERSION))
+            elif version > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"the annotation database {self.url} has schema version {version}, "
+                    f"newer than this CerviCurve understands ({SCHEMA_VERSION}); update CerviCurve"
+                )
+
+    def schema_version(self) -> int:
+        with self._read() as conn:
+            return int(conn.execute(select(func.max(schema_info.c.version))).scalar())
+
+    # -- writes
+
+    @contextmanager
+    def batch(self) -> Iterator["StoreBatch"]:
+        """One transaction for many writes: all of them are kept, or none (an importer's unit)."""
+        with self._write() as conn:
+            yield StoreBatch(conn)
+
+    def add_image(self, path: str, *, sha256: str, width: int, height: int, patient_id: str,
+                  source: str, dataset: str, meta: dict | None = None) -> int:
+        """Register an image; the same content (sha256) in the same dataset returns the existing id."""
+        with self.batch() as batch:
+            return batch.add_image(path, sha256=sha256, width=width, height=height, patient_id=patient_id,
+                                   source=source, dataset=dataset, meta=meta)
+
+    def save_label(self, image_id: int, *, annotator: str, curvature_class: str | None = None,
+                   roi_box: Sequence[float] | None = None, landmarks: Any = None, note: str | None = None) -> int:
+        """Append a label revision; fields left None keep their current value. Returns the new label id."""
+        with self.batch() as batch:
+            return batch.save_label(image_id, annotator=annotator, curvature_class=curvature_class,
+                                    roi_box=roi_box, landmarks=landmarks, note=note)
+
+    def set_splits(self, splits: Mapping[int, str | None]) -> None:
+        """Assign train/val/test (or None) to images, all in one transaction."""
+        with self.batch() as batch:
+            batch.set_splits(splits)
+
+    # -- reads
+
+    def images(self, dataset: str | None = None) -> list[ImageRecord]:
+        query = select(images_table).order_by(images_table.c.id)
+        if dataset is not None:
+            query = query.where(images_table.c.dataset == dataset)
+        with self._read() as conn:
+            return [_image_record(row) for row in conn.execute(query).mappings()]
+
+    def image(self, image_id: int) -> ImageRecord:
+        with self._read() as conn:
+            row = conn.execute(select(images_table).where(images_table.c.id == image_id)).mappings().first()
+        if row is None:
+            raise KeyError(f"no image with id {image_id}")
+        return _image_record(row)
+
+    def current_labels(self, dataset: str | None = None, *, labeled_only: bool = False) -> list[LabeledImage]:
+        """Every image with its newest label (label fields None for images never labeled)."""
+        newest = (
+            select(labels_table.c.image_id, func.max(labels_table.c.id).label("label_id"))
+            .group_by(labels_table.c.image_id)
+            .subquery()
+        )
+        query = (
+            select(images_table, labels_table.c.id.label("label_id"), labels_table.c.annotator,
+                   labels_table.c.created_at.label("labeled_at"), labels_table.c.curvature_class,
+                   labels_table.c.roi_box, labels_table.c.landmarks, labels_table.c.note)
+            .select_from(images_table)
+            .join(newest, newest.c.image_id == images_table.c.id, isouter=not labeled_only)
+            .join(labels_table, labels_table.c.id == newest.c.label_id, isouter=not labeled_only)
+            .order_by(images_table.c.id)
+        )
+        if dataset is not None:
+            query = query.where(images_table.c.dataset == dataset)
+        with self._read() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [
+            LabeledImage(
+                **vars(_image_record(row)),
+                curvature_class=row["curvature_class"],
+                roi_box=row["roi_box"],
+                landmarks=_landmarks_from_json(row["landmarks"]),
+                note=row["note"],
+                annotator=row["annotator"],
+                labeled_at=_utc(row["labeled_at"]),
+                label_id=row["label_id"],
+            )
+            for row in rows
+        ]
+
+    def history(self, image_id: int) -> list[LabelRevision]:
+        """Every saved revision of an image's label, oldest first."""
+        query = select(labels_table).where(labels_table.c.image_id == image_id).order_by(labels_table.c.id)
+        with self._read() as conn:
+            return [_revision(row) for row in conn.execute(query).mappings()]
+
+    def datasets(self) -> list[str]:
+        with self._read() as conn:
+            return list(conn.execute(select(images_table.c.dataset).distinct().order_by(images_table.c.dataset)).scalars())
+
+    def summary(self, dataset: str) -> dict:
+        """Counts a user checks before training: images, patients, classes, boxes, landmarks, splits."""
+        items = self.current_labels(dataset)
+        classes = Counter(item.curvature_class for item in items if item.curvature_class)
+        splits = Counter(item.split or "unsplit" for item in items)
+        return {
+            "dataset": dataset,
+            "images": len(items),
+            "patients": len({item.patient_id for item in items}),
+            "classes": {name: classes.get(name, 0) for name in CLASSES},
+            "unlabeled": sum(1 for item in items if item.curvature_class is None),
+            "boxes": sum(1 for item in items if item.roi_box is not None),
+            "landmarks": sum(1 for item in items if item.landmarks is not None),
+            "splits": {name: splits.get(name, 0) for name in (*SPLITS, "unsplit")},
+        }
+
+
+class StoreBatch:
+    """Writes inside one open transaction (see ``AnnotationStore.batch``)."""
+
+    def __init__(self, conn: Connection):
+        self._conn = conn
+
+    def add_image(self, path: str, *, sha256: str, width: int, height: int, patient_id: str,
+                  source: str, dataset: str, meta: dict | None = None) -> int:
+        if not sha256 or len(sha256) != 64:
+            raise ValueError(f"sha256 must be 64 hex characters, got {sha256!r}")
+        if int(width) <= 0 or int(height) <= 0:
+            raise ValueError(f"image size must be positive, got {width} x {height}")
+        if not str(patient_id).strip():
+            raise ValueError("patient_id must not be empty (patient-grouped splits depend on it)")
+        if not str(dataset).strip():
+            raise ValueError("dataset name must not be empty")
+        existing = self.find_image(dataset, sha256)
+        if existing is not None:
+            return existing
+        result = self._conn.execute(
+            insert(images_table).values(
+                sha256=sha256, path=str(path), width=int(width), height=int(height),
+                patient_id=str(patient_id), source=str(source), dataset=str(dataset), split=None,
+                created_at=_now(), meta=dict(meta or {}),
+            )
+        )
+        return int(result.inserted_primary_key[0])
+
+    def find_image(self, dataset: str, sha256: str) -> int | None:
+        """The id of this content in this dataset, or None."""
+        found = self._conn.execute(
+            select(images_table.c.id).where(images_table.c.dataset == dataset, images_table.c.sha256 == sha256)
+        ).scalar()
+        return None if found is None else int(found)
+
+    def current(self, image_id: int) -> LabelRevision | None:
+        row = self._conn.execute(
+            select(labels_table).where(labels_table.c.image_id == image_id).order_by(labels_table.c.id.desc()).limit(1)
+        ).mappings().first()
+        return None if row is None else _revision(row)
+
+    def save_label(self, image_id: int, *, annotator: str, curvature_class: str | None = None,
+                   roi_box: Sequence[float] | None = None, landmarks: Any = None, note: str | None = None) -> int:
+        # Validate everything before touching the database, so a bad value writes nothing.
+        if not annotator or not str(annotator).strip():
+            raise ValueError("annotator must not be empty (history records who saved each label)")
+        new_class = None if curvature_class is None else validate_class(curvature_class)
+        new_box = None if roi_box is None else validate_box(roi_box)
+        new_points = None if landmarks is None else _landmarks_to_json(validate_landmarks(landmarks))
+        exists = self._conn.execute(
+            select(images_table.c.id).where(images_table.c.id == image_id).with_for_update()
+        ).scalar()
+        if exists is None:
+            raise ValueError(f"no image with id {image_id}")
+        current = self.current(image_id)
+        if current is not None:
+            new_class = current.curvature_class if new_class is None else new_class
+            new_box = current.roi_box if new_box is None else new_box
+            if new_points is None and current.landmarks is not None:
+                new_points = _landmarks_to_json(current.landmarks)
+            note = current.note if note is None else note
+        result = self._conn.execute(
+            insert(labels_table).values(
+                image_id=image_id, annotator=str(annotator), created_at=_now(), curvature_class=new_class,
+                roi_box=new_box, landmarks=new_points, note=note,
+            )
+        )
+        return int(result.inserted_primary_key[0])
+
+    def set_splits(self, splits: Mapping[int, str | None]) -> None:
+        for image_id, split in splits.items():
+            if split is not None and split not in SPLITS:
+                raise ValueError(f"unknown split {split!r} for image {image_id}; expected one of {', '.join(SPLITS)}")
+        for image_id, split in splits.items():
+            result = self._conn.execute(update(images_table).where(images_table.c.id == int(image_id)).values(split=split))
+            if result.rowcount == 0:
+                raise ValueError(f"no image with id {image_id}")
+
+
+def _image_record(row: Mapping[str, Any]) -> ImageRecord:
+    return ImageRecord(
+        image_id=row["id"], sha256=row["sha256"], path=row["path"], width=row["width"], height=row["height"],
+        patient_id=row["patient_id"], source=row["source"], dataset=row["dataset"], split=row["split"],
+        created_at=_utc(row["created_at"]), meta=row["meta"] or {},
+    )
+
+
+def _revision(row: Mapping[str, Any]) -> LabelRevision:
+    return LabelRevision(
+        label_id=row["id"], image_id=row["image_id"], annotator=row["annotator"], created_at=_utc(row["created_at"]),
+        curvature_class=row["curvature_class"], roi_box=row["roi_box"],
+        landmarks=_landmarks_from_json(row["landmarks"]), note=row["note"],
+    )

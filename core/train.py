@@ -1,0 +1,1336 @@
+"""Classification runs: a YAML config in, a run folder out.
+
+``python -m core train --config FILE.yaml [key=value ...] [--run-dir DIR] [--resume RUN]`` and
+``python -m core evaluate RUN [--split test]``. The same command runs under
+``torchrun --nproc_per_node N`` (DDP: gloo on CPU, nccl on CUDA; ``batch_size`` is per process; only
+rank 0 writes files). ``task: detect|landmarks`` configs are handed to ``core.detect``.
+
+Run folder (docs/ARCHITECTURE.md): ``config.yaml`` (the resolved config), ``metrics.csv`` (one row per
+epoch), ``status.json`` (atomic), ``train.log``, ``last.pt`` (adds optimizer/scheduler state) and
+``best.pt`` = ``{"state_dict", "meta"}`` with plain-typed meta, loadable with
+``torch.load(weights_only=True)``, and ``test_report.json`` from ``core.metrics.evaluate_predictions``.
+
+Input to every classifier: the labelled ROI box widened by ``roi_margin`` on each side, resized (stretched)
+to a square ``input_size``, one gray channel, normalised with ``NORMALISATION``. The predictor must crop
+the same way: use :func:`classifier_crop` / :func:`classify_crops` with the checkpoint's meta.
+
+Repeatability: every epoch reseeds torch/numpy/random from ``(seed, epoch)``, so an uninterrupted run and
+one resumed from ``last.pt`` draw the same shuffles and augmentations, and two CPU runs with the same seed
+write the same ``metrics.csv`` (apart from the ``seconds`` column).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import difflib
+import inspect
+import json
+import logging
+import math
+import os
+import random
+import signal
+import sys
+import time
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as nnf
+import yaml
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.transforms import InterpolationMode, v2
+from torchvision.transforms.v2 import functional as tvf
+
+from core import jobs, settings
+
+log = logging.getLogger("cervicurve.train")
+
+TASKS = ("classify", "detect", "landmarks")
+CLASS_WEIGHTING = ("balanced", "none", "sampler")
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "classify.yaml"
+# ImageNet's RGB statistics folded to one gray channel (luma weights): ImageNet-initialised 1-channel
+# stems see inputs on the scale they were trained on; from-scratch models do not care.
+NORMALISATION = {"mean": [0.449], "std": [0.226]}
+# Extra context cached around the ROI for training, so rotation and crop jitter rarely reach past the image.
+CONTEXT_EXTRA = 0.15
+METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "val_macro_f1", "lr", "seconds")
+
+
+class ConfigError(ValueError):
+    """A config key, value or data source that cannot be trained; the message names it and what is allowed."""
+
+
+class RunCancelled(Exception):
+    """SIGTERM reached the training process (jobs.cancel_run)."""
+
+
+# ============================================================================================ config
+@dataclass
+class TrainConfig:
+    """Every knob of a classification run; ``configs/classify.yaml`` documents each with the same defaults."""
+
+    task: str = "classify"
+    model: str = "s_resnet34"
+    model_options: dict = field(default_factory=dict)
+    weights_path: str | None = None
+    dataset: str = "default"
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    input_size: int | None = None
+    roi_margin: float = 0.05
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 0.0003
+    weight_decay: float = 0.0001
+    warmup_epochs: int = 1
+    patience: int = 8
+    class_weighting: str = "balanced"
+    label_smoothing: float = 0.0
+    augment: bool = True
+    aug_rotation_deg: float = 8.0
+    aug_scale: float = 0.15
+    aug_shift: float = 0.05
+    aug_brightness: float = 0.2
+    aug_contrast: float = 0.2
+    aug_gamma: float = 0.25
+    aug_noise_std: float = 0.02
+    aug_hflip: bool = False
+    seed: int = 0
+    device: str = "auto"
+    amp: bool | str = "auto"
+    channels_last: bool | str = "auto"
+    workers: int = -1
+    cache_mb: int = 2048
+    n_boot: int = 1000
+    deterministic: bool = False
+
+    def to_dict(self) -> dict:
+        return _plain(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+        hints = typing.get_type_hints(cls)
+        known = {f.name for f in fields(cls)}
+        values = {}
+        for key, value in data.items():
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ConfigError(f"unknown config key '{key}'{hint}; known keys: {', '.join(sorted(known))}")
+            values[key] = _coerce(key, hints[key], value)
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if self.task not in TASKS:
+            raise ConfigError(f"task '{self.task}' is not one of: {', '.join(TASKS)}")
+        from models.registry import MODELS
+
+        if self.model not in MODELS:
+            raise ConfigError(f"model '{self.model}' is not one of: {', '.join(MODELS)}")
+        if self.class_weighting not in CLASS_WEIGHTING:
+            raise ConfigError(f"class_weighting '{self.class_weighting}' is not one of: {', '.join(CLASS_WEIGHTING)}")
+        if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
+            raise ConfigError(f"device '{self.device}' is not one of: auto, cpu, cuda, cuda:N, mps")
+        for name, low in (("epochs", 1), ("batch_size", 1), ("warmup_epochs", 0), ("patience", 0),
+                          ("workers", -1), ("cache_mb", 0), ("n_boot", 0)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        if self.input_size is not None and not 16 <= self.input_size <= 2048:
+            raise ConfigError(f"input_size must be between 16 and 2048 px (or null for the model's default), "
+                              f"got {self.input_size}")
+        for name in ("lr",):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name, high in (("weight_decay", 1.0), ("label_smoothing", 0.999), ("roi_margin", 1.0),
+                           ("aug_scale", 0.5), ("aug_shift", 0.3), ("aug_brightness", 1.0),
+                           ("aug_contrast", 1.0), ("aug_gamma", 2.0), ("aug_noise_std", 0.5),
+                           ("aug_rotation_deg", 45.0)):
+            value = getattr(self, name)
+            if not 0 <= value <= high:
+                raise ConfigError(f"{name} must be between 0 and {high}, got {value}")
+        if self.weights_path and not Path(self.weights_path).expanduser().is_file():
+            raise ConfigError(f"weights_path '{self.weights_path}' is not a file (weights are never downloaded: "
+                              "point it at a local torchvision or CerviCurve .pt file)")
+
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def _coerce(key: str, hint: Any, value: Any) -> Any:
+    """``value`` as the dataclass field's type, or a ConfigError naming the key and the expected type."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if bool in args and str in args:  # tri-state: auto | true | false
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("auto", "none", "null", ""):
+                return "auto"
+            if text in _TRUE or text in _FALSE:
+                return text in _TRUE
+            raise ConfigError(f"{key} must be auto, true or false, got {value!r}")
+        if type(None) in args:
+            if value is None or str(value).strip().lower() in ("none", "null", "auto", ""):
+                return None
+            inner = next(a for a in args if a is not type(None))
+            return _coerce(key, inner, value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be a whole number, got {value!r}")
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            return int(str(value).strip()) if not isinstance(value, int) else value
+        except ValueError:
+            raise ConfigError(f"{key} must be a whole number, got {value!r}") from None
+    if hint is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        try:
+            result = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} must be a number, got {value!r}") from None
+        if not math.isfinite(result):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
+        return result
+    if hint is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise ConfigError(f"{key} must be text, got {value!r}")
+        return str(value)
+    if hint is dict or typing.get_origin(hint) is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping (e.g. {{variant: channel}}), got {value!r}")
+        return dict(value)
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """Plain Python types only (YAML, JSON and weights_only checkpoints)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def resolve_config(source: str | Path | Mapping[str, Any] | None = None, overrides: Sequence[str] = ()) -> dict:
+    """Defaults < YAML file (or dict) < ``key=value`` overrides, as a plain dict.
+
+    Classification configs are validated into a :class:`TrainConfig` (unknown keys and bad values raise
+    :class:`ConfigError`); ``task: detect|landmarks`` configs are passed through for ``core.detect``.
+    """
+    if source is None:
+        data: dict = {}
+    elif isinstance(source, Mapping):
+        data = dict(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' does not exist")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file '{path}' must hold a mapping of key: value, got {type(data).__name__}")
+    data = dict(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value (e.g. epochs=10)")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        value = _parse_value(text)
+        if "." in key:  # model_options.variant=channel
+            head, sub = key.split(".", 1)
+            if head != "model_options":
+                raise ConfigError(f"override '{key}': only model_options.<name>=value may use a dot")
+            options = dict(data.get(head) or {})
+            options[sub] = value
+            data[head] = options
+        else:
+            data[key] = value
+    task = data.get("task", "classify")
+    if task not in TASKS:
+        raise ConfigError(f"task '{task}' is not one of: {', '.join(TASKS)}")
+    if task != "classify":
+        return _plain(data)
+    return TrainConfig.from_dict(data).to_dict()
+
+
+def load_config(source: str | Path | Mapping[str, Any] | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """A validated classification config (see :func:`resolve_config`)."""
+    data = resolve_config(source, overrides)
+    if data.get("task", "classify") != "classify":
+        raise ConfigError(f"task '{data['task']}' is trained by core.detect, not as a classification config")
+    return TrainConfig.from_dict(data)
+
+
+# ============================================================================================ data
+@dataclass
+class Sample:
+    """One training image: what the loaders need from a ``core.datasets.TrainingItem``."""
+
+    path: str
+    label: int
+    roi_box: list[float] | None
+    patient_id: str
+    image_id: str
+
+
+def to_samples(items: Sequence[Any], classes: Sequence[str] = settings.CLASSES) -> list[Sample]:
+    """TrainingItem-like records (attributes or dict keys: path, label, roi_box, patient_id, image_id)."""
+    samples = []
+    for item in items:
+        get = (lambda k, d=None: item.get(k, d)) if isinstance(item, Mapping) else (lambda k, d=None: getattr(item, k, d))
+        label = get("label")
+        if isinstance(label, str):
+            if label not in classes:
+                raise ConfigError(f"label '{label}' of {get('path')} is not one of: {', '.join(classes)}")
+            label = classes.index(label)
+        elif label is None or not 0 <= int(label) < len(classes):
+            raise ConfigError(f"image {get('path')} has no usable class label ({label!r})")
+        path = Path(str(get("path")))
+        if not path.is_absolute():
+            path = settings.home() / path
+        box = get("roi_box")
+        samples.append(Sample(path=str(path), label=int(label),
+                              roi_box=[float(v) for v in box] if box is not None else None,
+                              patient_id=str(get("patient_id", "") or ""),
+                              image_id=str(get("image_id", "") or path.stem)))
+    return samples
+
+
+def load_split(cfg: TrainConfig, split: str) -> list[Sample]:
+    """The split's labelled images from the annotation store (``core.datasets.training_items``)."""
+    from core import datasets
+
+    try:
+        items = datasets.training_items(cfg.dataset, split)
+    except ValueError as exc:
+        raise ConfigError(f"dataset '{cfg.dataset}', split '{split}': {exc}") from None
+    return to_samples(items)
+
+
+def crop_box(roi_box: Sequence[float] | None, image_size: tuple[int, int], margin: float) -> list[float]:
+    """The region a classifier sees: the ROI box widened by ``margin`` x its size on each side.
+
+    ``image_size`` is ``(width, height)``; with no box, the whole image. The region may reach past the
+    image (zero padded), so the crop keeps its scale at the edges. Pass this box to ``explain.cam_to_image``.
+    """
+    width, height = image_size
+    if roi_box is None:
+        return [0.0, 0.0, float(width), float(height)]
+    x1, y1, x2, y2 = (float(v) for v in roi_box)
+    if not (x2 > x1 and y2 > y1):
+        raise ValueError(f"ROI box {list(roi_box)} is empty: need x1 < x2 and y1 < y2")
+    dx, dy = (x2 - x1) * margin, (y2 - y1) * margin
+    return [x1 - dx, y1 - dy, x2 + dx, y2 + dy]
+
+
+def _resized_region(pixels: torch.Tensor, box: Sequence[float], size: int) -> torch.Tensor:
+    x1, y1, x2, y2 = box
+    top, left = int(math.floor(y1)), int(math.floor(x1))
+    height, width = max(1, int(math.ceil(y2)) - top), max(1, int(math.ceil(x2)) - left)
+    return tvf.resized_crop(pixels, top, left, height, width, [size, size],
+                            interpolation=InterpolationMode.BILINEAR, antialias=True)
+
+
+def classifier_crop(pixels: np.ndarray, roi_box: Sequence[float] | None, input_size: int,
+                    margin: float = 0.05) -> torch.Tensor:
+    """``1 x S x S`` float32 crop in [0, 1] (not normalised) of a ``H x W`` radiograph, as training sees it."""
+    image = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[None]
+    box = crop_box(roi_box, (image.shape[-1], image.shape[-2]), margin)
+    return _resized_region(image, box, input_size).clamp_(0.0, 1.0)
+
+
+def normalise(batch: torch.Tensor, meta: Mapping[str, Any] | None = None) -> torch.Tensor:
+    norm = (meta or {}).get("normalisation", NORMALISATION)
+    mean = torch.tensor(norm["mean"], dtype=batch.dtype, device=batch.device).view(-1, 1, 1)
+    std = torch.tensor(norm["std"], dtype=batch.dtype, device=batch.device).view(-1, 1, 1)
+    return (batch - mean) / std
+
+
+class RandomGamma(nn.Module):
+    """Gamma drawn log-uniformly in [1/(1+g), 1+g]: exposure and detector response differ between sites."""
+
+    def __init__(self, strength: float):
+        super().__init__()
+        self.log_range = math.log1p(strength)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if self.log_range == 0:
+            return image
+        gamma = math.exp((torch.rand(()).item() * 2 - 1) * self.log_range)
+        return tvf.adjust_gamma(image.clamp(0, 1), gamma)
+
+
+class RoiJitter(nn.Module):
+    """RandomResizedCrop for an ROI: rotate the cached context, then cut a box around the ROI whose side
+    varies by ``scale`` and whose centre moves by ``shift`` (fractions of the crop side), resized to ``size``.
+
+    ``inner`` is the fraction of the context side the un-jittered crop covers.
+    """
+
+    def __init__(self, size: int, inner: float, rotation_deg: float, scale: float, shift: float):
+        super().__init__()
+        self.size, self.inner, self.scale, self.shift = size, inner, scale, shift
+        self.rotate = (v2.RandomRotation(rotation_deg, interpolation=InterpolationMode.BILINEAR)
+                       if rotation_deg > 0 else nn.Identity())
+
+    def forward(self, context: torch.Tensor) -> torch.Tensor:
+        context = self.rotate(context)
+        side = context.shape[-1]
+        u = torch.rand(4).tolist()
+        w = self.inner * side * (1 + (2 * u[0] - 1) * self.scale)
+        h = self.inner * side * (1 + (2 * u[1] - 1) * self.scale)
+        cx = side / 2 + (2 * u[2] - 1) * self.shift * self.inner * side
+        cy = side / 2 + (2 * u[3] - 1) * self.shift * self.inner * side
+        return _resized_region(context, (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), self.size)
+
+
+def train_augmentation(cfg: TrainConfig, size: int, inner: float) -> nn.Module:
+    """Radiograph-safe augmentation: small rotation, ROI scale/shift jitter, brightness/contrast, gamma, noise.
+
+    No horizontal flip by default (``aug_hflip``): clinical laterals follow a facing convention and carry
+    burned-in laterality markers, so mirrored images are ones the model never meets at inference. Turn it
+    on when the data mix both facings (the phantoms do) or after facing normalisation.
+    """
+    steps: list[nn.Module] = [RoiJitter(size, inner, cfg.aug_rotation_deg, cfg.aug_scale, cfg.aug_shift)]
+    if cfg.aug_hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    if cfg.aug_brightness or cfg.aug_contrast:
+        steps.append(v2.ColorJitter(brightness=cfg.aug_brightness, contrast=cfg.aug_contrast))
+    steps.append(RandomGamma(cfg.aug_gamma))
+    if cfg.aug_noise_std > 0:
+        steps.append(v2.RandomApply([v2.GaussianNoise(sigma=cfg.aug_noise_std, clip=True)], p=0.5))
+    return v2.Compose(steps)
+
+
+def context_inner(margin: float) -> float:
+    """Fraction of the cached training context's side that the plain classifier crop covers."""
+    return (1 + 2 * margin) / (1 + 2 * (margin + CONTEXT_EXTRA))
+
+
+class CropDataset(Dataset):
+    """ROI crops of samples; with ``augment`` set, each item is a fresh augmentation of a cached context.
+
+    Crops (float16) are cached in memory when they fit in ``cache_mb``; otherwise every access reads the file.
+    Returns ``(crop 1 x S x S in [0, 1], label)``; normalisation happens on the device.
+    """
+
+    def __init__(self, samples: Sequence[Sample], size: int, margin: float,
+                 augment: nn.Module | None = None, cache_mb: int = 2048):
+        self.samples, self.size, self.margin, self.augment = list(samples), size, margin, augment
+        # with augmentation, cache a wider context so rotation/jitter see real pixels, not padding
+        self.extra = CONTEXT_EXTRA if augment is not None else 0.0
+        self.inner = context_inner(margin) if augment is not None else 1.0
+        self.base_size = int(round(size / self.inner))
+        needed = len(self.samples) * self.base_size ** 2 * 2
+        self.cache: list[torch.Tensor] | None = None
+        if needed <= cache_mb * 2 ** 20:
+            self.cache = [self._load(i).to(torch.float16) for i in range(len(self.samples))]
+
+    def _load(self, index: int) -> torch.Tensor:
+        from core.imaging import read_image
+
+        sample = self.samples[index]
+        pixels = read_image(sample.path).pixels
+        if sample.roi_box is None:
+            log.warning("no ROI box for %s: the whole image is used", sample.image_id or sample.path)
+        return classifier_crop(pixels, sample.roi_box, self.base_size, self.margin + self.extra)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        base = self.cache[index].float() if self.cache is not None else self._load(index)
+        crop = self.augment(base) if self.augment is not None else base
+        return crop.clamp(0.0, 1.0), self.samples[index].label
+
+
+class DistributedWeightedSampler(Sampler):
+    """Class-balanced sampling for DDP: every rank draws the same weighted list, then takes its share."""
+
+    def __init__(self, weights: Sequence[float], num_samples: int, rank: int, world_size: int, seed: int):
+        self.weights = torch.as_tensor(weights, dtype=torch.double)
+        self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, 0
+        self.per_rank = int(math.ceil(num_samples / world_size))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        drawn = torch.multinomial(self.weights, self.per_rank * self.world_size, True, generator=generator)
+        return iter(drawn[self.rank::self.world_size].tolist())
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+
+# ============================================================================================ devices, DDP
+@dataclass
+class Runtime:
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    workers: int
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank)
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device '{requested}' asked for, but this machine has no usable CUDA GPU (use auto or cpu)")
+    if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("device 'mps' asked for, but this machine has no Apple GPU (use auto or cpu)")
+    if requested == "cuda":
+        return torch.device("cuda", local_rank)
+    return torch.device(requested)
+
+
+def make_runtime(cfg: TrainConfig) -> Runtime:
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(cfg.device, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world_size > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cpu":
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        torch.set_num_threads(max(1, settings.cpu_threads() // local_world))
+    amp = (device.type == "cuda") if cfg.amp == "auto" else bool(cfg.amp)
+    amp_dtype = None
+    if amp:
+        if device.type == "cuda":
+            amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        elif device.type == "cpu":
+            amp_dtype = torch.bfloat16
+        else:
+            amp_dtype = torch.float16
+    channels_last = (device.type == "cuda") if cfg.channels_last == "auto" else bool(cfg.channels_last)
+    workers = cfg.workers
+    if workers < 0:  # auto: decoding is cheap next to a CPU forward pass; a GPU needs feeding
+        workers = 0 if device.type == "cpu" else min(8, max(1, (os.cpu_count() or 2) // max(1, world_size) - 1))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not cfg.deterministic
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    return Runtime(device, amp_dtype, channels_last, workers, rank, world_size, local_rank)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 100_003 + epoch
+
+
+# ============================================================================================ models
+def model_spec(name: str):
+    from models.registry import MODELS
+
+    if name not in MODELS:
+        raise ConfigError(f"model '{name}' is not one of: {', '.join(MODELS)}")
+    return MODELS[name]
+
+
+def _input_size(cfg: TrainConfig) -> int:
+    return int(cfg.input_size or model_spec(cfg.model).default_input_size)
+
+
+def _builder_options(cfg: TrainConfig, input_size: int) -> dict:
+    """model_options, plus input_size / weights_path for builders that take them."""
+    spec = model_spec(cfg.model)
+    options = dict(cfg.model_options)
+    params = inspect.signature(spec.builder).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    if "input_size" in params and "input_size" not in options:
+        options["input_size"] = input_size
+    if cfg.weights_path and not _is_cervicurve_checkpoint(cfg.weights_path):
+        if "weights_path" not in params and not takes_any:
+            raise ConfigError(f"model '{cfg.model}' cannot start from weights_path (it takes no pretrained weights)")
+        options["weights_path"] = str(Path(cfg.weights_path).expanduser())
+    return options
+
+
+def _is_cervicurve_checkpoint(path: str) -> bool:
+    try:
+        data = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
+    except Exception:
+        return False
+    return isinstance(data, dict) and "state_dict" in data and "meta" in data
+
+
+def build_classifier(cfg: TrainConfig, input_size: int) -> nn.Module:
+    from models.registry import build_model
+
+    options = _builder_options(cfg, input_size)
+    try:
+        model = build_model(cfg.model, num_classes=len(settings.CLASSES), in_channels=1, **options)
+    except TypeError as exc:
+        raise ConfigError(f"model_options {cfg.model_options} do not fit model '{cfg.model}': {exc}") from None
+    if cfg.weights_path and _is_cervicurve_checkpoint(cfg.weights_path):  # fine-tune from an earlier run
+        state = torch.load(Path(cfg.weights_path).expanduser(), map_location="cpu", weights_only=True)["state_dict"]
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        log.info("started from %s (missing %d, unexpected %d keys)", cfg.weights_path, len(missing), len(unexpected))
+    return model
+
+
+def count_parameters(model: Any) -> int:
+    if isinstance(model, nn.Module):
+        return int(sum(p.numel() for p in model.parameters()))
+    counter = getattr(model, "n_parameters", None)
+    return int(counter() if callable(counter) else counter or 0)
+
+
+# ============================================================================================ checkpoints
+def _save_checkpoint(path: Path, payload: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def _state_dict_of(model: nn.Module) -> dict:
+    module = model.module if hasattr(model, "module") else model
+    module = getattr(module, "_orig_mod", module)
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint dict; a run folder or promoted folder means its best.pt."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path} is not a CerviCurve checkpoint (weights_only load failed: {exc})") from None
+    if not isinstance(data, dict) or "state_dict" not in data or "meta" not in data:
+        raise ValueError(f"{path} is not a CerviCurve checkpoint (no state_dict/meta)")
+    return data
+
+
+def load_classifier(path: str | Path) -> tuple[Any, dict]:
+    """``(model, meta)`` from a best.pt, a run folder or a promoted folder; the model is in eval mode on CPU.
+
+    ``meta["kind"]`` is ``torch`` (an ``nn.Module``) or ``sklearn`` (the SVM estimator). Use
+    :func:`classify_crops` to get calibrated probabilities from either.
+    """
+    data = load_checkpoint(path)
+    meta = data["meta"]
+    if meta.get("kind") == "sklearn":
+        from models import svm
+
+        model = svm.from_state(_svm_state_from_tensors(data["state_dict"]), meta.get("svm_meta", {}))
+        return model, meta
+    from models.registry import build_model
+
+    options = dict(meta.get("model_options") or {})
+    options.update(meta.get("builder_extra") or {})
+    model = build_model(meta["model"], num_classes=len(meta["classes"]), in_channels=1, **options)
+    model.load_state_dict(data["state_dict"])
+    model.eval()
+    return model, meta
+
+
+@torch.no_grad()
+def classify_crops(model: Any, meta: Mapping[str, Any], crops: torch.Tensor | np.ndarray,
+                   batch_size: int = 32) -> np.ndarray:
+    """Temperature-scaled class probabilities ``N x C`` for crops ``N x 1 x S x S`` (or ``N x S x S``) in [0, 1]."""
+    crops = torch.as_tensor(np.asarray(crops, dtype=np.float32)) if isinstance(crops, np.ndarray) else crops.float()
+    if crops.dim() == 3:
+        crops = crops[:, None]
+    if meta.get("kind") == "sklearn":
+        return np.asarray(model.predict_proba(crops[:, 0].numpy()), dtype=np.float64)
+    logits = _logits_of(model, crops, meta, batch_size)
+    return torch.softmax(logits / float(meta.get("temperature", 1.0)), dim=1).double().numpy()
+
+
+def _logits_of(model: nn.Module, crops: torch.Tensor, meta: Mapping[str, Any], batch_size: int) -> torch.Tensor:
+    device = next(model.parameters()).device
+    model.eval()
+    out = []
+    for start in range(0, len(crops), batch_size):
+        batch = normalise(crops[start:start + batch_size].to(device), meta)
+        out.append(model(batch).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, len(meta.get("classes", settings.CLASSES)))
+
+
+# ============================================================================================ run folder I/O
+class RunFiles:
+    """Rank 0's writer for one run folder; other ranks get a writer that does nothing."""
+
+    def __init__(self, run_dir: Path, active: bool):
+        self.run_dir, self.active = Path(run_dir), active
+        self.status: dict = {}
+
+    def status_update(self, **changes: Any) -> None:
+        if not self.active:
+            return
+        if not self.status:
+            self.status = jobs._read_status_file(self.run_dir)
+        self.status.update(changes)
+        self.status = jobs.write_status(self.run_dir, self.status)
+
+    def write_config(self, cfg_dict: dict) -> None:
+        if self.active:
+            jobs.atomic_write_text(self.run_dir / jobs.CONFIG_FILE, yaml.safe_dump(cfg_dict, sort_keys=False))
+
+    def metrics_rows(self) -> list[dict]:
+        path = self.run_dir / jobs.METRICS_FILE
+        if not path.exists():
+            return []
+        with open(path, newline="", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+
+    def keep_metrics_until(self, epoch: int) -> None:
+        """After a resume, drop rows of epochs that finished after the checkpoint (they will be redone)."""
+        if not self.active:
+            return
+        rows = [r for r in self.metrics_rows() if int(r["epoch"]) <= epoch]
+        text = ",".join(METRIC_COLUMNS) + "\n" + "".join(",".join(r[c] for c in METRIC_COLUMNS) + "\n" for r in rows)
+        jobs.atomic_write_text(self.run_dir / jobs.METRICS_FILE, text)
+
+    def append_metrics(self, row: Mapping[str, Any]) -> None:
+        if not self.active:
+            return
+        path = self.run_dir / jobs.METRICS_FILE
+        new = not path.exists() or path.stat().st_size == 0
+        with open(path, "a", encoding="utf-8") as handle:
+            if new:
+                handle.write(",".join(METRIC_COLUMNS) + "\n")
+            handle.write(",".join(_fmt(row[c]) for c in METRIC_COLUMNS) + "\n")
+
+    def save(self, name: str, payload: dict) -> None:
+        if self.active:
+            _save_checkpoint(self.run_dir / name, payload)
+
+    def write_json(self, name: str, data: Any) -> None:
+        if self.active:
+            jobs.atomic_write_text(self.run_dir / name, json.dumps(_plain(data), indent=1))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+@contextlib.contextmanager
+def run_logging(run_dir: Path, active: bool):
+    """train.log for this run (plus stderr, unless stderr already is train.log, as under jobs)."""
+    handlers: list[logging.Handler] = []
+    if active:
+        log_path = run_dir / jobs.LOG_FILE
+        file_handler = logging.FileHandler(log_path, encoding="utf-8")
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        handlers.append(file_handler)
+        if not _stderr_is(log_path):
+            stream = logging.StreamHandler(sys.stderr)
+            stream.setFormatter(logging.Formatter("%(message)s"))
+            handlers.append(stream)
+    for handler in handlers:
+        log.addHandler(handler)
+    previous = log.level
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            log.removeHandler(handler)
+            handler.close()
+        log.setLevel(previous)
+
+
+def _stderr_is(path: Path) -> bool:
+    try:
+        err, target = os.fstat(sys.stderr.fileno()), os.stat(path)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (err.st_dev, err.st_ino) == (target.st_dev, target.st_ino)
+
+
+@contextlib.contextmanager
+def cancel_on_sigterm():
+    """SIGTERM (jobs.cancel_run) becomes RunCancelled in the main thread, so the run can say 'cancelled'."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise RunCancelled("cancelled (SIGTERM)")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# ============================================================================================ training
+@dataclass
+class EpochResult:
+    train_loss: float
+    val_loss: float
+    val_acc: float
+    val_macro_f1: float
+
+
+def _class_counts(samples: Sequence[Sample], n_classes: int) -> np.ndarray:
+    return np.bincount([s.label for s in samples], minlength=n_classes).astype(np.float64)
+
+
+def _loss_weights(cfg: TrainConfig, counts: np.ndarray) -> torch.Tensor | None:
+    if cfg.class_weighting != "balanced":
+        return None
+    # n / (k * n_c): each class contributes equally; a class absent from train gets no weight
+    present = counts > 0
+    weights = np.zeros_like(counts)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def _train_loader(cfg: TrainConfig, dataset: CropDataset, runtime: Runtime, counts: np.ndarray) -> DataLoader:
+    generator = torch.Generator()
+    labels = [s.label for s in dataset.samples]
+    if cfg.class_weighting == "sampler":
+        per_sample = [1.0 / counts[y] for y in labels]
+        if runtime.distributed:
+            sampler: Sampler = DistributedWeightedSampler(per_sample, len(labels), runtime.rank,
+                                                          runtime.world_size, cfg.seed)
+        else:
+            sampler = torch.utils.data.WeightedRandomSampler(per_sample, len(labels), True, generator=generator)
+    elif runtime.distributed:
+        sampler = torch.utils.data.DistributedSampler(dataset, runtime.world_size, runtime.rank,
+                                                      shuffle=True, seed=cfg.seed)
+    else:
+        sampler = torch.utils.data.RandomSampler(dataset, generator=generator)
+    # BatchNorm cannot train on a batch of one: drop a lone last image
+    drop_last = len(sampler) % cfg.batch_size == 1 and len(sampler) > 1
+    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=runtime.workers,
+                      drop_last=drop_last, generator=generator, pin_memory=runtime.device.type == "cuda",
+                      persistent_workers=runtime.workers > 0)
+
+
+def _eval_loader(cfg: TrainConfig, dataset: CropDataset, runtime: Runtime) -> DataLoader:
+    return DataLoader(dataset, batch_size=max(cfg.batch_size, 32), shuffle=False, num_workers=runtime.workers,
+                      pin_memory=runtime.device.type == "cuda")
+
+
+def _autocast(runtime: Runtime):
+    if runtime.amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=runtime.device.type, dtype=runtime.amp_dtype)
+
+
+def _to_device(x: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    x = normalise(x.to(runtime.device, non_blocking=True))
+    return x.contiguous(memory_format=torch.channels_last) if runtime.channels_last else x
+
+
+def _lr_lambda(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, optimizer, scheduler,
+                    scaler, runtime: Runtime, step_hook: Callable[[], None] | None = None) -> float:
+    """One pass over the loader; returns the mean training loss (of this rank's batches)."""
+    model.train()
+    total, count = 0.0, 0
+    for images, labels in loader:
+        images, labels = _to_device(images, runtime), labels.to(runtime.device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        with _autocast(runtime):
+            loss = criterion(model(images).float(), labels)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        total += float(loss.detach()) * len(labels)
+        count += len(labels)
+        if step_hook is not None:
+            step_hook()
+    return total / max(1, count)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, loader: DataLoader, runtime: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+    model.eval()
+    logits, labels = [], []
+    for images, y in loader:
+        with _autocast(runtime):
+            out = model(_to_device(images, runtime))
+        logits.append(out.float().cpu())
+        labels.append(torch.as_tensor(y))
+    if not logits:
+        return torch.zeros(0, len(settings.CLASSES)), torch.zeros(0, dtype=torch.long)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def _val_scores(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None) -> tuple[float, float, float]:
+    from sklearn.metrics import f1_score
+
+    loss = float(nnf.cross_entropy(logits, labels, weight=weight))
+    pred = logits.argmax(1).numpy()
+    acc = float((pred == labels.numpy()).mean())
+    f1 = float(f1_score(labels.numpy(), pred, labels=list(range(len(settings.CLASSES))), average="macro",
+                        zero_division=0))
+    return loss, acc, f1
+
+
+def _meta(cfg: TrainConfig, input_size: int, options: dict, run_dir: Path, **extra: Any) -> dict:
+    base = {
+        "kind": model_spec(cfg.model).kind,
+        "model": cfg.model,
+        "model_options": dict(cfg.model_options),
+        "builder_extra": {k: v for k, v in options.items() if k == "input_size"},
+        "classes": list(settings.CLASSES),
+        "input_size": input_size,
+        "in_channels": 1,
+        "roi_margin": cfg.roi_margin,
+        "normalisation": NORMALISATION,
+        "config": cfg.to_dict(),
+        "run_id": run_dir.name,
+        "torch_version": torch.__version__,
+        "created_at": jobs.now_iso(),
+        "temperature": 1.0,
+    }
+    base.update(extra)
+    return _plain(base)
+
+
+def train(cfg: TrainConfig, run_dir: str | Path | None = None, items: Mapping[str, Sequence[Any]] | None = None,
+          resume: bool = False) -> Path:
+    """Train ``cfg`` into ``run_dir`` (a new folder under runs/ when None) and return the folder.
+
+    ``items`` maps split names to TrainingItem-like records (for tests, comparisons, notebooks); without
+    it the splits come from the annotation store (``cfg.dataset``). Raises ``ConfigError`` for bad
+    configs or data, ``RunCancelled`` on SIGTERM; the status file says which.
+    """
+    runtime = make_runtime(cfg)
+    run_dir = _shared_run_dir(run_dir, cfg, runtime)
+    files = RunFiles(run_dir, runtime.is_main)
+    with run_logging(run_dir, runtime.is_main), cancel_on_sigterm():
+        try:
+            files.write_config(cfg.to_dict())
+            files.status_update(state="running", epoch=0, epochs=cfg.epochs, eta_s=None, best_metric=None,
+                                pid=os.getpid(), pgid=os.getpgrp(), task="classify", model=cfg.model,
+                                message="loading data")
+            if model_spec(cfg.model).kind == "sklearn":
+                _fit_sklearn(cfg, run_dir, files, items)
+            else:
+                _fit_torch(cfg, run_dir, files, runtime, items, resume)
+        except RunCancelled:
+            log.info("cancelled")
+            files.status_update(state="cancelled", message="cancelled by user", eta_s=None)
+            raise
+        except BaseException as exc:
+            log.exception("run failed")
+            files.status_update(state="failed", message=f"{type(exc).__name__}: {exc}", eta_s=None)
+            raise
+        finally:
+            if runtime.distributed and torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+    return run_dir
+
+
+def _shared_run_dir(run_dir: str | Path | None, cfg: TrainConfig, runtime: Runtime) -> Path:
+    """Rank 0 makes the folder; under DDP the others learn its path from rank 0."""
+    path = str(run_dir) if run_dir is not None else None
+    if path is None and runtime.is_main:
+        path = str(jobs.new_run_dir(cfg.model, "classify"))
+    if runtime.distributed:
+        box = [path]
+        torch.distributed.broadcast_object_list(box, src=0)
+        path = box[0]
+    Path(path).mkdir(parents=True, exist_ok=True)
+    return Path(path)
+
+
+def _splits(cfg: TrainConfig, items: Mapping[str, Sequence[Any]] | None) -> dict[str, list[Sample]]:
+    names = (cfg.train_split, cfg.val_split, cfg.test_split)
+    if items is not None:
+        return {name: to_samples(items.get(name, ())) for name in names}
+    return {name: load_split(cfg, name) for name in names}
+
+
+def _fit_torch(cfg: TrainConfig, run_dir: Path, files: RunFiles, runtime: Runtime,
+               items: Mapping[str, Sequence[Any]] | None, resume: bool) -> None:
+    splits = _splits(cfg, items)
+    train_samples, val_samples = splits[cfg.train_split], splits[cfg.val_split]
+    if not train_samples:
+        raise ConfigError(f"split '{cfg.train_split}' of dataset '{cfg.dataset}' has no labelled images")
+    if not val_samples:
+        raise ConfigError(f"split '{cfg.val_split}' of dataset '{cfg.dataset}' has no labelled images: early "
+                          "stopping and temperature scaling need a validation split")
+    input_size = _input_size(cfg)
+    n_classes = len(settings.CLASSES)
+    counts = _class_counts(train_samples, n_classes)
+    log.info("model %s, input %d px, device %s%s, train %d (%s), val %d", cfg.model, input_size,
+             runtime.device, f" x{runtime.world_size} (DDP)" if runtime.distributed else "", len(train_samples),
+             ", ".join(f"{c} {int(n)}" for c, n in zip(settings.CLASSES, counts)), len(val_samples))
+    augment = train_augmentation(cfg, input_size, context_inner(cfg.roi_margin)) if cfg.augment else None
+    train_set = CropDataset(train_samples, input_size, cfg.roi_margin, augment, cfg.cache_mb)
+    val_set = CropDataset(val_samples, input_size, cfg.roi_margin, None, cfg.cache_mb)
+
+    seed_everything(cfg.seed)
+    options = _builder_options(cfg, input_size)
+    model = build_classifier(cfg, input_size).to(runtime.device)
+    if runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    n_params = count_parameters(model)
+    loss_weight = _loss_weights(cfg, counts)
+    criterion = nn.CrossEntropyLoss(weight=loss_weight.to(runtime.device) if loss_weight is not None else None,
+                                    label_smoothing=cfg.label_smoothing)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    train_loader = _train_loader(cfg, train_set, runtime, counts)
+    steps_per_epoch = max(1, len(train_loader))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(cfg.warmup_epochs * steps_per_epoch, cfg.epochs * steps_per_epoch))
+    scaler = torch.amp.GradScaler(runtime.device.type) if runtime.amp_dtype is torch.float16 else None
+
+    start_epoch, best_metric, best_epoch, since_best, finished = 0, -1.0, 0, 0, False
+    last_path = run_dir / "last.pt"
+    if resume and last_path.exists():
+        state = torch.load(last_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        start_epoch = int(state["meta"]["epoch"])
+        best_metric, best_epoch = float(state["best_metric"]), int(state["best_epoch"])
+        since_best, finished = int(state["epochs_since_best"]), bool(state.get("finished"))
+        files.keep_metrics_until(start_epoch)
+        log.info("resumed from last.pt after epoch %d (best macro-F1 %.4f at epoch %d)", start_epoch,
+                 best_metric, best_epoch)
+    elif resume:
+        log.info("resume asked, but no last.pt yet: starting from epoch 1")
+        files.keep_metrics_until(0)
+
+    net: nn.Module = model
+    if runtime.distributed:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
+
+    epoch_times: list[float] = []
+    epoch = start_epoch
+    while epoch < cfg.epochs and not finished:
+        epoch += 1
+        started = time.perf_counter()
+        seed_everything(_epoch_seed(cfg.seed, epoch))
+        train_loader.generator.manual_seed(_epoch_seed(cfg.seed, epoch))
+        if hasattr(train_loader.sampler, "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)
+        files.status_update(state="running", epoch=epoch - 1, message=f"epoch {epoch}/{cfg.epochs}")
+        train_loss = train_one_epoch(net, train_loader, criterion, optimizer, scheduler, scaler, runtime)
+        stop = [False]
+        if runtime.is_main:
+            logits, labels = predict_logits(model, _eval_loader(cfg, val_set, runtime), runtime)
+            val_loss, val_acc, val_f1 = _val_scores(logits, labels, loss_weight)
+            seconds = time.perf_counter() - started
+            epoch_times.append(seconds)
+            improved = val_f1 > best_metric + 1e-9
+            if improved:
+                best_metric, best_epoch, since_best = val_f1, epoch, 0
+            else:
+                since_best += 1
+            stop[0] = bool(cfg.patience and since_best >= cfg.patience)
+            row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_acc": val_acc,
+                   "val_macro_f1": val_f1, "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3)}
+            metrics = {k: row[k] for k in ("train_loss", "val_loss", "val_acc", "val_macro_f1")}
+            meta = _meta(cfg, input_size, options, run_dir, epoch=epoch, metrics=metrics, n_parameters=n_params,
+                         best_metric=best_metric, best_epoch=best_epoch)
+            state_dict = _state_dict_of(model)
+            if improved:
+                files.save("best.pt", {"state_dict": state_dict, "meta": meta})
+            # metrics row before last.pt: a crash between the two redoes the epoch and the resume drops the row
+            files.append_metrics(row)
+            files.save("last.pt", {
+                "state_dict": state_dict, "meta": meta, "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else {},
+                "best_metric": best_metric, "best_epoch": best_epoch, "epochs_since_best": since_best,
+                "finished": stop[0] or epoch >= cfg.epochs,
+            })
+            eta = float(np.mean(epoch_times)) * (cfg.epochs - epoch) if not stop[0] else 0.0
+            files.status_update(epoch=epoch, eta_s=round(eta, 1), best_metric=round(best_metric, 6),
+                                message=f"epoch {epoch}/{cfg.epochs} done")
+            log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_acc %.3f  val_macro_f1 %.3f  lr %.2e  %.1fs%s",
+                     epoch, cfg.epochs, train_loss, val_loss, val_acc, val_f1, row["lr"], seconds,
+                     "  (best)" if improved else "")
+            if stop[0]:
+                log.info("early stop: no macro-F1 gain for %d epochs (best %.4f at epoch %d)", since_best,
+                         best_metric, best_epoch)
+        if runtime.distributed:
+            torch.distributed.broadcast_object_list(stop, src=0)
+        finished = stop[0]
+
+    if runtime.distributed:
+        torch.distributed.barrier()
+    if runtime.is_main:
+        _finish_run(cfg, run_dir, files, model, val_set, runtime, splits, items)
+
+
+def _finish_run(cfg: TrainConfig, run_dir: Path, files: RunFiles, model: nn.Module, val_set: CropDataset,
+                runtime: Runtime, splits: dict[str, list[Sample]], items) -> None:
+    """Best weights -> temperature on validation -> test report -> status done."""
+    from core import metrics
+
+    files.status_update(message="calibrating on validation", eta_s=None)
+    best = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(best["state_dict"])
+    logits, labels = predict_logits(model, _eval_loader(cfg, val_set, runtime), runtime)
+    temperature = float(metrics.fit_temperature(logits.numpy(), labels.numpy()))
+    best["meta"]["temperature"] = temperature
+    files.save("best.pt", best)
+    log.info("temperature %.3f (fitted on %d validation images)", temperature, len(labels))
+    _report_test(cfg, run_dir, files, splits, best["meta"])
+
+
+def _report_test(cfg: TrainConfig, run_dir: Path, files: RunFiles, splits: dict[str, list[Sample]],
+                 meta: dict) -> None:
+    test_samples = splits.get(cfg.test_split) or []
+    message = "done"
+    if test_samples:
+        files.status_update(message="evaluating on the test split")
+        report = evaluate(run_dir, cfg.test_split, samples=test_samples, n_boot=cfg.n_boot)
+        message = f"done; test macro-F1 {_point(report, 'macro_f1'):.3f}" if _point(report, "macro_f1") is not None else "done"
+    else:
+        log.warning("split '%s' is empty: no test_report.json", cfg.test_split)
+    files.status_update(state="done", epoch=int(meta.get("epoch", cfg.epochs)), eta_s=0.0, message=message,
+                        best_metric=meta.get("best_metric"))
+
+
+def _point(report: Mapping[str, Any], name: str) -> float | None:
+    """A metric's point value from evaluate_predictions' report, whatever nesting it uses."""
+    value = report.get("metrics", report).get(name) if isinstance(report.get("metrics", report), Mapping) else None
+    if isinstance(value, Mapping):
+        value = value.get("value", value.get("point"))
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+# ============================================================================================ SVM
+def _svm_state_to_tensors(state: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
+
+
+def _svm_state_from_tensors(state: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in state.items()}
+
+
+def _crops_array(samples: Sequence[Sample], size: int, margin: float) -> np.ndarray:
+    dataset = CropDataset(samples, size, margin, None, cache_mb=0)
+    return np.stack([dataset[i][0][0].numpy() for i in range(len(dataset))]) if len(dataset) else \
+        np.zeros((0, size, size), np.float32)
+
+
+def _fit_sklearn(cfg: TrainConfig, run_dir: Path, files: RunFiles, items) -> None:
+    """The SVM: HOG features of the same crops; one 'epoch', the same run folder and test report."""
+    from sklearn.metrics import log_loss
+
+    from models import svm
+
+    splits = _splits(cfg, items)
+    train_samples, val_samples = splits[cfg.train_split], splits[cfg.val_split]
+    if not train_samples:
+        raise ConfigError(f"split '{cfg.train_split}' of dataset '{cfg.dataset}' has no labelled images")
+    input_size = _input_size(cfg)
+    started = time.perf_counter()
+    files.status_update(epochs=1, message="fitting the SVM")
+    seed_everything(cfg.seed)
+    model = build_classifier(cfg, input_size)
+    x_train = _crops_array(train_samples, input_size, cfg.roi_margin)
+    y_train = np.array([s.label for s in train_samples])
+    model.fit(x_train, y_train)
+    labels = list(range(len(settings.CLASSES)))
+    train_loss = float(log_loss(y_train, model.predict_proba(x_train), labels=labels))
+    row = {"epoch": 1, "train_loss": train_loss, "val_loss": float("nan"), "val_acc": float("nan"),
+           "val_macro_f1": float("nan"), "lr": 0.0}
+    if val_samples:
+        x_val = _crops_array(val_samples, input_size, cfg.roi_margin)
+        y_val = np.array([s.label for s in val_samples])
+        probs = model.predict_proba(x_val)
+        logits = torch.from_numpy(np.log(np.clip(probs, 1e-7, 1.0))).float()
+        row["val_loss"], row["val_acc"], row["val_macro_f1"] = _val_scores(logits, torch.from_numpy(y_val), None)
+    row["seconds"] = round(time.perf_counter() - started, 3)
+    files.append_metrics(row)
+    state, svm_meta = svm.to_state(model)
+    best_metric = row["val_macro_f1"] if math.isfinite(row["val_macro_f1"]) else None
+    meta = _meta(cfg, input_size, {}, run_dir, epoch=1, best_metric=best_metric, best_epoch=1,
+                 metrics={k: row[k] for k in ("train_loss", "val_loss", "val_acc", "val_macro_f1")},
+                 n_parameters=count_parameters(model), svm_meta=svm_meta)
+    payload = {"state_dict": _svm_state_to_tensors(state), "meta": meta}
+    files.save("best.pt", payload)
+    files.save("last.pt", payload)
+    files.status_update(epoch=1, best_metric=best_metric)
+    log.info("svm fitted on %d crops in %.1fs; val macro-F1 %s", len(train_samples), row["seconds"],
+             f"{row['val_macro_f1']:.3f}")
+    _report_test(cfg, run_dir, files, splits, meta)
+
+
+# ============================================================================================ evaluation
+def evaluate(run_dir: str | Path, split: str = "test", samples: Sequence[Any] | None = None,
+             n_boot: int | None = None) -> dict:
+    """Score a run's best.pt on a split with ``core.metrics.evaluate_predictions``; writes ``<split>_report.json``.
+
+    ``samples`` (TrainingItem-like records) replaces reading the split from the annotation store.
+    """
+    from core import metrics
+
+    run_dir = jobs.resolve_run(run_dir)
+    cfg = TrainConfig.from_dict(jobs.read_config(run_dir))
+    model, meta = load_classifier(run_dir / "best.pt")
+    records = to_samples(samples) if samples is not None else load_split(cfg, split)
+    if not records:
+        raise ConfigError(f"split '{split}' of dataset '{cfg.dataset}' has no labelled images to evaluate")
+    input_size, margin = int(meta["input_size"]), float(meta.get("roi_margin", cfg.roi_margin))
+    started = time.perf_counter()
+    crops = torch.from_numpy(_crops_array(records, input_size, margin))
+    if isinstance(model, nn.Module):
+        model.to(pick_device(cfg.device) if cfg.device != "auto" else pick_device("auto"))
+    probs = classify_crops(model, meta, crops)
+    seconds = time.perf_counter() - started
+    y_true = np.array([s.label for s in records])
+    report = metrics.evaluate_predictions(y_true, probs, [s.patient_id for s in records], list(meta["classes"]),
+                                          n_boot=cfg.n_boot if n_boot is None else n_boot, seed=cfg.seed)
+    report = dict(_plain(report))
+    report.update({
+        "split": split, "run_id": run_dir.name, "model": meta["model"], "n_images": len(records),
+        "n_patients": len({s.patient_id for s in records}), "temperature": meta.get("temperature", 1.0),
+        "seconds": round(seconds, 3),
+        "predictions": [{"image_id": s.image_id, "patient_id": s.patient_id, "true": meta["classes"][s.label],
+                         "predicted": meta["classes"][int(np.argmax(p))],
+                         "probabilities": [round(float(v), 6) for v in p]} for s, p in zip(records, probs)],
+    })
+    jobs.atomic_write_text(run_dir / f"{split}_report.json", json.dumps(_plain(report), indent=1))
+    log.info("%s report: %d images -> %s", split, len(records), run_dir / f"{split}_report.json")
+    return report
+
+
+# ============================================================================================ CLI
+def configure_train(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config (configs/classify.yaml documents every key)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys, e.g. epochs=5")
+    parser.add_argument("--resume", metavar="RUN", help="continue a run folder from its last.pt")
+    parser.add_argument("--run-dir", help="write into this folder (default: a new one under runs/)")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    try:
+        if args.resume:
+            run_dir = jobs.resolve_run(args.resume)
+            data = resolve_config(run_dir / jobs.CONFIG_FILE, args.overrides)
+        else:
+            if not args.config:
+                raise ConfigError("give --config FILE.yaml (see configs/classify.yaml) or --resume RUN")
+            data = resolve_config(args.config, args.overrides)
+            run_dir = Path(args.run_dir) if args.run_dir else None
+        if data.get("task", "classify") != "classify":
+            from core import detect  # ultralytics stays out of classification runs
+
+            run_dir = run_dir or jobs.new_run_dir(data.get("model", data["task"]), data["task"])
+            result = detect.train_from_config(data, run_dir)
+            return int(result) if isinstance(result, int) else 0
+        cfg = TrainConfig.from_dict(data)
+        run_dir = train(cfg, run_dir, resume=bool(args.resume))
+    except (ConfigError, jobs.JobError) as exc:
+        if args.resume or getattr(args, "run_dir", None):
+            with contextlib.suppress(Exception):
+                target = jobs.resolve_run(args.resume or args.run_dir)
+                jobs.update_status(target, state="failed", message=str(exc))
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RunCancelled:
+        return 143
+    except Exception as exc:  # the traceback is in train.log; the status says failed
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(run_dir)
+    return 0
+
+
+def configure_evaluate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", help="run folder or run id")
+    parser.add_argument("--split", default="test", help="split of the run's dataset (default: test)")
+    parser.add_argument("--n-boot", type=int, default=None, help="bootstrap resamples for the intervals")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    try:
+        report = evaluate(args.run, args.split, n_boot=args.n_boot)
+    except (ConfigError, jobs.JobError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    summary = {k: v for k, v in report.items() if k != "predictions"}
+    print(json.dumps(summary, indent=1))
+    return 0

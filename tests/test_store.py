@@ -1,0 +1,227 @@
+"""The annotation store on a real SQLite file: append-only history, carry-forward, validation, concurrency."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import create_engine, func, select, text
+
+from core.store import AnnotationStore, images_table, labels_table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _sha(n: int) -> str:
+    return f"{n:064x}"
+
+
+def _add(store: AnnotationStore, n: int, dataset: str = "ds", patient: str | None = None) -> int:
+    return store.add_image(f"images/{n}.png", sha256=_sha(n), width=100, height=80,
+                           patient_id=patient or f"P{n}", source=f"src/{n}.png", dataset=dataset)
+
+
+def _landmarks(offset: float = 0.0) -> np.ndarray:
+    return np.arange(46, dtype=float).reshape(23, 2) + offset
+
+
+def _row_counts(url: str) -> tuple[int, int]:
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        counts = (conn.execute(select(func.count()).select_from(images_table)).scalar(),
+                  conn.execute(select(func.count()).select_from(labels_table)).scalar())
+    engine.dispose()
+    return counts
+
+
+def test_file_is_wal_with_busy_timeout_and_versioned(workspace):
+    store = AnnotationStore()
+    assert store.url.startswith("sqlite:///") and str(workspace) in store.url
+    assert store.schema_version() == 1
+    with store._engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 1000
+    store.close()
+    # Reopening an existing file keeps the data and the version row single.
+    again = AnnotationStore()
+    with again._engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM schema_info")).scalar() == 1
+
+
+def test_newer_schema_is_refused(workspace):
+    AnnotationStore().close()
+    engine = create_engine(f"sqlite:///{workspace / 'cervicurve.db'}")
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE schema_info SET version = 99"))
+    engine.dispose()
+    with pytest.raises(RuntimeError, match="newer"):
+        AnnotationStore()
+
+
+def test_same_content_in_same_dataset_is_one_image(workspace):
+    store = AnnotationStore()
+    first = _add(store, 1)
+    assert _add(store, 1) == first
+    other = _add(store, 1, dataset="other")
+    assert other != first
+    assert len(store.images("ds")) == 1 and len(store.images()) == 2
+    assert store.datasets() == ["ds", "other"]
+
+
+def test_history_is_append_only_and_carries_fields_forward(workspace):
+    store = AnnotationStore()
+    image_id = _add(store, 1)
+    store.save_label(image_id, annotator="ana", curvature_class="normal", note="first look")
+    store.save_label(image_id, annotator="ben", roi_box=[10, 5, 60, 70])
+    store.save_label(image_id, annotator="ana", landmarks=_landmarks())
+    store.save_label(image_id, annotator="cy", curvature_class="reversed")
+
+    revisions = store.history(image_id)
+    assert [r.annotator for r in revisions] == ["ana", "ben", "ana", "cy"]
+    assert [r.label_id for r in revisions] == sorted(r.label_id for r in revisions)
+    assert [r.curvature_class for r in revisions] == ["normal", "normal", "normal", "reversed"]
+    assert revisions[0].roi_box is None and revisions[1].roi_box == [10.0, 5.0, 60.0, 70.0]
+    assert revisions[1].landmarks is None
+    np.testing.assert_array_equal(revisions[3].landmarks, _landmarks())
+    assert all(r.note == "first look" for r in revisions)
+    assert revisions[0].created_at <= revisions[-1].created_at
+
+    (current,) = store.current_labels("ds")
+    assert current.curvature_class == "reversed" and current.class_index == 2
+    assert current.roi_box == [10.0, 5.0, 60.0, 70.0]
+    assert current.annotator == "cy" and current.label_id == revisions[-1].label_id
+
+
+def test_missing_landmark_survives_as_nan(workspace):
+    store = AnnotationStore()
+    image_id = _add(store, 1)
+    points = _landmarks()
+    points[22] = np.nan  # C7 bottom right hidden by the shoulders
+    store.save_label(image_id, annotator="ana", landmarks=points)
+    (current,) = store.current_labels()
+    assert np.isnan(current.landmarks[22]).all() and not np.isnan(current.landmarks[:22]).any()
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"curvature_class": "sigmoid"}, "unknown curvature class"),
+        ({"roi_box": [10, 5, 60]}, "4 finite numbers"),
+        ({"roi_box": [60, 5, 10, 70]}, "x1 < x2"),
+        ({"roi_box": [10, 70, 60, 5]}, "y1 < y2"),
+        ({"roi_box": [10, 5, float("nan"), 70]}, "finite"),
+        ({"roi_box": "a box"}, "4 numbers"),
+        ({"landmarks": np.zeros((22, 2))}, r"shape \(23, 2\)"),
+        ({"landmarks": [["a", "b"]] * 23}, "23 \\[x, y\\]"),
+        ({"curvature_class": "normal", "annotator": " "}, "annotator"),
+    ],
+)
+def test_bad_values_are_refused_and_nothing_is_written(workspace, fields, message):
+    store = AnnotationStore()
+    image_id = _add(store, 1)
+    store.save_label(image_id, annotator="ana", curvature_class="normal")
+    kwargs = {"annotator": "ben", "curvature_class": "straightened", **fields}
+    with pytest.raises(ValueError, match=message):
+        store.save_label(image_id, **kwargs)
+    assert len(store.history(image_id)) == 1
+    assert store.current_labels()[0].curvature_class == "normal"
+
+
+def test_label_for_unknown_image_is_refused(workspace):
+    store = AnnotationStore()
+    with pytest.raises(ValueError, match="no image with id 42"):
+        store.save_label(42, annotator="ana", curvature_class="normal")
+    assert _row_counts(store.url) == (0, 0)
+
+
+def test_batch_is_all_or_nothing(workspace):
+    store = AnnotationStore()
+    _add(store, 1)
+    with pytest.raises(ValueError):
+        with store.batch() as batch:
+            new_id = batch.add_image("images/2.png", sha256=_sha(2), width=5, height=5, patient_id="P2",
+                                     source="s", dataset="ds")
+            batch.save_label(new_id, annotator="import", curvature_class="normal")
+            batch.save_label(new_id, annotator="import", curvature_class="kyphosis")
+    assert _row_counts(store.url) == (1, 0)
+
+
+def test_splits_and_summary(workspace):
+    store = AnnotationStore()
+    ids = [_add(store, n, patient=f"P{n // 2}") for n in range(6)]
+    for image_id, cls in zip(ids, ["normal", "normal", "straightened", "reversed", "reversed", None]):
+        if cls:
+            store.save_label(image_id, annotator="ana", curvature_class=cls, roi_box=[1, 1, 9, 9])
+    store.save_label(ids[0], annotator="ana", landmarks=_landmarks())
+    store.set_splits({ids[0]: "train", ids[1]: "train", ids[2]: "val", ids[3]: "test"})
+    with pytest.raises(ValueError, match="unknown split"):
+        store.set_splits({ids[4]: "holdout", ids[5]: "train"})
+    with pytest.raises(ValueError, match="no image with id 999"):
+        store.set_splits({ids[5]: "train", 999: "train"})
+    assert store.images()[5].split is None  # neither failed call changed anything
+
+    assert store.summary("ds") == {
+        "dataset": "ds", "images": 6, "patients": 3,
+        "classes": {"normal": 2, "straightened": 1, "reversed": 2}, "unlabeled": 1,
+        "boxes": 5, "landmarks": 1,
+        "splits": {"train": 2, "val": 1, "test": 1, "unsplit": 2},
+    }
+    assert len(store.current_labels("ds", labeled_only=True)) == 5
+
+
+WORKER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    sys.path.insert(0, {root!r})
+    from core.store import AnnotationStore
+    url, who, go = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+    while not go.exists():
+        time.sleep(0.01)
+    store = AnnotationStore(url)   # both processes may create the schema at the same moment
+    ids = [store.add_image(f"images/{{n}}.png", sha256=f"{{n:064x}}", width=64, height=64,
+                           patient_id=f"P{{n}}", source="worker", dataset="shared") for n in range(10)]
+    for i in range(200):
+        image_id = ids[i % len(ids)]
+        if who == "ana":
+            store.save_label(image_id, annotator=who, curvature_class=("normal", "reversed")[i % 2], note=f"ana-{{i}}")
+        else:
+            store.save_label(image_id, annotator=who, roi_box=[1, 2, 10 + i, 20 + i], note=f"ben-{{i}}")
+    """
+)
+
+
+def test_two_processes_saving_at_once_lose_nothing(workspace, tmp_path):
+    url = f"sqlite:///{workspace / 'shared.db'}"
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER.format(root=str(ROOT)))
+    go = tmp_path / "go"
+    workers = [subprocess.Popen([sys.executable, str(script), url, who, str(go)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for who in ("ana", "ben")]
+    time.sleep(1.0)  # let both interpreters start, then release them together
+    go.touch()
+    for worker in workers:
+        _, err = worker.communicate(timeout=180)
+        assert worker.returncode == 0, err
+
+    store = AnnotationStore(url)
+    assert _row_counts(url) == (10, 400)
+    notes = {r.note for image in store.images() for r in store.history(image.image_id)}
+    assert notes == {f"ana-{i}" for i in range(200)} | {f"ben-{i}" for i in range(200)}
+    for image in store.images():
+        revisions = store.history(image.image_id)
+        assert len(revisions) == 40
+        # Each save read the current label under the write lock: once both annotators have saved,
+        # every later row carries both the class and the box, whoever wrote it.
+        first_both = max(next(k for k, r in enumerate(revisions) if r.annotator == who) for who in ("ana", "ben"))
+        assert all(r.curvature_class and r.roi_box for r in revisions[first_both:])
+        last_ana = [r for r in revisions if r.annotator == "ana"][-1]
+        last_ben = [r for r in revisions if r.annotator == "ben"][-1]
+        current = next(c for c in store.current_labels("shared") if c.image_id == image.image_id)
+        assert current.curvature_class == last_ana.curvature_class
+        assert current.roi_box == last_ben.roi_box
