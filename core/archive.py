@@ -26,7 +26,7 @@ _JUNK_FILES = {".DS_Store", "Thumbs.db", "desktop.ini"}
 
 
 class ArchiveError(ValueError):
-    """The archive is unreadable or unsafe; the message says which member and why."""
+    """The archive is unreadable, unsafe, or does not hold the layout asked for; the message says why."""
 
 
 def extract_zip(source: str | Path | bytes | BinaryIO, dest: str | Path, max_members: int = MAX_MEMBERS,
@@ -157,3 +157,48 @@ def _size(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} bytes"
+
+
+def import_source(kind: str, root: str | Path) -> Path:
+    """What ``core.datasets.import_<kind>`` should be given for an extracted archive at ``root``.
+
+    ``folder``, ``csxa`` and ``dicom`` take the folder itself; ``csv`` the manifest (``manifest.csv``
+    preferred, else the only CSV); ``yolo`` the folder holding ``data.yaml``; ``coco`` the annotation JSON
+    (``annotations.json`` preferred, else the one JSON with ``images`` in it).
+    """
+    root = Path(root)
+    if kind in ("folder", "csxa", "dicom"):
+        return root
+    if kind == "csv":
+        found = _shallowest(root, "*.csv")
+        preferred = [p for p in found if p.name.lower() == "manifest.csv"]
+        if preferred or len(found) == 1:
+            return (preferred or found)[0]
+        raise ArchiveError("the archive holds no CSV manifest (path,label,patient_id,...)" if not found else
+                           f"the archive holds {len(found)} CSV files and none is named manifest.csv: "
+                           + ", ".join(p.relative_to(root).as_posix() for p in found[:5]))
+    if kind == "yolo":
+        found = _shallowest(root, "data.yaml")
+        if not found:
+            raise ArchiveError("the archive holds no data.yaml, so it is not a YOLO dataset")
+        return found[0].parent
+    if kind == "coco":
+        found = [p for p in _shallowest(root, "*.json") if p.name == "annotations.json" or _looks_like_coco(p)]
+        if not found:
+            raise ArchiveError("the archive holds no COCO annotation JSON (a file with 'images' and 'annotations')")
+        return sorted(found, key=lambda p: p.name != "annotations.json")[0]
+    raise ArchiveError(f"unknown dataset layout {kind!r}; expected folder, csv, yolo, coco, csxa or dicom")
+
+
+def _shallowest(root: Path, pattern: str) -> list[Path]:
+    return sorted(root.rglob(pattern), key=lambda p: (len(p.relative_to(root).parts), p.as_posix()))
+
+
+def _looks_like_coco(path: Path) -> bool:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("images"), list)

@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -549,8 +548,11 @@ def import_coco(src: str | Path, labels: str | Path | None = None, *, dataset: s
         if path is None:
             skipped.append((file_name or f"image id {entry.get('id')}", "file not found"))
             continue
+        # patient_id, split and curvature_class on an image entry are CerviCurve's additions (COCO has no
+        # image-level label); other COCO files simply lack them.
         cand = _Candidate(file=path, name=file_name, patient_id=str(entry.get("patient_id") or path.stem),
-                          split=entry.get("split") if entry.get("split") in SPLITS else None)
+                          split=entry.get("split") if entry.get("split") in SPLITS else None,
+                          curvature_class=parse_class(entry.get("curvature_class") or ""))
         anns = [a for a in by_image.get(entry.get("id"), []) if a.get("bbox")]
         if anns:
             ann = max(anns, key=lambda a: float(a["bbox"][2]) * float(a["bbox"][3]))
@@ -560,7 +562,7 @@ def import_coco(src: str | Path, labels: str | Path | None = None, *, dataset: s
                 skipped.append((file_name, f"bbox {ann['bbox']!r} is not [x, y, width, height]"))
                 continue
             cand.roi_box = [x, y, x + w, y + h]
-            cand.curvature_class = parse_class(categories.get(int(ann.get("category_id", -1)), ""))
+            cand.curvature_class = parse_class(categories.get(int(ann.get("category_id", -1)), "")) or cand.curvature_class
             keypoints = ann.get("keypoints") or []
             if len(keypoints) == 23 * 3:
                 points = np.array(keypoints, dtype=float).reshape(23, 3)
@@ -722,8 +724,8 @@ _REPLACE_UID_KEYWORDS = frozenset("""
     SynchronizationFrameOfReferenceUID IrradiationEventUID DeviceUID ConcatenationUID DimensionOrganizationUID
     StorageMediaFileSetUID MediaStorageSOPInstanceUID
 """.split())
-DEIDENTIFICATION_METHOD = ("CerviCurve: DICOM PS3.15 Basic Application Level Confidentiality Profile; "
-                           "PatientID replaced by a salted pseudonym; UIDs replaced; private tags removed")
+# LO allows 64 characters; the code sequence names the profile in full (DCM 113100).
+DEIDENTIFICATION_METHOD = "CerviCurve PS3.15 Basic Profile; salted pseudonym PatientID"
 
 
 def patient_pseudonym(patient_id: str, salt: bytes | None = None) -> str:
@@ -1007,7 +1009,8 @@ def export_coco(dataset: str, out: str | Path, *, store: AnnotationStore | None 
         file_name = f"{_stem(item)}.png"
         _write_png(radiograph.pixels, out / "images" / file_name)
         coco["images"].append({"id": item.image_id, "file_name": file_name, "width": item.width,
-                               "height": item.height, "patient_id": item.patient_id, "split": item.split})
+                               "height": item.height, "patient_id": item.patient_id, "split": item.split,
+                               "curvature_class": item.curvature_class})
         if item.roi_box is not None:
             x1, y1, x2, y2 = item.roi_box
             ann = {"id": len(coco["annotations"]) + 1, "image_id": item.image_id,

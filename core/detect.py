@@ -57,7 +57,7 @@ import shutil
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -65,8 +65,6 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from core import settings
-
-log = logging.getLogger(__name__)
 
 LANDMARK_COUNT = 23
 KPT_SHAPE = [LANDMARK_COUNT, 3]
@@ -120,6 +118,9 @@ def _offline_env() -> Path:
     os.environ["ULTRALYTICS_SAFE_LOAD"] = "1"
     os.environ["YOLO_CONFIG_DIR"] = str(config)
     os.environ["MPLCONFIGDIR"] = str(config)
+    # torch._dynamo, imported on the way, makes its cache folder in $TMPDIR; keep it in the workspace too
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(config / "torchinductor"))
+    os.environ.setdefault("TRITON_CACHE_DIR", str(config / "triton"))
     _install_fonts(config / "Ultralytics")
     return config
 
@@ -206,7 +207,11 @@ def resolve_device(device: str | int | None = "auto") -> str:
     if text == "cuda":
         return "0"
     if text.startswith("cuda:"):
-        return text.split(":", 1)[1]
+        text = text.split(":", 1)[1]
+    if "," in text:
+        # Ultralytics runs multi-GPU training as a separate generated script: our callbacks (status.json) and
+        # offline AMP check would not run there.
+        raise ValueError(f"one device at a time (got {device!r}); use e.g. 'cuda:0', 'cpu' or 'auto'")
     return text
 
 
@@ -300,7 +305,7 @@ def _write_dataset_yaml(data_yaml: str | Path, out: Path, yolo_task: str) -> Pat
         clean["kpt_shape"] = KPT_SHAPE
         clean["flip_idx"] = landmark_flip_idx()
     elif data.get("kpt_shape"):
-        raise ValueError(f"{data_yaml} holds landmarks (kpt_shape); export the dataset with task='detect' for the detector")
+        raise ValueError(f"{data_yaml} holds landmarks (kpt_shape); export it with task='detect' for the detector")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(clean, sort_keys=False), encoding="utf-8")
     return out
@@ -322,9 +327,7 @@ def write_json_atomic(path: Path, payload: dict) -> None:
 def _json_default(value):
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+    return str(value)  # paths, and anything odd a config may carry
 
 
 def _column(key: str) -> str:
@@ -353,6 +356,7 @@ class _RunRecorder:
         self.yolo_task = TASKS[task]
         self.epochs = epochs
         self.progress_callback = progress_callback
+        self.metric_name = "pose mAP50-95" if task == "landmarks" else "mAP50-95"
         self.status_path = run_dir / "status.json"
         self.metrics_path = run_dir / "metrics.csv"
         self.best_metric: float | None = None
@@ -372,7 +376,7 @@ class _RunRecorder:
     def status(self, **fields) -> None:
         if not self._status:
             self._status = {"state": "running", "epoch": 0, "epochs": self.epochs, "eta_s": None,
-                            "best_metric": None, "metric": "mAP50-95", "pid": os.getpid(), "task": self.task,
+                            "best_metric": None, "metric": self.metric_name, "pid": os.getpid(), "task": self.task,
                             "message": ""}
         self._status.update(fields, updated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         write_json_atomic(self.status_path, self._status)
@@ -393,12 +397,8 @@ class _RunRecorder:
         self._handler.close()
 
     # callbacks -------------------------------------------------------------
-    def attach(self, yolo, threads: int) -> None:
-        import torch
-
+    def attach(self, yolo) -> None:
         def on_train_epoch_start(trainer):
-            # Ultralytics' select_device() pinned torch to NUM_THREADS; train with what the user gave us.
-            torch.set_num_threads(threads)
             self._epoch_started = time.time()
 
         def on_train_epoch_end(trainer):
@@ -431,12 +431,16 @@ class _RunRecorder:
             self.best_metric = primary
         self.epoch_metrics = metrics
         eta = float(np.mean(self._durations)) * max(self.epochs - epoch, 0)
-        message = f"epoch {epoch}/{self.epochs}: mAP50-95 {primary if primary is not None else float('nan'):.4f}"
+        message = f"epoch {epoch}/{self.epochs}: {self.metric_name} " + ("n/a" if primary is None else f"{primary:.4f}")
         self.status(epoch=epoch, epochs=self.epochs, eta_s=round(eta, 1), best_metric=self.best_metric,
                     message=message)
         self.log(message)
         if self.progress_callback is not None:
             self.progress_callback(epoch, self.epochs, dict(row))
+
+    def seconds_per_epoch(self) -> float | None:
+        """Mean train + validation time of one epoch (setup and the final validation left out)."""
+        return round(float(np.mean(self._durations)), 2) if self._durations else None
 
     def _append_row(self, row: dict) -> None:
         if self._columns is None:
@@ -458,7 +462,9 @@ def _export_checkpoint(ultralytics_pt: Path, out: Path, meta: dict) -> Path:
     from ultralytics.nn.tasks import load_checkpoint
 
     network, _ = load_checkpoint(str(ultralytics_pt))
-    network_yaml = json.loads(json.dumps(network.yaml))  # plain types only, or this fails loudly
+    # weights_only loading accepts plain types only: JSON round trips guarantee that (names keep int keys below)
+    network_yaml = json.loads(json.dumps(network.yaml))
+    meta = json.loads(json.dumps(meta, default=_json_default))
     payload = {
         "state_dict": {k: v.detach().float().cpu().clone() if v.is_floating_point() else v.detach().cpu().clone()
                        for k, v in network.state_dict().items()},
@@ -605,8 +611,7 @@ class DetectorReport:
     landmark_errors: dict | None = None
     epochs_run: int = 0
     seconds: float = 0.0
-    seconds_per_epoch: float | None = None
-    extra: dict = field(default_factory=dict)
+    seconds_per_epoch: float | None = None  # mean train + validation time of one epoch
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -622,20 +627,17 @@ def _metric(metrics: dict, key: str) -> float | None:
 
 def _train(task: str, data_yaml, run_dir, *, model, epochs, imgsz, batch, device, seed, workers, patience,
            progress_callback, config) -> DetectorReport:
-    import torch
-
     yolo_task = TASKS[task]
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    if int(epochs) < 1 or int(imgsz) < 32 or int(batch) < 1:
-        raise ValueError(f"epochs >= 1, imgsz >= 32 and batch >= 1 are needed (got {epochs}, {imgsz}, {batch})")
     recorder = _RunRecorder(run_dir, task, int(epochs), progress_callback)
     try:
         recorder.status(state="running", message="preparing")
+        if int(epochs) < 1 or int(imgsz) < 32 or int(batch) < 1:
+            raise ValueError(f"epochs >= 1, imgsz >= 32 and batch >= 1 are needed (got {epochs}, {imgsz}, {batch})")
         source = _model_source(model, yolo_task)
         dataset_yaml = _write_dataset_yaml(data_yaml, run_dir / "dataset.yaml", yolo_task)
         device = resolve_device(device)
-        threads = torch.get_num_threads()
         if workers is None:
             workers = 0 if device == "cpu" else min(8, os.cpu_count() or 1)
         recorder.log(f"training {task} model {source} on {dataset_yaml} ({epochs} epochs, {imgsz} px, device {device})")
@@ -648,10 +650,13 @@ def _train(task: str, data_yaml, run_dir, *, model, epochs, imgsz, batch, device
             except FileNotFoundError as exc:
                 raise FileNotFoundError(f"unknown network {model!r}: {exc}") from exc
             except TypeError as exc:  # Ultralytics' restricted loader refusing a .pt
-                raise ValueError(f"{model} cannot be loaded safely as YOLO weights: {exc}") from exc
+                raise ValueError(
+                    f"{model} cannot be loaded safely as YOLO weights: Ultralytics' restricted loader (weights_only "
+                    f"plus an allow-list of its layer classes) refused it, so nothing in it was run"
+                ) from exc
             if yolo.task != yolo_task:
                 raise ValueError(f"{model} is a {yolo.task} network; {task} needs a {yolo_task} network")
-            recorder.attach(yolo, threads)
+            recorder.attach(yolo)
             yolo.train(
                 data=str(dataset_yaml), epochs=int(epochs), imgsz=int(imgsz), batch=int(batch), device=device,
                 seed=int(seed), deterministic=True, workers=int(workers), patience=int(patience),
@@ -685,15 +690,16 @@ def _train(task: str, data_yaml, run_dir, *, model, epochs, imgsz, batch, device
             pose_mAP50=_metric(final, "metrics/mAP50(P)"), pose_mAP50_95=_metric(final, "metrics/mAP50-95(P)"),
             weights=best, last_weights=last, run_dir=run_dir, split=split, epochs_run=recorder.epochs_run,
             seconds=round(seconds, 2),
-            seconds_per_epoch=round(seconds / recorder.epochs_run, 2) if recorder.epochs_run else None,
+            seconds_per_epoch=recorder.seconds_per_epoch(),
         )
         if task == "landmarks":
             recorder.status(message="measuring landmark errors")
             report.landmark_errors = evaluate_landmarks(LandmarkModel(best), read_yolo_landmarks(dataset_yaml, split))
         write_json_atomic(run_dir / "test_report.json", report.as_dict())
-        best_metric = report.pose_mAP50_95 if task == "landmarks" else report.mAP50_95
+        final_metric = report.pose_mAP50_95 if task == "landmarks" else report.mAP50_95
+        final_text = "n/a" if final_metric is None else f"{final_metric:.4f}"
         recorder.status(state="done", eta_s=0, best_metric=recorder.best_metric,
-                        message=f"done: {split} mAP50-95 {best_metric if best_metric is not None else float('nan'):.4f}")
+                        message=f"done: {split} {recorder.metric_name} {final_text}")
         recorder.log(f"done in {seconds:.1f} s; report in test_report.json")
         return report
     except BaseException as exc:
@@ -754,7 +760,8 @@ def train_from_config(cfg: dict, run_dir) -> dict:
     if not data:
         dataset = cfg.get("dataset")
         if not dataset:
-            raise ValueError("the config needs 'dataset' (a dataset in the annotation store) or 'data' (a YOLO data.yaml)")
+            raise ValueError("the config needs 'dataset' (a dataset in the annotation store) "
+                             "or 'data' (a YOLO data.yaml)")
         status = {"state": "running", "epoch": 0, "epochs": int(cfg.get("epochs", 50)), "eta_s": None,
                   "best_metric": None, "pid": os.getpid(), "task": task, "message": f"exporting dataset {dataset}"}
         write_json_atomic(run_dir / "status.json", status)
@@ -794,6 +801,9 @@ def _read_gray(path: Path) -> np.ndarray:
         return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
 
 
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
 def read_yolo_landmarks(data_yaml, split: str = "val") -> list[tuple[np.ndarray, np.ndarray]]:
     """(image, landmarks (23, 2) in pixels, nan where not visible) for every labelled image of a pose split."""
     data, root = _load_dataset_yaml(data_yaml)
@@ -801,7 +811,7 @@ def read_yolo_landmarks(data_yaml, split: str = "val") -> list[tuple[np.ndarray,
         raise ValueError(f"{data_yaml} has no '{split}' split")
     items = []
     for folder in _split_dirs(root, data[split]):
-        for image_path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")):
+        for image_path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES):
             parts = list(image_path.parts)
             where = len(parts) - 1 - parts[::-1].index("images")  # Ultralytics: last /images/ -> /labels/
             label = Path(*parts[:where], "labels", *parts[where + 1:]).with_suffix(".txt")

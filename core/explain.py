@@ -15,6 +15,7 @@ per model object, and both :func:`explain` and the pipeline's forward pass hold 
 """
 from __future__ import annotations
 
+import math
 import threading
 import weakref
 
@@ -36,16 +37,16 @@ class ExplainUnavailable(ValueError):
     """The model has no layer a class activation map can be taken from, or the layer path is wrong."""
 
 
-_locks: "weakref.WeakKeyDictionary[torch.nn.Module, threading.Lock]" = weakref.WeakKeyDictionary()
+_locks: "weakref.WeakKeyDictionary[object, threading.RLock]" = weakref.WeakKeyDictionary()
 _locks_guard = threading.Lock()
 
 
-def model_lock(model: torch.nn.Module) -> threading.Lock:
-    """The one lock of this model object; hold it around any forward pass on a shared model."""
+def model_lock(model: object) -> "threading.RLock":
+    """The one (re-entrant) lock of this model object; hold it around any forward pass on a shared model."""
     with _locks_guard:
         lock = _locks.get(model)
         if lock is None:
-            lock = _locks[model] = threading.Lock()
+            lock = _locks[model] = threading.RLock()
         return lock
 
 
@@ -112,20 +113,21 @@ def explain(model: torch.nn.Module, input_tensor: torch.Tensor, target_class: in
 def cam_to_image(cam: np.ndarray, roi_box, image_shape: tuple[int, int]) -> np.ndarray:
     """A map over the ROI crop placed back in the original image (``H x W``); zero outside the box.
 
-    The crop is the box resized to the network's square input, so the map is resized back to the box.
+    ``roi_box`` is the region the crop was cut from (``core.train.crop_box``: the ROI plus its margin),
+    which may reach past the image. Its pixel extent (floor of the start, ceil of the end) is the one the
+    trainer's crop uses; the map is resized to it and the part inside the image kept.
     """
     height, width = int(image_shape[0]), int(image_shape[1])
     full = np.zeros((height, width), dtype=np.float32)
     x1, y1, x2, y2 = (float(v) for v in roi_box)
-    left, top = max(0, int(round(x1))), max(0, int(round(y1)))
-    right, bottom = min(width, int(round(x2))), min(height, int(round(y2)))
-    if right <= left or bottom <= top:
+    left, top = math.floor(x1), math.floor(y1)
+    box_w, box_h = max(1, math.ceil(x2) - left), max(1, math.ceil(y2) - top)
+    inside_l, inside_t = max(0, left), max(0, top)
+    inside_r, inside_b = min(width, left + box_w), min(height, top + box_h)
+    if inside_r <= inside_l or inside_b <= inside_t:
         return full
-    # Resize to the unclipped box, then cut, so a box reaching past the edge keeps its scale.
-    box_w, box_h = max(1, int(round(x2)) - int(round(x1))), max(1, int(round(y2)) - int(round(y1)))
     resized = cv2.resize(np.asarray(cam, dtype=np.float32), (box_w, box_h), interpolation=cv2.INTER_LINEAR)
-    off_x, off_y = left - int(round(x1)), top - int(round(y1))
-    full[top:bottom, left:right] = resized[off_y:off_y + bottom - top, off_x:off_x + right - left]
+    full[inside_t:inside_b, inside_l:inside_r] = resized[inside_t - top:inside_b - top, inside_l - left:inside_r - left]
     return np.clip(full, 0.0, 1.0)
 
 

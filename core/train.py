@@ -236,8 +236,14 @@ def _plain(value: Any) -> Any:
         return float(value)
     if isinstance(value, np.ndarray):
         return _plain(value.tolist())
-    if isinstance(value, Path):
+    if isinstance(value, (str, Path)):  # str subclasses (TorchVersion) are not weights_only-safe
         return str(value)
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
     return value
 
 
@@ -471,7 +477,7 @@ class CropDataset(Dataset):
         sample = self.samples[index]
         pixels = read_image(sample.path).pixels
         if sample.roi_box is None:
-            log.warning("no ROI box for %s: the whole image is used", sample.image_id or sample.path)
+            log.warning("no ROI box for %s (image %s): the whole image is used", sample.path, sample.image_id)
         return classifier_crop(pixels, sample.roi_box, self.base_size, self.margin + self.extra)
 
     def __len__(self) -> int:
@@ -600,8 +606,9 @@ def _builder_options(cfg: TrainConfig, input_size: int) -> dict:
     options = dict(cfg.model_options)
     params = inspect.signature(spec.builder).parameters
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    if "input_size" in params and "input_size" not in options:
-        options["input_size"] = input_size
+    for name in ("input_size", "image_size"):  # S-ResNet matrices / SVM HOG grid follow the crop size
+        if name in params and name not in options:
+            options[name] = input_size
     if cfg.weights_path and not _is_cervicurve_checkpoint(cfg.weights_path):
         if "weights_path" not in params and not takes_any:
             raise ConfigError(f"model '{cfg.model}' cannot start from weights_path (it takes no pretrained weights)")
@@ -623,7 +630,7 @@ def build_classifier(cfg: TrainConfig, input_size: int) -> nn.Module:
     options = _builder_options(cfg, input_size)
     try:
         model = build_model(cfg.model, num_classes=len(settings.CLASSES), in_channels=1, **options)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ConfigError(f"model_options {cfg.model_options} do not fit model '{cfg.model}': {exc}") from None
     if cfg.weights_path and _is_cervicurve_checkpoint(cfg.weights_path):  # fine-tune from an earlier run
         state = torch.load(Path(cfg.weights_path).expanduser(), map_location="cpu", weights_only=True)["state_dict"]
@@ -677,10 +684,7 @@ def load_classifier(path: str | Path) -> tuple[Any, dict]:
     data = load_checkpoint(path)
     meta = data["meta"]
     if meta.get("kind") == "sklearn":
-        from models import svm
-
-        model = svm.from_state(_svm_state_from_tensors(data["state_dict"]), meta.get("svm_meta", {}))
-        return model, meta
+        return _svm_from_tensors(data["state_dict"]), meta
     from models.registry import build_model
 
     options = dict(meta.get("model_options") or {})
@@ -952,7 +956,7 @@ def _meta(cfg: TrainConfig, input_size: int, options: dict, run_dir: Path, **ext
         "kind": model_spec(cfg.model).kind,
         "model": cfg.model,
         "model_options": dict(cfg.model_options),
-        "builder_extra": {k: v for k, v in options.items() if k == "input_size"},
+        "builder_extra": {k: v for k, v in options.items() if k in ("input_size", "image_size")},
         "classes": list(settings.CLASSES),
         "input_size": input_size,
         "in_channels": 1,
@@ -1150,6 +1154,12 @@ def _finish_run(cfg: TrainConfig, run_dir: Path, files: RunFiles, model: nn.Modu
     model.load_state_dict(best["state_dict"])
     logits, labels = predict_logits(model, _eval_loader(cfg, val_set, runtime), runtime)
     temperature = float(metrics.fit_temperature(logits.numpy(), labels.numpy()))
+    if not 0.02 <= temperature <= 50:
+        # at the search bound: validation is separated perfectly (NLL falls as T -> 0) or carries no signal;
+        # the temperature is not identifiable there, so keep the network's own scale
+        log.warning("temperature %.3g hit its search bound on %d validation images: kept 1.0", temperature,
+                    len(labels))
+        temperature = 1.0
     best["meta"]["temperature"] = temperature
     files.save("best.pt", best)
     log.info("temperature %.3f (fitted on %d validation images)", temperature, len(labels))
@@ -1166,8 +1176,7 @@ def _report_test(cfg: TrainConfig, run_dir: Path, files: RunFiles, splits: dict[
         message = f"done; test macro-F1 {_point(report, 'macro_f1'):.3f}" if _point(report, "macro_f1") is not None else "done"
     else:
         log.warning("split '%s' is empty: no test_report.json", cfg.test_split)
-    files.status_update(state="done", epoch=int(meta.get("epoch", cfg.epochs)), eta_s=0.0, message=message,
-                        best_metric=meta.get("best_metric"))
+    files.status_update(state="done", eta_s=0.0, message=message, best_metric=meta.get("best_metric"))
 
 
 def _point(report: Mapping[str, Any], name: str) -> float | None:
@@ -1179,12 +1188,24 @@ def _point(report: Mapping[str, Any], name: str) -> float | None:
 
 
 # ============================================================================================ SVM
-def _svm_state_to_tensors(state: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
+def _svm_to_tensors(model: Any) -> dict[str, torch.Tensor]:
+    """The SVM's own npz file (arrays + JSON, no pickle) as one uint8 tensor, so best.pt stays one file."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = model.save(Path(tmp) / "svm.npz").read_bytes()
+    return {"svm_npz": torch.frombuffer(bytearray(data), dtype=torch.uint8).clone()}
 
 
-def _svm_state_from_tensors(state: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    return {k: v.numpy() for k, v in state.items()}
+def _svm_from_tensors(state: Mapping[str, torch.Tensor]) -> Any:
+    import tempfile
+
+    from models.svm import CurvatureSVM
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "svm.npz"
+        path.write_bytes(state["svm_npz"].numpy().tobytes())
+        return CurvatureSVM.load(path)
 
 
 def _crops_array(samples: Sequence[Sample], size: int, margin: float) -> np.ndarray:
@@ -1196,8 +1217,6 @@ def _crops_array(samples: Sequence[Sample], size: int, margin: float) -> np.ndar
 def _fit_sklearn(cfg: TrainConfig, run_dir: Path, files: RunFiles, items) -> None:
     """The SVM: HOG features of the same crops; one 'epoch', the same run folder and test report."""
     from sklearn.metrics import log_loss
-
-    from models import svm
 
     splits = _splits(cfg, items)
     train_samples, val_samples = splits[cfg.train_split], splits[cfg.val_split]
@@ -1223,12 +1242,11 @@ def _fit_sklearn(cfg: TrainConfig, run_dir: Path, files: RunFiles, items) -> Non
         row["val_loss"], row["val_acc"], row["val_macro_f1"] = _val_scores(logits, torch.from_numpy(y_val), None)
     row["seconds"] = round(time.perf_counter() - started, 3)
     files.append_metrics(row)
-    state, svm_meta = svm.to_state(model)
     best_metric = row["val_macro_f1"] if math.isfinite(row["val_macro_f1"]) else None
     meta = _meta(cfg, input_size, {}, run_dir, epoch=1, best_metric=best_metric, best_epoch=1,
                  metrics={k: row[k] for k in ("train_loss", "val_loss", "val_acc", "val_macro_f1")},
-                 n_parameters=count_parameters(model), svm_meta=svm_meta)
-    payload = {"state_dict": _svm_state_to_tensors(state), "meta": meta}
+                 n_parameters=count_parameters(model))
+    payload = {"state_dict": _svm_to_tensors(model), "meta": meta}
     files.save("best.pt", payload)
     files.save("last.pt", payload)
     files.status_update(epoch=1, best_metric=best_metric)

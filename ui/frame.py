@@ -32,16 +32,21 @@ ROOT = Path(__file__).resolve().parents[1]
 _demo_start_lock = threading.Lock()
 
 
-def frame() -> dict | None:
-    """Page config, notice, sidebar and (on an empty workspace) the demo offer; returns the workspace state."""
-    st.set_page_config(page_title="CerviCurve", page_icon="🦴", layout="wide")
+def frame(title: str) -> dict:
+    """Page config, notice, title, sidebar and (on an empty workspace) the demo offer; returns the workspace state.
+
+    When the workspace cannot be read, the reason is shown and the page stops there.
+    """
+    st.set_page_config(page_title=f"{title} · CerviCurve", page_icon="🦴", layout="wide")
     show_notice()
+    st.title(title)
     state = None
     with engine_errors("Reading the workspace"):
         state = workspace_state()
-    if state is not None:
-        sidebar(state)
-        demo_panel(state)
+    if state is None:
+        st.stop()  # the page itself would only fail the same way
+    sidebar(state)
+    demo_panel(state)
     return state
 
 
@@ -52,9 +57,8 @@ def show_notice() -> None:
 # ------------------------------------------------------------------ errors
 
 
-def _engine_error_types() -> tuple[type[BaseException], ...]:
-    """The engine's own error types (all ValueError subclasses) plus OS errors from file handling."""
-    return (ValueError, OSError, KeyError)
+# The engine's own error types are all ValueError subclasses; OS errors come from file handling.
+ENGINE_ERRORS = (ValueError, OSError, KeyError)
 
 
 @contextmanager
@@ -65,10 +69,18 @@ def engine_errors(action: str) -> Iterator[None]:
     ArchiveError, ModelMissing, ...): those are shown as they are. Anything else is a bug: the page
     says so briefly and the traceback goes to the server log, where a developer can read it.
     """
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
         yield
-    except _engine_error_types() as exc:
+    except ENGINE_ERRORS as exc:
         st.error(f"{action} failed: {exc}")
+    except SQLAlchemyError as exc:
+        from sqlalchemy.engine import make_url
+
+        where = make_url(settings.db_url()).render_as_string(hide_password=True)
+        st.error(f"{action} failed: the annotation database {where} cannot be used "
+                 f"({getattr(exc, 'orig', None) or exc}). Check CERVICURVE_DB / CERVICURVE_HOME.")
     except Exception as exc:  # a bug, not bad input: keep the page alive, log the details
         traceback.print_exc(file=sys.stderr)
         st.error(f"{action} failed with an unexpected {type(exc).__name__}: {exc}. "
@@ -101,10 +113,12 @@ def workspace_state() -> dict:
 
 
 def list_runs() -> list[dict]:
-    """Every run folder's status, newest first (empty when core.jobs cannot read the workspace)."""
+    """Every run folder's status (core.jobs.RunInfo as a dict), newest first."""
+    from dataclasses import asdict
+
     from core import jobs
 
-    return [_as_dict(run) for run in jobs.list_runs()]
+    return [asdict(run) for run in jobs.list_runs()]
 
 
 def promoted_info(task: str) -> dict | None:
@@ -112,16 +126,6 @@ def promoted_info(task: str) -> dict | None:
     from core import jobs
 
     return jobs.promoted_info(task) if jobs.promoted_model(task) is not None else None
-
-
-def _as_dict(value) -> dict:
-    if isinstance(value, dict):
-        return value
-    if hasattr(value, "__dataclass_fields__"):
-        from dataclasses import asdict
-
-        return asdict(value)
-    return dict(vars(value))
 
 
 def workspace_is_empty(state: dict) -> bool:
@@ -152,12 +156,15 @@ def sidebar(state: dict) -> None:
 
 
 def model_line(info: dict) -> str:
-    """``s_resnet34 · run `...` · val 0.81 · demo`` — what a user needs to judge the model in use."""
+    """``s_resnet34 · run `...` · val 0.81 · demo quality: quick`` — what a user needs to judge the model."""
     line = f"{info.get('model') or 'model'} · run `{info.get('run_id', '?')}`"
     if info.get("best_metric") is not None:
-        line += f" · val {float(info['best_metric']):.2f}"
-    if info.get("demo") or "demo" in str(info.get("run_id", "")):
-        line += " · demo quality (phantoms only)"
+        line += f" · best val {float(info['best_metric']):.2f}"
+    if info.get("demo_quality"):
+        line += f" · demo quality: {info['demo_quality']} (phantoms only)"
+        accuracy = (info.get("demo_check") or {}).get("class_accuracy")
+        if accuracy is not None:
+            line += f", held-out accuracy {float(accuracy):.2f}"
     return line
 
 
@@ -166,11 +173,10 @@ def classifier_choices() -> dict[str, str | None]:
     choices: dict[str, str | None] = {}
     promoted = promoted_info("classify")
     if promoted is not None:
-        choices[f"Promoted: {model_line(promoted)}"] = None
+        choices[f"Promoted: {promoted.get('model')} ({promoted.get('run_id')})"] = None
     for run in list_runs():
-        if run.get("task", "classify") == "classify" and run.get("state") == "done":
-            run_id = run.get("run_id") or run.get("id")
-            choices[f"Run {run_id} ({run.get('model', '?')})"] = run_id
+        if run["task"] == "classify" and run["state"] == "done" and run["run_id"] != (promoted or {}).get("run_id"):
+            choices[f"Run {run['run_id']} ({run['model']})"] = run["run_id"]
     return choices
 
 
@@ -198,17 +204,15 @@ def read_demo_status() -> dict | None:
         return None
 
 
-def demo_process_alive() -> bool:
-    """Whether the demo process this workspace started is still running (reaping it if it ended)."""
-    try:
-        pid = int(demo_pid_path().read_text())
-    except (OSError, ValueError):
+def _pid_alive(pid) -> bool:
+    """Whether ``pid`` is a live ``core demo`` process (reaping it first when it is our finished child)."""
+    if not isinstance(pid, int) or pid <= 0:
         return False
     try:
-        done, _ = os.waitpid(pid, os.WNOHANG)  # our child: reap it once it exits
+        done, _ = os.waitpid(pid, os.WNOHANG)
         if done:
             return False
-    except ChildProcessError:  # started by an earlier server process, or already reaped
+    except ChildProcessError:  # not our child: started by an earlier server process or the command line
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
@@ -222,21 +226,24 @@ def demo_process_alive() -> bool:
 
 
 def demo_running(status: dict | None) -> bool:
-    """A demo is being built: our process is alive, or (started from the command line) its status says so."""
-    if demo_process_alive():
-        return True
-    return bool(status and status.get("state") == "running" and not demo_pid_path().exists())
+    """A demo is being built: the process this app started, or the one demo_status.json names, is alive."""
+    try:
+        started_here = int(demo_pid_path().read_text())
+    except (OSError, ValueError):
+        started_here = None
+    return _pid_alive(started_here) or bool(
+        status and status.get("state") == "running" and _pid_alive(status.get("pid")))
 
 
 def start_demo(quick: bool) -> int:
     """Start ``python -m core demo`` in its own process group; it outlives reruns and page reloads."""
     with _demo_start_lock:
-        if demo_process_alive():
-            return int(demo_pid_path().read_text())
+        if demo_running(read_demo_status()):
+            raise ValueError("a demo build is already running in this workspace")
         home = settings.home()
-        env = dict(os.environ, CERVICURVE_HOME=str(home))
-        # Torch in the child would otherwise take every core from the server answering the page.
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) - 1)))
+        env = dict(os.environ, CERVICURVE_HOME=str(home), PYTHONUNBUFFERED="1")
+        # Explicit: importing ultralytics sets OMP_NUM_THREADS=1 in this server, and children inherit it.
+        env["OMP_NUM_THREADS"] = str(settings.cpu_threads())
         demo_status_path().unlink(missing_ok=True)
         command = [sys.executable, "-m", "core", "demo"] + (["--quick"] if quick else [])
         with open(home / "demo.log", "ab") as log:
@@ -258,15 +265,16 @@ def demo_panel(state: dict) -> None:
         if status and status.get("state") in ("failed", "running"):
             reason = status.get("message") or "the process ended without a message"
             st.error(f"The last demo build did not finish: {reason}. Its log is `{settings.home() / 'demo.log'}`.")
-        st.markdown("#### This workspace is empty")
+        st.markdown("#### This workspace is empty" if workspace_is_empty(state) else "#### Build the demo")
         st.write("Build the demo: synthetic lateral radiographs (phantoms) and small models trained on them, "
                  "so Predict works at once. Or import your own data on the **Data** page.")
-        mode = st.radio("Demo size", ["Quick (a few minutes)", "Full (longer, better demo models)"],
-                        horizontal=True, key="demo_mode")
+        mode = st.radio("Demo size", ["Quick (about 5 minutes on 2 cores, weaker models)",
+                                      "Full (about 20 minutes, better models)"], horizontal=True, key="demo_mode")
         if st.button("Build the demo", type="primary", key="build_demo"):
-            start_demo(quick=mode.startswith("Quick"))
-            time.sleep(0.3)
-            st.rerun()
+            with engine_errors("Starting the demo"):
+                start_demo(quick=mode.startswith("Quick"))
+                time.sleep(0.3)
+                st.rerun()
 
 
 @st.fragment(run_every="1s")

@@ -1,0 +1,385 @@
+"""Train the study's models on the same patient-grouped splits and compare them, every score with its interval.
+
+``python -m core compare [--quick] [--models a,b,...] [--folds K] [--dataset NAME] [--ablation]`` writes
+``compare.md``, ``compare.csv`` and ``compare.html`` (a plotly bar chart with error bars, plotly.js inlined so
+it opens offline) into ``$CERVICURVE_HOME/compare/<timestamp>/``. Each model is a normal run folder under
+``runs/`` (its ``last.pt`` is dropped once done: a comparison is not resumed).
+
+Evaluation: without ``--folds``, every model trains on the dataset's train split, stops early and is
+calibrated on val, and is scored on the test split. With ``--folds K``, the non-test images are cut into
+K patient-grouped, class-stratified folds (``core.datasets.kfold_splits``); for each fold a model trains on
+the other folds (an inner patient-grouped 1/6 of them for early stopping and calibration) and predicts the
+held-out fold; the pooled out-of-fold predictions are scored once, so each image counts once. Intervals
+are 95 % patient-level bootstrap intervals from ``core.metrics.evaluate_predictions``.
+
+``--quick`` builds (once) a dataset of ~240 synthetic phantom patients at 256 px and trains small inputs
+(96 px) for a handful of epochs per model, sized to finish in about 10 minutes on a 2-core CPU: a smoke test
+of the whole comparison, not a result. ``--ablation`` compares the S-ResNet-34 variants
+(matrix/channel/spatial/gated) with plain ResNet-34.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as _dt
+import json
+import math
+import platform
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from core import settings
+
+STUDY_MODELS = ("s_resnet34", "resnet34", "resnet152", "densenet121", "cnn", "rnn", "svm")
+ABLATION = (("s_resnet34", {"variant": "matrix"}), ("s_resnet34", {"variant": "channel"}),
+            ("s_resnet34", {"variant": "spatial"}), ("s_resnet34", {"variant": "gated"}), ("resnet34", {}))
+# Overall scores of evaluate_predictions, in table order.
+METRICS = ("accuracy", "mean_one_vs_rest_accuracy", "macro_f1", "macro_recall", "macro_precision",
+           "quadratic_kappa", "macro_roc_auc", "expected_calibration_error", "negative_log_likelihood")
+PLOTTED = ("accuracy", "mean_one_vs_rest_accuracy", "macro_f1", "macro_recall", "macro_roc_auc")
+QUICK_DATASET = "phantom-quick"
+QUICK_PATIENTS = 240
+QUICK_PHANTOM_SIZE = 256
+QUICK_INPUT_SIZE = 96
+# Epochs per model in --quick, sized from measured CPU cost at 96 px (bigger networks get fewer epochs).
+QUICK_EPOCHS = {"s_resnet34": 8, "resnet34": 8, "resnet152": 3, "densenet121": 4, "cnn": 12, "rnn": 12, "svm": 1}
+STUDY_REPORTED = "Liang et al. 2025 report for S-ResNet-34: ACC 90.94 %, F1 85.27 %, recall 85.36 % (240 patients)."
+
+
+class CompareError(ValueError):
+    """A comparison that cannot run: unknown model, missing dataset, too few patients for the folds."""
+
+
+@dataclass
+class Entry:
+    """One row of the comparison: a model (with options) and everything measured about it."""
+
+    model: str
+    options: dict = field(default_factory=dict)
+    report: dict = field(default_factory=dict)
+    train_seconds: float = 0.0
+    n_parameters: int = 0
+    inference_ms: float | None = None
+    epochs_run: list[int] = field(default_factory=list)
+    run_dirs: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        if not self.options:
+            return self.model
+        return f"{self.model}[{','.join(str(v) for v in self.options.values())}]"
+
+
+# ---------------------------------------------------------------------------------------------- data
+def dataset_exists(name: str) -> bool:
+    from core import datasets
+
+    try:
+        return bool(datasets.training_items(name))
+    except datasets.DatasetError:
+        return False
+
+
+def build_quick_dataset(name: str = QUICK_DATASET, patients: int = QUICK_PATIENTS, size: int = QUICK_PHANTOM_SIZE,
+                        seed: int = 0) -> str:
+    """Phantom patients (one image each) imported as ``name`` and split 70/15/15 by patient."""
+    from core import datasets, phantom
+
+    out = settings.home() / "phantoms" / name
+    if out.exists():
+        shutil.rmtree(out)
+    print(f"writing {patients} phantom patients ({size} px) to {out} ...", flush=True)
+    phantom.write_phantoms(out, patients=patients, images_per_patient=1, seed=seed, size=size)
+    report = datasets.import_csv(out / "manifest.csv", dataset=name)
+    print(report.format(), flush=True)
+    datasets.make_splits(name, seed=seed)
+    return name
+
+
+def _ensure_splits(dataset: str, seed: int) -> None:
+    from core import datasets
+
+    if not datasets.training_items(dataset, "val") or not datasets.training_items(dataset, "test"):
+        print(f"dataset {dataset!r} has no val/test split yet: splitting 70/15/15 by patient (seed {seed})")
+        datasets.make_splits(dataset, seed=seed)
+
+
+def _inner_split(items: list, seed: int, fraction: float = 1 / 6) -> tuple[list, list]:
+    """Patient-grouped, class-stratified hold-out of about ``fraction`` of ``items`` (early stopping)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    y = np.array([item.label for item in items])
+    groups = np.array([item.patient_id for item in items])
+    n_splits = max(2, round(1 / fraction))
+    if len(set(groups)) < n_splits:
+        raise CompareError(f"a fold has only {len(set(groups))} patients: too few for an inner validation split")
+    train_idx, val_idx = next(StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed).split(y, y, groups))
+    return [items[i] for i in train_idx], [items[i] for i in val_idx]
+
+
+def plans(dataset: str, folds: int | None, seed: int) -> list[dict[str, list]]:
+    """The item sets every model trains on: one {train, val, test} plan, or one per fold."""
+    from core import datasets
+
+    if not folds:
+        plan = {split: datasets.training_items(dataset, split) for split in ("train", "val", "test")}
+        for split, items in plan.items():
+            if not items:
+                raise CompareError(f"dataset {dataset!r} has no labelled images in its {split} split")
+        return [plan]
+    try:
+        fold_list = datasets.kfold_splits(dataset, folds, seed)
+    except datasets.DatasetError as exc:
+        raise CompareError(str(exc)) from None
+    out = []
+    for fold in fold_list:
+        train, val = _inner_split(datasets.training_items(dataset, image_ids=fold.train), seed)
+        out.append({"train": train, "val": val, "test": datasets.training_items(dataset, image_ids=fold.val)})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+def _n_parameters(model: Any) -> int:
+    from core.train import count_parameters
+
+    svc = getattr(model, "svc_", None)
+    if svc is not None:  # support vectors, their dual coefficients, intercepts and the calibration sigmoids
+        return int(svc.support_vectors_.size + svc.dual_coef_.size + svc.intercept_.size
+                   + np.size(model.sigmoid_a_) + np.size(model.sigmoid_b_))
+    return count_parameters(model)
+
+
+def inference_ms(model: Any, meta: dict, crops, repeats: int = 20) -> float:
+    """Median milliseconds to classify one crop (batch of 1, CPU, after one warm-up)."""
+    import torch
+
+    from core.train import classify_crops
+
+    crops = crops[: max(1, min(repeats, len(crops)))]
+    with torch.inference_mode():
+        classify_crops(model, meta, crops[:1])
+        times = []
+        for i in range(len(crops)):
+            started = time.perf_counter()
+            classify_crops(model, meta, crops[i:i + 1])
+            times.append((time.perf_counter() - started) * 1000)
+    return float(statistics.median(times))
+
+
+def _train_config(model: str, options: dict, dataset: str, epochs: int | None, input_size: int | None,
+                  seed: int, n_boot: int, quick: bool, batch_size: int | None) -> dict:
+    config = {"model": model, "model_options": dict(options), "dataset": dataset, "seed": seed, "n_boot": n_boot}
+    if quick:
+        config.update(input_size=QUICK_INPUT_SIZE, epochs=QUICK_EPOCHS.get(model, 5), patience=0,
+                      batch_size=16, lr=0.001, aug_hflip=True)  # phantoms face either way
+    if epochs is not None:
+        config["epochs"] = epochs
+    if input_size is not None:
+        config["input_size"] = input_size
+    if batch_size is not None:
+        config["batch_size"] = batch_size
+    return config
+
+
+def run_entry(entry: Entry, plan_list: list[dict[str, list]], config: dict, n_boot: int, seed: int) -> Entry:
+    """Train ``entry`` on every plan, pool its test predictions and score them."""
+    from core import metrics, train
+
+    cfg = train.TrainConfig.from_dict(config)
+    pooled_true, pooled_probs, pooled_patients = [], [], []
+    for number, plan in enumerate(plan_list, start=1):
+        fold = f" fold {number}/{len(plan_list)}" if len(plan_list) > 1 else ""
+        print(f"- {entry.label}{fold}: training {cfg.epochs} epoch(s) on {len(plan['train'])} images", flush=True)
+        started = time.perf_counter()
+        run_dir = train.train(cfg, items=plan)
+        entry.train_seconds += time.perf_counter() - started
+        entry.run_dirs.append(str(run_dir))
+        (run_dir / "last.pt").unlink(missing_ok=True)  # 3x the weights (optimizer state); not resumed
+        status = json.loads((run_dir / "status.json").read_text())
+        entry.epochs_run.append(int(status.get("epoch") or 0))
+        report = json.loads((run_dir / "test_report.json").read_text())
+        classes = report["classes"]
+        for row in report["predictions"]:
+            pooled_true.append(classes.index(row["true"]))
+            pooled_probs.append(row["probabilities"])
+            pooled_patients.append(row["patient_id"])
+        if number == 1:
+            model, meta = train.load_classifier(run_dir)
+            entry.n_parameters = _n_parameters(model)
+            samples = train.to_samples(plan["test"][:20])
+            crops = train._crops_array(samples, int(meta["input_size"]), float(meta["roi_margin"]))
+            entry.inference_ms = inference_ms(model, meta, crops)
+    entry.report = metrics.evaluate_predictions(np.array(pooled_true), np.array(pooled_probs), pooled_patients,
+                                                list(settings.CLASSES), n_boot=n_boot, seed=seed)
+    return entry
+
+
+# ---------------------------------------------------------------------------------------------- writing
+def _score(entry: Entry, name: str) -> dict:
+    return entry.report.get("metrics", {}).get(name) or {"value": None, "low": None, "high": None}
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def write_csv(entries: Sequence[Entry], path: Path) -> None:
+    columns = ["model", "options"] + [f"{m}{s}" for m in METRICS for s in ("", "_low", "_high")] + [
+        "n_test_images", "n_test_patients", "train_seconds", "n_parameters", "inference_ms_per_image",
+        "epochs_run", "run_dirs"]
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for e in entries:
+            row = [e.model, json.dumps(e.options)]
+            for m in METRICS:
+                s = _score(e, m)
+                row += [s["value"], s["low"], s["high"]]
+            row += [e.report.get("n_images"), e.report.get("n_patients"), round(e.train_seconds, 1), e.n_parameters,
+                    None if e.inference_ms is None else round(e.inference_ms, 2),
+                    " ".join(map(str, e.epochs_run)), " ".join(e.run_dirs)]
+            writer.writerow(row)
+
+
+def write_markdown(entries: Sequence[Entry], path: Path, header: dict) -> None:
+    lines = [f"# Model comparison — {header['title']}", ""]
+    lines += [f"- {k}: {v}" for k, v in header.items() if k != "title"]
+    lines += ["- values: point estimate [95 % patient-bootstrap interval]; ECE and NLL: lower is better",
+              "- `mean_one_vs_rest_accuracy` is probably what the paper calls ACC; `accuracy` is plain 3-class accuracy",
+              f"- {STUDY_REPORTED}", ""]
+    cols = list(METRICS)
+    lines.append("| model | " + " | ".join(cols) + " | train s | parameters | ms/image |")
+    lines.append("|---" * (len(cols) + 4) + "|")
+    for e in entries:
+        cells = []
+        for m in cols:
+            s = _score(e, m)
+            cells.append(f"{_fmt(s['value'])} [{_fmt(s['low'])}, {_fmt(s['high'])}]")
+        ms = "–" if e.inference_ms is None else f"{e.inference_ms:.1f}"
+        lines.append(f"| {e.label} | " + " | ".join(cells)
+                     + f" | {e.train_seconds:.0f} | {e.n_parameters:,} | {ms} |")
+    lines.append("")
+    notes = sorted({n for e in entries for n in e.report.get("notes", [])})
+    if notes:
+        lines += ["Notes from the scorer:", ""] + [f"- {n}" for n in notes] + [""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def write_html(entries: Sequence[Entry], path: Path, title: str) -> None:
+    """Grouped bars (one group per metric, one bar per model) with the bootstrap interval as error bars."""
+    import plotly.graph_objects as go
+
+    figure = go.Figure()
+    for e in entries:
+        values, plus, minus = [], [], []
+        for m in PLOTTED:
+            s = _score(e, m)
+            v = s["value"]
+            values.append(v)
+            plus.append(None if v is None or s["high"] is None else s["high"] - v)
+            minus.append(None if v is None or s["low"] is None else v - s["low"])
+        figure.add_trace(go.Bar(name=e.label, x=list(PLOTTED), y=values,
+                                error_y={"type": "data", "array": plus, "arrayminus": minus, "visible": True}))
+    figure.update_layout(barmode="group", title=title, yaxis={"range": [0, 1], "title": "score"},
+                         legend={"title": "model"})
+    # plotly.js inlined: the page opens without a network
+    figure.write_html(path, include_plotlyjs=True, full_html=True)
+
+
+# ---------------------------------------------------------------------------------------------- the comparison
+def compare(models: Sequence[str] | None = None, dataset: str | None = None, folds: int | None = None,
+            quick: bool = False, ablation: bool = False, epochs: int | None = None, input_size: int | None = None,
+            batch_size: int | None = None, seed: int = 0, n_boot: int = 1000, out: str | Path | None = None) -> Path:
+    """Run the comparison and return its folder (compare.md, compare.csv, compare.html)."""
+    from models.registry import MODELS
+
+    if ablation:
+        entries = [Entry(name, dict(opts)) for name, opts in ABLATION]
+    else:
+        names = list(models or STUDY_MODELS)
+        unknown = [n for n in names if n not in MODELS]
+        if unknown:
+            raise CompareError(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(MODELS)}")
+        entries = [Entry(name) for name in names]
+    if folds is not None and folds < 2:
+        raise CompareError(f"--folds needs at least 2 folds, got {folds}")
+    dataset = dataset or (QUICK_DATASET if quick else "default")
+    if not dataset_exists(dataset):
+        if not quick:
+            raise CompareError(f"dataset {dataset!r} has no labelled images: import one first, or use --quick "
+                               "to build a phantom dataset")
+        build_quick_dataset(dataset, seed=seed)
+    _ensure_splits(dataset, seed)
+    plan_list = plans(dataset, folds, seed)
+
+    out_dir = Path(out) if out else settings.home() / "compare" / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    for entry in entries:
+        config = _train_config(entry.model, entry.options, dataset, epochs, input_size, seed, n_boot, quick,
+                               batch_size)
+        run_entry(entry, plan_list, config, n_boot, seed)
+        s = _score(entry, "macro_f1")
+        print(f"  {entry.label}: macro-F1 {_fmt(s['value'])} [{_fmt(s['low'])}, {_fmt(s['high'])}], "
+              f"{entry.train_seconds:.0f} s", flush=True)
+    total = time.perf_counter() - started
+
+    first = plan_list[0]
+    evaluation = (f"{folds}-fold patient-grouped cross-validation, pooled out-of-fold predictions" if folds
+                  else f"train {len(first['train'])} / val {len(first['val'])} / test {len(first['test'])} images, "
+                       "patient-grouped")
+    import torch
+
+    header = {
+        "title": "ablation: S-ResNet-34 variants vs ResNet-34" if ablation else "the study's models",
+        "dataset": dataset, "evaluation": evaluation, "seed": seed, "bootstrap resamples": n_boot,
+        "mode": "quick (phantoms, small inputs, few epochs: a smoke test, not a result)" if quick else "full",
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
+                   f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}",
+        "total time": f"{total:.0f} s", "written": _dt.datetime.now().isoformat(timespec="seconds"),
+    }
+    write_csv(entries, out_dir / "compare.csv")
+    write_markdown(entries, out_dir / "compare.md", header)
+    write_html(entries, out_dir / "compare.html", f"CerviCurve — {header['title']} ({dataset})")
+    return out_dir
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def configure_compare(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true",
+                        help=f"phantom dataset ({QUICK_PATIENTS} patients) if missing, {QUICK_INPUT_SIZE} px inputs, "
+                             "few epochs: ~10 min on 2 CPU cores")
+    parser.add_argument("--models", help=f"comma-separated subset of: {', '.join(STUDY_MODELS)}")
+    parser.add_argument("--folds", type=int, help="K-fold cross-validation instead of the train/val/test split")
+    parser.add_argument("--dataset", help=f"dataset name (default: default, or {QUICK_DATASET} with --quick)")
+    parser.add_argument("--ablation", action="store_true", help="S-ResNet-34 variants vs ResNet-34")
+    parser.add_argument("--epochs", type=int, help="epochs for every model (default: config / quick budget)")
+    parser.add_argument("--input-size", type=int, help="crop side in px for every model")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-boot", type=int, default=1000, help="patient bootstrap resamples")
+    parser.add_argument("--out", help="output folder (default: $CERVICURVE_HOME/compare/<timestamp>)")
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from core.train import ConfigError
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    try:
+        out_dir = compare(models, args.dataset, args.folds, args.quick, args.ablation, args.epochs, args.input_size,
+                          args.batch_size, args.seed, args.n_boot, args.out)
+    except (CompareError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print((out_dir / "compare.md").read_text(encoding="utf-8"))
+    print(f"written: {out_dir / 'compare.md'}, compare.csv, compare.html")
+    return 0

@@ -1,0 +1,347 @@
+"""``python -m core demo``: a working workspace from nothing — phantom data and the three demo models.
+
+Steps (each printed as ``[k/7] stage: message`` and written to ``$CERVICURVE_HOME/demo_status.json``,
+``{stage, step, steps, message, state, quality, pid, updated_at}``, atomically, for the app to poll):
+
+1. write a synthetic phantom set in the CSXA layout (``core.phantom.write_phantoms``)
+2. import it as dataset ``phantom-demo`` (``core.datasets.import_csxa``) and make patient-level splits
+3. train the ROI detector (``core.detect.train_from_config``, a run folder under ``runs/``)
+4. train the landmark (pose) model (same)
+5. train the S-ResNet-34 classifier (``core.train.train``, a run folder under ``runs/``)
+6. promote the three runs (``core.jobs.promote``); each ``promoted.json`` gets ``demo_quality``
+7. check the promoted models on held-out phantoms (new patients): box IoU >= 0.5 rate, Cobb MAE,
+   class accuracy -> ``$CERVICURVE_HOME/demo_report.json`` and the classifier's ``promoted.json``
+
+Qualities: ``full`` (default, under 20 min on a 2-core CPU), ``quick`` (under 5 min, weaker models) and
+``tiny`` (for tests: minimal sizes, the same code path end to end; the models are not useful).
+Demo models are trained on synthetic phantoms only: they demonstrate the product, not clinical accuracy.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from core import jobs, settings
+
+DATASET = "phantom-demo"
+STEPS = ("generating phantoms", "importing dataset", "training detector", "training landmark model",
+         "training classifier", "promoting models", "checking on held-out phantoms")
+STATUS_FILE = "demo_status.json"
+REPORT_FILE = "demo_report.json"
+HOLDOUT_SEED = 7_000_003  # held-out patients never share a seed with the training set
+
+Progress = Callable[[int, int, str, str], None]  # (step, steps, stage, message)
+
+
+@dataclass(frozen=True)
+class DemoProfile:
+    quality: str
+    patients: int
+    images_per_patient: int
+    image_size: int          # phantom height in px (real films: 1500-2500)
+    detector_epochs: int
+    detector_imgsz: int
+    landmark_epochs: int
+    landmark_imgsz: int
+    classifier_epochs: int
+    classifier_input: int
+    batch: int
+    holdout: int             # held-out images for step 7
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train/val/test by patient
+
+
+PROFILES = {
+    "full": DemoProfile("full", patients=150, images_per_patient=2, image_size=512, detector_epochs=25,
+                        detector_imgsz=320, landmark_epochs=60, landmark_imgsz=320, classifier_epochs=25,
+                        classifier_input=160, batch=16, holdout=60),
+    "quick": DemoProfile("quick", patients=60, images_per_patient=1, image_size=384, detector_epochs=10,
+                         detector_imgsz=256, landmark_epochs=20, landmark_imgsz=256, classifier_epochs=8,
+                         classifier_input=128, batch=16, holdout=24),
+    "tiny": DemoProfile("tiny", patients=12, images_per_patient=1, image_size=128, detector_epochs=1,
+                        detector_imgsz=64, landmark_epochs=1, landmark_imgsz=64, classifier_epochs=1,
+                        classifier_input=32, batch=8, holdout=3, fractions=(0.5, 0.25, 0.25)),
+}
+
+
+class DemoError(RuntimeError):
+    """A demo step that failed; the message names the step."""
+
+
+def status_path() -> Path:
+    return settings.home() / STATUS_FILE
+
+
+def read_demo_status() -> dict | None:
+    """The demo's progress file, or None when no demo ever ran in this workspace."""
+    try:
+        return json.loads(status_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+class _Reporter:
+    """Progress lines, the callback and demo_status.json, from one place."""
+
+    def __init__(self, quality: str, progress: Progress | None, echo: bool):
+        self.quality, self.progress, self.echo = quality, progress, echo
+        self.step, self.stage, self.started = 0, "", time.time()
+        self.lock = threading.Lock()  # the run watcher reports from its own thread
+
+    def begin(self, step: int, message: str = "") -> None:
+        self.step, self.stage = step, STEPS[step - 1]
+        self.say(message or "started")
+
+    def say(self, message: str, state: str = "running") -> None:
+        with self.lock:
+            if self.echo:
+                print(f"[{self.step}/{len(STEPS)}] {self.stage}: {message}", flush=True)
+            self.write(message, state)
+            if self.progress is not None:
+                self.progress(self.step, len(STEPS), self.stage, message)
+
+    def write(self, message: str, state: str) -> None:
+        jobs.atomic_write_text(status_path(), json.dumps({
+            "stage": self.stage, "step": self.step, "steps": len(STEPS), "message": message, "state": state,
+            "quality": self.quality, "pid": os.getpid(), "elapsed_s": round(time.time() - self.started, 1),
+            "updated_at": jobs.now_iso(),
+        }, indent=1))
+
+
+class _RunWatcher:
+    """Reports a run folder's status.json (epoch, ETA, metric) while the training call blocks this thread."""
+
+    def __init__(self, run_dir: Path, reporter: _Reporter, every_s: float = 1.0):
+        self.run_dir, self.reporter, self.every_s = run_dir, reporter, every_s
+        self.stop = threading.Event()
+        self.last = None
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self.stop.wait(self.every_s):
+            try:
+                status = json.loads((self.run_dir / jobs.STATUS_FILE).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            epoch, epochs = status.get("epoch") or 0, status.get("epochs") or 0
+            message = f"epoch {epoch}/{epochs}"
+            if status.get("best_metric") is not None:
+                message += f", best {float(status['best_metric']):.3f}"
+            if status.get("eta_s"):
+                message += f", about {int(status['eta_s'])} s left"
+            if status.get("message") and "epoch" not in str(status["message"]):
+                message += f" ({status['message']})"
+            if message != self.last:
+                self.last = message
+                self.reporter.say(message)
+
+
+def build_demo(quick: bool = False, progress: Progress | None = None, *, tiny: bool = False, seed: int = 0,
+               echo: bool = False) -> dict:
+    """Build the demo workspace in ``$CERVICURVE_HOME``; returns the held-out check (also in demo_report.json).
+
+    ``progress(step, steps, stage, message)`` is called on every change; ``echo`` prints the progress lines.
+    """
+    profile = PROFILES["tiny" if tiny else "quick" if quick else "full"]
+    reporter = _Reporter(profile.quality, progress, echo)
+    import torch
+
+    torch.set_num_threads(settings.cpu_threads())
+    try:
+        report = _build(profile, reporter, seed)
+    except BaseException as error:
+        reporter.say(f"failed: {type(error).__name__}: {error}", state="failed")
+        raise
+    reporter.say(f"done in {report['seconds']:.0f} s: class accuracy {report['class_accuracy']:.2f}, "
+                 f"box IoU>=0.5 {_fmt(report['box_iou50_rate'])}, Cobb MAE {_fmt(report['cobb_mae_deg'], ' deg')}",
+                 state="done")
+    return report
+
+
+def _fmt(value, unit: str = "") -> str:
+    return "n/a" if value is None else f"{value:.2f}{unit}"
+
+
+def _build(profile: DemoProfile, reporter: _Reporter, seed: int) -> dict:
+    from core import datasets, phantom
+
+    started = time.time()
+    demo_dir = settings.home() / "demo"
+    phantoms = demo_dir / "phantoms"
+
+    reporter.begin(1, f"{profile.patients * profile.images_per_patient} images of {profile.patients} patients, "
+                      f"{profile.image_size} px")
+    every = max(1, profile.patients * profile.images_per_patient // 10)
+
+    def phantom_progress(done: int, total: int, case) -> None:
+        if done % every == 0 or done == total:
+            reporter.say(f"{done}/{total} images")
+
+    phantom.write_phantoms(phantoms, profile.patients, profile.images_per_patient, seed=seed, size=profile.image_size,
+                           formats=("csxa",), progress=phantom_progress, overwrite=True)
+
+    reporter.begin(2, f"CSXA layout -> dataset {DATASET}")
+    imported = datasets.import_csxa(phantoms / "csxa", dataset=DATASET, annotator="demo")
+    counts = datasets.make_splits(DATASET, profile.fractions, seed=seed)
+    reporter.say(f"{imported.imported} new, {imported.unchanged} unchanged; splits " + ", ".join(
+        f"{name} {sum(v.values())}" for name, v in counts.items()))
+
+    detect_run = _train_yolo(3, "detect", profile, reporter, seed)
+    landmark_run = _train_yolo(4, "landmarks", profile, reporter, seed)
+    classify_run = _train_classifier(5, profile, reporter, seed)
+
+    reporter.begin(6)
+    for task, run in (("detect", detect_run), ("landmarks", landmark_run), ("classify", classify_run)):
+        dest = jobs.promote(run, task)
+        _annotate_promoted(dest, {"demo_quality": profile.quality, "dataset": DATASET})
+        reporter.say(f"{task}: {run.name}")
+
+    reporter.begin(7, f"{profile.holdout} new phantom patients")
+    report = check_holdout(profile, seed=HOLDOUT_SEED + seed, out=demo_dir / "holdout", reporter=reporter)
+    report.update({"quality": profile.quality, "profile": asdict(profile), "seconds": round(time.time() - started, 1),
+                   "runs": {"detect": detect_run.name, "landmarks": landmark_run.name, "classify": classify_run.name}})
+    jobs.atomic_write_text(settings.home() / REPORT_FILE, json.dumps(report, indent=1))
+    check = {k: report[k] for k in ("images", "class_accuracy", "box_iou50_rate", "cobb_mae_deg")}
+    _annotate_promoted(settings.promoted_dir() / "classify", {"demo_check": check})
+    return report
+
+
+def _annotate_promoted(dest: Path, extra: dict) -> None:
+    path = dest / jobs.PROMOTED_FILE
+    record = json.loads(path.read_text(encoding="utf-8"))
+    record.update(extra)
+    jobs.atomic_write_text(path, json.dumps(record, indent=1))
+
+
+def _train_yolo(step: int, task: str, profile: DemoProfile, reporter: _Reporter, seed: int) -> Path:
+    import yaml
+
+    from core import detect
+
+    epochs = profile.detector_epochs if task == "detect" else profile.landmark_epochs
+    imgsz = profile.detector_imgsz if task == "detect" else profile.landmark_imgsz
+    reporter.begin(step, f"{epochs} epochs at {imgsz} px")
+    config = {"task": task, "dataset": DATASET, "model": detect.DEFAULT_DETECT_MODEL if task == "detect"
+              else detect.DEFAULT_LANDMARK_MODEL, "epochs": epochs, "imgsz": imgsz, "batch": profile.batch,
+              "device": "auto", "seed": seed, "patience": epochs}
+    run_dir = jobs.new_run_dir(config["model"].removesuffix(".yaml"), task)
+    from core.datasets import export_yolo
+
+    exported = export_yolo(DATASET, run_dir / "dataset", task=task)
+    config["data"] = str(Path(exported.out) / "data.yaml")
+    # the config a `python -m core train` run would have, so the Runs page and promote() read it the same way
+    (run_dir / jobs.CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    with _RunWatcher(run_dir, reporter):
+        result = detect.train_from_config(config, run_dir)
+    metric = result.get("pose_mAP50_95" if task == "landmarks" else "mAP50_95")
+    reporter.say(f"done: {result.get('split')} mAP50-95 {_fmt(metric)}")
+    return run_dir
+
+
+def _train_classifier(step: int, profile: DemoProfile, reporter: _Reporter, seed: int) -> Path:
+    from core import train
+
+    reporter.begin(step, f"S-ResNet-34, {profile.classifier_epochs} epochs at {profile.classifier_input} px")
+    cfg = train.TrainConfig.from_dict({
+        "model": "s_resnet34", "dataset": DATASET, "input_size": profile.classifier_input,
+        "epochs": profile.classifier_epochs, "batch_size": profile.batch, "lr": 1e-3,
+        "patience": profile.classifier_epochs, "aug_hflip": True,  # phantoms face both ways
+        "seed": seed, "n_boot": 200 if profile.quality != "tiny" else 0, "device": "auto",
+    })
+    run_dir = jobs.new_run_dir(cfg.model, "classify")
+    with _RunWatcher(run_dir, reporter):
+        train.train(cfg, run_dir)
+    reporter.say(f"done: {jobs.read_status(run_dir).get('message', '')}")
+    return run_dir
+
+
+def box_iou(a, b) -> float:
+    ax1, ay1, ax2, ay2 = a
+    bx1, by1, bx2, by2 = b
+    inter = max(0.0, min(ax2, bx2) - max(ax1, bx1)) * max(0.0, min(ay2, by2) - max(ay1, by1))
+    union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def check_holdout(profile: DemoProfile, seed: int, out: Path, reporter: _Reporter | None = None,
+                  predictor=None) -> dict:
+    """The promoted models on new phantom patients (classes in turn): what the demo models can do.
+
+    Box IoU is the detector's box against the ground-truth ROI (a missed box counts as a failure); the Cobb
+    error is the landmark model's C2-C7 angle against the truth; accuracy is the network's class.
+    """
+    from PIL import Image
+
+    from core.phantom import generate_case
+    from core.pipeline import Predictor
+
+    predictor = predictor or Predictor()
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index in range(profile.holdout):
+        truth = settings.CLASSES[index % len(settings.CLASSES)]
+        case = generate_case(seed + index, size=profile.image_size, curvature_class=truth,
+                             patient_id=f"H{index + 1:04d}")
+        name = f"holdout_{index + 1:03d}_{truth}.png"
+        Image.fromarray(case.image).save(out / name)  # kept: sample images to try the Predict page with
+        result = predictor.predict(out / name, name=name, cam_method=None)
+        iou = box_iou(result.roi_box, case.roi_box) if result.box_source == "detector" else 0.0
+        cobb_error = None
+        if result.measurements is not None:
+            cobb_error = abs(result.measurements.cobb_c2c7 - case.cobb_c2c7)
+        rows.append({"file": name, "truth": truth, "predicted": result.curvature_class, "box_iou": round(iou, 4),
+                     "box_source": result.box_source, "cobb_true": round(case.cobb_c2c7, 2),
+                     "cobb_error_deg": None if cobb_error is None else round(cobb_error, 2)})
+        if reporter is not None:
+            reporter.say(f"{index + 1}/{profile.holdout} images")
+    errors = [r["cobb_error_deg"] for r in rows if r["cobb_error_deg"] is not None]
+    return {
+        "images": len(rows),
+        "class_accuracy": float(np.mean([r["truth"] == r["predicted"] for r in rows])) if rows else 0.0,
+        "box_iou50_rate": float(np.mean([r["box_iou"] >= 0.5 for r in rows])) if rows else None,
+        "mean_box_iou": float(np.mean([r["box_iou"] for r in rows])) if rows else None,
+        "cobb_mae_deg": float(np.mean(errors)) if errors else None,
+        "cobb_measured": len(errors),
+        "rows": rows,
+    }
+
+
+# ------------------------------------------------------------------------------------ CLI
+def configure_demo(parser: argparse.ArgumentParser) -> None:
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="under 5 minutes on a 2-core CPU; weaker models")
+    size.add_argument("--tiny", action="store_true", help="for tests: minimal sizes, same steps; useless models")
+    parser.add_argument("--seed", type=int, default=0, help="phantom and training seed")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from core.datasets import DatasetError
+    from core.phantom import PhantomError
+    from core.train import ConfigError
+
+    try:
+        report = build_demo(quick=args.quick, tiny=args.tiny, seed=args.seed, echo=True)
+    except (DemoError, PhantomError, DatasetError, ConfigError, jobs.JobError, ValueError, FileNotFoundError) as error:
+        print(f"error: demo failed: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("demo interrupted", file=sys.stderr)
+        return 130
+    print(json.dumps({k: v for k, v in report.items() if k != "rows"}))
+    return 0

@@ -1,0 +1,422 @@
+"""One ``predict()`` for the Predict page and ``python -m core predict``.
+
+Stages: read -> detect (ROI box) -> landmarks (23 points, on the whole image) -> crop -> classify
+(temperature-calibrated softmax) -> Grad-CAM. The crop is ``core.train.classifier_crop`` with the
+checkpoint's ``input_size`` and ``roi_margin`` and ``core.train.normalise`` with its normalisation, so
+inference sees exactly what training saw.
+
+Models default to the promoted ones (``core.jobs.promoted_model``). Without a classifier nothing can be
+predicted (:class:`ModelMissing`); without a detector the ROI comes from the predicted landmarks, and
+without those too the whole image is classified and the result is flagged low-confidence; without a
+landmark model there are no measurements. Loaded models are cached per process, keyed by path and
+modification time, so a re-promoted model is picked up and page sessions share one copy.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from core import jobs
+from core.imaging import ImageReadError, Radiograph, read_image
+from core.measure import LandmarkError, Measurements, measure_landmarks, roi_box_from_landmarks
+
+LOW_CONFIDENCE = 0.6  # top calibrated probability under this is flagged
+STAGES = ("read", "detect", "landmarks", "crop", "classify", "cam")
+BOX_SOURCES = ("detector", "landmarks", "whole image")
+
+
+class ModelError(ValueError):
+    """A model file that cannot be used for prediction; the message says which and what to do."""
+
+
+class ModelMissing(ModelError):
+    """No classifier to predict with (nothing promoted, or the given path holds no checkpoint)."""
+
+
+@dataclass
+class Prediction:
+    file: str
+    curvature_class: str
+    probabilities: dict[str, float]     # class -> calibrated probability
+    roi_box: list[float]                # [x1, y1, x2, y2] in original pixels
+    box_confidence: float | None        # detector confidence; None unless box_source == "detector"
+    box_source: str                     # "detector" | "landmarks" | "whole image" (no box found: flagged)
+    low_confidence: bool                # top probability < threshold, or the whole image was classified
+    cam: np.ndarray | None              # H x W float32 in [0, 1], original coordinates; None if not asked/possible
+    cam_method: str | None
+    landmarks: np.ndarray | None        # (23, 2) original pixels
+    measurements: Measurements | None
+    agreement: bool | None              # network class == rule class from the landmarks' Cobb angle
+    radiograph: Radiograph
+    timings: dict[str, float]           # ms per stage (STAGES)
+    notes: list[str] = field(default_factory=list)
+    model: str = ""                     # classifier registry name
+
+    @property
+    def confidence(self) -> float:
+        return float(max(self.probabilities.values()))
+
+    def to_json(self, cam_path: str | Path | None = None) -> dict:
+        """The ``predict --json`` object of DESIGN.md."""
+        measurements = None
+        if self.measurements is not None:
+            measurements = self.measurements.as_dict()
+            measurements["agrees_with_class"] = self.agreement
+        return {
+            "file": self.file,
+            "class": self.curvature_class,
+            "probabilities": {k: round(float(v), 4) for k, v in self.probabilities.items()},
+            "box": [round(float(v), 1) for v in self.roi_box],
+            "box_confidence": None if self.box_confidence is None else round(float(self.box_confidence), 4),
+            "low_confidence": bool(self.low_confidence),
+            "measurements": measurements,
+            "cam": None if cam_path is None else str(cam_path),
+        }
+
+
+@dataclass
+class PredictFailure:
+    """One file of a batch that could not be predicted; the batch goes on."""
+
+    file: str
+    reason: str
+
+    def to_json(self) -> dict:
+        return {"file": self.file, "error": self.reason}
+
+
+# ------------------------------------------------------------------------------------ model loading
+def _key(path: Path) -> tuple[str, int]:
+    return str(path.resolve()), path.stat().st_mtime_ns
+
+
+@functools.lru_cache(maxsize=4)
+def _classifier_at(path: str, mtime_ns: int):
+    from core.train import load_classifier, pick_device
+
+    model, meta = load_classifier(path)
+    if hasattr(model, "to"):
+        model.to(pick_device("auto"))
+    return model, meta
+
+
+@functools.lru_cache(maxsize=4)
+def _yolo_at(kind: str, path: str, mtime_ns: int):
+    from core import detect
+
+    return detect.RoiDetector(path) if kind == "detect" else detect.LandmarkModel(path)
+
+
+def load_classifier_cached(path: str | Path):
+    """``(model, meta)`` of a classifier checkpoint, loaded once per process and file version."""
+    path = Path(path)
+    try:
+        return _classifier_at(*_key(path))
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as error:
+        raise ModelError(f"{path} is not a usable classifier checkpoint ({error})") from None
+
+
+def load_yolo_cached(kind: str, path: str | Path):
+    """The ROI detector (``kind="detect"``) or landmark model (``"landmarks"``), loaded once per file version."""
+    path = Path(path)
+    try:
+        return _yolo_at(kind, *_key(path))
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as error:
+        raise ModelError(f"{path} is not a usable {kind} checkpoint ({error})") from None
+
+
+def checkpoint_path(value: str | Path, what: str = "classifier") -> Path:
+    """A checkpoint file from a .pt path, a run or promoted folder, or a run id."""
+    path = Path(value).expanduser()
+    if path.is_file():
+        return path
+    candidates = [path] if path.is_dir() else []
+    try:
+        candidates.append(jobs.resolve_run(value))
+    except jobs.JobError:
+        pass
+    for folder in candidates:
+        if (folder / "best.pt").is_file():
+            return folder / "best.pt"
+    where = "a folder without best.pt" if candidates else "no such file, folder or run id"
+    raise ModelMissing(f"{what} {value}: {where}")
+
+
+_NO_CLASSIFIER = ("no classifier to predict with: nothing is promoted in this workspace. Run `python -m core demo` "
+                  "to build demo models on synthetic phantoms, or train one (`python -m core train --config ...`) "
+                  "and promote it (`python -m core promote RUN`), or pass --model RUN_OR_CHECKPOINT.")
+
+
+# ------------------------------------------------------------------------------------ predictor
+class Predictor:
+    """The models of one prediction setup. Paths default to the promoted models of the workspace.
+
+    ``detector=False`` / ``landmarks=False`` switch a stage off even when a model is promoted.
+    """
+
+    def __init__(self, classifier: str | Path | None = None, detector: str | Path | bool | None = None,
+                 landmarks: str | Path | bool | None = None, threshold: float = LOW_CONFIDENCE):
+        if classifier is None:
+            promoted = jobs.promoted_model("classify")
+            if promoted is None:
+                raise ModelMissing(_NO_CLASSIFIER)
+            classifier = promoted
+        self.classifier_path = checkpoint_path(classifier, "classifier")
+        self.model, self.meta = load_classifier_cached(self.classifier_path)
+        self.threshold = float(threshold)
+        self.detector_path = self._optional("detect", detector)
+        self.landmarks_path = self._optional("landmarks", landmarks)
+        self.detector = load_yolo_cached("detect", self.detector_path) if self.detector_path else None
+        self.landmark_model = load_yolo_cached("landmarks", self.landmarks_path) if self.landmarks_path else None
+        self.classes = tuple(self.meta["classes"])
+        self.quality = self._quality()
+
+    @staticmethod
+    def _optional(task: str, value) -> Path | None:
+        if value is False:
+            return None
+        if value is None or value is True:
+            return jobs.promoted_model(task)
+        return checkpoint_path(value, {"detect": "detector", "landmarks": "landmark model"}[task])
+
+    def _quality(self) -> str | None:
+        """``demo_quality`` of the promoted classifier ("quick", "full", ...), None for a trained model."""
+        info_path = self.classifier_path.parent / jobs.PROMOTED_FILE
+        try:
+            return json.loads(info_path.read_text(encoding="utf-8")).get("demo_quality")
+        except (OSError, ValueError):
+            return None
+
+    @property
+    def model_name(self) -> str:
+        return str(self.meta.get("model", ""))
+
+    def predict(self, source: Any, name: str | None = None, cam_method: str | None = "gradcam") -> Prediction:
+        """Predict one radiograph: a path, bytes, a binary file object or an already read Radiograph."""
+        from core import explain, train
+
+        timings = {stage: 0.0 for stage in STAGES}
+        clock = time.perf_counter()
+
+        def lap(stage: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            timings[stage] = round((now - clock) * 1000.0, 2)
+            clock = now
+
+        if isinstance(source, Radiograph):
+            radiograph, label = source, name or str(source.meta.get("name", "image"))
+        else:
+            radiograph = read_image(source, name=name)
+            label = name or (str(source) if isinstance(source, (str, Path)) else "the uploaded data")
+        pixels = radiograph.pixels
+        height, width = pixels.shape
+        notes = list(radiograph.notes)
+        lap("read")
+
+        box, box_confidence, box_source = None, None, "whole image"
+        if self.detector is not None:
+            found = self.detector.detect(pixels)
+            if found is not None:
+                box, box_confidence, box_source = _clip_box(found[0], width, height), float(found[1]), "detector"
+            else:
+                notes.append("the detector found no cervical spine")
+        lap("detect")
+
+        landmarks = measurements = None
+        if self.landmark_model is not None:
+            found = self.landmark_model.predict(pixels)
+            if found is None:
+                notes.append("the landmark model found no vertebrae: no measurements")
+            else:
+                landmarks = np.asarray(found[0], dtype=np.float64)
+                try:
+                    measurements = measure_landmarks(landmarks, pixel_spacing_mm=radiograph.pixel_spacing_mm)
+                except LandmarkError as error:
+                    notes.append(f"no measurements: {error}")
+                if box is None:
+                    try:
+                        box, box_source = roi_box_from_landmarks(landmarks, (width, height)), "landmarks"
+                    except LandmarkError:
+                        pass
+        lap("landmarks")
+        if box is None:
+            box = [0.0, 0.0, float(width), float(height)]
+            notes.append("no ROI box: the whole image was classified (less reliable)")
+
+        input_size, margin = int(self.meta["input_size"]), float(self.meta.get("roi_margin", 0.05))
+        crop = train.classifier_crop(pixels, None if box_source == "whole image" else box, input_size, margin)
+        lap("crop")
+
+        with explain.model_lock(self.model):
+            probs = train.classify_crops(self.model, self.meta, crop[None])[0]
+        index = int(np.argmax(probs))
+        probabilities = {c: float(p) for c, p in zip(self.classes, probs)}
+        lap("classify")
+
+        cam = None
+        if cam_method:
+            if self.meta.get("kind") == "sklearn":
+                notes.append(f"no Grad-CAM: {self.model_name} is not a neural network")
+            else:
+                try:
+                    tensor = train.normalise(crop[None], self.meta)
+                    crop_map = explain.explain(self.model, tensor, index, cam_method, model_name=self.model_name)
+                    region = train.crop_box(None if box_source == "whole image" else box, (width, height), margin)
+                    cam = explain.cam_to_image(crop_map, region, (height, width))
+                except explain.ExplainUnavailable as error:
+                    notes.append(f"no Grad-CAM: {error}")
+        lap("cam")
+
+        curvature_class = self.classes[index]
+        low = probabilities[curvature_class] < self.threshold or box_source == "whole image"
+        agreement = None if measurements is None else measurements.rule_class == curvature_class
+        return Prediction(
+            file=label, curvature_class=curvature_class, probabilities=probabilities, roi_box=box,
+            box_confidence=box_confidence, box_source=box_source, low_confidence=bool(low),
+            cam=cam, cam_method=cam_method if cam is not None else None, landmarks=landmarks,
+            measurements=measurements, agreement=agreement, radiograph=radiograph, timings=timings,
+            notes=notes, model=self.model_name,
+        )
+
+    def predict_many(self, sources: Iterable[Any], progress: Callable[[int, int, str], None] | None = None,
+                     cam_method: str | None = "gradcam") -> Iterator[Prediction | PredictFailure]:
+        """Predict each source in turn; an unreadable or unusable file becomes a PredictFailure and the batch goes on.
+
+        ``sources`` are paths, or ``(name, data)`` pairs (uploads); ``progress(done, total, file)`` is called
+        before each file.
+        """
+        sources = list(sources)
+        for number, source in enumerate(sources):
+            name, data = (source if isinstance(source, tuple) else (str(source), source))
+            if progress is not None:
+                progress(number, len(sources), name)
+            try:
+                yield self.predict(data, name=name, cam_method=cam_method)
+            except (ImageReadError, LandmarkError, ValueError) as error:
+                yield PredictFailure(name, str(error))
+
+
+def _clip_box(box, width: int, height: int) -> list[float]:
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return [max(0.0, x1), max(0.0, y1), min(float(width), x2), min(float(height), y2)]
+
+
+def predict(source: Any, name: str | None = None, cam_method: str | None = "gradcam", **models) -> Prediction:
+    """One prediction with the promoted models (or ``classifier=``, ``detector=``, ``landmarks=`` paths)."""
+    return Predictor(**models).predict(source, name=name, cam_method=cam_method)
+
+
+# ------------------------------------------------------------------------------------ CLI
+CSV_COLUMNS = ("file", "class", "p_normal", "p_straightened", "p_reversed", "x1", "y1", "x2", "y2",
+               "box_confidence", "box_source", "low_confidence", "cobb_c2c7", "cci", "rule_class", "agreement",
+               "cam", "error")
+
+
+def configure_predict(parser: argparse.ArgumentParser) -> None:
+    from core.explain import CAM_METHODS
+
+    parser.add_argument("images", nargs="+", help="radiographs (PNG, JPEG, TIFF, DICOM)")
+    parser.add_argument("--model", help="classifier: run id, run folder or checkpoint (default: the promoted one)")
+    parser.add_argument("--detector", help="ROI detector checkpoint or run (default: the promoted one)")
+    parser.add_argument("--landmarks", help="landmark model checkpoint or run (default: the promoted one)")
+    parser.add_argument("--cam", default="gradcam", choices=(*CAM_METHODS, "none"),
+                        help="class activation map method (default gradcam; none to skip)")
+    parser.add_argument("--out", type=Path, help="write <stem>_cam.png overlays and predictions.csv here")
+    parser.add_argument("--json", action="store_true", help="one JSON object per image")
+    parser.add_argument("--threshold", type=float, default=LOW_CONFIDENCE,
+                        help=f"top probability under which a result is flagged low-confidence (default {LOW_CONFIDENCE})")
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    try:
+        predictor = Predictor(args.model, args.detector, args.landmarks, threshold=args.threshold)
+    except ModelError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    cam_method = None if args.cam == "none" else args.cam
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+    if not args.json:
+        print(f"classifier {predictor.model_name} ({predictor.classifier_path}); "
+              f"detector {'yes' if predictor.detector else 'none'}; landmarks {'yes' if predictor.landmark_model else 'none'}"
+              + (f"; demo model ({predictor.quality})" if predictor.quality else ""), file=sys.stderr)
+    rows, failures, used_stems = [], 0, set()
+    for result in predictor.predict_many(args.images, cam_method=cam_method):
+        if isinstance(result, PredictFailure):
+            failures += 1
+            rows.append({"file": result.file, "error": result.reason})
+            print(json.dumps(result.to_json()) if args.json else f"{result.file}: error: {result.reason}",
+                  flush=True)
+            continue
+        cam_path = None
+        if args.out and result.cam is not None:
+            cam_path = args.out / f"{_unique_stem(Path(result.file).stem, used_stems)}_cam.png"
+            _write_overlay(result, cam_path)
+        rows.append(_csv_row(result, cam_path))
+        print(json.dumps(result.to_json(cam_path)) if args.json else _summary(result), flush=True)
+    if args.out:
+        with open(args.out / "predictions.csv", "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+            writer.writeheader()
+            writer.writerows({k: row.get(k, "") for k in CSV_COLUMNS} for row in rows)
+    return 1 if failures else 0
+
+
+def _unique_stem(stem: str, used: set[str]) -> str:
+    candidate, number = stem, 1
+    while candidate in used:
+        number += 1
+        candidate = f"{stem}_{number}"
+    used.add(candidate)
+    return candidate
+
+
+def _write_overlay(result: Prediction, path: Path) -> None:
+    from PIL import Image, ImageDraw
+
+    from core.explain import overlay
+
+    image = Image.fromarray(overlay(result.radiograph.pixels, result.cam, 0.5), mode="RGB")
+    draw = ImageDraw.Draw(image)
+    width = max(1, round(max(image.size) / 400))
+    draw.rectangle([round(v) for v in result.roi_box], outline=(0, 255, 0), width=width)
+    image.save(path)
+
+
+def _csv_row(result: Prediction, cam_path: Path | None) -> dict:
+    m = result.measurements
+    return {
+        "file": result.file, "class": result.curvature_class,
+        **{f"p_{c}": round(result.probabilities.get(c, math.nan), 4) for c in ("normal", "straightened", "reversed")},
+        **dict(zip(("x1", "y1", "x2", "y2"), (round(v, 1) for v in result.roi_box))),
+        "box_confidence": "" if result.box_confidence is None else round(result.box_confidence, 4),
+        "box_source": result.box_source, "low_confidence": result.low_confidence,
+        "cobb_c2c7": "" if m is None else round(m.cobb_c2c7, 2), "cci": "" if m is None else round(m.cci, 2),
+        "rule_class": "" if m is None else m.rule_class,
+        "agreement": "" if result.agreement is None else result.agreement,
+        "cam": "" if cam_path is None else str(cam_path), "error": "",
+    }
+
+
+def _summary(result: Prediction) -> str:
+    text = (f"{result.file}: {result.curvature_class} (p={result.confidence:.2f}); box from {result.box_source}"
+            + (f" ({result.box_confidence:.2f})" if result.box_confidence is not None else ""))
+    if result.measurements is not None:
+        m = result.measurements
+        text += f"; Cobb C2-C7 {m.cobb_c2c7:.1f} deg, CCI {m.cci:.1f} % -> {m.rule_class}"
+        if result.agreement is False:
+            text += " (disagrees with the network)"
+    if result.low_confidence:
+        text += "; LOW CONFIDENCE"
+    return text

@@ -1,0 +1,129 @@
+"""The frame every page shares, through AppTest: notice, navigation, workspace sidebar, demo offer."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "app.py")
+NOTICE = "Research and teaching use only — not a diagnosis."
+PAGES = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "pages").glob("*.py"))
+
+
+def run_app() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert not at.exception
+    return at
+
+
+def sidebar_text(at: AppTest) -> str:
+    return "\n".join(c.value for c in at.sidebar.caption)
+
+
+def test_empty_workspace_offers_the_demo(workspace):
+    at = run_app()
+    assert NOTICE in at.warning[0].value
+    text = sidebar_text(at)
+    assert "0 images · 0 datasets · 0 runs" in text
+    assert text.count("none promoted") == 3  # classifier, detector, landmarks
+    assert str(workspace) in text
+    assert at.button(key="build_demo").label == "Build the demo"
+    assert [o.split(" ")[0] for o in at.radio(key="demo_mode").options] == ["Quick", "Full"]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_shows_the_notice_and_sidebar(workspace, page):
+    at = run_app()
+    at.switch_page(page).run()
+    assert not at.exception
+    assert NOTICE in at.warning[0].value
+    assert "0 images" in sidebar_text(at)
+
+
+def test_first_page_renders_without_loading_torch(workspace):
+    """The notice and sidebar appear before any heavy library is imported."""
+    script = (
+        "import sys\n"
+        "from streamlit.testing.v1 import AppTest\n"
+        f"at = AppTest.from_file({APP!r}, default_timeout=60).run()\n"
+        "assert not at.exception, at.exception\n"
+        "print(sorted(m for m in ('torch', 'ultralytics', 'pytorch_grad_cam', 'torchvision') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, CERVICURVE_HOME=str(workspace)), cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.fixture()
+def demo_like_process():
+    """A live process whose command line says "demo", as `python -m core demo` would."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "demo"], start_new_session=True)
+    yield process
+    process.kill()
+    process.wait()
+
+
+def test_a_demo_started_elsewhere_shows_its_progress(workspace, demo_like_process):
+    status = {"stage": "training classifier", "step": 2, "steps": 5, "message": "epoch 1/3", "state": "running",
+              "pid": demo_like_process.pid}
+    (workspace / "demo_status.json").write_text(json.dumps(status))
+    at = run_app()
+    progress = at.get("progress")
+    assert len(progress) == 1
+    assert progress[0].proto.value == 40
+    assert "training classifier" in progress[0].proto.text and "(2/5)" in progress[0].proto.text
+    assert "build_demo" not in [b.key for b in at.button]  # no second build while one runs
+
+    # The process dies without writing "failed" (killed, machine restarted): the page says so.
+    demo_like_process.kill()
+    demo_like_process.wait()
+    at.run()
+    assert not at.get("progress")
+    assert any("did not finish: epoch 1/3" in e.value for e in at.error)
+    assert at.button(key="build_demo")
+
+
+def test_build_the_demo_starts_a_background_process(workspace):
+    at = run_app()
+    at.radio(key="demo_mode").set_value(at.radio(key="demo_mode").options[0])
+    at.button(key="build_demo").click().run()
+    assert not at.exception and not at.error
+    pid = int((workspace / "demo.pid").read_text())
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert command[1:5] == [b"-m", b"core", b"demo", b"--quick"]
+        environment = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert f"CERVICURVE_HOME={workspace}".encode() in environment
+        assert any(v.startswith(b"OMP_NUM_THREADS=") for v in environment)
+        assert os.getpgid(pid) == pid  # its own session: it outlives the page and the server
+        assert len(at.get("progress")) == 1  # the page now polls its progress
+        assert "build_demo" not in [b.key for b in at.button]
+    finally:
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and os.waitpid(pid, os.WNOHANG) == (0, 0):
+            time.sleep(0.1)
+
+
+def test_a_failed_demo_is_reported_and_offered_again(workspace):
+    (workspace / "demo_status.json").write_text(json.dumps(
+        {"stage": "phantoms", "step": 1, "steps": 5, "message": "disk full", "state": "failed"}))
+    at = run_app()
+    assert any("disk full" in e.value for e in at.error)
+    assert at.button(key="build_demo")
+
+
+def test_an_unreadable_database_is_an_error_message_not_a_traceback(workspace, monkeypatch):
+    monkeypatch.setenv("CERVICURVE_DB", f"sqlite:///{workspace}/missing-folder/db.sqlite")
+    at = run_app()
+    assert NOTICE in at.warning[0].value
+    assert len(at.error) == 1 and at.error[0].value.startswith("Reading the workspace failed")

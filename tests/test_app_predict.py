@@ -1,0 +1,168 @@
+"""Predict page through AppTest, with a real (tiny) classifier trained and promoted the way the app does it."""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from core.settings import CLASSES
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "app.py")
+
+
+def phantom_png(curvature_class: str, seed: int, size: int = 128) -> bytes:
+    from core.phantom import generate_case
+
+    case = generate_case(seed, size=size, curvature_class=curvature_class)
+    buffer = io.BytesIO()
+    Image.fromarray(case.image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def promote_tiny_classifier(home: Path) -> Path:
+    """Train a 32 px plain CNN for one epoch on 9 phantoms with core.train, promote it; ~15 s on 2 cores.
+
+    Shared with tests/test_browser.py and benchmarks/app_latency.py.
+    """
+    from core import jobs, train
+    from core.datasets import TrainingItem
+    from core.phantom import generate_case
+
+    previous = os.environ.get("CERVICURVE_HOME")
+    os.environ["CERVICURVE_HOME"] = str(home)
+    try:
+        images = home / "train_images"
+        images.mkdir(parents=True, exist_ok=True)
+        items: dict[str, list] = {"train": [], "val": []}
+        number = 0
+        for split, per_class in (("train", 2), ("val", 1)):
+            for label, name in enumerate(CLASSES):
+                for _ in range(per_class):
+                    case = generate_case(500 + number, size=128, curvature_class=name)
+                    path = images / f"{split}_{number}.png"
+                    Image.fromarray(case.image).save(path)
+                    items[split].append(TrainingItem(path=path, label=label, roi_box=case.roi_box,
+                                                     landmarks=case.landmarks, patient_id=f"P{number}",
+                                                     image_id=number))
+                    number += 1
+        config = train.load_config(None, ["model=cnn", "epochs=1", "batch_size=4", "input_size=32", "workers=0",
+                                          "n_boot=0", "device=cpu", "augment=false", "warmup_epochs=0"])
+        run_dir = train.train(config, items=items)
+        return jobs.promote(run_dir)
+    finally:
+        if previous is None:
+            os.environ.pop("CERVICURVE_HOME", None)
+        else:
+            os.environ["CERVICURVE_HOME"] = previous
+
+
+@pytest.fixture(scope="module")
+def model_home(tmp_path_factory) -> Path:
+    home = tmp_path_factory.mktemp("predict") / "workspace"
+    promote_tiny_classifier(home)
+    return home
+
+
+@pytest.fixture()
+def with_model(model_home, monkeypatch) -> Path:
+    monkeypatch.setenv("CERVICURVE_HOME", str(model_home))
+    monkeypatch.delenv("CERVICURVE_DB", raising=False)
+    return model_home
+
+
+def predict_page() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60).run()  # Predict is the default page
+    assert not at.exception
+    return at
+
+
+def upload(at: AppTest, *files: tuple[str, bytes]) -> AppTest:
+    at.file_uploader(key="predict_upload").set_value([(name, data, "application/octet-stream") for name, data in files])
+    at.run()
+    assert not at.exception
+    return at
+
+
+def result_heading(at: AppTest) -> str:
+    return next(s.value for s in at.subheader if ":" in s.value)
+
+
+def test_a_phantom_gives_class_probabilities_heatmap_and_report(with_model):
+    at = upload(predict_page(), ("spine.png", phantom_png("reversed", seed=3)))
+    assert not at.error
+    name, _, outcome = result_heading(at).partition(": ")
+    assert name == "spine.png" and outcome.split(" ")[0] in CLASSES and outcome.endswith("%)")
+    captions = [image.proto.imgs[0].caption for image in at.get("image")]
+    assert captions[0].startswith("ROI box") and "Grad-CAM heatmap" in captions[1]
+    assert len(at.get("plotly_chart")) == 1  # the probabilities
+    assert [b.label for b in at.get("download_button")] == ["Download the PNG report"]
+    # No landmark model is promoted: the page says why there is no angle instead of a table.
+    assert any("no angle" in info.value for info in at.info)
+    # The sidebar names the model in use.
+    assert any(c.value.startswith("**Classifier:** cnn · run") for c in at.sidebar.caption)
+
+
+def test_heatmap_method_and_opacity_change_the_heatmap_only(with_model):
+    at = upload(predict_page(), ("spine.png", phantom_png("normal", seed=4)))
+    heading = result_heading(at)
+    at.selectbox(key="cam_method").set_value("eigencam").run()
+    assert not at.exception and not at.error
+    assert "Eigen-CAM heatmap" in at.get("image")[1].proto.imgs[0].caption
+    at.slider(key="cam_alpha").set_value(0.9).run()
+    assert not at.exception and result_heading(at) == heading
+
+
+def test_garbage_bytes_are_an_error_message(with_model):
+    at = upload(predict_page(), ("garbage.png", os.urandom(2000)))
+    assert [e.value for e in at.error] == [
+        "The prediction failed: garbage.png: not a supported image (PNG, JPEG, TIFF or DICOM); "
+        "its content matches none of them"]
+    assert not at.get("image")
+
+
+def test_many_files_give_a_table_with_thumbnails_and_a_csv(with_model):
+    files = [("a.png", phantom_png("normal", seed=5)), ("b.png", phantom_png("reversed", seed=6)),
+             ("broken.tif", b"II*\x00 truncated")]
+    at = upload(predict_page(), *files)
+    table = at.dataframe[0].value
+    assert table["file"].tolist() == ["a.png", "b.png", "broken.tif"]
+    assert table["image"][0].startswith("data:image/png;base64,") and pd.isna(table["image"][2])
+    assert set(table["class"][:2]) <= set(CLASSES)
+    assert np.allclose(table[[f"p_{c}" for c in CLASSES]][:2].sum(axis=1), 1.0, atol=0.01)
+    assert "broken.tif" in table["error"][2]
+    assert len(at.error) == 1 and at.error[0].value.startswith("1 of 3 files could not be analysed")
+    assert "Download the table (CSV)" in [b.label for b in at.get("download_button")]
+    # One of them in detail, with its heatmap.
+    at.selectbox(key="detail_choice").set_value("b.png").run()
+    assert result_heading(at).startswith("b.png: ")
+
+
+def test_a_sample_phantom_with_its_ground_truth(with_model):
+    at = predict_page()
+    at.button(key="sample_straightened").click().run()
+    assert not at.exception and not at.error
+    assert result_heading(at).startswith("phantom_straightened.png: ")
+    assert any(c.value.startswith("Phantom ground truth: straightened") for c in at.caption)
+
+
+def test_dicom_header_is_shown_de_identified(with_model):
+    from pydicom.data import get_testdata_file
+
+    at = upload(predict_page(), ("ct.dcm", Path(get_testdata_file("CT_small.dcm")).read_bytes()))
+    assert not at.error
+    header = at.get("json")[0].proto.body
+    assert '"modality": "CT"' in header
+    assert "CompressedSamples" not in header  # the file's PatientName
+
+
+def test_without_a_model_the_page_says_how_to_get_one(workspace):
+    at = upload(predict_page(), ("spine.png", phantom_png("normal", seed=7)))
+    assert any(info.value.startswith("No classifier yet") for info in at.info)
+    assert not at.error

@@ -1,0 +1,136 @@
+"""The real app in a real browser: `streamlit run app.py` + Debian's chromium driven by playwright.
+
+Needs /usr/bin/chromium (`apt-get install chromium`; scripts/test.sh installs it when run as root).
+Set CERVICURVE_SCREENSHOT_DIR to keep the screenshots (docs/screenshots is made this way).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from test_app_predict import phantom_png, promote_tiny_classifier
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+NOTICE = "Research and teaching use only"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed (apt-get install chromium)"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(home: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
+    """`streamlit run app.py` on a free loopback port, in its own process group; returns once it answers."""
+    port = free_port()
+    env = dict(os.environ, CERVICURVE_HOME=str(home), OMP_NUM_THREADS="2")
+    env.pop("CERVICURVE_DB", None)
+    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+               "--server.headless", "true", "--server.address", "127.0.0.1",
+               "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
+    log = open(log_path, "wb")
+    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as answer:
+                if answer.status == 200:
+                    return server, url
+        except OSError:
+            time.sleep(0.2)
+        if server.poll() is not None:
+            break
+    stop_server(server)
+    raise RuntimeError(f"streamlit did not start: {log_path.read_text(errors='replace')[-2000:]}")
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    try:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=15)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
+def keep_screenshot(path: Path, name: str) -> None:
+    folder = os.environ.get("CERVICURVE_SCREENSHOT_DIR")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, Path(folder) / name)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def test_empty_workspace_shows_the_notice_and_the_demo_offer(browser, tmp_path):
+    home = tmp_path / "workspace"
+    home.mkdir()
+    server, url = start_server(home, tmp_path / "server.log")
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(url)
+        page.get_by_text(NOTICE).first.wait_for(timeout=30_000)
+        page.get_by_role("button", name="Build the demo").wait_for(timeout=30_000)
+        assert page.get_by_text("0 images · 0 datasets · 0 runs").is_visible()
+        shot = tmp_path / "empty_workspace.png"
+        page.screenshot(path=str(shot), full_page=True)
+        keep_screenshot(shot, "empty_workspace.png")
+    finally:
+        stop_server(server)
+
+
+def test_upload_a_phantom_and_see_class_and_heatmap(browser, tmp_path):
+    home = tmp_path / "workspace"
+    promote_tiny_classifier(home)
+    radiograph = tmp_path / "spine.png"
+    radiograph.write_bytes(phantom_png("reversed", seed=21, size=512))
+    server, url = start_server(home, tmp_path / "server.log")
+    try:
+        page = browser.new_page(viewport={"width": 1500, "height": 1200})
+        page.goto(url)
+        page.get_by_text(NOTICE).first.wait_for(timeout=30_000)
+        page.locator("input[type='file']").first.set_input_files(str(radiograph))
+        heading = page.get_by_text("spine.png: ").first
+        heading.wait_for(timeout=90_000)  # the first prediction imports torch and loads the model
+        assert heading.inner_text().split(": ")[1].split(" ")[0] in ("normal", "straightened", "reversed")
+        heatmap = page.locator("img[alt*='heatmap' i], [data-testid='stImage']:has-text('heatmap') img").first
+        heatmap.wait_for(timeout=30_000)
+        page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=heatmap.element_handle())
+        assert heatmap.bounding_box()["width"] > 100
+        page.wait_for_timeout(500)  # let the chart finish drawing before the picture
+        shot = tmp_path / "predict_result.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 20_000
+        keep_screenshot(shot, "predict_result.png")
+    finally:
+        stop_server(server)

@@ -1,0 +1,117 @@
+"""Background runs as real processes: start, list, read, cancel, interrupt + resume, promote."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from core import jobs, settings
+from core.cli import main as cli_main
+from test_train import import_tiny
+
+FAST = {"model": "cnn", "dataset": "tiny", "input_size": 64, "batch_size": 4, "n_boot": 20}
+
+
+@pytest.fixture()
+def tiny(workspace, monkeypatch):
+    monkeypatch.setenv("CERVICURVE_THREADS", "1")  # shared 2-core machine: one thread per run
+    import_tiny(workspace)
+    return workspace
+
+
+def wait_for(predicate, timeout: float = 180.0, every: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s")
+
+
+def alive(pid: int) -> bool:
+    return jobs._pid_alive(pid)
+
+
+def test_started_run_finishes_in_the_background_and_can_be_promoted(tiny, capsys):
+    run_dir = jobs.start_run(dict(FAST, epochs=2))
+    assert run_dir.parent == settings.runs_dir()
+    first = jobs.read_status(run_dir)
+    assert first["state"] in ("queued", "running") and isinstance(first["pid"], int)
+
+    wait_for(lambda: jobs.read_status(run_dir)["state"] in ("done", "failed"))
+    status = jobs.read_status(run_dir)
+    assert status["state"] == "done", (run_dir / "train.log").read_text()
+    wait_for(lambda: not alive(first["pid"]), timeout=30)  # "done" is written just before the process exits
+    metrics = jobs.read_metrics(run_dir)
+    assert list(metrics["epoch"]) == [1, 2] and "val_macro_f1" in metrics.columns
+    log_text = (run_dir / "train.log").read_text()
+    assert "python -m core train" in log_text or "-m core train" in log_text
+    assert log_text.count("epoch 1/2  train_loss") == 1  # the logger does not double up with stderr
+
+    [info] = jobs.list_runs()
+    assert (info.run_id, info.state, info.epoch, info.epochs, info.model) == (run_dir.name, "done", 2, 2, "cnn")
+    assert cli_main(["runs"]) == 0
+    assert run_dir.name in capsys.readouterr().out
+
+    assert jobs.promoted_model("classify") is None
+    assert cli_main(["promote", run_dir.name]) == 0
+    promoted = jobs.promoted_model("classify")
+    assert promoted == settings.promoted_dir() / "classify" / "best.pt"
+    record = json.loads((promoted.parent / "promoted.json").read_text())
+    assert record["run_id"] == run_dir.name and record["model"] == "cnn"
+    assert torch.load(promoted, weights_only=True)["meta"]["model"] == "cnn"
+    assert cli_main(["promote", "no-such-run"]) == 2
+
+
+def test_a_bad_config_fails_before_any_process_starts(tiny):
+    from core.train import ConfigError
+
+    with pytest.raises(ConfigError, match="epochs"):
+        jobs.start_run(dict(FAST, epochs="many"))
+    assert list(settings.runs_dir().iterdir()) == []
+
+
+def test_cancel_stops_the_process_group_and_marks_the_run_cancelled(tiny):
+    run_dir = jobs.start_run(dict(FAST, epochs=500))
+    wait_for(lambda: jobs.read_status(run_dir).get("epoch", 0) >= 1)
+    pid = jobs.read_status(run_dir)["pid"]
+    assert alive(pid)
+
+    status = jobs.cancel_run(run_dir)
+    assert status["state"] == "cancelled"
+    assert not alive(pid)
+    assert jobs.read_status(run_dir)["state"] == "cancelled"
+    assert "cancelled" in (run_dir / "train.log").read_text()
+    assert [r.state for r in jobs.list_runs()] == ["cancelled"]
+
+
+def test_a_killed_run_reads_as_interrupted_and_resumes_to_the_end(tiny):
+    epochs = 6
+    run_dir = jobs.start_run(dict(FAST, epochs=epochs))
+    wait_for(lambda: jobs.read_status(run_dir).get("epoch", 0) >= 1)
+    pid = jobs.read_status(run_dir)["pid"]
+    os.killpg(os.getpgid(pid), signal.SIGKILL)  # the machine "crashes"
+    wait_for(lambda: not alive(pid))
+    epochs_done = len(jobs.read_metrics(run_dir))
+    assert epochs_done < epochs, "killed too late to test a resume"
+
+    assert jobs.read_status(run_dir)["state"] == "interrupted"
+    assert [r.state for r in jobs.list_runs()] == ["interrupted"]
+    jobs.resume_run(run_dir)
+    wait_for(lambda: jobs.read_status(run_dir)["state"] in ("done", "failed"))
+    assert jobs.read_status(run_dir)["state"] == "done", (run_dir / "train.log").read_text()
+    assert list(jobs.read_metrics(run_dir)["epoch"]) == list(range(1, epochs + 1))
+
+
+def test_unknown_runs_are_clear_errors(tiny):
+    with pytest.raises(jobs.JobError, match="no run folder"):
+        jobs.read_status("2020-nothing")
+    empty = jobs.new_run_dir("cnn")
+    with pytest.raises(jobs.JobError, match="no best checkpoint"):
+        jobs.promote(empty)

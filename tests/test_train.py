@@ -1,0 +1,261 @@
+"""Classification runs: config validation, the run folder, checkpoints, resume after SIGKILL, repeatability,
+evaluation, the SVM path and a tiny model comparison. Real files, real store, real subprocesses."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from core import jobs, train
+from core.cli import main as cli_main
+from core.settings import CLASSES
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["model=cnn", "input_size=64", "batch_size=8", "n_boot=50", "dataset=tiny"]
+
+
+def write_tiny_dataset(folder: Path, patients: int = 30, size: int = 64, seed: int = 0,
+                       missing_box: int | None = None) -> Path:
+    """Phantom-like 64 px radiographs: a bright column bending forward (normal), straight or backward
+    (reversed) inside its ROI box; one patient per image, splits balanced by class. Returns the manifest."""
+    rng = np.random.default_rng(seed)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for p in range(patients):
+        label = p % 3
+        image = rng.normal(0.25, 0.05, (size, size))
+        ys = np.arange(int(size * 0.15), int(size * 0.85))
+        t = (ys - ys.mean()) / (np.ptp(ys) / 2)
+        xs = size / 2 + (1 - label) * size * 0.15 * (1 - t ** 2) + rng.normal(0, 1.5)
+        for x, y in zip(xs, ys):
+            image[y, max(0, int(x) - 2): int(x) + 3] = 0.9
+        name = f"P{p:03d}.png"
+        Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8)).save(folder / "images" / name)
+        group = (p // 3) % 5  # three patients (one per class) per group: every split holds every class
+        split = {3: "val", 4: "test"}.get(group, "train")
+        box = ["", "", "", ""] if p == missing_box else [size * 0.2, size * 0.1, size * 0.8, size * 0.9]
+        rows.append([f"images/{name}", CLASSES[label], f"P{p:03d}", *box, split])
+    manifest = folder / "manifest.csv"
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "patient_id", "x1", "y1", "x2", "y2", "split"])
+        writer.writerows(rows)
+    return manifest
+
+
+def import_tiny(workspace: Path, name: str = "tiny", **kwargs) -> str:
+    from core import datasets
+
+    datasets.import_csv(write_tiny_dataset(workspace.parent / f"{name}-source", **kwargs), dataset=name)
+    return name
+
+
+@pytest.fixture()
+def tiny(workspace, monkeypatch):
+    # one thread: the test machine is shared, and oversubscribed OpenMP threads slow training tenfold
+    monkeypatch.setenv("CERVICURVE_THREADS", "1")
+    import_tiny(workspace, missing_box=1)
+    return workspace
+
+
+def metric_rows(run_dir: Path, drop=("seconds",)) -> list[dict]:
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(handle)]
+
+
+def subprocess_env(workspace: Path) -> dict:
+    env = dict(os.environ, CERVICURVE_HOME=str(workspace), CERVICURVE_THREADS="1", OMP_NUM_THREADS="1",
+               PYTHONPATH=str(ROOT))
+    return env
+
+
+# ---------------------------------------------------------------------------------------------- config
+def test_yaml_defaults_are_the_dataclass_defaults():
+    assert train.load_config(train.DEFAULT_CONFIG) == train.TrainConfig()
+
+
+@pytest.mark.parametrize("override, words", [
+    ("epoch=3", ["unknown config key 'epoch'", "did you mean 'epochs'"]),
+    ("epochs=ten", ["epochs", "whole number", "'ten'"]),
+    ("epochs=0", ["epochs must be >= 1"]),
+    ("class_weighting=oversample", ["class_weighting", "balanced, none, sampler"]),
+    ("model=vgg16", ["model 'vgg16'", "s_resnet34", "svm"]),
+    ("amp=maybe", ["amp must be auto, true or false"]),
+    ("device=tpu", ["device 'tpu'", "auto, cpu, cuda"]),
+    ("lr=-1", ["lr must be > 0"]),
+    ("weights_path=/no/such/file.pt", ["weights_path", "not a file", "never downloaded"]),
+    ("epochs", ["must look like key=value"]),
+    ("augment.rotation=3", ["only model_options.<name>=value may use a dot"]),
+])
+def test_bad_config_values_name_the_key_and_what_is_allowed(override, words):
+    with pytest.raises(train.ConfigError) as caught:
+        train.load_config(train.DEFAULT_CONFIG, [override])
+    for word in words:
+        assert word in str(caught.value)
+
+
+def test_overrides_are_typed_by_the_dataclass(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("model: resnet34\nepochs: 4\n")
+    cfg = train.load_config(config, ["epochs=5", "lr=1e-3", "augment=false", "input_size=null",
+                                     "model=s_resnet34", "model_options.variant=channel", "amp=true"])
+    assert (cfg.epochs, cfg.lr, cfg.augment, cfg.input_size) == (5, 0.001, False, None)
+    assert cfg.model_options == {"variant": "channel"} and cfg.amp is True
+    with pytest.raises(train.ConfigError, match="does not exist"):
+        train.load_config(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(train.ConfigError, match="mapping"):
+        train.load_config(tmp_path / "list.yaml")
+
+
+def test_detect_configs_pass_through_to_core_detect():
+    data = train.resolve_config({"task": "detect", "model": "yolov8n.yaml", "imgsz": 96}, ["epochs=2"])
+    assert data == {"task": "detect", "model": "yolov8n.yaml", "imgsz": 96, "epochs": 2}
+
+
+def test_bad_model_option_is_a_config_error(tiny):
+    cfg = train.load_config(None, FAST + ["model_options.depth=3", "epochs=1"])
+    with pytest.raises(train.ConfigError, match="depth"):
+        train.train(cfg)
+
+
+# ---------------------------------------------------------------------------------------------- a run
+def test_a_run_writes_every_file_and_checkpoints_load_weights_only(tiny):
+    cfg = train.load_config(train.DEFAULT_CONFIG, FAST + ["epochs=2"])
+    run_dir = train.train(cfg)
+
+    for name in ("config.yaml", "metrics.csv", "status.json", "train.log", "last.pt", "best.pt", "test_report.json"):
+        assert (run_dir / name).is_file(), name
+    assert yaml.safe_load((run_dir / "config.yaml").read_text()) == cfg.to_dict()
+    rows = metric_rows(run_dir, drop=())
+    assert list(rows[0]) == list(train.METRIC_COLUMNS) and [r["epoch"] for r in rows] == ["1", "2"]
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "done" and status["epoch"] == 2 and status["epochs"] == 2
+    assert status["pid"] == os.getpid() and status["task"] == "classify" and "updated_at" in status
+    assert 0 <= status["best_metric"] <= 1
+
+    best = torch.load(run_dir / "best.pt", weights_only=True)
+    last = torch.load(run_dir / "last.pt", weights_only=True)
+    meta = best["meta"]
+    assert meta["model"] == "cnn" and meta["classes"] == list(CLASSES) and meta["input_size"] == 64
+    assert meta["normalisation"] == train.NORMALISATION and meta["config"]["epochs"] == 2
+    assert isinstance(meta["temperature"], float) and meta["temperature"] > 0
+    assert "optimizer" not in best and {"optimizer", "scheduler"} <= set(last)
+    log_text = (run_dir / "train.log").read_text()
+    assert "no ROI box for" in log_text and "the whole image is used" in log_text  # patient P001 has no box
+
+    report = json.loads((run_dir / "test_report.json").read_text())
+    assert report["split"] == "test" and report["n_images"] == 6
+    macro_f1 = report["metrics"]["macro_f1"]
+    assert macro_f1["low"] <= macro_f1["value"] <= macro_f1["high"]
+    assert len(report["predictions"]) == 6
+
+    model, meta = train.load_classifier(run_dir)
+    crop = train.classifier_crop(np.full((80, 60), 0.5, np.float32), [10, 10, 50, 70], meta["input_size"],
+                                 meta["roi_margin"])
+    probs = train.classify_crops(model, meta, crop[None])
+    assert probs.shape == (1, 3) and np.isclose(probs.sum(), 1.0)
+
+
+def test_the_same_seed_gives_the_same_metrics_and_another_seed_does_not(tiny):
+    runs = [train.train(train.load_config(None, FAST + ["epochs=2", f"seed={seed}"])) for seed in (7, 7, 8)]
+    first, again, other = (metric_rows(r) for r in runs)
+    assert first == again
+    assert first != other
+
+
+def test_resume_after_sigkill_mid_epoch_completes_every_epoch_once(tiny):
+    epochs = 5
+    run_dir = tiny / "runs" / "killed"
+    config = tiny / "run.yaml"
+    config.write_text(yaml.safe_dump({"model": "cnn", "dataset": "tiny", "input_size": 64, "batch_size": 4,
+                                      "epochs": epochs, "n_boot": 50, "seed": 3}))
+    env = subprocess_env(tiny)
+    proc = subprocess.Popen([sys.executable, "-m", "core", "train", "--config", str(config), "--run-dir", str(run_dir)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        status = jobs._read_status_file(run_dir)
+        if status.get("epoch", 0) >= 1:  # epoch 1 checkpointed; epoch 2 under way
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before_kill = len(metric_rows(run_dir))
+    assert 1 <= done_before_kill < epochs, "the run must be killed while it still has epochs to go"
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "running"
+    assert jobs.read_status(run_dir)["state"] == "interrupted"
+
+    resumed = subprocess.run([sys.executable, "-m", "core", "train", "--resume", str(run_dir)], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    rows = metric_rows(run_dir)
+    assert [int(r["epoch"]) for r in rows] == list(range(1, epochs + 1))
+    assert jobs.read_status(run_dir)["state"] == "done"
+    assert "resumed from last.pt after epoch" in (run_dir / "train.log").read_text()
+    assert (run_dir / "test_report.json").exists()
+
+    # the resumed run draws the same shuffles and augmentations as one that never stopped
+    straight = train.train(train.load_config(config))
+    assert metric_rows(straight) == rows
+
+
+def test_evaluate_command_scores_another_split(tiny, capsys):
+    run_dir = train.train(train.load_config(None, FAST + ["epochs=1"]))
+    assert cli_main(["evaluate", str(run_dir), "--split", "val", "--n-boot", "20"]) == 0
+    report = json.loads((run_dir / "val_report.json").read_text())
+    assert report["split"] == "val" and report["n_images"] == 6
+    assert json.loads(capsys.readouterr().out)["split"] == "val"
+    assert cli_main(["evaluate", str(tiny / "runs" / "nope")]) == 2
+
+
+def test_train_command_rejects_a_bad_config_before_training(tiny, capsys):
+    assert cli_main(["train", "--config", str(train.DEFAULT_CONFIG), "epochs=abc"]) == 2
+    assert "epochs must be a whole number" in capsys.readouterr().err
+    assert not any((tiny / "runs").glob("*")) if (tiny / "runs").exists() else True
+
+
+def test_svm_run_uses_the_same_folder_and_checkpoint_format(tiny):
+    run_dir = train.train(train.load_config(None, ["model=svm", "input_size=64", "dataset=tiny", "n_boot=50"]))
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "done" and status["epochs"] == 1
+    assert [r["epoch"] for r in metric_rows(run_dir)] == ["1"]
+    best = torch.load(run_dir / "best.pt", weights_only=True)
+    assert best["meta"]["kind"] == "sklearn"
+    model, meta = train.load_classifier(run_dir / "best.pt")
+    crops = np.random.default_rng(0).random((2, 64, 64), dtype=np.float32)
+    probs = train.classify_crops(model, meta, crops)
+    assert probs.shape == (2, 3) and np.allclose(probs.sum(1), 1.0)
+    assert json.loads((run_dir / "test_report.json").read_text())["n_images"] == 6
+
+
+# ---------------------------------------------------------------------------------------------- compare
+def test_compare_on_a_tiny_set_writes_the_table(tiny):
+    from core import compare
+
+    out = compare.compare(["cnn", "svm"], dataset="tiny", epochs=1, input_size=64, batch_size=8, n_boot=50,
+                          out=tiny / "cmp")
+    table = (out / "compare.md").read_text()
+    assert "| cnn |" in table and "| svm |" in table and "macro_f1" in table
+    with open(out / "compare.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["model"] for r in rows] == ["cnn", "svm"]
+    for row in rows:
+        assert float(row["macro_f1_low"]) <= float(row["macro_f1"]) <= float(row["macro_f1_high"])
+        assert int(row["n_test_images"]) == 6 and int(row["n_parameters"]) > 0
+        assert float(row["inference_ms_per_image"]) > 0
+    html = (out / "compare.html").read_text()
+    assert "plotly" in html and "error_y" in html.replace('"error_y"', "error_y")
+    with pytest.raises(compare.CompareError, match="unknown model"):
+        compare.compare(["alexnet"], dataset="tiny")
