@@ -86,20 +86,25 @@ def main(argv: list[str] | None = None) -> int:
         "# Phantom generation speed",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores (shared), Python {platform.python_version()}, "
-        f"numpy {np.__version__}. Command: `.venv/bin/python benchmarks/phantom_speed.py --repeats {args.repeats}`.",
+        f"numpy {np.__version__}, load average {os.getloadavg()[0]:.1f} when done (other jobs share the cores: "
+        "trust the ratio column more than the seconds). "
+        f"Command: `.venv/bin/python benchmarks/phantom_speed.py --repeats {args.repeats}`.",
         "",
         "Median over repeats, each a new seed (new patient, pose, exposure). Baseline: white noise + one Gaussian",
         "blur (sigma 2 px) + 8-bit quantisation of the same size; ratio = median of paired (alternating) ratios.",
         "",
-        "| height px | image (h x w) | phantom s | phantom images/s | baseline s | baseline images/s | phantom / baseline |",
+        "| height px | image (h x w) | phantom s | phantom images/s | baseline s | baseline images/s "
+        "| phantom / baseline |",
         "| ---: | :---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         h, w = row["shape"]
         lines.append(f"| {row['size']} | {h} x {w} | {row['phantom_s']:.3f} | {1 / row['phantom_s']:.2f} | "
                      f"{row['baseline_s']:.3f} | {1 / row['baseline_s']:.1f} | {row['ratio']:.1f}x |")
-    lines += ["", "Stage split (seconds, median; PNG encoding is not part of `generate_case` but of `write_phantoms`):", "",
-              "| height px | geometry | attenuation (bones + soft tissue) | exposure (noise, blur, processing) | PNG encode |",
+    lines += ["", "Stage split (seconds, median; PNG encoding is not part of `generate_case` but of `write_phantoms`):",
+              "",
+              "| height px | geometry | attenuation (bones + soft tissue) | exposure (noise, blur, processing) "
+              "| PNG encode |",
               "| ---: | ---: | ---: | ---: | ---: |"]
     for row in rows:
         st = row["stages"]

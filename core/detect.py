@@ -3,10 +3,10 @@
 Public API::
 
     train_detector(data_yaml, run_dir, *, model="yolov8n.yaml", epochs=50, imgsz=640, batch=16,
-                   device="auto", seed=0, workers=None, patience=50, progress_callback=None, config=None)
-        -> DetectorReport
+                   device="auto", seed=0, workers=None, patience=50, progress_callback=None, config=None,
+                   resume=False) -> DetectorReport           # progress_callback(epoch, epochs, metrics_row)
     train_landmark_model(data_yaml, run_dir, *, model="yolov8n-pose.yaml", ...same...) -> DetectorReport
-    train_from_config(cfg: dict, run_dir) -> dict        # `python -m core train` for task detect | landmarks
+    train_from_config(cfg: dict, run_dir, progress_callback=None) -> dict   # `python -m core train` detect|landmarks
     RoiDetector(weights_path).detect(image, min_confidence=0.25) -> ([x1, y1, x2, y2], confidence) | None
     LandmarkModel(weights_path).predict(image, min_confidence=0.25) -> (landmarks (23, 2), confidence (23,)) | None
     evaluate_landmarks(model, items) -> {mean_error_px, mean_error_pct_c2c7, cobb_mae_deg, images, missed}
@@ -21,18 +21,20 @@ after every epoch from an Ultralytics callback), ``metrics.csv`` (one row per ep
 ``dataset.yaml`` (the sanitised dataset description actually trained on), ``best.pt``/``last.pt`` and
 ``test_report.json``. ``best.pt``/``last.pt`` are CerviCurve checkpoints — ``{"state_dict", "meta"}`` with the
 network's yaml in ``meta`` — loadable with ``torch.load(weights_only=True)``; Ultralytics' own pickled files stay
-in ``ultralytics/weights/`` (referenced as ``meta["ultralytics_weights"]``) for inspection only.
+in ``ultralytics/weights/`` (referenced as ``meta["ultralytics_weights"]``) for ``resume`` only. Training runs on
+one device ('auto', 'cpu', 'cuda:N'): Ultralytics' multi-GPU mode is a generated script our callbacks never reach.
 
-Loading safety: ``RoiDetector``/``LandmarkModel`` only accept CerviCurve checkpoints and load them with
-``weights_only=True``, so a promoted model never unpickles code. Ultralytics' native ``.pt`` files are pickles; the
-only ones CerviCurve opens are the ones its own runs wrote in the workspace (for the final validation) and a
-starting ``.pt`` the user names explicitly — both through Ultralytics' restricted loader
-(``ULTRALYTICS_SAFE_LOAD=1``: ``weights_only=True`` plus an allow-list of Ultralytics layer classes), so a
-crafted file is refused rather than executed.
+Loading safety: ``RoiDetector``/``LandmarkModel`` only accept the checkpoints CerviCurve runs write (runs/<id>/best.pt,
+promoted/<task>/best.pt) and load them with ``weights_only=True``, so a promoted model never unpickles code; any
+other file is a ValueError. Ultralytics' native ``.pt`` files are pickles; the only ones opened are those a run
+wrote in its own folder (final validation, resume) and a starting ``.pt`` the user names explicitly — all
+through Ultralytics' restricted loader (``ULTRALYTICS_SAFE_LOAD=1``: ``weights_only=True`` plus an allow-list of
+Ultralytics layer classes), so a crafted file is refused rather than executed.
 
 Ultralytics' global side effects are contained: before the first import its config and matplotlib's cache point
 at ``settings.tool_config_dir()``, it is offline (``YOLO_OFFLINE``, no auto-install, no settings sync or
-integrations), its Arial font is a local copy of matplotlib's DejaVuSans, runs go to ``run_dir/ultralytics``
+integrations), its Arial font is a local copy of matplotlib's DejaVuSans, torch's inductor cache defaults to the
+same folder, runs go to ``run_dir/ultralytics``
 (never ``./runs``), and torch's thread count, ``OMP_NUM_THREADS``, numpy/torch print options and OpenCV's thread
 count are restored after the import and after every train/predict call. Its AMP self-check (which downloads
 yolo26n.pt on a GPU) is replaced, during our calls only, by Ultralytics' own offline outcome: AMP on for CUDA.
@@ -330,6 +332,22 @@ def _json_default(value):
     return str(value)  # paths, and anything odd a config may carry
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _same_file(stream, path: Path) -> bool:
+    try:
+        a, b = os.fstat(stream.fileno()), os.stat(path)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
 def _column(key: str) -> str:
     """'metrics/mAP50-95(B)' -> 'mAP50_95', '(P)' -> 'pose_...', 'train/box_loss' -> 'train_box_loss'."""
     name = key.removeprefix("metrics/")
@@ -375,7 +393,9 @@ class _RunRecorder:
     # status ----------------------------------------------------------------
     def status(self, **fields) -> None:
         if not self._status:
-            self._status = {"state": "running", "epoch": 0, "epochs": self.epochs, "eta_s": None,
+            # keep what core.jobs wrote (pgid, model, ...) and take over as the running process
+            self._status = {**_read_json(self.status_path),
+                            "state": "running", "epoch": 0, "epochs": self.epochs, "eta_s": None,
                             "best_metric": None, "metric": self.metric_name, "pid": os.getpid(), "task": self.task,
                             "message": ""}
         self._status.update(fields, updated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -386,12 +406,26 @@ class _RunRecorder:
 
     @contextlib.contextmanager
     def capturing_ultralytics_log(self):
+        """Ultralytics' log into train.log, unless stdout already goes there (a run started by core.jobs)."""
+        if _same_file(sys.stdout, self.run_dir / "train.log"):
+            yield
+            return
         ulog = logging.getLogger("ultralytics")
         ulog.addHandler(self._handler)
         try:
             yield
         finally:
             ulog.removeHandler(self._handler)
+
+    def continue_previous(self) -> None:
+        """On resume: keep metrics.csv's rows and the best metric so far."""
+        previous = _read_json(self.status_path)
+        self.best_metric = previous.get("best_metric")
+        if self.metrics_path.is_file():
+            with self.metrics_path.open(newline="", encoding="utf-8") as f:
+                rows = list(csv.reader(f))
+            if rows:
+                self._columns = rows[0]
 
     def close(self) -> None:
         self._handler.close()
@@ -626,7 +660,7 @@ def _metric(metrics: dict, key: str) -> float | None:
 
 
 def _train(task: str, data_yaml, run_dir, *, model, epochs, imgsz, batch, device, seed, workers, patience,
-           progress_callback, config) -> DetectorReport:
+           progress_callback, config, resume) -> DetectorReport:
     yolo_task = TASKS[task]
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -635,7 +669,13 @@ def _train(task: str, data_yaml, run_dir, *, model, epochs, imgsz, batch, device
         recorder.status(state="running", message="preparing")
         if int(epochs) < 1 or int(imgsz) < 32 or int(batch) < 1:
             raise ValueError(f"epochs >= 1, imgsz >= 32 and batch >= 1 are needed (got {epochs}, {imgsz}, {batch})")
-        source = _model_source(model, yolo_task)
+        if resume:
+            source = str(run_dir / "ultralytics" / "weights" / "last.pt")
+            if not Path(source).is_file():
+                raise FileNotFoundError(f"nothing to resume in {run_dir}: {source} is missing")
+            recorder.continue_previous()
+        else:
+            source = _model_source(model, yolo_task)
         dataset_yaml = _write_dataset_yaml(data_yaml, run_dir / "dataset.yaml", yolo_task)
         device = resolve_device(device)
         if workers is None:
@@ -661,6 +701,8 @@ def _train(task: str, data_yaml, run_dir, *, model, epochs, imgsz, batch, device
                 data=str(dataset_yaml), epochs=int(epochs), imgsz=int(imgsz), batch=int(batch), device=device,
                 seed=int(seed), deterministic=True, workers=int(workers), patience=int(patience),
                 project=str(run_dir), name="ultralytics", exist_ok=True, plots=False, verbose=False, val=True,
+                # a path, never True: True makes Ultralytics resume its most recent run anywhere on disk
+                **({"resume": source} if resume else {}),
             )
             ultra_dir = Path(yolo.trainer.save_dir)
             final = recorder.final_metrics or recorder.epoch_metrics
@@ -726,54 +768,46 @@ def _landmark_names() -> list[str]:
 def train_detector(data_yaml, run_dir, *, model: str | Path = DEFAULT_DETECT_MODEL, epochs: int = 50,
                    imgsz: int = 640, batch: int = 16, device: str = "auto", seed: int = 0, workers: int | None = None,
                    patience: int = 50, progress_callback: ProgressCallback | None = None,
-                   config: dict | None = None) -> DetectorReport:
-    """Train the cervical-spine ROI detector on a YOLO detection dataset; writes a full run folder."""
+                   config: dict | None = None, resume: bool = False) -> DetectorReport:
+    """Train the cervical-spine ROI detector on a YOLO detection dataset; writes a full run folder.
+
+    ``resume=True`` continues ``run_dir`` from its last saved epoch (Ultralytics' last.pt in ``run_dir``).
+    """
     return _train("detect", data_yaml, run_dir, model=model, epochs=epochs, imgsz=imgsz, batch=batch,
                   device=device, seed=seed, workers=workers, patience=patience,
-                  progress_callback=progress_callback, config=config)
+                  progress_callback=progress_callback, config=config, resume=resume)
 
 
 def train_landmark_model(data_yaml, run_dir, *, model: str | Path = DEFAULT_LANDMARK_MODEL, epochs: int = 50,
                          imgsz: int = 640, batch: int = 16, device: str = "auto", seed: int = 0,
                          workers: int | None = None, patience: int = 50,
                          progress_callback: ProgressCallback | None = None,
-                         config: dict | None = None) -> DetectorReport:
+                         config: dict | None = None, resume: bool = False) -> DetectorReport:
     """Train YOLO-pose on the 23 landmarks (kpt_shape [23, 3]); the report adds landmark errors and Cobb MAE."""
     return _train("landmarks", data_yaml, run_dir, model=model, epochs=epochs, imgsz=imgsz, batch=batch,
                   device=device, seed=seed, workers=workers, patience=patience,
-                  progress_callback=progress_callback, config=config)
+                  progress_callback=progress_callback, config=config, resume=resume)
 
 
-def train_from_config(cfg: dict, run_dir) -> dict:
+def train_from_config(cfg: dict, run_dir, progress_callback: ProgressCallback | None = None) -> dict:
     """`python -m core train` for task detect | landmarks. Keys (defaults):
 
-    task (required), data (a YOLO data.yaml) or dataset (a store dataset, exported with core.datasets.export_yolo),
-    model (yolov8n.yaml / yolov8n-pose.yaml), epochs (50), imgsz or input_size (640), batch or batch_size (16),
-    device (auto), seed (0), workers (0 on CPU), patience (50). Returns the report as a dict.
+    task (required), data (a YOLO data.yaml) or dataset (a store dataset, exported with core.datasets.export_yolo
+    into run_dir/dataset), model (yolov8n.yaml / yolov8n-pose.yaml, or a local .pt), epochs (50), imgsz or
+    input_size (640), batch or batch_size (16), device (auto), seed (0), workers (0 on CPU), patience (50),
+    resume (false: true continues run_dir from its last epoch). Returns the report as a dict.
     """
     task = cfg.get("task")
     if task not in TASKS:
         raise ValueError(f"train_from_config handles task 'detect' or 'landmarks', not {task!r}")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    resume = bool(cfg.get("resume"))
     data = cfg.get("data") or cfg.get("data_yaml")
+    if resume and (run_dir / "dataset.yaml").is_file():
+        data = run_dir / "dataset.yaml"  # what the interrupted run trained on
     if not data:
-        dataset = cfg.get("dataset")
-        if not dataset:
-            raise ValueError("the config needs 'dataset' (a dataset in the annotation store) "
-                             "or 'data' (a YOLO data.yaml)")
-        status = {"state": "running", "epoch": 0, "epochs": int(cfg.get("epochs", 50)), "eta_s": None,
-                  "best_metric": None, "pid": os.getpid(), "task": task, "message": f"exporting dataset {dataset}"}
-        write_json_atomic(run_dir / "status.json", status)
-        try:
-            from core.datasets import export_yolo
-
-            exported = export_yolo(dataset, run_dir / "dataset", task=task)
-        except BaseException as exc:
-            write_json_atomic(run_dir / "status.json", {**status, "state": "failed", "message": f"export: {exc}"})
-            raise
-        exported = Path(exported) if exported else run_dir / "dataset"
-        data = exported if exported.suffix in (".yaml", ".yml") else exported / "data.yaml"
+        data = _export_dataset(cfg, task, run_dir)
     default_model = DEFAULT_DETECT_MODEL if task == "detect" else DEFAULT_LANDMARK_MODEL
     train = train_detector if task == "detect" else train_landmark_model
     report = train(
@@ -781,9 +815,29 @@ def train_from_config(cfg: dict, run_dir) -> dict:
         imgsz=int(cfg.get("imgsz", cfg.get("input_size", 640))), batch=int(cfg.get("batch", cfg.get("batch_size", 16))),
         device=str(cfg.get("device", "auto")), seed=int(cfg.get("seed", 0)),
         workers=None if cfg.get("workers") is None else int(cfg["workers"]), patience=int(cfg.get("patience", 50)),
-        config=dict(cfg),
+        config=dict(cfg), resume=resume, progress_callback=progress_callback,
     )
     return report.as_dict()
+
+
+def _export_dataset(cfg: dict, task: str, run_dir: Path) -> Path:
+    dataset = cfg.get("dataset")
+    if not dataset:
+        raise ValueError("the config needs 'dataset' (a dataset in the annotation store) "
+                         "or 'data' (a YOLO data.yaml)")
+    status = {**_read_json(run_dir / "status.json"), "state": "running", "epoch": 0,
+              "epochs": int(cfg.get("epochs", 50)), "eta_s": None, "best_metric": None, "pid": os.getpid(),
+              "task": task, "message": f"exporting dataset {dataset}"}
+    write_json_atomic(run_dir / "status.json", status)
+    try:
+        from core.datasets import export_yolo
+
+        exported = export_yolo(dataset, run_dir / "dataset", task=task)
+    except BaseException as exc:
+        write_json_atomic(run_dir / "status.json", {**status, "state": "failed", "message": f"export: {exc}"})
+        raise
+    out = Path(getattr(exported, "out", None) or run_dir / "dataset")  # an ExportReport
+    return out / "data.yaml"
 
 
 # ---------------------------------------------------------------------------------------------------------------

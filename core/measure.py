@@ -99,18 +99,14 @@ def infer_facing(landmarks) -> str:
     """The side the face is on, from the forward lean of the neck.
 
     In upright lateral films C2 sits anterior of C7 in nearly every adult (a positive C2–C7 sagittal vertical
-    axis), so the side C2's centroid lies on, measured across the column axis, is the anterior side.
+    axis, normally 15–20 mm), so the image side C2's centroid lies on, relative to C7, is the anterior side.
+    This assumes an upright film: a film rotated by more than the forward lean (~10 deg) can fool it, and
+    projecting onto the endplates instead fails on lordotic necks, whose endplates fan out.
     Pass ``facing`` explicitly when it is known (DICOM orientation, phantom ground truth).
     """
     points = _as_landmarks(landmarks)
     c7_mid = points[[_INDEX["C7 bottom left"], _INDEX["C7 bottom right"]]].mean(axis=0)
-    c2 = _point(points, "C2 centroid")
-    # Endplates run across the column; their left->right direction tells how far the film is rotated.
-    across = np.nanmean(
-        [_point(points, f"{lvl} bottom right") - _point(points, f"{lvl} bottom left") for lvl in LEVELS], axis=0
-    )
-    across = across / (np.linalg.norm(across) or 1.0)
-    return "right" if float(np.dot(c2 - c7_mid, across)) >= 0 else "left"
+    return "right" if float(_point(points, "C2 centroid")[0] - c7_mid[0]) >= 0 else "left"
 
 
 def _endplate_angle(posterior: np.ndarray, anterior: np.ndarray, anterior_sign: float) -> float:

@@ -325,8 +325,9 @@ def build_anatomy(rng: np.random.Generator, target_cobb: float, profile: str = "
         pb, ab = column.local(bot, [[-wb / 2, 0], [wb / 2, 0]])
         corners[name] = (pt, at, pb, ab)
         _, e, t = column.frame((top + bot) / 2)
-        outline = [pt, (pt + at) / 2 + 0.6 * t, at, (at + ab) / 2 - 0.8 * e, ab,
-                   (ab + pb) / 2 - 0.35 * t, pb, (pb + pt) / 2 + 0.3 * e]
+        dent = rng.uniform(0.2, 1.0, 4) * scale  # endplate concavity, anterior waist: vary per body
+        outline = [pt, (pt + at) / 2 + dent[0] * t, at, (at + ab) / 2 - (0.4 + dent[1]) * e, ab,
+                   (ab + pb) / 2 - 0.5 * dent[2] * t, pb, (pb + pt) / 2 + 0.4 * dent[3] * e]
         add(_rounded(outline, 1.4 * scale), 0.36, 0.42, 0.8, 3.0, 0.2)
         # Uncinate process: a faint hump over the posterior half of the upper endplate.
         add(_rounded([pt + 0.5 * e, pt + 0.45 * (at - pt), pt + 0.3 * (at - pt) - 2.0 * t, pt - 1.5 * t], 0.8),
@@ -345,11 +346,13 @@ def build_anatomy(rng: np.random.Generator, target_cobb: float, profile: str = "
     adc = -w2 / 2 + dhw + 0.8  # dens axis
     arc = np.linspace(0, np.pi, 9)
     tip = np.stack([adc + dhw * np.cos(arc), -hd + dhw - dhw * np.sin(arc)], 1)
+    waist = 0.8 * dhw
     c2_outline = np.concatenate([
-        [[-w2 / 2, 0], [w2 / 2, 0], [w2 / 2 + 0.9, 1.3 * scale], [w2 / 2 + 0.7, -3], [w2 / 2 - 0.4, -12 * scale],
-         [w2 / 2 - 2.2, -hb], [adc + dhw, -hb - 2.0]],
+        [[-w2 / 2, 0], [w2 / 2, 0], [w2 / 2 + 0.9, 1.3 * scale], [w2 / 2 + 0.7, -3], [w2 / 2 - 0.6, -12 * scale],
+         [w2 / 2 - 2.8, -hb + 0.5], [adc + waist + 0.5, -hb - 1.0], [adc + waist, -hb - 4.0], [adc + dhw, -hd + dhw]],
         tip,
-        [[adc - dhw, -hb - 1.5], [-w2 / 2 - 0.4, -hb + 1.0], [-w2 / 2 - 0.3, -10 * scale]],
+        [[adc - dhw + 0.3, -hd + dhw + 4], [adc - dhw + 0.6, -hb - 1.5], [-w2 / 2 - 0.4, -hb + 1.0],
+         [-w2 / 2 - 0.3, -10 * scale]],
     ])
 
     def c2(ab):  # points in the C2 frame
@@ -388,7 +391,7 @@ def build_anatomy(rng: np.random.Generator, target_cobb: float, profile: str = "
     add(c2(_ribbon(spine2, 5.5 * scale, 3.8 * scale)), 0.2, 0.35, 1.0, 2.5, 0.25)
 
     # C3..T1: pedicles, articular pillars between the facet joints, lamina + spinous process.
-    spine_len = {"C3": 11, "C4": 12, "C5": 15, "C6": 21, "C7": 29, "T1": 30}
+    spine_len = {"C3": 8, "C4": 9, "C5": 12, "C6": 19, "C7": 28, "T1": 30}
     droop_deg = {"C3": 32, "C4": 32, "C5": 28, "C6": 20, "C7": 12, "T1": 25}
     for name, nxt in zip(_LEVELS[:-1], _LEVELS[1:]):
         top, bot = levels[name]
@@ -404,9 +407,14 @@ def build_anatomy(rng: np.random.Generator, target_cobb: float, profile: str = "
         start = column.local(mid, [[-w / 2 - 11 * scale, -1.0]])[0]
         junction = column.local(mid, [[-w / 2 - 19 * scale, 1.5]])[0]
         droop = math.radians(droop_deg[name] + rng.uniform(-6, 6))
-        tip_pt = junction + spine_len[name] * scale * rng.uniform(0.85, 1.15) * (-math.cos(droop) * e + math.sin(droop) * t)
+        reach = spine_len[name] * scale * rng.uniform(0.85, 1.15)
+        tip_pt = junction + reach * (-math.cos(droop) * e + math.sin(droop) * t)
         path = _curve([start, junction, (junction + tip_pt) / 2 + 0.6 * t, tip_pt], 14)
-        add(_ribbon(path, 3.2 * scale, (1.8 if name not in ("C7", "T1") else 2.8) * scale), 0.14, 0.3, 0.8, 2.0, 0.25)
+        long_spine = name in ("C6", "C7", "T1")
+        add(_ribbon(path, 3.4 * scale, (2.6 if long_spine else 1.8) * scale), rng.uniform(0.11, 0.18), 0.3, 0.8, 2.0,
+            0.25)
+        if not long_spine:  # bifid tip: the two tubercles project slightly apart
+            add(_ellipse(tip_pt + 1.2 * t, 2.2 * scale, 1.6 * scale), 0.08, 0.2, 0.6, 1.0, spread=0.6)
 
     # Skull base, in a head frame: the C2 frame tilted about the dens tip.
     tilt = math.radians(rng.uniform(-6, 6))
@@ -429,7 +437,7 @@ def build_anatomy(rng: np.random.Generator, target_cobb: float, profile: str = "
     add(head(_ribbon(occiput, 3.0, 6.0)), 0.25, 0.4, 1.5, 2.0, 0.3)  # occipital squama, outer and inner tables
     add(head(_ribbon(_curve([basion, [9, -24], clivus_top], 12), 4.0)), 0.22, 0.3, 1.2, 2.0, 0.2)  # clivus
     add(head(_ellipse([-22, -2], 7, 4.5, 10)), 0.14, 0.3, 1.0, 2.0, 0.2, spread=1.0)  # occipital condyles
-    add(head(_ellipse([-14, -12], 8.0, 14.0, 15)), 0.22, 0.3, 1.2, 3.0, 1.2, spread=2.0)  # mastoid air cells
+    add(head(_ellipse([-14, -12], 8.0, 14.0, 15)), 0.2, 0.25, 1.2, 4.0, 0.7, spread=2.0)  # mastoid air cells
     add(head(_ribbon(_curve([[-30, -24], [-8, -36], [22, -54]], 14), 7.0, 2.0)), 0.3, 0.15, 1.5, 5.0, 0.3,
         spread=2.0)  # petrous ridge
     add(head(_ellipse([32, -38], 9.0, 7.0, 0)), -0.25, ramp_mm=3.0)  # sphenoid sinus (air)
@@ -453,9 +461,13 @@ def build_anatomy(rng: np.random.Generator, target_cobb: float, profile: str = "
     for k in range(int(rng.integers(3, 7))):  # molars/premolars, lower and upper, in occlusion
         x = alveolus[0] + 3 + 9.5 * k
         y = alveolus[1] + k * drop / 12
-        for y0, y1 in ((y, y - 8.0), (y - 8.6, y - 16.0)):
-            add(head(_rounded([[x - 4.2, y0], [x + 4.2, y0], [x + 3.8, y1], [x - 3.8, y1]], 1.8)), 0.3, 0.5, 1.2, 1.5,
-                spread=1.0)
+        half = rng.uniform(3.4, 4.4)
+        for sign, y0 in ((1, y), (-1, y - 14.5)):  # lower tooth: root down; upper tooth: root up
+            crown = [[x - half, y0 - sign * 7], [x + half, y0 - sign * 7], [x + half - 0.4, y0], [x - half + 0.4, y0]]
+            apex = y0 + sign * 12
+            root = [[x - half + 0.8, y0 - 1], [x + half - 0.8, y0 - 1], [x + 0.8, apex], [x - 0.8, apex]]
+            add(head(_rounded(root, 1.0)), 0.12, 0.15, 0.8, 1.0, spread=1.0)
+            add(head(_rounded(crown, 2.2)), 0.25, 0.55, 1.0, 1.5, spread=1.0)
     # Hyoid at C3/C4, well anterior of the bodies.
     hy_s = levels["C3"][1] + rng.uniform(-4, 6)
     hy_a = widths["C3"][0] / 2 + rng.uniform(28, 40)
@@ -544,7 +556,8 @@ def build_view(rng: np.random.Generator, patient_rng_state: dict, anatomy: Anato
     lo, hi = px.min(axis=0) - margin, px.max(axis=0) + margin
     view.anchor_px = view.anchor_px + np.maximum(0, -lo) - np.maximum(0, hi - np.array([width, height]))
     lm_px = view.to_px(lm)
-    strips = (int(min(lm_px[:, 0].min() * 0.4, width * 0.08)), int(min((width - lm_px[:, 0].max()) * 0.4, width * 0.08)))
+    strips = (int(min(lm_px[:, 0].min() * 0.4, width * 0.08)),
+              int(min((width - lm_px[:, 0].max()) * 0.4, width * 0.08)))
     view.params = dict(
         photons=10 ** rng.uniform(2.0, 3.0) * (view.spacing / 0.17) ** 2,  # quanta per pixel behind the neck
         attenuation=rng.uniform(1.5, 2.1),
@@ -656,7 +669,8 @@ def _soft_tissue(anatomy: Anatomy, view: View, factor: int) -> np.ndarray:
     sh, sw = -(-gh // k), -(-gw // k)
     ys, xs = np.mgrid[0:sh, 0:sw].astype(np.float64)
     sparse = np.stack([(xs.ravel() + 0.5) * k * factor - 0.5, (ys.ravel() + 0.5) * k * factor - 0.5], axis=1)
-    s, n = (_upsample(c.reshape(sh, sw), gh, gw, k).ravel().astype(np.float64) for c in col.coordinates(view.to_mm(sparse)))
+    s, n = (_upsample(c.reshape(sh, sw), gh, gw, k).ravel().astype(np.float64)
+            for c in col.coordinates(view.to_mm(sparse)))
     ys, xs = np.mgrid[0:gh, 0:gw].astype(np.float64)
     mm = view.to_mm(np.stack([(xs.ravel() + 0.5) * factor - 0.5, (ys.ravel() + 0.5) * factor - 0.5], axis=1))
     L, hd = p["length"], p["hd"]
@@ -699,14 +713,22 @@ def _soft_tissue(anatomy: Anatomy, view: View, factor: int) -> np.ndarray:
 
 
 def _bone_texture(rng: np.random.Generator, view: View) -> np.ndarray:
-    """Trabecular pattern: band-pass noise with a ~0.4 mm grain, stretched along the column; unit spread."""
+    """Trabecular pattern, zero mean and unit spread: a mesh of thin bright struts around dark marrow spaces.
+
+    The struts are the zero crossings of band-pass noise (~1 mm cells, stretched along the column,
+    as the load-bearing vertical trabeculae are), plus a little fine grain.
+    """
     factor = max(1, int(round(0.3 / view.spacing)))
     gh, gw = -(-view.height // factor), -(-view.width // factor)
     noise = rng.standard_normal((gh, gw)).astype(np.float32)
-    fine = max(0.5, 0.3 / (view.spacing * factor))
-    band = ndimage.gaussian_filter(noise, (2 * fine, fine)) - ndimage.gaussian_filter(noise, 4 * fine)
+    cell = max(0.6, 0.45 / (view.spacing * factor))
+    band = ndimage.gaussian_filter(noise, (1.6 * cell, cell)) - ndimage.gaussian_filter(noise, 3 * cell)
     band /= max(float(band.std()), 1e-6)
-    return _upsample(band, view.height, view.width, factor)
+    struts = np.exp(-4.0 * band**2)  # near 1 on the zero crossings: a connected network of lines
+    mesh = struts + 0.3 * ndimage.gaussian_filter(noise, 0.6)
+    mesh -= mesh.mean()
+    mesh /= max(float(mesh.std()), 1e-6)
+    return _upsample(mesh, view.height, view.width, factor)
 
 
 def attenuation(anatomy: Anatomy, view: View, rng: np.random.Generator) -> np.ndarray:
@@ -840,6 +862,9 @@ def _plan(seed, size, curvature_class, cobb_c2c7, profile, facing, patient_seed,
     if profile not in (None,) + PROFILES:
         raise PhantomError(f"profile must be one of {', '.join(PROFILES)}, not {profile!r}")
     thresholds = thresholds or RuleThresholds.from_env()
+    for name, value in (("seed", seed), ("patient_seed", patient_seed)):
+        if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0):
+            raise PhantomError(f"{name} must be a whole number >= 0, got {value!r}")
     seed = int(seed)
     patient_seed = seed if patient_seed is None else int(patient_seed)
 
@@ -982,7 +1007,8 @@ def _patient_plan(patients: int, seed: int, sigmoid_fraction: float) -> list[tup
     classes = [CLASSES[i % len(CLASSES)] for i in range(patients)]
     rng.shuffle(classes)
     sigmoid = set(rng.permutation(patients)[: int(round(sigmoid_fraction * patients))].tolist())
-    return [(cls, str(rng.choice(["sigmoid1", "sigmoid2"])) if i in sigmoid else "arc") for i, cls in enumerate(classes)]
+    return [(cls, str(rng.choice(["sigmoid1", "sigmoid2"])) if i in sigmoid else "arc")
+            for i, cls in enumerate(classes)]
 
 
 def _validation_patients(plan: list[tuple[str, str]], seed: int, fraction: float) -> set[int]:
@@ -1040,7 +1066,8 @@ def write_phantoms(
     written = ("images", "labels.jsonl", "manifest.csv") + FORMATS
     stale = [out / name for name in written if (out / name).exists()]
     if stale and not overwrite:
-        raise PhantomError(f"{out} already holds a phantom set ({stale[0].name}); choose another folder or overwrite")
+        raise PhantomError(f"{out} already holds a phantom set ({stale[0].name}); choose another folder, "
+                           "or overwrite it (--overwrite)")
     for path in stale:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -1279,7 +1306,8 @@ def contact_sheet(out_png: str | Path, seed: int = 0, size: int = 512) -> Path:
             for i, (x, y) in enumerate(case.landmarks):
                 colour = (255, 200, 0) if i == 0 else (255, 60, 60)
                 draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=colour)
-            caption = f"{cls}  Cobb {case.cobb_c2c7:+.1f} deg  facing {facing}" + ("  C7 hidden" if case.c7_hidden else "")
+            caption = f"{cls}  Cobb {case.cobb_c2c7:+.1f} deg  facing {facing}"
+            caption += "  C7 hidden" if case.c7_hidden else ""
             draw.rectangle([0, tile.height - 16, tile.width, tile.height], fill=(0, 0, 0))
             draw.text((4, tile.height - 14), caption, fill=(255, 255, 255), font=font)
             sheet.paste(tile, (column * cell + (cell - tile.width) // 2, row * cell))

@@ -31,6 +31,7 @@ from core.imaging import ImageReadError, Radiograph, read_image
 from core.measure import LandmarkError, Measurements, measure_landmarks, roi_box_from_landmarks
 
 LOW_CONFIDENCE = 0.6  # top calibrated probability under this is flagged
+DETECTION_THRESHOLD = 0.25  # detector / landmark model confidence below which nothing is found
 STAGES = ("read", "detect", "landmarks", "crop", "classify", "cam")
 BOX_SOURCES = ("detector", "landmarks", "whole image")
 
@@ -162,10 +163,13 @@ class Predictor:
     """The models of one prediction setup. Paths default to the promoted models of the workspace.
 
     ``detector=False`` / ``landmarks=False`` switch a stage off even when a model is promoted.
+    ``threshold``: top probability under which a result is low-confidence; ``detection_threshold``: the
+    confidence a box (or the landmark set) needs to count as found.
     """
 
     def __init__(self, classifier: str | Path | None = None, detector: str | Path | bool | None = None,
-                 landmarks: str | Path | bool | None = None, threshold: float = LOW_CONFIDENCE):
+                 landmarks: str | Path | bool | None = None, threshold: float = LOW_CONFIDENCE,
+                 detection_threshold: float = DETECTION_THRESHOLD):
         if classifier is None:
             promoted = jobs.promoted_model("classify")
             if promoted is None:
@@ -174,6 +178,7 @@ class Predictor:
         self.classifier_path = checkpoint_path(classifier, "classifier")
         self.model, self.meta = load_classifier_cached(self.classifier_path)
         self.threshold = float(threshold)
+        self.detection_threshold = float(detection_threshold)
         self.detector_path = self._optional("detect", detector)
         self.landmarks_path = self._optional("landmarks", landmarks)
         self.detector = load_yolo_cached("detect", self.detector_path) if self.detector_path else None
@@ -226,7 +231,7 @@ class Predictor:
 
         box, box_confidence, box_source = None, None, "whole image"
         if self.detector is not None:
-            found = self.detector.detect(pixels)
+            found = self.detector.detect(pixels, self.detection_threshold)
             if found is not None:
                 box, box_confidence, box_source = _clip_box(found[0], width, height), float(found[1]), "detector"
             else:
@@ -235,7 +240,7 @@ class Predictor:
 
         landmarks = measurements = None
         if self.landmark_model is not None:
-            found = self.landmark_model.predict(pixels)
+            found = self.landmark_model.predict(pixels, self.detection_threshold)
             if found is None:
                 notes.append("the landmark model found no vertebrae: no measurements")
             else:

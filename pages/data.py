@@ -89,7 +89,7 @@ def run_import(layout: str, uploads, dataset: str, phantom_options: dict, progre
             "skipped": [(_shown_name(name, scratch), reason.replace(str(scratch) + "/", ""))
                         for name, reason in report.skipped],
         }
-        st.session_state["overview_dataset"] = report.dataset
+        st.session_state["overview_choice"] = report.dataset  # the overview shows what was just imported
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -171,9 +171,9 @@ with overview_tab:
     if not names:
         st.info("No dataset yet: import one, or generate phantoms, in the Import tab.")
     else:
-        wanted = st.session_state.get("overview_dataset")
-        chosen = st.selectbox("Dataset", names, index=names.index(wanted) if wanted in names else 0,
-                              key="overview_choice")
+        if st.session_state.get("overview_choice") not in names:
+            st.session_state.pop("overview_choice", None)
+        chosen = st.selectbox("Dataset", names, key="overview_choice")
         summary = store().summary(chosen)
         metrics = st.columns(5)
         metrics[0].metric("Images", summary["images"])

@@ -79,8 +79,8 @@ def test_a_demo_started_elsewhere_shows_its_progress(workspace, demo_like_proces
     at = run_app()
     progress = at.get("progress")
     assert len(progress) == 1
-    assert progress[0].proto.value == 40
-    assert "training classifier" in progress[0].proto.text and "(2/5)" in progress[0].proto.text
+    assert progress[0].proto.value == 20  # one of five steps finished
+    assert "training classifier" in progress[0].proto.text and "(step 2 of 5)" in progress[0].proto.text
     assert "build_demo" not in [b.key for b in at.button]  # no second build while one runs
 
     # The process dies without writing "failed" (killed, machine restarted): the page says so.

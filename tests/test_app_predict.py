@@ -166,3 +166,40 @@ def test_without_a_model_the_page_says_how_to_get_one(workspace):
     at = upload(predict_page(), ("spine.png", phantom_png("normal", seed=7)))
     assert any(info.value.startswith("No classifier yet") for info in at.info)
     assert not at.error
+
+
+def test_the_page_opens_without_loading_torch_even_with_a_model(with_model):
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from streamlit.testing.v1 import AppTest\n"
+        f"at = AppTest.from_file({APP!r}, default_timeout=60).run()\n"
+        "assert not at.exception, at.exception\n"
+        "print(sorted(m for m in ('torch', 'ultralytics', 'pytorch_grad_cam') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ), cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_figures_draw_the_endplates_at_the_landmarks_and_the_report_is_a_png():
+    from core.measure import LANDMARK_NAMES
+    from core.phantom import generate_case
+    from ui.figures import ENDPLATE_COLOUR, annotated_radiograph, report_png
+
+    case = generate_case(8, size=256, curvature_class="normal")
+    drawn = np.asarray(annotated_radiograph(case.image, case.roi_box, case.landmarks, "box"))
+    for left, right in (("C2 bottom left", "C2 bottom right"), ("C7 bottom left", "C7 bottom right")):
+        middle = (case.landmarks[LANDMARK_NAMES.index(left)] + case.landmarks[LANDMARK_NAMES.index(right)]) / 2
+        x, y = np.round(middle).astype(int)
+        patch = drawn[y - 1:y + 2, x - 1:x + 2].reshape(-1, 3)
+        assert any(tuple(pixel) == ENDPLATE_COLOUR for pixel in patch), f"no endplate line through {left}/{right}"
+    png = report_png(radiograph=Image.fromarray(drawn), heatmap=Image.fromarray(drawn), title="t",
+                     curvature_class="normal", probabilities={"normal": 0.7, "straightened": 0.2, "reversed": 0.1},
+                     lines=["Cobb C2–C7 +20.0°"], notice="Research and teaching use only — not a diagnosis.")
+    report = Image.open(io.BytesIO(png))
+    assert report.format == "PNG" and report.width > 2 * 720 * drawn.shape[1] / drawn.shape[0]
+    assert report.getpixel((5, report.height - 5)) == (255, 243, 205)  # the notice band at the bottom

@@ -596,3 +596,32 @@ def test_cli_import_split_export(workspace, tmp_path, capsys):
     assert "no images with a box" in capsys.readouterr().out
     assert cli_main(["import", "folder", str(tmp_path / "missing")]) == 2
     assert "is not a folder" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- the phantom layout (core.phantom's contract)
+
+
+def test_every_phantom_layout_imports_with_agreeing_labels(workspace, tmp_path, store):
+    from core.phantom import write_phantoms
+
+    out = tmp_path / "phantoms"
+    write_phantoms(out, patients=6, images_per_patient=1, seed=1, size=128, formats=("csxa", "yolo", "dicom"))
+
+    manifest = datasets.import_csv(out / "manifest.csv", dataset="manifest", store=store)
+    csxa = datasets.import_csxa(out / "csxa", dataset="csxa", sigmoid="measure", store=store)
+    yolo = datasets.import_yolo(out / "yolo", dataset="yolo", store=store)
+    dicom = datasets.import_dicom(out / "dicom", out / "manifest.csv", dataset="dicom", store=store)
+    for report in (manifest, csxa, yolo, dicom):
+        assert report.imported == 6 and report.skipped == [], report.format()
+
+    truth = {i.sha256: i for i in store.current_labels("manifest")}
+    for name in ("csxa", "yolo"):
+        for item in store.current_labels(name):
+            # Same files, same ROI: every box comes from roi_box_from_landmarks.
+            assert item.roi_box == pytest.approx(truth[item.sha256].roi_box, abs=0.01 if name == "csxa" else 0.05)
+    for item in store.current_labels("csxa"):
+        if item.meta["csxa"]["curvature_grade"] in (1, 2, 5):
+            assert item.curvature_class == truth[item.sha256].curvature_class
+    by_class = Counter(i.curvature_class for i in store.current_labels("dicom"))
+    assert by_class == Counter(i.curvature_class for i in truth.values())
+    assert len({i.patient_id for i in store.current_labels("dicom")}) == 6

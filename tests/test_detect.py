@@ -137,6 +137,7 @@ CHILD = NETWORK_GUARD + textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_detector_trains_offline_inside_the_workspace_and_finds_boxes(tmp_path):
     workspace, home, cwd, tmp = (tmp_path / name for name in ("workspace", "home", "cwd", "tmp"))
     for folder in (workspace, home, cwd, tmp):
@@ -216,6 +217,7 @@ def test_detector_trains_offline_inside_the_workspace_and_finds_boxes(tmp_path):
         LandmarkModel(run_dir / "best.pt")
 
 
+@pytest.mark.slow
 def test_landmark_model_trains_on_23_points_and_predicts_them(workspace, tmp_path, monkeypatch):
     import torch
 
@@ -339,4 +341,35 @@ def test_bad_inputs_fail_with_one_clear_error_and_download_nothing(workspace, tm
     assert not marker.exists()
     with pytest.raises(FileNotFoundError):
         RoiDetector(tmp_path / "missing.pt")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_detector_run_from_a_store_dataset_can_be_cancelled_and_resumed(workspace, tmp_path, monkeypatch):
+    from core import datasets
+    from core.detect import train_from_config
+    from core.store import AnnotationStore
+
+    monkeypatch.chdir(tmp_path)
+    source = write_box_dataset(tmp_path / "boxes", train=6, val=2, size=64).parent
+    with AnnotationStore() as store:
+        datasets.import_yolo(source, dataset="boxes", store=store)
+    run_dir = workspace / "runs" / "detect-resume"
+    config = {"task": "detect", "dataset": "boxes", "epochs": 2, "imgsz": 64, "batch": 4, "device": "cpu"}
+
+    def cancel_after_first_epoch(epoch, epochs, row):
+        raise KeyboardInterrupt  # what a user's Stop looks like inside the training loop
+
+    with pytest.raises(KeyboardInterrupt):
+        train_from_config(config, run_dir, progress_callback=cancel_after_first_epoch)
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "cancelled" and status["epoch"] == 1
+    assert (run_dir / "dataset" / "data.yaml").is_file()  # exported from the store by core.datasets
+    assert [row["epoch"] for row in read_metrics(run_dir)] == ["1"]
+
+    report = train_from_config({**config, "resume": True}, run_dir)
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "done" and status["epoch"] == 2
+    assert [row["epoch"] for row in read_metrics(run_dir)] == ["1", "2"]
+    assert report["epochs_run"] == 2 and Path(report["weights"]).is_file()
     assert not (tmp_path / "runs").exists()

@@ -143,6 +143,8 @@ def test_bad_requests_raise_one_clear_error(tmp_path):
         generate_case(1, size=96, bit_depth=12)
     with pytest.raises(PhantomError, match="cobb_c2c7"):
         generate_case(1, cobb_c2c7=120.0)
+    with pytest.raises(PhantomError, match="seed"):
+        generate_case(-1, size=96)
     with pytest.raises(PhantomError, match="unknown format"):
         write_phantoms(tmp_path / "x", patients=1, size=96, formats=("png",))
 

@@ -1,8 +1,10 @@
-"""The frame every page draws first: the research-use notice, the workspace sidebar and the demo builder.
+"""The frame every page draws first: the research-use notice, the workspace sidebar and the demo builder,
+and the navigation (app.py and the pages share one list).
 
-Every page script starts with ``frame()``. It is drawn by the pages rather than by app.py because
-Streamlit runs a file of ``pages/`` directly (without app.py) on the first run of a server process
-and in AppTest reruns, whenever a ``pages/`` folder sits next to the entry script.
+Every page script starts with ``frame(title)``. Streamlit runs a file of ``pages/`` directly, without
+app.py, when a ``pages/`` folder sits next to the entry script and a server's first run (or an AppTest
+rerun) asks for that page. ``frame`` notices (app.py leaves a mark each run) and installs the app's
+navigation, so the menu is always the app's own and later runs go through app.py.
 
 Kept free of torch: the first page must render before any model loads, so everything heavy is imported
 inside the function that needs it.
@@ -32,11 +34,33 @@ ROOT = Path(__file__).resolve().parents[1]
 _demo_start_lock = threading.Lock()
 
 
+# Pages in menu order; a page file that does not exist (yet) is not listed.
+PAGES = (
+    ("predict", "Predict", ":material/radiology:"),
+    ("data", "Data", ":material/folder_open:"),
+    ("label", "Label", ":material/edit:"),
+    ("train", "Train", ":material/model_training:"),
+    ("compare", "Compare", ":material/leaderboard:"),
+)
+_VIA_APP = "_cervicurve_via_app"
+
+
+def navigation(position: str = "sidebar"):
+    """st.navigation over the pages that exist; app.py runs the page it returns."""
+    available = [page for page in PAGES if (ROOT / "pages" / f"{page[0]}.py").exists()]
+    st.session_state[_VIA_APP] = True
+    return st.navigation([st.Page(str(ROOT / "pages" / f"{stem}.py"), title=title, icon=icon, default=index == 0)
+                          for index, (stem, title, icon) in enumerate(available)], position=position)
+
+
 def frame(title: str) -> dict:
     """Page config, notice, title, sidebar and (on an empty workspace) the demo offer; returns the workspace state.
 
     When the workspace cannot be read, the reason is shown and the page stops there.
     """
+    if not st.session_state.pop(_VIA_APP, False):
+        navigation()  # run directly from pages/: show the app's menu, and later runs go through app.py
+        st.session_state.pop(_VIA_APP, None)
     st.set_page_config(page_title=f"{title} · CerviCurve", page_icon="🦴", layout="wide")
     show_notice()
     st.title(title)
@@ -285,4 +309,7 @@ def demo_progress() -> None:
         st.rerun(scope="app")  # finished or died: the app shows the new models or the failure
     step, steps = int(status.get("step") or 0), max(1, int(status.get("steps") or 1))
     label = f"Building the demo — {status.get('stage', 'starting')}: {status.get('message', '')}".rstrip(": ")
-    st.progress(min(1.0, step / steps), text=f"{label} ({step}/{steps})")
+    with st.container(border=True):
+        # The step in progress is not done yet: the bar shows the finished ones.
+        st.progress(min(1.0, max(0, step - 1) / steps), text=f"{label} (step {step} of {steps})")
+        st.caption("It runs in the background: keep using the app, reload the page or come back later.")

@@ -1,0 +1,153 @@
+"""App latency as a user feels it: cold start of `streamlit run app.py` to first render, and upload-to-result
+for one 2048 px radiograph (first and warm), measured with the system chromium through playwright.
+
+    .venv/bin/python benchmarks/app_latency.py [--home WORKSPACE] [--repeats 3]
+
+``--home`` is a workspace with promoted models (e.g. one built by `python -m core demo --quick`); without
+it a tiny classifier is trained into a temporary workspace (no detector or landmarks: the numbers then
+cover reading, classifying, Grad-CAM and drawing only). Writes benchmarks/results/app_latency.md.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from test_browser import CHROMIUM, CHROMIUM_ARGS, NOTICE, start_server, stop_server  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "app_latency.md"
+
+
+def film(seed: int, size: int) -> bytes:
+    from PIL import Image
+
+    from core.phantom import generate_case
+
+    case = generate_case(seed, size=size, curvature_class=("normal", "straightened", "reversed")[seed % 3])
+    buffer = io.BytesIO()
+    Image.fromarray(case.image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def cold_start(browser, home: Path, scratch: Path) -> tuple[float, float]:
+    """Seconds from launching the server to (HTTP health answers, the browser shows the notice)."""
+    started = time.perf_counter()
+    server, url = start_server(home, scratch / "cold.log")
+    http_s = time.perf_counter() - started
+    try:
+        page = browser.new_page()
+        page.goto(url)
+        page.get_by_text(NOTICE).first.wait_for(timeout=60_000)
+        render_s = time.perf_counter() - started
+        page.close()
+    finally:
+        stop_server(server)
+    return http_s, render_s
+
+
+def upload_to_result(browser, url: str, image: Path) -> float:
+    """Seconds from handing the file to the uploader to the class text and the loaded heatmap."""
+    page = browser.new_page(viewport={"width": 1500, "height": 1200})
+    page.goto(url)
+    page.get_by_text(NOTICE).first.wait_for(timeout=60_000)
+    started = time.perf_counter()
+    page.locator("input[type='file']").first.set_input_files(str(image))
+    page.get_by_text(f"{image.name}: ").first.wait_for(timeout=180_000)
+    heatmap = page.locator("[data-testid='stImage']:has-text('heatmap') img").first
+    heatmap.wait_for(timeout=60_000)
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=heatmap.element_handle())
+    elapsed = time.perf_counter() - started
+    page.close()
+    return elapsed
+
+
+def models_of(home: Path) -> str:
+    parts = []
+    for task in ("classify", "detect", "landmarks"):
+        record = home / "promoted" / task / "promoted.json"
+        if record.exists():
+            info = json.loads(record.read_text())
+            parts.append(f"{task}: {info.get('model') or 'yolo'} ({info.get('demo_quality') or info.get('run_id')})")
+        else:
+            parts.append(f"{task}: none")
+    return "; ".join(parts)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--home", type=Path, help="workspace with promoted models (default: a tiny one)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--size", type=int, default=2048, help="radiograph height in px")
+    args = parser.parse_args()
+    if not CHROMIUM.exists():
+        print(f"{CHROMIUM} is missing: apt-get install chromium", file=sys.stderr)
+        return 2
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        home = args.home
+        if home is None:
+            from test_app_predict import promote_tiny_classifier
+
+            home = scratch / "workspace"
+            promote_tiny_classifier(home)
+        images = []
+        for number in range(args.repeats + 1):
+            path = scratch / f"film_{args.size}px_{number}.png"
+            path.write_bytes(film(900 + number, args.size))
+            images.append(path)
+
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            cold = [cold_start(browser, home, scratch) for _ in range(args.repeats)]
+            server, url = start_server(home, scratch / "warm.log")
+            try:
+                first = upload_to_result(browser, url, images[0])  # imports torch, loads the models
+                warm = [upload_to_result(browser, url, image) for image in images[1:]]
+            finally:
+                stop_server(server)
+            browser.close()
+
+    import torch
+
+    rows = [
+        ("cold start: `streamlit run` -> HTTP health answers", statistics.median(c[0] for c in cold), [c[0] for c in cold]),
+        ("cold start: `streamlit run` -> browser shows the notice", statistics.median(c[1] for c in cold), [c[1] for c in cold]),
+        (f"first upload -> result ({args.size} px, loads torch and the models)", first, [first]),
+        (f"warm upload -> result ({args.size} px, new file, models loaded)", statistics.median(warm), warm),
+    ]
+    lines = [
+        "# App latency",
+        "",
+        f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by `benchmarks/app_latency.py` on "
+        f"{os.cpu_count()} CPU cores ({platform.machine()}, no GPU used), torch {torch.__version__}, "
+        f"system chromium driven by playwright. Upload-to-result ends when the class text is shown and the "
+        f"heatmap image has loaded in the browser.",
+        "",
+        f"Models: {models_of(home)}.",
+        "",
+        "| measurement | median (s) | runs (s) |",
+        "| --- | ---: | --- |",
+        *[f"| {name} | {median:.2f} | {', '.join(f'{v:.2f}' for v in runs)} |" for name, median, runs in rows],
+        "",
+    ]
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text("\n".join(lines), encoding="utf-8")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Per-stage latency of one prediction on a 2048 px phantom, against a bare ResNet-34 forward.
+
+Uses the workspace's promoted models (``python -m core demo`` makes them):
+
+    CERVICURVE_HOME=workspace .venv/bin/python benchmarks/predict_latency.py [--repeats 10]
+
+Writes ``benchmarks/results/predict_latency.md``: median and 90th percentile per stage (read, detect,
+landmarks, crop, classify, cam), the whole prediction, a bare ResNet-34 forward (batch 1, 1 channel) at the
+classifier's input size, and the ratio whole / bare forward.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def percentile(values, q):
+    return float(np.percentile(np.asarray(values, dtype=float), q))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--size", type=int, default=2048, help="phantom height in px")
+    parser.add_argument("--cam", default="gradcam")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "predict_latency.md")
+    args = parser.parse_args()
+
+    import torch
+    from PIL import Image
+
+    from core import settings
+    from core.phantom import generate_case
+    from core.pipeline import STAGES, ModelError, Predictor
+    from models.registry import build_model
+
+    torch.set_num_threads(settings.cpu_threads())
+    started = time.perf_counter()
+    try:
+        predictor = Predictor()
+    except ModelError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    load_s = time.perf_counter() - started
+    case = generate_case(11, size=args.size, curvature_class="normal", bit_depth=16)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "phantom_2048.png"
+        Image.fromarray(case.image).save(path)
+        first_started = time.perf_counter()
+        predictor.predict(path, cam_method=args.cam)  # warm-up: lazy imports, allocator, Ultralytics setup
+        first_ms = (time.perf_counter() - first_started) * 1000
+        runs, totals = [], []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            result = predictor.predict(path, cam_method=args.cam)
+            totals.append((time.perf_counter() - t0) * 1000)
+            runs.append(result.timings)
+
+    size = int(predictor.meta["input_size"])
+    bare = build_model("resnet34").eval()
+    x = torch.randn(1, 1, size, size)
+    with torch.no_grad():
+        for _ in range(3):
+            bare(x)
+        bare_ms = []
+        for _ in range(max(10, args.repeats)):
+            t0 = time.perf_counter()
+            bare(x)
+            bare_ms.append((time.perf_counter() - t0) * 1000)
+
+    whole = float(np.median(totals))
+    bare_median = float(np.median(bare_ms))
+    lines = [
+        "# Predict latency, one radiograph",
+        "",
+        f"{case.width} x {case.height} px 16-bit phantom PNG; classifier {predictor.model_name} at {size} px "
+        f"({predictor.quality or 'trained'} models); detector {'yes' if predictor.detector else 'no'}, "
+        f"landmarks {'yes' if predictor.landmark_model else 'no'}; CAM {args.cam}. "
+        f"{args.repeats} runs after one warm-up; CPU {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}, torch {torch.__version__}.",
+        "",
+        "| stage | median ms | p90 ms |",
+        "| --- | ---: | ---: |",
+    ]
+    for stage in STAGES:
+        values = [r[stage] for r in runs]
+        lines.append(f"| {stage} | {np.median(values):.1f} | {percentile(values, 90):.1f} |")
+    lines += [
+        f"| **whole predict()** | **{whole:.1f}** | **{percentile(totals, 90):.1f}** |",
+        f"| bare ResNet-34 forward, {size} px, batch 1 | {bare_median:.1f} | {percentile(bare_ms, 90):.1f} |",
+        "",
+        f"Whole / bare forward: **{whole / bare_median:.1f}x**. First prediction after loading: {first_ms:.0f} ms; "
+        f"loading the three models: {load_s:.1f} s.",
+        "",
+    ]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines), encoding="utf-8")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""``python -m core demo``: from an empty workspace to promoted models and a working ``predict``.
+
+``--tiny`` runs every step of the real demo (phantoms -> CSXA import -> splits -> detector, landmark and
+S-ResNet-34 runs -> promotion -> held-out check) at minimal sizes, so the whole path runs in the suite.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from core.demo import STEPS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_tiny_demo_builds_a_workspace_that_predicts(workspace):
+    env = {**os.environ, "CERVICURVE_HOME": str(workspace), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "core", "demo", "--tiny"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    # progress lines name every step in order, with the step count
+    steps_seen = [int(m.group(1)) for m in re.finditer(r"^\[(\d)/7\] ", done.stdout, re.MULTILINE)]
+    assert sorted(set(steps_seen)) == list(range(1, len(STEPS) + 1)) and steps_seen == sorted(steps_seen)
+    assert re.search(r"^\[3/7\] training detector: epoch 1/1", done.stdout, re.MULTILINE)
+
+    status = json.loads((workspace / "demo_status.json").read_text())
+    assert status["state"] == "done" and status["step"] == status["steps"] == 7 and status["quality"] == "tiny"
+
+    # three real run folders, promoted, each marked as a demo model of this quality
+    for task in ("detect", "landmarks", "classify"):
+        record = json.loads((workspace / "promoted" / task / "promoted.json").read_text())
+        assert record["task"] == task and record["demo_quality"] == "tiny" and record["dataset"] == "phantom-demo"
+        run = workspace / "runs" / record["run_id"]
+        assert json.loads((run / "status.json").read_text())["state"] == "done"
+        assert (run / "best.pt").is_file() and (run / "metrics.csv").is_file()
+
+    report = json.loads((workspace / "demo_report.json").read_text())
+    assert report["images"] == 3 and 0.0 <= report["class_accuracy"] <= 1.0
+    assert json.loads((workspace / "promoted/classify/promoted.json").read_text())["demo_check"]["images"] == 3
+    holdout = sorted((workspace / "demo" / "holdout").glob("*.png"))
+    assert len(holdout) == 3
+
+    # the imported dataset lives in the workspace's own store, split by patient
+    from core.store import AnnotationStore
+
+    store = AnnotationStore(f"sqlite:///{workspace / 'cervicurve.db'}")
+    try:
+        items = store.current_labels("phantom-demo")
+    finally:
+        store.close()
+    assert len(items) == 12 and {i.split for i in items} == {"train", "val", "test"}
+    patients = {}
+    for item in items:
+        patients.setdefault(item.patient_id, set()).add(item.split)
+    assert all(len(splits) == 1 for splits in patients.values())
+
+    # nothing written outside the workspace's folders
+    assert not (ROOT / "runs").exists() or not any((ROOT / "runs").iterdir())
+
+    # the promoted models answer `predict` on a held-out phantom
+    predicted = subprocess.run([sys.executable, "-m", "core", "predict", str(holdout[0]), "--json"], cwd=ROOT,
+                               env=env, capture_output=True, text=True, timeout=300)
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    record = json.loads(predicted.stdout.strip().splitlines()[-1])
+    assert record["file"] == str(holdout[0]) and record["class"] in ("normal", "straightened", "reversed")

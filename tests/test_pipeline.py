@@ -1,0 +1,230 @@
+"""core.pipeline: read -> detect -> landmarks -> crop -> classify -> Grad-CAM, in-process and as the CLI.
+
+The models are the tiny demo's (``build_demo(tiny=True)``: real detector, pose and S-ResNet-34 runs,
+promoted the way a user's would be). They are barely trained, so the detector and landmark models run
+with ``detection_threshold=0`` to always answer; what is checked is the data flow, not accuracy.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.settings import CLASSES
+
+ROOT = Path(__file__).resolve().parents[1]
+DESIGN_KEYS = {"file", "class", "probabilities", "box", "box_confidence", "low_confidence", "measurements", "cam"}
+SIZE = 192
+
+
+@pytest.fixture(scope="module")
+def demo_home(tmp_path_factory):
+    """A workspace holding the tiny demo's promoted detector, landmark model and classifier."""
+    from core.demo import build_demo
+
+    home = tmp_path_factory.mktemp("pipeline") / "workspace"
+    home.mkdir()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CERVICURVE_HOME", str(home))
+        patch.delenv("CERVICURVE_DB", raising=False)
+        build_demo(tiny=True)
+    return home
+
+
+@pytest.fixture()
+def home(demo_home, monkeypatch):
+    monkeypatch.setenv("CERVICURVE_HOME", str(demo_home))
+    monkeypatch.delenv("CERVICURVE_DB", raising=False)
+    return demo_home
+
+
+@pytest.fixture(scope="module")
+def phantom_files(tmp_path_factory):
+    """One 8-bit PNG per class, with the truth."""
+    from core.phantom import generate_case
+
+    folder = tmp_path_factory.mktemp("phantoms")
+    files = {}
+    for seed, cls in enumerate(CLASSES):
+        case = generate_case(100 + seed, size=SIZE, curvature_class=cls)
+        path = folder / f"{cls}.png"
+        Image.fromarray(case.image).save(path)
+        files[cls] = (path, case)
+    return files
+
+
+def run_cli(args, home, timeout=300):
+    env = {**os.environ, "CERVICURVE_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "core", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_each_class_gives_a_full_prediction(home, phantom_files):
+    from core.pipeline import STAGES, Predictor
+    from core.train import crop_box
+
+    predictor = Predictor(detection_threshold=0.0)  # the promoted models
+    assert predictor.quality == "tiny" and predictor.model_name == "s_resnet34"
+    for cls, (path, case) in phantom_files.items():
+        result = predictor.predict(path)
+        height, width = case.image.shape
+        assert result.curvature_class in CLASSES and result.model == "s_resnet34"
+        assert set(result.probabilities) == set(CLASSES)
+        assert sum(result.probabilities.values()) == pytest.approx(1.0, abs=1e-6)
+        assert result.low_confidence == (max(result.probabilities.values()) < 0.6)
+        assert result.box_source == "detector" and 0.0 <= result.box_confidence <= 1.0
+        x1, y1, x2, y2 = result.roi_box
+        assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height
+        # the map lies on the radiograph, in [0, 1], and only where the classifier looked
+        assert result.cam.shape == (height, width) and result.cam_method == "gradcam"
+        assert result.cam.min() >= 0.0 and result.cam.max() <= 1.0 and result.cam.max() > 0.0
+        cx1, cy1, cx2, cy2 = crop_box(result.roi_box, (width, height), predictor.meta["roi_margin"])
+        outside = result.cam.copy()
+        outside[max(0, int(cy1)):int(np.ceil(cy2)), max(0, int(cx1)):int(np.ceil(cx2))] = 0
+        assert outside.max() == 0.0
+        assert result.landmarks.shape == (23, 2) and np.isfinite(result.landmarks).all()
+        assert result.measurements is not None and result.measurements.rule_class in CLASSES
+        assert result.agreement == (result.measurements.rule_class == result.curvature_class)
+        assert set(result.timings) == set(STAGES) and all(v >= 0 for v in result.timings.values())
+        assert result.radiograph.pixels.shape == (height, width)
+
+        record = json.loads(json.dumps(result.to_json()))  # plain JSON types only
+        assert set(record) == DESIGN_KEYS
+        assert record["class"] == result.curvature_class and record["file"] == str(path)
+        assert len(record["box"]) == 4 and record["cam"] is None
+        assert {"cobb_c2c7", "cci", "rule_class"} <= set(record["measurements"])
+
+
+def test_without_detector_and_landmarks_the_whole_image_is_classified_and_flagged(home, phantom_files):
+    from core.pipeline import Predictor
+
+    path, case = phantom_files["normal"]
+    result = Predictor(detector=False, landmarks=False).predict(path, cam_method="eigencam")
+    height, width = case.image.shape
+    assert result.box_source == "whole image" and result.roi_box == [0.0, 0.0, float(width), float(height)]
+    assert result.low_confidence and result.box_confidence is None
+    assert result.measurements is None and result.landmarks is None and result.agreement is None
+    assert result.cam.shape == (height, width) and result.cam_method == "eigencam"
+    assert any("whole image" in note for note in result.notes)
+    assert result.to_json()["measurements"] is None
+
+
+def test_uploads_in_a_batch_with_a_broken_one(home, phantom_files):
+    from core.pipeline import PredictFailure, Prediction, Predictor
+
+    good = phantom_files["reversed"][0].read_bytes()
+    seen = []
+    results = list(Predictor(detection_threshold=0.0).predict_many(
+        [("first.png", good), ("broken.png", good[:200]), ("last.png", good)],
+        progress=lambda done, total, name: seen.append((done, total, name)), cam_method=None))
+    assert [type(r) for r in results] == [Prediction, PredictFailure, Prediction]
+    assert results[1].file == "broken.png" and "broken.png" in results[1].reason
+    assert results[0].cam is None and results[0].curvature_class == results[2].curvature_class
+    assert seen == [(0, 3, "first.png"), (1, 3, "broken.png"), (2, 3, "last.png")]
+
+
+def test_sessions_share_one_loaded_model_and_a_new_file_is_reloaded(home):
+    from core.jobs import promoted_model
+    from core.pipeline import Predictor
+
+    first, second = Predictor(), Predictor()
+    assert first.model is second.model and first.detector is second.detector
+    checkpoint = promoted_model("classify")
+    stat = checkpoint.stat()
+    os.utime(checkpoint, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # re-promoted
+    assert Predictor().model is not first.model
+
+
+def test_two_threads_predict_with_one_predictor(home, phantom_files):
+    from core.pipeline import Predictor
+
+    predictor = Predictor(detection_threshold=0.0)
+    paths = [phantom_files["normal"][0], phantom_files["straightened"][0]]
+    alone = [predictor.predict(p) for p in paths]
+    results, errors = {}, []
+    barrier = threading.Barrier(2)
+
+    def work(i):
+        try:
+            barrier.wait()
+            results[i] = predictor.predict(paths[i])
+        except Exception as error:  # surfaced below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors
+    for i in range(2):
+        assert results[i].probabilities == pytest.approx(alone[i].probabilities, abs=1e-5)
+        assert results[i].roi_box == pytest.approx(alone[i].roi_box, abs=1e-3)
+        assert np.allclose(results[i].cam, alone[i].cam, atol=1e-4)
+
+
+def test_dicom_16_bit_monochrome1_matches_the_png(home, tmp_path):
+    """The same phantom as 8-bit PNG, 16-bit PNG and 12-bit MONOCHROME1 DICOM: same class, box and angle."""
+    from core.phantom import write_phantoms
+    from core.pipeline import Predictor
+
+    write_phantoms(tmp_path / "eight", 1, seed=5, size=SIZE, bit_depth=8)
+    write_phantoms(tmp_path / "sixteen", 1, seed=5, size=SIZE, bit_depth=16, formats=("dicom",),
+                   dicom_photometric="MONOCHROME1")
+    files = [tmp_path / "eight/images/P0001_01.png", tmp_path / "sixteen/images/P0001_01.png",
+             tmp_path / "sixteen/dicom/P0001_01.dcm"]
+    predictor = Predictor(detection_threshold=0.0)
+    png8, png16, dicom = (predictor.predict(f, cam_method=None) for f in files)
+    assert dicom.radiograph.meta["original_photometric"] == "MONOCHROME1"
+    assert dicom.radiograph.source_bit_depth == 12 and png16.radiograph.source_bit_depth == 16
+    for other in (png16, dicom):
+        assert other.curvature_class == png8.curvature_class
+        assert other.probabilities == pytest.approx(png8.probabilities, abs=0.02)
+        assert other.box_source == png8.box_source == "detector"
+        assert np.allclose(other.roi_box, png8.roi_box, atol=3.0), (other.roi_box, png8.roi_box)
+    # the DICOM states its pixel spacing, so its arc depth also comes in mm
+    assert dicom.measurements.arc_depth_mm is not None and png8.measurements.arc_depth_mm is None
+
+
+def test_cli_batch_reports_the_corrupt_file_and_predicts_the_rest(home, phantom_files, tmp_path):
+    first, last = phantom_files["normal"][0], phantom_files["straightened"][0]
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(first.read_bytes()[:300])  # a PNG cut short
+    out = tmp_path / "out"
+    done = run_cli(["predict", str(first), str(corrupt), str(last), "--json", "--out", str(out)], home)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert [r["file"] for r in records] == [str(first), str(corrupt), str(last)]
+    assert set(records[1]) == {"file", "error"} and "corrupt.png" in records[1]["error"]
+    for record, source in ((records[0], first), (records[2], last)):
+        assert set(record) == DESIGN_KEYS and record["class"] in CLASSES
+        overlay = Image.open(record["cam"])
+        assert Path(record["cam"]).parent == out and overlay.mode == "RGB"
+        assert overlay.size == Image.open(source).size
+    with open(out / "predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["file"] for r in rows] == [str(first), str(corrupt), str(last)]
+    assert rows[1]["error"] and not rows[0]["error"] and rows[0]["class"] == records[0]["class"]
+    assert float(rows[2]["p_" + records[2]["class"]]) == pytest.approx(records[2]["probabilities"][records[2]["class"]],
+                                                                       abs=1e-3)
+
+
+def test_missing_classifier_is_a_clear_message(workspace, phantom_files):
+    from core.pipeline import ModelMissing, Predictor
+
+    with pytest.raises(ModelMissing, match="python -m core demo"):
+        Predictor()
+    done = run_cli(["predict", str(phantom_files["normal"][0])], workspace)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "python -m core demo" in done.stderr and "promote" in done.stderr
+    done = run_cli(["predict", str(phantom_files["normal"][0]), "--model", str(workspace / "nope.pt")], workspace)
+    assert done.returncode != 0 and "Traceback" not in done.stderr and "nope.pt" in done.stderr
