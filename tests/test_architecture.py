@@ -27,4 +27,4 @@ def test_core_and_models_never_import_streamlit():
 def test_only_detect_imports_ultralytics():
     importers = sorted(p.relative_to(ROOT).as_posix() for p in ROOT.rglob("*.py")
                        if ".venv" not in p.parts and "tests" not in p.parts and "ultralytics" in imported_modules(p))
-    assert importers in ([], ["core/detect.py"])
+    assert importers == ["core/detect.py"]

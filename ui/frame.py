@@ -3,8 +3,8 @@ and the navigation (app.py and the pages share one list).
 
 Every page script starts with ``frame(title)``. Streamlit runs a file of ``pages/`` directly, without
 app.py, when a ``pages/`` folder sits next to the entry script and a server's first run (or an AppTest
-rerun) asks for that page. ``frame`` notices (app.py leaves a mark each run) and installs the app's
-navigation, so the menu is always the app's own and later runs go through app.py.
+rerun) asks for that page. ``frame`` notices (app.py leaves a mark each run) and, on a session's first
+run, installs the app's navigation and reruns through app.py, so the menu is the app's own.
 
 Kept free of torch: the first page must render before any model loads, so everything heavy is imported
 inside the function that needs it.
@@ -43,6 +43,7 @@ PAGES = (
     ("compare", "Compare", ":material/leaderboard:"),
 )
 _VIA_APP = "_cervicurve_via_app"
+_SEEN = "_cervicurve_session_started"
 
 
 def navigation(position: str = "sidebar"):
@@ -58,9 +59,15 @@ def frame(title: str) -> dict:
 
     When the workspace cannot be read, the reason is shown and the page stops there.
     """
-    if not st.session_state.pop(_VIA_APP, False):
-        navigation()  # run directly from pages/: show the app's menu, and later runs go through app.py
-        st.session_state.pop(_VIA_APP, None)
+    via_app = st.session_state.pop(_VIA_APP, False)
+    if not via_app and _SEEN not in st.session_state:
+        # A session's first run came straight from pages/: st.navigation switches Streamlit's pages-folder
+        # mode off for this server, and the rerun goes through app.py. Later direct runs (AppTest runs
+        # every rerun this way) are left alone: a rerun there would drop a button click.
+        st.session_state[_SEEN] = True
+        navigation(position="hidden")
+        st.rerun()
+    st.session_state[_SEEN] = True
     st.set_page_config(page_title=f"{title} · CerviCurve", page_icon="🦴", layout="wide")
     show_notice()
     st.title(title)
