@@ -5,8 +5,9 @@
 FLOPs come from torch.utils.flop_counter.FlopCounterMode (a multiply-add counts 2; convolutions and matrix
 products only, so BatchNorm, ReLU and S-ResNet's element-wise (1 + W) product are not in them; the latter
 is listed separately). Latency: grayscale input at the default size, eval mode, inference_mode, one
-warm-up, median of ``--repeats`` runs, each alternating with a run of a plain torchvision ResNet-34; the
-ratio column is the median of those paired ratios, so it holds on a busy machine better than the ms do.
+thread by default, one warm-up, median of ``--repeats`` runs, each alternating with a run of a plain
+torchvision ResNet-34; the ratio is the median of the paired CPU-time ratios, which holds on a shared,
+busy machine where wall-clock milliseconds do not.
 """
 from __future__ import annotations
 
@@ -23,7 +24,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.settings import cpu_threads  # noqa: E402
 from models.registry import MODELS, build_model  # noqa: E402
 from models.s_resnet import VARIANTS, SResNet  # noqa: E402
 from torchvision.models import resnet34 as tv_resnet34  # noqa: E402
@@ -37,23 +37,25 @@ def flops(model: torch.nn.Module, side: int) -> int:
     return counter.get_total_flops()
 
 
-def paired_latency_ms(model: torch.nn.Module, baseline: torch.nn.Module, batch: int, side: int,
-                      repeats: int) -> tuple[float, float, float]:
-    """Median ms of model and baseline, and the median of per-pair ratios.
+def paired_latency(model: torch.nn.Module, baseline: torch.nn.Module, batch: int, side: int,
+                   repeats: int) -> dict[str, float]:
+    """Median wall and CPU ms of ``model``, and the median of its per-pair CPU-time ratios to ``baseline``.
 
-    Model and baseline alternate, so load from other processes hits both alike.
+    Model and baseline alternate, so a change in load hits both alike; CPU time (process_time) counts
+    only this process's work, so other processes on a shared machine barely move it.
     """
     x = torch.rand(batch, 1, side, side)
-    model_ms, baseline_ms = [], []
+    runs: dict[str, list[tuple[float, float]]] = {"model": [], "baseline": []}
     with torch.inference_mode():
         model(x), baseline(x)  # warm-up: first call allocates and picks kernels
         for _ in range(repeats):
-            for net, times in ((baseline, baseline_ms), (model, model_ms)):
-                start = time.perf_counter()
+            for key, net in (("baseline", baseline), ("model", model)):
+                wall, cpu = time.perf_counter(), time.process_time()
                 net(x)
-                times.append((time.perf_counter() - start) * 1000)
-    ratios = [m / b for m, b in zip(model_ms, baseline_ms)]
-    return statistics.median(model_ms), statistics.median(baseline_ms), statistics.median(ratios)
+                runs[key].append(((time.perf_counter() - wall) * 1000, (time.process_time() - cpu) * 1000))
+    ratios = [m[1] / b[1] for m, b in zip(runs["model"], runs["baseline"])]
+    return {"wall_ms": statistics.median(r[0] for r in runs["model"]),
+            "cpu_ms": statistics.median(r[1] for r in runs["model"]), "ratio": statistics.median(ratios)}
 
 
 def scale_multiplies(model: torch.nn.Module, side: int) -> int:
@@ -89,7 +91,8 @@ def _plain_resnet34() -> torch.nn.Module:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="paired runs at batch 1 (batch 16: half)")
-    parser.add_argument("--threads", type=int, default=cpu_threads())
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads; 1 makes CPU time a fair measure on a shared machine")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -102,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     measured = []
     for label, model, side in rows:
         model.eval()
-        b1 = paired_latency_ms(model, baseline, 1, side, args.repeats)
-        b16 = paired_latency_ms(model, baseline, 16, side, repeats_16)
+        b1 = paired_latency(model, baseline, 1, side, args.repeats)
+        b16 = paired_latency(model, baseline, 16, side, repeats_16)
         measured.append({
             "label": label, "side": side,
             "params": sum(p.numel() for p in model.parameters()),
@@ -111,30 +114,33 @@ def main(argv: list[str] | None = None) -> int:
             "gflops_128": flops(model, 128) / 1e9, "scale_mults": scale_multiplies(model, side),
             "b1": b1, "b16": b16,
         })
-        print(f"{label}: {b1[0]:.1f} ms (x{b1[2]:.2f}) / {b16[0]:.0f} ms (x{b16[2]:.2f})", flush=True)
+        print(f"{label}: {b1['cpu_ms']:.1f} ms (x{b1['ratio']:.2f}) / {b16['cpu_ms']:.0f} ms (x{b16['ratio']:.2f})",
+              flush=True)
     load_after = os.getloadavg()[0]
 
     lines = [
         "# Model cost (CPU inference)",
         "",
         f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()} ({os.cpu_count()} cores, 1-minute load "
-        f"{load_before:.1f} before / {load_after:.1f} after) with {args.threads} torch threads (torch {torch.__version__}); "
+        f"{load_before:.1f} before / {load_after:.1f} after) with torch threads = {args.threads} (torch {torch.__version__}); "
         f"1-channel input, eval mode, inference_mode. Latency: median of {args.repeats} runs at batch 1 and "
-        f"{repeats_16} at batch 16 after one warm-up; each run alternates with a run of the baseline "
-        "(plain torchvision ResNet-34), and \"x baseline\" is the median of those paired ratios, so it holds "
-        "on a busy machine better than the milliseconds do. GFLOPs count a multiply-add as 2 and cover "
-        "convolutions and matrix products only; S-ResNet's element-wise (1 + W) products are listed "
+        f"{repeats_16} at batch 16 after one warm-up, each alternating with a run of the baseline (plain "
+        "torchvision ResNet-34). CPU ms is the process's CPU time per forward pass, which other processes "
+        "on a shared machine barely change; wall ms is what a user waits and depends on the load. "
+        "\"x baseline\" is the median of the paired CPU-time ratios. GFLOPs count a multiply-add as 2 and "
+        "cover convolutions and matrix products only; S-ResNet's element-wise (1 + W) products are listed "
         "separately (millions per image).",
         "",
         "| model | default px | params (M) | GFLOPs @ default | GFLOPs @ 224 | GFLOPs @ 128 | (1 + W) mults (M) "
-        "| batch 1 (ms) | x baseline | batch 16 (ms) | x baseline |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| batch 1 CPU ms | batch 1 wall ms | x baseline | batch 16 CPU ms | batch 16 wall ms | x baseline |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in measured:
+        b1, b16 = r["b1"], r["b16"]
         lines.append(
             f"| {r['label']} | {r['side']} | {r['params'] / 1e6:.2f} | {r['gflops_default']:.2f} | {r['gflops_224']:.2f} "
-            f"| {r['gflops_128']:.2f} | {r['scale_mults'] / 1e6:.2f} | {r['b1'][0]:.1f} | {r['b1'][2]:.2f} "
-            f"| {r['b16'][0]:.0f} | {r['b16'][2]:.2f} |")
+            f"| {r['gflops_128']:.2f} | {r['scale_mults'] / 1e6:.2f} | {b1['cpu_ms']:.1f} | {b1['wall_ms']:.1f} "
+            f"| {b1['ratio']:.2f} | {b16['cpu_ms']:.0f} | {b16['wall_ms']:.0f} | {b16['ratio']:.2f} |")
     lines += ["", "The SVM (HOG + RBF SVC, scikit-learn) is not a torch model and is not listed.", ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))

@@ -214,7 +214,7 @@ def run_entry(entry: Entry, plan_list: list[dict[str, list]], config: dict, n_bo
             model, meta = train.load_classifier(run_dir)
             entry.n_parameters = _n_parameters(model)
             samples = train.to_samples(plan["test"][:20])
-            crops = train._crops_array(samples, int(meta["input_size"]), float(meta["roi_margin"]))
+            crops = train.load_crops(samples, int(meta["input_size"]), float(meta["roi_margin"]))
             entry.inference_ms = inference_ms(model, meta, crops)
     entry.report = metrics.evaluate_predictions(np.array(pooled_true), np.array(pooled_probs), pooled_patients,
                                                 list(settings.CLASSES), n_boot=n_boot, seed=seed)

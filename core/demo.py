@@ -1,7 +1,8 @@
 """``python -m core demo``: a working workspace from nothing — phantom data and the three demo models.
 
 Steps (each printed as ``[k/7] stage: message`` and written to ``$CERVICURVE_HOME/demo_status.json``,
-``{stage, step, steps, message, state, quality, pid, updated_at}``, atomically, for the app to poll):
+``{stage, step, steps, message, state, quality, pid, elapsed_s, updated_at}`` with ``state`` running | done |
+failed | cancelled, written atomically for the app to poll):
 
 1. write a synthetic phantom set in the CSXA layout (``core.phantom.write_phantoms``)
 2. import it as dataset ``phantom-demo`` (``core.datasets.import_csxa``) and make patient-level splits
@@ -19,8 +20,10 @@ Demo models are trained on synthetic phantoms only: they demonstrate the product
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -74,6 +77,30 @@ PROFILES = {
 
 class DemoError(RuntimeError):
     """A demo step that failed; the message names the step."""
+
+
+class DemoCancelled(KeyboardInterrupt):
+    """SIGTERM reached the demo process (the app's cancel button).
+
+    An interrupt, not an error: a YOLO run it stops marks itself cancelled rather than failed.
+    """
+
+
+@contextlib.contextmanager
+def _cancel_on_sigterm():
+    """SIGTERM becomes DemoCancelled in the main thread, so the status file can say 'cancelled'."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise DemoCancelled("cancelled (SIGTERM)")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def status_path() -> Path:
@@ -163,8 +190,14 @@ def build_demo(quick: bool = False, progress: Progress | None = None, *, tiny: b
     import torch
 
     torch.set_num_threads(settings.cpu_threads())
+    from core.train import RunCancelled
+
     try:
-        report = _build(profile, reporter, seed)
+        with _cancel_on_sigterm():
+            report = _build(profile, reporter, seed)
+    except (DemoCancelled, RunCancelled, KeyboardInterrupt):
+        reporter.say("cancelled", state="cancelled")
+        raise
     except BaseException as error:
         reporter.say(f"failed: {type(error).__name__}: {error}", state="failed")
         raise
@@ -333,15 +366,15 @@ def configure_demo(parser: argparse.ArgumentParser) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     from core.datasets import DatasetError
     from core.phantom import PhantomError
-    from core.train import ConfigError
+    from core.train import ConfigError, RunCancelled
 
     try:
         report = build_demo(quick=args.quick, tiny=args.tiny, seed=args.seed, echo=True)
     except (DemoError, PhantomError, DatasetError, ConfigError, jobs.JobError, ValueError, FileNotFoundError) as error:
         print(f"error: demo failed: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("demo interrupted", file=sys.stderr)
+    except (DemoCancelled, RunCancelled, KeyboardInterrupt) as error:
+        print(f"demo cancelled ({error or 'interrupted'})", file=sys.stderr)
         return 130
     print(json.dumps({k: v for k, v in report.items() if k != "rows"}))
     return 0

@@ -307,9 +307,12 @@ class Predictor:
             if progress is not None:
                 progress(number, len(sources), name)
             try:
-                yield self.predict(data, name=name, cam_method=cam_method)
+                result = self.predict(data, name=name, cam_method=cam_method)
             except (ImageReadError, LandmarkError, ValueError) as error:
-                yield PredictFailure(name, str(error))
+                result = PredictFailure(name, str(error))
+            except Exception as error:  # one odd file must not end a batch; the type helps a bug report
+                result = PredictFailure(name, f"{name}: prediction failed ({type(error).__name__}: {error})")
+            yield result
 
 
 def _clip_box(box, width: int, height: int) -> list[float]:
@@ -341,11 +344,14 @@ def configure_predict(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object per image")
     parser.add_argument("--threshold", type=float, default=LOW_CONFIDENCE,
                         help=f"top probability under which a result is flagged low-confidence (default {LOW_CONFIDENCE})")
+    parser.add_argument("--detection-threshold", type=float, default=DETECTION_THRESHOLD,
+                        help=f"confidence a box or landmark set needs to count as found (default {DETECTION_THRESHOLD})")
 
 
 def run_predict(args: argparse.Namespace) -> int:
     try:
-        predictor = Predictor(args.model, args.detector, args.landmarks, threshold=args.threshold)
+        predictor = Predictor(args.model, args.detector, args.landmarks, threshold=args.threshold,
+                              detection_threshold=args.detection_threshold)
     except ModelError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

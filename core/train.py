@@ -1208,7 +1208,8 @@ def _svm_from_tensors(state: Mapping[str, torch.Tensor]) -> Any:
         return CurvatureSVM.load(path)
 
 
-def _crops_array(samples: Sequence[Sample], size: int, margin: float) -> np.ndarray:
+def load_crops(samples: Sequence[Sample], size: int, margin: float) -> np.ndarray:
+    """Evaluation crops ``N x S x S`` float32 in [0, 1] (no augmentation, no cache), as the predictor makes them."""
     dataset = CropDataset(samples, size, margin, None, cache_mb=0)
     return np.stack([dataset[i][0][0].numpy() for i in range(len(dataset))]) if len(dataset) else \
         np.zeros((0, size, size), np.float32)
@@ -1227,7 +1228,7 @@ def _fit_sklearn(cfg: TrainConfig, run_dir: Path, files: RunFiles, items) -> Non
     files.status_update(epochs=1, message="fitting the SVM")
     seed_everything(cfg.seed)
     model = build_classifier(cfg, input_size)
-    x_train = _crops_array(train_samples, input_size, cfg.roi_margin)
+    x_train = load_crops(train_samples, input_size, cfg.roi_margin)
     y_train = np.array([s.label for s in train_samples])
     model.fit(x_train, y_train)
     labels = list(range(len(settings.CLASSES)))
@@ -1235,7 +1236,7 @@ def _fit_sklearn(cfg: TrainConfig, run_dir: Path, files: RunFiles, items) -> Non
     row = {"epoch": 1, "train_loss": train_loss, "val_loss": float("nan"), "val_acc": float("nan"),
            "val_macro_f1": float("nan"), "lr": 0.0}
     if val_samples:
-        x_val = _crops_array(val_samples, input_size, cfg.roi_margin)
+        x_val = load_crops(val_samples, input_size, cfg.roi_margin)
         y_val = np.array([s.label for s in val_samples])
         probs = model.predict_proba(x_val)
         logits = torch.from_numpy(np.log(np.clip(probs, 1e-7, 1.0))).float()
@@ -1272,7 +1273,7 @@ def evaluate(run_dir: str | Path, split: str = "test", samples: Sequence[Any] | 
         raise ConfigError(f"split '{split}' of dataset '{cfg.dataset}' has no labelled images to evaluate")
     input_size, margin = int(meta["input_size"]), float(meta.get("roi_margin", cfg.roi_margin))
     started = time.perf_counter()
-    crops = torch.from_numpy(_crops_array(records, input_size, margin))
+    crops = torch.from_numpy(load_crops(records, input_size, margin))
     if isinstance(model, nn.Module):
         model.to(pick_device(cfg.device) if cfg.device != "auto" else pick_device("auto"))
     probs = classify_crops(model, meta, crops)
@@ -1316,8 +1317,15 @@ def run_train(args: argparse.Namespace) -> int:
             from core import detect  # ultralytics stays out of classification runs
 
             run_dir = run_dir or jobs.new_run_dir(data.get("model", data["task"]), data["task"])
-            result = detect.train_from_config(data, run_dir)
-            return int(result) if isinstance(result, int) else 0
+            if args.resume:
+                data["resume"] = True
+            try:
+                detect.train_from_config(data, run_dir)
+            except ValueError as exc:  # detect's bad-input type; its status.json says failed
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            print(run_dir)
+            return 0
         cfg = TrainConfig.from_dict(data)
         run_dir = train(cfg, run_dir, resume=bool(args.resume))
     except (ConfigError, jobs.JobError) as exc:

@@ -58,7 +58,7 @@ def run_import(layout: str, uploads, dataset: str, phantom_options: dict, progre
 
     scratch = upload_folder(dataset)
     try:
-        progress.progress(0.1, text="Unpacking the upload…")
+        progress.progress(0.05, text="Preparing the files…")
         if layout == "phantom":
             from core.phantom import write_phantoms
 
@@ -86,16 +86,13 @@ def run_import(layout: str, uploads, dataset: str, phantom_options: dict, progre
         st.session_state["import_report"] = {
             "dataset": report.dataset, "imported": report.imported, "updated": report.updated,
             "unchanged": report.unchanged,
-            "skipped": [(_shown_name(name, scratch), reason.replace(str(scratch) + "/", ""))
+            # Reasons may name the scratch folder, which is gone by the time anyone reads them.
+            "skipped": [(name.replace(f"{scratch}/", ""), reason.replace(f"{scratch}/", ""))
                         for name, reason in report.skipped],
         }
         st.session_state["overview_choice"] = report.dataset  # the overview shows what was just imported
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _shown_name(name: str, scratch: Path) -> str:
-    return name.replace(str(scratch) + "/", "")
 
 
 def show_import_report(report: dict) -> None:

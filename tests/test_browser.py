@@ -98,6 +98,13 @@ def test_empty_workspace_shows_the_notice_and_the_demo_offer(browser, tmp_path):
     server, url = start_server(home, tmp_path / "server.log")
     try:
         page = browser.new_page(viewport={"width": 1400, "height": 900})
+        # The server's first run asks for a page by URL: still the app's menu and frame, not a bare page.
+        page.goto(f"{url}/data")
+        page.get_by_text(NOTICE).first.wait_for(timeout=30_000)
+        menu = page.locator("[data-testid='stSidebarNav']")
+        menu.get_by_text("Predict").wait_for(timeout=30_000)
+        links = menu.locator("a").all_inner_texts()
+        assert [text.split()[-1] for text in links] == ["Predict", "Data"]  # (after each link's icon name)
         page.goto(url)
         page.get_by_text(NOTICE).first.wait_for(timeout=30_000)
         page.get_by_role("button", name="Build the demo").wait_for(timeout=30_000)
