@@ -95,6 +95,7 @@ def main() -> int:
         return 2
     from playwright.sync_api import sync_playwright
 
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
         home = args.home
@@ -122,10 +123,11 @@ def main() -> int:
 
     import torch
 
+    load_after = os.getloadavg()[0]
     rows = [
         ("cold start: `streamlit run` -> HTTP health answers", statistics.median(c[0] for c in cold), [c[0] for c in cold]),
         ("cold start: `streamlit run` -> browser shows the notice", statistics.median(c[1] for c in cold), [c[1] for c in cold]),
-        (f"first upload -> result ({args.size} px, loads torch and the models)", first, [first]),
+        (f"first upload right after the page opens -> result ({args.size} px; models still loading)", first, [first]),
         (f"warm upload -> result ({args.size} px, new file, models loaded)", statistics.median(warm), warm),
     ]
     lines = [
@@ -134,7 +136,9 @@ def main() -> int:
         f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by `benchmarks/app_latency.py` on "
         f"{os.cpu_count()} CPU cores ({platform.machine()}, no GPU used), torch {torch.__version__}, "
         f"system chromium driven by playwright. Upload-to-result ends when the class text is shown and the "
-        f"heatmap image has loaded in the browser.",
+        f"heatmap image has loaded in the browser. The first upload is made right after the page opens, "
+        f"while the page is still loading the models in the background. 1-minute load average "
+        f"{load_before:.1f} before, {load_after:.1f} after (other work on the machine slows every number).",
         "",
         f"Models: {models_of(home)}.",
         "",

@@ -71,7 +71,7 @@ PROFILES = {
                          classifier_input=128, batch=16, holdout=24),
     "tiny": DemoProfile("tiny", patients=12, images_per_patient=1, image_size=128, detector_epochs=1,
                         detector_imgsz=64, landmark_epochs=1, landmark_imgsz=64, classifier_epochs=1,
-                        classifier_input=32, batch=8, holdout=3, fractions=(0.5, 0.25, 0.25)),
+                        classifier_input=64, batch=8, holdout=3, fractions=(0.5, 0.25, 0.25)),
 }
 
 

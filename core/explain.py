@@ -19,25 +19,38 @@ import math
 import threading
 import weakref
 
+from typing import TYPE_CHECKING
+
 import cv2
 import numpy as np
-import torch
-from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, LayerCAM
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+if TYPE_CHECKING:
+    import torch
+
+# method name -> pytorch_grad_cam class; imported on first use, so listing the methods (CLI help,
+# page widgets) does not load torch and grad-cam.
 CAM_METHODS = {
-    "gradcam": GradCAM,
-    "gradcam++": GradCAMPlusPlus,
-    "eigencam": EigenCAM,
-    "layercam": LayerCAM,
+    "gradcam": "GradCAM",
+    "gradcam++": "GradCAMPlusPlus",
+    "eigencam": "EigenCAM",
+    "layercam": "LayerCAM",
 }
+
+
+def cam_class(method: str):
+    """The grad-cam class of a method name; ValueError listing the names for an unknown one."""
+    if method not in CAM_METHODS:
+        raise ValueError(f"unknown CAM method {method!r}; choose one of: {', '.join(CAM_METHODS)}")
+    import pytorch_grad_cam
+
+    return getattr(pytorch_grad_cam, CAM_METHODS[method])
 
 
 class ExplainUnavailable(ValueError):
     """The model has no layer a class activation map can be taken from, or the layer path is wrong."""
 
 
-_locks: "weakref.WeakKeyDictionary[object, threading.RLock]" = weakref.WeakKeyDictionary()
+_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _locks_guard = threading.Lock()
 
 
@@ -53,6 +66,8 @@ def model_lock(model: object) -> "threading.RLock":
 def resolve_layer(model: torch.nn.Module, model_name: str | None = None,
                   layer: str | torch.nn.Module | None = None) -> torch.nn.Module:
     """The target layer: ``layer`` when given (a module or a dotted path), else the registry's ``cam_layer``."""
+    import torch
+
     if isinstance(layer, torch.nn.Module):
         return layer
     if layer is None:
@@ -85,8 +100,10 @@ def explain(model: torch.nn.Module, input_tensor: torch.Tensor, target_class: in
     ``input_tensor`` is the normalised crop, ``C x H x W`` or ``1 x C x H x W``. Returns ``float32``
     ``H x W`` in ``[0, 1]`` at the input size.
     """
-    if method not in CAM_METHODS:
-        raise ValueError(f"unknown CAM method {method!r}; choose one of: {', '.join(CAM_METHODS)}")
+    import torch
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    method_class = cam_class(method)
     target_layer = resolve_layer(model, model_name, layer)
     batch = input_tensor if input_tensor.dim() == 4 else input_tensor.unsqueeze(0)
     if batch.shape[0] != 1:
@@ -100,7 +117,7 @@ def explain(model: torch.nn.Module, input_tensor: torch.Tensor, target_class: in
         was_training = model.training
         try:
             # Gradients are needed even when a caller (a page, a test) runs under no_grad.
-            with torch.enable_grad(), CAM_METHODS[method](model=model, target_layers=[target_layer]) as cam:
+            with torch.enable_grad(), method_class(model=model, target_layers=[target_layer]) as cam:
                 maps = cam(input_tensor=batch, targets=targets)
         finally:
             model.train(was_training)

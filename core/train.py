@@ -92,6 +92,7 @@ class TrainConfig:
     weight_decay: float = 0.0001
     warmup_epochs: int = 1
     patience: int = 8
+    time_limit_s: float = 0.0
     class_weighting: str = "balanced"
     label_smoothing: float = 0.0
     augment: bool = True
@@ -151,6 +152,8 @@ class TrainConfig:
         for name in ("lr",):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.time_limit_s < 0:
+            raise ConfigError(f"time_limit_s must be >= 0 (0 = no limit), got {self.time_limit_s}")
         for name, high in (("weight_decay", 1.0), ("label_smoothing", 0.999), ("roi_margin", 1.0),
                            ("aug_scale", 0.5), ("aug_shift", 0.3), ("aug_brightness", 1.0),
                            ("aug_contrast", 1.0), ("aug_gamma", 2.0), ("aug_noise_std", 0.5),
@@ -1109,6 +1112,10 @@ def _fit_torch(cfg: TrainConfig, run_dir: Path, files: RunFiles, runtime: Runtim
             else:
                 since_best += 1
             stop[0] = bool(cfg.patience and since_best >= cfg.patience)
+            # time budget: stop when another epoch of average length would overrun it
+            over_time = bool(cfg.time_limit_s and sum(epoch_times) + np.mean(epoch_times) > cfg.time_limit_s
+                             and epoch < cfg.epochs)
+            stop[0] = stop[0] or over_time
             row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_acc": val_acc,
                    "val_macro_f1": val_f1, "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3)}
             metrics = {k: row[k] for k in ("train_loss", "val_loss", "val_acc", "val_macro_f1")}
@@ -1131,7 +1138,10 @@ def _fit_torch(cfg: TrainConfig, run_dir: Path, files: RunFiles, runtime: Runtim
             log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_acc %.3f  val_macro_f1 %.3f  lr %.2e  %.1fs%s",
                      epoch, cfg.epochs, train_loss, val_loss, val_acc, val_f1, row["lr"], seconds,
                      "  (best)" if improved else "")
-            if stop[0]:
+            if over_time:
+                log.info("time limit: %.0f s used of time_limit_s %.0f; stopping after epoch %d",
+                         sum(epoch_times), cfg.time_limit_s, epoch)
+            elif stop[0]:
                 log.info("early stop: no macro-F1 gain for %d epochs (best %.4f at epoch %d)", since_best,
                          best_metric, best_epoch)
         if runtime.distributed:
@@ -1162,7 +1172,7 @@ def _finish_run(cfg: TrainConfig, run_dir: Path, files: RunFiles, model: nn.Modu
         temperature = 1.0
     best["meta"]["temperature"] = temperature
     files.save("best.pt", best)
-    log.info("temperature %.3f (fitted on %d validation images)", temperature, len(labels))
+    log.info("temperature %.3f (validation: %d images)", temperature, len(labels))
     _report_test(cfg, run_dir, files, splits, best["meta"])
 
 

@@ -11,37 +11,23 @@ import hashlib
 import pandas as pd
 import streamlit as st
 
-from core import jobs, settings
 from core.settings import CLASSES
 from ui.figures import annotated_radiograph, probability_chart, report_png
 from ui.frame import NOTICE_PLAIN, engine_errors, frame, selected_classifier_run
-from ui.imagery import as_pil, png_bytes, thumbnail_uri
+from ui.imagery import downscaled, png_bytes, thumbnail_uri
+from ui.models import load_predictor, model_files, preload
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "dcm", "dicom"]
 SAMPLE_SEEDS = {"normal": 11, "straightened": 12, "reversed": 13}
 SAMPLE_SIZE = 768
-DISPLAY_MAX = 1024  # px: larger films are shown downscaled (the report and the numbers use full size)
+DISPLAY_MAX = 1024  # px: larger films are drawn downscaled (the engine and the numbers use full size)
 CAM_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "eigencam": "Eigen-CAM", "layercam": "LayerCAM"}
-KEPT_RESULTS = 64
+KEPT_RESULTS = 6  # per session; a 2048 px result holds ~32 MB (image + heatmap)
 
 frame("Predict")
 
 
 # ------------------------------------------------------------------ models and results
-
-
-def model_files(run: str | None) -> tuple:
-    """Identity of the models a prediction uses (path + modification time), to key caches on."""
-    classifier = settings.runs_dir() / run / "best.pt" if run else jobs.promoted_model("classify")
-    paths = (classifier, jobs.promoted_model("detect"), jobs.promoted_model("landmarks"))
-    return tuple((str(p), p.stat().st_mtime_ns) if p is not None and p.exists() else None for p in paths)
-
-
-@st.cache_resource(max_entries=4, show_spinner="Loading the models (once per server)…")
-def load_predictor(run: str | None, files: tuple):
-    from core.pipeline import Predictor
-
-    return Predictor(classifier=run)
 
 
 def predict_cached(predictor, files: tuple, name: str, data: bytes, cam_method: str | None):
@@ -64,14 +50,6 @@ def sample_phantom(curvature_class: str) -> tuple[str, bytes, str]:
     case = generate_case(SAMPLE_SEEDS[curvature_class], size=SAMPLE_SIZE, curvature_class=curvature_class)
     truth = f"Phantom ground truth: {case.curvature_class}, Cobb C2–C7 {case.cobb_c2c7:+.1f}°"
     return f"phantom_{curvature_class}.png", png_bytes(case.image), truth
-
-
-def display(image):
-    image = as_pil(image)
-    if max(image.size) > DISPLAY_MAX:
-        image = image.copy()
-        image.thumbnail((DISPLAY_MAX, DISPLAY_MAX))
-    return image
 
 
 # ------------------------------------------------------------------ one result
@@ -100,26 +78,32 @@ def show_result(predictor, files: tuple, name: str, data: bytes, truth: str | No
     """Radiograph | heatmap (with its method and opacity) | class, probabilities, measurements, report."""
     from core.explain import CAM_METHODS, overlay
 
-    image_column, heatmap_column, numbers_column = st.columns([5, 5, 4], gap="medium")
-    method = heatmap_column.selectbox("Heatmap method", list(CAM_METHODS),
-                                      format_func=lambda m: CAM_LABELS.get(m, m), key="cam_method")
-    alpha = heatmap_column.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="cam_alpha")
+    method_column, opacity_column, _ = st.columns([5, 5, 4], gap="medium")
+    method = method_column.selectbox("Heatmap method", list(CAM_METHODS),
+                                     format_func=lambda m: CAM_LABELS.get(m, m), key="cam_method")
+    alpha = opacity_column.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="cam_alpha")
     with st.spinner(f"Analysing {name}…"):
         prediction = predict_cached(predictor, files, name, data, method)
     probability = prediction.probabilities[prediction.curvature_class]
+    st.subheader(f"{name}: {prediction.curvature_class} ({probability:.0%})")
+    if truth:
+        st.caption(truth)
 
-    pixels = prediction.radiograph.pixels
-    annotated = annotated_radiograph(pixels, prediction.roi_box, prediction.landmarks, box_label(prediction))
-    with image_column:
-        st.subheader(f"{name}: {prediction.curvature_class} ({probability:.0%})")
-        if truth:
-            st.caption(truth)
-        st.image(display(annotated), caption="ROI box, landmarks and the C2/C7 endplates", width="stretch")
+    # Drawn at display size (coordinates scaled): full-size films are only needed by the engine.
+    pixels, scale = downscaled(prediction.radiograph.pixels, DISPLAY_MAX)
+    box = [v * scale for v in prediction.roi_box]
+    landmarks = None if prediction.landmarks is None else prediction.landmarks * scale
+    annotated = annotated_radiograph(pixels, box, landmarks, box_label(prediction))
+    image_column, heatmap_column, numbers_column = st.columns([5, 5, 4], gap="medium")
+    image_column.image(annotated, caption="ROI box, landmarks and the C2/C7 endplates", width="stretch",
+                       output_format="JPEG")
     heatmap = None
     if prediction.cam is not None:
-        heatmap = annotated_radiograph(overlay(pixels, prediction.cam, alpha), prediction.roi_box)
-        heatmap_column.image(display(heatmap), caption=f"{CAM_LABELS.get(method, method)} heatmap for "
-                                                       f"'{prediction.curvature_class}'", width="stretch")
+        heatmap = annotated_radiograph(overlay(pixels, prediction.cam, alpha), box)
+        heatmap_column.image(heatmap, caption=f"{CAM_LABELS.get(method, method)} heatmap for "
+                                              f"'{prediction.curvature_class}'", width="stretch", output_format="JPEG")
+        if float(prediction.cam.max()) < 0.05:
+            heatmap_column.caption("The map is flat for this image: no region stands out to the model.")
     else:
         heatmap_column.info("No heatmap for this model.")
 
@@ -131,14 +115,17 @@ def show_result(predictor, files: tuple, name: str, data: bytes, truth: str | No
                        "Read this result with extra care.", icon="⚠️")
         st.plotly_chart(probability_chart(prediction.probabilities, prediction.curvature_class), key="probabilities")
         table = measurements_table(prediction)
-        if table is None:
+        if table is None and predictor.landmark_model is None:
             st.info("No landmark model is promoted, so there is no angle: train one on the Train page "
                     "or build the demo.")
+        elif table is None:
+            st.info("The landmark model found no usable vertebrae in this image, so there is no angle.")
         else:
             st.dataframe(table, hide_index=True, width="stretch")
-        st.download_button("Download the PNG report", report(predictor, prediction, annotated, heatmap, name, truth),
+        st.download_button("Download the PNG report",  # composed only when clicked
+                           lambda: report(predictor, prediction, annotated, heatmap, name, truth),
                            file_name=f"{name.rsplit('.', 1)[0]}_report.png", mime="image/png",
-                           key="report_download")
+                           on_click="ignore", key="report_download")
         dicom = prediction.radiograph.meta.get("dicom")
         if dicom:
             with st.expander("DICOM header (de-identified: no names, IDs, dates or institutions)"):
@@ -154,10 +141,10 @@ def report(predictor, prediction, annotated, heatmap, name: str, truth: str | No
              f"{'agrees' if prediction.agreement else 'disagrees'} with the network); CCI {m.cci:.1f} %"
              if m is not None else "No landmark model: no angle measured.",
              f"ROI box from the {prediction.box_source}; model {prediction.model} "
-             f"({predictor.classifier_path.parent.name})"
+             f"(run {predictor.meta.get('run_id', '?')})"
              + (f", demo quality: {predictor.quality}" if predictor.quality else ""),
              *([truth] if truth else [])]
-    return report_png(radiograph=display(annotated), heatmap=display(heatmap) if heatmap else None,
+    return report_png(radiograph=annotated, heatmap=heatmap,
                       title=f"CerviCurve — {name}", curvature_class=prediction.curvature_class,
                       probabilities=prediction.probabilities, lines=lines, notice=NOTICE_PLAIN)
 
@@ -232,14 +219,14 @@ elif st.session_state.get("sample_class"):
     with engine_errors("Generating the sample"):
         name, data, truth = sample_phantom(st.session_state["sample_class"])
         sources = [(name, data)]
-if not sources:
-    st.stop()
-
 run = selected_classifier_run()
-if run is None and jobs.promoted_model("classify") is None:
+files = model_files(run)
+if not sources:
+    preload(run, files)  # the page is drawn: load the models while the user picks a file
+    st.stop()
+if files[0] is None:
     st.info("No classifier yet. Build the demo (above), or train a model on the Train page and promote it.")
     st.stop()
-files = model_files(run)
 predictor = None
 with engine_errors("Loading the models"):
     predictor = load_predictor(run, files)

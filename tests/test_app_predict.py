@@ -168,21 +168,40 @@ def test_without_a_model_the_page_says_how_to_get_one(workspace):
     assert not at.error
 
 
-def test_the_page_opens_without_loading_torch_even_with_a_model(with_model):
+def run_page_in_a_fresh_process(extra: str, **env: str) -> str:
+    """Run the Predict page once with AppTest in a new Python process, then ``extra``; returns its last line."""
     import subprocess
     import sys
 
     script = (
-        "import sys\n"
+        "import sys, time\n"
         "from streamlit.testing.v1 import AppTest\n"
         f"at = AppTest.from_file({APP!r}, default_timeout=60).run()\n"
-        "assert not at.exception, at.exception\n"
-        "print(sorted(m for m in ('torch', 'ultralytics', 'pytorch_grad_cam') if m in sys.modules))\n"
+        "assert not at.exception, at.exception\n" + extra
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                            env=dict(os.environ), cwd=ROOT)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180,
+                            env=dict(os.environ, **env), cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip().splitlines()[-1] == "[]"
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_the_page_opens_without_loading_torch_even_with_a_model(with_model):
+    loaded = run_page_in_a_fresh_process(
+        "print(sorted(m for m in ('torch', 'ultralytics', 'pytorch_grad_cam') if m in sys.modules))\n",
+        CERVICURVE_PRELOAD="0")
+    assert loaded == "[]"
+
+
+def test_once_drawn_the_page_loads_the_model_in_the_background(with_model):
+    loaded = run_page_in_a_fresh_process(
+        "def loaded():  # the pipeline's per-process cache of classifiers (None while it is being imported)\n"
+        "    cache = getattr(sys.modules.get('core.pipeline'), '_classifier_at', None)\n"
+        "    return cache.cache_info().currsize if cache else 0\n"
+        "deadline = time.monotonic() + 120\n"
+        "while time.monotonic() < deadline and not loaded():\n"
+        "    time.sleep(0.2)\n"
+        "print(loaded())\n")
+    assert loaded == "1"
 
 
 def test_figures_draw_the_endplates_at_the_landmarks_and_the_report_is_a_png():

@@ -190,8 +190,9 @@ def test_dicom_16_bit_monochrome1_matches_the_png(home, tmp_path):
         assert other.probabilities == pytest.approx(png8.probabilities, abs=0.02)
         assert other.box_source == png8.box_source == "detector"
         assert np.allclose(other.roi_box, png8.roi_box, atol=3.0), (other.roi_box, png8.roi_box)
+        assert other.measurements.cobb_c2c7 == pytest.approx(png8.measurements.cobb_c2c7, abs=2.0)
     # the DICOM states its pixel spacing, so its arc depth also comes in mm
-    assert dicom.measurements.arc_depth_mm is not None and png8.measurements.arc_depth_mm is None
+    assert dicom.radiograph.pixel_spacing_mm is not None and dicom.measurements.arc_depth_mm is not None
 
 
 def test_cli_batch_reports_the_corrupt_file_and_predicts_the_rest(home, phantom_files, tmp_path):

@@ -211,6 +211,14 @@ def test_resume_after_sigkill_mid_epoch_completes_every_epoch_once(tiny):
     assert metric_rows(straight) == rows
 
 
+def test_time_limit_stops_a_run_after_the_epoch_that_uses_it_up(tiny):
+    run_dir = train.train(train.load_config(None, FAST + ["epochs=4", "time_limit_s=0.001"]))
+    assert [r["epoch"] for r in metric_rows(run_dir)] == ["1"]
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "done" and status["epoch"] == 1
+    assert "time limit" in (run_dir / "train.log").read_text()
+
+
 def test_evaluate_command_scores_another_split(tiny, capsys):
     run_dir = train.train(train.load_config(None, FAST + ["epochs=1"]))
     assert cli_main(["evaluate", str(run_dir), "--split", "val", "--n-boot", "20"]) == 0

@@ -2,8 +2,11 @@
 probabilities, and the one-page PNG report. Drawn with PIL (images) and plotly (charts); no torch here."""
 from __future__ import annotations
 
+import functools
+import importlib.util
 import io
 import math
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -22,8 +25,16 @@ ENDPLATE_COLOUR = (255, 64, 160)
 ENDPLATES = {"C2": ("C2 bottom left", "C2 bottom right"), "C7": ("C7 bottom left", "C7 bottom right")}
 
 
+@functools.lru_cache(maxsize=16)
 def _font(size: int) -> ImageFont.ImageFont:
-    return ImageFont.load_default(size=size)  # Pillow's bundled font: nothing to download
+    """DejaVu Sans (shipped with matplotlib, which ultralytics needs) has the dashes and degree sign the
+    labels use; Pillow's bundled font, the fallback, does not. Nothing is downloaded either way."""
+    spec = importlib.util.find_spec("matplotlib")
+    if spec is not None and spec.origin:
+        path = Path(spec.origin).parent / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"
+        if path.exists():
+            return ImageFont.truetype(str(path), size=size)
+    return ImageFont.load_default(size=size)
 
 
 def _scale(image: Image.Image) -> float:
@@ -33,11 +44,13 @@ def _scale(image: Image.Image) -> float:
 
 def annotated_radiograph(pixels: np.ndarray, roi_box: Sequence[float] | None = None,
                          landmarks: np.ndarray | None = None, box_label: str | None = None) -> Image.Image:
-    """RGB image of the radiograph with the ROI box, the 23 landmarks and the C2 and C7 endplate lines."""
+    """RGB image of the radiograph with the ROI box, the 23 landmarks and the C2 and C7 endplate lines.
+
+    A box that is the whole image (no spine found) is not drawn: it would only frame the picture."""
     image = as_pil(pixels).convert("RGB")
     draw = ImageDraw.Draw(image)
     k = _scale(image)
-    if roi_box is not None:
+    if roi_box is not None and list(map(float, roi_box)) != [0.0, 0.0, float(image.width), float(image.height)]:
         x1, y1, x2, y2 = (float(v) for v in roi_box)
         draw.rectangle([x1, y1, x2, y2], outline=BOX_COLOUR, width=max(2, round(2 * k)))
         if box_label:
@@ -91,8 +104,8 @@ def report_png(*, radiograph: Image.Image, heatmap: Image.Image | None, title: s
         page.paste(panel, (x, 64))
         x += panel.width + gap
     y = 64 + panel_h + 16
-    colour = CLASS_COLOURS.get(curvature_class, "#000")
-    draw.text((margin, y), f"Class: {curvature_class}", fill=colour, font=_font(30))
+    draw.rectangle([margin, y + 6, margin + 24, y + 30], fill=CLASS_COLOURS.get(curvature_class, "#000"))
+    draw.text((margin + 34, y), f"Class: {curvature_class}", fill="black", font=_font(30))
     y += 44
     bar_w = width - 2 * margin - 200
     for name in CLASSES:

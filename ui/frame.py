@@ -172,7 +172,8 @@ def sidebar(state: dict) -> None:
             if info is None:
                 st.caption(f"**{title}:** none promoted")
             else:
-                st.caption(f"**{title}:** {model_line(info)}")
+                st.caption(f"**{title}:** {model_line(info)}", help=f"Run {info.get('run_id')}, promoted "
+                           f"{info.get('promoted_at', '')}; best validation score {info.get('best_metric')}")
         choices = classifier_choices()
         if choices:
             labels = list(choices)
@@ -187,15 +188,17 @@ def sidebar(state: dict) -> None:
 
 
 def model_line(info: dict) -> str:
-    """``s_resnet34 · run `...` · val 0.81 · demo quality: quick`` — what a user needs to judge the model."""
-    line = f"{info.get('model') or 'model'} · run `{info.get('run_id', '?')}`"
-    if info.get("best_metric") is not None:
-        line += f" · best val {float(info['best_metric']):.2f}"
+    """``s_resnet34 · demo (quick, phantoms only) · held-out accuracy 0.83``: enough to judge the model in use."""
+    name = str(info.get("model") or "model").removesuffix(".yaml").removesuffix(".pt")
     if info.get("demo_quality"):
-        line += f" · demo quality: {info['demo_quality']} (phantoms only)"
+        line = f"{name} · demo ({info['demo_quality']}, phantoms only)"
         accuracy = (info.get("demo_check") or {}).get("class_accuracy")
         if accuracy is not None:
-            line += f", held-out accuracy {float(accuracy):.2f}"
+            line += f" · held-out accuracy {float(accuracy):.2f}"
+        return line
+    line = f"{name} · run {info.get('run_id', '?')}"
+    if info.get("best_metric") is not None:
+        line += f" · best val {float(info['best_metric']):.2f}"
     return line
 
 
