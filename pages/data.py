@@ -16,7 +16,6 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core import settings
-from core.settings import CLASSES
 from ui.frame import engine_errors, frame, store
 from ui.imagery import thumbnail_png
 

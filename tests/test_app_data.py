@@ -6,7 +6,6 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -123,3 +122,21 @@ def test_generated_phantoms_arrive_with_class_box_and_landmarks(workspace):
     assert summary["images"] == summary["patients"] == summary["boxes"] == summary["landmarks"] == 3
     assert summary["unlabeled"] == 0
     assert len(at.get("image")) == 3  # thumbnails in the overview
+
+
+def test_dicom_files_are_imported_de_identified(workspace):
+    from pydicom.data import get_testdata_file
+
+    at = data_page()
+    at.selectbox(key="import_layout").set_value("dicom").run()
+    ct = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    at.file_uploader(key="dicom_upload").set_value([("ct.dcm", ct, "application/dicom"),
+                                                     ("notes.dcm", b"not dicom", "application/dicom")]).run()
+    at.button(key="import_button").click().run()
+    assert not at.exception
+    assert [s.value for s in at.success] == ["Dataset **ct**: 1 imported, 0 updated, 0 already present, 1 skipped."]
+    assert at.dataframe[0].value["file"].tolist() == ["notes.dcm"]
+    with AnnotationStore() as store:
+        (image,) = store.images("ct")
+    assert image.patient_id != "1CT1" and "CompressedSamples" not in image.patient_id  # a pseudonym
+    assert (workspace / image.path).read_bytes() != ct  # the workspace keeps the de-identified copy only

@@ -302,8 +302,8 @@ def demo_panel(state: dict) -> None:
         st.markdown("#### This workspace is empty" if workspace_is_empty(state) else "#### Build the demo")
         st.write("Build the demo: synthetic lateral radiographs (phantoms) and small models trained on them, "
                  "so Predict works at once. Or import your own data on the **Data** page.")
-        mode = st.radio("Demo size", ["Quick (about 5 minutes on 2 cores, weaker models)",
-                                      "Full (about 20 minutes, better models)"], horizontal=True, key="demo_mode")
+        mode = st.radio("Demo size", ["Quick (about 5 min on an idle 2-core CPU; weaker models)",
+                                      "Full (about 20 min; better models)"], horizontal=True, key="demo_mode")
         if st.button("Build the demo", type="primary", key="build_demo"):
             with engine_errors("Starting the demo"):
                 start_demo(quick=mode.startswith("Quick"))
