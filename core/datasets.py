@@ -5,9 +5,15 @@ image is read with ``core.imaging.read_image`` and every label validated *before
 written; then the files are copied into the workspace by content hash
 (``images/<sha256[:2]>/<sha256>.<ext>``) and the rows written in one transaction. If the
 transaction fails, the files it copied are deleted again, so an import never half-writes.
+Each importer takes ``progress(done, total, name)``, called as each image is checked (the slow
+part: reading, DICOM de-identification, validation) and once more, ``(total, total, "")``, when the rows
+are written; and ``origin``, recorded as the files' source in place of their folder (``import_archive``
+passes ``<archive>.zip/...``: its extraction is deleted after the import).
 
-Splits are grouped by patient (no patient in two splits) and stratified by class, with
-scikit-learn's ``StratifiedGroupKFold``.
+Splits are grouped by patient (no patient in two splits) and stratified by class. The train/val/test
+split deals each class's patients (shuffled by the seed) to the splits in proportion, at least one
+patient per split, so a small set still gets every class in every split; k folds use scikit-learn's
+``StratifiedGroupKFold``. A set too small for that is a ``DatasetError`` that says what is missing.
 """
 from __future__ import annotations
 
@@ -20,9 +26,11 @@ import json
 import os
 import re
 import shutil
+import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -44,6 +52,12 @@ CLASS_SYNONYMS: dict[str, str] = {
 }
 CSXA_GRADES = {1: "normal", 2: "straightened", 5: "reversed"}  # 3 Sigmoid1, 4 Sigmoid2: not one of the three
 CSXA_CURVATURE_HEADER = "curvature"  # the column is headed "Curvature: 1.Lordotic, 2.Straight, ..."
+# A landmark export cropped to the ROI widens the box by this fraction of its width/height on each side,
+# so a detector box that is a little off still holds every landmark (the ROI box of
+# ``roi_box_from_landmarks`` already leaves 12 % around C2-C7).
+LANDMARK_CROP_MARGIN = 0.1
+
+ProgressCallback = Callable[[int, int, str], None]  # (done, total, name of the image just checked)
 
 
 class DatasetError(ValueError):
@@ -113,6 +127,8 @@ class _Candidate:
     data: bytes | None = None  # stored instead of the file's bytes (the de-identified DICOM)
     suffix: str | None = None
     source: str | None = None
+    normalised: bool = False  # YOLO: roi_box is [cx, cy, w, h] and landmarks fractions of the image size
+    prepare: Callable[[], None] | None = None  # slow per-file work run while checking (DICOM de-identification)
 
 
 @dataclass
@@ -133,34 +149,17 @@ def parse_class(name: Any) -> str | None:
 # ---------------------------------------------------------------- the one write path
 
 
-def _commit(candidates: list[_Candidate], report: ImportReport, store: AnnotationStore, annotator: str) -> ImportReport:
+def _commit(candidates: list[_Candidate], report: ImportReport, store: AnnotationStore, annotator: str,
+            progress: ProgressCallback | None = None) -> ImportReport:
     ready: list[_Ready] = []
     seen: dict[str, str] = {}
-    for cand in candidates:
+    for done, cand in enumerate(candidates, start=1):
         try:
-            data = cand.data if cand.data is not None else cand.file.read_bytes()
-        except OSError as error:
-            report.skipped.append((cand.name, f"cannot read the file ({error.strerror or error})"))
-            continue
-        sha = hashlib.sha256(data).hexdigest()
-        if sha in seen:
-            report.skipped.append((cand.name, f"same image as {seen[sha]}"))
-            continue
-        try:
-            radiograph = read_image(data, name=cand.file.name)
-        except ImageReadError as error:
+            ready.append(_checked(cand, seen))
+        except ValueError as error:  # ImageReadError included: the file is skipped with the reason
             report.skipped.append((cand.name, str(error)))
-            continue
-        width, height = (int(v) for v in radiograph.original_size)
-        try:
-            _validate_candidate(cand, width, height)
-        except ValueError as error:
-            report.skipped.append((cand.name, str(error)))
-            continue
-        seen[sha] = cand.name
-        # The stored name says what the content is, whatever the original extension claimed.
-        suffix = cand.suffix or _FORMAT_SUFFIX.get(radiograph.meta.get("format"), cand.file.suffix.lower() or ".img")
-        ready.append(_Ready(cand, sha, width, height, suffix))
+        if progress is not None:
+            progress(done, len(candidates), cand.name)
 
     created_files: list[Path] = []
     created_dirs: list[Path] = []
@@ -199,10 +198,34 @@ def _commit(candidates: list[_Candidate], report: ImportReport, store: Annotatio
             except OSError:
                 pass
         raise
+    if progress is not None:
+        progress(len(candidates), len(candidates), "")
     return report
 
 
+def _checked(cand: _Candidate, seen: dict[str, str]) -> _Ready:
+    """Read and validate one candidate; ValueError with the reason when it cannot be imported."""
+    if cand.prepare is not None:
+        cand.prepare()
+    try:
+        data = cand.data if cand.data is not None else cand.file.read_bytes()
+    except OSError as error:
+        raise ValueError(f"cannot read the file ({error.strerror or error})") from None
+    sha = hashlib.sha256(data).hexdigest()
+    if sha in seen:
+        raise ValueError(f"same image as {seen[sha]}")
+    radiograph = read_image(data, name=cand.file.name)
+    width, height = (int(v) for v in radiograph.original_size)
+    _validate_candidate(cand, width, height)
+    seen[sha] = cand.name
+    # The stored name says what the content is, whatever the original extension claimed.
+    suffix = cand.suffix or _FORMAT_SUFFIX.get(radiograph.meta.get("format"), cand.file.suffix.lower() or ".img")
+    return _Ready(cand, sha, width, height, suffix)
+
+
 def _validate_candidate(cand: _Candidate, width: int, height: int) -> None:
+    if cand.normalised:
+        _denormalise(cand, width, height)
     if cand.curvature_class is not None:
         validate_class(cand.curvature_class)
     if cand.landmarks is not None:
@@ -260,12 +283,20 @@ def _same_label(current, cand: _Candidate) -> bool:
 
 
 def _run_import(candidates: list[_Candidate], skipped: list[tuple[str, str]], *, source: Path, kind: str,
-                dataset: str | None, store: AnnotationStore | None, annotator: str | None) -> ImportReport:
-    report = ImportReport(dataset=dataset or _default_dataset(source), source=str(source), skipped=list(skipped))
+                dataset: str | None, store: AnnotationStore | None, annotator: str | None,
+                progress: ProgressCallback | None = None, origin: str | None = None) -> ImportReport:
+    report = ImportReport(dataset=dataset or _default_dataset(source), source=origin or str(source),
+                          skipped=list(skipped))
+    if origin:
+        # A temporary extraction is gone after the import: record where the files came from instead.
+        root = source if source.is_dir() else source.parent
+        for cand in candidates:
+            if cand.source is None:
+                cand.source = f"{origin}/{_relative_name(cand.file, root)}"
     own_store = store is None
     store = store or AnnotationStore()
     try:
-        return _commit(candidates, report, store, annotator or f"import:{kind}")
+        return _commit(candidates, report, store, annotator or f"import:{kind}", progress)
     finally:
         if own_store:
             store.close()
@@ -298,7 +329,8 @@ def _relative_name(path: Path, root: Path) -> str:
 
 
 def import_folder(src: str | Path, *, dataset: str | None = None, store: AnnotationStore | None = None,
-                  annotator: str | None = None) -> ImportReport:
+                  annotator: str | None = None,
+                  progress: ProgressCallback | None = None, origin: str | None = None) -> ImportReport:
     """A class-per-folder tree: ``SRC/<class>/**/<image>`` with class names or synonyms as folder names.
 
     A JSON sidecar ``<image stem>.json`` may give ``patient_id`` (else the file stem is the patient) and,
@@ -323,7 +355,8 @@ def import_folder(src: str | Path, *, dataset: str | None = None, store: Annotat
                 skipped.append((name, str(error)))
                 continue
         candidates.append(cand)
-    return _run_import(candidates, skipped, source=src, kind="folder", dataset=dataset, store=store, annotator=annotator)
+    return _run_import(candidates, skipped, source=src, kind="folder", dataset=dataset, store=store,
+                       annotator=annotator, progress=progress, origin=origin)
 
 
 def _apply_sidecar(cand: _Candidate, sidecar: Path) -> None:
@@ -389,7 +422,8 @@ def _read_manifest(csv_path: Path) -> tuple[list[dict], list[tuple[str, str]]]:
 
 
 def import_csv(csv_path: str | Path, *, dataset: str | None = None, store: AnnotationStore | None = None,
-               annotator: str | None = None) -> ImportReport:
+               annotator: str | None = None,
+               progress: ProgressCallback | None = None, origin: str | None = None) -> ImportReport:
     """A manifest ``path,label,patient_id[,x1,y1,x2,y2][,split]``; paths relative to the CSV's folder."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
@@ -405,7 +439,7 @@ def import_csv(csv_path: str | Path, *, dataset: str | None = None, store: Annot
         candidates.append(_Candidate(file=path, name=row["where"], patient_id=row["patient_id"] or path.stem,
                                      curvature_class=row["class"], roi_box=row["box"], split=row["split"]))
     return _run_import(candidates, skipped, source=csv_path, kind="csv", dataset=dataset, store=store,
-                       annotator=annotator)
+                       annotator=annotator, progress=progress, origin=origin)
 
 
 def _yolo_label_path(image: Path) -> Path:
@@ -419,7 +453,8 @@ def _yolo_label_path(image: Path) -> Path:
 
 
 def import_yolo(src: str | Path, *, dataset: str | None = None, store: AnnotationStore | None = None,
-                annotator: str | None = None) -> ImportReport:
+                annotator: str | None = None,
+                progress: ProgressCallback | None = None, origin: str | None = None) -> ImportReport:
     """A YOLO detection (or pose) set: ``data.yaml`` + ``images/<split>`` + ``labels/<split>``.
 
     Gives the ROI box (the largest box when a file holds several) and, for a 23-keypoint pose set, the
@@ -475,7 +510,8 @@ def import_yolo(src: str | Path, *, dataset: str | None = None, store: Annotatio
             obj = max(objects, key=lambda o: o[3] * o[4])
             cand.meta["yolo"] = {"boxes_in_file": len(objects), "class_id": int(obj[0])}
             cand.curvature_class = parse_class(names.get(int(obj[0]), ""))
-            cand.roi_box = list(obj[1:5])  # normalised; made pixels below once the image size is known
+            cand.roi_box = list(obj[1:5])  # normalised: made pixels by _validate_candidate once the size is known
+            cand.normalised = True
             keypoints = obj[5:]
             if len(keypoints) in (23 * 3, 23 * 2):
                 step = len(keypoints) // 23
@@ -487,35 +523,26 @@ def import_yolo(src: str | Path, *, dataset: str | None = None, store: Annotatio
                 skipped.append((name, f"{label_file.name}: {len(keypoints)} keypoint values; expected 23 x 3"))
                 continue
         candidates.append(cand)
-    return _run_import(_denormalised(candidates, skipped), skipped, source=yaml_path.parent, kind="yolo",
-                       dataset=dataset, store=store, annotator=annotator)
+    return _run_import(candidates, skipped, source=yaml_path.parent, kind="yolo", dataset=dataset, store=store,
+                       annotator=annotator, progress=progress, origin=origin)
 
 
-def _denormalised(candidates: list[_Candidate], skipped: list[tuple[str, str]]) -> list[_Candidate]:
-    """YOLO coordinates are fractions of the image size: turn them into pixels (reads each labeled image once)."""
-    out = []
-    for cand in candidates:
-        if cand.roi_box is None:
-            out.append(cand)
-            continue
-        try:
-            width, height = read_image(cand.file).original_size
-        except ImageReadError as error:
-            skipped.append((cand.name, str(error)))
-            continue
-        cx, cy, w, h = cand.roi_box
-        if not all(0.0 <= v <= 1.0 + 1e-6 for v in (cx, cy, w, h)):
-            skipped.append((cand.name, f"YOLO box {cand.roi_box} is not normalised to 0..1"))
-            continue
-        cand.roi_box = [(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height]
-        if cand.landmarks is not None:
-            cand.landmarks = cand.landmarks * np.array([width, height])
-        out.append(cand)
-    return out
+def _denormalise(cand: _Candidate, width: int, height: int) -> None:
+    """YOLO coordinates are fractions of the image size: turn them into pixels."""
+    cand.normalised = False
+    if cand.roi_box is None:
+        return
+    cx, cy, w, h = cand.roi_box
+    if not all(0.0 <= v <= 1.0 + 1e-6 for v in (cx, cy, w, h)):
+        raise ValueError(f"YOLO box {cand.roi_box} is not normalised to 0..1")
+    cand.roi_box = [(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height]
+    if cand.landmarks is not None:
+        cand.landmarks = np.asarray(cand.landmarks, dtype=float) * np.array([width, height])
 
 
 def import_coco(src: str | Path, labels: str | Path | None = None, *, dataset: str | None = None,
-                store: AnnotationStore | None = None, annotator: str | None = None) -> ImportReport:
+                store: AnnotationStore | None = None, annotator: str | None = None,
+                progress: ProgressCallback | None = None, origin: str | None = None) -> ImportReport:
     """A COCO detection (or keypoint) file: boxes, class from the category name, landmarks from 23 keypoints.
 
     ``src`` is the annotation JSON, or the images folder with ``labels`` naming the JSON. An image with
@@ -571,7 +598,7 @@ def import_coco(src: str | Path, labels: str | Path | None = None, *, dataset: s
             cand.meta["coco"] = {"annotations": len(anns), "category": categories.get(int(ann.get("category_id", -1)))}
         candidates.append(cand)
     return _run_import(candidates, skipped, source=Path(json_path), kind="coco", dataset=dataset, store=store,
-                       annotator=annotator)
+                       annotator=annotator, progress=progress, origin=origin)
 
 
 def _read_csxa_sheet(path: Path) -> dict[int, dict]:
@@ -624,7 +651,8 @@ def _plain(value: Any) -> Any:
 
 def import_csxa(src: str | Path, sheet: str | Path | None = None, *, sigmoid: str = "skip",
                 dataset: str | None = None, store: AnnotationStore | None = None,
-                annotator: str | None = None) -> ImportReport:
+                annotator: str | None = None,
+                progress: ProgressCallback | None = None, origin: str | None = None) -> ImportReport:
     """The CSXA layout: images (``datasets-PNG/`` or anywhere under ``src``), Labelme JSON with the same
     stem, and ``datasets.xlsx``/``.csv`` with the curvature grade per case number.
 
@@ -692,7 +720,8 @@ def import_csxa(src: str | Path, sheet: str | Path | None = None, *, sigmoid: st
             continue
         candidates.append(_Candidate(file=path, name=name, patient_id=f"{number:04d}", curvature_class=curvature_class,
                                      landmarks=landmarks, box_from_landmarks=True, meta=meta))
-    return _run_import(candidates, skipped, source=src, kind="csxa", dataset=dataset, store=store, annotator=annotator)
+    return _run_import(candidates, skipped, source=src, kind="csxa", dataset=dataset, store=store,
+                       annotator=annotator, progress=progress, origin=origin)
 
 
 # ---------------------------------------------------------------- DICOM with de-identification
@@ -774,15 +803,13 @@ def deidentify(ds, salt: bytes | None = None) -> str:
 
 
 def import_dicom(src: str | Path, labels: str | Path | None = None, *, dataset: str | None = None,
-                 store: AnnotationStore | None = None, annotator: str | None = None) -> ImportReport:
+                 store: AnnotationStore | None = None, annotator: str | None = None,
+                 progress: ProgressCallback | None = None, origin: str | None = None) -> ImportReport:
     """A folder of DICOM files, de-identified on import (the workspace only ever holds the de-identified copy).
 
     ``labels`` is an optional manifest (``path,label[,x1,y1,x2,y2]``) matched by relative path or file stem;
     its patient ids are ignored: the patient is the salted pseudonym of the DICOM PatientID.
     """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
     src = _require_dir(Path(src), "DICOM folder")
     salt = settings.pseudonym_salt()
     by_key: dict[str, dict] = {}
@@ -797,33 +824,43 @@ def import_dicom(src: str | Path, labels: str | Path | None = None, *, dataset: 
                    and p.suffix.lower() not in (".json", ".csv", ".txt", ".yaml", ".xlsx", ".md"))
     for path in files:
         name = _relative_name(path, src)
-        try:
-            # A .dcm without the 128-byte preamble is still DICOM; anything else must carry the marker.
-            ds = pydicom.dcmread(path, force=path.suffix.lower() in (".dcm", ".dicom"))
-        except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as error:
-            skipped.append((name, f"not a readable DICOM file ({error})"))
-            continue
-        if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
-            skipped.append((name, "BurnedInAnnotation is YES: the pixels may show who the patient is; "
-                                  "remove the annotation before importing"))
-            continue
-        if "PixelData" not in ds:
-            skipped.append((name, "no image in this DICOM file (no PixelData)"))
-            continue
-        buffer = io.BytesIO()
-        try:
-            pseudonym = deidentify(ds, salt)
-            ds.save_as(buffer, enforce_file_format=True)
-        except Exception as error:  # pydicom raises several types for a dataset it cannot encode
-            skipped.append((name, f"cannot write the de-identified copy ({error})"))
-            continue
         row = by_key.get(name) or by_key.get(path.stem) or {}
         # The original file name may carry a name or a date: the store keeps a pseudonymous source.
         source = "dicom:" + hmac.new(salt, name.encode(), hashlib.sha256).hexdigest()[:16]
-        candidates.append(_Candidate(file=path, name=name, patient_id=pseudonym, curvature_class=row.get("class"),
-                                     roi_box=row.get("box"), split=row.get("split"), data=buffer.getvalue(),
-                                     suffix=".dcm", source=source, meta={"deidentified": True}))
-    return _run_import(candidates, skipped, source=src, kind="dicom", dataset=dataset, store=store, annotator=annotator)
+        cand = _Candidate(file=path, name=name, patient_id="", curvature_class=row.get("class"),
+                          roi_box=row.get("box"), split=row.get("split"), suffix=".dcm", source=source,
+                          meta={"deidentified": True})
+        # Reading and de-identifying is the slow part: it runs while _commit checks (and reports progress).
+        cand.prepare = lambda cand=cand: _deidentified_copy(cand, salt)
+        candidates.append(cand)
+    return _run_import(candidates, skipped, source=src, kind="dicom", dataset=dataset, store=store,
+                       annotator=annotator, progress=progress, origin=origin)
+
+
+def _deidentified_copy(cand: _Candidate, salt: bytes) -> None:
+    """Read ``cand.file`` as DICOM and put its de-identified bytes and patient pseudonym on ``cand``;
+    ValueError with the reason for a file that cannot or must not be stored."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    path = cand.file
+    try:
+        # A .dcm without the 128-byte preamble is still DICOM; anything else must carry the marker.
+        ds = pydicom.dcmread(path, force=path.suffix.lower() in (".dcm", ".dicom"))
+    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"not a readable DICOM file ({error})") from None
+    if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
+        raise ValueError("BurnedInAnnotation is YES: the pixels may show who the patient is; "
+                         "remove the annotation before importing")
+    if "PixelData" not in ds:
+        raise ValueError("no image in this DICOM file (no PixelData)")
+    buffer = io.BytesIO()
+    try:
+        pseudonym = deidentify(ds, salt)
+        ds.save_as(buffer, enforce_file_format=True)
+    except Exception as error:  # pydicom raises several types for a dataset it cannot encode
+        raise ValueError(f"cannot write the de-identified copy ({error})") from None
+    cand.data, cand.patient_id = buffer.getvalue(), pseudonym
 
 
 # ---------------------------------------------------------------- exports
@@ -858,11 +895,17 @@ def _absolute(item: LabeledImage) -> Path:
     return settings.home() / item.path
 
 
-def _write_png(pixels: np.ndarray, path: Path) -> None:
+def _write_png(pixels: np.ndarray, path: Path, max_side: int | None = None) -> None:
+    """8-bit grayscale PNG; with ``max_side``, shrunk (area averaging, as ultralytics itself shrinks) to fit it."""
     from PIL import Image
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(to_uint8(pixels), mode="L").save(path)
+    image = Image.fromarray(to_uint8(pixels), mode="L")
+    scale = 1.0 if max_side is None else int(max_side) / max(image.size)
+    if scale < 1.0:
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                             Image.Resampling.BOX)
+    image.save(path)
 
 
 def _landmark_flip_index() -> list[int]:
@@ -887,16 +930,58 @@ def yolo_line(box: Sequence[float], size: tuple[int, int], landmarks: np.ndarray
     return line
 
 
-def export_yolo(dataset: str, out: str | Path, task: str = "detect", *, store: AnnotationStore | None = None) -> ExportReport:
+def landmark_crop_window(roi_box: Sequence[float], margin: float = LANDMARK_CROP_MARGIN) -> tuple[int, int, int, int]:
+    """The pixel window ``(left, top, right, bottom)`` (right/bottom exclusive) a ROI-cropped landmark
+    export cuts around ``roi_box``: the box widened by ``margin`` x its width and height on each side,
+    rounded outward to whole pixels. It may reach past the image; what lies outside is black.
+
+    A landmark model trained on such crops runs on the same window around the detector's box, and its
+    points map back as ``x = left + u * (right - left)``, ``y = top + v * (bottom - top)`` for normalised
+    ``(u, v)``.
+    """
+    x1, y1, x2, y2 = (float(v) for v in roi_box)
+    dx, dy = (x2 - x1) * margin, (y2 - y1) * margin
+    return (int(np.floor(x1 - dx)), int(np.floor(y1 - dy)), int(np.ceil(x2 + dx)), int(np.ceil(y2 + dy)))
+
+
+def crop_window(pixels: np.ndarray, window: Sequence[int]) -> np.ndarray:
+    """``pixels[top:bottom, left:right]``, zero-padded where the window leaves the image (keeps its scale)."""
+    left, top, right, bottom = (int(v) for v in window)
+    height, width = pixels.shape[:2]
+    out = np.zeros((bottom - top, right - left), dtype=pixels.dtype)
+    x0, y0, x1, y1 = max(left, 0), max(top, 0), min(right, width), min(bottom, height)
+    if x1 > x0 and y1 > y0:
+        out[y0 - top:y1 - top, x0 - left:x1 - left] = pixels[y0:y1, x0:x1]
+    return out
+
+
+def export_yolo(dataset: str, out: str | Path, task: str = "detect", *, store: AnnotationStore | None = None,
+                max_side: int | None = None, crop: str | None = None,
+                roi_margin: float = LANDMARK_CROP_MARGIN) -> ExportReport:
     """The YOLO layout of docs/ARCHITECTURE.md; splits from the store, unsplit images go to train.
 
     ``task="detect"``: images with an ROI box; ``"landmarks"``: images with box and landmarks (pose set).
     Images are written as 8-bit PNG (what the detector is trained and run on).
+
+    ``max_side``: images whose longer side is larger are shrunk (area averaging) to that side, so
+    training does not resize full-size radiographs every epoch; labels are normalised, so they stay the same.
+    ``crop="roi"`` (landmarks only): each image is cut to ``landmark_crop_window(roi_box, roi_margin)``
+    (the ROI box + ``roi_margin`` of its size per side, default LANDMARK_CROP_MARGIN = 0.1), box and landmarks
+    re-expressed in the crop, for a landmark model that runs on the detector's crop. ``data.yaml`` then
+    records ``crop: roi`` and ``roi_margin``. An image with a landmark outside its crop is skipped.
     """
     import yaml
 
     if task not in ("detect", "landmarks"):
         raise DatasetError(f"task must be 'detect' or 'landmarks', got {task!r}")
+    if crop not in (None, "roi"):
+        raise DatasetError(f"crop must be None or 'roi', got {crop!r}")
+    if crop == "roi" and task != "landmarks":
+        raise DatasetError("crop='roi' is for task='landmarks' (a detector needs the whole image)")
+    if not (np.isfinite(roi_margin) and 0 <= roi_margin <= 1):
+        raise DatasetError(f"roi_margin is a fraction of the box size per side, 0 to 1; got {roi_margin}")
+    if max_side is not None and int(max_side) < 1:
+        raise DatasetError(f"max_side must be a positive number of pixels, got {max_side}")
     items = _labeled_images(dataset, store)
     out = _export_dir(out)
     report = ExportReport(out=out)
@@ -913,8 +998,22 @@ def export_yolo(dataset: str, out: str | Path, task: str = "detect", *, store: A
         except ImageReadError as error:
             report.skipped.append((item.path, str(error)))
             continue
-        _write_png(radiograph.pixels, out / "images" / split / f"{_stem(item)}.png")
-        line = yolo_line(item.roi_box, (item.width, item.height), item.landmarks if task == "landmarks" else None)
+        pixels, size = radiograph.pixels, (item.width, item.height)
+        box = np.asarray(item.roi_box, dtype=float)
+        landmarks = item.landmarks if task == "landmarks" else None
+        if crop == "roi":
+            left, top, right, bottom = window = landmark_crop_window(box, roi_margin)
+            size = (right - left, bottom - top)
+            box, landmarks = box - [left, top, left, top], landmarks - [left, top]
+            inside = (landmarks >= 0).all(axis=1) & (landmarks <= size).all(axis=1)
+            outside = int((np.isfinite(landmarks).all(axis=1) & ~inside).sum())
+            if outside:
+                report.skipped.append((item.path, f"{outside} landmarks lie outside the ROI crop "
+                                                  f"(box + {roi_margin:.0%} margin): check the box"))
+                continue
+            pixels = crop_window(pixels, window)
+        _write_png(pixels, out / "images" / split / f"{_stem(item)}.png", max_side)
+        line = yolo_line(box, size, landmarks)
         label = out / "labels" / split / f"{_stem(item)}.txt"
         label.parent.mkdir(parents=True, exist_ok=True)
         label.write_text(line + "\n")
@@ -936,6 +1035,11 @@ def export_yolo(dataset: str, out: str | Path, task: str = "detect", *, store: A
     if task == "landmarks":
         config["kpt_shape"] = [23, 3]
         config["flip_idx"] = _landmark_flip_index()
+    if max_side is not None:
+        config["max_side"] = int(max_side)
+    if crop == "roi":
+        config["crop"] = "roi"
+        config["roi_margin"] = float(roi_margin)
     (out / "data.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return report
 
@@ -1030,32 +1134,58 @@ def export_coco(dataset: str, out: str | Path, *, store: AnnotationStore | None 
 # ---------------------------------------------------------------- splits and training items
 
 
-def _holdout(indices: np.ndarray, y: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Indices of a patient-grouped, class-stratified hold-out of about ``fraction`` of ``indices``."""
-    from sklearn.model_selection import StratifiedGroupKFold
+def _patients_by_class(labeled: Sequence[LabeledImage]) -> dict[str, list[str]]:
+    """Class -> its patients (sorted), each patient under the class most of its images have (ties: CLASSES order)."""
+    per_patient: dict[str, Counter] = {}
+    for item in labeled:
+        per_patient.setdefault(item.patient_id, Counter())[item.curvature_class] += 1
+    strata: dict[str, list[str]] = {name: [] for name in CLASSES}
+    for patient, counts in sorted(per_patient.items()):
+        strata[max(CLASSES, key=lambda name: (counts[name], -CLASSES.index(name)))].append(patient)
+    return {name: patients for name, patients in strata.items() if patients}
 
-    n_splits = max(2, int(round(1.0 / fraction)))
-    n_groups = len(set(groups[indices]))
-    if n_groups < n_splits:
-        raise DatasetError(f"{n_groups} patients are too few for a {fraction:.0%} patient-level hold-out "
-                           f"(needs at least {n_splits}); label more patients or change the fractions")
-    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    target = fraction * len(indices)
-    held = min((test for _, test in folds.split(np.zeros((len(indices), 1)), y[indices], groups[indices])),
-               key=lambda test: abs(len(test) - target))
-    return indices[held]
+
+def _require_patients(strata: dict[str, list[str]], needed: int, what: str, advice: str) -> None:
+    short = [f"{name} has {len(patients)}" for name, patients in strata.items() if len(patients) < needed]
+    if short:
+        listed = ", ".join(short[:-1]) + (" and " if len(short) > 1 else "") + short[-1]
+        have = "" if len(short) == len(strata) else " (patients per class: " + ", ".join(
+            f"{name} {len(patients)}" for name, patients in strata.items()) + ")"
+        raise DatasetError(f"too few patients for {what}: every class needs at least {needed} patients, "
+                           f"but {listed}{have}. {advice}")
+
+
+def _deal(n: int, fractions: Sequence[float]) -> list[int]:
+    """Patients of one class per split: proportional (largest remainder), at least one for every split with
+    a share. Needs ``n`` >= the number of such splits."""
+    wanted = [f * n for f in fractions]
+    counts = [int(np.floor(w)) for w in wanted]
+    for i in sorted(range(len(counts)), key=lambda i: counts[i] - wanted[i])[:n - sum(counts)]:
+        counts[i] += 1
+    for i, fraction in enumerate(fractions):
+        if fraction > 0 and counts[i] == 0:
+            counts[int(np.argmax(counts))] -= 1
+            counts[i] += 1
+    return counts
 
 
 def make_splits(dataset: str, fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0, *,
                 store: AnnotationStore | None = None) -> dict[str, dict[str, int]]:
     """Assign train/val/test: grouped by patient (no patient in two splits), stratified by class.
 
+    Each class's patients are shuffled (by ``seed``) and dealt to the splits in proportion to ``fractions``,
+    at least one to every split with a share, so every class is in every split: a class needs as many
+    patients as there are splits (3 for train/val/test, 2 with a zero val or test fraction), else
+    DatasetError says which class is short. A patient counts under the class most of its images have.
     Images without a class follow their patient (train when the patient has no labeled image).
     Written to the store; returns split -> class -> count.
     """
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or not np.isclose(sum(fractions), 1.0):
-        raise DatasetError(f"fractions are (train, val, test), each >= 0, summing to 1; got {tuple(fractions)}")
-    train_f, val_f, test_f = (float(f) for f in fractions)
+    if (len(fractions) != 3 or any(f < 0 for f in fractions) or not np.isclose(sum(fractions), 1.0)
+            or fractions[0] <= 0):
+        raise DatasetError("fractions are (train, val, test), each >= 0, summing to 1, with train above 0; "
+                           f"got {tuple(fractions)}")
+    fractions = [float(f) for f in fractions]
+    used = [name for name, f in zip(SPLITS, fractions) if f > 0]
     own = store is None
     store = store or AnnotationStore()
     try:
@@ -1063,18 +1193,18 @@ def make_splits(dataset: str, fractions: Sequence[float] = (0.7, 0.15, 0.15), se
         labeled = [item for item in items if item.curvature_class is not None]
         if not labeled:
             raise DatasetError(f"dataset {dataset!r} has no labeled images to split")
-        y = np.array([item.class_index for item in labeled])
-        groups = np.array([item.patient_id for item in labeled])
-        split_of = np.full(len(labeled), "train", dtype=object)
-        remaining = np.arange(len(labeled))
-        if test_f > 0:
-            test = _holdout(remaining, y, groups, test_f, seed)
-            split_of[test] = "test"
-            remaining = np.setdiff1d(remaining, test)
-        if val_f > 0:
-            val = _holdout(remaining, y, groups, val_f / (train_f + val_f), seed)
-            split_of[val] = "val"
-        patient_split = {item.patient_id: split for item, split in zip(labeled, split_of)}
+        strata = _patients_by_class(labeled)
+        _require_patients(strata, len(used), f"a {'/'.join(used)} split",
+                          f"A class needs one patient in each of {', '.join(used)}: label more patients"
+                          + (", or set the val or test fraction to 0." if len(used) == 3 else "."))
+        rng = np.random.default_rng(seed)
+        patient_split: dict[str, str] = {}
+        for patients in strata.values():
+            shuffled = [patients[i] for i in rng.permutation(len(patients))]
+            start = 0
+            for split, count in zip(SPLITS, _deal(len(patients), fractions)):
+                patient_split.update((patient, split) for patient in shuffled[start:start + count])
+                start += count
         assignment = {item.image_id: patient_split.get(item.patient_id, "train") for item in items}
         store.set_splits(assignment)
     finally:
@@ -1089,17 +1219,27 @@ def make_splits(dataset: str, fractions: Sequence[float] = (0.7, 0.15, 0.15), se
 def kfold_splits(dataset: str, k: int = 5, seed: int = 0, *, include_test: bool = False,
                  store: AnnotationStore | None = None) -> list[Fold]:
     """k patient-grouped, class-stratified folds over the labeled images (the test split held out
-    unless ``include_test``). Not written to the store: a fold is a training choice, not a label."""
+    unless ``include_test``), by scikit-learn's ``StratifiedGroupKFold``. Not written to the store: a
+    fold is a training choice, not a label.
+
+    Every class must be in every fold's train and val part, so when a class has fewer than ``k`` patients
+    the folds are fewer: as many as the smallest class has patients (check ``len()`` of the result).
+    A class with under 2 patients is a DatasetError.
+    """
     from sklearn.model_selection import StratifiedGroupKFold
 
     if k < 2:
         raise DatasetError(f"k-fold needs k >= 2, got {k}")
     labeled = [item for item in _labeled_images(dataset, store)
                if item.curvature_class is not None and (include_test or item.split != "test")]
-    groups = np.array([item.patient_id for item in labeled])
-    if len(set(groups)) < k:
-        raise DatasetError(f"{len(set(groups))} patients are too few for {k} folds")
+    if not labeled:
+        raise DatasetError(f"dataset {dataset!r} has no labeled images outside the test split to fold")
+    strata = _patients_by_class(labeled)
+    _require_patients(strata, 2, "k-fold cross-validation" + ("" if include_test else " (test split excluded)"),
+                      "Each fold trains and validates on every class: label more patients.")
+    k = min(k, min(len(patients) for patients in strata.values()))
     y = np.array([item.class_index for item in labeled])
+    groups = np.array([item.patient_id for item in labeled])
     ids = np.array([item.image_id for item in labeled])
     folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     return [Fold(train=ids[tr].tolist(), val=ids[va].tolist()) for tr, va in folds.split(np.zeros((len(ids), 1)), y, groups)]
@@ -1131,29 +1271,29 @@ EXPORTERS = ("folder", "csv", "yolo", "coco")
 
 def configure_import(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("kind", choices=IMPORTERS, help="layout of the source")
-    parser.add_argument("source", type=Path, help="folder (or CSV / COCO JSON / data.yaml)")
+    parser.add_argument("source", type=Path,
+                        help="folder (or CSV / COCO JSON / data.yaml), or a .zip of any of them")
     parser.add_argument("--labels", type=Path, help="COCO JSON, CSXA sheet, or a CSV manifest for DICOM files")
-    parser.add_argument("--dataset", help="dataset name (default: the source folder's name)")
+    parser.add_argument("--dataset", help="dataset name (default: the source folder's or the zip's name)")
     parser.add_argument("--sigmoid", choices=("skip", "measure"), default="skip",
                         help="CSXA sigmoid grades 3/4: skip them, or class them by their Cobb angle")
     parser.add_argument("--annotator", help="name recorded in the label history (default import:KIND)")
 
 
 def run_import(args: argparse.Namespace) -> int:
-    common = {"dataset": args.dataset, "annotator": args.annotator}
+    from core.archive import ArchiveError
+
+    source = Path(args.source)
     try:
-        if args.kind == "folder":
-            report = import_folder(args.source, **common)
-        elif args.kind == "csv":
-            report = import_csv(args.source, **common)
-        elif args.kind == "yolo":
-            report = import_yolo(args.labels or args.source, **common)
-        elif args.kind == "coco":
-            report = import_coco(args.source, args.labels, **common)
-        elif args.kind == "csxa":
-            report = import_csxa(args.source, args.labels, sigmoid=args.sigmoid, **common)
+        if source.suffix.lower() == ".zip" and not source.is_dir():
+            report = import_archive(args.kind, source, args.labels, dataset=args.dataset, annotator=args.annotator,
+                                    sigmoid=args.sigmoid)
         else:
-            report = import_dicom(args.source, args.labels, **common)
+            report = _import_kind(args.kind, source, args.labels, dataset=args.dataset, annotator=args.annotator,
+                                  sigmoid=args.sigmoid)
+    except ArchiveError as error:
+        print(f"error: {source.name} refused: {error}")
+        return 2
     except DatasetError as error:
         print(f"error: {error}")
         return 2
@@ -1162,17 +1302,81 @@ def run_import(args: argparse.Namespace) -> int:
     return 1 if nothing and report.skipped else 0
 
 
+def _import_kind(kind: str, source: Path, labels: Path | None, *, sigmoid: str = "skip", **options) -> ImportReport:
+    """``python -m core import KIND SOURCE [--labels FILE]`` as a call."""
+    if kind == "folder":
+        return import_folder(source, **options)
+    if kind == "csv":
+        return import_csv(source, **options)
+    if kind == "yolo":
+        return import_yolo(labels or source, **options)
+    if kind == "coco":
+        return import_coco(source, labels, **options)
+    if kind == "csxa":
+        return import_csxa(source, labels, sigmoid=sigmoid, **options)
+    if kind == "dicom":
+        return import_dicom(source, labels, **options)
+    raise DatasetError(f"unknown import kind {kind!r}; expected one of {', '.join(IMPORTERS)}")
+
+
+def import_archive(kind: str, archive: str | Path | bytes, labels: str | Path | None = None, *,
+                   name: str | None = None, sigmoid: str = "skip", dataset: str | None = None,
+                   store: AnnotationStore | None = None, annotator: str | None = None,
+                   progress: ProgressCallback | None = None) -> ImportReport:
+    """Import a zip (a path, or an upload's bytes with its file ``name``) holding a ``kind`` layout.
+
+    The zip is extracted safely (``core.archive.extract_zip``) into a temporary folder inside the
+    workspace, the import root found by ``core.archive.import_source``, and the folder deleted afterwards,
+    also on failure. ``dataset`` defaults to the archive's name without ``.zip``; stored sources and the
+    report say ``<name>.zip/<path inside>``. Raises ``core.archive.ArchiveError`` for a refused archive.
+    """
+    from core.archive import extract_zip, import_source
+
+    if isinstance(archive, (bytes, bytearray)):
+        if not name:
+            raise DatasetError("an archive given as bytes needs its file name")
+    else:
+        archive = Path(archive)
+        if not archive.is_file():
+            raise DatasetError(f"archive {archive} not found")
+        name = name or archive.name
+    uploads = settings.home() / "uploads"
+    uploads.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="import-", dir=uploads))
+    try:
+        extract_zip(archive, scratch)
+        root = import_source(kind, scratch)
+        folder = root if root.is_dir() else root.parent
+        origin = "/".join((name, *folder.relative_to(scratch).parts))
+        report = _import_kind(kind, root, Path(labels) if labels else None, sigmoid=sigmoid,
+                              dataset=dataset or Path(name).stem, store=store, annotator=annotator,
+                              progress=progress, origin=origin)
+
+        def plain(text: str) -> str:  # reasons may name the scratch folder, which is gone once this returns
+            return text.replace(str(folder), origin).replace(str(scratch), name)
+
+        report.skipped = [(plain(file), plain(reason)) for file, reason in report.skipped]
+        return report
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def configure_export(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("kind", choices=EXPORTERS)
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--out", type=Path, required=True, help="a new (or empty) folder")
     parser.add_argument("--task", choices=("detect", "landmarks"), default="detect", help="YOLO only")
+    parser.add_argument("--max-side", type=int, help="YOLO only: shrink images so their longer side is at most this")
+    parser.add_argument("--crop", choices=("roi",), help="YOLO landmarks only: export each image cropped to its ROI")
+    parser.add_argument("--roi-margin", type=float, default=LANDMARK_CROP_MARGIN,
+                        help="with --crop roi: widen the box by this fraction of its size on each side")
 
 
 def run_export(args: argparse.Namespace) -> int:
     try:
         if args.kind == "yolo":
-            report = export_yolo(args.dataset, args.out, task=args.task)
+            report = export_yolo(args.dataset, args.out, task=args.task, max_side=args.max_side, crop=args.crop,
+                                 roi_margin=args.roi_margin)
         else:
             report = {"folder": export_folder, "csv": export_csv, "coco": export_coco}[args.kind](args.dataset, args.out)
     except DatasetError as error:

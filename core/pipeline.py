@@ -97,12 +97,14 @@ class PredictFailure:
 
 
 # ------------------------------------------------------------------------------------ model loading
-def _key(path: Path) -> tuple[str, int]:
-    return str(path.resolve()), path.stat().st_mtime_ns
+def _key(path: Path) -> tuple[str, int, int]:
+    """Path plus modification time and size: a re-promoted model (same path, new file) loads anew."""
+    stat = path.stat()
+    return str(path.resolve()), stat.st_mtime_ns, stat.st_size
 
 
 @functools.lru_cache(maxsize=4)
-def _classifier_at(path: str, mtime_ns: int):
+def _classifier_at(path: str, mtime_ns: int, size: int):
     from core.train import load_classifier, pick_device
 
     model, meta = load_classifier(path)
@@ -112,7 +114,7 @@ def _classifier_at(path: str, mtime_ns: int):
 
 
 @functools.lru_cache(maxsize=4)
-def _yolo_at(kind: str, path: str, mtime_ns: int):
+def _yolo_at(kind: str, path: str, mtime_ns: int, size: int):
     from core import detect
 
     return detect.RoiDetector(path) if kind == "detect" else detect.LandmarkModel(path)

@@ -3,7 +3,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
+import os
+import subprocess
+import sys
+import zipfile
 from collections import Counter
 from pathlib import Path
 
@@ -18,6 +23,7 @@ from core.datasets import DatasetError
 from core.measure import LANDMARK_NAMES, measure_landmarks, roi_box_from_landmarks, write_labelme
 from core.store import AnnotationStore
 
+ROOT = Path(__file__).resolve().parents[1]
 
 # ---------------------------------------------------------------- fixtures built here
 
@@ -100,6 +106,25 @@ def test_folder_import_maps_synonyms_reads_sidecars_and_reports_bad_files(worksp
     again = datasets.import_folder(src, dataset="tree", store=store)
     assert (again.imported, again.updated, again.unchanged) == (0, 0, 4)
     assert sum(len(store.history(i.image_id)) for i in store.images("tree")) == 4
+
+
+def test_progress_reports_each_checked_image_then_the_commit(workspace, tmp_path, store):
+    src = tmp_path / "tree"
+    for n, cls in enumerate(["normal", "straight", "kyphotic"]):
+        write_png(src / cls / f"p{n}.png", n)
+    (src / "normal" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    write_png(src / "misc" / "outside.png", 9)  # refused before checking: not counted
+    calls = []
+
+    def progress(done: int, total: int, name: str) -> None:
+        # Images are checked before anything is written; the last call comes after the rows are in.
+        calls.append((done, total, name, len(store.images("tree"))))
+
+    report = datasets.import_folder(src, dataset="tree", store=store, progress=progress)
+
+    assert report.imported == 3
+    checked = ["kyphotic/p2.png", "normal/broken.png", "normal/p0.png", "straight/p1.png"]
+    assert calls == [(n, 4, name, 0) for n, name in enumerate(checked, start=1)] + [(4, 4, "", 3)]
 
 
 def test_missing_source_is_a_clear_error(workspace, tmp_path):
@@ -313,9 +338,13 @@ def test_dicom_is_deidentified_and_patients_pseudonymised(workspace, tmp_path, s
     labels = tmp_path / "labels.csv"
     labels.write_text("path,label,patient_id,x1,y1,x2,y2\nx/doe_a.png,straight,SHOULD-NOT-BE-USED,5,5,40,60\n")
 
-    report = datasets.import_dicom(src, labels, dataset="dx", store=store)
+    calls = []
+    report = datasets.import_dicom(src, labels, dataset="dx", store=store,
+                                   progress=lambda done, total, name: calls.append((done, total, name)))
 
     assert report.imported == 3 and [n for n, _ in report.skipped] == ["notes.bin"]
+    # Reading and de-identifying each file is the slow part: it is inside the reported progress.
+    assert calls == [(1, 4, "doe_a.dcm"), (2, 4, "doe_b.dcm"), (3, 4, "notes.bin"), (4, 4, "roe.dcm"), (4, 4, "")]
     items = {i.image_id: i for i in store.current_labels("dx")}
     stored = {}
     for item in items.values():
@@ -471,10 +500,85 @@ def test_too_few_patients_is_a_clear_error(workspace, store):
         image_id = store.add_image(f"images/{n}.png", sha256=f"{n:064x}", width=8, height=8, patient_id="same",
                                    source="t", dataset="tiny")
         store.save_label(image_id, annotator="t", curvature_class="normal")
-    with pytest.raises(DatasetError, match="1 patients are too few"):
+    with pytest.raises(DatasetError, match="every class needs at least 3 patients, but normal has 1"):
         datasets.make_splits("tiny", store=store)
     with pytest.raises(DatasetError, match="summing to 1"):
         datasets.make_splits("tiny", (0.5, 0.5, 0.5), store=store)
+    with pytest.raises(DatasetError, match="train above 0"):
+        datasets.make_splits("tiny", (0.0, 0.5, 0.5), store=store)
+
+
+def _patients_per_split(store: AnnotationStore, dataset: str) -> dict[str, Counter]:
+    """split -> class -> number of patients, checking on the way that no patient is in two splits."""
+    split_of: dict[str, set] = {}
+    for item in store.current_labels(dataset):
+        split_of.setdefault(item.patient_id, set()).add(item.split)
+    assert all(len(splits) == 1 for splits in split_of.values()), "a patient is in two splits"
+    out: dict[str, Counter] = {name: Counter() for name in ("train", "val", "test")}
+    for patient, (split,) in split_of.items():
+        out[split][patient.split("-")[0]] += 1
+    return out
+
+
+@pytest.mark.parametrize("per_class, expected", [(4, (2, 1, 1)), (6, (4, 1, 1)), (9, (6, 2, 1))])
+def test_small_sets_still_split_with_every_class_in_every_split(workspace, store, per_class, expected):
+    # 6 images per class (3 patients x 2) used to stop at scikit-learn's "n_splits=7 cannot be greater ...".
+    _balanced_store(store, patients_per_class=per_class)
+    counts = datasets.make_splits("bal", store=store)
+
+    patients = _patients_per_split(store, "bal")
+    for split, n in zip(("train", "val", "test"), expected):
+        assert patients[split] == {"normal": n, "straightened": n, "reversed": n}, split
+        assert {k: v for k, v in counts[split].items() if k != "unlabeled"} == dict.fromkeys(
+            ("normal", "straightened", "reversed"), 2 * n)
+    (patient_split,) = {i.split for i in store.current_labels("bal") if i.patient_id == "normal-0"}
+    assert counts[patient_split]["unlabeled"] == 1  # the unlabeled image follows its patient
+
+
+def test_two_patients_per_class_split_in_two_but_not_three(workspace, store, capsys):
+    _balanced_store(store, patients_per_class=2)
+    with pytest.raises(DatasetError) as refused:
+        datasets.make_splits("bal", store=store)
+    message = str(refused.value)
+    assert "every class needs at least 3 patients, but normal has 2, straightened has 2 and reversed has 2" in message
+    assert "set the val or test fraction to 0" in message
+    assert cli_main(["split", "--dataset", "bal"]) == 2  # the CLI prints the message, no traceback
+    assert "normal has 2" in capsys.readouterr().out
+
+    datasets.make_splits("bal", (0.5, 0.5, 0.0), store=store)
+    patients = _patients_per_split(store, "bal")
+    assert patients["train"] == patients["val"] == {"normal": 1, "straightened": 1, "reversed": 1}
+    assert not patients["test"]
+
+
+def test_one_short_class_is_named_with_the_counts_of_all(workspace, store):
+    for name, patients in (("normal", 5), ("straightened", 4), ("reversed", 1)):
+        for p in range(patients):
+            sha = hashlib.sha256(f"{name}{p}".encode()).hexdigest()
+            image_id = store.add_image(f"images/{name}{p}.png", sha256=sha, width=8, height=8,
+                                       patient_id=f"{name}-{p}", source="t", dataset="skew")
+            store.save_label(image_id, annotator="t", curvature_class=name)
+    with pytest.raises(DatasetError, match=r"but reversed has 1 \(patients per class: normal 5, straightened 4, "
+                                           r"reversed 1\)"):
+        datasets.make_splits("skew", (0.8, 0.2, 0.0), store=store)
+    with pytest.raises(DatasetError, match="k-fold .* at least 2 patients, but reversed has 1"):
+        datasets.kfold_splits("skew", 3, store=store)
+
+
+@pytest.mark.parametrize("per_class, folds", [(2, 2), (4, 4), (6, 5), (9, 5)])
+def test_kfold_on_small_sets_uses_fewer_folds_with_every_class_in_each(workspace, store, per_class, folds):
+    _balanced_store(store, patients_per_class=per_class)
+    items = {i.image_id: i for i in store.current_labels("bal")}
+
+    result = datasets.kfold_splits("bal", k=5, seed=1, store=store)
+
+    assert len(result) == folds
+    pool = sorted(i for i, item in items.items() if item.curvature_class)
+    assert sorted(v for fold in result for v in fold.val) == pool
+    for fold in result:
+        assert not {items[i].patient_id for i in fold.train} & {items[i].patient_id for i in fold.val}
+        for part in (fold.train, fold.val):
+            assert {items[i].curvature_class for i in part} == {"normal", "straightened", "reversed"}
 
 
 # ---------------------------------------------------------------- exports
@@ -568,6 +672,93 @@ def test_csv_folder_and_coco_exports_read_back(workspace, tmp_path, store, label
             np.testing.assert_allclose(again.landmarks, item.landmarks)
 
 
+def test_max_side_shrinks_exported_images_and_keeps_the_labels(workspace, tmp_path, store, labeled_dataset):
+    full, small = tmp_path / "full", tmp_path / "small"
+    datasets.export_yolo("ex", full, task="landmarks", store=store)
+    report = datasets.export_yolo("ex", small, task="landmarks", store=store, max_side=64)
+
+    assert report.written == 3 and yaml.safe_load((small / "data.yaml").read_text())["max_side"] == 64
+    labels = sorted((full / "labels").rglob("*.txt"))
+    assert len(labels) == 3
+    for label in labels:
+        relative = label.relative_to(full / "labels")
+        assert (small / "labels" / relative).read_text() == label.read_text()  # normalised: unchanged
+        with Image.open((full / "images" / relative).with_suffix(".png")) as png:
+            big = np.asarray(png, dtype=float)
+        with Image.open((small / "images" / relative).with_suffix(".png")) as png:
+            shrunk = np.asarray(png, dtype=float)
+        assert big.shape == (128, 96) and shrunk.shape == (64, 48)
+        # 96 x 128 -> 48 x 64: each pixel is the mean of a 2 x 2 block (area averaging)
+        assert np.abs(shrunk - big.reshape(64, 2, 48, 2).mean(axis=(1, 3))).max() <= 1.0
+
+    datasets.export_yolo("ex", tmp_path / "never_enlarged", store=store, max_side=500)
+    for png_path in (tmp_path / "never_enlarged" / "images").rglob("*.png"):
+        with Image.open(png_path) as png:
+            assert png.size == (96, 128)
+    with pytest.raises(DatasetError, match="positive number of pixels"):
+        datasets.export_yolo("ex", tmp_path / "zero", store=store, max_side=0)
+
+
+def test_landmark_export_cropped_to_the_roi_with_its_margin(workspace, tmp_path, store, labeled_dataset):
+    # A box that does not hold its landmarks cannot give a crop with every landmark: skipped, with why.
+    store.save_label(labeled_dataset[3], annotator="t", roi_box=[40.0, 60.0, 70.0, 90.0],
+                     landmarks=column_landmarks(0.0, origin=(20.0, 10.0)))
+    out = tmp_path / "crop"
+
+    report = datasets.export_yolo("ex", out, task="landmarks", crop="roi", store=store)
+
+    assert report.written == 3
+    assert [reason for _, reason in report.skipped if "ROI crop" in reason] == [
+        # crop window 37..73 x 57..93: only the right corners at x = 50 from y = 57 to 92 (6 of 23) fall inside
+        "17 landmarks lie outside the ROI crop (box + 10% margin): check the box"]
+    config = yaml.safe_load((out / "data.yaml").read_text())
+    assert config["crop"] == "roi" and config["roi_margin"] == 0.1 == datasets.LANDMARK_CROP_MARGIN
+    assert config["kpt_shape"] == [23, 3]
+    reaches_past_the_image = 0
+    for item in store.current_labels("ex"):
+        if item.landmarks is None or item.image_id == labeled_dataset[3]:
+            continue
+        x1, y1, x2, y2 = item.roi_box
+        left, top = int(np.floor(x1 - 0.1 * (x2 - x1))), int(np.floor(y1 - 0.1 * (y2 - y1)))
+        right, bottom = int(np.ceil(x2 + 0.1 * (x2 - x1))), int(np.ceil(y2 + 0.1 * (y2 - y1)))
+        width, height = right - left, bottom - top
+        stem = f"{item.image_id:06d}"
+        split = item.split or "train"
+        with Image.open(out / "images" / split / f"{stem}.png") as png:
+            crop = np.asarray(png)
+        with Image.open(workspace / item.path) as png:
+            original = np.asarray(png)
+        expected = np.zeros((height, width), dtype=np.uint8)  # outside the image: black
+        inner = original[max(top, 0):bottom, max(left, 0):right]
+        expected[max(top, 0) - top:max(top, 0) - top + inner.shape[0],
+                 max(left, 0) - left:max(left, 0) - left + inner.shape[1]] = inner
+        np.testing.assert_array_equal(crop, expected)
+        reaches_past_the_image += left < 0 or top < 0 or right > 96 or bottom > 128
+
+        values = np.array((out / "labels" / split / f"{stem}.txt").read_text().split(), dtype=float)
+        cx, cy, w, h = values[1:5]
+        np.testing.assert_allclose([cx * width + left, cy * height + top, w * width, h * height],
+                                   [(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], atol=1e-4)
+        points = values[5:].reshape(23, 3)
+        visible = points[:, 2] == 2
+        assert visible.tolist() == np.isfinite(item.landmarks).all(axis=1).tolist()
+        np.testing.assert_allclose(points[visible, :2] * [width, height] + [left, top], item.landmarks[visible],
+                                   atol=1e-4)
+        assert datasets.landmark_crop_window(item.roi_box) == (left, top, right, bottom)
+    assert reaches_past_the_image  # the zero padding is exercised, not only plain slicing
+
+    # The CLI gives the same labels, with images shrunk to fit 32 px.
+    assert cli_main(["export", "yolo", "--dataset", "ex", "--out", str(tmp_path / "cli"), "--task", "landmarks",
+                     "--crop", "roi", "--max-side", "32"]) == 0
+    for label in (out / "labels").rglob("*.txt"):
+        relative = label.relative_to(out / "labels")
+        assert (tmp_path / "cli" / "labels" / relative).read_text() == label.read_text()
+        with Image.open((tmp_path / "cli" / "images" / relative).with_suffix(".png")) as png:
+            assert max(png.size) == 32
+    with pytest.raises(DatasetError, match="crop='roi' is for task='landmarks'"):
+        datasets.export_yolo("ex", tmp_path / "detect", crop="roi", store=store)
+
+
 # ---------------------------------------------------------------- CLI
 
 
@@ -596,6 +787,81 @@ def test_cli_import_split_export(workspace, tmp_path, capsys):
     assert "no images with a box" in capsys.readouterr().out
     assert cli_main(["import", "folder", str(tmp_path / "missing")]) == 2
     assert "is not a folder" in capsys.readouterr().out
+
+
+def _zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def _cli(workspace: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CERVICURVE_HOME": str(workspace)}
+    env.pop("CERVICURVE_DB", None)
+    return subprocess.run([sys.executable, "-m", "core", *map(str, args)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_cli_imports_a_zip_and_removes_its_extraction(workspace, tmp_path):
+    images = {}
+    rows = ["path,label,patient_id"]
+    for p in range(3):
+        write_png(tmp_path / f"P{p}.png", p)
+        images[f"study/images/P{p}.png"] = (tmp_path / f"P{p}.png").read_bytes()
+        rows.append(f"images/P{p}.png,{('normal', 'straight', 'kyphotic')[p]},P{p}")
+    rows.append("images/none.png,normal,X")
+    archive = _zip(tmp_path / "ward7.zip", {"study/manifest.csv": "\n".join(rows).encode(), **images})
+
+    done = _cli(workspace, "import", "csv", archive)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "dataset 'ward7' from ward7.zip/study: 3 imported" in done.stdout
+    assert "file not found: ward7.zip/study/images/none.png" in done.stdout
+    assert "uploads" not in done.stdout  # the temporary folder is never named: it is gone
+    assert list((workspace / "uploads").iterdir()) == []
+    with AnnotationStore() as opened:
+        items = opened.current_labels("ward7")
+    assert sorted(i.source for i in items) == [f"ward7.zip/study/images/P{p}.png" for p in range(3)]
+    assert sorted(i.curvature_class for i in items) == ["normal", "reversed", "straightened"]
+    assert all((workspace / i.path).read_bytes() == images[i.source.removeprefix("ward7.zip/")] for i in items)
+
+    # An archive that tries to write outside its folder is refused whole: exit 2, the reason, nothing left.
+    evil = _zip(tmp_path / "evil.zip", {"ok/a.png": images["study/images/P0.png"], "../escaped.png": b"x"})
+    refused = _cli(workspace, "import", "folder", evil)
+    assert refused.returncode == 2 and "error: evil.zip refused:" in refused.stdout and "'..'" in refused.stdout
+    assert "Traceback" not in refused.stderr
+    assert list((workspace / "uploads").iterdir()) == [] and not (workspace / "escaped.png").exists()
+
+
+def test_zip_import_cleans_up_when_the_import_fails(workspace, tmp_path, capsys):
+    no_manifest = _zip(tmp_path / "pics.zip", {"a.png": b"\x89PNG"})
+    assert cli_main(["import", "csv", str(no_manifest)]) == 2
+    assert "holds no CSV manifest" in capsys.readouterr().out
+    bad_columns = _zip(tmp_path / "bad.zip", {"manifest.csv": b"file,class\na.png,normal\n"})
+    assert cli_main(["import", "csv", str(bad_columns)]) == 2
+    assert "missing: path, label" in capsys.readouterr().out
+    assert cli_main(["import", "folder", str(tmp_path / "absent.zip")]) == 2
+    assert "absent.zip not found" in capsys.readouterr().out
+    assert list((workspace / "uploads").iterdir()) == []
+
+
+def test_archive_import_from_upload_bytes_reports_progress(workspace, tmp_path, store):
+    upload = io.BytesIO()
+    with zipfile.ZipFile(upload, "w") as archive:
+        for n, cls in enumerate(("normal", "straight")):
+            write_png(tmp_path / f"{n}.png", n)
+            archive.write(tmp_path / f"{n}.png", f"{cls}/{n}.png")
+    calls = []
+
+    report = datasets.import_archive("folder", upload.getvalue(), name="ward 7.zip", store=store,
+                                     progress=lambda *call: calls.append(call))
+
+    assert report.dataset == "ward 7" and report.imported == 2 and report.source == "ward 7.zip"
+    assert calls == [(1, 2, "normal/0.png"), (2, 2, "straight/1.png"), (2, 2, "")]
+    assert sorted(i.source for i in store.current_labels("ward 7")) == ["ward 7.zip/normal/0.png",
+                                                                         "ward 7.zip/straight/1.png"]
+    assert list((workspace / "uploads").iterdir()) == []
 
 
 # ---------------------------------------------------------------- the phantom layout (core.phantom's contract)
