@@ -73,16 +73,15 @@ def resolve_layer(model: torch.nn.Module, model_name: str | None = None,
     if layer is None:
         from models.registry import MODELS
 
-        name = model_name or getattr(model, "registry_name", None)
-        if name is None:
+        if model_name is None:
             raise ExplainUnavailable("cannot tell which registry model this is: pass model_name or layer")
-        spec = MODELS.get(name)
+        spec = MODELS.get(model_name)
         if spec is None:
-            raise ExplainUnavailable(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+            raise ExplainUnavailable(f"unknown model {model_name!r}; known: {', '.join(MODELS)}")
         if spec.cam_layer is None:
             without = ", ".join(n for n, s in MODELS.items() if s.cam_layer is None)
             raise ExplainUnavailable(
-                f"model {name!r} has no convolutional feature map to explain "
+                f"model {model_name!r} has no convolutional feature map to explain "
                 f"(models without a Grad-CAM layer: {without})"
             )
         layer = spec.cam_layer
