@@ -36,7 +36,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from core import settings
+from core import settings, train  # noqa: F401  (first: core.train sets OpenMP's wait policy before torch loads)
 
 STUDY_MODELS = ("s_resnet34", "resnet34", "resnet152", "densenet121", "cnn", "rnn", "svm")
 ABLATION = (("s_resnet34", {"variant": "matrix"}), ("s_resnet34", {"variant": "channel"}),

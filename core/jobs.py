@@ -177,6 +177,8 @@ def _child_env() -> dict[str, str]:
     # Explicit: ultralytics sets OMP_NUM_THREADS=1 in the parent when it is unset, and children inherit it.
     env["OMP_NUM_THREADS"] = threads
     env["MKL_NUM_THREADS"] = threads
+    # idle OpenMP threads sleep rather than spin: spinning threads of runs sharing a CPU starve each other
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     env["CERVICURVE_HOME"] = str(settings.home())
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
