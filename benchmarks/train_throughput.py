@@ -22,11 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from core import settings, train  # noqa: E402  (first: it sets OpenMP's wait policy before torch loads)
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, TensorDataset  # noqa: E402
-
-from core import settings, train  # noqa: E402
 from models.registry import build_model  # noqa: E402
 
 

@@ -41,20 +41,16 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-# Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. On a busy CPU (another run, the
-# app, a DDP sibling) spinning threads starve each other: a ResNet-34 step at 96 px took 16 s with the default
-# policy and 1.9 s with PASSIVE on the shared 2-core machine. A user's own setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as nnf  # noqa: E402
-import yaml  # noqa: E402
-from torch.utils.data import DataLoader, Dataset, Sampler  # noqa: E402
-from torchvision.transforms import InterpolationMode, v2  # noqa: E402
-from torchvision.transforms.v2 import functional as tvf  # noqa: E402
+import torch
+import torch.nn as nn
+import torch.nn.functional as nnf
+import yaml
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.transforms import InterpolationMode, v2
+from torchvision.transforms.v2 import functional as tvf
 
-from core import jobs, settings  # noqa: E402
+from core import jobs, settings
 
 log = logging.getLogger("cervicurve.train")
 
