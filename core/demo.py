@@ -63,25 +63,21 @@ class DemoProfile:
     classifier_batch: int = 16
 
 
-# YOLO epochs stay at 10 on purpose: Ultralytics turns mosaic augmentation off for the last 10 epochs
-# (close_mosaic), and from scratch on these small synthetic sets the detector and above all the pose model
-# learn several times faster without it (measured: pose mAP stayed 0 after 600 mosaic steps, and started
-# rising after ~1000 mosaic-free ones). More images, not more epochs, buy the optimizer steps they need.
+# YOLO epochs stay at 10 or fewer on purpose: Ultralytics turns mosaic augmentation off for the last 10
+# epochs (close_mosaic), and from scratch on these small synthetic sets the detector and above all the pose
+# model learn several times faster without it (measured: pose mAP stayed 0 after 600 mosaic steps, and
+# started rising after ~1000 mosaic-free ones). More images, not more epochs, buy the optimizer steps.
 PROFILES = {
-    "full": DemoProfile("full", patients=300, images_per_patient=2, image_size=512, detector_epochs=10,
-                        detector_imgsz=160, landmark_epochs=10, landmark_imgsz=192, classifier_epochs=15,
+    "full": DemoProfile("full", patients=300, images_per_patient=3, image_size=512, detector_epochs=7,
+                        detector_imgsz=160, landmark_epochs=10, landmark_imgsz=192, classifier_epochs=10,
                         classifier_input=128, batch=4, holdout=60),
-    "quick": DemoProfile("quick", patients=150, images_per_patient=1, image_size=384, detector_epochs=10,
-                         detector_imgsz=128, landmark_epochs=10, landmark_imgsz=160, classifier_epochs=10,
+    "quick": DemoProfile("quick", patients=240, images_per_patient=1, image_size=384, detector_epochs=10,
+                         detector_imgsz=128, landmark_epochs=10, landmark_imgsz=128, classifier_epochs=15,
                          classifier_input=96, batch=4, holdout=24),
     "tiny": DemoProfile("tiny", patients=12, images_per_patient=1, image_size=128, detector_epochs=1,
                         detector_imgsz=64, landmark_epochs=1, landmark_imgsz=64, classifier_epochs=1,
                         classifier_input=64, batch=8, holdout=3, fractions=(0.5, 0.25, 0.25), classifier_batch=8),
 }
-
-
-class DemoError(RuntimeError):
-    """A demo step that failed; the message names the step."""
 
 
 class DemoCancelled(KeyboardInterrupt):
@@ -190,13 +186,13 @@ def build_demo(quick: bool = False, progress: Progress | None = None, *, tiny: b
 
     ``progress(step, steps, stage, message)`` is called on every change; ``echo`` prints the progress lines.
     """
-    profile = PROFILES["tiny" if tiny else "quick" if quick else "full"]
-    reporter = _Reporter(profile.quality, progress, echo)
     import torch
 
-    torch.set_num_threads(settings.cpu_threads())
     from core.train import RunCancelled
 
+    profile = PROFILES["tiny" if tiny else "quick" if quick else "full"]
+    reporter = _Reporter(profile.quality, progress, echo)
+    torch.set_num_threads(settings.cpu_threads())
     try:
         with _cancel_on_sigterm():
             report = _build(profile, reporter, seed)
@@ -271,6 +267,7 @@ def _train_yolo(step: int, task: str, profile: DemoProfile, reporter: _Reporter,
     import yaml
 
     from core import detect
+    from core.datasets import export_yolo
 
     epochs = profile.detector_epochs if task == "detect" else profile.landmark_epochs
     imgsz = profile.detector_imgsz if task == "detect" else profile.landmark_imgsz
@@ -279,8 +276,6 @@ def _train_yolo(step: int, task: str, profile: DemoProfile, reporter: _Reporter,
               else detect.DEFAULT_LANDMARK_MODEL, "epochs": epochs, "imgsz": imgsz, "batch": profile.batch,
               "device": "auto", "seed": seed, "patience": epochs}
     run_dir = jobs.new_run_dir(config["model"].removesuffix(".yaml"), task)
-    from core.datasets import export_yolo
-
     exported = export_yolo(DATASET, run_dir / "dataset", task=task)
     config["data"] = str(Path(exported.out) / "data.yaml")
     # the config a `python -m core train` run would have, so the Runs page and promote() read it the same way
@@ -369,13 +364,12 @@ def configure_demo(parser: argparse.ArgumentParser) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from core.datasets import DatasetError
-    from core.phantom import PhantomError
-    from core.train import ConfigError, RunCancelled
+    from core.train import RunCancelled
 
     try:
         report = build_demo(quick=args.quick, tiny=args.tiny, seed=args.seed, echo=True)
-    except (DemoError, PhantomError, DatasetError, ConfigError, jobs.JobError, ValueError, FileNotFoundError) as error:
+    # PhantomError, DatasetError, ConfigError and JobError are all ValueErrors with a readable message
+    except (ValueError, FileNotFoundError) as error:
         print(f"error: demo failed: {error}", file=sys.stderr)
         return 2
     except (DemoCancelled, RunCancelled, KeyboardInterrupt) as error:
