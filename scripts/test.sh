@@ -10,5 +10,5 @@ if [ ! -x /usr/bin/chromium ]; then
   fi
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/pip install -q -r requirements-dev.txt
+.venv/bin/pip install -q -r requirements-dev.txt 2>&1 | { grep -v "^WARNING: Location 'file://" || true; }
 exec .venv/bin/python -m pytest "$@"
