@@ -7,7 +7,7 @@ failed | cancelled, written atomically for the app to poll):
 1. write a synthetic phantom set in the CSXA layout (``core.phantom.write_phantoms``)
 2. import it as dataset ``phantom-demo`` (``core.datasets.import_csxa``) and make patient-level splits
 3. train the ROI detector (``core.detect.train_from_config``, a run folder under ``runs/``)
-4. train the landmark (pose) model (same)
+4. train the landmark (pose) model on ROI crops (same; ``export_yolo(crop="roi")``)
 5. train the S-ResNet-34 classifier (``core.train.train``, a run folder under ``runs/``)
 6. promote the three runs (``core.jobs.promote``); each ``promoted.json`` gets ``demo_quality``
 7. check the promoted models on held-out phantoms (new patients): box IoU >= 0.5 rate, Cobb MAE,
@@ -267,7 +267,7 @@ def _train_yolo(step: int, task: str, profile: DemoProfile, reporter: _Reporter,
     import yaml
 
     from core import detect
-    from core.datasets import export_yolo
+    from core.datasets import LANDMARK_CROP_MARGIN, export_yolo
 
     epochs = profile.detector_epochs if task == "detect" else profile.landmark_epochs
     imgsz = profile.detector_imgsz if task == "detect" else profile.landmark_imgsz
@@ -275,8 +275,13 @@ def _train_yolo(step: int, task: str, profile: DemoProfile, reporter: _Reporter,
     config = {"task": task, "dataset": DATASET, "model": detect.DEFAULT_DETECT_MODEL if task == "detect"
               else detect.DEFAULT_LANDMARK_MODEL, "epochs": epochs, "imgsz": imgsz, "batch": profile.batch,
               "device": "auto", "seed": seed, "patience": epochs}
+    if task == "landmarks":
+        # points on the detector's crop: a larger spine per input pixel than on the whole film. The keys
+        # reach the checkpoint's meta["config"], which tells the pipeline to crop the same way.
+        config.update(crop="roi", roi_margin=LANDMARK_CROP_MARGIN)
     run_dir = jobs.new_run_dir(config["model"].removesuffix(".yaml"), task)
-    exported = export_yolo(DATASET, run_dir / "dataset", task=task)
+    exported = export_yolo(DATASET, run_dir / "dataset", task=task, crop=config.get("crop"),
+                           roi_margin=LANDMARK_CROP_MARGIN)
     config["data"] = str(Path(exported.out) / "data.yaml")
     # the config a `python -m core train` run would have, so the Runs page and promote() read it the same way
     (run_dir / jobs.CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")

@@ -1,14 +1,15 @@
 """One ``predict()`` for the Predict page and ``python -m core predict``.
 
-Stages: read -> detect (ROI box) -> landmarks (23 points, on the whole image) -> crop -> classify
+Stages: read -> detect (ROI box) -> landmarks (23 points, on the whole image or, for a model trained on
+ROI crops, on the same window around the detector's box) -> crop -> classify
 (temperature-calibrated softmax) -> Grad-CAM. The crop is ``core.train.classifier_crop`` with the
 checkpoint's ``input_size`` and ``roi_margin`` and ``core.train.normalise`` with its normalisation, so
 inference sees exactly what training saw.
 
 Models default to the promoted ones (``core.jobs.promoted_model``). Without a classifier nothing can be
-predicted (:class:`ModelMissing`); without a detector the ROI comes from the predicted landmarks, and
-without those too the whole image is classified and the result is flagged low-confidence; without a
-landmark model there are no measurements. Loaded models are cached per process, keyed by path and
+predicted (:class:`ModelMissing`). Without a detector box the ROI comes from the landmarks of a
+whole-image landmark model, and failing that the whole image is classified and the result is flagged
+low-confidence. Without a landmark model (or, for an ROI-crop one, without a box) there are no measurements. Loaded models are cached per process, keyed by path and
 modification time, so a re-promoted model is picked up and page sessions share one copy.
 """
 from __future__ import annotations
@@ -187,6 +188,7 @@ class Predictor:
         self.landmark_model = load_yolo_cached("landmarks", self.landmarks_path) if self.landmarks_path else None
         self.classes = tuple(self.meta["classes"])
         self.quality = self._quality()
+        self.landmark_crop_margin = _roi_crop_margin(self.landmark_model.meta) if self.landmark_model else None
 
     @staticmethod
     def _optional(task: str, value) -> Path | None:
@@ -241,12 +243,21 @@ class Predictor:
         lap("detect")
 
         landmarks = measurements = None
-        if self.landmark_model is not None:
-            found = self.landmark_model.predict(pixels, self.detection_threshold)
+        crop_margin = self.landmark_crop_margin
+        if self.landmark_model is not None and crop_margin is not None and box_source != "detector":
+            notes.append("the landmark model reads the detector's crop and there is no box: no measurements")
+        elif self.landmark_model is not None:
+            image, offset = pixels, np.zeros(2)
+            if crop_margin is not None:  # the same window the ROI-crop training export cut
+                from core.datasets import crop_window, landmark_crop_window
+
+                window = landmark_crop_window(box, crop_margin)
+                image, offset = crop_window(pixels, window), np.array(window[:2], dtype=np.float64)
+            found = self.landmark_model.predict(image, self.detection_threshold)
             if found is None:
                 notes.append("the landmark model found no vertebrae: no measurements")
             else:
-                landmarks = np.asarray(found[0], dtype=np.float64)
+                landmarks = np.asarray(found[0], dtype=np.float64) + offset
                 try:
                     measurements = measure_landmarks(landmarks, pixel_spacing_mm=radiograph.pixel_spacing_mm)
                 except LandmarkError as error:
@@ -315,6 +326,17 @@ class Predictor:
             except Exception as error:  # one odd file must not end a batch; the type helps a bug report
                 result = PredictFailure(name, f"{name}: prediction failed ({type(error).__name__}: {error})")
             yield result
+
+
+def _roi_crop_margin(meta: dict) -> float | None:
+    """The margin of ``core.datasets.landmark_crop_window`` when the landmark model was trained on ROI crops
+    (``export_yolo(..., crop="roi")``, recorded as ``crop``/``roi_margin`` in the run config), else None."""
+    config = meta.get("config") or {}
+    if (meta.get("crop") or config.get("crop")) != "roi":
+        return None
+    from core.datasets import LANDMARK_CROP_MARGIN
+
+    return float(meta.get("roi_margin") or config.get("roi_margin") or LANDMARK_CROP_MARGIN)
 
 
 def _clip_box(box, width: int, height: int) -> list[float]:

@@ -68,6 +68,7 @@ def run_cli(args, home, timeout=300):
 
 
 def test_each_class_gives_a_full_prediction(home, phantom_files):
+    from core.datasets import landmark_crop_window
     from core.pipeline import STAGES, Predictor
     from core.train import crop_box
 
@@ -91,6 +92,11 @@ def test_each_class_gives_a_full_prediction(home, phantom_files):
         outside[max(0, int(cy1)):int(np.ceil(cy2)), max(0, int(cx1)):int(np.ceil(cx2))] = 0
         assert outside.max() == 0.0
         assert result.landmarks.shape == (23, 2) and np.isfinite(result.landmarks).all()
+        # the demo's landmark model reads the detector's crop: its points come back in image pixels, inside it
+        assert predictor.landmark_crop_margin is not None
+        left, top, right, bottom = landmark_crop_window(result.roi_box, predictor.landmark_crop_margin)
+        assert (result.landmarks[:, 0] >= left).all() and (result.landmarks[:, 0] <= right).all()
+        assert (result.landmarks[:, 1] >= top).all() and (result.landmarks[:, 1] <= bottom).all()
         assert result.measurements is not None and result.measurements.rule_class in CLASSES
         assert result.agreement == (result.measurements.rule_class == result.curvature_class)
         assert set(result.timings) == set(STAGES) and all(v >= 0 for v in result.timings.values())
@@ -115,6 +121,14 @@ def test_without_detector_and_landmarks_the_whole_image_is_classified_and_flagge
     assert result.cam.shape == (height, width) and result.cam_method == "eigencam"
     assert any("whole image" in note for note in result.notes)
     assert result.to_json()["measurements"] is None
+
+
+def test_a_crop_landmark_model_without_a_box_gives_no_measurements(home, phantom_files):
+    from core.pipeline import Predictor
+
+    result = Predictor(detector=False, detection_threshold=0.0).predict(phantom_files["reversed"][0], cam_method=None)
+    assert result.box_source == "whole image" and result.measurements is None and result.landmarks is None
+    assert any("detector's crop" in note for note in result.notes)
 
 
 def test_uploads_in_a_batch_with_a_broken_one(home, phantom_files):
