@@ -145,7 +145,8 @@ class _Reporter:
 
 
 class _RunWatcher:
-    """Reports a run folder's status.json (epoch, ETA, metric) while the training call blocks this thread."""
+    """Reports a run folder's status.json (epoch, ETA, metric) while a training call without a progress
+    callback (``core.train.train``) blocks this thread."""
 
     def __init__(self, run_dir: Path, reporter: _Reporter, every_s: float = 1.0):
         self.run_dir, self.reporter, self.every_s = run_dir, reporter, every_s
@@ -285,9 +286,17 @@ def _train_yolo(step: int, task: str, profile: DemoProfile, reporter: _Reporter,
     config["data"] = str(Path(exported.out) / "data.yaml")
     # the config a `python -m core train` run would have, so the Runs page and promote() read it the same way
     (run_dir / jobs.CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    with _RunWatcher(run_dir, reporter):
-        result = detect.train_from_config(config, run_dir)
-    metric = result.get("pose_mAP50_95" if task == "landmarks" else "mAP50_95")
+    metric_key = "pose_mAP50_95" if task == "landmarks" else "mAP50_95"
+    started = time.time()
+
+    def epoch_done(epoch: int, epochs: int, row: dict) -> None:
+        left = (time.time() - started) / epoch * (epochs - epoch)
+        value = row.get(metric_key)
+        reporter.say(f"epoch {epoch}/{epochs}" + (f", val {metric_key} {float(value):.3f}" if value is not None else "")
+                     + (f", about {left:.0f} s left" if epoch < epochs else ""))
+
+    result = detect.train_from_config(config, run_dir, progress_callback=epoch_done)
+    metric = result.get(metric_key)
     reporter.say(f"done: {result.get('split')} mAP50-95 {_fmt(metric)}")
     return run_dir
 

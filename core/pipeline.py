@@ -33,6 +33,10 @@ from core.measure import LandmarkError, Measurements, measure_landmarks, roi_box
 
 LOW_CONFIDENCE = 0.6  # top calibrated probability under this is flagged
 DETECTION_THRESHOLD = 0.25  # detector / landmark model confidence below which nothing is found
+# A C2-C7 angle beyond this means the points are wrong, not the spine: adult lordosis rarely passes 60 deg
+# and kyphosis 40 deg. Keypoint confidences do not catch it (an undertrained pose model reports ~0.9 for
+# points 180 deg off), so the angle itself is the check.
+PLAUSIBLE_COBB_DEG = 80.0
 STAGES = ("read", "detect", "landmarks", "crop", "classify", "cam")
 BOX_SOURCES = ("detector", "landmarks", "whole image")
 
@@ -262,6 +266,10 @@ class Predictor:
                     measurements = measure_landmarks(landmarks, pixel_spacing_mm=radiograph.pixel_spacing_mm)
                 except LandmarkError as error:
                     notes.append(f"no measurements: {error}")
+                problem = implausible(measurements)
+                if problem:
+                    notes.append(f"no measurements: {problem}")
+                    measurements = None
                 if box is None:
                     try:
                         box, box_source = roi_box_from_landmarks(landmarks, (width, height)), "landmarks"
@@ -326,6 +334,14 @@ class Predictor:
             except Exception as error:  # one odd file must not end a batch; the type helps a bug report
                 result = PredictFailure(name, f"{name}: prediction failed ({type(error).__name__}: {error})")
             yield result
+
+
+def implausible(measurements: Measurements | None) -> str | None:
+    """Why measurements from predicted landmarks cannot be right, or None when they may be."""
+    if measurements is not None and abs(measurements.cobb_c2c7) > PLAUSIBLE_COBB_DEG:
+        return (f"the landmarks give an implausible C2-C7 angle ({measurements.cobb_c2c7:.0f} deg, beyond "
+                f"+/-{PLAUSIBLE_COBB_DEG:.0f}), so the points are wrong")
+    return None
 
 
 def _roi_crop_margin(meta: dict) -> float | None:

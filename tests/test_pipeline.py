@@ -97,8 +97,13 @@ def test_each_class_gives_a_full_prediction(home, phantom_files):
         left, top, right, bottom = landmark_crop_window(result.roi_box, predictor.landmark_crop_margin)
         assert (result.landmarks[:, 0] >= left).all() and (result.landmarks[:, 0] <= right).all()
         assert (result.landmarks[:, 1] >= top).all() and (result.landmarks[:, 1] <= bottom).all()
-        assert result.measurements is not None and result.measurements.rule_class in CLASSES
-        assert result.agreement == (result.measurements.rule_class == result.curvature_class)
+        # the tiny pose model's points are near random: an impossible angle must be withheld, not shown
+        if result.measurements is None:
+            assert any("implausible C2-C7 angle" in note for note in result.notes), result.notes
+            assert result.agreement is None
+        else:
+            assert abs(result.measurements.cobb_c2c7) <= 80 and result.measurements.rule_class in CLASSES
+            assert result.agreement == (result.measurements.rule_class == result.curvature_class)
         assert set(result.timings) == set(STAGES) and all(v >= 0 for v in result.timings.values())
         assert result.radiograph.pixels.shape == (height, width)
 
@@ -106,7 +111,8 @@ def test_each_class_gives_a_full_prediction(home, phantom_files):
         assert set(record) == DESIGN_KEYS
         assert record["class"] == result.curvature_class and record["file"] == str(path)
         assert len(record["box"]) == 4 and record["cam"] is None
-        assert {"cobb_c2c7", "cci", "rule_class"} <= set(record["measurements"])
+        if result.measurements is not None:
+            assert {"cobb_c2c7", "cci", "rule_class", "agrees_with_class"} <= set(record["measurements"])
 
 
 def test_without_detector_and_landmarks_the_whole_image_is_classified_and_flagged(home, phantom_files):
@@ -121,6 +127,22 @@ def test_without_detector_and_landmarks_the_whole_image_is_classified_and_flagge
     assert result.cam.shape == (height, width) and result.cam_method == "eigencam"
     assert any("whole image" in note for note in result.notes)
     assert result.to_json()["measurements"] is None
+
+
+def test_impossible_angles_from_predicted_points_are_withheld(phantom_files):
+    from core.measure import measure_landmarks
+    from core.pipeline import implausible
+
+    _, case = phantom_files["normal"]
+    assert implausible(measure_landmarks(case.landmarks, facing=case.facing)) is None
+    # C7's lower endplate turned by 100 degrees about its middle: no spine bends like that
+    broken = case.landmarks.copy()
+    corners = broken[21:23]
+    middle = corners.mean(axis=0)
+    turn = np.radians(-100)
+    rotation = np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])
+    broken[21:23] = (corners - middle) @ rotation.T + middle
+    assert "implausible C2-C7 angle" in implausible(measure_landmarks(broken, facing=case.facing))
 
 
 def test_a_crop_landmark_model_without_a_box_gives_no_measurements(home, phantom_files):
@@ -204,9 +226,8 @@ def test_dicom_16_bit_monochrome1_matches_the_png(home, tmp_path):
         assert other.probabilities == pytest.approx(png8.probabilities, abs=0.02)
         assert other.box_source == png8.box_source == "detector"
         assert np.allclose(other.roi_box, png8.roi_box, atol=3.0), (other.roi_box, png8.roi_box)
-        assert other.measurements.cobb_c2c7 == pytest.approx(png8.measurements.cobb_c2c7, abs=2.0)
-    # the DICOM states its pixel spacing, so its arc depth also comes in mm
-    assert dicom.radiograph.pixel_spacing_mm is not None and dicom.measurements.arc_depth_mm is not None
+        assert np.allclose(other.landmarks, png8.landmarks, atol=3.0)
+    assert dicom.radiograph.pixel_spacing_mm is not None  # the DICOM states it: arc depth in mm when measured
 
 
 def test_cli_batch_reports_the_corrupt_file_and_predicts_the_rest(home, phantom_files, tmp_path):
