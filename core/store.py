@@ -114,20 +114,9 @@ class LabelRevision:
 
 
 @dataclass(frozen=True)
-class LabeledImage:
+class LabeledImage(ImageRecord):
     """An image with its current label; the label fields are None when it was never labeled."""
 
-    image_id: int
-    sha256: str
-    path: str
-    width: int
-    height: int
-    patient_id: str
-    source: str
-    dataset: str
-    split: str | None
-    created_at: datetime
-    meta: dict
     curvature_class: str | None = None
     roi_box: list[float] | None = None
     landmarks: np.ndarray | None = None
