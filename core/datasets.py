@@ -36,6 +36,7 @@ import numpy as np
 
 from core import settings
 from core.imaging import ImageReadError, read_image, to_uint8
+from core.measure import landmark_flip_index
 from core.settings import CLASSES
 from core.store import SPLITS, AnnotationStore, LabeledImage, validate_box, validate_class, validate_landmarks
 
@@ -908,13 +909,6 @@ def _write_png(pixels: np.ndarray, path: Path, max_side: int | None = None) -> N
     image.save(path)
 
 
-def _landmark_flip_index() -> list[int]:
-    from core.measure import LANDMARK_NAMES
-
-    swapped = [n.replace("left", "\0").replace("right", "left").replace("\0", "right") for n in LANDMARK_NAMES]
-    return [LANDMARK_NAMES.index(n) for n in swapped]
-
-
 def yolo_line(box: Sequence[float], size: tuple[int, int], landmarks: np.ndarray | None = None) -> str:
     """One YOLO label line: ``0 cx cy w h`` normalised by the image size, then ``px py v`` per landmark."""
     width, height = size
@@ -1034,7 +1028,7 @@ def export_yolo(dataset: str, out: str | Path, task: str = "detect", *, store: A
         config["test"] = "images/test"
     if task == "landmarks":
         config["kpt_shape"] = [23, 3]
-        config["flip_idx"] = _landmark_flip_index()
+        config["flip_idx"] = landmark_flip_index()
     if max_side is not None:
         config["max_side"] = int(max_side)
     if crop == "roi":

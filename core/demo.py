@@ -7,7 +7,8 @@ failed | cancelled, written atomically for the app to poll):
 1. write a synthetic phantom set in the CSXA layout (``core.phantom.write_phantoms``)
 2. import it as dataset ``phantom-demo`` (``core.datasets.import_csxa``) and make patient-level splits
 3. train the ROI detector (``core.detect.train_from_config``, a run folder under ``runs/``)
-4. train the landmark (pose) model on ROI crops (same; ``export_yolo(crop="roi")``)
+4. train the heatmap landmark model on ROI crops (``core.landmarks.train_heatmap``, a run folder under ``runs/``;
+   YOLO-pose stays selectable in the Train page and CLI, but is far less precise at this budget: see core/landmarks)
 5. train the S-ResNet-34 classifier (``core.train.train``, a run folder under ``runs/``)
 6. promote the three runs (``core.jobs.promote``); each ``promoted.json`` gets ``demo_quality``
 7. check the promoted models on held-out phantoms (new patients): box IoU >= 0.5 rate, Cobb MAE,
@@ -53,8 +54,8 @@ class DemoProfile:
     image_size: int          # phantom height in px (real films: 1500-2500)
     detector_epochs: int
     detector_imgsz: int
-    landmark_epochs: int
-    landmark_imgsz: int
+    landmark_epochs: int     # heatmap model (core.landmarks): ~40 steps an epoch in the full profile
+    landmark_input: int
     classifier_epochs: int
     classifier_input: int
     batch: int               # YOLO batch: small, for more optimizer steps per image
@@ -63,19 +64,19 @@ class DemoProfile:
     classifier_batch: int = 16
 
 
-# YOLO epochs stay at 10 or fewer on purpose: Ultralytics turns mosaic augmentation off for the last 10
-# epochs (close_mosaic), and from scratch on these small synthetic sets the detector and above all the pose
-# model learn several times faster without it (measured: pose mAP stayed 0 after 600 mosaic steps, and
-# started rising after ~1000 mosaic-free ones). More images, not more epochs, buy the optimizer steps.
+# Detector epochs stay at 10 or fewer on purpose: Ultralytics turns mosaic augmentation off for the last 10
+# epochs (close_mosaic), and from scratch on these small synthetic sets YOLO learns several times faster without
+# it (measured: pose mAP stayed 0 after 600 mosaic steps, and started rising after ~1000 mosaic-free ones).
+# More images, not more epochs, buy the optimizer steps.
 PROFILES = {
     "full": DemoProfile("full", patients=300, images_per_patient=3, image_size=512, detector_epochs=7,
-                        detector_imgsz=160, landmark_epochs=10, landmark_imgsz=192, classifier_epochs=10,
+                        detector_imgsz=160, landmark_epochs=36, landmark_input=128, classifier_epochs=10,
                         classifier_input=128, batch=4, holdout=60),
     "quick": DemoProfile("quick", patients=240, images_per_patient=1, image_size=384, detector_epochs=10,
-                         detector_imgsz=128, landmark_epochs=10, landmark_imgsz=128, classifier_epochs=15,
+                         detector_imgsz=128, landmark_epochs=30, landmark_input=96, classifier_epochs=15,
                          classifier_input=96, batch=4, holdout=24),
     "tiny": DemoProfile("tiny", patients=12, images_per_patient=1, image_size=128, detector_epochs=1,
-                        detector_imgsz=64, landmark_epochs=1, landmark_imgsz=64, classifier_epochs=1,
+                        detector_imgsz=64, landmark_epochs=1, landmark_input=64, classifier_epochs=1,
                         classifier_input=64, batch=8, holdout=3, fractions=(0.5, 0.25, 0.25), classifier_batch=8),
 }
 
@@ -237,8 +238,8 @@ def _build(profile: DemoProfile, reporter: _Reporter, seed: int) -> dict:
     reporter.say(f"{imported.imported} new, {imported.unchanged} unchanged; splits " + ", ".join(
         f"{name} {sum(v.values())}" for name, v in counts.items()))
 
-    detect_run = _train_yolo(3, "detect", profile, reporter, seed)
-    landmark_run = _train_yolo(4, "landmarks", profile, reporter, seed)
+    detect_run = _train_detector(3, profile, reporter, seed)
+    landmark_run = _train_landmarks(4, profile, reporter, seed)
     classify_run = _train_classifier(5, profile, reporter, seed)
 
     reporter.begin(6)
@@ -264,40 +265,54 @@ def _annotate_promoted(dest: Path, extra: dict) -> None:
     jobs.atomic_write_text(path, json.dumps(record, indent=1))
 
 
-def _train_yolo(step: int, task: str, profile: DemoProfile, reporter: _Reporter, seed: int) -> Path:
+def _train_detector(step: int, profile: DemoProfile, reporter: _Reporter, seed: int) -> Path:
     import yaml
 
     from core import detect
-    from core.datasets import LANDMARK_CROP_MARGIN, export_yolo
+    from core.datasets import export_yolo
 
-    epochs = profile.detector_epochs if task == "detect" else profile.landmark_epochs
-    imgsz = profile.detector_imgsz if task == "detect" else profile.landmark_imgsz
+    epochs, imgsz = profile.detector_epochs, profile.detector_imgsz
     reporter.begin(step, f"{epochs} epochs at {imgsz} px")
-    config = {"task": task, "dataset": DATASET, "model": detect.DEFAULT_DETECT_MODEL if task == "detect"
-              else detect.DEFAULT_LANDMARK_MODEL, "epochs": epochs, "imgsz": imgsz, "batch": profile.batch,
-              "device": "auto", "seed": seed, "patience": epochs}
-    if task == "landmarks":
-        # points on the detector's crop: a larger spine per input pixel than on the whole film. The keys
-        # reach the checkpoint's meta["config"], which tells the pipeline to crop the same way.
-        config.update(crop="roi", roi_margin=LANDMARK_CROP_MARGIN)
-    run_dir = jobs.new_run_dir(config["model"].removesuffix(".yaml"), task)
-    exported = export_yolo(DATASET, run_dir / "dataset", task=task, crop=config.get("crop"),
-                           roi_margin=LANDMARK_CROP_MARGIN)
+    config = {"task": "detect", "dataset": DATASET, "model": detect.DEFAULT_DETECT_MODEL, "epochs": epochs,
+              "imgsz": imgsz, "batch": profile.batch, "device": "auto", "seed": seed, "patience": epochs}
+    run_dir = jobs.new_run_dir(config["model"].removesuffix(".yaml"), "detect")
+    exported = export_yolo(DATASET, run_dir / "dataset", task="detect")
     config["data"] = str(Path(exported.out) / "data.yaml")
     # the config a `python -m core train` run would have, so the Runs page and promote() read it the same way
     (run_dir / jobs.CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    metric_key = "pose_mAP50_95" if task == "landmarks" else "mAP50_95"
     started = time.time()
 
     def epoch_done(epoch: int, epochs: int, row: dict) -> None:
         left = (time.time() - started) / epoch * (epochs - epoch)
-        value = row.get(metric_key)
-        reporter.say(f"epoch {epoch}/{epochs}" + (f", val {metric_key} {float(value):.3f}" if value is not None else "")
+        value = row.get("mAP50_95")
+        reporter.say(f"epoch {epoch}/{epochs}" + (f", val mAP50-95 {float(value):.3f}" if value is not None else "")
                      + (f", about {left:.0f} s left" if epoch < epochs else ""))
 
     result = detect.train_from_config(config, run_dir, progress_callback=epoch_done)
-    metric = result.get(metric_key)
-    reporter.say(f"done: {result.get('split')} mAP50-95 {_fmt(metric)}")
+    reporter.say(f"done: {result.get('split')} mAP50-95 {_fmt(result.get('mAP50_95'))}")
+    return run_dir
+
+
+def _train_landmarks(step: int, profile: DemoProfile, reporter: _Reporter, seed: int) -> Path:
+    from core import landmarks
+
+    epochs, size = profile.landmark_epochs, profile.landmark_input
+    reporter.begin(step, f"heatmap model, {epochs} epochs at {size} px on ROI crops")
+    config = {"task": "landmarks", "model": landmarks.MODEL_NAME, "dataset": DATASET, "epochs": epochs,
+              "input_size": size, "seed": seed, "device": "auto"}
+    run_dir = jobs.new_run_dir(landmarks.MODEL_NAME, "landmarks")
+    started = time.time()
+
+    def epoch_done(epoch: int, epochs: int, row: dict) -> None:
+        left = (time.time() - started) / epoch * (epochs - epoch)
+        cobb = row.get("val_cobb_mae_deg")
+        reporter.say(f"epoch {epoch}/{epochs}, val error {row['val_mean_error_px']:.1f} px"
+                     + (f", Cobb MAE {cobb:.1f} deg" if cobb is not None else "")
+                     + (f", about {left:.0f} s left" if epoch < epochs else ""))
+
+    result = landmarks.train_heatmap(config, run_dir, progress_callback=epoch_done)
+    reporter.say(f"done: test error {_fmt(result.get('mean_error_px'), ' px')}, "
+                 f"Cobb MAE {_fmt(result.get('cobb_mae_deg'), ' deg')}")
     return run_dir
 
 

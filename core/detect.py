@@ -67,6 +67,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from core import settings
+from core.measure import landmark_flip_index
 
 LANDMARK_COUNT = 23
 KPT_SHAPE = [LANDMARK_COUNT, 3]
@@ -81,16 +82,6 @@ _OTHER_HEADS = ("-pose", "-seg", "-cls", "-obb", "-world", "yoloe", "rtdetr")
 _WRAPPER_STUB = {"detect": "yolov8n.yaml", "pose": "yolov8n-pose.yaml"}
 
 ProgressCallback = Callable[[int, int, dict], None]
-
-
-def landmark_flip_idx() -> list[int]:
-    """For each landmark, the index it becomes after a horizontal flip (left <-> right, image sides)."""
-    from core.measure import LANDMARK_NAMES
-
-    index = {name: i for i, name in enumerate(LANDMARK_NAMES)}
-    swap = {"left": "right", "right": "left"}
-    mirrored = [" ".join(swap.get(word, word) for word in name.split(" ")) for name in LANDMARK_NAMES]
-    return [index[name] for name in mirrored]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -305,7 +296,7 @@ def _write_dataset_yaml(data_yaml: str | Path, out: Path, yolo_task: str) -> Pat
         if kpt_shape != KPT_SHAPE:
             raise ValueError(f"{data_yaml}: kpt_shape must be {KPT_SHAPE} (the 23 CSXA landmarks), not {kpt_shape}")
         clean["kpt_shape"] = KPT_SHAPE
-        clean["flip_idx"] = landmark_flip_idx()
+        clean["flip_idx"] = landmark_flip_index()
     elif data.get("kpt_shape"):
         raise ValueError(f"{data_yaml} holds landmarks (kpt_shape); export it with task='detect' for the detector")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -609,9 +600,39 @@ class RoiDetector(_YoloPredictor):
 
 
 class LandmarkModel(_YoloPredictor):
-    """The 23 CSXA landmarks. ``predict`` returns ((23, 2) x/y in original pixels, (23,) confidences) or None."""
+    """The 23 CSXA landmarks. ``predict`` returns ((23, 2) x/y in original pixels, (23,) confidences) or None.
+
+    ``locate(pixels, box)`` is what the pipeline calls: for a model trained on ROI crops (``crop: roi`` in its
+    config) it reads the same window around the detector's box and maps the points back; ``needs_box`` says so.
+    """
 
     task = "landmarks"
+
+    def __init__(self, weights_path: str | Path):
+        super().__init__(weights_path)
+        config = self.meta.get("config") or {}
+        self.crop_margin: float | None = None
+        if (self.meta.get("crop") or config.get("crop")) == "roi":
+            from core.datasets import LANDMARK_CROP_MARGIN
+
+            self.crop_margin = float(self.meta.get("roi_margin") or config.get("roi_margin") or LANDMARK_CROP_MARGIN)
+
+    @property
+    def needs_box(self) -> bool:
+        return self.crop_margin is not None
+
+    def locate(self, pixels: np.ndarray, box, min_confidence: float = 0.25) -> tuple[np.ndarray, np.ndarray] | None:
+        if self.crop_margin is None:
+            return self.predict(pixels, min_confidence)
+        if box is None:
+            return None
+        from core.datasets import crop_window, landmark_crop_window
+
+        window = landmark_crop_window(box, self.crop_margin)  # the window the ROI-crop export cut
+        found = self.predict(crop_window(pixels, window), min_confidence)
+        if found is None:
+            return None
+        return found[0] + np.array(window[:2], dtype=np.float64), found[1]
 
     def predict(self, image: np.ndarray, min_confidence: float = 0.25) -> tuple[np.ndarray, np.ndarray] | None:
         result = self._predict(image, min_confidence)

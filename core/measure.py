@@ -35,6 +35,13 @@ LANDMARK_NAMES: tuple[str, ...] = ("C2 centroid", "C2 bottom left", "C2 bottom r
 _INDEX = {name: i for i, name in enumerate(LANDMARK_NAMES)}
 
 
+def landmark_flip_index() -> list[int]:
+    """For each landmark, the index it becomes in a mirrored image: CSXA names left/right by image side, so a
+    horizontal flip turns "C4 top left" into "C4 top right" (the C2 centroid stays itself)."""
+    swap = {"left": "right", "right": "left"}
+    return [_INDEX[" ".join(swap.get(word, word) for word in name.split(" "))] for name in LANDMARK_NAMES]
+
+
 class LandmarkError(ValueError):
     """Landmarks that cannot be measured (wrong count, missing points, unreadable file)."""
 

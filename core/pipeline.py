@@ -120,9 +120,10 @@ def _classifier_at(path: str, mtime_ns: int, size: int):
 
 @functools.lru_cache(maxsize=4)
 def _yolo_at(kind: str, path: str, mtime_ns: int, size: int):
-    from core import detect
+    from core import detect, landmarks
 
-    return detect.RoiDetector(path) if kind == "detect" else detect.LandmarkModel(path)
+    # landmarks: the heatmap model or YOLO-pose, whichever the checkpoint holds
+    return detect.RoiDetector(path) if kind == "detect" else landmarks.load_landmark_model(path)
 
 
 def load_classifier_cached(path: str | Path):
@@ -135,7 +136,8 @@ def load_classifier_cached(path: str | Path):
 
 
 def load_yolo_cached(kind: str, path: str | Path):
-    """The ROI detector (``kind="detect"``) or landmark model (``"landmarks"``), loaded once per file version."""
+    """The ROI detector (``kind="detect"``) or landmark model (``"landmarks"``: heatmap or YOLO-pose), loaded once
+    per file version."""
     path = Path(path)
     try:
         return _yolo_at(kind, *_key(path))
@@ -192,7 +194,6 @@ class Predictor:
         self.landmark_model = load_yolo_cached("landmarks", self.landmarks_path) if self.landmarks_path else None
         self.classes = tuple(self.meta["classes"])
         self.quality = self._quality()
-        self.landmark_crop_margin = _roi_crop_margin(self.landmark_model.meta) if self.landmark_model else None
 
     @staticmethod
     def _optional(task: str, value) -> Path | None:
@@ -247,21 +248,14 @@ class Predictor:
         lap("detect")
 
         landmarks = measurements = None
-        crop_margin = self.landmark_crop_margin
-        if self.landmark_model is not None and crop_margin is not None and box_source != "detector":
+        if self.landmark_model is not None and self.landmark_model.needs_box and box_source != "detector":
             notes.append("the landmark model reads the detector's crop and there is no box: no measurements")
         elif self.landmark_model is not None:
-            image, offset = pixels, np.zeros(2)
-            if crop_margin is not None:  # the same window the ROI-crop training export cut
-                from core.datasets import crop_window, landmark_crop_window
-
-                window = landmark_crop_window(box, crop_margin)
-                image, offset = crop_window(pixels, window), np.array(window[:2], dtype=np.float64)
-            found = self.landmark_model.predict(image, self.detection_threshold)
+            found = self.landmark_model.locate(pixels, box, self.detection_threshold)
             if found is None:
                 notes.append("the landmark model found no vertebrae: no measurements")
             else:
-                landmarks = np.asarray(found[0], dtype=np.float64) + offset
+                landmarks = np.asarray(found[0], dtype=np.float64)
                 try:
                     measurements = measure_landmarks(landmarks, pixel_spacing_mm=radiograph.pixel_spacing_mm)
                 except LandmarkError as error:
@@ -342,17 +336,6 @@ def implausible(measurements: Measurements | None) -> str | None:
         return (f"the landmarks give an implausible C2-C7 angle ({measurements.cobb_c2c7:.0f} deg, beyond "
                 f"+/-{PLAUSIBLE_COBB_DEG:.0f}), so the points are wrong")
     return None
-
-
-def _roi_crop_margin(meta: dict) -> float | None:
-    """The margin of ``core.datasets.landmark_crop_window`` when the landmark model was trained on ROI crops
-    (``export_yolo(..., crop="roi")``, recorded as ``crop``/``roi_margin`` in the run config), else None."""
-    config = meta.get("config") or {}
-    if (meta.get("crop") or config.get("crop")) != "roi":
-        return None
-    from core.datasets import LANDMARK_CROP_MARGIN
-
-    return float(meta.get("roi_margin") or config.get("roi_margin") or LANDMARK_CROP_MARGIN)
 
 
 def _clip_box(box, width: int, height: int) -> list[float]:

@@ -1326,14 +1326,19 @@ def run_train(args: argparse.Namespace) -> int:
             data = resolve_config(args.config, args.overrides)
             run_dir = Path(args.run_dir) if args.run_dir else None
         if data.get("task", "classify") != "classify":
-            from core import detect  # ultralytics stays out of classification runs
+            from core import landmarks
 
             run_dir = run_dir or jobs.new_run_dir(data.get("model", data["task"]), data["task"])
             if args.resume:
                 data["resume"] = True
             try:
-                detect.train_from_config(data, run_dir)
-            except ValueError as exc:  # detect's bad-input type; its status.json says failed
+                if data["task"] == "landmarks" and landmarks.is_heatmap_model(data.get("model")):
+                    landmarks.train_heatmap(data, run_dir)
+                else:
+                    from core import detect  # ultralytics stays out of the other runs
+
+                    detect.train_from_config(data, run_dir)
+            except ValueError as exc:  # detect's and landmarks' bad-input type; status.json says failed
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
             print(run_dir)

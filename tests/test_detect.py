@@ -221,7 +221,9 @@ def test_detector_trains_offline_inside_the_workspace_and_finds_boxes(tmp_path):
 def test_landmark_model_trains_on_23_points_and_predicts_them(workspace, tmp_path, monkeypatch):
     import torch
 
-    from core.detect import LandmarkModel, RoiDetector, landmark_flip_idx, train_landmark_model
+    from core.detect import LandmarkModel, RoiDetector, train_landmark_model
+    from core.landmarks import load_landmark_model
+    from core.measure import landmark_flip_index
 
     monkeypatch.chdir(tmp_path)
     data_yaml = write_landmark_dataset(workspace / "exports" / "landmarks")
@@ -255,11 +257,15 @@ def test_landmark_model_trains_on_23_points_and_predicts_them(workspace, tmp_pat
     assert torch.get_num_threads() == 2 and os.environ.get("OMP_NUM_THREADS") == omp_before
     with pytest.raises(ValueError, match="not a detect model"):
         RoiDetector(report.weights)
+    # what Predict loads: the YOLO-pose checkpoint is recognised; trained on whole images, it needs no box
+    loaded = load_landmark_model(report.weights)
+    assert isinstance(loaded, LandmarkModel) and not loaded.needs_box
+    assert loaded.locate(image, None, min_confidence=0.0)[0].shape == (23, 2)
 
     # flipping an image turns every "left" landmark into its "right" twin and back
     from core.measure import LANDMARK_NAMES
 
-    flip = landmark_flip_idx()
+    flip = landmark_flip_index()
     assert sorted(flip) == list(range(23)) and [flip[i] for i in flip] == list(range(23))
     assert LANDMARK_NAMES[flip[LANDMARK_NAMES.index("C4 top left")]] == "C4 top right"
     assert LANDMARK_NAMES[flip[0]] == "C2 centroid"

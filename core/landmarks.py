@@ -1,0 +1,543 @@
+"""Heatmap landmark model: the 23 CSXA points on the detector's crop, precise enough to measure angles.
+
+Why a second landmark model next to YOLO-pose (``core.detect``, ``model: yolov8n-pose.yaml``): a Cobb angle
+hangs on endplate corners a few pixels apart. Measured on 60 held-out 512 px phantoms after the full demo's
+training budget on a 2-core CPU, YOLO-pose (10 epochs on ROI crops, 5.6 min) placed points 14.5 px off on average
+(5.3 % of the C2-C7 length) and missed the Cobb angle by 17.6 deg; this model (4 min) is in the README's table.
+
+Method (``models.landmark_unet``): the ROI window (box + ``roi_margin`` of its size per side, the window
+``core.datasets.landmark_crop_window`` cuts) is resampled to ``input_size`` squared; a small U-Net gives one
+heatmap per landmark at a quarter of that, and soft-argmax reads sub-cell coordinates. Training samples each
+window through a random affine map (rotation, per-axis scale, shift, horizontal flip with left/right swap)
+from a cached context crop, so it sees the box errors a detector makes; then gamma, contrast and noise.
+Prediction runs twice: on the detector's box, then on the box the first points imply
+(``measure.roi_box_from_landmarks``, the rule every ROI box in the project follows), which is the window the
+model was trained on whatever the detector's error.
+
+Run folders follow the other trainers (docs/ARCHITECTURE.md): config.yaml, status.json, metrics.csv,
+train.log, best.pt / last.pt (``{"state_dict", "meta"}``, loadable with ``weights_only=True``), test_report.json.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from core import jobs, settings
+from core.datasets import LANDMARK_CROP_MARGIN, crop_window, landmark_crop_window
+from core.measure import (LANDMARK_NAMES, LandmarkError, infer_facing, landmark_flip_index, measure_landmarks,
+                          roi_box_from_landmarks)
+
+FORMAT = "cervicurve-landmark-heatmap/1"
+MODEL_NAME = "landmark-unet"
+CONTEXT_MARGIN = 0.35  # the cached window: room for the augmentation's shifts, scales and rotations
+METRIC = "val mean landmark error (px)"
+METRICS_COLUMNS = ("epoch", "time_s", "train_loss", "lr", "val_mean_error_px", "val_mean_error_pct_c2c7",
+                   "val_cobb_mae_deg")
+
+log = logging.getLogger("core.landmarks")
+ProgressCallback = Callable[[int, int, dict], None]  # (epoch, epochs, metrics row)
+
+
+class LandmarkTrainingError(ValueError):
+    """A landmark config or dataset that cannot be trained on (unknown key, no labelled landmarks, no val split)."""
+
+
+@dataclass(frozen=True)
+class HeatmapConfig:
+    dataset: str
+    input_size: int = 128
+    epochs: int = 40
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    roi_margin: float = LANDMARK_CROP_MARGIN
+    widths: tuple[int, ...] = (24, 32, 64, 128, 160)
+    rotate_deg: float = 8.0
+    scale: float = 0.15   # per axis, +/-
+    shift: float = 0.10   # of the window, +/-
+    seed: int = 0
+    device: str = "auto"
+    refine: int = 1       # extra passes on the box the previous points imply
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "HeatmapConfig":
+        known = set(cls.__dataclass_fields__)
+        ignored = {"task", "model", "resume", "data", "patience", "crop", "workers"}
+        unknown = sorted(set(data) - known - ignored)
+        if unknown:
+            raise LandmarkTrainingError(f"unknown key(s) for the {MODEL_NAME} landmark model: {', '.join(unknown)}")
+        if not data.get("dataset"):
+            raise LandmarkTrainingError("the config needs 'dataset' (a dataset in the annotation store)")
+        values = {k: data[k] for k in known if k in data}
+        if "imgsz" in data and "input_size" not in data:
+            values["input_size"] = data["imgsz"]
+        try:
+            cfg = cls(**{k: (tuple(int(w) for w in v) if k == "widths" else type(getattr(cls, k, ""))(v)
+                             if k != "dataset" else str(v)) for k, v in values.items()})
+        except (TypeError, ValueError) as error:
+            raise LandmarkTrainingError(f"bad value in the landmark config: {error}") from None
+        if cfg.input_size < 32 or cfg.input_size % 32:
+            raise LandmarkTrainingError(f"input_size must be a multiple of 32 (at least 32), got {cfg.input_size}")
+        if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
+            raise LandmarkTrainingError("epochs and batch_size must be at least 1 and lr above 0")
+        if not 0 <= cfg.roi_margin <= 0.5:
+            raise LandmarkTrainingError(f"roi_margin must be between 0 and 0.5, got {cfg.roi_margin}")
+        return cfg
+
+    def to_dict(self) -> dict:
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        out["widths"] = list(self.widths)
+        return {"task": "landmarks", "model": MODEL_NAME, **out}
+
+
+def is_heatmap_model(name: Any) -> bool:
+    return str(name or "").strip().lower() == MODEL_NAME
+
+
+# ------------------------------------------------------------------------------------ geometry
+def _context_size(input_size: int, roi_margin: float) -> int:
+    """Side of the cached context crop at the scale the model reads its window."""
+    return int(round(input_size * (1 + 2 * CONTEXT_MARGIN) / (1 + 2 * roi_margin)))
+
+
+def _base_scale(roi_margin: float) -> float:
+    """Half-size of the model's window in the context crop's [-1, 1] coordinates."""
+    return (1 + 2 * roi_margin) / (1 + 2 * CONTEXT_MARGIN)
+
+
+def context_crop(pixels: np.ndarray, box: Sequence[float], input_size: int, roi_margin: float
+                 ) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """``(crop (C, C) float32, window)``: the context window around ``box`` at the model's reading scale."""
+    window = landmark_crop_window(box, CONTEXT_MARGIN)
+    crop = torch.from_numpy(np.ascontiguousarray(crop_window(np.asarray(pixels, dtype=np.float32), window)))
+    side = _context_size(input_size, roi_margin)
+    # antialiased: a 2048 px film shrinks ~10x here; plain bilinear would alias the trabecular texture
+    resized = F.interpolate(crop[None, None], size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+    return resized[0, 0], window
+
+
+def _to_unit(points: np.ndarray, window: Sequence[int]) -> np.ndarray:
+    left, top, right, bottom = window
+    return np.stack([2 * (points[:, 0] - left) / (right - left) - 1, 2 * (points[:, 1] - top) / (bottom - top) - 1], 1)
+
+
+def _from_unit(points: np.ndarray, window: Sequence[int]) -> np.ndarray:
+    left, top, right, bottom = window
+    return np.stack([(points[:, 0] + 1) / 2 * (right - left) + left, (points[:, 1] + 1) / 2 * (bottom - top) + top], 1)
+
+
+def _sample(context: torch.Tensor, matrix: torch.Tensor, shift: torch.Tensor, size: int) -> torch.Tensor:
+    """Model inputs ``(N, 1, size, size)``: output point p reads context point ``matrix @ p + shift``."""
+    theta = torch.cat([matrix, shift[:, :, None]], dim=2)
+    grid = F.affine_grid(theta, [len(context), 1, size, size], align_corners=False)
+    return F.grid_sample(context, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _normalise(x: torch.Tensor) -> torch.Tensor:
+    return (x - 0.5) / 0.25
+
+
+# ------------------------------------------------------------------------------------ checkpoints and inference
+def _build_network(meta: Mapping[str, Any]):
+    from models.landmark_unet import LandmarkUNet
+
+    return LandmarkUNet(len(meta["landmark_names"]), tuple(meta["widths"]))
+
+
+def load_landmark_model(path: str | Path):
+    """The landmark model in a checkpoint: :class:`HeatmapLandmarkModel` or YOLO-pose (``core.detect``)."""
+    from core.train import load_checkpoint
+
+    meta = load_checkpoint(path)["meta"]
+    if meta.get("format") == FORMAT:
+        return HeatmapLandmarkModel(path)
+    from core import detect  # ultralytics only for a YOLO checkpoint
+
+    return detect.LandmarkModel(path)
+
+
+class HeatmapLandmarkModel:
+    """Loaded once, shared by app sessions (a lock guards the forward pass). Needs a ROI box."""
+
+    needs_box = True
+
+    def __init__(self, path: str | Path):
+        from core.train import load_checkpoint
+
+        data = load_checkpoint(path)
+        meta = data["meta"]
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a {MODEL_NAME} landmark checkpoint")
+        self.meta = meta
+        self.net = _build_network(meta)
+        self.net.load_state_dict(data["state_dict"])
+        self.net.eval()
+        self.input_size = int(meta["input_size"])
+        self.crop_margin = float(meta["roi_margin"])
+        self.refine = int(meta.get("refine", 1))
+        self._lock = threading.Lock()
+
+    @torch.no_grad()
+    def _points(self, pixels: np.ndarray, box: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+        context, window = context_crop(pixels, box, self.input_size, self.crop_margin)
+        scale = _base_scale(self.crop_margin)
+        inputs = _sample(context[None, None], torch.eye(2)[None] * scale, torch.zeros(1, 2), self.input_size)
+        from models.landmark_unet import peak_mass, soft_argmax
+
+        with self._lock:
+            points, prob = soft_argmax(self.net(_normalise(inputs)))
+        confidence = peak_mass(prob, points)[0].numpy()
+        return _from_unit(points[0].double().numpy() * scale, window), confidence
+
+    def locate(self, pixels: np.ndarray, box: Sequence[float] | None, min_confidence: float = 0.25
+               ) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(points (23, 2) in image pixels, confidence (23,))`` for the spine in ``box``, or None when the
+        heatmaps are too diffuse (mean confidence under ``min_confidence``: no spine where the box is)."""
+        if box is None:
+            return None
+        height, width = np.asarray(pixels).shape[:2]
+        points, confidence = self._points(pixels, box)
+        for _ in range(self.refine):
+            if float(confidence.mean()) < min_confidence:
+                break
+            try:
+                box = roi_box_from_landmarks(points, (width, height))
+            except LandmarkError:
+                break
+            points, confidence = self._points(pixels, box)
+        if float(confidence.mean()) < min_confidence:
+            return None
+        return points, confidence
+
+
+# ------------------------------------------------------------------------------------ evaluation
+def landmark_errors(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict:
+    """Mean point error (px and % of the C2-C7 length) and Cobb C2-C7 MAE over ``(predicted, truth)`` pairs.
+
+    The facing comes from the truth and is used for both, so a Cobb error is never a facing disagreement.
+    """
+    px, pct, cobb = [], [], []
+    for predicted, truth in pairs:
+        distance = np.linalg.norm(np.asarray(predicted) - np.asarray(truth), axis=1)
+        span = np.linalg.norm(truth[0] - (truth[21] + truth[22]) / 2)  # C2 centroid .. C7 lower endplate middle
+        px.append(distance.mean())
+        pct.append(distance.mean() / span * 100.0 if span > 0 else np.nan)
+        try:
+            facing = infer_facing(truth)
+            cobb.append(abs(measure_landmarks(predicted, facing=facing).cobb_c2c7
+                            - measure_landmarks(truth, facing=facing).cobb_c2c7))
+        except LandmarkError:
+            pass
+    mean = (lambda v: float(np.nanmean(v)) if len(v) else None)
+    return {"mean_error_px": mean(px), "mean_error_pct_c2c7": mean(pct), "cobb_mae_deg": mean(cobb),
+            "cobb_within_5deg": float(np.mean(np.asarray(cobb) <= 5.0)) if cobb else None, "images": len(pairs)}
+
+
+# ------------------------------------------------------------------------------------ data
+@dataclass
+class _Split:
+    contexts: torch.Tensor   # (N, 1, C, C)
+    points: torch.Tensor     # (N, 23, 2) in context [-1, 1] coordinates
+    truth: list[np.ndarray]  # (23, 2) image pixels
+    windows: list[tuple[int, int, int, int]]
+
+
+def _load_split(cfg: HeatmapConfig, split: str, items=None) -> _Split:
+    from core.datasets import training_items
+    from core.imaging import ImageReadError, read_image
+
+    records = items if items is not None else training_items(cfg.dataset, split)
+    contexts, points, truth, windows = [], [], [], []
+    for item in records:
+        if item.landmarks is None:
+            continue
+        landmarks = np.asarray(item.landmarks, dtype=np.float64)
+        if landmarks.shape != (len(LANDMARK_NAMES), 2) or not np.all(np.isfinite(landmarks)):
+            continue  # the loss needs every point; a partial set would teach the model to drop corners
+        try:
+            pixels = read_image(item.path).pixels
+        except ImageReadError as error:
+            log.warning("skipped %s: %s", item.path, error)
+            continue
+        height, width = pixels.shape
+        box = item.roi_box or roi_box_from_landmarks(landmarks, (width, height))
+        context, window = context_crop(pixels, box, cfg.input_size, cfg.roi_margin)
+        contexts.append(context[None])
+        points.append(torch.from_numpy(_to_unit(landmarks, window)).float())
+        truth.append(landmarks)
+        windows.append(window)
+    if not contexts:
+        return _Split(torch.zeros(0, 1, 1, 1), torch.zeros(0, len(LANDMARK_NAMES), 2), [], [])
+    return _Split(torch.stack(contexts), torch.stack(points), truth, windows)
+
+
+def _augment(cfg: HeatmapConfig, n: int, generator: torch.Generator):
+    """Random (matrix, shift, flipped) mapping model-input [-1, 1] coordinates into the context crop."""
+    def uniform(size, bound):
+        return (torch.rand(size, generator=generator) * 2 - 1) * bound
+
+    angle = uniform(n, math.radians(cfg.rotate_deg))
+    scale = (1 + uniform((n, 2), cfg.scale)) * _base_scale(cfg.roi_margin)
+    shift = uniform((n, 2), cfg.shift)
+    flipped = torch.rand(n, generator=generator) < 0.5
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    rotation = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], 1)
+    mirror = torch.stack([torch.where(flipped, -1.0, 1.0), torch.ones(n)], -1)
+    matrix = rotation * scale[:, None, :] * mirror[:, None, :]
+    return matrix, shift, flipped
+
+
+def augmented_batch(contexts: torch.Tensor, points: torch.Tensor, cfg: HeatmapConfig, generator: torch.Generator,
+                    photometric: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(inputs (N, 1, S, S), points (N, 23, 2) in input [-1, 1] coordinates, flipped (N,))`` for one step."""
+    matrix, shift, flipped = _augment(cfg, len(contexts), generator)
+    inputs = _sample(contexts, matrix, shift, cfg.input_size)
+    if photometric:
+        inputs = _photometric(inputs, generator)
+    # the same map applied backwards to the points: input = matrix^-1 (context - shift)
+    target = torch.linalg.solve(matrix, (points - shift[:, None, :]).transpose(1, 2)).transpose(1, 2)
+    # a mirrored image shows "C4 top left" where "C4 top right" was
+    target = torch.where(flipped[:, None, None], target[:, landmark_flip_index()], target)
+    return inputs, target, flipped
+
+
+def _photometric(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Exposure differences between films: gamma, contrast, brightness, quantum noise."""
+    n = len(x)
+    gamma = torch.exp((torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * 0.4)
+    contrast = 0.8 + 0.4 * torch.rand(n, 1, 1, 1, generator=generator)
+    brightness = (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * 0.1
+    noise = 0.02 * torch.randn(x.shape, generator=generator)
+    return x.clamp(0, 1) ** gamma * contrast + brightness + noise
+
+
+def _gaussian_targets(points: torch.Tensor, size: int, sigma_cells: float = 1.5) -> torch.Tensor:
+    """Normalised Gaussian maps at the true points: a shape prior that keeps each heatmap single-peaked."""
+    centres = (torch.arange(size, dtype=points.dtype, device=points.device) + 0.5) / size * 2 - 1
+    sigma = sigma_cells / size * 2
+    gx = torch.exp(-((centres - points[..., 0:1]) ** 2) / (2 * sigma ** 2))
+    gy = torch.exp(-((centres - points[..., 1:2]) ** 2) / (2 * sigma ** 2))
+    maps = gy[..., :, None] * gx[..., None, :]
+    return maps / maps.sum((-1, -2), keepdim=True).clamp_min(1e-12)
+
+
+def _loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    from models.landmark_unet import soft_argmax
+
+    points, prob = soft_argmax(logits)
+    heat = _gaussian_targets(target, logits.shape[-1])
+    cross_entropy = -(heat * torch.log(prob.clamp_min(1e-8))).sum((-1, -2)).mean()
+    return (points - target).abs().mean() + 0.01 * cross_entropy
+
+
+@torch.no_grad()
+def _predict_split(net, split: _Split, cfg: HeatmapConfig, device: torch.device, batch: int = 64) -> list[np.ndarray]:
+    """Points in image pixels for each item, read on its true window (one pass)."""
+    from models.landmark_unet import soft_argmax
+
+    net.eval()
+    scale = _base_scale(cfg.roi_margin)
+    out = []
+    for start in range(0, len(split.contexts), batch):
+        contexts = split.contexts[start:start + batch].to(device)
+        n = len(contexts)
+        inputs = _sample(contexts, (torch.eye(2) * scale).expand(n, 2, 2).to(device), torch.zeros(n, 2, device=device),
+                         cfg.input_size)
+        points, _ = soft_argmax(net(_normalise(inputs)))
+        for i, p in enumerate(points.cpu().double().numpy()):
+            out.append(_from_unit(p * scale, split.windows[start + i]))
+    return out
+
+
+# ------------------------------------------------------------------------------------ training
+def _meta(cfg: HeatmapConfig, extra: Mapping[str, Any] | None = None) -> dict:
+    return {"format": FORMAT, "model": MODEL_NAME, "task": "landmarks", "input_size": cfg.input_size,
+            "roi_margin": cfg.roi_margin, "crop": "roi", "widths": list(cfg.widths), "refine": cfg.refine,
+            "landmark_names": list(LANDMARK_NAMES), "dataset": cfg.dataset, "config": cfg.to_dict(),
+            "saved_at": jobs.now_iso(), **(extra or {})}
+
+
+def _write_row(path: Path, row: Mapping[str, Any]) -> None:
+    new = not path.is_file()
+    with path.open("a", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=METRICS_COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerow({k: row.get(k) for k in METRICS_COLUMNS})
+
+
+def train_heatmap(config: Mapping[str, Any], run_dir: str | Path, progress_callback: ProgressCallback | None = None,
+                  items: Mapping[str, Sequence[Any]] | None = None) -> dict:
+    """Train the heatmap landmark model into ``run_dir``; returns the test report (also test_report.json).
+
+    ``items`` maps split names to TrainingItem-like records (tests); without it the store's patient-level splits of
+    ``config["dataset"]`` are used. ``config["resume"]`` continues from last.pt. Raises LandmarkTrainingError for
+    a bad config or dataset, core.train.RunCancelled on SIGTERM; status.json says which.
+    """
+    import yaml
+
+    from core.train import RunCancelled, cancel_on_sigterm, pick_device
+
+    cfg = HeatmapConfig.from_dict(config)
+    resume = bool(config.get("resume"))
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    status = {**jobs.read_status(run_dir)} if (run_dir / jobs.STATUS_FILE).is_file() else {}
+    status.update(state="running", epoch=0, epochs=cfg.epochs, eta_s=None, best_metric=None, metric=METRIC,
+                  pid=os.getpid(), pgid=os.getpgrp(), task="landmarks", model=MODEL_NAME, message="loading images")
+    jobs.write_status(run_dir, status)
+    handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        with cancel_on_sigterm():
+            if not (run_dir / jobs.CONFIG_FILE).is_file():
+                (run_dir / jobs.CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+            report = _fit(cfg, run_dir, status, progress_callback, items, resume, pick_device(cfg.device))
+    except RunCancelled:
+        jobs.write_status(run_dir, {**status, "state": "cancelled", "message": "cancelled by user", "eta_s": None,
+                                    "updated_at": jobs.now_iso()})
+        raise
+    except BaseException as error:
+        log.exception("run failed")
+        jobs.write_status(run_dir, {**status, "state": "failed", "message": f"{type(error).__name__}: {error}",
+                                    "eta_s": None, "updated_at": jobs.now_iso()})
+        raise
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    return report
+
+
+def _fit(cfg: HeatmapConfig, run_dir: Path, status: dict, progress_callback, items, resume: bool,
+         device: torch.device) -> dict:
+    from models.landmark_unet import LandmarkUNet
+
+    def update(**fields):
+        status.update(fields, updated_at=jobs.now_iso())
+        jobs.write_status(run_dir, status)
+
+    if device.type == "cpu":
+        torch.set_num_threads(settings.cpu_threads())
+    started = time.time()
+    splits = {name: _load_split(cfg, name, None if items is None else items.get(name, [])) for name in ("train", "val")}
+    if len(splits["train"].truth) == 0:
+        raise LandmarkTrainingError(f"dataset {cfg.dataset!r} has no training image with all "
+                                    f"{len(LANDMARK_NAMES)} landmarks")
+    if len(splits["val"].truth) == 0:
+        raise LandmarkTrainingError(f"dataset {cfg.dataset!r} has no validation image with landmarks: "
+                                    "make patient-level splits first (python -m core split)")
+    log.info("%d train and %d val images cached in %.1f s", len(splits["train"].truth), len(splits["val"].truth),
+             time.time() - started)
+
+    torch.manual_seed(cfg.seed)
+    net = LandmarkUNet(len(LANDMARK_NAMES), cfg.widths).to(device)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    train_split = splits["train"]
+    n = len(train_split.truth)
+    steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup = min(50, total_steps // 10)
+    first_epoch, best = 1, None
+    if resume and (run_dir / "last.pt").is_file():
+        state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
+        net.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        first_epoch, best = int(state["epoch"]) + 1, state.get("best")
+    epoch_times: list[float] = []
+
+    for epoch in range(first_epoch, cfg.epochs + 1):
+        epoch_started = time.time()
+        net.train()
+        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # resumable: same batches again
+        order = torch.randperm(n, generator=generator)
+        losses = []
+        for step in range(steps_per_epoch):
+            index = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            if len(index) == 0:
+                index = order[:cfg.batch_size]
+            done = (epoch - 1) * steps_per_epoch + step
+            lr = cfg.lr * (done + 1) / warmup if done < warmup else \
+                cfg.lr * 0.5 * (1 + math.cos(math.pi * (done - warmup) / max(1, total_steps - warmup)))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            inputs, target, _ = augmented_batch(train_split.contexts[index], train_split.points[index], cfg, generator)
+            loss = _loss(net(_normalise(inputs.to(device))), target.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        val = landmark_errors(list(zip(_predict_split(net, splits["val"], cfg, device), splits["val"].truth)))
+        epoch_times.append(time.time() - epoch_started)
+        row = {"epoch": epoch, "time_s": round(time.time() - started, 2), "train_loss": round(float(np.mean(losses)), 5),
+               "lr": lr, "val_mean_error_px": round(val["mean_error_px"], 4),
+               "val_mean_error_pct_c2c7": round(val["mean_error_pct_c2c7"], 4),
+               "val_cobb_mae_deg": None if val["cobb_mae_deg"] is None else round(val["cobb_mae_deg"], 4)}
+        _write_row(run_dir / "metrics.csv", row)
+        improved = best is None or val["mean_error_px"] < best
+        if improved:
+            best = val["mean_error_px"]
+            torch.save({"state_dict": net.state_dict(), "meta": _meta(cfg, {"epoch": epoch, "val": val})},
+                       run_dir / "best.pt")
+        torch.save({"state_dict": net.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "best": best,
+                    "meta": _meta(cfg, {"epoch": epoch, "val": val})}, run_dir / "last.pt")
+        eta = float(np.mean(epoch_times)) * (cfg.epochs - epoch)
+        message = (f"epoch {epoch}/{cfg.epochs}: val error {val['mean_error_px']:.2f} px, Cobb MAE "
+                   f"{val['cobb_mae_deg']:.2f} deg" if val["cobb_mae_deg"] is not None else
+                   f"epoch {epoch}/{cfg.epochs}: val error {val['mean_error_px']:.2f} px")
+        log.info(message)
+        update(epoch=epoch, eta_s=round(eta), best_metric=round(best, 4), message=message)
+        if progress_callback is not None:
+            progress_callback(epoch, cfg.epochs, row)
+
+    report = evaluate_run(run_dir, items=None if items is None else items.get("test", []))
+    report["seconds"] = round(time.time() - started, 1)
+    jobs.atomic_write_text(run_dir / "test_report.json", json.dumps(report, indent=1))
+    summary = (f"done: test error {report['mean_error_px']:.2f} px, Cobb MAE {report['cobb_mae_deg']:.2f} deg"
+               if report.get("cobb_mae_deg") is not None else "done (no test images with landmarks)")
+    update(state="done", eta_s=0, message=summary)
+    return report
+
+
+def evaluate_run(run_dir: str | Path, split: str = "test", items: Sequence[Any] | None = None) -> dict:
+    """The run's best model on a split of its dataset, through :meth:`HeatmapLandmarkModel.locate` (with its
+    refinement pass) starting from each image's ROI box."""
+    from core.imaging import read_image
+
+    model = HeatmapLandmarkModel(Path(run_dir) / "best.pt")
+    cfg = HeatmapConfig.from_dict(model.meta["config"])
+    from core.datasets import training_items
+
+    records = items if items is not None else training_items(cfg.dataset, split)
+    pairs, missed = [], 0
+    for item in records:
+        if item.landmarks is None:
+            continue
+        truth = np.asarray(item.landmarks, dtype=np.float64)
+        if truth.shape != (len(LANDMARK_NAMES), 2) or not np.all(np.isfinite(truth)):
+            continue
+        pixels = read_image(item.path).pixels
+        box = item.roi_box or roi_box_from_landmarks(truth, pixels.shape[::-1])
+        found = model.locate(pixels, box, min_confidence=0.0)
+        if found is None:
+            missed += 1
+            continue
+        pairs.append((found[0], truth))
+    report = landmark_errors(pairs) if pairs else {"mean_error_px": None, "mean_error_pct_c2c7": None,
+                                                   "cobb_mae_deg": None, "cobb_within_5deg": None, "images": 0}
+    report.update(split=split, missed=missed, model=MODEL_NAME)
+    return report
