@@ -3,7 +3,8 @@
 ``python -m core train --config FILE.yaml [key=value ...] [--run-dir DIR] [--resume RUN]`` and
 ``python -m core evaluate RUN [--split test]``. The same command runs under
 ``torchrun --nproc_per_node N`` (DDP: gloo on CPU, nccl on CUDA; ``batch_size`` is per process; only
-rank 0 writes files). ``task: detect|landmarks`` configs are handed to ``core.detect``.
+rank 0 writes files). ``task: detect|landmarks`` configs are handed to ``core.detect`` (``core.landmarks`` for
+``model: landmark-unet``).
 
 Run folder (docs/ARCHITECTURE.md): ``config.yaml`` (the resolved config), ``metrics.csv`` (one row per
 epoch), ``status.json`` (atomic), ``train.log``, ``last.pt`` (adds optimizer/scheduler state) and

@@ -190,3 +190,11 @@ def test_a_checkpoint_of_another_kind_is_refused(tmp_path):
     torch.save({"state_dict": {}, "meta": {"format": "something else", "task": "landmarks"}}, not_a_checkpoint)
     with pytest.raises(ValueError):
         load_landmark_model(not_a_checkpoint)
+
+
+def test_the_example_config_shows_the_defaults():
+    from core.landmarks import HeatmapConfig
+
+    shipped = yaml.safe_load((ROOT / "configs" / "landmarks.yaml").read_text())
+    assert HeatmapConfig.from_dict(shipped) == HeatmapConfig(dataset="default")
+    assert shipped["model"] == "landmark-unet" and shipped["task"] == "landmarks"
