@@ -11,8 +11,8 @@ failed | cancelled, written atomically for the app to poll):
    YOLO-pose stays selectable in the Train page and CLI, but is far less precise at this budget: see core/landmarks)
 5. train the S-ResNet-34 classifier (``core.train.train``, a run folder under ``runs/``)
 6. promote the three runs (``core.jobs.promote``); each ``promoted.json`` gets ``demo_quality``
-7. check the promoted models on held-out phantoms (new patients): box IoU >= 0.5 rate, Cobb MAE,
-   class accuracy -> ``$CERVICURVE_HOME/demo_report.json`` and the classifier's ``promoted.json``
+7. check the promoted models on held-out phantoms (new patients): box IoU >= 0.5 rate, Cobb MAE and the
+   share within 5 deg, mean landmark error (px and % of C2-C7), class accuracy -> ``$CERVICURVE_HOME/demo_report.json`` and the classifier's ``promoted.json``
 
 Qualities: ``full`` (default, under 20 min on a 2-core CPU), ``quick`` (under 5 min, weaker models) and
 ``tiny`` (for tests: minimal sizes, the same code path end to end; the models are not useful).
@@ -253,7 +253,8 @@ def _build(profile: DemoProfile, reporter: _Reporter, seed: int) -> dict:
     report.update({"quality": profile.quality, "profile": asdict(profile), "seconds": round(time.time() - started, 1),
                    "runs": {"detect": detect_run.name, "landmarks": landmark_run.name, "classify": classify_run.name}})
     jobs.atomic_write_text(settings.home() / REPORT_FILE, json.dumps(report, indent=1))
-    check = {k: report[k] for k in ("images", "class_accuracy", "box_iou50_rate", "cobb_mae_deg")}
+    check = {k: report[k] for k in ("images", "class_accuracy", "box_iou50_rate", "cobb_mae_deg", "cobb_within_5deg",
+                                     "mean_landmark_error_px")}
     _annotate_promoted(settings.promoted_dir() / "classify", {"demo_check": check})
     return report
 
@@ -364,15 +365,21 @@ def check_holdout(profile: DemoProfile, seed: int, out: Path, reporter: _Reporte
         Image.fromarray(case.image).save(out / name)  # kept: sample images to try the Predict page with
         result = predictor.predict(out / name, name=name, cam_method=None)
         iou = box_iou(result.roi_box, case.roi_box) if result.box_source == "detector" else 0.0
-        cobb_error = None
+        cobb_error = point_error = None
         if result.measurements is not None:
             cobb_error = abs(result.measurements.cobb_c2c7 - case.cobb_c2c7)
+        if result.landmarks is not None:
+            point_error = float(np.linalg.norm(result.landmarks - case.landmarks, axis=1).mean())
+        span = float(np.linalg.norm(case.landmarks[0] - case.landmarks[21:23].mean(axis=0)))  # C2 centroid..C7 base
         rows.append({"file": name, "truth": truth, "predicted": result.curvature_class, "box_iou": round(iou, 4),
                      "box_source": result.box_source, "cobb_true": round(case.cobb_c2c7, 2),
-                     "cobb_error_deg": None if cobb_error is None else round(cobb_error, 2)})
+                     "cobb_error_deg": None if cobb_error is None else round(cobb_error, 2),
+                     "landmark_error_px": None if point_error is None else round(point_error, 2),
+                     "landmark_error_pct_c2c7": None if point_error is None else round(point_error / span * 100, 3)})
         if reporter is not None:
             reporter.say(f"{index + 1}/{profile.holdout} images")
     errors = [r["cobb_error_deg"] for r in rows if r["cobb_error_deg"] is not None]
+    points = [r for r in rows if r["landmark_error_px"] is not None]
     return {
         "images": len(rows),
         "class_accuracy": float(np.mean([r["truth"] == r["predicted"] for r in rows])) if rows else 0.0,
@@ -380,6 +387,10 @@ def check_holdout(profile: DemoProfile, seed: int, out: Path, reporter: _Reporte
         "mean_box_iou": float(np.mean([r["box_iou"] for r in rows])) if rows else None,
         "cobb_mae_deg": float(np.mean(errors)) if errors else None,
         "cobb_measured": len(errors),
+        "cobb_within_5deg": float(np.mean(np.asarray(errors) <= 5.0)) if errors else None,
+        "mean_landmark_error_px": float(np.mean([r["landmark_error_px"] for r in points])) if points else None,
+        "mean_landmark_error_pct_c2c7": (float(np.mean([r["landmark_error_pct_c2c7"] for r in points]))
+                                         if points else None),
         "rows": rows,
     }
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
 import math
@@ -373,10 +374,23 @@ def _meta(cfg: HeatmapConfig, extra: Mapping[str, Any] | None = None) -> dict:
 def _write_row(path: Path, row: Mapping[str, Any]) -> None:
     new = not path.is_file()
     with path.open("a", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=METRICS_COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=METRICS_COLUMNS, lineterminator="\n")
         if new:
             writer.writeheader()
         writer.writerow({k: row.get(k) for k in METRICS_COLUMNS})
+
+
+def _keep_rows_until(path: Path, epoch: int) -> None:
+    """Drop metrics rows after ``epoch``: a run killed between writing a row and last.pt redoes that epoch."""
+    if not path.is_file():
+        return
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= epoch]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=METRICS_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: r.get(k) for k in METRICS_COLUMNS} for r in rows)
+    jobs.atomic_write_text(path, text.getvalue())
 
 
 def train_heatmap(config: Mapping[str, Any], run_dir: str | Path, progress_callback: ProgressCallback | None = None,
@@ -458,6 +472,7 @@ def _fit(cfg: HeatmapConfig, run_dir: Path, status: dict, progress_callback, ite
         net.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         first_epoch, best = int(state["epoch"]) + 1, state.get("best")
+        _keep_rows_until(run_dir / "metrics.csv", int(state["epoch"]))
     epoch_times: list[float] = []
 
     for epoch in range(first_epoch, cfg.epochs + 1):

@@ -1,7 +1,8 @@
 """One ``predict()`` for the Predict page and ``python -m core predict``.
 
-Stages: read -> detect (ROI box) -> landmarks (23 points, on the whole image or, for a model trained on
-ROI crops, on the same window around the detector's box) -> crop -> classify
+Stages: read -> detect (ROI box) -> landmarks (23 points: the heatmap model of ``core.landmarks`` reads the
+window around the detector's box; a YOLO-pose model reads the whole image or, when trained on ROI crops, the
+same window) -> crop -> classify
 (temperature-calibrated softmax) -> Grad-CAM. The crop is ``core.train.classifier_crop`` with the
 checkpoint's ``input_size`` and ``roi_margin`` and ``core.train.normalise`` with its normalisation, so
 inference sees exactly what training saw.
@@ -9,8 +10,8 @@ inference sees exactly what training saw.
 Models default to the promoted ones (``core.jobs.promoted_model``). Without a classifier nothing can be
 predicted (:class:`ModelMissing`). Without a detector box the ROI comes from the landmarks of a
 whole-image landmark model, and failing that the whole image is classified and the result is flagged
-low-confidence. Without a landmark model (or, for an ROI-crop one, without a box) there are no measurements. Loaded models are cached per process, keyed by path and
-modification time, so a re-promoted model is picked up and page sessions share one copy.
+low-confidence. Without a landmark model (or, for an ROI-crop one, without a box) there are no measurements.
+Loaded models are cached per process, keyed by path and modification time, so a re-promoted model is picked up and page sessions share one copy.
 """
 from __future__ import annotations
 

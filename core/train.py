@@ -299,6 +299,14 @@ def resolve_config(source: str | Path | Mapping[str, Any] | None = None, overrid
     task = data.get("task", "classify")
     if task not in TASKS:
         raise ConfigError(f"task '{task}' is not one of: {', '.join(TASKS)}")
+    if task == "landmarks":
+        from core import landmarks
+
+        if landmarks.is_heatmap_model(data.get("model")):
+            try:  # checked here so a bad key stops before a background process starts
+                return landmarks.HeatmapConfig.from_dict(data).to_dict()
+            except landmarks.LandmarkTrainingError as error:
+                raise ConfigError(str(error)) from None
     if task != "classify":
         return _plain(data)
     return TrainConfig.from_dict(data).to_dict()

@@ -27,6 +27,7 @@ def test_tiny_demo_builds_a_workspace_that_predicts(workspace):
     steps_seen = [int(m.group(1)) for m in re.finditer(r"^\[(\d)/7\] ", done.stdout, re.MULTILINE)]
     assert sorted(set(steps_seen)) == list(range(1, len(STEPS) + 1)) and steps_seen == sorted(steps_seen)
     assert re.search(r"^\[3/7\] training detector: epoch 1/1", done.stdout, re.MULTILINE)
+    assert re.search(r"^\[4/7\] training landmark model: epoch 1/1, val error [\d.]+ px", done.stdout, re.MULTILINE)
 
     status = json.loads((workspace / "demo_status.json").read_text())
     assert status["state"] == "done" and status["step"] == status["steps"] == 7 and status["quality"] == "tiny"
@@ -39,8 +40,12 @@ def test_tiny_demo_builds_a_workspace_that_predicts(workspace):
         assert json.loads((run / "status.json").read_text())["state"] == "done"
         assert (run / "best.pt").is_file() and (run / "metrics.csv").is_file()
 
+    # the landmark model is the heatmap one: the angle needs its precision
+    assert json.loads((workspace / "promoted/landmarks/promoted.json").read_text())["model"] == "landmark-unet"
+
     report = json.loads((workspace / "demo_report.json").read_text())
     assert report["images"] == 3 and 0.0 <= report["class_accuracy"] <= 1.0
+    assert {"mean_landmark_error_px", "mean_landmark_error_pct_c2c7", "cobb_within_5deg"} <= set(report)
     assert json.loads((workspace / "promoted/classify/promoted.json").read_text())["demo_check"]["images"] == 3
     holdout = sorted((workspace / "demo" / "holdout").glob("*.png"))
     assert len(holdout) == 3

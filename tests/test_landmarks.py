@@ -198,3 +198,32 @@ def test_the_example_config_shows_the_defaults():
     shipped = yaml.safe_load((ROOT / "configs" / "landmarks.yaml").read_text())
     assert HeatmapConfig.from_dict(shipped) == HeatmapConfig(dataset="default")
     assert shipped["model"] == "landmark-unet" and shipped["task"] == "landmarks"
+
+
+def test_a_background_run_can_be_cancelled_and_resumed(home):
+    """The Train page's path: jobs.start_run -> a real child process; cancel (SIGTERM) keeps last.pt; resume finishes."""
+    import time
+
+    from core import jobs
+    from core.train import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown key.*epoch_count"):  # refused before any process starts
+        jobs.start_run(tiny_config(epoch_count=3))
+
+    run_dir = jobs.start_run(tiny_config(epochs=150))
+    deadline = time.monotonic() + 120
+    while jobs.read_status(run_dir).get("epoch", 0) < 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert jobs.read_status(run_dir)["state"] == "running", (run_dir / "train.log").read_text()[-2000:]
+    assert jobs.cancel_run(run_dir)["state"] == "cancelled"
+    stopped_at = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)["epoch"]
+    assert 1 <= stopped_at < 150
+
+    jobs.resume_run(run_dir)
+    deadline = time.monotonic() + 300
+    while jobs.read_status(run_dir)["state"] in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    status = jobs.read_status(run_dir)
+    assert status["state"] == "done" and status["epoch"] == 150, status
+    epochs = [int(r["epoch"]) for r in csv.DictReader((run_dir / "metrics.csv").open())]
+    assert epochs == list(range(1, 151))  # nothing lost, nothing twice
