@@ -661,7 +661,8 @@ def count_parameters(model: Any) -> int:
 
 
 # ============================================================================================ checkpoints
-def _save_checkpoint(path: Path, payload: dict) -> None:
+def save_checkpoint(path: Path, payload: dict) -> None:
+    """Written beside, then renamed: a run killed mid-save keeps its previous checkpoint whole."""
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
@@ -779,7 +780,7 @@ class RunFiles:
 
     def save(self, name: str, payload: dict) -> None:
         if self.active:
-            _save_checkpoint(self.run_dir / name, payload)
+            save_checkpoint(self.run_dir / name, payload)
 
     def write_json(self, name: str, data: Any) -> None:
         if self.active:

@@ -131,6 +131,16 @@ def test_cli_trains_a_run_folder_that_the_pipeline_can_load(home, tmp_path):
     assert points.shape == (23, 2) and np.isfinite(points).all()
     assert confidence.shape == (23,) and ((confidence >= 0) & (confidence <= 1)).all()
     assert model.locate(pixels, None) is None  # no box, no points: the pipeline says why
+    # reading the film and its mirror and averaging makes the answer independent of the facing
+    assert model.mirror_average
+    width = pixels.shape[1]
+    x1, y1, x2, y2 = case.roi_box
+    mirrored, _ = model.locate(np.ascontiguousarray(pixels[:, ::-1]), [width - x2, y1, width - x1, y2], 0.0)
+    from core.measure import landmark_flip_index
+
+    back = mirrored[landmark_flip_index()]
+    back[:, 0] = width - back[:, 0]
+    assert np.allclose(back, points, atol=1e-3)
     # the promoted copy is what Predict loads
     promoted = jobs.promote(run_dir)
     assert promoted.name == "landmarks" and isinstance(load_landmark_model(promoted / "best.pt"), HeatmapLandmarkModel)
