@@ -73,7 +73,7 @@ PROFILES = {
                         detector_imgsz=160, landmark_epochs=36, landmark_input=128, classifier_epochs=10,
                         classifier_input=128, batch=4, holdout=60),
     "quick": DemoProfile("quick", patients=240, images_per_patient=1, image_size=384, detector_epochs=10,
-                         detector_imgsz=128, landmark_epochs=30, landmark_input=96, classifier_epochs=15,
+                         detector_imgsz=128, landmark_epochs=50, landmark_input=96, classifier_epochs=15,
                          classifier_input=96, batch=4, holdout=24),
     "tiny": DemoProfile("tiny", patients=12, images_per_patient=1, image_size=128, detector_epochs=1,
                         detector_imgsz=64, landmark_epochs=1, landmark_input=64, classifier_epochs=1,

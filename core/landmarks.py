@@ -1,9 +1,9 @@
 """Heatmap landmark model: the 23 CSXA points on the detector's crop, precise enough to measure angles.
 
 Why a second landmark model next to YOLO-pose (``core.detect``, ``model: yolov8n-pose.yaml``): a Cobb angle
-hangs on endplate corners a few pixels apart. Measured on 60 held-out 512 px phantoms after the full demo's
-training budget on a 2-core CPU, YOLO-pose (10 epochs on ROI crops, 5.6 min) placed points 14.5 px off on average
-(5.3 % of the C2-C7 length) and missed the Cobb angle by 17.6 deg; this model (4 min) is in the README's table.
+hangs on endplate corners a few pixels apart. On 60 held-out 512 px phantoms after the full demo's budget on a
+2-core CPU, YOLO-pose (10 epochs on ROI crops, 5.6 min) placed points 16.6 px off on average (6.1 % of the
+C2-C7 length) and missed the Cobb angle by 16.9 deg; this model (36 epochs, 4.8 min) by 1.3 px and 1.65 deg.
 
 Method (``models.landmark_unet``): the ROI window (box + ``roi_margin`` of its size per side, the window
 ``core.datasets.landmark_crop_window`` cuts) is resampled to ``input_size`` squared; a small U-Net gives one
@@ -12,7 +12,8 @@ window through a random affine map (rotation, per-axis scale, shift, horizontal 
 from a cached context crop, so it sees the box errors a detector makes; then gamma, contrast and noise.
 Prediction runs twice: on the detector's box, then on the box the first points imply
 (``measure.roi_box_from_landmarks``, the rule every ROI box in the project follows), which is the window the
-model was trained on whatever the detector's error.
+model was trained on whatever the detector's error. The mirrored film is read the same way and the two
+answers averaged (``mirror_average``).
 
 Run folders follow the other trainers (docs/ARCHITECTURE.md): config.yaml, status.json, metrics.csv,
 train.log, best.pt / last.pt (``{"state_dict", "meta"}``, loadable with ``weights_only=True``), test_report.json.
