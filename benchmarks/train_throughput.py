@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from core import settings, train  # noqa: E402  (first: it sets OpenMP's wait policy before torch loads)
+from core.crops import context_inner, normalise, train_augmentation  # noqa: E402
+from core.runconfig import TrainConfig  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, TensorDataset  # noqa: E402
@@ -47,7 +49,7 @@ def bare_loop(model, batches, optimizer, criterion, runtime) -> float:
     model.train()
     started = time.perf_counter()
     for images, labels in batches:
-        images = train.normalise(images.to(runtime.device))
+        images = normalise(images.to(runtime.device))
         labels = labels.to(runtime.device)
         if runtime.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -70,7 +72,7 @@ def engine_loop(model, loader, optimizer, scheduler, criterion, runtime) -> floa
 
 
 def measure(name: str, size: int, batch: int, steps: int, repeats: int, device: str) -> dict:
-    cfg = train.TrainConfig(model=name, input_size=size, batch_size=batch, device=device, workers=0)
+    cfg = TrainConfig(model=name, input_size=size, batch_size=batch, device=device, workers=0)
     runtime = train.make_runtime(cfg)
     torch.manual_seed(0)
     n = steps * batch
@@ -78,9 +80,9 @@ def measure(name: str, size: int, batch: int, steps: int, repeats: int, device: 
     labels = torch.arange(n) % 3
     batches = [(crops[i:i + batch], labels[i:i + batch]) for i in range(0, n, batch)]
     loader = DataLoader(TensorDataset(crops, labels), batch_size=batch, shuffle=True, num_workers=0)
-    inner = train.context_inner(cfg.roi_margin)
+    inner = context_inner(cfg.roi_margin)
     contexts = torch.rand(n, 1, round(size / inner), round(size / inner))
-    augmented = DataLoader(AugmentedCrops(contexts, labels, train.train_augmentation(cfg, size, inner)),
+    augmented = DataLoader(AugmentedCrops(contexts, labels, train_augmentation(cfg, size, inner)),
                            batch_size=batch, shuffle=True, num_workers=0)
 
     options = {"input_size": size} if name == "s_resnet34" else {}

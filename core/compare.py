@@ -167,7 +167,7 @@ def inference_ms(model: Any, meta: dict, crops, repeats: int = 20) -> float:
     """Median milliseconds to classify one crop (batch of 1, CPU, after one warm-up)."""
     import torch
 
-    from core.train import classify_crops
+    from core.checkpoints import classify_crops
 
     crops = crops[: max(1, min(repeats, len(crops)))]
     with torch.inference_mode():
@@ -198,8 +198,11 @@ def _train_config(model: str, options: dict, dataset: str, epochs: int | None, i
 def run_entry(entry: Entry, plan_list: list[dict[str, list]], config: dict, n_boot: int, seed: int) -> Entry:
     """Train ``entry`` on every plan, pool its test predictions and score them."""
     from core import metrics, train
+    from core.checkpoints import load_classifier
+    from core.crops import load_crops, to_samples
+    from core.runconfig import TrainConfig
 
-    cfg = train.TrainConfig.from_dict(config)
+    cfg = TrainConfig.from_dict(config)
     pooled_true, pooled_probs, pooled_patients = [], [], []
     for number, plan in enumerate(plan_list, start=1):
         fold = f" fold {number}/{len(plan_list)}" if len(plan_list) > 1 else ""
@@ -218,10 +221,10 @@ def run_entry(entry: Entry, plan_list: list[dict[str, list]], config: dict, n_bo
             pooled_probs.append(row["probabilities"])
             pooled_patients.append(row["patient_id"])
         if number == 1:
-            model, meta = train.load_classifier(run_dir)
+            model, meta = load_classifier(run_dir)
             entry.n_parameters = _n_parameters(model)
-            samples = train.to_samples(plan["test"][:20])
-            crops = train.load_crops(samples, int(meta["input_size"]), float(meta["roi_margin"]))
+            samples = to_samples(plan["test"][:20])
+            crops = load_crops(samples, int(meta["input_size"]), float(meta["roi_margin"]))
             entry.inference_ms = inference_ms(model, meta, crops)
     entry.report = metrics.evaluate_predictions(np.array(pooled_true), np.array(pooled_probs), pooled_patients,
                                                 list(settings.CLASSES), n_boot=n_boot, seed=seed)
@@ -378,7 +381,7 @@ def configure_compare(parser: argparse.ArgumentParser) -> None:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from core.train import ConfigError
+    from core.runconfig import ConfigError
 
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     try:

@@ -190,7 +190,7 @@ def build_demo(quick: bool = False, progress: Progress | None = None, *, tiny: b
     """
     import torch
 
-    from core.train import RunCancelled
+    from core.runfiles import RunCancelled
 
     profile = PROFILES["tiny" if tiny else "quick" if quick else "full"]
     reporter = _Reporter(profile.quality, progress, echo)
@@ -319,9 +319,10 @@ def _train_landmarks(step: int, profile: DemoProfile, reporter: _Reporter, seed:
 
 def _train_classifier(step: int, profile: DemoProfile, reporter: _Reporter, seed: int) -> Path:
     from core import train
+    from core.runconfig import TrainConfig
 
     reporter.begin(step, f"S-ResNet-34, {profile.classifier_epochs} epochs at {profile.classifier_input} px")
-    cfg = train.TrainConfig.from_dict({
+    cfg = TrainConfig.from_dict({
         "model": "s_resnet34", "dataset": DATASET, "input_size": profile.classifier_input,
         "epochs": profile.classifier_epochs, "batch_size": profile.classifier_batch, "lr": 1e-3,
         "patience": profile.classifier_epochs, "aug_hflip": True,  # phantoms face both ways
@@ -404,7 +405,7 @@ def configure_demo(parser: argparse.ArgumentParser) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from core.train import RunCancelled
+    from core.runfiles import RunCancelled
 
     try:
         report = build_demo(quick=args.quick, tiny=args.tiny, seed=args.seed, echo=True)

@@ -203,12 +203,12 @@ def _launch(run_dir: Path, args: list[str], nproc: int = 1) -> int:
 def start_run(config: str | Path | Mapping[str, Any], overrides: Sequence[str] = (), *, nproc: int = 1) -> Path:
     """Validate a config (file or dict) plus ``key=value`` overrides, then train it in the background.
 
-    Returns the run folder at once; a bad config raises ``core.train.ConfigError`` here, before any
+    Returns the run folder at once; a bad config raises ``core.runconfig.ConfigError`` here, before any
     process starts. ``nproc > 1`` launches the same run under torchrun (DDP).
     """
-    from core import train  # torch is imported only by what trains
+    from core import runconfig  # torch is imported only by what trains
 
-    resolved = train.resolve_config(config, overrides)
+    resolved = runconfig.resolve_config(config, overrides)
     task = resolved.get("task", "classify")
     run_dir = new_run_dir(resolved.get("model", task), task)
     (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")

@@ -174,7 +174,7 @@ def _build_network(meta: Mapping[str, Any]):
 
 def load_landmark_model(path: str | Path):
     """The landmark model in a checkpoint: :class:`HeatmapLandmarkModel` or YOLO-pose (``core.detect``)."""
-    from core.train import load_checkpoint
+    from core.checkpoints import load_checkpoint
 
     meta = load_checkpoint(path)["meta"]
     if meta.get("format") == FORMAT:
@@ -190,7 +190,7 @@ class HeatmapLandmarkModel:
     needs_box = True
 
     def __init__(self, path: str | Path):
-        from core.train import load_checkpoint
+        from core.checkpoints import load_checkpoint
 
         data = load_checkpoint(path)
         meta = data["meta"]
@@ -434,11 +434,12 @@ def train_heatmap(config: Mapping[str, Any], run_dir: str | Path, progress_callb
 
     ``items`` maps split names to TrainingItem-like records (tests); without it the store's patient-level splits of
     ``config["dataset"]`` are used. ``config["resume"]`` continues from last.pt. Raises LandmarkTrainingError for
-    a bad config or dataset, core.train.RunCancelled on SIGTERM; status.json says which.
+    a bad config or dataset, core.runfiles.RunCancelled on SIGTERM; status.json says which.
     """
     import yaml
 
-    from core.train import RunCancelled, cancel_on_sigterm, pick_device
+    from core.runfiles import RunCancelled, cancel_on_sigterm
+    from core.train import pick_device
 
     cfg = HeatmapConfig.from_dict(config)
     resume = bool(config.get("resume"))
@@ -474,7 +475,7 @@ def train_heatmap(config: Mapping[str, Any], run_dir: str | Path, progress_callb
 
 def _fit(cfg: HeatmapConfig, run_dir: Path, status: dict, progress_callback, items, resume: bool,
          device: torch.device) -> dict:
-    from core.train import save_checkpoint
+    from core.checkpoints import save_checkpoint
     from models.landmark_unet import LandmarkUNet
 
     def update(**fields):

@@ -3,8 +3,8 @@
 Stages: read -> detect (ROI box) -> landmarks (23 points: the heatmap model of ``core.landmarks`` reads the
 window around the detector's box; a YOLO-pose model reads the whole image or, when trained on ROI crops, the
 same window) -> crop -> classify
-(temperature-calibrated softmax) -> Grad-CAM. The crop is ``core.train.classifier_crop`` with the
-checkpoint's ``input_size`` and ``roi_margin`` and ``core.train.normalise`` with its normalisation, so
+(temperature-calibrated softmax) -> Grad-CAM. The crop is ``core.crops.classifier_crop`` with the
+checkpoint's ``input_size`` and ``roi_margin`` and ``core.crops.normalise`` with its normalisation, so
 inference sees exactly what training saw.
 
 Models default to the promoted ones (``core.jobs.promoted_model``). Without a classifier nothing can be
@@ -111,7 +111,8 @@ def _key(path: Path) -> tuple[str, int, int]:
 
 @functools.lru_cache(maxsize=4)
 def _classifier_at(path: str, mtime_ns: int, size: int):
-    from core.train import load_classifier, pick_device
+    from core.checkpoints import load_classifier
+    from core.train import pick_device
 
     model, meta = load_classifier(path)
     if hasattr(model, "to"):
@@ -218,7 +219,7 @@ class Predictor:
 
     def predict(self, source: Any, name: str | None = None, cam_method: str | None = "gradcam") -> Prediction:
         """Predict one radiograph: a path, bytes, a binary file object or an already read Radiograph."""
-        from core import explain, train
+        from core import checkpoints, crops, explain
 
         timings = {stage: 0.0 for stage in STAGES}
         clock = time.perf_counter()
@@ -276,11 +277,11 @@ class Predictor:
             notes.append("no ROI box: the whole image was classified (less reliable)")
 
         input_size, margin = int(self.meta["input_size"]), float(self.meta.get("roi_margin", 0.05))
-        crop = train.classifier_crop(pixels, None if box_source == "whole image" else box, input_size, margin)
+        crop = crops.classifier_crop(pixels, None if box_source == "whole image" else box, input_size, margin)
         lap("crop")
 
         with explain.model_lock(self.model):
-            probs = train.classify_crops(self.model, self.meta, crop[None])[0]
+            probs = checkpoints.classify_crops(self.model, self.meta, crop[None])[0]
         index = int(np.argmax(probs))
         probabilities = {c: float(p) for c, p in zip(self.classes, probs)}
         lap("classify")
@@ -291,9 +292,9 @@ class Predictor:
                 notes.append(f"no Grad-CAM: {self.model_name} is not a neural network")
             else:
                 try:
-                    tensor = train.normalise(crop[None], self.meta)
+                    tensor = crops.normalise(crop[None], self.meta)
                     crop_map = explain.explain(self.model, tensor, index, cam_method, model_name=self.model_name)
-                    region = train.crop_box(None if box_source == "whole image" else box, (width, height), margin)
+                    region = crops.crop_box(None if box_source == "whole image" else box, (width, height), margin)
                     cam = explain.cam_to_image(crop_map, region, (height, width))
                 except explain.ExplainUnavailable as error:
                     notes.append(f"no Grad-CAM: {error}")

@@ -11,9 +11,8 @@ epoch), ``status.json`` (atomic), ``train.log``, ``last.pt`` (adds optimizer/sch
 ``best.pt`` = ``{"state_dict", "meta"}`` with plain-typed meta, loadable with
 ``torch.load(weights_only=True)``, and ``test_report.json`` from ``core.metrics.evaluate_predictions``.
 
-Input to every classifier: the labelled ROI box widened by ``roi_margin`` on each side, resized (stretched)
-to a square ``input_size``, one gray channel, normalised with ``NORMALISATION``. The predictor must crop
-the same way: use :func:`classifier_crop` / :func:`classify_crops` with the checkpoint's meta.
+Configs are ``core.runconfig``, crops ``core.crops``, checkpoints ``core.checkpoints`` and the run folder's
+files ``core.runfiles``; this module owns devices/DDP, model building, the training loop and evaluation.
 
 Repeatability: every epoch reseeds torch/numpy/random from ``(seed, epoch)``, so an uninterrupted run and
 one resumed from ``last.pt`` draw the same shuffles and augmentations, and two CPU runs with the same seed
@@ -23,504 +22,32 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import difflib
 import inspect
 import json
 import logging
 import math
 import os
 import random
-import signal
 import sys
 import time
-import types
-import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as nnf
-import yaml
-from torch.utils.data import DataLoader, Dataset, Sampler
-from torchvision.transforms import InterpolationMode, v2
-from torchvision.transforms.v2 import functional as tvf
+from torch.utils.data import DataLoader, Sampler
 
 from core import jobs, settings
+from core.checkpoints import classify_crops, load_classifier, state_dict_of, svm_to_tensors
+from core.crops import (NORMALISATION, CropDataset, DistributedWeightedSampler, Sample, context_inner, load_crops,
+                        load_split, normalise, to_samples, train_augmentation)
+from core.runconfig import ConfigError, TrainConfig, resolve_config, to_plain
+from core.runfiles import RunCancelled, RunFiles, cancel_on_sigterm, run_logging
 
 log = logging.getLogger("cervicurve.train")
-
-TASKS = ("classify", "detect", "landmarks")
-CLASS_WEIGHTING = ("balanced", "none", "sampler")
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "classify.yaml"
-# ImageNet's RGB statistics folded to one gray channel (luma weights): ImageNet-initialised 1-channel
-# stems see inputs on the scale they were trained on; from-scratch models do not care.
-NORMALISATION = {"mean": [0.449], "std": [0.226]}
-# Extra context cached around the ROI for training, so rotation and crop jitter rarely reach past the image.
-CONTEXT_EXTRA = 0.15
-METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "val_macro_f1", "lr", "seconds")
-
-
-class ConfigError(ValueError):
-    """A config key, value or data source that cannot be trained; the message names it and what is allowed."""
-
-
-class RunCancelled(Exception):
-    """SIGTERM reached the training process (jobs.cancel_run)."""
-
-
-# ============================================================================================ config
-@dataclass
-class TrainConfig:
-    """Every knob of a classification run; ``configs/classify.yaml`` documents each with the same defaults."""
-
-    task: str = "classify"
-    model: str = "s_resnet34"
-    model_options: dict = field(default_factory=dict)
-    weights_path: str | None = None
-    dataset: str = "default"
-    train_split: str = "train"
-    val_split: str = "val"
-    test_split: str = "test"
-    input_size: int | None = None
-    roi_margin: float = 0.05
-    epochs: int = 30
-    batch_size: int = 16
-    lr: float = 0.0003
-    weight_decay: float = 0.0001
-    warmup_epochs: int = 1
-    patience: int = 8
-    time_limit_s: float = 0.0
-    class_weighting: str = "balanced"
-    label_smoothing: float = 0.0
-    augment: bool = True
-    aug_rotation_deg: float = 8.0
-    aug_scale: float = 0.15
-    aug_shift: float = 0.05
-    aug_brightness: float = 0.2
-    aug_contrast: float = 0.2
-    aug_gamma: float = 0.25
-    aug_noise_std: float = 0.02
-    aug_hflip: bool = False
-    seed: int = 0
-    device: str = "auto"
-    amp: bool | str = "auto"
-    channels_last: bool | str = "auto"
-    workers: int = -1
-    cache_mb: int = 2048
-    n_boot: int = 1000
-    deterministic: bool = False
-
-    def to_dict(self) -> dict:
-        return _plain(asdict(self))
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
-        hints = typing.get_type_hints(cls)
-        known = {f.name for f in fields(cls)}
-        values = {}
-        for key, value in data.items():
-            if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise ConfigError(f"unknown config key '{key}'{hint}; known keys: {', '.join(sorted(known))}")
-            values[key] = _coerce(key, hints[key], value)
-        config = cls(**values)
-        config.validate()
-        return config
-
-    def validate(self) -> None:
-        if self.task not in TASKS:
-            raise ConfigError(f"task '{self.task}' is not one of: {', '.join(TASKS)}")
-        from models.registry import MODELS
-
-        if self.model not in MODELS:
-            raise ConfigError(f"model '{self.model}' is not one of: {', '.join(MODELS)}")
-        if self.class_weighting not in CLASS_WEIGHTING:
-            raise ConfigError(f"class_weighting '{self.class_weighting}' is not one of: {', '.join(CLASS_WEIGHTING)}")
-        if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
-            raise ConfigError(f"device '{self.device}' is not one of: auto, cpu, cuda, cuda:N, mps")
-        for name, low in (("epochs", 1), ("batch_size", 1), ("warmup_epochs", 0), ("patience", 0),
-                          ("workers", -1), ("cache_mb", 0), ("n_boot", 0)):
-            if getattr(self, name) < low:
-                raise ConfigError(f"{name} must be >= {low}, got {getattr(self, name)}")
-        if self.input_size is not None and not 16 <= self.input_size <= 2048:
-            raise ConfigError(f"input_size must be between 16 and 2048 px (or null for the model's default), "
-                              f"got {self.input_size}")
-        for name in ("lr",):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.time_limit_s < 0:
-            raise ConfigError(f"time_limit_s must be >= 0 (0 = no limit), got {self.time_limit_s}")
-        for name, high in (("weight_decay", 1.0), ("label_smoothing", 0.999), ("roi_margin", 1.0),
-                           ("aug_scale", 0.5), ("aug_shift", 0.3), ("aug_brightness", 1.0),
-                           ("aug_contrast", 1.0), ("aug_gamma", 2.0), ("aug_noise_std", 0.5),
-                           ("aug_rotation_deg", 45.0)):
-            value = getattr(self, name)
-            if not 0 <= value <= high:
-                raise ConfigError(f"{name} must be between 0 and {high}, got {value}")
-        if self.weights_path and not Path(self.weights_path).expanduser().is_file():
-            raise ConfigError(f"weights_path '{self.weights_path}' is not a file (weights are never downloaded: "
-                              "point it at a local torchvision or CerviCurve .pt file)")
-
-
-_TRUE = {"true", "yes", "on", "1"}
-_FALSE = {"false", "no", "off", "0"}
-
-
-def _coerce(key: str, hint: Any, value: Any) -> Any:
-    """``value`` as the dataclass field's type, or a ConfigError naming the key and the expected type."""
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        if bool in args and str in args:  # tri-state: auto | true | false
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("auto", "none", "null", ""):
-                return "auto"
-            if text in _TRUE or text in _FALSE:
-                return text in _TRUE
-            raise ConfigError(f"{key} must be auto, true or false, got {value!r}")
-        if type(None) in args:
-            if value is None or str(value).strip().lower() in ("none", "null", "auto", ""):
-                return None
-            inner = next(a for a in args if a is not type(None))
-            return _coerce(key, inner, value)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in _TRUE or text in _FALSE:
-            return text in _TRUE
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key} must be a whole number, got {value!r}")
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        try:
-            return int(str(value).strip()) if not isinstance(value, int) else value
-        except ValueError:
-            raise ConfigError(f"{key} must be a whole number, got {value!r}") from None
-    if hint is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        try:
-            result = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key} must be a number, got {value!r}") from None
-        if not math.isfinite(result):
-            raise ConfigError(f"{key} must be a finite number, got {value!r}")
-        return result
-    if hint is str:
-        if isinstance(value, (dict, list)) or value is None:
-            raise ConfigError(f"{key} must be text, got {value!r}")
-        return str(value)
-    if hint is dict or typing.get_origin(hint) is dict:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a mapping (e.g. {{variant: channel}}), got {value!r}")
-        return dict(value)
-    return value
-
-
-def _plain(value: Any) -> Any:
-    """Plain Python types only (YAML, JSON and weights_only checkpoints)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
-    if isinstance(value, (str, Path)):  # str subclasses (TorchVersion) are not weights_only-safe
-        return str(value)
-    if isinstance(value, bool) or value is None:
-        return value
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return float(value)
-    return value
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def resolve_config(source: str | Path | Mapping[str, Any] | None = None, overrides: Sequence[str] = ()) -> dict:
-    """Defaults < YAML file (or dict) < ``key=value`` overrides, as a plain dict.
-
-    Classification configs are validated into a :class:`TrainConfig` (unknown keys and bad values raise
-    :class:`ConfigError`); ``task: detect|landmarks`` configs are passed through for ``core.detect``.
-    """
-    if source is None:
-        data: dict = {}
-    elif isinstance(source, Mapping):
-        data = dict(source)
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"config file '{path}' does not exist")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file '{path}' must hold a mapping of key: value, got {type(data).__name__}")
-    data = dict(data)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like key=value (e.g. epochs=10)")
-        key, text = item.split("=", 1)
-        key = key.strip()
-        value = _parse_value(text)
-        if "." in key:  # model_options.variant=channel
-            head, sub = key.split(".", 1)
-            if head != "model_options":
-                raise ConfigError(f"override '{key}': only model_options.<name>=value may use a dot")
-            options = dict(data.get(head) or {})
-            options[sub] = value
-            data[head] = options
-        else:
-            data[key] = value
-    task = data.get("task", "classify")
-    if task not in TASKS:
-        raise ConfigError(f"task '{task}' is not one of: {', '.join(TASKS)}")
-    if task == "landmarks":
-        from core import landmarks
-
-        if landmarks.is_heatmap_model(data.get("model")):
-            try:  # checked here so a bad key stops before a background process starts
-                return landmarks.HeatmapConfig.from_dict(data).to_dict()
-            except landmarks.LandmarkTrainingError as error:
-                raise ConfigError(str(error)) from None
-    if task != "classify":
-        return _plain(data)
-    return TrainConfig.from_dict(data).to_dict()
-
-
-def load_config(source: str | Path | Mapping[str, Any] | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """A validated classification config (see :func:`resolve_config`)."""
-    data = resolve_config(source, overrides)
-    if data.get("task", "classify") != "classify":
-        raise ConfigError(f"task '{data['task']}' is trained by core.detect, not as a classification config")
-    return TrainConfig.from_dict(data)
-
-
-# ============================================================================================ data
-@dataclass
-class Sample:
-    """One training image: what the loaders need from a ``core.datasets.TrainingItem``."""
-
-    path: str
-    label: int
-    roi_box: list[float] | None
-    patient_id: str
-    image_id: str
-
-
-def to_samples(items: Sequence[Any], classes: Sequence[str] = settings.CLASSES) -> list[Sample]:
-    """TrainingItem-like records (attributes or dict keys: path, label, roi_box, patient_id, image_id)."""
-    samples = []
-    for item in items:
-        get = (lambda k, d=None: item.get(k, d)) if isinstance(item, Mapping) else (lambda k, d=None: getattr(item, k, d))
-        label = get("label")
-        if isinstance(label, str):
-            if label not in classes:
-                raise ConfigError(f"label '{label}' of {get('path')} is not one of: {', '.join(classes)}")
-            label = classes.index(label)
-        elif label is None or not 0 <= int(label) < len(classes):
-            raise ConfigError(f"image {get('path')} has no usable class label ({label!r})")
-        path = Path(str(get("path")))
-        if not path.is_absolute():
-            path = settings.home() / path
-        box = get("roi_box")
-        samples.append(Sample(path=str(path), label=int(label),
-                              roi_box=[float(v) for v in box] if box is not None else None,
-                              patient_id=str(get("patient_id", "") or ""),
-                              image_id=str(get("image_id", "") or path.stem)))
-    return samples
-
-
-def load_split(cfg: TrainConfig, split: str) -> list[Sample]:
-    """The split's labelled images from the annotation store (``core.datasets.training_items``)."""
-    from core import datasets
-
-    try:
-        items = datasets.training_items(cfg.dataset, split)
-    except ValueError as exc:
-        raise ConfigError(f"dataset '{cfg.dataset}', split '{split}': {exc}") from None
-    return to_samples(items)
-
-
-def crop_box(roi_box: Sequence[float] | None, image_size: tuple[int, int], margin: float) -> list[float]:
-    """The region a classifier sees: the ROI box widened by ``margin`` x its size on each side.
-
-    ``image_size`` is ``(width, height)``; with no box, the whole image. The region may reach past the
-    image (zero padded), so the crop keeps its scale at the edges. Pass this box to ``explain.cam_to_image``.
-    """
-    width, height = image_size
-    if roi_box is None:
-        return [0.0, 0.0, float(width), float(height)]
-    x1, y1, x2, y2 = (float(v) for v in roi_box)
-    if not (x2 > x1 and y2 > y1):
-        raise ValueError(f"ROI box {list(roi_box)} is empty: need x1 < x2 and y1 < y2")
-    dx, dy = (x2 - x1) * margin, (y2 - y1) * margin
-    return [x1 - dx, y1 - dy, x2 + dx, y2 + dy]
-
-
-def _resized_region(pixels: torch.Tensor, box: Sequence[float], size: int) -> torch.Tensor:
-    x1, y1, x2, y2 = box
-    top, left = int(math.floor(y1)), int(math.floor(x1))
-    height, width = max(1, int(math.ceil(y2)) - top), max(1, int(math.ceil(x2)) - left)
-    return tvf.resized_crop(pixels, top, left, height, width, [size, size],
-                            interpolation=InterpolationMode.BILINEAR, antialias=True)
-
-
-def classifier_crop(pixels: np.ndarray, roi_box: Sequence[float] | None, input_size: int,
-                    margin: float = 0.05) -> torch.Tensor:
-    """``1 x S x S`` float32 crop in [0, 1] (not normalised) of a ``H x W`` radiograph, as training sees it."""
-    image = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[None]
-    box = crop_box(roi_box, (image.shape[-1], image.shape[-2]), margin)
-    return _resized_region(image, box, input_size).clamp_(0.0, 1.0)
-
-
-def normalise(batch: torch.Tensor, meta: Mapping[str, Any] | None = None) -> torch.Tensor:
-    norm = (meta or {}).get("normalisation", NORMALISATION)
-    mean = torch.tensor(norm["mean"], dtype=batch.dtype, device=batch.device).view(-1, 1, 1)
-    std = torch.tensor(norm["std"], dtype=batch.dtype, device=batch.device).view(-1, 1, 1)
-    return (batch - mean) / std
-
-
-class RandomGamma(nn.Module):
-    """Gamma drawn log-uniformly in [1/(1+g), 1+g]: exposure and detector response differ between sites."""
-
-    def __init__(self, strength: float):
-        super().__init__()
-        self.log_range = math.log1p(strength)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        if self.log_range == 0:
-            return image
-        gamma = math.exp((torch.rand(()).item() * 2 - 1) * self.log_range)
-        return tvf.adjust_gamma(image.clamp(0, 1), gamma)
-
-
-class RoiJitter(nn.Module):
-    """RandomResizedCrop for an ROI: rotate the cached context, then cut a box around the ROI whose side
-    varies by ``scale`` and whose centre moves by ``shift`` (fractions of the crop side), resized to ``size``.
-
-    ``inner`` is the fraction of the context side the un-jittered crop covers.
-    """
-
-    def __init__(self, size: int, inner: float, rotation_deg: float, scale: float, shift: float):
-        super().__init__()
-        self.size, self.inner, self.scale, self.shift = size, inner, scale, shift
-        self.rotate = (v2.RandomRotation(rotation_deg, interpolation=InterpolationMode.BILINEAR)
-                       if rotation_deg > 0 else nn.Identity())
-
-    def forward(self, context: torch.Tensor) -> torch.Tensor:
-        context = self.rotate(context)
-        side = context.shape[-1]
-        u = torch.rand(4).tolist()
-        w = self.inner * side * (1 + (2 * u[0] - 1) * self.scale)
-        h = self.inner * side * (1 + (2 * u[1] - 1) * self.scale)
-        cx = side / 2 + (2 * u[2] - 1) * self.shift * self.inner * side
-        cy = side / 2 + (2 * u[3] - 1) * self.shift * self.inner * side
-        return _resized_region(context, (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), self.size)
-
-
-def train_augmentation(cfg: TrainConfig, size: int, inner: float) -> nn.Module:
-    """Radiograph-safe augmentation: small rotation, ROI scale/shift jitter, brightness/contrast, gamma, noise.
-
-    No horizontal flip by default (``aug_hflip``): clinical laterals follow a facing convention and carry
-    burned-in laterality markers, so mirrored images are ones the model never meets at inference. Turn it
-    on when the data mix both facings (the phantoms do) or after facing normalisation.
-    """
-    steps: list[nn.Module] = [RoiJitter(size, inner, cfg.aug_rotation_deg, cfg.aug_scale, cfg.aug_shift)]
-    if cfg.aug_hflip:
-        steps.append(v2.RandomHorizontalFlip())
-    if cfg.aug_brightness or cfg.aug_contrast:
-        steps.append(v2.ColorJitter(brightness=cfg.aug_brightness, contrast=cfg.aug_contrast))
-    steps.append(RandomGamma(cfg.aug_gamma))
-    if cfg.aug_noise_std > 0:
-        steps.append(v2.RandomApply([v2.GaussianNoise(sigma=cfg.aug_noise_std, clip=True)], p=0.5))
-    return v2.Compose(steps)
-
-
-def context_inner(margin: float) -> float:
-    """Fraction of the cached training context's side that the plain classifier crop covers."""
-    return (1 + 2 * margin) / (1 + 2 * (margin + CONTEXT_EXTRA))
-
-
-class CropDataset(Dataset):
-    """ROI crops of samples; with ``augment`` set, each item is a fresh augmentation of a cached context.
-
-    Crops (float16) are cached in memory when they fit in ``cache_mb``; otherwise every access reads the file.
-    Returns ``(crop 1 x S x S in [0, 1], label)``; normalisation happens on the device.
-    """
-
-    def __init__(self, samples: Sequence[Sample], size: int, margin: float,
-                 augment: nn.Module | None = None, cache_mb: int = 2048):
-        self.samples, self.size, self.margin, self.augment = list(samples), size, margin, augment
-        # with augmentation, cache a wider context so rotation/jitter see real pixels, not padding
-        self.extra = CONTEXT_EXTRA if augment is not None else 0.0
-        self.inner = context_inner(margin) if augment is not None else 1.0
-        self.base_size = int(round(size / self.inner))
-        needed = len(self.samples) * self.base_size ** 2 * 2
-        self.cache: list[torch.Tensor] | None = None
-        if needed <= cache_mb * 2 ** 20:
-            self.cache = [self._load(i).to(torch.float16) for i in range(len(self.samples))]
-
-    def _load(self, index: int) -> torch.Tensor:
-        from core.imaging import read_image
-
-        sample = self.samples[index]
-        pixels = read_image(sample.path).pixels
-        if sample.roi_box is None:
-            log.warning("no ROI box for %s (image %s): the whole image is used", sample.path, sample.image_id)
-        return classifier_crop(pixels, sample.roi_box, self.base_size, self.margin + self.extra)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int):
-        base = self.cache[index].float() if self.cache is not None else self._load(index)
-        crop = self.augment(base) if self.augment is not None else base
-        return crop.clamp(0.0, 1.0), self.samples[index].label
-
-
-class DistributedWeightedSampler(Sampler):
-    """Class-balanced sampling for DDP: every rank draws the same weighted list, then takes its share."""
-
-    def __init__(self, weights: Sequence[float], num_samples: int, rank: int, world_size: int, seed: int):
-        self.weights = torch.as_tensor(weights, dtype=torch.double)
-        self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, 0
-        self.per_rank = int(math.ceil(num_samples / world_size))
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        drawn = torch.multinomial(self.weights, self.per_rank * self.world_size, True, generator=generator)
-        return iter(drawn[self.rank::self.world_size].tolist())
-
-    def __len__(self) -> int:
-        return self.per_rank
 
 
 # ============================================================================================ devices, DDP
@@ -660,201 +187,7 @@ def count_parameters(model: Any) -> int:
     return int(counter() if callable(counter) else counter or 0)
 
 
-# ============================================================================================ checkpoints
-def save_checkpoint(path: Path, payload: dict) -> None:
-    """Written beside, then renamed: a run killed mid-save keeps its previous checkpoint whole."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-
-
-def _state_dict_of(model: nn.Module) -> dict:
-    module = model.module if hasattr(model, "module") else model
-    module = getattr(module, "_orig_mod", module)
-    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """A checkpoint dict; a run folder or promoted folder means its best.pt."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "best.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path} is not a CerviCurve checkpoint (weights_only load failed: {exc})") from None
-    if not isinstance(data, dict) or "state_dict" not in data or "meta" not in data:
-        raise ValueError(f"{path} is not a CerviCurve checkpoint (no state_dict/meta)")
-    return data
-
-
-def load_classifier(path: str | Path) -> tuple[Any, dict]:
-    """``(model, meta)`` from a best.pt, a run folder or a promoted folder; the model is in eval mode on CPU.
-
-    ``meta["kind"]`` is ``torch`` (an ``nn.Module``) or ``sklearn`` (the SVM estimator). Use
-    :func:`classify_crops` to get calibrated probabilities from either.
-    """
-    data = load_checkpoint(path)
-    meta = data["meta"]
-    if meta.get("kind") == "sklearn":
-        return _svm_from_tensors(data["state_dict"]), meta
-    from models.registry import build_model
-
-    options = dict(meta.get("model_options") or {})
-    options.update(meta.get("builder_extra") or {})
-    model = build_model(meta["model"], num_classes=len(meta["classes"]), in_channels=1, **options)
-    model.load_state_dict(data["state_dict"])
-    model.eval()
-    return model, meta
-
-
-@torch.no_grad()
-def classify_crops(model: Any, meta: Mapping[str, Any], crops: torch.Tensor | np.ndarray,
-                   batch_size: int = 32) -> np.ndarray:
-    """Temperature-scaled class probabilities ``N x C`` for crops ``N x 1 x S x S`` (or ``N x S x S``) in [0, 1]."""
-    crops = torch.as_tensor(np.asarray(crops, dtype=np.float32)) if isinstance(crops, np.ndarray) else crops.float()
-    if crops.dim() == 3:
-        crops = crops[:, None]
-    if meta.get("kind") == "sklearn":
-        return np.asarray(model.predict_proba(crops[:, 0].numpy()), dtype=np.float64)
-    logits = _logits_of(model, crops, meta, batch_size)
-    return torch.softmax(logits / float(meta.get("temperature", 1.0)), dim=1).double().numpy()
-
-
-def _logits_of(model: nn.Module, crops: torch.Tensor, meta: Mapping[str, Any], batch_size: int) -> torch.Tensor:
-    device = next(model.parameters()).device
-    model.eval()
-    out = []
-    for start in range(0, len(crops), batch_size):
-        batch = normalise(crops[start:start + batch_size].to(device), meta)
-        out.append(model(batch).float().cpu())
-    return torch.cat(out) if out else torch.zeros(0, len(meta.get("classes", settings.CLASSES)))
-
-
-# ============================================================================================ run folder I/O
-class RunFiles:
-    """Rank 0's writer for one run folder; other ranks get a writer that does nothing."""
-
-    def __init__(self, run_dir: Path, active: bool):
-        self.run_dir, self.active = Path(run_dir), active
-        self.status: dict = {}
-
-    def status_update(self, **changes: Any) -> None:
-        if not self.active:
-            return
-        if not self.status:
-            self.status = jobs._read_status_file(self.run_dir)
-        self.status.update(changes)
-        self.status = jobs.write_status(self.run_dir, self.status)
-
-    def write_config(self, cfg_dict: dict) -> None:
-        if self.active:
-            jobs.atomic_write_text(self.run_dir / jobs.CONFIG_FILE, yaml.safe_dump(cfg_dict, sort_keys=False))
-
-    def metrics_rows(self) -> list[dict]:
-        path = self.run_dir / jobs.METRICS_FILE
-        if not path.exists():
-            return []
-        with open(path, newline="", encoding="utf-8") as handle:
-            return list(csv.DictReader(handle))
-
-    def keep_metrics_until(self, epoch: int) -> None:
-        """After a resume, drop rows of epochs that finished after the checkpoint (they will be redone)."""
-        if not self.active:
-            return
-        rows = [r for r in self.metrics_rows() if int(r["epoch"]) <= epoch]
-        text = ",".join(METRIC_COLUMNS) + "\n" + "".join(",".join(r[c] for c in METRIC_COLUMNS) + "\n" for r in rows)
-        jobs.atomic_write_text(self.run_dir / jobs.METRICS_FILE, text)
-
-    def append_metrics(self, row: Mapping[str, Any]) -> None:
-        if not self.active:
-            return
-        path = self.run_dir / jobs.METRICS_FILE
-        new = not path.exists() or path.stat().st_size == 0
-        with open(path, "a", encoding="utf-8") as handle:
-            if new:
-                handle.write(",".join(METRIC_COLUMNS) + "\n")
-            handle.write(",".join(_fmt(row[c]) for c in METRIC_COLUMNS) + "\n")
-
-    def save(self, name: str, payload: dict) -> None:
-        if self.active:
-            save_checkpoint(self.run_dir / name, payload)
-
-    def write_json(self, name: str, data: Any) -> None:
-        if self.active:
-            jobs.atomic_write_text(self.run_dir / name, json.dumps(_plain(data), indent=1))
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
-
-
-@contextlib.contextmanager
-def run_logging(run_dir: Path, active: bool):
-    """train.log for this run (plus stderr, unless stderr already is train.log, as under jobs)."""
-    handlers: list[logging.Handler] = []
-    if active:
-        log_path = run_dir / jobs.LOG_FILE
-        file_handler = logging.FileHandler(log_path, encoding="utf-8")
-        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
-        handlers.append(file_handler)
-        if not _stderr_is(log_path):
-            stream = logging.StreamHandler(sys.stderr)
-            stream.setFormatter(logging.Formatter("%(message)s"))
-            handlers.append(stream)
-    for handler in handlers:
-        log.addHandler(handler)
-    previous = log.level
-    log.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        for handler in handlers:
-            log.removeHandler(handler)
-            handler.close()
-        log.setLevel(previous)
-
-
-def _stderr_is(path: Path) -> bool:
-    try:
-        err, target = os.fstat(sys.stderr.fileno()), os.stat(path)
-    except (OSError, ValueError, AttributeError):
-        return False
-    return (err.st_dev, err.st_ino) == (target.st_dev, target.st_ino)
-
-
-@contextlib.contextmanager
-def cancel_on_sigterm():
-    """SIGTERM (jobs.cancel_run) becomes RunCancelled in the main thread, so the run can say 'cancelled'."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise RunCancelled("cancelled (SIGTERM)")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 # ============================================================================================ training
-@dataclass
-class EpochResult:
-    train_loss: float
-    val_loss: float
-    val_acc: float
-    val_macro_f1: float
-
-
 def _class_counts(samples: Sequence[Sample], n_classes: int) -> np.ndarray:
     return np.bincount([s.label for s in samples], minlength=n_classes).astype(np.float64)
 
@@ -984,7 +317,7 @@ def _meta(cfg: TrainConfig, input_size: int, options: dict, run_dir: Path, **ext
         "temperature": 1.0,
     }
     base.update(extra)
-    return _plain(base)
+    return to_plain(base)
 
 
 def train(cfg: TrainConfig, run_dir: str | Path | None = None, items: Mapping[str, Sequence[Any]] | None = None,
@@ -1133,7 +466,7 @@ def _fit_torch(cfg: TrainConfig, run_dir: Path, files: RunFiles, runtime: Runtim
             metrics = {k: row[k] for k in ("train_loss", "val_loss", "val_acc", "val_macro_f1")}
             meta = _meta(cfg, input_size, options, run_dir, epoch=epoch, metrics=metrics, n_parameters=n_params,
                          best_metric=best_metric, best_epoch=best_epoch)
-            state_dict = _state_dict_of(model)
+            state_dict = state_dict_of(model)
             if improved:
                 files.save("best.pt", {"state_dict": state_dict, "meta": meta})
             # metrics row before last.pt: a crash between the two redoes the epoch and the resume drops the row
@@ -1209,34 +542,6 @@ def _point(report: Mapping[str, Any], name: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-# ============================================================================================ SVM
-def _svm_to_tensors(model: Any) -> dict[str, torch.Tensor]:
-    """The SVM's own npz file (arrays + JSON, no pickle) as one uint8 tensor, so best.pt stays one file."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        data = model.save(Path(tmp) / "svm.npz").read_bytes()
-    return {"svm_npz": torch.frombuffer(bytearray(data), dtype=torch.uint8).clone()}
-
-
-def _svm_from_tensors(state: Mapping[str, torch.Tensor]) -> Any:
-    import tempfile
-
-    from models.svm import CurvatureSVM
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "svm.npz"
-        path.write_bytes(state["svm_npz"].numpy().tobytes())
-        return CurvatureSVM.load(path)
-
-
-def load_crops(samples: Sequence[Sample], size: int, margin: float) -> np.ndarray:
-    """Evaluation crops ``N x S x S`` float32 in [0, 1] (no augmentation, no cache), as the predictor makes them."""
-    dataset = CropDataset(samples, size, margin, None, cache_mb=0)
-    return np.stack([dataset[i][0][0].numpy() for i in range(len(dataset))]) if len(dataset) else \
-        np.zeros((0, size, size), np.float32)
-
-
 def _fit_sklearn(cfg: TrainConfig, run_dir: Path, files: RunFiles, items) -> None:
     """The SVM: HOG features of the same crops; one 'epoch', the same run folder and test report."""
     from sklearn.metrics import log_loss
@@ -1269,7 +574,7 @@ def _fit_sklearn(cfg: TrainConfig, run_dir: Path, files: RunFiles, items) -> Non
     meta = _meta(cfg, input_size, {}, run_dir, epoch=1, best_metric=best_metric, best_epoch=1,
                  metrics={k: row[k] for k in ("train_loss", "val_loss", "val_acc", "val_macro_f1")},
                  n_parameters=count_parameters(model))
-    payload = {"state_dict": _svm_to_tensors(model), "meta": meta}
+    payload = {"state_dict": svm_to_tensors(model), "meta": meta}
     files.save("best.pt", payload)
     files.save("last.pt", payload)
     files.status_update(epoch=1, best_metric=best_metric)
@@ -1303,7 +608,7 @@ def evaluate(run_dir: str | Path, split: str = "test", samples: Sequence[Any] | 
     y_true = np.array([s.label for s in records])
     report = metrics.evaluate_predictions(y_true, probs, [s.patient_id for s in records], list(meta["classes"]),
                                           n_boot=cfg.n_boot if n_boot is None else n_boot, seed=cfg.seed)
-    report = dict(_plain(report))
+    report = dict(to_plain(report))
     report.update({
         "split": split, "run_id": run_dir.name, "model": meta["model"], "n_images": len(records),
         "n_patients": len({s.patient_id for s in records}), "temperature": meta.get("temperature", 1.0),
@@ -1312,7 +617,7 @@ def evaluate(run_dir: str | Path, split: str = "test", samples: Sequence[Any] | 
                          "predicted": meta["classes"][int(np.argmax(p))],
                          "probabilities": [round(float(v), 6) for v in p]} for s, p in zip(records, probs)],
     })
-    jobs.atomic_write_text(run_dir / f"{split}_report.json", json.dumps(_plain(report), indent=1))
+    jobs.atomic_write_text(run_dir / f"{split}_report.json", json.dumps(to_plain(report), indent=1))
     log.info("%s report: %d images -> %s", split, len(records), run_dir / f"{split}_report.json")
     return report
 

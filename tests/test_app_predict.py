@@ -34,6 +34,7 @@ def promote_tiny_classifier(home: Path) -> Path:
     from core import jobs, train
     from core.datasets import TrainingItem
     from core.phantom import generate_case
+    from core.runconfig import load_config
 
     previous = os.environ.get("CERVICURVE_HOME")
     os.environ["CERVICURVE_HOME"] = str(home)
@@ -52,8 +53,8 @@ def promote_tiny_classifier(home: Path) -> Path:
                                                      landmarks=case.landmarks, patient_id=f"P{number}",
                                                      image_id=number))
                     number += 1
-        config = train.load_config(None, ["model=cnn", "epochs=1", "batch_size=4", "input_size=32", "workers=0",
-                                          "n_boot=0", "device=cpu", "augment=false", "warmup_epochs=0"])
+        config = load_config(None, ["model=cnn", "epochs=1", "batch_size=4", "input_size=32", "workers=0",
+                                    "n_boot=0", "device=cpu", "augment=false", "warmup_epochs=0"])
         run_dir = train.train(config, items=items)
         return jobs.promote(run_dir)
     finally:

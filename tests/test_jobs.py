@@ -69,7 +69,7 @@ def test_started_run_finishes_in_the_background_and_can_be_promoted(tiny, capsys
 
 
 def test_a_bad_config_fails_before_any_process_starts(tiny):
-    from core.train import ConfigError
+    from core.runconfig import ConfigError
 
     with pytest.raises(ConfigError, match="epochs"):
         jobs.start_run(dict(FAST, epochs="many"))

@@ -215,7 +215,7 @@ def test_a_background_run_can_be_cancelled_and_resumed(home):
     import time
 
     from core import jobs
-    from core.train import ConfigError
+    from core.runconfig import ConfigError
 
     with pytest.raises(ConfigError, match="unknown key.*epoch_count"):  # refused before any process starts
         jobs.start_run(tiny_config(epoch_count=3))

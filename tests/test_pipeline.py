@@ -69,7 +69,7 @@ def run_cli(args, home, timeout=300):
 
 def test_each_class_gives_a_full_prediction(home, phantom_files):
     from core.pipeline import STAGES, Predictor
-    from core.train import crop_box
+    from core.crops import crop_box
 
     predictor = Predictor(detection_threshold=0.0)  # the promoted models
     assert predictor.quality == "tiny" and predictor.model_name == "s_resnet34"

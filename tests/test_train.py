@@ -17,8 +17,10 @@ import torch
 import yaml
 from PIL import Image
 
-from core import jobs, train
+from core import checkpoints, jobs, runconfig, train
 from core.cli import main as cli_main
+from core.crops import NORMALISATION, classifier_crop
+from core.runfiles import METRIC_COLUMNS
 from core.settings import CLASSES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +84,7 @@ def subprocess_env(workspace: Path) -> dict:
 
 # ---------------------------------------------------------------------------------------------- config
 def test_yaml_defaults_are_the_dataclass_defaults():
-    assert train.load_config(train.DEFAULT_CONFIG) == train.TrainConfig()
+    assert runconfig.load_config(runconfig.DEFAULT_CONFIG) == runconfig.TrainConfig()
 
 
 @pytest.mark.parametrize("override, words", [
@@ -99,8 +101,8 @@ def test_yaml_defaults_are_the_dataclass_defaults():
     ("augment.rotation=3", ["only model_options.<name>=value may use a dot"]),
 ])
 def test_bad_config_values_name_the_key_and_what_is_allowed(override, words):
-    with pytest.raises(train.ConfigError) as caught:
-        train.load_config(train.DEFAULT_CONFIG, [override])
+    with pytest.raises(runconfig.ConfigError) as caught:
+        runconfig.load_config(runconfig.DEFAULT_CONFIG, [override])
     for word in words:
         assert word in str(caught.value)
 
@@ -108,38 +110,38 @@ def test_bad_config_values_name_the_key_and_what_is_allowed(override, words):
 def test_overrides_are_typed_by_the_dataclass(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("model: resnet34\nepochs: 4\n")
-    cfg = train.load_config(config, ["epochs=5", "lr=1e-3", "augment=false", "input_size=null",
-                                     "model=s_resnet34", "model_options.variant=channel", "amp=true"])
+    cfg = runconfig.load_config(config, ["epochs=5", "lr=1e-3", "augment=false", "input_size=null",
+                                         "model=s_resnet34", "model_options.variant=channel", "amp=true"])
     assert (cfg.epochs, cfg.lr, cfg.augment, cfg.input_size) == (5, 0.001, False, None)
     assert cfg.model_options == {"variant": "channel"} and cfg.amp is True
-    with pytest.raises(train.ConfigError, match="does not exist"):
-        train.load_config(tmp_path / "missing.yaml")
+    with pytest.raises(runconfig.ConfigError, match="does not exist"):
+        runconfig.load_config(tmp_path / "missing.yaml")
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
-    with pytest.raises(train.ConfigError, match="mapping"):
-        train.load_config(tmp_path / "list.yaml")
+    with pytest.raises(runconfig.ConfigError, match="mapping"):
+        runconfig.load_config(tmp_path / "list.yaml")
 
 
 def test_detect_configs_pass_through_to_core_detect():
-    data = train.resolve_config({"task": "detect", "model": "yolov8n.yaml", "imgsz": 96}, ["epochs=2"])
+    data = runconfig.resolve_config({"task": "detect", "model": "yolov8n.yaml", "imgsz": 96}, ["epochs=2"])
     assert data == {"task": "detect", "model": "yolov8n.yaml", "imgsz": 96, "epochs": 2}
 
 
 def test_bad_model_option_is_a_config_error(tiny):
-    cfg = train.load_config(None, FAST + ["model_options.depth=3", "epochs=1"])
-    with pytest.raises(train.ConfigError, match="depth"):
+    cfg = runconfig.load_config(None, FAST + ["model_options.depth=3", "epochs=1"])
+    with pytest.raises(runconfig.ConfigError, match="depth"):
         train.train(cfg)
 
 
 # ---------------------------------------------------------------------------------------------- a run
 def test_a_run_writes_every_file_and_checkpoints_load_weights_only(tiny):
-    cfg = train.load_config(train.DEFAULT_CONFIG, FAST + ["epochs=2"])
+    cfg = runconfig.load_config(runconfig.DEFAULT_CONFIG, FAST + ["epochs=2"])
     run_dir = train.train(cfg)
 
     for name in ("config.yaml", "metrics.csv", "status.json", "train.log", "last.pt", "best.pt", "test_report.json"):
         assert (run_dir / name).is_file(), name
     assert yaml.safe_load((run_dir / "config.yaml").read_text()) == cfg.to_dict()
     rows = metric_rows(run_dir, drop=())
-    assert list(rows[0]) == list(train.METRIC_COLUMNS) and [r["epoch"] for r in rows] == ["1", "2"]
+    assert list(rows[0]) == list(METRIC_COLUMNS) and [r["epoch"] for r in rows] == ["1", "2"]
     status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "done" and status["epoch"] == 2 and status["epochs"] == 2
     assert status["pid"] == os.getpid() and status["task"] == "classify" and "updated_at" in status
@@ -149,7 +151,7 @@ def test_a_run_writes_every_file_and_checkpoints_load_weights_only(tiny):
     last = torch.load(run_dir / "last.pt", weights_only=True)
     meta = best["meta"]
     assert meta["model"] == "cnn" and meta["classes"] == list(CLASSES) and meta["input_size"] == 64
-    assert meta["normalisation"] == train.NORMALISATION and meta["config"]["epochs"] == 2
+    assert meta["normalisation"] == NORMALISATION and meta["config"]["epochs"] == 2
     assert isinstance(meta["temperature"], float) and meta["temperature"] > 0
     assert "optimizer" not in best and {"optimizer", "scheduler"} <= set(last)
     log_text = (run_dir / "train.log").read_text()
@@ -161,15 +163,15 @@ def test_a_run_writes_every_file_and_checkpoints_load_weights_only(tiny):
     assert macro_f1["low"] <= macro_f1["value"] <= macro_f1["high"]
     assert len(report["predictions"]) == 6
 
-    model, meta = train.load_classifier(run_dir)
-    crop = train.classifier_crop(np.full((80, 60), 0.5, np.float32), [10, 10, 50, 70], meta["input_size"],
-                                 meta["roi_margin"])
-    probs = train.classify_crops(model, meta, crop[None])
+    model, meta = checkpoints.load_classifier(run_dir)
+    crop = classifier_crop(np.full((80, 60), 0.5, np.float32), [10, 10, 50, 70], meta["input_size"],
+                           meta["roi_margin"])
+    probs = checkpoints.classify_crops(model, meta, crop[None])
     assert probs.shape == (1, 3) and np.isclose(probs.sum(), 1.0)
 
 
 def test_the_same_seed_gives_the_same_metrics_and_another_seed_does_not(tiny):
-    runs = [train.train(train.load_config(None, FAST + ["epochs=2", f"seed={seed}"])) for seed in (7, 7, 8)]
+    runs = [train.train(runconfig.load_config(None, FAST + ["epochs=2", f"seed={seed}"])) for seed in (7, 7, 8)]
     first, again, other = (metric_rows(r) for r in runs)
     assert first == again
     assert first != other
@@ -207,12 +209,12 @@ def test_resume_after_sigkill_mid_epoch_completes_every_epoch_once(tiny):
     assert (run_dir / "test_report.json").exists()
 
     # the resumed run draws the same shuffles and augmentations as one that never stopped
-    straight = train.train(train.load_config(config))
+    straight = train.train(runconfig.load_config(config))
     assert metric_rows(straight) == rows
 
 
 def test_time_limit_stops_a_run_after_the_epoch_that_uses_it_up(tiny):
-    run_dir = train.train(train.load_config(None, FAST + ["epochs=4", "time_limit_s=0.001"]))
+    run_dir = train.train(runconfig.load_config(None, FAST + ["epochs=4", "time_limit_s=0.001"]))
     assert [r["epoch"] for r in metric_rows(run_dir)] == ["1"]
     status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "done" and status["epoch"] == 1
@@ -220,7 +222,7 @@ def test_time_limit_stops_a_run_after_the_epoch_that_uses_it_up(tiny):
 
 
 def test_evaluate_command_scores_another_split(tiny, capsys):
-    run_dir = train.train(train.load_config(None, FAST + ["epochs=1"]))
+    run_dir = train.train(runconfig.load_config(None, FAST + ["epochs=1"]))
     assert cli_main(["evaluate", str(run_dir), "--split", "val", "--n-boot", "20"]) == 0
     report = json.loads((run_dir / "val_report.json").read_text())
     assert report["split"] == "val" and report["n_images"] == 6
@@ -229,21 +231,21 @@ def test_evaluate_command_scores_another_split(tiny, capsys):
 
 
 def test_train_command_rejects_a_bad_config_before_training(tiny, capsys):
-    assert cli_main(["train", "--config", str(train.DEFAULT_CONFIG), "epochs=abc"]) == 2
+    assert cli_main(["train", "--config", str(runconfig.DEFAULT_CONFIG), "epochs=abc"]) == 2
     assert "epochs must be a whole number" in capsys.readouterr().err
     assert not (tiny / "runs").exists() or not any((tiny / "runs").iterdir())  # no run folder was made
 
 
 def test_svm_run_uses_the_same_folder_and_checkpoint_format(tiny):
-    run_dir = train.train(train.load_config(None, ["model=svm", "input_size=64", "dataset=tiny", "n_boot=50"]))
+    run_dir = train.train(runconfig.load_config(None, ["model=svm", "input_size=64", "dataset=tiny", "n_boot=50"]))
     status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "done" and status["epochs"] == 1
     assert [r["epoch"] for r in metric_rows(run_dir)] == ["1"]
     best = torch.load(run_dir / "best.pt", weights_only=True)
     assert best["meta"]["kind"] == "sklearn"
-    model, meta = train.load_classifier(run_dir / "best.pt")
+    model, meta = checkpoints.load_classifier(run_dir / "best.pt")
     crops = np.random.default_rng(0).random((2, 64, 64), dtype=np.float32)
-    probs = train.classify_crops(model, meta, crops)
+    probs = checkpoints.classify_crops(model, meta, crops)
     assert probs.shape == (2, 3) and np.allclose(probs.sum(1), 1.0)
     assert json.loads((run_dir / "test_report.json").read_text())["n_images"] == 6
 
