@@ -21,10 +21,8 @@ Demo models are trained on synthetic phantoms only: they demonstrate the product
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import signal
 import sys
 import threading
 import time
@@ -86,23 +84,6 @@ class DemoCancelled(KeyboardInterrupt):
 
     An interrupt, not an error: a YOLO run it stops marks itself cancelled rather than failed.
     """
-
-
-@contextlib.contextmanager
-def _cancel_on_sigterm():
-    """SIGTERM becomes DemoCancelled in the main thread, so the status file can say 'cancelled'."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise DemoCancelled("cancelled (SIGTERM)")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def status_path() -> Path:
@@ -190,13 +171,13 @@ def build_demo(quick: bool = False, progress: Progress | None = None, *, tiny: b
     """
     import torch
 
-    from core.runfiles import RunCancelled
+    from core.runfiles import RunCancelled, cancel_on_sigterm
 
     profile = PROFILES["tiny" if tiny else "quick" if quick else "full"]
     reporter = _Reporter(profile.quality, progress, echo)
     torch.set_num_threads(settings.cpu_threads())
     try:
-        with _cancel_on_sigterm():
+        with cancel_on_sigterm(DemoCancelled):
             report = _build(profile, reporter, seed)
     except (DemoCancelled, RunCancelled, KeyboardInterrupt):
         reporter.say("cancelled", state="cancelled")

@@ -124,8 +124,9 @@ def _stderr_is(path: Path) -> bool:
 
 
 @contextlib.contextmanager
-def cancel_on_sigterm():
-    """SIGTERM (jobs.cancel_run) becomes RunCancelled in the main thread, so the run can say 'cancelled'."""
+def cancel_on_sigterm(exception: type[BaseException] = RunCancelled):
+    """SIGTERM (jobs.cancel_run, the app's cancel button) becomes ``exception`` in the main thread, so the run
+    can say 'cancelled' rather than die silently."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
@@ -133,7 +134,7 @@ def cancel_on_sigterm():
         return
 
     def handler(signum, frame):
-        raise RunCancelled("cancelled (SIGTERM)")
+        raise exception("cancelled (SIGTERM)")
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:

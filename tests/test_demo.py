@@ -73,3 +73,28 @@ def test_tiny_demo_builds_a_workspace_that_predicts(workspace):
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     record = json.loads(predicted.stdout.strip().splitlines()[-1])
     assert record["file"] == str(holdout[0]) and record["class"] in ("normal", "straightened", "reversed")
+
+
+def test_sigterm_cancels_the_demo_and_says_so(workspace):
+    """The app's cancel button sends SIGTERM: the demo stops, its status reads 'cancelled', nothing is promoted."""
+    import signal
+    import time
+
+    env = {**os.environ, "CERVICURVE_HOME": str(workspace), "PYTHONPATH": str(ROOT)}
+    demo = subprocess.Popen([sys.executable, "-m", "core", "demo", "--tiny"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    status_file = workspace / "demo_status.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until it trains (step 3 or later)
+        try:
+            if json.loads(status_file.read_text())["step"] >= 3:
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.1)
+    demo.send_signal(signal.SIGTERM)
+    _, stderr = demo.communicate(timeout=120)
+    assert demo.returncode == 130 and "demo cancelled" in stderr
+    assert "Traceback" not in stderr
+    assert json.loads(status_file.read_text())["state"] == "cancelled"
+    assert not (workspace / "promoted" / "classify").exists()
