@@ -567,8 +567,8 @@ def _fit(cfg: HeatmapConfig, run_dir: Path, status: dict, progress_callback, ite
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", items: Sequence[Any] | None = None) -> dict:
-    """The run's best model on a split of its dataset, through :meth:`HeatmapLandmarkModel.locate` (with its
-    refinement pass) starting from each image's ROI box."""
+    """The run's best model on a split of its dataset, through :meth:`HeatmapLandmarkModel.locate` (refinement
+    and mirror reading included) starting from each image's ROI box; also written to ``<split>_report.json``."""
     from core.imaging import read_image
 
     model = HeatmapLandmarkModel(Path(run_dir) / "best.pt")
@@ -593,4 +593,5 @@ def evaluate_run(run_dir: str | Path, split: str = "test", items: Sequence[Any] 
     report = landmark_errors(pairs) if pairs else {"mean_error_px": None, "mean_error_pct_c2c7": None,
                                                    "cobb_mae_deg": None, "cobb_within_5deg": None, "images": 0}
     report.update(split=split, missed=missed, model=MODEL_NAME)
+    jobs.atomic_write_text(Path(run_dir) / f"{split}_report.json", json.dumps(report, indent=1))
     return report

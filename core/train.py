@@ -684,8 +684,18 @@ def configure_evaluate(parser: argparse.ArgumentParser) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    from core import landmarks
+
     try:
-        report = evaluate(args.run, args.split, n_boot=args.n_boot)
+        config = jobs.read_config(jobs.resolve_run(args.run))
+        task = config.get("task", "classify")
+        if task == "landmarks" and landmarks.is_heatmap_model(config.get("model")):
+            report = landmarks.evaluate_run(jobs.resolve_run(args.run), args.split)
+        elif task != "classify":
+            raise ConfigError(f"evaluate scores classification and {landmarks.MODEL_NAME} runs; this {task} run's "
+                              "test scores are in its test_report.json")
+        else:
+            report = evaluate(args.run, args.split, n_boot=args.n_boot)
     except (ConfigError, jobs.JobError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

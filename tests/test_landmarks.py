@@ -118,6 +118,13 @@ def test_cli_trains_a_run_folder_that_the_pipeline_can_load(home, tmp_path):
     assert [int(r["epoch"]) for r in rows] == [1, 2] and all(float(r["val_mean_error_px"]) > 0 for r in rows)
     report = json.loads((run_dir / "test_report.json").read_text())
     assert report["images"] == 3 and report["split"] == "test" and report["mean_error_px"] > 0
+    # `evaluate` scores the run on another split of its dataset, as for a classifier
+    scored = subprocess.run([sys.executable, "-m", "core", "evaluate", str(run_dir), "--split", "val"], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    val = json.loads(scored.stdout)
+    assert val["split"] == "val" and val["images"] == 3 and val["cobb_mae_deg"] is not None
+    assert json.loads((run_dir / "val_report.json").read_text()) == val
 
     # a safe checkpoint (no pickled code) that says what it is
     data = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
@@ -190,6 +197,14 @@ def test_bad_configs_and_datasets_are_clear_errors(home, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "epochs and batch_size must be at least 1" in done.stderr
     assert "Traceback" not in done.stderr
+
+    # evaluate knows which runs it can score
+    detector_run = tmp_path / "detector-run"
+    detector_run.mkdir()
+    (detector_run / "config.yaml").write_text(yaml.safe_dump({"task": "detect", "model": "yolov8n.yaml"}))
+    done = subprocess.run([sys.executable, "-m", "core", "evaluate", str(detector_run)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "test scores are in its test_report.json" in done.stderr
 
 
 def test_a_checkpoint_of_another_kind_is_refused(tmp_path):
