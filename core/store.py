@@ -12,6 +12,8 @@ one of them failing with "database is locked" halfway through.
 from __future__ import annotations
 
 import math
+import sqlite3
+import time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -190,6 +192,25 @@ def _now() -> datetime:
 # ---------------------------------------------------------------- engine
 
 
+def _use_wal(cursor) -> None:
+    """Switch a new database to WAL once (the mode is stored in the file).
+
+    The switch needs an exclusive lock and SQLite answers "database is locked" at once, without waiting on
+    busy_timeout, when another process is switching the same new file: retry for up to the busy timeout.
+    """
+    if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+        return
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _make_engine(url: str) -> Engine:
     engine = create_engine(url)
     if engine.dialect.name != "sqlite":
@@ -201,7 +222,7 @@ def _make_engine(url: str) -> Engine:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _use_wal(cursor)
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
 
