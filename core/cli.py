@@ -11,8 +11,8 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "phantom": ("core.phantom", "write synthetic lateral radiographs with ground truth"),
-    "import": ("core.datasets", "import images and labels into the workspace"),
-    "export": ("core.datasets", "export a dataset (yolo, folder, csv, coco)"),
+    "import": ("core.importers", "import images and labels into the workspace"),
+    "export": ("core.exports", "export a dataset (yolo, folder, csv, coco)"),
     "split": ("core.datasets", "make patient-grouped, class-stratified splits"),
     "measure": ("core.measure", "Cobb angles, CCI and rule class from Labelme landmarks"),
     "train": ("core.train", "train a model from a YAML config (classify | detect | landmarks)"),

@@ -97,14 +97,14 @@ def dataset_exists(name: str) -> bool:
 def build_quick_dataset(name: str = QUICK_DATASET, patients: int = QUICK_PATIENTS, size: int = QUICK_PHANTOM_SIZE,
                         seed: int = 0) -> str:
     """Phantom patients (one image each) imported as ``name`` and split 70/15/15 by patient."""
-    from core import datasets, phantom
+    from core import datasets, importers, phantom
 
     out = settings.home() / "phantoms" / name
     if out.exists():
         shutil.rmtree(out)
     print(f"writing {patients} phantom patients ({size} px) to {out} ...", flush=True)
     phantom.write_phantoms(out, patients=patients, images_per_patient=1, seed=seed, size=size)
-    report = datasets.import_csv(out / "manifest.csv", dataset=name)
+    report = importers.import_csv(out / "manifest.csv", dataset=name)
     print(report.format(), flush=True)
     datasets.make_splits(name, seed=seed)
     return name

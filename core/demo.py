@@ -5,7 +5,7 @@ Steps (each printed as ``[k/7] stage: message`` and written to ``$CERVICURVE_HOM
 failed | cancelled, written atomically for the app to poll):
 
 1. write a synthetic phantom set in the CSXA layout (``core.phantom.write_phantoms``)
-2. import it as dataset ``phantom-demo`` (``core.datasets.import_csxa``) and make patient-level splits
+2. import it as dataset ``phantom-demo`` (``core.importers.import_csxa``) and make patient-level splits
 3. train the ROI detector (``core.detect.train_from_config``, a run folder under ``runs/``)
 4. train the heatmap landmark model on ROI crops (``core.landmarks.train_heatmap``, a run folder under ``runs/``;
    YOLO-pose stays selectable in the Train page and CLI, but is far less precise at this budget: see core/landmarks)
@@ -196,7 +196,7 @@ def _fmt(value, unit: str = "") -> str:
 
 
 def _build(profile: DemoProfile, reporter: _Reporter, seed: int) -> dict:
-    from core import datasets, phantom
+    from core import datasets, importers, phantom
 
     started = time.time()
     demo_dir = settings.home() / "demo"
@@ -214,7 +214,7 @@ def _build(profile: DemoProfile, reporter: _Reporter, seed: int) -> dict:
                            formats=("csxa",), progress=phantom_progress, overwrite=True)
 
     reporter.begin(2, f"CSXA layout -> dataset {DATASET}")
-    imported = datasets.import_csxa(phantoms / "csxa", dataset=DATASET, annotator="demo")
+    imported = importers.import_csxa(phantoms / "csxa", dataset=DATASET, annotator="demo")
     counts = datasets.make_splits(DATASET, profile.fractions, seed=seed)
     reporter.say(f"{imported.imported} new, {imported.unchanged} unchanged; splits " + ", ".join(
         f"{name} {sum(v.values())}" for name, v in counts.items()))
@@ -251,7 +251,7 @@ def _train_detector(step: int, profile: DemoProfile, reporter: _Reporter, seed: 
     import yaml
 
     from core import detect
-    from core.datasets import export_yolo
+    from core.exports import export_yolo
 
     epochs, imgsz = profile.detector_epochs, profile.detector_imgsz
     reporter.begin(step, f"{epochs} epochs at {imgsz} px")

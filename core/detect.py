@@ -613,7 +613,7 @@ class LandmarkModel(_YoloPredictor):
         config = self.meta.get("config") or {}
         self.crop_margin: float | None = None
         if (self.meta.get("crop") or config.get("crop")) == "roi":
-            from core.datasets import LANDMARK_CROP_MARGIN
+            from core.exports import LANDMARK_CROP_MARGIN
 
             self.crop_margin = float(self.meta.get("roi_margin") or config.get("roi_margin") or LANDMARK_CROP_MARGIN)
 
@@ -626,7 +626,7 @@ class LandmarkModel(_YoloPredictor):
             return self.predict(pixels, min_confidence)
         if box is None:
             return None
-        from core.datasets import crop_window, landmark_crop_window
+        from core.exports import crop_window, landmark_crop_window
 
         window = landmark_crop_window(box, self.crop_margin)  # the window the ROI-crop export cut
         found = self.predict(crop_window(pixels, window), min_confidence)
@@ -813,7 +813,7 @@ def train_landmark_model(data_yaml, run_dir, *, model: str | Path = DEFAULT_LAND
 def train_from_config(cfg: dict, run_dir, progress_callback: ProgressCallback | None = None) -> dict:
     """`python -m core train` for task detect | landmarks. Keys (defaults):
 
-    task (required), data (a YOLO data.yaml) or dataset (a store dataset, exported with core.datasets.export_yolo
+    task (required), data (a YOLO data.yaml) or dataset (a store dataset, exported with core.exports.export_yolo
     into run_dir/dataset), model (yolov8n.yaml / yolov8n-pose.yaml, or a local .pt), epochs (50), imgsz or
     input_size (640), batch or batch_size (16), device (auto), seed (0), workers (0 on CPU), patience (50),
     resume (false: true continues run_dir from its last epoch). Returns the report as a dict.
@@ -851,7 +851,7 @@ def _export_dataset(cfg: dict, task: str, run_dir: Path) -> Path:
               "task": task, "message": f"exporting dataset {dataset}"}
     write_json_atomic(run_dir / "status.json", status)
     try:
-        from core.datasets import export_yolo
+        from core.exports import export_yolo
 
         exported = export_yolo(dataset, run_dir / "dataset", task=task)
     except BaseException as exc:

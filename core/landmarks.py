@@ -6,7 +6,7 @@ hangs on endplate corners a few pixels apart. On 60 held-out 512 px phantoms aft
 C2-C7 length) and missed the Cobb angle by 16.9 deg; this model (36 epochs, 4.8 min) by 1.3 px and 1.65 deg.
 
 Method (``models.landmark_unet``): the ROI window (box + ``roi_margin`` of its size per side, the window
-``core.datasets.landmark_crop_window`` cuts) is resampled to ``input_size`` squared; a small U-Net gives one
+``core.exports.landmark_crop_window`` cuts) is resampled to ``input_size`` squared; a small U-Net gives one
 heatmap per landmark at a quarter of that, and soft-argmax reads sub-cell coordinates. Training samples each
 window through a random affine map (rotation, per-axis scale, shift, horizontal flip with left/right swap)
 from a cached context crop, so it sees the box errors a detector makes; then gamma, contrast and noise.
@@ -38,7 +38,7 @@ import torch
 from torch.nn import functional as F
 
 from core import jobs, settings
-from core.datasets import LANDMARK_CROP_MARGIN, crop_window, landmark_crop_window
+from core.exports import LANDMARK_CROP_MARGIN, crop_window, landmark_crop_window
 from core.measure import (LANDMARK_NAMES, LandmarkError, infer_facing, landmark_flip_index, measure_landmarks,
                           roi_box_from_landmarks)
 

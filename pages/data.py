@@ -1,7 +1,8 @@
 """Data: import a dataset (zip of a folder tree, CSV + images, YOLO, COCO, CSXA; DICOM files; phantoms),
 look at what a dataset holds, make patient-grouped splits, export it as a zip.
 
-The page only moves files: every import, split and export is a ``core.datasets`` call (also a CLI command).
+The page only moves files: every import, split and export is a ``core.importers``, ``core.datasets`` or
+``core.exports`` call (also a CLI command).
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def default_name(uploads, layout: str) -> str:
 
 def run_import(layout: str, uploads, dataset: str, phantom_options: dict, progress) -> None:
     """Unpack what was uploaded into a scratch folder, hand it to the importer, keep the report."""
-    from core import datasets
+    from core import importers
     from core.archive import extract_zip, import_source
 
     scratch = upload_folder(dataset)
@@ -78,7 +79,7 @@ def run_import(layout: str, uploads, dataset: str, phantom_options: dict, progre
             extract_zip(uploads.getvalue(), scratch)
             source, layout_used = import_source(layout, scratch), layout
         progress.progress(0.6 if layout == "phantom" else 0.3, text="Reading and checking every image…")
-        importer = getattr(datasets, f"import_{layout_used}")
+        importer = getattr(importers, f"import_{layout_used}")
         started = time.perf_counter()
         report = importer(source, dataset=dataset, store=store())
         progress.progress(1.0, text=f"Done in {time.perf_counter() - started:.1f} s")
@@ -223,17 +224,17 @@ with export_tab:
         chosen = columns[0].selectbox("Dataset", names, key="export_dataset")
         kind = columns[1].selectbox("Format", list(EXPORTS), format_func=EXPORTS.get, key="export_kind")
         if st.button("Prepare the zip", key="export_button"):
-            from core import datasets
+            from core import exports
 
             stamp = f"{datetime.now():%Y%m%d-%H%M%S}"
             out = settings.exports_dir() / f"{chosen}-{kind}-{stamp}"
             with engine_errors("The export"):
                 with st.spinner("Exporting…"):
                     if kind.startswith("yolo"):
-                        report = datasets.export_yolo(chosen, out, "landmarks" if kind == "yolo-landmarks" else "detect",
-                                                      store=store())
+                        report = exports.export_yolo(chosen, out, "landmarks" if kind == "yolo-landmarks" else "detect",
+                                                     store=store())
                     else:
-                        report = getattr(datasets, f"export_{kind}")(chosen, out, store=store())
+                        report = getattr(exports, f"export_{kind}")(chosen, out, store=store())
                     archive = Path(shutil.make_archive(str(out), "zip", root_dir=out))
                     shutil.rmtree(out, ignore_errors=True)
                 st.session_state["export_ready"] = (str(archive), report.format().replace(str(out), archive.name))

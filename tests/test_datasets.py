@@ -17,7 +17,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from core import datasets, settings
+from core import datasets, deid, exports, importers, settings
 from core.cli import main as cli_main
 from core.datasets import DatasetError
 from core.measure import LANDMARK_NAMES, measure_landmarks, roi_box_from_landmarks, write_labelme
@@ -84,7 +84,7 @@ def test_folder_import_maps_synonyms_reads_sidecars_and_reports_bad_files(worksp
     (src / "normal" / "dup.png").write_bytes(a.read_bytes())
     write_png(src / "misc" / "e.png", 5)
 
-    report = datasets.import_folder(src, dataset="tree", store=store)
+    report = importers.import_folder(src, dataset="tree", store=store)
 
     assert report.imported == 4
     reasons = dict(report.skipped)
@@ -103,7 +103,7 @@ def test_folder_import_maps_synonyms_reads_sidecars_and_reports_bad_files(worksp
     assert stored.read_bytes() == a.read_bytes()
     assert (by_source["a.png"].width, by_source["a.png"].height) == (96, 128)
 
-    again = datasets.import_folder(src, dataset="tree", store=store)
+    again = importers.import_folder(src, dataset="tree", store=store)
     assert (again.imported, again.updated, again.unchanged) == (0, 0, 4)
     assert sum(len(store.history(i.image_id)) for i in store.images("tree")) == 4
 
@@ -120,7 +120,7 @@ def test_progress_reports_each_checked_image_then_the_commit(workspace, tmp_path
         # Images are checked before anything is written; the last call comes after the rows are in.
         calls.append((done, total, name, len(store.images("tree"))))
 
-    report = datasets.import_folder(src, dataset="tree", store=store, progress=progress)
+    report = importers.import_folder(src, dataset="tree", store=store, progress=progress)
 
     assert report.imported == 3
     checked = ["kyphotic/p2.png", "normal/broken.png", "normal/p0.png", "straight/p1.png"]
@@ -129,9 +129,9 @@ def test_progress_reports_each_checked_image_then_the_commit(workspace, tmp_path
 
 def test_missing_source_is_a_clear_error(workspace, tmp_path):
     with pytest.raises(DatasetError, match="is not a folder"):
-        datasets.import_folder(tmp_path / "nowhere")
+        importers.import_folder(tmp_path / "nowhere")
     with pytest.raises(DatasetError, match="not found"):
-        datasets.import_csv(tmp_path / "nowhere.csv")
+        importers.import_csv(tmp_path / "nowhere.csv")
 
 
 # ---------------------------------------------------------------- CSV manifest
@@ -158,7 +158,7 @@ def test_csv_manifest_imports_good_rows_and_reports_bad_ones(workspace, tmp_path
     with manifest.open("w", newline="") as handle:
         csv.writer(handle).writerows(rows)
 
-    report = datasets.import_csv(manifest, dataset="m", store=store)
+    report = importers.import_csv(manifest, dataset="m", store=store)
 
     reasons = {name.split(" (")[0]: reason for name, reason in report.skipped}
     assert report.imported == 3, report.format()
@@ -178,7 +178,7 @@ def test_csv_without_required_columns_is_refused(workspace, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("file,class\na.png,normal\n")
     with pytest.raises(DatasetError, match="missing: path, label"):
-        datasets.import_csv(bad)
+        importers.import_csv(bad)
 
 
 # ---------------------------------------------------------------- YOLO and COCO
@@ -198,7 +198,7 @@ def test_yolo_set_gives_pixel_boxes_splits_and_reports_bad_labels(workspace, tmp
     (src / "data.yaml").write_text(yaml.safe_dump({"path": "/elsewhere/yolo", "train": "images/train",
                                                    "val": "images/val", "names": {0: "cervical_spine"}}))
 
-    report = datasets.import_yolo(src, dataset="y", store=store)
+    report = importers.import_yolo(src, dataset="y", store=store)
 
     assert report.imported == 2
     reasons = dict(report.skipped)
@@ -232,7 +232,7 @@ def test_coco_boxes_classes_and_keypoints(workspace, tmp_path, store):
     }
     (src / "annotations.json").write_text(json.dumps(coco))
 
-    report = datasets.import_coco(src, dataset="c", store=store)
+    report = importers.import_coco(src, dataset="c", store=store)
 
     assert report.imported == 3 and report.skipped == [("gone.png", "file not found")]
     items = {Path(i.source).name: i for i in store.current_labels("c")}
@@ -271,7 +271,7 @@ def test_csxa_import_links_sheet_by_case_number(workspace, tmp_path, store):
     src = tmp_path / "CSXA"
     marks = _csxa_folder(src)
 
-    report = datasets.import_csxa(src, dataset="csxa", store=store)
+    report = importers.import_csxa(src, dataset="csxa", store=store)
 
     assert report.imported == 3, report.format()
     reasons = dict(report.skipped)
@@ -289,7 +289,7 @@ def test_csxa_sigmoid_measured_and_csv_sheet(workspace, tmp_path, store):
     src = tmp_path / "CSXA"
     marks = _csxa_folder(src, sheet_format="csv")
 
-    report = datasets.import_csxa(src, sigmoid="measure", dataset="csxa", store=store)
+    report = importers.import_csxa(src, sigmoid="measure", dataset="csxa", store=store)
 
     assert report.imported == 4, report.format()
     sigmoid = next(i for i in store.current_labels("csxa") if i.patient_id == "0003")
@@ -339,7 +339,7 @@ def test_dicom_is_deidentified_and_patients_pseudonymised(workspace, tmp_path, s
     labels.write_text("path,label,patient_id,x1,y1,x2,y2\nx/doe_a.png,straight,SHOULD-NOT-BE-USED,5,5,40,60\n")
 
     calls = []
-    report = datasets.import_dicom(src, labels, dataset="dx", store=store,
+    report = importers.import_dicom(src, labels, dataset="dx", store=store,
                                    progress=lambda done, total, name: calls.append((done, total, name)))
 
     assert report.imported == 3 and [n for n, _ in report.skipped] == ["notes.bin"]
@@ -364,7 +364,7 @@ def test_dicom_is_deidentified_and_patients_pseudonymised(workspace, tmp_path, s
     per_patient = Counter(i.patient_id for i in items.values())
     assert sorted(per_patient.values()) == [1, 2]  # grouping survives: both DOE films share one pseudonym
     doe = next(p for p, n in per_patient.items() if n == 2)
-    assert doe == datasets.patient_pseudonym("MRN-12345")
+    assert doe == deid.patient_pseudonym("MRN-12345")
     originals = {pydicom.dcmread(src / f).SOPInstanceUID for f in ("doe_a.dcm", "doe_b.dcm", "roe.dcm")}
     assert not originals & {ds.SOPInstanceUID for ds in stored.values()}
     labeled = [i for i in items.values() if i.curvature_class]
@@ -375,12 +375,12 @@ def test_dicom_is_deidentified_and_patients_pseudonymised(workspace, tmp_path, s
 
     # A later import of the same patient (a new film) lands on the same pseudonym.
     _write_dicom(tmp_path / "later" / "followup.dcm", "MRN-12345", "DOE^JANE", 4)
-    later = datasets.import_dicom(tmp_path / "later", dataset="dx2", store=store)
+    later = importers.import_dicom(tmp_path / "later", dataset="dx2", store=store)
     assert later.imported == 1
     (followup,) = store.current_labels("dx2")
     assert followup.patient_id == doe
     # The same file imported twice is one image: de-identification is deterministic.
-    assert datasets.import_dicom(src, dataset="dx", store=store).unchanged == 3
+    assert importers.import_dicom(src, dataset="dx", store=store).unchanged == 3
 
 
 def test_pydicom_sample_files_truncated_and_imageless_are_reported(workspace, tmp_path, store):
@@ -394,7 +394,7 @@ def test_pydicom_sample_files_truncated_and_imageless_are_reported(workspace, tm
     original = pydicom.dcmread(src / "CT_small.dcm")
     assert str(original.PatientName) and any(element.tag.is_private for element in original)
 
-    report = datasets.import_dicom(src, dataset="samples", store=store)
+    report = importers.import_dicom(src, dataset="samples", store=store)
 
     reasons = dict(report.skipped)
     assert report.imported == 1
@@ -416,7 +416,7 @@ def test_failure_inside_the_transaction_leaves_store_and_images_unchanged(worksp
     first = tmp_path / "first"
     write_png(first / "normal" / "a.png", 1)
     write_png(first / "reversed" / "b.png", 2)
-    assert datasets.import_folder(first, dataset="d", store=store).imported == 2
+    assert importers.import_folder(first, dataset="d", store=store).imported == 2
     images_before = files_under(settings.images_dir())
     rows_before = [(i.image_id, i.curvature_class) for i in store.current_labels()]
 
@@ -431,7 +431,7 @@ def test_failure_inside_the_transaction_leaves_store_and_images_unchanged(worksp
         write_png(second / "straightened" / f"s{n}.png", 10 + n)
 
     with pytest.raises(Exception, match="simulated disk full"):
-        datasets.import_folder(second, dataset="d", store=store)
+        importers.import_folder(second, dataset="d", store=store)
 
     assert files_under(settings.images_dir()) == images_before
     assert [(i.image_id, i.curvature_class) for i in store.current_labels()] == rows_before
@@ -589,7 +589,7 @@ def labeled_dataset(workspace, tmp_path, store):
     src = tmp_path / "src"
     for n, cls in enumerate(["normal", "straightened", "reversed", "normal"]):
         write_png(src / cls / f"p{n}.png", n, size=(96, 128))
-    datasets.import_folder(src, dataset="ex", store=store)
+    importers.import_folder(src, dataset="ex", store=store)
     ids = [i.image_id for i in store.images("ex")]
     for n, image_id in enumerate(ids[:3]):
         marks = column_landmarks(2.0 - n * 2, origin=(20.0 + n, 10.0))
@@ -602,7 +602,7 @@ def labeled_dataset(workspace, tmp_path, store):
 
 def test_yolo_export_lines_are_normalised_boxes_and_keypoints(workspace, tmp_path, store, labeled_dataset):
     out = tmp_path / "yolo"
-    report = datasets.export_yolo("ex", out, store=store)
+    report = exports.export_yolo("ex", out, store=store)
     assert report.written == 3 and report.splits == {"val": 1, "train": 2}
     assert [reason for _, reason in report.skipped] == ["no ROI box"]
     config = yaml.safe_load((out / "data.yaml").read_text())
@@ -620,7 +620,7 @@ def test_yolo_export_lines_are_normalised_boxes_and_keypoints(workspace, tmp_pat
             assert png.size == (96, 128) and png.mode == "L"
 
     pose = tmp_path / "pose"
-    datasets.export_yolo("ex", pose, task="landmarks", store=store)
+    exports.export_yolo("ex", pose, task="landmarks", store=store)
     config = yaml.safe_load((pose / "data.yaml").read_text())
     assert config["kpt_shape"] == [23, 3]
     flip = config["flip_idx"]
@@ -634,14 +634,14 @@ def test_yolo_export_lines_are_normalised_boxes_and_keypoints(workspace, tmp_pat
     assert points[:22, 2].tolist() == [2] * 22 and points[22].tolist() == [0, 0, 0]
 
     with pytest.raises(DatasetError, match="not an empty folder"):
-        datasets.export_yolo("ex", out, store=store)
+        exports.export_yolo("ex", out, store=store)
 
 
 def test_csv_folder_and_coco_exports_read_back(workspace, tmp_path, store, labeled_dataset):
     original = {i.sha256: i for i in store.current_labels("ex")}
 
-    datasets.export_csv("ex", tmp_path / "csv", store=store)
-    datasets.import_csv(tmp_path / "csv" / "manifest.csv", dataset="from_csv", store=store)
+    exports.export_csv("ex", tmp_path / "csv", store=store)
+    importers.import_csv(tmp_path / "csv" / "manifest.csv", dataset="from_csv", store=store)
     back = {i.sha256: i for i in store.current_labels("from_csv")}
     assert back.keys() == original.keys()  # files copied unchanged
     for sha, item in back.items():
@@ -649,7 +649,7 @@ def test_csv_folder_and_coco_exports_read_back(workspace, tmp_path, store, label
             original[sha].curvature_class, original[sha].patient_id, original[sha].split)
         assert item.roi_box == (pytest.approx(original[sha].roi_box, abs=0.01) if original[sha].roi_box else None)
 
-    report = datasets.export_folder("ex", tmp_path / "crops", store=store)
+    report = exports.export_folder("ex", tmp_path / "crops", store=store)
     assert report.written == 4 and report.splits == {"normal": 2, "straightened": 1, "reversed": 1}
     for item in original.values():
         with Image.open(tmp_path / "crops" / item.curvature_class / f"{item.image_id:06d}.png") as crop:
@@ -658,11 +658,11 @@ def test_csv_folder_and_coco_exports_read_back(workspace, tmp_path, store, label
             else:
                 x1, y1, x2, y2 = item.roi_box
                 assert abs(crop.size[0] - (x2 - x1)) <= 2 and abs(crop.size[1] - (y2 - y1)) <= 2
-    datasets.import_folder(tmp_path / "crops", dataset="crops", store=store)
+    importers.import_folder(tmp_path / "crops", dataset="crops", store=store)
     assert sorted(i.patient_id for i in store.current_labels("crops")) == sorted(i.patient_id for i in original.values())
 
-    datasets.export_coco("ex", tmp_path / "coco", store=store)
-    datasets.import_coco(tmp_path / "coco" / "annotations.json", dataset="from_coco", store=store)
+    exports.export_coco("ex", tmp_path / "coco", store=store)
+    importers.import_coco(tmp_path / "coco" / "annotations.json", dataset="from_coco", store=store)
     by_patient = {i.patient_id: i for i in store.current_labels("from_coco")}
     for item in original.values():
         again = by_patient[item.patient_id]
@@ -674,8 +674,8 @@ def test_csv_folder_and_coco_exports_read_back(workspace, tmp_path, store, label
 
 def test_max_side_shrinks_exported_images_and_keeps_the_labels(workspace, tmp_path, store, labeled_dataset):
     full, small = tmp_path / "full", tmp_path / "small"
-    datasets.export_yolo("ex", full, task="landmarks", store=store)
-    report = datasets.export_yolo("ex", small, task="landmarks", store=store, max_side=64)
+    exports.export_yolo("ex", full, task="landmarks", store=store)
+    report = exports.export_yolo("ex", small, task="landmarks", store=store, max_side=64)
 
     assert report.written == 3 and yaml.safe_load((small / "data.yaml").read_text())["max_side"] == 64
     labels = sorted((full / "labels").rglob("*.txt"))
@@ -691,12 +691,12 @@ def test_max_side_shrinks_exported_images_and_keeps_the_labels(workspace, tmp_pa
         # 96 x 128 -> 48 x 64: each pixel is the mean of a 2 x 2 block (area averaging)
         assert np.abs(shrunk - big.reshape(64, 2, 48, 2).mean(axis=(1, 3))).max() <= 1.0
 
-    datasets.export_yolo("ex", tmp_path / "never_enlarged", store=store, max_side=500)
+    exports.export_yolo("ex", tmp_path / "never_enlarged", store=store, max_side=500)
     for png_path in (tmp_path / "never_enlarged" / "images").rglob("*.png"):
         with Image.open(png_path) as png:
             assert png.size == (96, 128)
     with pytest.raises(DatasetError, match="positive number of pixels"):
-        datasets.export_yolo("ex", tmp_path / "zero", store=store, max_side=0)
+        exports.export_yolo("ex", tmp_path / "zero", store=store, max_side=0)
 
 
 def test_landmark_export_cropped_to_the_roi_with_its_margin(workspace, tmp_path, store, labeled_dataset):
@@ -705,14 +705,14 @@ def test_landmark_export_cropped_to_the_roi_with_its_margin(workspace, tmp_path,
                      landmarks=column_landmarks(0.0, origin=(20.0, 10.0)))
     out = tmp_path / "crop"
 
-    report = datasets.export_yolo("ex", out, task="landmarks", crop="roi", store=store)
+    report = exports.export_yolo("ex", out, task="landmarks", crop="roi", store=store)
 
     assert report.written == 3
     assert [reason for _, reason in report.skipped if "ROI crop" in reason] == [
         # crop window 37..73 x 57..93: only the right corners at x = 50 from y = 57 to 92 (6 of 23) fall inside
         "17 landmarks lie outside the ROI crop (box + 10% margin): check the box"]
     config = yaml.safe_load((out / "data.yaml").read_text())
-    assert config["crop"] == "roi" and config["roi_margin"] == 0.1 == datasets.LANDMARK_CROP_MARGIN
+    assert config["crop"] == "roi" and config["roi_margin"] == 0.1 == exports.LANDMARK_CROP_MARGIN
     assert config["kpt_shape"] == [23, 3]
     reaches_past_the_image = 0
     for item in store.current_labels("ex"):
@@ -744,7 +744,7 @@ def test_landmark_export_cropped_to_the_roi_with_its_margin(workspace, tmp_path,
         assert visible.tolist() == np.isfinite(item.landmarks).all(axis=1).tolist()
         np.testing.assert_allclose(points[visible, :2] * [width, height] + [left, top], item.landmarks[visible],
                                    atol=1e-4)
-        assert datasets.landmark_crop_window(item.roi_box) == (left, top, right, bottom)
+        assert exports.landmark_crop_window(item.roi_box) == (left, top, right, bottom)
     assert reaches_past_the_image  # the zero padding is exercised, not only plain slicing
 
     # The CLI gives the same labels, with images shrunk to fit 32 px.
@@ -756,7 +756,7 @@ def test_landmark_export_cropped_to_the_roi_with_its_margin(workspace, tmp_path,
         with Image.open((tmp_path / "cli" / "images" / relative).with_suffix(".png")) as png:
             assert max(png.size) == 32
     with pytest.raises(DatasetError, match="crop='roi' is for task='landmarks'"):
-        datasets.export_yolo("ex", tmp_path / "detect", crop="roi", store=store)
+        exports.export_yolo("ex", tmp_path / "detect", crop="roi", store=store)
 
 
 # ---------------------------------------------------------------- CLI
@@ -854,7 +854,7 @@ def test_archive_import_from_upload_bytes_reports_progress(workspace, tmp_path, 
             archive.write(tmp_path / f"{n}.png", f"{cls}/{n}.png")
     calls = []
 
-    report = datasets.import_archive("folder", upload.getvalue(), name="ward 7.zip", store=store,
+    report = importers.import_archive("folder", upload.getvalue(), name="ward 7.zip", store=store,
                                      progress=lambda *call: calls.append(call))
 
     assert report.dataset == "ward 7" and report.imported == 2 and report.source == "ward 7.zip"
@@ -873,10 +873,10 @@ def test_every_phantom_layout_imports_with_agreeing_labels(workspace, tmp_path, 
     out = tmp_path / "phantoms"
     write_phantoms(out, patients=6, images_per_patient=1, seed=1, size=128, formats=("csxa", "yolo", "dicom"))
 
-    manifest = datasets.import_csv(out / "manifest.csv", dataset="manifest", store=store)
-    csxa = datasets.import_csxa(out / "csxa", dataset="csxa", sigmoid="measure", store=store)
-    yolo = datasets.import_yolo(out / "yolo", dataset="yolo", store=store)
-    dicom = datasets.import_dicom(out / "dicom", out / "manifest.csv", dataset="dicom", store=store)
+    manifest = importers.import_csv(out / "manifest.csv", dataset="manifest", store=store)
+    csxa = importers.import_csxa(out / "csxa", dataset="csxa", sigmoid="measure", store=store)
+    yolo = importers.import_yolo(out / "yolo", dataset="yolo", store=store)
+    dicom = importers.import_dicom(out / "dicom", out / "manifest.csv", dataset="dicom", store=store)
     for report in (manifest, csxa, yolo, dicom):
         assert report.imported == 6 and report.skipped == [], report.format()
 

@@ -352,14 +352,14 @@ def test_bad_inputs_fail_with_one_clear_error_and_download_nothing(workspace, tm
 
 @pytest.mark.slow
 def test_detector_run_from_a_store_dataset_can_be_cancelled_and_resumed(workspace, tmp_path, monkeypatch):
-    from core import datasets
+    from core import importers
     from core.detect import train_from_config
     from core.store import AnnotationStore
 
     monkeypatch.chdir(tmp_path)
     source = write_box_dataset(tmp_path / "boxes", train=6, val=2, size=64).parent
     with AnnotationStore() as store:
-        datasets.import_yolo(source, dataset="boxes", store=store)
+        importers.import_yolo(source, dataset="boxes", store=store)
     run_dir = workspace / "runs" / "detect-resume"
     config = {"task": "detect", "dataset": "boxes", "epochs": 2, "imgsz": 64, "batch": 4, "device": "cpu"}
 
@@ -370,7 +370,7 @@ def test_detector_run_from_a_store_dataset_can_be_cancelled_and_resumed(workspac
         train_from_config(config, run_dir, progress_callback=cancel_after_first_epoch)
     status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "cancelled" and status["epoch"] == 1
-    assert (run_dir / "dataset" / "data.yaml").is_file()  # exported from the store by core.datasets
+    assert (run_dir / "dataset" / "data.yaml").is_file()  # exported from the store by core.exports
     assert [row["epoch"] for row in read_metrics(run_dir)] == ["1"]
 
     report = train_from_config({**config, "resume": True}, run_dir)

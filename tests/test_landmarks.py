@@ -26,10 +26,10 @@ def phantom_home(tmp_path_factory):
     previous = os.environ.get("CERVICURVE_HOME")
     os.environ["CERVICURVE_HOME"] = str(home)
     try:
-        from core import datasets, phantom
+        from core import datasets, importers, phantom
 
         phantom.write_phantoms(home / "src", 12, 1, seed=3, size=128, formats=("csxa",))
-        datasets.import_csxa(home / "src" / "csxa", dataset="ph", annotator="test")
+        importers.import_csxa(home / "src" / "csxa", dataset="ph", annotator="test")
         datasets.make_splits("ph", (0.5, 0.25, 0.25), seed=0)
         yield home
     finally:

@@ -57,9 +57,9 @@ def write_tiny_dataset(folder: Path, patients: int = 30, size: int = 64, seed: i
 
 
 def import_tiny(workspace: Path, name: str = "tiny", **kwargs) -> str:
-    from core import datasets
+    from core import importers
 
-    datasets.import_csv(write_tiny_dataset(workspace.parent / f"{name}-source", **kwargs), dataset=name)
+    importers.import_csv(write_tiny_dataset(workspace.parent / f"{name}-source", **kwargs), dataset=name)
     return name
 
 
