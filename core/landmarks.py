@@ -378,6 +378,17 @@ def _loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (points - target).abs().mean() + 0.01 * cross_entropy
 
 
+def train_step(net, optimizer, contexts: torch.Tensor, points: torch.Tensor, cfg: HeatmapConfig,
+               generator: torch.Generator, device: torch.device) -> float:
+    """One optimizer step on a freshly augmented batch; returns the loss."""
+    inputs, target, _ = augmented_batch(contexts, points, cfg, generator)
+    loss = _loss(net(_normalise(inputs.to(device))), target.to(device))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
 @torch.no_grad()
 def _predict_split(net, split: _Split, cfg: HeatmapConfig, device: torch.device, batch: int = 64) -> list[np.ndarray]:
     """Points in image pixels for each item, read on its true window (one pass)."""
@@ -527,12 +538,8 @@ def _fit(cfg: HeatmapConfig, run_dir: Path, status: dict, progress_callback, ite
                 cfg.lr * 0.5 * (1 + math.cos(math.pi * (done - warmup) / max(1, total_steps - warmup)))
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            inputs, target, _ = augmented_batch(train_split.contexts[index], train_split.points[index], cfg, generator)
-            loss = _loss(net(_normalise(inputs.to(device))), target.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+            losses.append(train_step(net, optimizer, train_split.contexts[index], train_split.points[index], cfg,
+                                     generator, device))
         val = landmark_errors(list(zip(_predict_split(net, splits["val"], cfg, device), splits["val"].truth)))
         epoch_times.append(time.time() - epoch_started)
         row = {"epoch": epoch, "time_s": round(time.time() - started, 2), "train_loss": round(float(np.mean(losses)), 5),
