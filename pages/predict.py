@@ -7,13 +7,15 @@ there is something to predict, so the page opens at once.
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pandas as pd
 import streamlit as st
 
+from core.jobs import PROMOTED_FILE
 from core.settings import CLASSES
 from ui.figures import annotated_radiograph, probability_chart, report_png
-from ui.frame import NOTICE_PLAIN, engine_errors, frame, selected_classifier_run
+from ui.frame import NOTICE_PLAIN, engine_errors, frame, selected_runs
 from ui.imagery import downscaled, png_bytes, thumbnail_uri
 from ui.models import load_predictor, model_files, preload
 
@@ -133,6 +135,23 @@ def show_result(predictor, files: tuple, name: str, data: bytes, truth: str | No
         for note in prediction.notes:
             st.caption(f"Note: {note}")
         st.caption("Time per stage (ms): " + ", ".join(f"{k} {v:.0f}" for k, v in prediction.timings.items()))
+        st.caption("Models: " + models_used(predictor))
+
+
+def models_used(predictor) -> str:
+    """``classifier run A (promoted) · detector run B · landmarks none``: which runs made this result."""
+    parts = []
+    for what, path in (("classifier", predictor.classifier_path), ("detector", predictor.detector_path),
+                       ("landmarks", predictor.landmarks_path)):
+        if path is None:
+            parts.append(f"{what} none")
+            continue
+        try:
+            record = json.loads((path.parent / PROMOTED_FILE).read_text(encoding="utf-8"))
+            parts.append(f"{what} run {record.get('run_id', '?')} (promoted)")
+        except (OSError, ValueError):
+            parts.append(f"{what} run {path.parent.name}")
+    return " · ".join(parts)
 
 
 def report(predictor, prediction, annotated, heatmap, name: str, truth: str | None) -> bytes:
@@ -219,17 +238,17 @@ elif st.session_state.get("sample_class"):
     with engine_errors("Generating the sample"):
         name, data, truth = sample_phantom(st.session_state["sample_class"])
         sources = [(name, data)]
-run = selected_classifier_run()
-files = model_files(run)
+runs = selected_runs()
+files = model_files(runs)
 if not sources:
-    preload(run, files)  # the page is drawn: load the models while the user picks a file
+    preload(runs, files)  # the page is drawn: load the models while the user picks a file
     st.stop()
 if files[0] is None:
     st.info("No classifier yet. Build the demo (above), or train a model on the Train page and promote it.")
     st.stop()
 predictor = None
 with engine_errors("Loading the models"):
-    predictor = load_predictor(run, files)
+    predictor = load_predictor(runs, files)
 if predictor is None:
     st.stop()
 with engine_errors("The prediction"):

@@ -223,3 +223,57 @@ def test_figures_draw_the_endplates_at_the_landmarks_and_the_report_is_a_png():
     report = Image.open(io.BytesIO(png))
     assert report.format == "PNG" and report.width > 2 * 720 * drawn.shape[1] / drawn.shape[0]
     assert report.getpixel((5, report.height - 5)) == (255, 243, 205)  # the notice band at the bottom
+
+
+@pytest.fixture(scope="module")
+def two_landmark_runs(tmp_path_factory) -> tuple[Path, str, str]:
+    """A workspace with the tiny classifier and two finished landmark runs, the first promoted."""
+    from core import jobs, landmarks
+    from core.datasets import TrainingItem
+    from core.phantom import generate_case
+
+    home = tmp_path_factory.mktemp("choose") / "workspace"
+    promote_tiny_classifier(home)
+    previous = os.environ.get("CERVICURVE_HOME")
+    os.environ["CERVICURVE_HOME"] = str(home)
+    try:
+        items = []
+        for number in range(4):
+            case = generate_case(800 + number, size=128, curvature_class=CLASSES[number % 3])
+            path = home / f"landmarks_{number}.png"
+            Image.fromarray(case.image).save(path)
+            items.append(TrainingItem(path=path, label=number % 3, roi_box=case.roi_box, landmarks=case.landmarks,
+                                      patient_id=f"L{number}", image_id=100 + number))
+        config = {"dataset": "tiny", "epochs": 1, "input_size": 64, "batch_size": 2, "widths": [8, 8, 8, 8, 8],
+                  "device": "cpu"}
+        runs = []
+        for seed in (0, 1):
+            run_dir = jobs.new_run_dir(landmarks.MODEL_NAME, "landmarks")
+            landmarks.train_heatmap({**config, "seed": seed}, run_dir,
+                                    items={"train": items[:3], "val": items[3:], "test": []})
+            runs.append(run_dir.name)
+        jobs.promote(jobs.resolve_run(runs[0]))
+    finally:
+        if previous is None:
+            os.environ.pop("CERVICURVE_HOME", None)
+        else:
+            os.environ["CERVICURVE_HOME"] = previous
+    return home, runs[0], runs[1]
+
+
+def test_another_landmark_run_can_be_chosen_and_the_result_says_which(two_landmark_runs, monkeypatch):
+    home, promoted, other = two_landmark_runs
+    monkeypatch.setenv("CERVICURVE_HOME", str(home))
+    at = predict_page()
+    chooser = at.selectbox(key="choice_landmarks")
+    assert chooser.options == [f"Promoted: landmark-unet ({promoted})", f"Run {other} (landmark-unet)"]
+    assert not [s for s in at.selectbox if s.key == "choice_detect"]  # no detector run: nothing to choose
+    at.button(key="sample_normal").click().run()
+    assert not at.exception
+    assert any(c.value.startswith("Models: ") and f"landmarks run {promoted} (promoted)" in c.value for c in at.caption)
+
+    chooser = at.selectbox(key="choice_landmarks")
+    chooser.set_value(chooser.options[1]).run()
+    assert not at.exception
+    used = [c.value for c in at.caption if c.value.startswith("Models: ")]
+    assert used and f"landmarks run {other}" in used[0] and "(promoted)" in used[0].split("landmarks")[0]

@@ -30,6 +30,8 @@ NOTICE = ("**Research and teaching use only — not a diagnosis.** CerviCurve's 
           "clinical decisions; a qualified clinician must read every radiograph.")
 NOTICE_PLAIN = "Research and teaching use only — not a diagnosis."
 TASKS = (("classify", "Classifier"), ("detect", "Detector"), ("landmarks", "Landmarks"))
+SELECTOR_LABELS = {"classify": "Classifier used by Predict", "detect": "Detector used by Predict",
+                   "landmarks": "Landmark model used by Predict"}
 ROOT = Path(__file__).resolve().parents[1]
 _demo_start_lock = threading.Lock()
 
@@ -164,7 +166,7 @@ def workspace_is_empty(state: dict) -> bool:
 
 
 def sidebar(state: dict) -> None:
-    """Active models, a choice of classifier run, and what the workspace holds."""
+    """Active models, a choice of run per model, and what the workspace holds."""
     with st.sidebar:
         st.subheader("Models")
         for task, title in TASKS:
@@ -174,11 +176,13 @@ def sidebar(state: dict) -> None:
             else:
                 st.caption(f"**{title}:** {model_line(info)}", help=f"Run {info.get('run_id')}, promoted "
                            f"{info.get('promoted_at', '')}; best validation score {info.get('best_metric')}")
-        choices = classifier_choices()
-        if choices:
-            labels = list(choices)
-            st.selectbox("Classifier used by Predict", labels, key="classifier_choice",
-                         help="The promoted model, or any finished classification run in this workspace.")
+        for task, title in TASKS:
+            choices = run_choices(task)
+            # the classifier choice is always shown; the others once there is a run besides the promoted one
+            if choices and (task == "classify" or any(run is not None for run in choices.values())):
+                st.selectbox(SELECTOR_LABELS[task], list(choices), key=f"choice_{task}",
+                             help=f"The promoted {title.lower()} model, or any finished {task} run in this "
+                                  "workspace, to compare them on the same films.")
         st.subheader("Workspace")
         st.caption(f"{state['images']} images · {len(state['datasets'])} datasets · {state['runs']} runs")
         if state["datasets"]:
@@ -202,22 +206,25 @@ def model_line(info: dict) -> str:
     return line
 
 
-def classifier_choices() -> dict[str, str | None]:
-    """Label -> run id (None = the promoted model) for the classifier selector."""
+def run_choices(task: str) -> dict[str, str | None]:
+    """Label -> run id (None = the promoted model) for one task's model selector."""
     choices: dict[str, str | None] = {}
-    promoted = promoted_info("classify")
+    promoted = promoted_info(task)
     if promoted is not None:
         choices[f"Promoted: {promoted.get('model')} ({promoted.get('run_id')})"] = None
     for run in list_runs():
-        if run["task"] == "classify" and run["state"] == "done" and run["run_id"] != (promoted or {}).get("run_id"):
+        if run["task"] == task and run["state"] == "done" and run["run_id"] != (promoted or {}).get("run_id"):
             choices[f"Run {run['run_id']} ({run['model']})"] = run["run_id"]
     return choices
 
 
-def selected_classifier_run() -> str | None:
-    """The run chosen in the sidebar; None means the promoted model."""
-    label = st.session_state.get("classifier_choice")
-    return classifier_choices().get(label) if label else None
+def selected_runs() -> tuple[str | None, ...]:
+    """The runs chosen in the sidebar, in ``TASKS`` order (classifier, detector, landmarks); None = promoted."""
+    chosen = []
+    for task, _ in TASKS:
+        label = st.session_state.get(f"choice_{task}")
+        chosen.append(run_choices(task).get(label) if label else None)
+    return tuple(chosen)
 
 
 # ------------------------------------------------------------------ demo builder

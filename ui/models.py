@@ -19,22 +19,30 @@ _preloading: set[tuple] = set()
 _preload_lock = threading.Lock()
 
 
-def model_files(run: str | None) -> tuple:
-    """Identity of the models a prediction uses (path + modification time), to key caches on."""
-    classifier = settings.runs_dir() / run / "best.pt" if run else jobs.promoted_model("classify")
-    paths = (classifier, jobs.promoted_model("detect"), jobs.promoted_model("landmarks"))
+def model_files(runs: tuple[str | None, ...]) -> tuple:
+    """Identity of the models a prediction uses (path + modification time), to key caches on.
+
+    ``runs``: classifier, detector and landmark run ids (``ui.frame.selected_runs``); None = the promoted one.
+    """
+    paths = [settings.runs_dir() / run / "best.pt" if run else jobs.promoted_model(task)
+             for task, run in zip(("classify", "detect", "landmarks"), runs)]
     return tuple((str(p), p.stat().st_mtime_ns) if p is not None and p.exists() else None for p in paths)
 
 
-@st.cache_resource(max_entries=4, show_spinner="Loading the models (once per server)…")
-def load_predictor(run: str | None, files: tuple):
-    """The pipeline's Predictor for the chosen classifier run (None: the promoted one) and promoted models."""
+def _predictor(runs: tuple[str | None, ...]):
     from core.pipeline import Predictor
 
-    return Predictor(classifier=run)
+    classifier, detector, landmarks = runs
+    return Predictor(classifier=classifier, detector=detector, landmarks=landmarks)
 
 
-def preload(run: str | None, files: tuple) -> None:
+@st.cache_resource(max_entries=4, show_spinner="Loading the models (once per server)…")
+def load_predictor(runs: tuple[str | None, ...], files: tuple):
+    """The pipeline's Predictor for the chosen runs (None: the promoted model of that task)."""
+    return _predictor(runs)
+
+
+def preload(runs: tuple[str | None, ...], files: tuple) -> None:
     """Load the models in a daemon thread (once per model set); the page never waits for it."""
     if os.environ.get("CERVICURVE_PRELOAD", "1") == "0" or files[0] is None:
         return
@@ -45,9 +53,7 @@ def preload(run: str | None, files: tuple) -> None:
 
     def work() -> None:
         try:
-            from core.pipeline import Predictor
-
-            Predictor(classifier=run)  # fills the pipeline's per-process model cache
+            _predictor(runs)  # fills the pipeline's per-process model cache
         except Exception:  # the page's own load shows the reason when someone predicts
             traceback.print_exc(file=sys.stderr)
 
