@@ -105,12 +105,15 @@ class _Reporter:
         self.quality, self.progress, self.echo = quality, progress, echo
         self.step, self.stage, self.started = 0, "", time.time()
         self.lock = threading.Lock()  # the run watcher reports from its own thread
+        self.cancel = None  # the SIGTERM request, checked on every main-thread report
 
     def begin(self, step: int, message: str = "") -> None:
         self.step, self.stage = step, STEPS[step - 1]
         self.say(message or "started")
 
     def say(self, message: str, state: str = "running") -> None:
+        if self.cancel is not None and state == "running" and threading.current_thread() is threading.main_thread():
+            self.cancel.check()
         with self.lock:
             if self.echo:
                 print(f"[{self.step}/{len(STEPS)}] {self.stage}: {message}", flush=True)
@@ -177,7 +180,8 @@ def build_demo(quick: bool = False, progress: Progress | None = None, *, tiny: b
     reporter = _Reporter(profile.quality, progress, echo)
     torch.set_num_threads(settings.cpu_threads())
     try:
-        with cancel_on_sigterm(DemoCancelled):
+        with cancel_on_sigterm(DemoCancelled) as cancel:
+            reporter.cancel = cancel
             report = _build(profile, reporter, seed)
     except (DemoCancelled, RunCancelled, KeyboardInterrupt):
         reporter.say("cancelled", state="cancelled")

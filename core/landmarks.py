@@ -465,10 +465,10 @@ def train_heatmap(config: Mapping[str, Any], run_dir: str | Path, progress_callb
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     try:
-        with cancel_on_sigterm():
+        with cancel_on_sigterm() as cancel:
             if not (run_dir / jobs.CONFIG_FILE).is_file():
                 (run_dir / jobs.CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
-            report = _fit(cfg, run_dir, status, progress_callback, items, resume, pick_device(cfg.device))
+            report = _fit(cfg, run_dir, status, progress_callback, items, resume, pick_device(cfg.device), cancel)
     except RunCancelled:
         jobs.write_status(run_dir, {**status, "state": "cancelled", "message": "cancelled by user", "eta_s": None,
                                     "updated_at": jobs.now_iso()})
@@ -485,7 +485,7 @@ def train_heatmap(config: Mapping[str, Any], run_dir: str | Path, progress_callb
 
 
 def _fit(cfg: HeatmapConfig, run_dir: Path, status: dict, progress_callback, items, resume: bool,
-         device: torch.device) -> dict:
+         device: torch.device, cancel) -> dict:
     from core.checkpoints import save_checkpoint
     from models.landmark_unet import LandmarkUNet
 
@@ -561,6 +561,7 @@ def _fit(cfg: HeatmapConfig, run_dir: Path, status: dict, progress_callback, ite
                    f"epoch {epoch}/{cfg.epochs}: val error {val['mean_error_px']:.2f} px")
         log.info(message)
         update(epoch=epoch, eta_s=round(eta), best_metric=round(best, 4), message=message)
+        cancel.check()  # after last.pt: a resume continues from this epoch
         if progress_callback is not None:
             progress_callback(epoch, cfg.epochs, row)
 

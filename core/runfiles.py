@@ -123,21 +123,45 @@ def _stderr_is(path: Path) -> bool:
     return (err.st_dev, err.st_ino) == (target.st_dev, target.st_ino)
 
 
+class CancelRequest:
+    """Whether SIGTERM arrived; ``check()`` raises the cancel exception at a safe point if it did."""
+
+    def __init__(self, exception: type[BaseException]):
+        self.exception = exception
+        self.requested = False
+
+    def check(self) -> None:
+        if self.requested:
+            raise self.exception("cancelled (SIGTERM)")
+
+
 @contextlib.contextmanager
 def cancel_on_sigterm(exception: type[BaseException] = RunCancelled):
     """SIGTERM (jobs.cancel_run, the app's cancel button) becomes ``exception`` in the main thread, so the run
-    can say 'cancelled' rather than die silently."""
+    can say 'cancelled' rather than die silently. Yields a :class:`CancelRequest`.
+
+    The handler raises at once, except inside a finalizer (``__del__``, e.g. a ZipFile being collected): Python
+    ignores exceptions there (measured: a demo cancelled early in its detector step ran to the end). So the
+    request is also remembered: ``check()`` at safe points, and leaving the block, raise it then.
+    """
     import threading
 
+    request = CancelRequest(exception)
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield request
         return
 
     def handler(signum, frame):
+        request.requested = True
+        while frame is not None:
+            if frame.f_code.co_name == "__del__":
+                return  # raising here would only print "Exception ignored"; check() raises it later
+            frame = frame.f_back
         raise exception("cancelled (SIGTERM)")
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
-        yield
+        yield request
+        request.check()
     finally:
         signal.signal(signal.SIGTERM, previous)

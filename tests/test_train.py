@@ -270,3 +270,25 @@ def test_compare_on_a_tiny_set_writes_the_table(tiny):
     assert '<script src="http' not in html  # plotly.js inlined: opens without a network
     with pytest.raises(compare.CompareError, match="unknown model"):
         compare.compare(["alexnet"], dataset="tiny")
+
+
+def test_a_cancel_that_lands_in_a_finaliser_is_not_lost():
+    """Python ignores an exception raised in __del__; a SIGTERM handled there must still cancel the block."""
+    import time
+
+    from core.runfiles import RunCancelled, cancel_on_sigterm
+
+    class SignalledWhileCollected:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler runs here, inside the finaliser
+
+    before = signal.getsignal(signal.SIGTERM)
+    reached_the_end = False
+    with pytest.raises(RunCancelled):
+        with cancel_on_sigterm() as cancel:
+            SignalledWhileCollected()  # collected at once
+            assert cancel.requested
+            reached_the_end = True
+    assert reached_the_end
+    assert signal.getsignal(signal.SIGTERM) is before  # the previous handler is back
