@@ -95,8 +95,11 @@ class HeatmapConfig:
             raise LandmarkTrainingError(f"input_size must be a multiple of 32 (at least 32), got {cfg.input_size}")
         if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
             raise LandmarkTrainingError("epochs and batch_size must be at least 1 and lr above 0")
-        if not 0 <= cfg.roi_margin <= 0.5:
-            raise LandmarkTrainingError(f"roi_margin must be between 0 and 0.5, got {cfg.roi_margin}")
+        if not 0 <= cfg.roi_margin <= 0.25:  # the cached context (CONTEXT_MARGIN) must hold the window and its jitter
+            raise LandmarkTrainingError(f"roi_margin must be between 0 and 0.25, got {cfg.roi_margin}")
+        if len(cfg.widths) != 5 or min(cfg.widths) < 1:
+            raise LandmarkTrainingError(f"widths needs 5 positive channel counts (one per encoder stage), "
+                                        f"got {list(cfg.widths)}")
         return cfg
 
     def to_dict(self) -> dict:

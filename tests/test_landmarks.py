@@ -186,6 +186,10 @@ def test_bad_configs_and_datasets_are_clear_errors(home, tmp_path):
         train_heatmap(tiny_config(learning_rate=0.1), tmp_path / "a")
     with pytest.raises(LandmarkTrainingError, match="multiple of 32"):
         train_heatmap(tiny_config(input_size=100), tmp_path / "b")
+    with pytest.raises(LandmarkTrainingError, match="widths needs 5"):
+        train_heatmap(tiny_config(widths=[8, 8]), tmp_path / "b")
+    with pytest.raises(LandmarkTrainingError, match="mirror_average must be true or false"):
+        train_heatmap(tiny_config(mirror_average="yes"), tmp_path / "b")
     with pytest.raises(ValueError, match="'nothing-here' has no images"):  # the store's DatasetError
         train_heatmap(tiny_config(dataset="nothing-here"), tmp_path / "c")
     assert json.loads((tmp_path / "c" / "status.json").read_text())["state"] == "failed"
