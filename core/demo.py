@@ -241,6 +241,8 @@ def _build(profile: DemoProfile, reporter: _Reporter, seed: int) -> dict:
     check = {k: report[k] for k in ("images", "class_accuracy", "box_iou50_rate", "cobb_mae_deg", "cobb_within_5deg",
                                      "mean_landmark_error_px")}
     _annotate_promoted(settings.promoted_dir() / "classify", {"demo_check": check})
+    _annotate_promoted(settings.promoted_dir() / "landmarks", {"demo_check": check})
+    _annotate_promoted(settings.promoted_dir() / "detect", {"demo_check": check})
     return report
 
 

@@ -41,7 +41,15 @@ def test_tiny_demo_builds_a_workspace_that_predicts(workspace):
         assert (run / "best.pt").is_file() and (run / "metrics.csv").is_file()
 
     # the landmark model is the heatmap one: the angle needs its precision
-    assert json.loads((workspace / "promoted/landmarks/promoted.json").read_text())["model"] == "landmark-unet"
+    landmark_record = json.loads((workspace / "promoted/landmarks/promoted.json").read_text())
+    assert landmark_record["model"] == "landmark-unet" and "cobb_mae_deg" in landmark_record["demo_check"]
+    # the sidebar judges each model by its own held-out number
+    from ui.frame import model_line
+
+    assert "held-out accuracy" in model_line(json.loads((workspace / "promoted/classify/promoted.json").read_text()))
+    assert "held-out boxes found" in model_line(json.loads((workspace / "promoted/detect/promoted.json").read_text()))
+    if landmark_record["demo_check"]["cobb_mae_deg"] is not None:  # a tiny model may measure nothing
+        assert "held-out angle error" in model_line(landmark_record)
 
     report = json.loads((workspace / "demo_report.json").read_text())
     assert report["images"] == 3 and 0.0 <= report["class_accuracy"] <= 1.0

@@ -196,9 +196,14 @@ def model_line(info: dict) -> str:
     name = str(info.get("model") or "model").removesuffix(".yaml").removesuffix(".pt")
     if info.get("demo_quality"):
         line = f"{name} · demo ({info['demo_quality']}, phantoms only)"
-        accuracy = (info.get("demo_check") or {}).get("class_accuracy")
-        if accuracy is not None:
-            line += f" · held-out accuracy {float(accuracy):.2f}"
+        check = info.get("demo_check") or {}
+        # each model with the held-out number that judges it (the demo's step 7)
+        if info.get("task") == "landmarks" and check.get("cobb_mae_deg") is not None:
+            line += f" · held-out angle error {float(check['cobb_mae_deg']):.1f}°"
+        elif info.get("task") == "detect" and check.get("box_iou50_rate") is not None:
+            line += f" · held-out boxes found {float(check['box_iou50_rate']):.0%}"
+        elif check.get("class_accuracy") is not None:
+            line += f" · held-out accuracy {float(check['class_accuracy']):.2f}"
         return line
     line = f"{name} · run {info.get('run_id', '?')}"
     if info.get("best_metric") is not None:
