@@ -339,6 +339,7 @@ def check_holdout(profile: DemoProfile, seed: int, out: Path, reporter: _Reporte
     """
     from PIL import Image
 
+    from core.measure import landmark_errors
     from core.phantom import generate_case
     from core.pipeline import Predictor
 
@@ -353,17 +354,14 @@ def check_holdout(profile: DemoProfile, seed: int, out: Path, reporter: _Reporte
         Image.fromarray(case.image).save(out / name)  # kept: sample images to try the Predict page with
         result = predictor.predict(out / name, name=name, cam_method=None)
         iou = box_iou(result.roi_box, case.roi_box) if result.box_source == "detector" else 0.0
-        cobb_error = point_error = None
-        if result.measurements is not None:
-            cobb_error = abs(result.measurements.cobb_c2c7 - case.cobb_c2c7)
-        if result.landmarks is not None:
-            point_error = float(np.linalg.norm(result.landmarks - case.landmarks, axis=1).mean())
-        span = float(np.linalg.norm(case.landmarks[0] - case.landmarks[21:23].mean(axis=0)))  # C2 centroid..C7 base
+        # the angle the user sees (pipeline, inferred facing); the point errors as measure.landmark_errors has them
+        cobb_error = None if result.measurements is None else abs(result.measurements.cobb_c2c7 - case.cobb_c2c7)
+        points = None if result.landmarks is None else landmark_errors([(result.landmarks, case.landmarks)])
         rows.append({"file": name, "truth": truth, "predicted": result.curvature_class, "box_iou": round(iou, 4),
                      "box_source": result.box_source, "cobb_true": round(case.cobb_c2c7, 2),
                      "cobb_error_deg": None if cobb_error is None else round(cobb_error, 2),
-                     "landmark_error_px": None if point_error is None else round(point_error, 2),
-                     "landmark_error_pct_c2c7": None if point_error is None else round(point_error / span * 100, 3)})
+                     "landmark_error_px": None if points is None else round(points["mean_error_px"], 2),
+                     "landmark_error_pct_c2c7": None if points is None else round(points["mean_error_pct_c2c7"], 3)})
         if reporter is not None:
             reporter.say(f"{index + 1}/{profile.holdout} images")
     errors = [r["cobb_error_deg"] for r in rows if r["cobb_error_deg"] is not None]

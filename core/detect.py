@@ -912,35 +912,16 @@ def evaluate_landmarks(model: LandmarkModel, items: Iterable) -> dict:
     image. Facing comes from the truth (given or inferred) and is used for both, so a Cobb error is never a sign
     flip from a different facing guess. ``missed`` counts images without a detection.
     """
-    from core.measure import LandmarkError, infer_facing, measure_landmarks
+    from core.measure import landmark_errors
 
-    errors_px, errors_pct, cobb_errors = [], [], []
-    images = missed = 0
+    pairs, images, missed = [], 0, 0
     for item in items:
-        image, truth = item[0], np.asarray(item[1], dtype=np.float64)
-        facing = item[2] if len(item) > 2 else None
         images += 1
-        predicted = model.predict(image)
+        predicted = model.predict(item[0])
         if predicted is None:
             missed += 1
             continue
-        points = predicted[0]
-        distance = np.linalg.norm(points - truth, axis=1)
-        visible = np.isfinite(distance)
-        errors_px.extend(distance[visible])
-        span = np.linalg.norm(truth[0] - (truth[21] + truth[22]) / 2)  # C2 centroid .. C7 lower endplate middle
-        if np.isfinite(span) and span > 0:
-            errors_pct.extend(distance[visible] / span * 100.0)
-        try:
-            facing = facing or infer_facing(truth)
-            cobb_true = measure_landmarks(truth, facing=facing).cobb_c2c7
-            cobb_pred = measure_landmarks(points, facing=facing).cobb_c2c7
-            cobb_errors.append(abs(cobb_pred - cobb_true))
-        except LandmarkError:
-            pass  # a truth without every corner has no Cobb angle to compare
-
-    def mean(values):
-        return float(np.mean(values)) if len(values) else None
-
-    return {"mean_error_px": mean(errors_px), "mean_error_pct_c2c7": mean(errors_pct),
-            "cobb_mae_deg": mean(cobb_errors), "images": images, "missed": missed}
+        pairs.append((predicted[0], *item[1:]))
+    summary = landmark_errors(pairs)
+    return {**{k: summary[k] for k in ("mean_error_px", "mean_error_pct_c2c7", "cobb_mae_deg")},
+            "images": images, "missed": missed}

@@ -20,7 +20,6 @@ train.log, best.pt / last.pt (``{"state_dict", "meta"}``, loadable with ``weight
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -39,8 +38,9 @@ from torch.nn import functional as F
 
 from core import jobs, settings
 from core.exports import LANDMARK_CROP_MARGIN, crop_window, landmark_crop_window
-from core.measure import (LANDMARK_NAMES, LandmarkError, infer_facing, landmark_flip_index, measure_landmarks,
+from core.measure import (LANDMARK_NAMES, LandmarkError, landmark_errors, landmark_flip_index,
                           roi_box_from_landmarks)
+from models.landmark_unet import LandmarkUNet, peak_mass, soft_argmax
 
 FORMAT = "cervicurve-landmark-heatmap/1"
 MODEL_NAME = "landmark-unet"
@@ -170,8 +170,6 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------ checkpoints and inference
 def _build_network(meta: Mapping[str, Any]):
-    from models.landmark_unet import LandmarkUNet
-
     return LandmarkUNet(len(meta["landmark_names"]), tuple(meta["widths"]))
 
 
@@ -214,8 +212,6 @@ class HeatmapLandmarkModel:
         context, window = context_crop(pixels, box, self.input_size, self.crop_margin)
         scale = _base_scale(self.crop_margin)
         inputs = _sample(context[None, None], torch.eye(2)[None] * scale, torch.zeros(1, 2), self.input_size)
-        from models.landmark_unet import peak_mass, soft_argmax
-
         with self._lock:
             points, prob = soft_argmax(self.net(_normalise(inputs)))
         confidence = peak_mass(prob, points)[0].numpy()
@@ -259,29 +255,6 @@ class HeatmapLandmarkModel:
         if float(confidence.mean()) < min_confidence:
             return None
         return points, confidence
-
-
-# ------------------------------------------------------------------------------------ evaluation
-def landmark_errors(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict:
-    """Mean point error (px and % of the C2-C7 length) and Cobb C2-C7 MAE over ``(predicted, truth)`` pairs.
-
-    The facing comes from the truth and is used for both, so a Cobb error is never a facing disagreement.
-    """
-    px, pct, cobb = [], [], []
-    for predicted, truth in pairs:
-        distance = np.linalg.norm(np.asarray(predicted) - np.asarray(truth), axis=1)
-        span = np.linalg.norm(truth[0] - (truth[21] + truth[22]) / 2)  # C2 centroid .. C7 lower endplate middle
-        px.append(distance.mean())
-        pct.append(distance.mean() / span * 100.0 if span > 0 else np.nan)
-        try:
-            facing = infer_facing(truth)
-            cobb.append(abs(measure_landmarks(predicted, facing=facing).cobb_c2c7
-                            - measure_landmarks(truth, facing=facing).cobb_c2c7))
-        except LandmarkError:
-            pass
-    mean = (lambda v: float(np.nanmean(v)) if len(v) else None)
-    return {"mean_error_px": mean(px), "mean_error_pct_c2c7": mean(pct), "cobb_mae_deg": mean(cobb),
-            "cobb_within_5deg": float(np.mean(np.asarray(cobb) <= 5.0)) if cobb else None, "images": len(pairs)}
 
 
 # ------------------------------------------------------------------------------------ data
@@ -373,8 +346,6 @@ def _gaussian_targets(points: torch.Tensor, size: int, sigma_cells: float = 1.5)
 
 
 def _loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    from models.landmark_unet import soft_argmax
-
     points, prob = soft_argmax(logits)
     heat = _gaussian_targets(target, logits.shape[-1])
     cross_entropy = -(heat * torch.log(prob.clamp_min(1e-8))).sum((-1, -2)).mean()
@@ -395,8 +366,6 @@ def train_step(net, optimizer, contexts: torch.Tensor, points: torch.Tensor, cfg
 @torch.no_grad()
 def _predict_split(net, split: _Split, cfg: HeatmapConfig, device: torch.device, batch: int = 64) -> list[np.ndarray]:
     """Points in image pixels for each item, read on its true window (one pass)."""
-    from models.landmark_unet import soft_argmax
-
     net.eval()
     scale = _base_scale(cfg.roi_margin)
     out = []
@@ -490,7 +459,6 @@ def train_heatmap(config: Mapping[str, Any], run_dir: str | Path, progress_callb
 def _fit(cfg: HeatmapConfig, run_dir: Path, status: dict, progress_callback, items, resume: bool,
          device: torch.device, cancel) -> dict:
     from core.checkpoints import save_checkpoint
-    from models.landmark_unet import LandmarkUNet
 
     def update(**fields):
         status.update(fields, updated_at=jobs.now_iso())
@@ -601,8 +569,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", items: Sequence[Any] 
             missed += 1
             continue
         pairs.append((found[0], truth))
-    report = landmark_errors(pairs) if pairs else {"mean_error_px": None, "mean_error_pct_c2c7": None,
-                                                   "cobb_mae_deg": None, "cobb_within_5deg": None, "images": 0}
+    report = landmark_errors(pairs)
     report.update(split=split, missed=missed, model=MODEL_NAME)
     jobs.atomic_write_text(Path(run_dir) / f"{split}_report.json", json.dumps(report, indent=1))
     return report

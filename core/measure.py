@@ -219,6 +219,36 @@ class LabelmeRecord:
     unknown_labels: list[str] = field(default_factory=list)
 
 
+def landmark_errors(pairs) -> dict:
+    """How far predicted landmarks are from the truth, over ``(predicted, truth)`` or ``(predicted, truth, facing)``.
+
+    Mean point error over visible points, in pixels and in % of each image's C2–C7 length (C2 centroid to the
+    middle of the C7 lower endplate); Cobb C2–C7 mean absolute error and the share within 5 deg. The facing comes
+    from the truth (given or inferred) and is used for both, so a Cobb error is never a facing disagreement.
+    """
+    errors_px, errors_pct, cobb = [], [], []
+    for pair in pairs:
+        predicted, truth = np.asarray(pair[0], dtype=float), np.asarray(pair[1], dtype=float)
+        distance = np.linalg.norm(predicted - truth, axis=1)
+        visible = distance[np.isfinite(distance)]
+        errors_px.extend(visible)
+        span = np.linalg.norm(truth[0] - (truth[21] + truth[22]) / 2)
+        if np.isfinite(span) and span > 0:
+            errors_pct.extend(visible / span * 100.0)
+        try:
+            facing = (pair[2] if len(pair) > 2 else None) or infer_facing(truth)
+            cobb.append(abs(measure_landmarks(predicted, facing=facing).cobb_c2c7
+                            - measure_landmarks(truth, facing=facing).cobb_c2c7))
+        except LandmarkError:
+            pass  # a truth without every corner has no Cobb angle to compare
+
+    def mean(values):
+        return float(np.mean(values)) if len(values) else None
+
+    return {"mean_error_px": mean(errors_px), "mean_error_pct_c2c7": mean(errors_pct), "cobb_mae_deg": mean(cobb),
+            "cobb_within_5deg": mean(np.asarray(cobb) <= 5.0), "images": len(pairs)}
+
+
 def read_labelme(path: str | Path) -> LabelmeRecord:
     """Landmarks from a Labelme JSON with CSXA label names; absent points are nan."""
     path = Path(path)

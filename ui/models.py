@@ -14,6 +14,7 @@ import traceback
 import streamlit as st
 
 from core import jobs, settings
+from ui.frame import TASKS
 
 _preloading: set[tuple] = set()
 _preload_lock = threading.Lock()
@@ -25,7 +26,7 @@ def model_files(runs: tuple[str | None, ...]) -> tuple:
     ``runs``: classifier, detector and landmark run ids (``ui.frame.selected_runs``); None = the promoted one.
     """
     paths = [settings.runs_dir() / run / "best.pt" if run else jobs.promoted_model(task)
-             for task, run in zip(("classify", "detect", "landmarks"), runs)]
+             for (task, _), run in zip(TASKS, runs)]
     return tuple((str(p), p.stat().st_mtime_ns) if p is not None and p.exists() else None for p in paths)
 
 
