@@ -32,7 +32,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "app_latency.md"
 def film(seed: int, size: int) -> bytes:
     from PIL import Image
 
-    from core.phantom import generate_case
+    from core.data.phantom import generate_case
 
     case = generate_case(seed, size=size, curvature_class=("normal", "straightened", "reversed")[seed % 3])
     buffer = io.BytesIO()

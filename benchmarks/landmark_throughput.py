@@ -1,4 +1,4 @@
-"""Heatmap landmark training throughput: the engine's step (core.landmarks.train_step) vs a bare PyTorch loop.
+"""Heatmap landmark training throughput: the engine's step (core.training.landmarks.train_step) vs a bare PyTorch loop.
 
 Same network (models.landmark_unet), same optimizer and loss, interleaved in one process (A, B, A, B, ...) so
 machine load hits both alike; images/s from the median of the repeats. The bare loop trains on batches made
@@ -22,7 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core import landmarks, settings  # noqa: E402  (first: core sets OpenMP's wait policy before torch loads)
+from core import settings  # noqa: E402  (first: core sets OpenMP's wait policy before torch loads)
+from core.training import landmarks
 import torch  # noqa: E402
 from models.landmark_unet import LandmarkUNet  # noqa: E402
 
@@ -74,7 +75,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "landmark_throughput.md")
     args = parser.parse_args()
 
-    from core.train import pick_device
+    from core.training.devices import pick_device
 
     device = pick_device(args.device)
     if device.type == "cpu":
@@ -110,7 +111,7 @@ def main() -> int:
         f"- machine: {platform.machine()}, device {device}, {torch.get_num_threads()} CPU threads for torch, "
         f"torch {torch.__version__}; load average {load} at the end",
         "- bare: forward, soft-argmax loss, backward, AdamW step over batches augmented before the clock starts",
-        "- engine: `core.landmarks.train_step`, drawing each batch on the fly (affine window, mirror, photometric)",
+        "- engine: `core.training.landmarks.train_step`, drawing each batch on the fly (affine window, mirror, photometric)",
         "",
         "| device | bare img/s | engine img/s | engine / bare |",
         "|---|---|---|---|",

@@ -25,7 +25,7 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core import phantom  # noqa: E402
+from core.data import phantom  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "phantom_speed.md"
 

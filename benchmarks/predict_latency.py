@@ -40,8 +40,8 @@ def main() -> int:
     from PIL import Image
 
     from core import settings
-    from core.phantom import generate_case
-    from core.pipeline import STAGES, ModelError, Predictor
+    from core.data.phantom import generate_case
+    from core.inference.pipeline import STAGES, ModelError, Predictor
     from models.registry import build_model
 
     torch.set_num_threads(settings.cpu_threads())

@@ -1,4 +1,4 @@
-"""Training throughput: the engine's loop (core.train.train_one_epoch) vs a bare PyTorch loop.
+"""Training throughput: the engine's loop (core.training.classify.train_one_epoch) vs a bare PyTorch loop.
 
 Same model, same synthetic crops, same optimizer and loss, interleaved in one process (A, B, A, B, ...) so
 machine load hits both alike; images/s from the median of the repeats. A third row adds the engine's
@@ -22,9 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core import settings, train  # noqa: E402  (first: it sets OpenMP's wait policy before torch loads)
-from core.crops import context_inner, normalise, train_augmentation  # noqa: E402
-from core.runconfig import TrainConfig  # noqa: E402
+from core import settings  # noqa: E402  (first: it sets OpenMP's wait policy before torch loads)
+from core.training import classify
+from core.training.crops import context_inner, normalise, train_augmentation  # noqa: E402
+from core.runs.configs import ClassifyConfig  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, TensorDataset  # noqa: E402
@@ -54,7 +55,7 @@ def bare_loop(model, batches, optimizer, criterion, runtime) -> float:
         if runtime.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         optimizer.zero_grad(set_to_none=True)
-        with train._autocast(runtime):
+        with classify._autocast(runtime):
             loss = criterion(model(images).float(), labels)
         loss.backward()
         optimizer.step()
@@ -65,15 +66,15 @@ def bare_loop(model, batches, optimizer, criterion, runtime) -> float:
 
 def engine_loop(model, loader, optimizer, scheduler, criterion, runtime) -> float:
     started = time.perf_counter()
-    train.train_one_epoch(model, loader, criterion, optimizer, scheduler, None, runtime)
+    classify.train_one_epoch(model, loader, criterion, optimizer, scheduler, None, runtime)
     if runtime.device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - started
 
 
 def measure(name: str, size: int, batch: int, steps: int, repeats: int, device: str) -> dict:
-    cfg = TrainConfig(model=name, input_size=size, batch_size=batch, device=device, workers=0)
-    runtime = train.make_runtime(cfg)
+    cfg = ClassifyConfig(model=name, input_size=size, batch_size=batch, device=device, workers=0)
+    runtime = classify.make_runtime(cfg)
     torch.manual_seed(0)
     n = steps * batch
     crops = torch.rand(n, 1, size, size)
@@ -91,7 +92,7 @@ def measure(name: str, size: int, batch: int, steps: int, repeats: int, device: 
         model = model.to(memory_format=torch.channels_last)
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, train._lr_lambda(0, 10 ** 6))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, classify._lr_lambda(0, 10 ** 6))
 
     # warm-up (allocator, oneDNN kernels, cudnn autotune)
     bare_loop(model, batches[:2], optimizer, criterion, runtime)
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         f"torch {torch.__version__}; CPU shared with other jobs while measured, so absolute rates are noisy; "
         "the ratio compares loops measured side by side",
         "- bare: a for-loop over pre-made batches (normalise, forward, loss, backward, AdamW step)",
-        "- engine: `core.train.train_one_epoch` over a DataLoader of the same tensors (adds the LR "
+        "- engine: `core.training.classify.train_one_epoch` over a DataLoader of the same tensors (adds the LR "
         "scheduler step and loss bookkeeping)",
         "- engine+augment: the same, the DataLoader applying the training augmentation on the main process "
         "(workers=0, the CPU default)", "",

@@ -10,18 +10,18 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "phantom": ("core.phantom", "write synthetic lateral radiographs with ground truth"),
-    "import": ("core.importers", "import images and labels into the workspace"),
-    "export": ("core.exports", "export a dataset (yolo, folder, csv, coco)"),
-    "split": ("core.datasets", "make patient-grouped, class-stratified splits"),
-    "measure": ("core.measure", "Cobb angles, CCI and rule class from Labelme landmarks"),
-    "train": ("core.train", "train a model from a YAML config (classify | detect | landmarks)"),
-    "evaluate": ("core.train", "evaluate a run on a split"),
-    "compare": ("core.compare", "train and compare the study's seven models"),
-    "predict": ("core.pipeline", "classify radiographs: class, box, Grad-CAM, angle"),
-    "promote": ("core.jobs", "make a run the model Predict uses"),
+    "phantom": ("core.data.phantom", "write synthetic lateral radiographs with ground truth"),
+    "import": ("core.data.importers", "import images and labels into the workspace"),
+    "export": ("core.data.exports", "export a dataset (yolo, folder, csv, coco)"),
+    "split": ("core.data.datasets", "make patient-grouped, class-stratified splits"),
+    "measure": ("core.data.measure", "Cobb angles, CCI and rule class from Labelme landmarks"),
+    "train": ("core.training.classify", "train a model from a YAML config (classify | detect | landmarks)"),
+    "evaluate": ("core.training.classify", "evaluate a run on a split"),
+    "compare": ("core.training.compare", "train and compare the study's seven models"),
+    "predict": ("core.inference.pipeline", "classify radiographs: class, box, Grad-CAM, angle"),
+    "promote": ("core.runs.promotion", "make a run the model Predict uses"),
     "demo": ("core.demo", "build a phantom workspace and demo models"),
-    "runs": ("core.jobs", "list runs"),
+    "runs": ("core.runs.launch", "list runs"),
 }
 
 

@@ -4,13 +4,13 @@ Steps (each printed as ``[k/7] stage: message`` and written to ``$CERVICURVE_HOM
 ``{stage, step, steps, message, state, quality, pid, elapsed_s, updated_at}`` with ``state`` running | done |
 failed | cancelled, written atomically for the app to poll):
 
-1. write a synthetic phantom set in the CSXA layout (``core.phantom.write_phantoms``)
-2. import it as dataset ``phantom-demo`` (``core.importers.import_csxa``) and make patient-level splits
-3. train the ROI detector (``core.detect.train_from_config``, a run folder under ``runs/``)
-4. train the heatmap landmark model on ROI crops (``core.landmarks.train_heatmap``, a run folder under ``runs/``;
+1. write a synthetic phantom set in the CSXA layout (``core.data.phantom.write_phantoms``)
+2. import it as dataset ``phantom-demo`` (``core.data.importers.import_csxa``) and make patient-level splits
+3. train the ROI detector (``core.training.detect.train_from_config``, a run folder under ``runs/``)
+4. train the heatmap landmark model on ROI crops (``core.training.landmarks.train_heatmap``, a run folder under ``runs/``;
    YOLO-pose stays selectable in the Train page and CLI, but is far less precise at this budget: see core/landmarks)
-5. train the S-ResNet-34 classifier (``core.train.train``, a run folder under ``runs/``)
-6. promote the three runs (``core.jobs.promote``); each ``promoted.json`` gets ``demo_quality``
+5. train the S-ResNet-34 classifier (``core.training.classify.train``, a run folder under ``runs/``)
+6. promote the three runs (``core.promotion.promote``); each ``promoted.json`` gets ``demo_quality``
 7. check the promoted models on held-out phantoms (new patients): box IoU >= 0.5 rate, Cobb MAE and the
    share within 5 deg, mean landmark error (px and % of C2-C7), class accuracy -> ``$CERVICURVE_HOME/demo_report.json`` and the classifier's ``promoted.json``
 
@@ -32,7 +32,8 @@ from typing import Callable
 
 import numpy as np
 
-from core import jobs, settings
+from core import settings
+from core.runs import layout, promotion
 
 DATASET = "phantom-demo"
 STEPS = ("generating phantoms", "importing dataset", "training detector", "training landmark model",
@@ -52,7 +53,7 @@ class DemoProfile:
     image_size: int          # phantom height in px (real films: 1500-2500)
     detector_epochs: int
     detector_imgsz: int
-    landmark_epochs: int     # heatmap model (core.landmarks): ~40 steps an epoch in the full profile
+    landmark_epochs: int     # heatmap model (core.training.landmarks): ~40 steps an epoch in the full profile
     landmark_input: int
     classifier_epochs: int
     classifier_input: int
@@ -122,16 +123,16 @@ class _Reporter:
                 self.progress(self.step, len(STEPS), self.stage, message)
 
     def write(self, message: str, state: str) -> None:
-        jobs.atomic_write_text(status_path(), json.dumps({
+        layout.atomic_write_text(status_path(), json.dumps({
             "stage": self.stage, "step": self.step, "steps": len(STEPS), "message": message, "state": state,
             "quality": self.quality, "pid": os.getpid(), "elapsed_s": round(time.time() - self.started, 1),
-            "updated_at": jobs.now_iso(),
+            "updated_at": layout.now_iso(),
         }, indent=1))
 
 
 class _RunWatcher:
     """Reports a run folder's status.json (epoch, ETA, metric) while a training call without a progress
-    callback (``core.train.train``) blocks this thread."""
+    callback (``core.training.classify.train``) blocks this thread."""
 
     def __init__(self, run_dir: Path, reporter: _Reporter, every_s: float = 1.0):
         self.run_dir, self.reporter, self.every_s = run_dir, reporter, every_s
@@ -150,7 +151,7 @@ class _RunWatcher:
     def _loop(self) -> None:
         while not self.stop.wait(self.every_s):
             try:
-                status = json.loads((self.run_dir / jobs.STATUS_FILE).read_text(encoding="utf-8"))
+                status = json.loads((self.run_dir / layout.STATUS_FILE).read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 continue
             epoch, epochs = status.get("epoch") or 0, status.get("epochs") or 0
@@ -174,7 +175,7 @@ def build_demo(quick: bool = False, progress: Progress | None = None, *, tiny: b
     """
     import torch
 
-    from core.runfiles import RunCancelled, cancel_on_sigterm
+    from core.runs.recorder import RunCancelled, cancel_on_sigterm
 
     profile = PROFILES["tiny" if tiny else "quick" if quick else "full"]
     reporter = _Reporter(profile.quality, progress, echo)
@@ -200,7 +201,7 @@ def _fmt(value, unit: str = "") -> str:
 
 
 def _build(profile: DemoProfile, reporter: _Reporter, seed: int) -> dict:
-    from core import datasets, importers, phantom
+    from core.data import datasets, importers, phantom
 
     started = time.time()
     demo_dir = settings.home() / "demo"
@@ -229,7 +230,7 @@ def _build(profile: DemoProfile, reporter: _Reporter, seed: int) -> dict:
 
     reporter.begin(6)
     for task, run in (("detect", detect_run), ("landmarks", landmark_run), ("classify", classify_run)):
-        dest = jobs.promote(run, task)
+        dest = promotion.promote(run, task)
         _annotate_promoted(dest, {"demo_quality": profile.quality, "dataset": DATASET})
         reporter.say(f"{task}: {run.name}")
 
@@ -237,7 +238,7 @@ def _build(profile: DemoProfile, reporter: _Reporter, seed: int) -> dict:
     report = check_holdout(profile, seed=HOLDOUT_SEED + seed, out=demo_dir / "holdout", reporter=reporter)
     report.update({"quality": profile.quality, "profile": asdict(profile), "seconds": round(time.time() - started, 1),
                    "runs": {"detect": detect_run.name, "landmarks": landmark_run.name, "classify": classify_run.name}})
-    jobs.atomic_write_text(settings.home() / REPORT_FILE, json.dumps(report, indent=1))
+    layout.atomic_write_text(settings.home() / REPORT_FILE, json.dumps(report, indent=1))
     check = {k: report[k] for k in ("images", "class_accuracy", "box_iou50_rate", "cobb_mae_deg", "cobb_within_5deg",
                                      "mean_landmark_error_px")}
     _annotate_promoted(settings.promoted_dir() / "classify", {"demo_check": check})
@@ -247,27 +248,27 @@ def _build(profile: DemoProfile, reporter: _Reporter, seed: int) -> dict:
 
 
 def _annotate_promoted(dest: Path, extra: dict) -> None:
-    path = dest / jobs.PROMOTED_FILE
+    path = dest / promotion.PROMOTED_FILE
     record = json.loads(path.read_text(encoding="utf-8"))
     record.update(extra)
-    jobs.atomic_write_text(path, json.dumps(record, indent=1))
+    layout.atomic_write_text(path, json.dumps(record, indent=1))
 
 
 def _train_detector(step: int, profile: DemoProfile, reporter: _Reporter, seed: int) -> Path:
     import yaml
 
-    from core import detect
-    from core.exports import export_yolo
+    from core.training import detect
+    from core.data.exports import export_yolo
 
     epochs, imgsz = profile.detector_epochs, profile.detector_imgsz
     reporter.begin(step, f"{epochs} epochs at {imgsz} px")
     config = {"task": "detect", "dataset": DATASET, "model": detect.DEFAULT_DETECT_MODEL, "epochs": epochs,
               "imgsz": imgsz, "batch": profile.batch, "device": "auto", "seed": seed, "patience": epochs}
-    run_dir = jobs.new_run_dir(config["model"].removesuffix(".yaml"), "detect")
+    run_dir = layout.new_run_dir(config["model"].removesuffix(".yaml"), "detect")
     exported = export_yolo(DATASET, run_dir / "dataset", task="detect")
     config["data"] = str(Path(exported.out) / "data.yaml")
     # the config a `python -m core train` run would have, so the Runs page and promote() read it the same way
-    (run_dir / jobs.CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    (run_dir / layout.CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     started = time.time()
 
     def epoch_done(epoch: int, epochs: int, row: dict) -> None:
@@ -282,13 +283,13 @@ def _train_detector(step: int, profile: DemoProfile, reporter: _Reporter, seed: 
 
 
 def _train_landmarks(step: int, profile: DemoProfile, reporter: _Reporter, seed: int) -> Path:
-    from core import landmarks
+    from core.training import landmarks
 
     epochs, size = profile.landmark_epochs, profile.landmark_input
     reporter.begin(step, f"heatmap model, {epochs} epochs at {size} px on ROI crops")
     config = {"task": "landmarks", "model": landmarks.MODEL_NAME, "dataset": DATASET, "epochs": epochs,
               "input_size": size, "seed": seed, "device": "auto"}
-    run_dir = jobs.new_run_dir(landmarks.MODEL_NAME, "landmarks")
+    run_dir = layout.new_run_dir(landmarks.MODEL_NAME, "landmarks")
     started = time.time()
 
     def epoch_done(epoch: int, epochs: int, row: dict) -> None:
@@ -305,20 +306,20 @@ def _train_landmarks(step: int, profile: DemoProfile, reporter: _Reporter, seed:
 
 
 def _train_classifier(step: int, profile: DemoProfile, reporter: _Reporter, seed: int) -> Path:
-    from core import train
-    from core.runconfig import TrainConfig
+    from core.training import classify
+    from core.runs.configs import ClassifyConfig
 
     reporter.begin(step, f"S-ResNet-34, {profile.classifier_epochs} epochs at {profile.classifier_input} px")
-    cfg = TrainConfig.from_dict({
+    cfg = ClassifyConfig.from_dict({
         "model": "s_resnet34", "dataset": DATASET, "input_size": profile.classifier_input,
         "epochs": profile.classifier_epochs, "batch_size": profile.classifier_batch, "lr": 1e-3,
         "patience": profile.classifier_epochs, "aug_hflip": True,  # phantoms face both ways
         "seed": seed, "n_boot": 200 if profile.quality != "tiny" else 0, "device": "auto",
     })
-    run_dir = jobs.new_run_dir(cfg.model, "classify")
+    run_dir = layout.new_run_dir(cfg.model, "classify")
     with _RunWatcher(run_dir, reporter):
-        train.train(cfg, run_dir)
-    reporter.say(f"done: {jobs.read_status(run_dir).get('message', '')}")
+        classify.train(cfg, run_dir)
+    reporter.say(f"done: {layout.read_status(run_dir).get('message', '')}")
     return run_dir
 
 
@@ -339,9 +340,9 @@ def check_holdout(profile: DemoProfile, seed: int, out: Path, reporter: _Reporte
     """
     from PIL import Image
 
-    from core.measure import landmark_errors
-    from core.phantom import generate_case
-    from core.pipeline import Predictor
+    from core.data.measure import landmark_errors
+    from core.data.phantom import generate_case
+    from core.inference.pipeline import Predictor
 
     predictor = predictor or Predictor()
     out.mkdir(parents=True, exist_ok=True)
@@ -390,7 +391,7 @@ def configure_demo(parser: argparse.ArgumentParser) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from core.runfiles import RunCancelled
+    from core.runs.recorder import RunCancelled
 
     try:
         report = build_demo(quick=args.quick, tiny=args.tiny, seed=args.seed, echo=True)

@@ -1,8 +1,8 @@
 """Data: import a dataset (zip of a folder tree, CSV + images, YOLO, COCO, CSXA; DICOM files; phantoms),
 look at what a dataset holds, make patient-grouped splits, export it as a zip.
 
-The page only moves files: every import, split and export is a ``core.importers``, ``core.datasets`` or
-``core.exports`` call (also a CLI command).
+The page only moves files: every import, split and export is a ``core.data.importers``, ``core.data.datasets`` or
+``core.data.exports`` call (also a CLI command).
 """
 from __future__ import annotations
 
@@ -53,14 +53,14 @@ def default_name(uploads, layout: str) -> str:
 
 def run_import(layout: str, uploads, dataset: str, phantom_options: dict, progress) -> None:
     """Unpack what was uploaded into a scratch folder, hand it to the importer, keep the report."""
-    from core import importers
-    from core.archive import extract_zip, import_source
+    from core.data import importers
+    from core.data.archive import extract_zip, import_source
 
     scratch = upload_folder(dataset)
     try:
         progress.progress(0.05, text="Preparing the files…")
         if layout == "phantom":
-            from core.phantom import write_phantoms
+            from core.data.phantom import write_phantoms
 
             def generated(done: int, total: int, _case) -> None:
                 progress.progress(0.1 + 0.5 * done / total, text=f"Generating phantoms: {done}/{total}")
@@ -146,7 +146,7 @@ with import_tab:
 @st.cache_data(max_entries=2000, show_spinner=False)
 def thumbnail(relative_path: str, size: int = 128) -> bytes | None:
     """A small PNG of a workspace image (None when it cannot be read any more)."""
-    from core.imaging import ImageReadError, read_image
+    from core.data.imaging import ImageReadError, read_image
 
     try:
         return thumbnail_png(read_image(settings.home() / relative_path).pixels, size)
@@ -189,7 +189,7 @@ with overview_tab:
             test = fractions[2].number_input("test", 0.0, 1.0, 0.15, 0.05, key="split_test")
             seed = st.number_input("Seed", 0, 2**31 - 1, 0, key="split_seed")
             if st.button("Make splits", key="make_splits"):
-                from core.datasets import make_splits
+                from core.data.datasets import make_splits
 
                 with engine_errors("Making splits"):
                     counts = make_splits(chosen, (train, val, test), seed=int(seed), store=store())
@@ -224,7 +224,7 @@ with export_tab:
         chosen = columns[0].selectbox("Dataset", names, key="export_dataset")
         kind = columns[1].selectbox("Format", list(EXPORTS), format_func=EXPORTS.get, key="export_kind")
         if st.button("Prepare the zip", key="export_button"):
-            from core import exports
+            from core.data import exports
 
             stamp = f"{datetime.now():%Y%m%d-%H%M%S}"
             out = settings.exports_dir() / f"{chosen}-{kind}-{stamp}"

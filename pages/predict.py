@@ -1,6 +1,6 @@
 """Predict: upload radiographs (or try a phantom) and see the class, why (Grad-CAM) and the angle.
 
-Thin: reading, detection, landmarks, classification and Grad-CAM are one ``core.pipeline.Predictor``
+Thin: reading, detection, landmarks, classification and Grad-CAM are one ``core.inference.pipeline.Predictor``
 call (the same as ``python -m core predict``); this page draws the results. Torch is imported only once
 there is something to predict, so the page opens at once.
 """
@@ -12,7 +12,7 @@ import json
 import pandas as pd
 import streamlit as st
 
-from core.jobs import PROMOTED_FILE
+from core.runs.promotion import PROMOTED_FILE
 from core.settings import CLASSES
 from ui.figures import annotated_radiograph, probability_chart, report_png
 from ui.frame import NOTICE_PLAIN, engine_errors, frame, selected_runs
@@ -47,7 +47,7 @@ def predict_cached(predictor, files: tuple, name: str, data: bytes, cam_method: 
 @st.cache_data(show_spinner="Generating a phantom…")
 def sample_phantom(curvature_class: str) -> tuple[str, bytes, str]:
     """A synthetic lateral radiograph of the class, with its ground truth for the caption."""
-    from core.phantom import generate_case
+    from core.data.phantom import generate_case
 
     case = generate_case(SAMPLE_SEEDS[curvature_class], size=SAMPLE_SIZE, curvature_class=curvature_class)
     truth = f"Phantom ground truth: {case.curvature_class}, Cobb C2–C7 {case.cobb_c2c7:+.1f}°"
@@ -78,7 +78,7 @@ def box_label(prediction) -> str:
 
 def show_result(predictor, files: tuple, name: str, data: bytes, truth: str | None = None) -> None:
     """Radiograph | heatmap (with its method and opacity) | class, probabilities, measurements, report."""
-    from core.explain import CAM_METHODS, overlay
+    from core.inference.explain import CAM_METHODS, overlay
 
     method_column, opacity_column, _ = st.columns([5, 5, 4], gap="medium")
     method = method_column.selectbox("Heatmap method", list(CAM_METHODS),

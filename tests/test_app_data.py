@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from core.store import AnnotationStore
+from core.data.store import AnnotationStore
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 

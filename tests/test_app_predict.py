@@ -18,7 +18,7 @@ APP = str(ROOT / "app.py")
 
 
 def phantom_png(curvature_class: str, seed: int, size: int = 128) -> bytes:
-    from core.phantom import generate_case
+    from core.data.phantom import generate_case
 
     case = generate_case(seed, size=size, curvature_class=curvature_class)
     buffer = io.BytesIO()
@@ -27,14 +27,15 @@ def phantom_png(curvature_class: str, seed: int, size: int = 128) -> bytes:
 
 
 def promote_tiny_classifier(home: Path) -> Path:
-    """Train a 32 px plain CNN for one epoch on 9 phantoms with core.train, promote it; ~15 s on 2 cores.
+    """Train a 32 px plain CNN for one epoch on 9 phantoms with core.training.classify, promote it; ~15 s on 2 cores.
 
     Shared with tests/test_browser.py and benchmarks/app_latency.py.
     """
-    from core import jobs, train
-    from core.datasets import TrainingItem
-    from core.phantom import generate_case
-    from core.runconfig import load_config
+    from core.runs import layout, promotion
+    from core.training import classify
+    from core.data.datasets import TrainingItem
+    from core.data.phantom import generate_case
+    from core.runs.configs import load_config
 
     previous = os.environ.get("CERVICURVE_HOME")
     os.environ["CERVICURVE_HOME"] = str(home)
@@ -55,8 +56,8 @@ def promote_tiny_classifier(home: Path) -> Path:
                     number += 1
         config = load_config(None, ["model=cnn", "epochs=1", "batch_size=4", "input_size=32", "workers=0",
                                     "n_boot=0", "device=cpu", "augment=false", "warmup_epochs=0"])
-        run_dir = train.train(config, items=items)
-        return jobs.promote(run_dir)
+        run_dir = classify.train(config, items=items)
+        return promotion.promote(run_dir)
     finally:
         if previous is None:
             os.environ.pop("CERVICURVE_HOME", None)
@@ -196,7 +197,7 @@ def test_the_page_opens_without_loading_torch_even_with_a_model(with_model):
 def test_once_drawn_the_page_loads_the_model_in_the_background(with_model):
     loaded = run_page_in_a_fresh_process(
         "def loaded():  # the pipeline's per-process cache of classifiers (None while it is being imported)\n"
-        "    cache = getattr(sys.modules.get('core.pipeline'), '_classifier_at', None)\n"
+        "    cache = getattr(sys.modules.get('core.inference.pipeline'), '_classifier_at', None)\n"
         "    return cache.cache_info().currsize if cache else 0\n"
         "deadline = time.monotonic() + 120\n"
         "while time.monotonic() < deadline and not loaded():\n"
@@ -206,8 +207,8 @@ def test_once_drawn_the_page_loads_the_model_in_the_background(with_model):
 
 
 def test_figures_draw_the_endplates_at_the_landmarks_and_the_report_is_a_png():
-    from core.measure import LANDMARK_NAMES
-    from core.phantom import generate_case
+    from core.data.measure import LANDMARK_NAMES
+    from core.data.phantom import generate_case
     from ui.figures import ENDPLATE_COLOUR, annotated_radiograph, report_png
 
     case = generate_case(8, size=256, curvature_class="normal")
@@ -228,9 +229,10 @@ def test_figures_draw_the_endplates_at_the_landmarks_and_the_report_is_a_png():
 @pytest.fixture(scope="module")
 def two_landmark_runs(tmp_path_factory) -> tuple[Path, str, str]:
     """A workspace with the tiny classifier and two finished landmark runs, the first promoted."""
-    from core import jobs, landmarks
-    from core.datasets import TrainingItem
-    from core.phantom import generate_case
+    from core.runs import layout, promotion
+    from core.training import landmarks
+    from core.data.datasets import TrainingItem
+    from core.data.phantom import generate_case
 
     home = tmp_path_factory.mktemp("choose") / "workspace"
     promote_tiny_classifier(home)
@@ -248,11 +250,11 @@ def two_landmark_runs(tmp_path_factory) -> tuple[Path, str, str]:
                   "device": "cpu"}
         runs = []
         for seed in (0, 1):
-            run_dir = jobs.new_run_dir(landmarks.MODEL_NAME, "landmarks")
+            run_dir = layout.new_run_dir(landmarks.MODEL_NAME, "landmarks")
             landmarks.train_heatmap({**config, "seed": seed}, run_dir,
                                     items={"train": items[:3], "val": items[3:], "test": []})
             runs.append(run_dir.name)
-        jobs.promote(jobs.resolve_run(runs[0]))
+        promotion.promote(layout.resolve_run(runs[0]))
     finally:
         if previous is None:
             os.environ.pop("CERVICURVE_HOME", None)

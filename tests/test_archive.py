@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 
-from core.archive import ArchiveError, extract_zip
+from core.data.archive import ArchiveError, extract_zip
 
 
 def make_zip(members: dict[str, bytes], symlinks: dict[str, str] | None = None) -> bytes:

@@ -17,11 +17,13 @@ import pytest
 import yaml
 from PIL import Image
 
-from core import datasets, deid, exports, importers, settings
+from core.data.measure import LANDMARK_CROP_MARGIN
+from core import settings
+from core.data import datasets, deid, exports, importers
 from core.cli import main as cli_main
-from core.datasets import DatasetError
-from core.measure import LANDMARK_NAMES, measure_landmarks, roi_box_from_landmarks, write_labelme
-from core.store import AnnotationStore
+from core.data.datasets import DatasetError
+from core.data.measure import LANDMARK_NAMES, measure_landmarks, roi_box_from_landmarks, write_labelme
+from core.data.store import AnnotationStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -712,7 +714,7 @@ def test_landmark_export_cropped_to_the_roi_with_its_margin(workspace, tmp_path,
         # crop window 37..73 x 57..93: only the right corners at x = 50 from y = 57 to 92 (6 of 23) fall inside
         "17 landmarks lie outside the ROI crop (box + 10% margin): check the box"]
     config = yaml.safe_load((out / "data.yaml").read_text())
-    assert config["crop"] == "roi" and config["roi_margin"] == 0.1 == exports.LANDMARK_CROP_MARGIN
+    assert config["crop"] == "roi" and config["roi_margin"] == 0.1 == LANDMARK_CROP_MARGIN
     assert config["kpt_shape"] == [23, 3]
     reaches_past_the_image = 0
     for item in store.current_labels("ex"):
@@ -864,11 +866,11 @@ def test_archive_import_from_upload_bytes_reports_progress(workspace, tmp_path, 
     assert list((workspace / "uploads").iterdir()) == []
 
 
-# ---------------------------------------------------------------- the phantom layout (core.phantom's contract)
+# ---------------------------------------------------------------- the phantom layout (core.data.phantom's contract)
 
 
 def test_every_phantom_layout_imports_with_agreeing_labels(workspace, tmp_path, store):
-    from core.phantom import write_phantoms
+    from core.data.phantom import write_phantoms
 
     out = tmp_path / "phantoms"
     write_phantoms(out, patients=6, images_per_patient=1, seed=1, size=128, formats=("csxa", "yolo", "dicom"))

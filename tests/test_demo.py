@@ -59,7 +59,7 @@ def test_tiny_demo_builds_a_workspace_that_predicts(workspace):
     assert len(holdout) == 3
 
     # the imported dataset lives in the workspace's own store, split by patient
-    from core.store import AnnotationStore
+    from core.data.store import AnnotationStore
 
     store = AnnotationStore(f"sqlite:///{workspace / 'cervicurve.db'}")
     try:

@@ -1,4 +1,4 @@
-"""core.detect: real Ultralytics training on tiny data, offline, contained in the workspace."""
+"""core.training.detect: real Ultralytics training on tiny data, offline, contained in the workspace."""
 from __future__ import annotations
 
 import csv
@@ -65,7 +65,7 @@ def spine_landmarks(rng, size: int) -> np.ndarray:
 
 
 def write_landmark_dataset(out: Path, train: int = 8, val: int = 3, size: int = 96, seed: int = 1) -> Path:
-    from core.measure import roi_box_from_landmarks
+    from core.data.measure import roi_box_from_landmarks
 
     rng = np.random.default_rng(seed)
     for split, count in (("train", train), ("val", val)):
@@ -128,7 +128,7 @@ CHILD = NETWORK_GUARD + textwrap.dedent("""
     import torch
     torch.set_num_threads(2)
     numpy_print = repr(np.get_printoptions())
-    from core.detect import train_from_config
+    from core.training.detect import train_from_config
     report = train_from_config(json.loads(sys.argv[1]), sys.argv[2])
     print("RESULT " + json.dumps({"report": report, "threads": torch.get_num_threads(),
                                   "omp": os.environ.get("OMP_NUM_THREADS"),
@@ -190,7 +190,7 @@ def test_detector_trains_offline_inside_the_workspace_and_finds_boxes(tmp_path):
     assert (run_dir / "last.pt").is_file() and (run_dir / "ultralytics" / "weights" / "best.pt").is_file()
 
     # the detector answers in original pixels, for any image size
-    from core.detect import RoiDetector
+    from core.training.detect import RoiDetector
 
     torch.set_num_threads(2)
     omp_before = os.environ.get("OMP_NUM_THREADS")
@@ -213,7 +213,7 @@ def test_detector_trains_offline_inside_the_workspace_and_finds_boxes(tmp_path):
     with pytest.raises(ValueError, match="grayscale"):
         detector.detect(np.zeros((10, 10, 3), np.float32))
     with pytest.raises(ValueError, match="not a landmarks model"):
-        from core.detect import LandmarkModel
+        from core.training.detect import LandmarkModel
         LandmarkModel(run_dir / "best.pt")
 
 
@@ -221,9 +221,9 @@ def test_detector_trains_offline_inside_the_workspace_and_finds_boxes(tmp_path):
 def test_landmark_model_trains_on_23_points_and_predicts_them(workspace, tmp_path, monkeypatch):
     import torch
 
-    from core.detect import LandmarkModel, RoiDetector, train_landmark_model
-    from core.landmarks import load_landmark_model
-    from core.measure import landmark_flip_index
+    from core.training.detect import LandmarkModel, RoiDetector, train_landmark_model
+    from core.training.landmarks import load_landmark_model
+    from core.data.measure import landmark_flip_index
 
     monkeypatch.chdir(tmp_path)
     data_yaml = write_landmark_dataset(workspace / "exports" / "landmarks")
@@ -263,7 +263,7 @@ def test_landmark_model_trains_on_23_points_and_predicts_them(workspace, tmp_pat
     assert loaded.locate(image, None, min_confidence=0.0)[0].shape == (23, 2)
 
     # flipping an image turns every "left" landmark into its "right" twin and back
-    from core.measure import LANDMARK_NAMES
+    from core.data.measure import LANDMARK_NAMES
 
     flip = landmark_flip_index()
     assert sorted(flip) == list(range(23)) and [flip[i] for i in flip] == list(range(23))
@@ -283,8 +283,8 @@ class ShiftedTruth:
 
 
 def test_evaluate_landmarks_reports_pixel_percent_and_cobb_errors():
-    from core.detect import evaluate_landmarks
-    from core.measure import measure_landmarks
+    from core.training.detect import evaluate_landmarks
+    from core.data.measure import measure_landmarks
 
     rng = np.random.default_rng(3)
     truths = [spine_landmarks(rng, 200) for _ in range(3)]
@@ -303,7 +303,7 @@ def test_evaluate_landmarks_reports_pixel_percent_and_cobb_errors():
 def test_bad_inputs_fail_with_one_clear_error_and_download_nothing(workspace, tmp_path, monkeypatch):
     import torch
 
-    from core.detect import RoiDetector, train_detector, train_from_config, train_landmark_model
+    from core.training.detect import RoiDetector, train_detector, train_from_config, train_landmark_model
 
     monkeypatch.chdir(tmp_path)
     data_yaml = write_box_dataset(workspace / "exports" / "boxes", train=2, val=1, size=64)
@@ -352,9 +352,9 @@ def test_bad_inputs_fail_with_one_clear_error_and_download_nothing(workspace, tm
 
 @pytest.mark.slow
 def test_detector_run_from_a_store_dataset_can_be_cancelled_and_resumed(workspace, tmp_path, monkeypatch):
-    from core import importers
-    from core.detect import train_from_config
-    from core.store import AnnotationStore
+    from core.data import importers
+    from core.training.detect import train_from_config
+    from core.data.store import AnnotationStore
 
     monkeypatch.chdir(tmp_path)
     source = write_box_dataset(tmp_path / "boxes", train=6, val=2, size=64).parent
@@ -370,7 +370,7 @@ def test_detector_run_from_a_store_dataset_can_be_cancelled_and_resumed(workspac
         train_from_config(config, run_dir, progress_callback=cancel_after_first_epoch)
     status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "cancelled" and status["epoch"] == 1
-    assert (run_dir / "dataset" / "data.yaml").is_file()  # exported from the store by core.exports
+    assert (run_dir / "dataset" / "data.yaml").is_file()  # exported from the store by core.data.exports
     assert [row["epoch"] for row in read_metrics(run_dir)] == ["1"]
 
     report = train_from_config({**config, "resume": True}, run_dir)

@@ -1,4 +1,4 @@
-"""core.explain: Grad-CAM maps from the registry's models, placed back on the radiograph."""
+"""core.inference.explain: Grad-CAM maps from the registry's models, placed back on the radiograph."""
 from __future__ import annotations
 
 import threading
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from core.explain import CAM_METHODS, ExplainUnavailable, cam_to_image, explain, overlay
+from core.inference.explain import CAM_METHODS, ExplainUnavailable, cam_to_image, explain, overlay
 from models.registry import MODELS, build_model
 
 

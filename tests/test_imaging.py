@@ -1,4 +1,4 @@
-"""core.imaging: real files written with Pillow, tifffile and pydicom, plus pydicom's own test files."""
+"""core.data.imaging: real files written with Pillow, tifffile and pydicom, plus pydicom's own test files."""
 from __future__ import annotations
 
 import io
@@ -17,7 +17,7 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 
-from core.imaging import ImageReadError, Radiograph, dicom_summary, read_image, to_pil, to_uint8
+from core.data.imaging import ImageReadError, Radiograph, dicom_summary, read_image, to_pil, to_uint8
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -376,7 +376,7 @@ SURVEY = textwrap.dedent(
     warnings.simplefilter("ignore")
     sys.path.insert(0, sys.argv[1])
     from pydicom.data import get_testdata_files
-    from core.imaging import ImageReadError, read_image
+    from core.data.imaging import ImageReadError, read_image
 
     REASONS = ("no pixel data", "not a supported image", "not supported here", "could not be decoded",
                "truncated", "no valid Rows/Columns")

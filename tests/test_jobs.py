@@ -9,7 +9,8 @@ import time
 import pytest
 import torch
 
-from core import jobs, settings
+from core import settings
+from core.runs import launch, layout, promotion
 from core.cli import main as cli_main
 from test_train import import_tiny
 
@@ -34,33 +35,33 @@ def wait_for(predicate, timeout: float = 180.0, every: float = 0.05):
 
 
 def alive(pid: int) -> bool:
-    return jobs._pid_alive(pid)
+    return layout.pid_alive(pid)
 
 
 def test_started_run_finishes_in_the_background_and_can_be_promoted(tiny, capsys):
-    run_dir = jobs.start_run(dict(FAST, epochs=2))
+    run_dir = launch.start_run(dict(FAST, epochs=2))
     assert run_dir.parent == settings.runs_dir()
-    first = jobs.read_status(run_dir)
+    first = layout.read_status(run_dir)
     assert first["state"] in ("queued", "running") and isinstance(first["pid"], int)
 
-    wait_for(lambda: jobs.read_status(run_dir)["state"] in ("done", "failed"))
-    status = jobs.read_status(run_dir)
+    wait_for(lambda: layout.read_status(run_dir)["state"] in ("done", "failed"))
+    status = layout.read_status(run_dir)
     assert status["state"] == "done", (run_dir / "train.log").read_text()
     wait_for(lambda: not alive(first["pid"]), timeout=30)  # "done" is written just before the process exits
-    metrics = jobs.read_metrics(run_dir)
+    metrics = layout.read_metrics(run_dir)
     assert list(metrics["epoch"]) == [1, 2] and "val_macro_f1" in metrics.columns
     log_text = (run_dir / "train.log").read_text()
     assert "python -m core train" in log_text or "-m core train" in log_text
     assert log_text.count("epoch 1/2  train_loss") == 1  # the logger does not double up with stderr
 
-    [info] = jobs.list_runs()
+    [info] = layout.list_runs()
     assert (info.run_id, info.state, info.epoch, info.epochs, info.model) == (run_dir.name, "done", 2, 2, "cnn")
     assert cli_main(["runs"]) == 0
     assert run_dir.name in capsys.readouterr().out
 
-    assert jobs.promoted_model("classify") is None
+    assert promotion.promoted_model("classify") is None
     assert cli_main(["promote", run_dir.name]) == 0
-    promoted = jobs.promoted_model("classify")
+    promoted = promotion.promoted_model("classify")
     assert promoted == settings.promoted_dir() / "classify" / "best.pt"
     record = json.loads((promoted.parent / "promoted.json").read_text())
     assert record["run_id"] == run_dir.name and record["model"] == "cnn"
@@ -69,48 +70,48 @@ def test_started_run_finishes_in_the_background_and_can_be_promoted(tiny, capsys
 
 
 def test_a_bad_config_fails_before_any_process_starts(tiny):
-    from core.runconfig import ConfigError
+    from core.runs.configs import ConfigError
 
     with pytest.raises(ConfigError, match="epochs"):
-        jobs.start_run(dict(FAST, epochs="many"))
+        launch.start_run(dict(FAST, epochs="many"))
     assert list(settings.runs_dir().iterdir()) == []
 
 
 def test_cancel_stops_the_process_group_and_marks_the_run_cancelled(tiny):
-    run_dir = jobs.start_run(dict(FAST, epochs=500))
-    wait_for(lambda: jobs.read_status(run_dir).get("epoch", 0) >= 1)
-    pid = jobs.read_status(run_dir)["pid"]
+    run_dir = launch.start_run(dict(FAST, epochs=500))
+    wait_for(lambda: layout.read_status(run_dir).get("epoch", 0) >= 1)
+    pid = layout.read_status(run_dir)["pid"]
     assert alive(pid)
 
-    status = jobs.cancel_run(run_dir)
+    status = launch.cancel_run(run_dir)
     assert status["state"] == "cancelled"
     assert not alive(pid)
-    assert jobs.read_status(run_dir)["state"] == "cancelled"
+    assert layout.read_status(run_dir)["state"] == "cancelled"
     assert "cancelled" in (run_dir / "train.log").read_text()
-    assert [r.state for r in jobs.list_runs()] == ["cancelled"]
+    assert [r.state for r in layout.list_runs()] == ["cancelled"]
 
 
 def test_a_killed_run_reads_as_interrupted_and_resumes_to_the_end(tiny):
     epochs = 6
-    run_dir = jobs.start_run(dict(FAST, epochs=epochs))
-    wait_for(lambda: jobs.read_status(run_dir).get("epoch", 0) >= 1)
-    pid = jobs.read_status(run_dir)["pid"]
+    run_dir = launch.start_run(dict(FAST, epochs=epochs))
+    wait_for(lambda: layout.read_status(run_dir).get("epoch", 0) >= 1)
+    pid = layout.read_status(run_dir)["pid"]
     os.killpg(os.getpgid(pid), signal.SIGKILL)  # the machine "crashes"
     wait_for(lambda: not alive(pid))
-    epochs_done = len(jobs.read_metrics(run_dir))
+    epochs_done = len(layout.read_metrics(run_dir))
     assert epochs_done < epochs, "killed too late to test a resume"
 
-    assert jobs.read_status(run_dir)["state"] == "interrupted"
-    assert [r.state for r in jobs.list_runs()] == ["interrupted"]
-    jobs.resume_run(run_dir)
-    wait_for(lambda: jobs.read_status(run_dir)["state"] in ("done", "failed"))
-    assert jobs.read_status(run_dir)["state"] == "done", (run_dir / "train.log").read_text()
-    assert list(jobs.read_metrics(run_dir)["epoch"]) == list(range(1, epochs + 1))
+    assert layout.read_status(run_dir)["state"] == "interrupted"
+    assert [r.state for r in layout.list_runs()] == ["interrupted"]
+    launch.resume_run(run_dir)
+    wait_for(lambda: layout.read_status(run_dir)["state"] in ("done", "failed"))
+    assert layout.read_status(run_dir)["state"] == "done", (run_dir / "train.log").read_text()
+    assert list(layout.read_metrics(run_dir)["epoch"]) == list(range(1, epochs + 1))
 
 
 def test_unknown_runs_are_clear_errors(tiny):
-    with pytest.raises(jobs.JobError, match="no run folder"):
-        jobs.read_status("2020-nothing")
-    empty = jobs.new_run_dir("cnn")
-    with pytest.raises(jobs.JobError, match="no best checkpoint"):
-        jobs.promote(empty)
+    with pytest.raises(layout.JobError, match="no run folder"):
+        layout.read_status("2020-nothing")
+    empty = layout.new_run_dir("cnn")
+    with pytest.raises(layout.JobError, match="no best checkpoint"):
+        promotion.promote(empty)

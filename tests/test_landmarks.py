@@ -1,4 +1,4 @@
-"""core.landmarks: the heatmap landmark model — augmentation geometry, real training runs on tiny phantoms, resume,
+"""core.training.landmarks: the heatmap landmark model — augmentation geometry, real training runs on tiny phantoms, resume,
 loading, and clear errors. How precise it gets at the demo's size is measured by the demo's held-out check
 (README), not here: these models train for seconds at 64 px."""
 from __future__ import annotations
@@ -26,7 +26,7 @@ def phantom_home(tmp_path_factory):
     previous = os.environ.get("CERVICURVE_HOME")
     os.environ["CERVICURVE_HOME"] = str(home)
     try:
-        from core import datasets, importers, phantom
+        from core.data import datasets, importers, phantom
 
         phantom.write_phantoms(home / "src", 12, 1, seed=3, size=128, formats=("csxa",))
         importers.import_csxa(home / "src" / "csxa", dataset="ph", annotator="test")
@@ -62,7 +62,7 @@ def dot_contexts(points: torch.Tensor, size: int = 96) -> torch.Tensor:
 
 def test_augmented_labels_follow_the_augmented_image():
     """Rotation, per-axis scale, shift and flip move the point exactly where the image content went."""
-    from core.landmarks import HeatmapConfig, augmented_batch
+    from core.training.landmarks import HeatmapConfig, augmented_batch
 
     cfg = HeatmapConfig.from_dict({"dataset": "x", "input_size": 64, "rotate_deg": 15, "scale": 0.2, "shift": 0.1})
     generator = torch.Generator().manual_seed(0)
@@ -80,9 +80,9 @@ def test_augmented_labels_follow_the_augmented_image():
 
 
 def test_a_mirrored_spine_keeps_its_angle_and_faces_the_other_way(workspace):
-    from core.landmarks import HeatmapConfig, augmented_batch
-    from core.measure import measure_landmarks
-    from core.phantom import generate_case
+    from core.training.landmarks import HeatmapConfig, augmented_batch
+    from core.data.measure import measure_landmarks
+    from core.data.phantom import generate_case
 
     cfg = HeatmapConfig.from_dict({"dataset": "x", "input_size": 64, "rotate_deg": 0, "scale": 0.0, "shift": 0.1})
     case = generate_case(11, size=128, curvature_class="normal", patient_id="P")
@@ -99,9 +99,9 @@ def test_a_mirrored_spine_keeps_its_angle_and_faces_the_other_way(workspace):
 # ------------------------------------------------------------------------------------------ training runs
 
 def test_cli_trains_a_run_folder_that_the_pipeline_can_load(home, tmp_path):
-    from core import jobs
-    from core.landmarks import FORMAT, HeatmapLandmarkModel, load_landmark_model
-    from core.phantom import generate_case
+    from core.runs import launch, layout, promotion
+    from core.training.landmarks import FORMAT, HeatmapLandmarkModel, load_landmark_model
+    from core.data.phantom import generate_case
 
     config = tmp_path / "landmarks.yaml"
     config.write_text(yaml.safe_dump(tiny_config()))
@@ -112,7 +112,7 @@ def test_cli_trains_a_run_folder_that_the_pipeline_can_load(home, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert {"config.yaml", "status.json", "metrics.csv", "train.log", "best.pt", "last.pt",
             "test_report.json"} <= {p.name for p in run_dir.iterdir()}
-    status = jobs.read_status(run_dir)
+    status = layout.read_status(run_dir)
     assert status["state"] == "done" and status["task"] == "landmarks" and status["epoch"] == 2
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2] and all(float(r["val_mean_error_px"]) > 0 for r in rows)
@@ -143,18 +143,18 @@ def test_cli_trains_a_run_folder_that_the_pipeline_can_load(home, tmp_path):
     width = pixels.shape[1]
     x1, y1, x2, y2 = case.roi_box
     mirrored, _ = model.locate(np.ascontiguousarray(pixels[:, ::-1]), [width - x2, y1, width - x1, y2], 0.0)
-    from core.measure import landmark_flip_index
+    from core.data.measure import landmark_flip_index
 
     back = mirrored[landmark_flip_index()]
     back[:, 0] = width - back[:, 0]
     assert np.allclose(back, points, atol=1e-3)
     # the promoted copy is what Predict loads
-    promoted = jobs.promote(run_dir)
+    promoted = promotion.promote(run_dir)
     assert promoted.name == "landmarks" and isinstance(load_landmark_model(promoted / "best.pt"), HeatmapLandmarkModel)
 
 
 def test_an_interrupted_run_resumes_to_the_same_result(home, tmp_path):
-    from core.landmarks import train_heatmap
+    from core.training.landmarks import train_heatmap
 
     straight = tmp_path / "straight"
     train_heatmap(tiny_config(), straight)
@@ -180,7 +180,7 @@ def test_an_interrupted_run_resumes_to_the_same_result(home, tmp_path):
 
 
 def test_bad_configs_and_datasets_are_clear_errors(home, tmp_path):
-    from core.landmarks import LandmarkTrainingError, train_heatmap
+    from core.training.landmarks import LandmarkTrainingError, train_heatmap
 
     with pytest.raises(LandmarkTrainingError, match="unknown key.*learning_rate"):
         train_heatmap(tiny_config(learning_rate=0.1), tmp_path / "a")
@@ -213,7 +213,7 @@ def test_bad_configs_and_datasets_are_clear_errors(home, tmp_path):
 
 def test_a_checkpoint_of_another_kind_is_refused(tmp_path):
     """The loader picks heatmap or YOLO-pose by the checkpoint's format; anything else is a ValueError."""
-    from core.landmarks import load_landmark_model
+    from core.training.landmarks import load_landmark_model
 
     not_a_checkpoint = tmp_path / "best.pt"
     torch.save({"state_dict": {}, "meta": {"format": "something else", "task": "landmarks"}}, not_a_checkpoint)
@@ -222,7 +222,7 @@ def test_a_checkpoint_of_another_kind_is_refused(tmp_path):
 
 
 def test_the_example_config_shows_the_defaults():
-    from core.landmarks import HeatmapConfig
+    from core.training.landmarks import HeatmapConfig
 
     shipped = yaml.safe_load((ROOT / "configs" / "landmarks.yaml").read_text())
     assert HeatmapConfig.from_dict(shipped) == HeatmapConfig(dataset="default")
@@ -230,29 +230,29 @@ def test_the_example_config_shows_the_defaults():
 
 
 def test_a_background_run_can_be_cancelled_and_resumed(home):
-    """The Train page's path: jobs.start_run -> a real child process; cancel (SIGTERM) keeps last.pt; resume finishes."""
+    """The Train page's path: launch.start_run -> a real child process; cancel (SIGTERM) keeps last.pt; resume finishes."""
     import time
 
-    from core import jobs
-    from core.runconfig import ConfigError
+    from core.runs import launch, layout, promotion
+    from core.runs.configs import ConfigError
 
     with pytest.raises(ConfigError, match="unknown key.*epoch_count"):  # refused before any process starts
-        jobs.start_run(tiny_config(epoch_count=3))
+        launch.start_run(tiny_config(epoch_count=3))
 
-    run_dir = jobs.start_run(tiny_config(epochs=150))
+    run_dir = launch.start_run(tiny_config(epochs=150))
     deadline = time.monotonic() + 120
-    while jobs.read_status(run_dir).get("epoch", 0) < 1 and time.monotonic() < deadline:
+    while layout.read_status(run_dir).get("epoch", 0) < 1 and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert jobs.read_status(run_dir)["state"] == "running", (run_dir / "train.log").read_text()[-2000:]
-    assert jobs.cancel_run(run_dir)["state"] == "cancelled"
+    assert layout.read_status(run_dir)["state"] == "running", (run_dir / "train.log").read_text()[-2000:]
+    assert launch.cancel_run(run_dir)["state"] == "cancelled"
     stopped_at = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)["epoch"]
     assert 1 <= stopped_at < 150
 
-    jobs.resume_run(run_dir)
+    launch.resume_run(run_dir)
     deadline = time.monotonic() + 300
-    while jobs.read_status(run_dir)["state"] in ("queued", "running") and time.monotonic() < deadline:
+    while layout.read_status(run_dir)["state"] in ("queued", "running") and time.monotonic() < deadline:
         time.sleep(0.5)
-    status = jobs.read_status(run_dir)
+    status = layout.read_status(run_dir)
     assert status["state"] == "done" and status["epoch"] == 150, status
     epochs = [int(r["epoch"]) for r in csv.DictReader((run_dir / "metrics.csv").open())]
     assert epochs == list(range(1, 151))  # nothing lost, nothing twice

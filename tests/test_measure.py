@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from core.measure import (
+from core.data.measure import (
     LANDMARK_NAMES, LandmarkError, RuleThresholds, classify_cobb, infer_facing, measure_landmarks,
     read_labelme, roi_box_from_landmarks, write_labelme,
 )

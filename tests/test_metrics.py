@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, roc_auc_score
 
-from core import metrics
+from core.evaluation import metrics
 from core.settings import CLASSES
 
 # 10 images; rows = true, columns = predicted:  [[3, 1, 0], [0, 2, 1], [1, 0, 2]]

@@ -15,8 +15,8 @@ import pytest
 from openpyxl import load_workbook
 from PIL import Image
 
-from core.measure import LANDMARK_NAMES, classify_cobb, measure_landmarks, roi_box_from_landmarks
-from core.phantom import (
+from core.data.measure import LANDMARK_NAMES, classify_cobb, measure_landmarks, roi_box_from_landmarks
+from core.data.phantom import (
     CSXA_CURVATURE_COLUMN,
     PhantomError,
     case_landmarks,

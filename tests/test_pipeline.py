@@ -1,4 +1,4 @@
-"""core.pipeline: read -> detect -> landmarks -> crop -> classify -> Grad-CAM, in-process and as the CLI.
+"""core.inference.pipeline: read -> detect -> landmarks -> crop -> classify -> Grad-CAM, in-process and as the CLI.
 
 The models are the tiny demo's (``build_demo(tiny=True)``: real detector, pose and S-ResNet-34 runs,
 promoted the way a user's would be). They are barely trained, so the detector and landmark models run
@@ -49,7 +49,7 @@ def home(demo_home, monkeypatch):
 @pytest.fixture(scope="module")
 def phantom_files(tmp_path_factory):
     """One 8-bit PNG per class, with the truth."""
-    from core.phantom import generate_case
+    from core.data.phantom import generate_case
 
     folder = tmp_path_factory.mktemp("phantoms")
     files = {}
@@ -68,8 +68,8 @@ def run_cli(args, home, timeout=300):
 
 
 def test_each_class_gives_a_full_prediction(home, phantom_files):
-    from core.pipeline import STAGES, Predictor
-    from core.crops import crop_box
+    from core.inference.pipeline import STAGES, Predictor
+    from core.training.crops import crop_box
 
     predictor = Predictor(detection_threshold=0.0)  # the promoted models
     assert predictor.quality == "tiny" and predictor.model_name == "s_resnet34"
@@ -112,7 +112,7 @@ def test_each_class_gives_a_full_prediction(home, phantom_files):
 
 
 def test_without_detector_and_landmarks_the_whole_image_is_classified_and_flagged(home, phantom_files):
-    from core.pipeline import Predictor
+    from core.inference.pipeline import Predictor
 
     path, case = phantom_files["normal"]
     result = Predictor(detector=False, landmarks=False).predict(path, cam_method="eigencam")
@@ -126,8 +126,8 @@ def test_without_detector_and_landmarks_the_whole_image_is_classified_and_flagge
 
 
 def test_impossible_angles_from_predicted_points_are_withheld(phantom_files):
-    from core.measure import measure_landmarks
-    from core.pipeline import implausible
+    from core.data.measure import measure_landmarks
+    from core.inference.pipeline import implausible
 
     _, case = phantom_files["normal"]
     assert implausible(measure_landmarks(case.landmarks, facing=case.facing)) is None
@@ -142,7 +142,7 @@ def test_impossible_angles_from_predicted_points_are_withheld(phantom_files):
 
 
 def test_a_crop_landmark_model_without_a_box_gives_no_measurements(home, phantom_files):
-    from core.pipeline import Predictor
+    from core.inference.pipeline import Predictor
 
     result = Predictor(detector=False, detection_threshold=0.0).predict(phantom_files["reversed"][0], cam_method=None)
     assert result.box_source == "whole image" and result.measurements is None and result.landmarks is None
@@ -150,7 +150,7 @@ def test_a_crop_landmark_model_without_a_box_gives_no_measurements(home, phantom
 
 
 def test_uploads_in_a_batch_with_a_broken_one(home, phantom_files):
-    from core.pipeline import PredictFailure, Prediction, Predictor
+    from core.inference.pipeline import PredictFailure, Prediction, Predictor
 
     good = phantom_files["reversed"][0].read_bytes()
     seen = []
@@ -164,8 +164,8 @@ def test_uploads_in_a_batch_with_a_broken_one(home, phantom_files):
 
 
 def test_sessions_share_one_loaded_model_and_a_new_file_is_reloaded(home):
-    from core.jobs import promoted_model
-    from core.pipeline import Predictor
+    from core.runs.promotion import promoted_model
+    from core.inference.pipeline import Predictor
 
     first, second = Predictor(), Predictor()
     assert first.model is second.model and first.detector is second.detector
@@ -176,7 +176,7 @@ def test_sessions_share_one_loaded_model_and_a_new_file_is_reloaded(home):
 
 
 def test_two_threads_predict_with_one_predictor(home, phantom_files):
-    from core.pipeline import Predictor
+    from core.inference.pipeline import Predictor
 
     predictor = Predictor(detection_threshold=0.0)
     paths = [phantom_files["normal"][0], phantom_files["straightened"][0]]
@@ -205,8 +205,8 @@ def test_two_threads_predict_with_one_predictor(home, phantom_files):
 
 def test_dicom_16_bit_monochrome1_matches_the_png(home, tmp_path):
     """The same phantom as 8-bit PNG, 16-bit PNG and 12-bit MONOCHROME1 DICOM: same class, box and angle."""
-    from core.phantom import write_phantoms
-    from core.pipeline import Predictor
+    from core.data.phantom import write_phantoms
+    from core.inference.pipeline import Predictor
 
     write_phantoms(tmp_path / "eight", 1, seed=5, size=SIZE, bit_depth=8)
     write_phantoms(tmp_path / "sixteen", 1, seed=5, size=SIZE, bit_depth=16, formats=("dicom",),
@@ -251,7 +251,7 @@ def test_cli_batch_reports_the_corrupt_file_and_predicts_the_rest(home, phantom_
 
 
 def test_missing_classifier_is_a_clear_message(workspace, phantom_files):
-    from core.pipeline import ModelMissing, Predictor
+    from core.inference.pipeline import ModelMissing, Predictor
 
     with pytest.raises(ModelMissing, match="python -m core demo"):
         Predictor()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sqlalchemy import create_engine, func, select, text
 
-from core.store import AnnotationStore, images_table, labels_table
+from core.data.store import AnnotationStore, images_table, labels_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -178,7 +178,7 @@ WORKER = textwrap.dedent(
     import sys, time
     from pathlib import Path
     sys.path.insert(0, {root!r})
-    from core.store import AnnotationStore
+    from core.data.store import AnnotationStore
     url, who, go = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     while not go.exists():
         time.sleep(0.01)

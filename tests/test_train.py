@@ -17,10 +17,11 @@ import torch
 import yaml
 from PIL import Image
 
-from core import checkpoints, jobs, runconfig, train
+from core.training import checkpoints, classify
+from core.runs import configs, layout
 from core.cli import main as cli_main
-from core.crops import NORMALISATION, classifier_crop
-from core.runfiles import METRIC_COLUMNS
+from core.training.crops import NORMALISATION, classifier_crop
+from core.runs.recorder import METRIC_COLUMNS
 from core.settings import CLASSES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +58,7 @@ def write_tiny_dataset(folder: Path, patients: int = 30, size: int = 64, seed: i
 
 
 def import_tiny(workspace: Path, name: str = "tiny", **kwargs) -> str:
-    from core import importers
+    from core.data import importers
 
     importers.import_csv(write_tiny_dataset(workspace.parent / f"{name}-source", **kwargs), dataset=name)
     return name
@@ -84,7 +85,7 @@ def subprocess_env(workspace: Path) -> dict:
 
 # ---------------------------------------------------------------------------------------------- config
 def test_yaml_defaults_are_the_dataclass_defaults():
-    assert runconfig.load_config(runconfig.DEFAULT_CONFIG) == runconfig.TrainConfig()
+    assert configs.load_config(configs.DEFAULT_CONFIG) == configs.ClassifyConfig()
 
 
 @pytest.mark.parametrize("override, words", [
@@ -101,8 +102,8 @@ def test_yaml_defaults_are_the_dataclass_defaults():
     ("augment.rotation=3", ["only model_options.<name>=value may use a dot"]),
 ])
 def test_bad_config_values_name_the_key_and_what_is_allowed(override, words):
-    with pytest.raises(runconfig.ConfigError) as caught:
-        runconfig.load_config(runconfig.DEFAULT_CONFIG, [override])
+    with pytest.raises(configs.ConfigError) as caught:
+        configs.load_config(configs.DEFAULT_CONFIG, [override])
     for word in words:
         assert word in str(caught.value)
 
@@ -110,34 +111,34 @@ def test_bad_config_values_name_the_key_and_what_is_allowed(override, words):
 def test_overrides_are_typed_by_the_dataclass(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("model: resnet34\nepochs: 4\n")
-    cfg = runconfig.load_config(config, ["epochs=5", "lr=1e-3", "augment=false", "input_size=null",
+    cfg = configs.load_config(config, ["epochs=5", "lr=1e-3", "augment=false", "input_size=null",
                                          "model=s_resnet34", "model_options.variant=channel", "amp=true"])
     assert (cfg.epochs, cfg.lr, cfg.augment, cfg.input_size) == (5, 0.001, False, None)
     assert cfg.model_options == {"variant": "channel"} and cfg.amp is True
-    with pytest.raises(runconfig.ConfigError, match="does not exist"):
-        runconfig.load_config(tmp_path / "missing.yaml")
+    with pytest.raises(configs.ConfigError, match="does not exist"):
+        configs.load_config(tmp_path / "missing.yaml")
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
-    with pytest.raises(runconfig.ConfigError, match="mapping"):
-        runconfig.load_config(tmp_path / "list.yaml")
+    with pytest.raises(configs.ConfigError, match="mapping"):
+        configs.load_config(tmp_path / "list.yaml")
 
 
 def test_detect_configs_pass_through_to_core_detect():
-    data = runconfig.resolve_config({"task": "detect", "model": "yolov8n.yaml", "imgsz": 96}, ["epochs=2"])
+    data = configs.resolve_config({"task": "detect", "model": "yolov8n.yaml", "imgsz": 96}, ["epochs=2"])
     assert data == {"task": "detect", "model": "yolov8n.yaml", "imgsz": 96, "epochs": 2}
 
 
 def test_bad_model_option_is_a_config_error(tiny):
-    cfg = runconfig.load_config(None, FAST + ["model_options.depth=3", "epochs=1"])
-    with pytest.raises(runconfig.ConfigError, match="depth"):
-        train.train(cfg)
+    cfg = configs.load_config(None, FAST + ["model_options.depth=3", "epochs=1"])
+    with pytest.raises(configs.ConfigError, match="depth"):
+        classify.train(cfg)
 
 
 # ---------------------------------------------------------------------------------------------- a run
 def test_a_run_writes_every_file_and_checkpoints_load_weights_only(tiny):
-    cfg = runconfig.load_config(runconfig.DEFAULT_CONFIG, FAST + ["epochs=2"])
-    run_dir = train.train(cfg)
+    cfg = configs.load_config(configs.DEFAULT_CONFIG, FAST + ["epochs=2"])
+    run_dir = classify.train(cfg)
 
-    for name in ("config.yaml", "metrics.csv", "status.json", "train.log", "last.pt", "best.pt", "test_report.json"):
+    for name in ("config.yaml", "metrics.csv", "status.json", "classify.log", "last.pt", "best.pt", "test_report.json"):
         assert (run_dir / name).is_file(), name
     assert yaml.safe_load((run_dir / "config.yaml").read_text()) == cfg.to_dict()
     rows = metric_rows(run_dir, drop=())
@@ -154,7 +155,7 @@ def test_a_run_writes_every_file_and_checkpoints_load_weights_only(tiny):
     assert meta["normalisation"] == NORMALISATION and meta["config"]["epochs"] == 2
     assert isinstance(meta["temperature"], float) and meta["temperature"] > 0
     assert "optimizer" not in best and {"optimizer", "scheduler"} <= set(last)
-    log_text = (run_dir / "train.log").read_text()
+    log_text = (run_dir / "classify.log").read_text()
     assert "no ROI box for" in log_text and "the whole image is used" in log_text  # patient P001 has no box
 
     report = json.loads((run_dir / "test_report.json").read_text())
@@ -171,7 +172,7 @@ def test_a_run_writes_every_file_and_checkpoints_load_weights_only(tiny):
 
 
 def test_the_same_seed_gives_the_same_metrics_and_another_seed_does_not(tiny):
-    runs = [train.train(runconfig.load_config(None, FAST + ["epochs=2", f"seed={seed}"])) for seed in (7, 7, 8)]
+    runs = [classify.train(configs.load_config(None, FAST + ["epochs=2", f"seed={seed}"])) for seed in (7, 7, 8)]
     first, again, other = (metric_rows(r) for r in runs)
     assert first == again
     assert first != other
@@ -188,7 +189,7 @@ def test_resume_after_sigkill_mid_epoch_completes_every_epoch_once(tiny):
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        status = jobs._read_status_file(run_dir)
+        status = layout.read_status_file(run_dir)
         if status.get("epoch", 0) >= 1:  # epoch 1 checkpointed; epoch 2 under way
             break
         time.sleep(0.02)
@@ -197,32 +198,32 @@ def test_resume_after_sigkill_mid_epoch_completes_every_epoch_once(tiny):
     done_before_kill = len(metric_rows(run_dir))
     assert 1 <= done_before_kill < epochs, "the run must be killed while it still has epochs to go"
     assert json.loads((run_dir / "status.json").read_text())["state"] == "running"
-    assert jobs.read_status(run_dir)["state"] == "interrupted"
+    assert layout.read_status(run_dir)["state"] == "interrupted"
 
     resumed = subprocess.run([sys.executable, "-m", "core", "train", "--resume", str(run_dir)], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     rows = metric_rows(run_dir)
     assert [int(r["epoch"]) for r in rows] == list(range(1, epochs + 1))
-    assert jobs.read_status(run_dir)["state"] == "done"
-    assert "resumed from last.pt after epoch" in (run_dir / "train.log").read_text()
+    assert layout.read_status(run_dir)["state"] == "done"
+    assert "resumed from last.pt after epoch" in (run_dir / "classify.log").read_text()
     assert (run_dir / "test_report.json").exists()
 
     # the resumed run draws the same shuffles and augmentations as one that never stopped
-    straight = train.train(runconfig.load_config(config))
+    straight = classify.train(configs.load_config(config))
     assert metric_rows(straight) == rows
 
 
 def test_time_limit_stops_a_run_after_the_epoch_that_uses_it_up(tiny):
-    run_dir = train.train(runconfig.load_config(None, FAST + ["epochs=4", "time_limit_s=0.001"]))
+    run_dir = classify.train(configs.load_config(None, FAST + ["epochs=4", "time_limit_s=0.001"]))
     assert [r["epoch"] for r in metric_rows(run_dir)] == ["1"]
     status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "done" and status["epoch"] == 1
-    assert "time limit" in (run_dir / "train.log").read_text()
+    assert "time limit" in (run_dir / "classify.log").read_text()
 
 
 def test_evaluate_command_scores_another_split(tiny, capsys):
-    run_dir = train.train(runconfig.load_config(None, FAST + ["epochs=1"]))
+    run_dir = classify.train(configs.load_config(None, FAST + ["epochs=1"]))
     assert cli_main(["evaluate", str(run_dir), "--split", "val", "--n-boot", "20"]) == 0
     report = json.loads((run_dir / "val_report.json").read_text())
     assert report["split"] == "val" and report["n_images"] == 6
@@ -231,13 +232,13 @@ def test_evaluate_command_scores_another_split(tiny, capsys):
 
 
 def test_train_command_rejects_a_bad_config_before_training(tiny, capsys):
-    assert cli_main(["train", "--config", str(runconfig.DEFAULT_CONFIG), "epochs=abc"]) == 2
+    assert cli_main(["train", "--config", str(configs.DEFAULT_CONFIG), "epochs=abc"]) == 2
     assert "epochs must be a whole number" in capsys.readouterr().err
     assert not (tiny / "runs").exists() or not any((tiny / "runs").iterdir())  # no run folder was made
 
 
 def test_svm_run_uses_the_same_folder_and_checkpoint_format(tiny):
-    run_dir = train.train(runconfig.load_config(None, ["model=svm", "input_size=64", "dataset=tiny", "n_boot=50"]))
+    run_dir = classify.train(configs.load_config(None, ["model=svm", "input_size=64", "dataset=tiny", "n_boot=50"]))
     status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "done" and status["epochs"] == 1
     assert [r["epoch"] for r in metric_rows(run_dir)] == ["1"]
@@ -252,7 +253,7 @@ def test_svm_run_uses_the_same_folder_and_checkpoint_format(tiny):
 
 # ---------------------------------------------------------------------------------------------- compare
 def test_compare_on_a_tiny_set_writes_the_table(tiny):
-    from core import compare
+    from core.training import compare
 
     out = compare.compare(["cnn", "svm"], dataset="tiny", epochs=1, input_size=64, batch_size=8, n_boot=50,
                           out=tiny / "cmp")
@@ -276,7 +277,7 @@ def test_a_cancel_that_lands_in_a_finaliser_is_not_lost():
     """Python ignores an exception raised in __del__; a SIGTERM handled there must still cancel the block."""
     import time
 
-    from core.runfiles import RunCancelled, cancel_on_sigterm
+    from core.runs.recorder import RunCancelled, cancel_on_sigterm
 
     class SignalledWhileCollected:
         def __del__(self):

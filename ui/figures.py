@@ -13,7 +13,7 @@ import numpy as np
 import plotly.graph_objects as go
 from PIL import Image, ImageDraw, ImageFont
 
-from core.measure import LANDMARK_NAMES
+from core.data.measure import LANDMARK_NAMES
 from core.settings import CLASSES
 from ui.imagery import as_pil
 

@@ -125,7 +125,7 @@ def engine_errors(action: str) -> Iterator[None]:
 
 @st.cache_resource(show_spinner=False)
 def _store_for(url: str):
-    from core.store import AnnotationStore
+    from core.data.store import AnnotationStore
 
     return AnnotationStore(url)
 
@@ -146,19 +146,19 @@ def workspace_state() -> dict:
 
 
 def list_runs() -> list[dict]:
-    """Every run folder's status (core.jobs.RunInfo as a dict), newest first."""
+    """Every run folder's status (core.layout.RunInfo as a dict), newest first."""
     from dataclasses import asdict
 
-    from core import jobs
+    from core.runs import layout, promotion
 
-    return [asdict(run) for run in jobs.list_runs()]
+    return [asdict(run) for run in layout.list_runs()]
 
 
 def promoted_info(task: str) -> dict | None:
     """What Predict uses for ``task``: the promoted model's metadata, or None when there is none."""
-    from core import jobs
+    from core.runs import layout, promotion
 
-    return jobs.promoted_info(task) if jobs.promoted_model(task) is not None else None
+    return promotion.promoted_info(task) if promotion.promoted_model(task) is not None else None
 
 
 def workspace_is_empty(state: dict) -> bool:

@@ -13,7 +13,8 @@ import traceback
 
 import streamlit as st
 
-from core import jobs, settings
+from core import settings
+from core.runs import promotion
 from ui.frame import TASKS
 
 _preloading: set[tuple] = set()
@@ -25,13 +26,13 @@ def model_files(runs: tuple[str | None, ...]) -> tuple:
 
     ``runs``: classifier, detector and landmark run ids (``ui.frame.selected_runs``); None = the promoted one.
     """
-    paths = [settings.runs_dir() / run / "best.pt" if run else jobs.promoted_model(task)
+    paths = [settings.runs_dir() / run / "best.pt" if run else promotion.promoted_model(task)
              for (task, _), run in zip(TASKS, runs)]
     return tuple((str(p), p.stat().st_mtime_ns) if p is not None and p.exists() else None for p in paths)
 
 
 def _predictor(runs: tuple[str | None, ...]):
-    from core.pipeline import Predictor
+    from core.inference.pipeline import Predictor
 
     classifier, detector, landmarks = runs
     return Predictor(classifier=classifier, detector=detector, landmarks=landmarks)

@@ -2,7 +2,7 @@
 
 Input to every classifier: the labelled ROI box widened by ``roi_margin`` on each side, resized (stretched)
 to a square ``input_size``, one gray channel, normalised with ``NORMALISATION``. The predictor must crop
-the same way: use :func:`classifier_crop` / ``core.checkpoints.classify_crops`` with the checkpoint's meta.
+the same way: use :func:`classifier_crop` / ``core.training.checkpoints.classify_crops`` with the checkpoint's meta.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as tvf
 
 from core import settings
-from core.runconfig import ConfigError, TrainConfig
+from core.runs.configs import ConfigError, ClassifyConfig
 
 # the run's logger: run_logging sends it to train.log
 log = logging.getLogger("cervicurve.train")
@@ -34,7 +34,7 @@ CONTEXT_EXTRA = 0.15
 
 @dataclass
 class Sample:
-    """One training image: what the loaders need from a ``core.datasets.TrainingItem``."""
+    """One training image: what the loaders need from a ``core.data.datasets.TrainingItem``."""
 
     path: str
     label: int
@@ -66,9 +66,9 @@ def to_samples(items: Sequence[Any], classes: Sequence[str] = settings.CLASSES) 
     return samples
 
 
-def load_split(cfg: TrainConfig, split: str) -> list[Sample]:
-    """The split's labelled images from the annotation store (``core.datasets.training_items``)."""
-    from core import datasets
+def load_split(cfg: ClassifyConfig, split: str) -> list[Sample]:
+    """The split's labelled images from the annotation store (``core.data.datasets.training_items``)."""
+    from core.data import datasets
 
     try:
         items = datasets.training_items(cfg.dataset, split)
@@ -154,7 +154,7 @@ class RoiJitter(nn.Module):
         return _resized_region(context, (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), self.size)
 
 
-def train_augmentation(cfg: TrainConfig, size: int, inner: float) -> nn.Module:
+def train_augmentation(cfg: ClassifyConfig, size: int, inner: float) -> nn.Module:
     """Radiograph-safe augmentation: small rotation, ROI scale/shift jitter, brightness/contrast, gamma, noise.
 
     No horizontal flip by default (``aug_hflip``): clinical laterals follow a facing convention and carry
@@ -197,7 +197,7 @@ class CropDataset(Dataset):
             self.cache = [self._load(i).to(torch.float16) for i in range(len(self.samples))]
 
     def _load(self, index: int) -> torch.Tensor:
-        from core.imaging import read_image
+        from core.data.imaging import read_image
 
         sample = self.samples[index]
         pixels = read_image(sample.path).pixels

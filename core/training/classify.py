@@ -3,16 +3,16 @@
 ``python -m core train --config FILE.yaml [key=value ...] [--run-dir DIR] [--resume RUN]`` and
 ``python -m core evaluate RUN [--split test]``. The same command runs under
 ``torchrun --nproc_per_node N`` (DDP: gloo on CPU, nccl on CUDA; ``batch_size`` is per process; only
-rank 0 writes files). ``task: detect|landmarks`` configs are handed to ``core.detect`` (``core.landmarks`` for
+rank 0 writes files). ``task: detect|landmarks`` configs are handed to ``core.training.detect`` (``core.training.landmarks`` for
 ``model: landmark-unet``).
 
 Run folder (docs/ARCHITECTURE.md): ``config.yaml`` (the resolved config), ``metrics.csv`` (one row per
 epoch), ``status.json`` (atomic), ``train.log``, ``last.pt`` (adds optimizer/scheduler state) and
 ``best.pt`` = ``{"state_dict", "meta"}`` with plain-typed meta, loadable with
-``torch.load(weights_only=True)``, and ``test_report.json`` from ``core.metrics.evaluate_predictions``.
+``torch.load(weights_only=True)``, and ``test_report.json`` from ``core.evaluation.metrics.evaluate_predictions``.
 
-Configs are ``core.runconfig``, crops ``core.crops``, checkpoints ``core.checkpoints`` and the run folder's
-files ``core.runfiles``; this module owns devices/DDP, model building, the training loop and evaluation.
+Configs are ``core.runs.configs``, crops ``core.training.crops``, checkpoints ``core.training.checkpoints`` and the run folder's
+files ``core.runs.recorder``; this module owns devices/DDP, model building, the training loop and evaluation.
 
 Repeatability: every epoch reseeds torch/numpy/random from ``(seed, epoch)``, so an uninterrupted run and
 one resumed from ``last.pt`` draw the same shuffles and augmentations, and two CPU runs with the same seed
@@ -40,12 +40,14 @@ import torch.nn as nn
 import torch.nn.functional as nnf
 from torch.utils.data import DataLoader, Sampler
 
-from core import jobs, settings
-from core.checkpoints import classify_crops, load_classifier, state_dict_of, svm_to_tensors
-from core.crops import (NORMALISATION, CropDataset, DistributedWeightedSampler, Sample, context_inner, load_crops,
+from core import settings
+from core.runs import layout
+from core.training.checkpoints import classify_crops, load_classifier, state_dict_of, svm_to_tensors
+from core.training.crops import (NORMALISATION, CropDataset, DistributedWeightedSampler, Sample, context_inner, load_crops,
                         load_split, normalise, to_samples, train_augmentation)
-from core.runconfig import ConfigError, TrainConfig, resolve_config, to_plain
-from core.runfiles import RunCancelled, RunFiles, cancel_on_sigterm, run_logging
+from core.training.devices import pick_device
+from core.runs.configs import ConfigError, ClassifyConfig, resolve_config, to_plain
+from core.runs.recorder import RunCancelled, RunFiles, cancel_on_sigterm, run_logging
 
 log = logging.getLogger("cervicurve.train")
 
@@ -70,23 +72,7 @@ class Runtime:
         return self.world_size > 1
 
 
-def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
-    if requested == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank)
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device '{requested}' asked for, but this machine has no usable CUDA GPU (use auto or cpu)")
-    if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError("device 'mps' asked for, but this machine has no Apple GPU (use auto or cpu)")
-    if requested == "cuda":
-        return torch.device("cuda", local_rank)
-    return torch.device(requested)
-
-
-def make_runtime(cfg: TrainConfig) -> Runtime:
+def make_runtime(cfg: ClassifyConfig) -> Runtime:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -137,11 +123,11 @@ def model_spec(name: str):
     return MODELS[name]
 
 
-def _input_size(cfg: TrainConfig) -> int:
+def _input_size(cfg: ClassifyConfig) -> int:
     return int(cfg.input_size or model_spec(cfg.model).default_input_size)
 
 
-def _builder_options(cfg: TrainConfig, input_size: int) -> dict:
+def _builder_options(cfg: ClassifyConfig, input_size: int) -> dict:
     """model_options, plus input_size / weights_path for builders that take them."""
     spec = model_spec(cfg.model)
     options = dict(cfg.model_options)
@@ -165,7 +151,7 @@ def _is_cervicurve_checkpoint(path: str) -> bool:
     return isinstance(data, dict) and "state_dict" in data and "meta" in data
 
 
-def build_classifier(cfg: TrainConfig, input_size: int) -> nn.Module:
+def build_classifier(cfg: ClassifyConfig, input_size: int) -> nn.Module:
     from models.registry import build_model
 
     options = _builder_options(cfg, input_size)
@@ -192,7 +178,7 @@ def _class_counts(samples: Sequence[Sample], n_classes: int) -> np.ndarray:
     return np.bincount([s.label for s in samples], minlength=n_classes).astype(np.float64)
 
 
-def _loss_weights(cfg: TrainConfig, counts: np.ndarray) -> torch.Tensor | None:
+def _loss_weights(cfg: ClassifyConfig, counts: np.ndarray) -> torch.Tensor | None:
     if cfg.class_weighting != "balanced":
         return None
     # n / (k * n_c): each class contributes equally; a class absent from train gets no weight
@@ -202,7 +188,7 @@ def _loss_weights(cfg: TrainConfig, counts: np.ndarray) -> torch.Tensor | None:
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def _train_loader(cfg: TrainConfig, dataset: CropDataset, runtime: Runtime, counts: np.ndarray) -> DataLoader:
+def _train_loader(cfg: ClassifyConfig, dataset: CropDataset, runtime: Runtime, counts: np.ndarray) -> DataLoader:
     generator = torch.Generator()
     labels = [s.label for s in dataset.samples]
     if cfg.class_weighting == "sampler":
@@ -224,7 +210,7 @@ def _train_loader(cfg: TrainConfig, dataset: CropDataset, runtime: Runtime, coun
                       persistent_workers=runtime.workers > 0)
 
 
-def _eval_loader(cfg: TrainConfig, dataset: CropDataset, runtime: Runtime) -> DataLoader:
+def _eval_loader(cfg: ClassifyConfig, dataset: CropDataset, runtime: Runtime) -> DataLoader:
     return DataLoader(dataset, batch_size=max(cfg.batch_size, 32), shuffle=False, num_workers=runtime.workers,
                       pin_memory=runtime.device.type == "cuda")
 
@@ -299,7 +285,7 @@ def _val_scores(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor
     return loss, acc, f1
 
 
-def _meta(cfg: TrainConfig, input_size: int, options: dict, run_dir: Path, **extra: Any) -> dict:
+def _meta(cfg: ClassifyConfig, input_size: int, options: dict, run_dir: Path, **extra: Any) -> dict:
     base = {
         "kind": model_spec(cfg.model).kind,
         "model": cfg.model,
@@ -313,14 +299,14 @@ def _meta(cfg: TrainConfig, input_size: int, options: dict, run_dir: Path, **ext
         "config": cfg.to_dict(),
         "run_id": run_dir.name,
         "torch_version": torch.__version__,
-        "created_at": jobs.now_iso(),
+        "created_at": layout.now_iso(),
         "temperature": 1.0,
     }
     base.update(extra)
     return to_plain(base)
 
 
-def train(cfg: TrainConfig, run_dir: str | Path | None = None, items: Mapping[str, Sequence[Any]] | None = None,
+def train(cfg: ClassifyConfig, run_dir: str | Path | None = None, items: Mapping[str, Sequence[Any]] | None = None,
           resume: bool = False) -> Path:
     """Train ``cfg`` into ``run_dir`` (a new folder under runs/ when None) and return the folder.
 
@@ -355,11 +341,11 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, items: Mapping[st
     return run_dir
 
 
-def _shared_run_dir(run_dir: str | Path | None, cfg: TrainConfig, runtime: Runtime) -> Path:
+def _shared_run_dir(run_dir: str | Path | None, cfg: ClassifyConfig, runtime: Runtime) -> Path:
     """Rank 0 makes the folder; under DDP the others learn its path from rank 0."""
     path = str(run_dir) if run_dir is not None else None
     if path is None and runtime.is_main:
-        path = str(jobs.new_run_dir(cfg.model, "classify"))
+        path = str(layout.new_run_dir(cfg.model, "classify"))
     if runtime.distributed:
         box = [path]
         torch.distributed.broadcast_object_list(box, src=0)
@@ -368,14 +354,14 @@ def _shared_run_dir(run_dir: str | Path | None, cfg: TrainConfig, runtime: Runti
     return Path(path)
 
 
-def _splits(cfg: TrainConfig, items: Mapping[str, Sequence[Any]] | None) -> dict[str, list[Sample]]:
+def _splits(cfg: ClassifyConfig, items: Mapping[str, Sequence[Any]] | None) -> dict[str, list[Sample]]:
     names = (cfg.train_split, cfg.val_split, cfg.test_split)
     if items is not None:
         return {name: to_samples(items.get(name, ())) for name in names}
     return {name: load_split(cfg, name) for name in names}
 
 
-def _fit_torch(cfg: TrainConfig, run_dir: Path, files: RunFiles, runtime: Runtime,
+def _fit_torch(cfg: ClassifyConfig, run_dir: Path, files: RunFiles, runtime: Runtime,
                items: Mapping[str, Sequence[Any]] | None, resume: bool) -> None:
     splits = _splits(cfg, items)
     train_samples, val_samples = splits[cfg.train_split], splits[cfg.val_split]
@@ -499,10 +485,10 @@ def _fit_torch(cfg: TrainConfig, run_dir: Path, files: RunFiles, runtime: Runtim
         _finish_run(cfg, run_dir, files, model, val_set, runtime, splits, items)
 
 
-def _finish_run(cfg: TrainConfig, run_dir: Path, files: RunFiles, model: nn.Module, val_set: CropDataset,
+def _finish_run(cfg: ClassifyConfig, run_dir: Path, files: RunFiles, model: nn.Module, val_set: CropDataset,
                 runtime: Runtime, splits: dict[str, list[Sample]], items) -> None:
     """Best weights -> temperature on validation -> test report -> status done."""
-    from core import metrics
+    from core.evaluation import metrics
 
     files.status_update(message="calibrating on validation", eta_s=None)
     best = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
@@ -521,7 +507,7 @@ def _finish_run(cfg: TrainConfig, run_dir: Path, files: RunFiles, model: nn.Modu
     _report_test(cfg, run_dir, files, splits, best["meta"])
 
 
-def _report_test(cfg: TrainConfig, run_dir: Path, files: RunFiles, splits: dict[str, list[Sample]],
+def _report_test(cfg: ClassifyConfig, run_dir: Path, files: RunFiles, splits: dict[str, list[Sample]],
                  meta: dict) -> None:
     test_samples = splits.get(cfg.test_split) or []
     message = "done"
@@ -542,7 +528,7 @@ def _point(report: Mapping[str, Any], name: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def _fit_sklearn(cfg: TrainConfig, run_dir: Path, files: RunFiles, items) -> None:
+def _fit_sklearn(cfg: ClassifyConfig, run_dir: Path, files: RunFiles, items) -> None:
     """The SVM: HOG features of the same crops; one 'epoch', the same run folder and test report."""
     from sklearn.metrics import log_loss
 
@@ -586,14 +572,14 @@ def _fit_sklearn(cfg: TrainConfig, run_dir: Path, files: RunFiles, items) -> Non
 # ============================================================================================ evaluation
 def evaluate(run_dir: str | Path, split: str = "test", samples: Sequence[Any] | None = None,
              n_boot: int | None = None) -> dict:
-    """Score a run's best.pt on a split with ``core.metrics.evaluate_predictions``; writes ``<split>_report.json``.
+    """Score a run's best.pt on a split with ``core.evaluation.metrics.evaluate_predictions``; writes ``<split>_report.json``.
 
     ``samples`` (TrainingItem-like records) replaces reading the split from the annotation store.
     """
-    from core import metrics
+    from core.evaluation import metrics
 
-    run_dir = jobs.resolve_run(run_dir)
-    cfg = TrainConfig.from_dict(jobs.read_config(run_dir))
+    run_dir = layout.resolve_run(run_dir)
+    cfg = ClassifyConfig.from_dict(layout.read_config(run_dir))
     model, meta = load_classifier(run_dir / "best.pt")
     records = to_samples(samples) if samples is not None else load_split(cfg, split)
     if not records:
@@ -617,7 +603,7 @@ def evaluate(run_dir: str | Path, split: str = "test", samples: Sequence[Any] | 
                          "predicted": meta["classes"][int(np.argmax(p))],
                          "probabilities": [round(float(v), 6) for v in p]} for s, p in zip(records, probs)],
     })
-    jobs.atomic_write_text(run_dir / f"{split}_report.json", json.dumps(to_plain(report), indent=1))
+    layout.atomic_write_text(run_dir / f"{split}_report.json", json.dumps(to_plain(report), indent=1))
     log.info("%s report: %d images -> %s", split, len(records), run_dir / f"{split}_report.json")
     return report
 
@@ -633,24 +619,24 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
 def run_train(args: argparse.Namespace) -> int:
     try:
         if args.resume:
-            run_dir = jobs.resolve_run(args.resume)
-            data = resolve_config(run_dir / jobs.CONFIG_FILE, args.overrides)
+            run_dir = layout.resolve_run(args.resume)
+            data = resolve_config(run_dir / layout.CONFIG_FILE, args.overrides)
         else:
             if not args.config:
                 raise ConfigError("give --config FILE.yaml (see configs/classify.yaml) or --resume RUN")
             data = resolve_config(args.config, args.overrides)
             run_dir = Path(args.run_dir) if args.run_dir else None
         if data.get("task", "classify") != "classify":
-            from core import landmarks
+            from core.training import landmarks
 
-            run_dir = run_dir or jobs.new_run_dir(data.get("model", data["task"]), data["task"])
+            run_dir = run_dir or layout.new_run_dir(data.get("model", data["task"]), data["task"])
             if args.resume:
                 data["resume"] = True
             try:
                 if data["task"] == "landmarks" and landmarks.is_heatmap_model(data.get("model")):
                     landmarks.train_heatmap(data, run_dir)
                 else:
-                    from core import detect  # ultralytics stays out of the other runs
+                    from core.training import detect  # ultralytics stays out of the other runs
 
                     detect.train_from_config(data, run_dir)
             except ValueError as exc:  # detect's and landmarks' bad-input type; status.json says failed
@@ -658,13 +644,13 @@ def run_train(args: argparse.Namespace) -> int:
                 return 2
             print(run_dir)
             return 0
-        cfg = TrainConfig.from_dict(data)
+        cfg = ClassifyConfig.from_dict(data)
         run_dir = train(cfg, run_dir, resume=bool(args.resume))
-    except (ConfigError, jobs.JobError) as exc:
+    except (ConfigError, layout.JobError) as exc:
         if args.resume or getattr(args, "run_dir", None):
             with contextlib.suppress(Exception):
-                target = jobs.resolve_run(args.resume or args.run_dir)
-                jobs.update_status(target, state="failed", message=str(exc))
+                target = layout.resolve_run(args.resume or args.run_dir)
+                layout.update_status(target, state="failed", message=str(exc))
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except RunCancelled:
@@ -684,19 +670,19 @@ def configure_evaluate(parser: argparse.ArgumentParser) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from core import landmarks
+    from core.training import landmarks
 
     try:
-        config = jobs.read_config(jobs.resolve_run(args.run))
+        config = layout.read_config(layout.resolve_run(args.run))
         task = config.get("task", "classify")
         if task == "landmarks" and landmarks.is_heatmap_model(config.get("model")):
-            report = landmarks.evaluate_run(jobs.resolve_run(args.run), args.split)
+            report = landmarks.evaluate_run(layout.resolve_run(args.run), args.split)
         elif task != "classify":
             raise ConfigError(f"evaluate scores classification and {landmarks.MODEL_NAME} runs; this {task} run's "
                               "test scores are in its test_report.json")
         else:
             report = evaluate(args.run, args.split, n_boot=args.n_boot)
-    except (ConfigError, jobs.JobError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, layout.JobError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     summary = {k: v for k, v in report.items() if k != "predictions"}

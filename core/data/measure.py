@@ -192,6 +192,10 @@ def measure_landmarks(
     )
 
 
+# The landmark models' window: the ROI box widened by this fraction of its size on each side.
+LANDMARK_CROP_MARGIN = 0.1
+
+
 def roi_box_from_landmarks(landmarks, image_size: tuple[int, int] | None = None, margin: float = 0.12) -> list[float]:
     """Box around C2–C7, grown by ``margin`` of its size on each side and clipped to the image.
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from core import settings
-from core.crops import normalise
+from core.training.crops import normalise
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:

@@ -14,7 +14,7 @@ A phantom is built in three steps:
    Smooth fields (neck, airway, shoulders) are computed on a coarse grid and upsampled; bones are
    polygons drawn with Pillow in local patches, with cortical rims from a distance transform.
 
-Ground truth (23 CSXA landmarks, ROI box, class) comes from :mod:`core.measure`, so labels and
+Ground truth (23 CSXA landmarks, ROI box, class) comes from :mod:`core.data.measure`, so labels and
 measurements agree by construction. Everything is drawn facing right and mirrored for ``facing="left"``.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from core.measure import (
+from core.data.measure import (
     LANDMARK_NAMES,
     RuleThresholds,
     measure_landmarks,

@@ -16,16 +16,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from core.datasets import SPINE_NAME, DatasetError, image_path, labeled_images
-from core.imaging import ImageReadError, read_image, to_uint8
-from core.measure import landmark_flip_index
+from core.data.datasets import SPINE_NAME, DatasetError, image_path, labeled_images
+from core.data.imaging import ImageReadError, read_image, to_uint8
+from core.data.measure import LANDMARK_CROP_MARGIN, landmark_flip_index
 from core.settings import CLASSES
-from core.store import AnnotationStore, LabeledImage
+from core.data.store import AnnotationStore, LabeledImage
 
 # A landmark export cropped to the ROI widens the box by this fraction of its width/height on each side,
 # so a detector box that is a little off still holds every landmark (the ROI box of
 # ``roi_box_from_landmarks`` already leaves 12 % around C2-C7).
-LANDMARK_CROP_MARGIN = 0.1
 
 
 @dataclass
@@ -247,7 +246,7 @@ def export_csv(dataset: str, out: str | Path, *, store: AnnotationStore | None =
 def export_coco(dataset: str, out: str | Path, *, store: AnnotationStore | None = None) -> ExportReport:
     """``OUT/annotations.json`` + ``OUT/images/<id>.png``: categories are the classes (and ``cervical_spine``
     for a box without a class), keypoints the 23 landmarks."""
-    from core.measure import LANDMARK_NAMES
+    from core.data.measure import LANDMARK_NAMES
 
     items = labeled_images(dataset, store)
     out = _export_dir(out)

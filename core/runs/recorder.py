@@ -1,6 +1,6 @@
 """Run-folder I/O of a training process: status, config, metrics.csv, checkpoints, train.log, SIGTERM.
 
-Shared by ``core.train`` and ``core.landmarks``; only rank 0 writes (:class:`RunFiles`).
+Shared by ``core.training.classify`` and ``core.training.landmarks``; only rank 0 writes (:class:`RunFiles`).
 """
 from __future__ import annotations
 
@@ -16,18 +16,18 @@ from typing import Any, Mapping
 
 import yaml
 
-from core import jobs
-from core.checkpoints import save_checkpoint
-from core.runconfig import to_plain
+from core.runs import launch, layout
+from core.training.checkpoints import save_checkpoint
+from core.runs.configs import to_plain
 
-# the run's logger, shared with core.train and core.crops: run_logging sends it to train.log
+# the run's logger, shared with core.training.classify and core.training.crops: run_logging sends it to train.log
 log = logging.getLogger("cervicurve.train")
 
 METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "val_macro_f1", "lr", "seconds")
 
 
 class RunCancelled(Exception):
-    """SIGTERM reached the training process (jobs.cancel_run)."""
+    """SIGTERM reached the training process (launch.cancel_run)."""
 
 
 class RunFiles:
@@ -41,16 +41,16 @@ class RunFiles:
         if not self.active:
             return
         if not self.status:
-            self.status = jobs._read_status_file(self.run_dir)
+            self.status = layout.read_status_file(self.run_dir)
         self.status.update(changes)
-        self.status = jobs.write_status(self.run_dir, self.status)
+        self.status = layout.write_status(self.run_dir, self.status)
 
     def write_config(self, cfg_dict: dict) -> None:
         if self.active:
-            jobs.atomic_write_text(self.run_dir / jobs.CONFIG_FILE, yaml.safe_dump(cfg_dict, sort_keys=False))
+            layout.atomic_write_text(self.run_dir / layout.CONFIG_FILE, yaml.safe_dump(cfg_dict, sort_keys=False))
 
     def metrics_rows(self) -> list[dict]:
-        path = self.run_dir / jobs.METRICS_FILE
+        path = self.run_dir / layout.METRICS_FILE
         if not path.exists():
             return []
         with open(path, newline="", encoding="utf-8") as handle:
@@ -62,12 +62,12 @@ class RunFiles:
             return
         rows = [r for r in self.metrics_rows() if int(r["epoch"]) <= epoch]
         text = ",".join(METRIC_COLUMNS) + "\n" + "".join(",".join(r[c] for c in METRIC_COLUMNS) + "\n" for r in rows)
-        jobs.atomic_write_text(self.run_dir / jobs.METRICS_FILE, text)
+        layout.atomic_write_text(self.run_dir / layout.METRICS_FILE, text)
 
     def append_metrics(self, row: Mapping[str, Any]) -> None:
         if not self.active:
             return
-        path = self.run_dir / jobs.METRICS_FILE
+        path = self.run_dir / layout.METRICS_FILE
         new = not path.exists() or path.stat().st_size == 0
         with open(path, "a", encoding="utf-8") as handle:
             if new:
@@ -80,7 +80,7 @@ class RunFiles:
 
     def write_json(self, name: str, data: Any) -> None:
         if self.active:
-            jobs.atomic_write_text(self.run_dir / name, json.dumps(to_plain(data), indent=1))
+            layout.atomic_write_text(self.run_dir / name, json.dumps(to_plain(data), indent=1))
 
 
 def _fmt(value: Any) -> str:
@@ -94,7 +94,7 @@ def run_logging(run_dir: Path, active: bool):
     """train.log for this run (plus stderr, unless stderr already is train.log, as under jobs)."""
     handlers: list[logging.Handler] = []
     if active:
-        log_path = run_dir / jobs.LOG_FILE
+        log_path = run_dir / layout.LOG_FILE
         file_handler = logging.FileHandler(log_path, encoding="utf-8")
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
         handlers.append(file_handler)
@@ -137,7 +137,7 @@ class CancelRequest:
 
 @contextlib.contextmanager
 def cancel_on_sigterm(exception: type[BaseException] = RunCancelled):
-    """SIGTERM (jobs.cancel_run, the app's cancel button) becomes ``exception`` in the main thread, so the run
+    """SIGTERM (launch.cancel_run, the app's cancel button) becomes ``exception`` in the main thread, so the run
     can say 'cancelled' rather than die silently. Yields a :class:`CancelRequest`.
 
     The handler raises at once, except inside a finalizer (``__del__``, e.g. a ZipFile being collected): Python

@@ -1,6 +1,6 @@
 """DICOM de-identification: the PS3.15 Basic Application Level Confidentiality Profile and salted patient pseudonyms.
 
-Pure functions on pydicom datasets (no store access); ``core.importers`` applies them to every DICOM it imports.
+Pure functions on pydicom datasets (no store access); ``core.data.importers`` applies them to every DICOM it imports.
 """
 from __future__ import annotations
 

@@ -7,10 +7,10 @@ it opens offline) into ``$CERVICURVE_HOME/compare/<timestamp>/``. Each model is 
 
 Evaluation: without ``--folds``, every model trains on the dataset's train split, stops early and is
 calibrated on val, and is scored on the test split. With ``--folds K``, the non-test images are cut into
-K patient-grouped, class-stratified folds (``core.datasets.kfold_splits``); for each fold a model trains on
+K patient-grouped, class-stratified folds (``core.data.datasets.kfold_splits``); for each fold a model trains on
 the other folds (an inner patient-grouped 1/6 of them for early stopping and calibration) and predicts the
 held-out fold; the pooled out-of-fold predictions are scored once, so each image counts once. Intervals
-are 95 % patient-level bootstrap intervals from ``core.metrics.evaluate_predictions``.
+are 95 % patient-level bootstrap intervals from ``core.evaluation.metrics.evaluate_predictions``.
 
 ``--quick`` builds (once) a dataset of ~240 synthetic phantom patients at 256 px and trains small inputs
 (96 px) for a few epochs per model, each capped by a training-time budget, so the whole comparison
@@ -36,7 +36,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from core import settings, train  # noqa: F401  (first: core.train sets OpenMP's wait policy before torch loads)
+from core import settings  # noqa: F401  (first: core.training.classify sets OpenMP's wait policy before torch loads)
+from core.training import classify
 
 STUDY_MODELS = ("s_resnet34", "resnet34", "resnet152", "densenet121", "cnn", "rnn", "svm")
 ABLATION = (("s_resnet34", {"variant": "matrix"}), ("s_resnet34", {"variant": "channel"}),
@@ -86,7 +87,7 @@ class Entry:
 
 # ---------------------------------------------------------------------------------------------- data
 def dataset_exists(name: str) -> bool:
-    from core import datasets
+    from core.data import datasets
 
     try:
         return bool(datasets.training_items(name))
@@ -97,7 +98,7 @@ def dataset_exists(name: str) -> bool:
 def build_quick_dataset(name: str = QUICK_DATASET, patients: int = QUICK_PATIENTS, size: int = QUICK_PHANTOM_SIZE,
                         seed: int = 0) -> str:
     """Phantom patients (one image each) imported as ``name`` and split 70/15/15 by patient."""
-    from core import datasets, importers, phantom
+    from core.data import datasets, importers, phantom
 
     out = settings.home() / "phantoms" / name
     if out.exists():
@@ -111,7 +112,7 @@ def build_quick_dataset(name: str = QUICK_DATASET, patients: int = QUICK_PATIENT
 
 
 def _ensure_splits(dataset: str, seed: int) -> None:
-    from core import datasets
+    from core.data import datasets
 
     if not datasets.training_items(dataset, "val") or not datasets.training_items(dataset, "test"):
         print(f"dataset {dataset!r} has no val/test split yet: splitting 70/15/15 by patient (seed {seed})")
@@ -133,7 +134,7 @@ def _inner_split(items: list, seed: int, fraction: float = 1 / 6) -> tuple[list,
 
 def plans(dataset: str, folds: int | None, seed: int) -> list[dict[str, list]]:
     """The item sets every model trains on: one {train, val, test} plan, or one per fold."""
-    from core import datasets
+    from core.data import datasets
 
     if not folds:
         plan = {split: datasets.training_items(dataset, split) for split in ("train", "val", "test")}
@@ -154,7 +155,7 @@ def plans(dataset: str, folds: int | None, seed: int) -> list[dict[str, list]]:
 
 # ---------------------------------------------------------------------------------------------- measuring
 def _n_parameters(model: Any) -> int:
-    from core.train import count_parameters
+    from core.training.classify import count_parameters
 
     svc = getattr(model, "svc_", None)
     if svc is not None:  # support vectors, their dual coefficients, intercepts and the calibration sigmoids
@@ -167,7 +168,7 @@ def inference_ms(model: Any, meta: dict, crops, repeats: int = 20) -> float:
     """Median milliseconds to classify one crop (batch of 1, CPU, after one warm-up)."""
     import torch
 
-    from core.checkpoints import classify_crops
+    from core.training.checkpoints import classify_crops
 
     crops = crops[: max(1, min(repeats, len(crops)))]
     with torch.inference_mode():
@@ -197,18 +198,19 @@ def _train_config(model: str, options: dict, dataset: str, epochs: int | None, i
 
 def run_entry(entry: Entry, plan_list: list[dict[str, list]], config: dict, n_boot: int, seed: int) -> Entry:
     """Train ``entry`` on every plan, pool its test predictions and score them."""
-    from core import metrics, train
-    from core.checkpoints import load_classifier
-    from core.crops import load_crops, to_samples
-    from core.runconfig import TrainConfig
+    from core.evaluation import metrics
+    from core.training import classify
+    from core.training.checkpoints import load_classifier
+    from core.training.crops import load_crops, to_samples
+    from core.runs.configs import ClassifyConfig
 
-    cfg = TrainConfig.from_dict(config)
+    cfg = ClassifyConfig.from_dict(config)
     pooled_true, pooled_probs, pooled_patients = [], [], []
     for number, plan in enumerate(plan_list, start=1):
         fold = f" fold {number}/{len(plan_list)}" if len(plan_list) > 1 else ""
         print(f"- {entry.label}{fold}: training {cfg.epochs} epoch(s) on {len(plan['train'])} images", flush=True)
         started = time.perf_counter()
-        run_dir = train.train(cfg, items=plan)
+        run_dir = classify.train(cfg, items=plan)
         entry.train_seconds += time.perf_counter() - started
         entry.run_dirs.append(str(run_dir))
         (run_dir / "last.pt").unlink(missing_ok=True)  # 3x the weights (optimizer state); not resumed
@@ -381,7 +383,7 @@ def configure_compare(parser: argparse.ArgumentParser) -> None:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from core.runconfig import ConfigError
+    from core.runs.configs import ConfigError
 
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     try:

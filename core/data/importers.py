@@ -1,7 +1,7 @@
 """Import images and labels into the annotation store: class folders, CSV manifest, YOLO, COCO, CSXA, DICOM
-(de-identified by ``core.deid``) and zips of any of them; the ``import`` command.
+(de-identified by ``core.data.deid``) and zips of any of them; the ``import`` command.
 
-Importers all end in ``_commit``: every image is read with ``core.imaging.read_image`` and every label
+Importers all end in ``_commit``: every image is read with ``core.data.imaging.read_image`` and every label
 validated *before* anything is written; then the files are copied into the workspace by content hash
 (``images/<sha256[:2]>/<sha256>.<ext>``) and the rows written in one transaction. If the
 transaction fails, the files it copied are deleted again, so an import never half-writes.
@@ -29,11 +29,11 @@ from typing import Any, Callable
 import numpy as np
 
 from core import settings
-from core.datasets import IMAGE_SUFFIXES, DatasetError, parse_class
-from core.deid import deidentify
-from core.imaging import read_image
+from core.data.datasets import IMAGE_SUFFIXES, DatasetError, parse_class
+from core.data.deid import deidentify
+from core.data.imaging import read_image
 from core.settings import CLASSES
-from core.store import SPLITS, AnnotationStore, validate_box, validate_class, validate_landmarks
+from core.data.store import SPLITS, AnnotationStore, validate_box, validate_class, validate_landmarks
 
 _FORMAT_SUFFIX = {"png": ".png", "jpeg": ".jpg", "tiff": ".tif", "dicom": ".dcm"}
 CSXA_GRADES = {1: "normal", 2: "straightened", 5: "reversed"}  # 3 Sigmoid1, 4 Sigmoid2: not one of the three
@@ -174,7 +174,7 @@ def _validate_candidate(cand: _Candidate, width: int, height: int) -> None:
         if np.isnan(cand.landmarks).all():
             cand.landmarks = None
     if cand.box_from_landmarks and cand.roi_box is None and cand.landmarks is not None:
-        from core.measure import LandmarkError, roi_box_from_landmarks
+        from core.data.measure import LandmarkError, roi_box_from_landmarks
 
         try:
             cand.roi_box = roi_box_from_landmarks(cand.landmarks, (width, height))
@@ -312,7 +312,7 @@ def _apply_sidecar(cand: _Candidate, sidecar: Path) -> None:
     if data.get("roi_box") is not None:
         cand.roi_box = data["roi_box"]
     if "shapes" in data:
-        from core.measure import read_labelme
+        from core.data.measure import read_labelme
 
         cand.landmarks = read_labelme(sidecar).landmarks
 
@@ -601,7 +601,7 @@ def import_csxa(src: str | Path, sheet: str | Path | None = None, *, sigmoid: st
     ``sigmoid="measure"`` classed by the Cobb rule on their landmarks. The ROI box comes from the
     landmarks; the patient is the case number.
     """
-    from core.measure import LandmarkError, measure_landmarks, read_labelme
+    from core.data.measure import LandmarkError, measure_landmarks, read_labelme
 
     if sigmoid not in ("skip", "measure"):
         raise DatasetError(f"sigmoid must be 'skip' or 'measure', got {sigmoid!r}")
@@ -746,7 +746,7 @@ def configure_import(parser: argparse.ArgumentParser) -> None:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from core.archive import ArchiveError
+    from core.data.archive import ArchiveError
 
     source = Path(args.source)
     try:
@@ -790,12 +790,12 @@ def import_archive(kind: str, archive: str | Path | bytes, labels: str | Path | 
                    progress: ProgressCallback | None = None) -> ImportReport:
     """Import a zip (a path, or an upload's bytes with its file ``name``) holding a ``kind`` layout.
 
-    The zip is extracted safely (``core.archive.extract_zip``) into a temporary folder inside the
-    workspace, the import root found by ``core.archive.import_source``, and the folder deleted afterwards,
+    The zip is extracted safely (``core.data.archive.extract_zip``) into a temporary folder inside the
+    workspace, the import root found by ``core.data.archive.import_source``, and the folder deleted afterwards,
     also on failure. ``dataset`` defaults to the archive's name without ``.zip``; stored sources and the
-    report say ``<name>.zip/<path inside>``. Raises ``core.archive.ArchiveError`` for a refused archive.
+    report say ``<name>.zip/<path inside>``. Raises ``core.data.archive.ArchiveError`` for a refused archive.
     """
-    from core.archive import extract_zip, import_source
+    from core.data.archive import extract_zip, import_source
 
     if isinstance(archive, (bytes, bytearray)):
         if not name:

@@ -1,12 +1,12 @@
 """Heatmap landmark model: the 23 CSXA points on the detector's crop, precise enough to measure angles.
 
-Why a second landmark model next to YOLO-pose (``core.detect``, ``model: yolov8n-pose.yaml``): a Cobb angle
+Why a second landmark model next to YOLO-pose (``core.training.detect``, ``model: yolov8n-pose.yaml``): a Cobb angle
 hangs on endplate corners a few pixels apart. On 60 held-out 512 px phantoms after the full demo's budget on a
 2-core CPU, YOLO-pose (10 epochs on ROI crops, 5.6 min) placed points 16.6 px off on average (6.1 % of the
 C2-C7 length) and missed the Cobb angle by 16.9 deg; this model (36 epochs, 4.8 min) by 1.3 px and 1.65 deg.
 
 Method (``models.landmark_unet``): the ROI window (box + ``roi_margin`` of its size per side, the window
-``core.exports.landmark_crop_window`` cuts) is resampled to ``input_size`` squared; a small U-Net gives one
+``core.data.exports.landmark_crop_window`` cuts) is resampled to ``input_size`` squared; a small U-Net gives one
 heatmap per landmark at a quarter of that, and soft-argmax reads sub-cell coordinates. Training samples each
 window through a random affine map (rotation, per-axis scale, shift, horizontal flip with left/right swap)
 from a cached context crop, so it sees the box errors a detector makes; then gamma, contrast and noise.
@@ -36,9 +36,11 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from core import jobs, settings
-from core.exports import LANDMARK_CROP_MARGIN, crop_window, landmark_crop_window
-from core.measure import (LANDMARK_NAMES, LandmarkError, landmark_errors, landmark_flip_index,
+from core import settings
+from core.runs import layout
+from core.data.exports import crop_window, landmark_crop_window
+from core.data.measure import LANDMARK_CROP_MARGIN
+from core.data.measure import (LANDMARK_NAMES, LandmarkError, landmark_errors, landmark_flip_index,
                           roi_box_from_landmarks)
 from models.landmark_unet import LandmarkUNet, peak_mass, soft_argmax
 
@@ -49,7 +51,7 @@ METRIC = "val mean landmark error (px)"
 METRICS_COLUMNS = ("epoch", "time_s", "train_loss", "lr", "val_mean_error_px", "val_mean_error_pct_c2c7",
                    "val_cobb_mae_deg")
 
-log = logging.getLogger("core.landmarks")
+log = logging.getLogger("core.training.landmarks")
 ProgressCallback = Callable[[int, int, dict], None]  # (epoch, epochs, metrics row)
 
 
@@ -174,13 +176,13 @@ def _build_network(meta: Mapping[str, Any]):
 
 
 def load_landmark_model(path: str | Path):
-    """The landmark model in a checkpoint: :class:`HeatmapLandmarkModel` or YOLO-pose (``core.detect``)."""
-    from core.checkpoints import load_checkpoint
+    """The landmark model in a checkpoint: :class:`HeatmapLandmarkModel` or YOLO-pose (``core.training.detect``)."""
+    from core.training.checkpoints import load_checkpoint
 
     meta = load_checkpoint(path)["meta"]
     if meta.get("format") == FORMAT:
         return HeatmapLandmarkModel(path)
-    from core import detect  # ultralytics only for a YOLO checkpoint
+    from core.training import detect  # ultralytics only for a YOLO checkpoint
 
     return detect.LandmarkModel(path)
 
@@ -191,7 +193,7 @@ class HeatmapLandmarkModel:
     needs_box = True
 
     def __init__(self, path: str | Path):
-        from core.checkpoints import load_checkpoint
+        from core.training.checkpoints import load_checkpoint
 
         data = load_checkpoint(path)
         meta = data["meta"]
@@ -267,8 +269,8 @@ class _Split:
 
 
 def _load_split(cfg: HeatmapConfig, split: str, items=None) -> _Split:
-    from core.datasets import training_items
-    from core.imaging import ImageReadError, read_image
+    from core.data.datasets import training_items
+    from core.data.imaging import ImageReadError, read_image
 
     records = items if items is not None else training_items(cfg.dataset, split)
     contexts, points, truth, windows = [], [], [], []
@@ -386,7 +388,7 @@ def _meta(cfg: HeatmapConfig, extra: Mapping[str, Any] | None = None) -> dict:
             "roi_margin": cfg.roi_margin, "crop": "roi", "widths": list(cfg.widths), "refine": cfg.refine,
             "mirror_average": cfg.mirror_average,
             "landmark_names": list(LANDMARK_NAMES), "dataset": cfg.dataset, "config": cfg.to_dict(),
-            "saved_at": jobs.now_iso(), **(extra or {})}
+            "saved_at": layout.now_iso(), **(extra or {})}
 
 
 def _write_row(path: Path, row: Mapping[str, Any]) -> None:
@@ -408,7 +410,7 @@ def _keep_rows_until(path: Path, epoch: int) -> None:
     writer = csv.DictWriter(text, fieldnames=METRICS_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows({k: r.get(k) for k in METRICS_COLUMNS} for r in rows)
-    jobs.atomic_write_text(path, text.getvalue())
+    layout.atomic_write_text(path, text.getvalue())
 
 
 def train_heatmap(config: Mapping[str, Any], run_dir: str | Path, progress_callback: ProgressCallback | None = None,
@@ -417,38 +419,38 @@ def train_heatmap(config: Mapping[str, Any], run_dir: str | Path, progress_callb
 
     ``items`` maps split names to TrainingItem-like records (tests); without it the store's patient-level splits of
     ``config["dataset"]`` are used. ``config["resume"]`` continues from last.pt. Raises LandmarkTrainingError for
-    a bad config or dataset, core.runfiles.RunCancelled on SIGTERM; status.json says which.
+    a bad config or dataset, core.runs.recorder.RunCancelled on SIGTERM; status.json says which.
     """
     import yaml
 
-    from core.runfiles import RunCancelled, cancel_on_sigterm
-    from core.train import pick_device
+    from core.runs.recorder import RunCancelled, cancel_on_sigterm
+    from core.training.devices import pick_device
 
     cfg = HeatmapConfig.from_dict(config)
     resume = bool(config.get("resume"))
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    status = {**jobs.read_status(run_dir)} if (run_dir / jobs.STATUS_FILE).is_file() else {}
+    status = {**layout.read_status(run_dir)} if (run_dir / layout.STATUS_FILE).is_file() else {}
     status.update(state="running", epoch=0, epochs=cfg.epochs, eta_s=None, best_metric=None, metric=METRIC,
                   pid=os.getpid(), pgid=os.getpgrp(), task="landmarks", model=MODEL_NAME, message="loading images")
-    jobs.write_status(run_dir, status)
+    layout.write_status(run_dir, status)
     handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     try:
         with cancel_on_sigterm() as cancel:
-            if not (run_dir / jobs.CONFIG_FILE).is_file():
-                (run_dir / jobs.CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+            if not (run_dir / layout.CONFIG_FILE).is_file():
+                (run_dir / layout.CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
             report = _fit(cfg, run_dir, status, progress_callback, items, resume, pick_device(cfg.device), cancel)
     except RunCancelled:
-        jobs.write_status(run_dir, {**status, "state": "cancelled", "message": "cancelled by user", "eta_s": None,
-                                    "updated_at": jobs.now_iso()})
+        layout.write_status(run_dir, {**status, "state": "cancelled", "message": "cancelled by user", "eta_s": None,
+                                    "updated_at": layout.now_iso()})
         raise
     except BaseException as error:
         log.exception("run failed")
-        jobs.write_status(run_dir, {**status, "state": "failed", "message": f"{type(error).__name__}: {error}",
-                                    "eta_s": None, "updated_at": jobs.now_iso()})
+        layout.write_status(run_dir, {**status, "state": "failed", "message": f"{type(error).__name__}: {error}",
+                                    "eta_s": None, "updated_at": layout.now_iso()})
         raise
     finally:
         log.removeHandler(handler)
@@ -458,11 +460,11 @@ def train_heatmap(config: Mapping[str, Any], run_dir: str | Path, progress_callb
 
 def _fit(cfg: HeatmapConfig, run_dir: Path, status: dict, progress_callback, items, resume: bool,
          device: torch.device, cancel) -> dict:
-    from core.checkpoints import save_checkpoint
+    from core.training.checkpoints import save_checkpoint
 
     def update(**fields):
-        status.update(fields, updated_at=jobs.now_iso())
-        jobs.write_status(run_dir, status)
+        status.update(fields, updated_at=layout.now_iso())
+        layout.write_status(run_dir, status)
 
     if device.type == "cpu":
         torch.set_num_threads(settings.cpu_threads())
@@ -538,7 +540,7 @@ def _fit(cfg: HeatmapConfig, run_dir: Path, status: dict, progress_callback, ite
 
     report = evaluate_run(run_dir, items=None if items is None else items.get("test", []))
     report["seconds"] = round(time.time() - started, 1)
-    jobs.atomic_write_text(run_dir / "test_report.json", json.dumps(report, indent=1))
+    layout.atomic_write_text(run_dir / "test_report.json", json.dumps(report, indent=1))
     summary = (f"done: test error {report['mean_error_px']:.2f} px, Cobb MAE {report['cobb_mae_deg']:.2f} deg"
                if report.get("cobb_mae_deg") is not None else "done (no test images with landmarks)")
     update(state="done", eta_s=0, message=summary)
@@ -548,11 +550,11 @@ def _fit(cfg: HeatmapConfig, run_dir: Path, status: dict, progress_callback, ite
 def evaluate_run(run_dir: str | Path, split: str = "test", items: Sequence[Any] | None = None) -> dict:
     """The run's best model on a split of its dataset, through :meth:`HeatmapLandmarkModel.locate` (refinement
     and mirror reading included) starting from each image's ROI box; also written to ``<split>_report.json``."""
-    from core.imaging import read_image
+    from core.data.imaging import read_image
 
     model = HeatmapLandmarkModel(Path(run_dir) / "best.pt")
     cfg = HeatmapConfig.from_dict(model.meta["config"])
-    from core.datasets import training_items
+    from core.data.datasets import training_items
 
     records = items if items is not None else training_items(cfg.dataset, split)
     pairs, missed = [], 0
@@ -571,5 +573,5 @@ def evaluate_run(run_dir: str | Path, split: str = "test", items: Sequence[Any] 
         pairs.append((found[0], truth))
     report = landmark_errors(pairs)
     report.update(split=split, missed=missed, model=MODEL_NAME)
-    jobs.atomic_write_text(Path(run_dir) / f"{split}_report.json", json.dumps(report, indent=1))
+    layout.atomic_write_text(Path(run_dir) / f"{split}_report.json", json.dumps(report, indent=1))
     return report

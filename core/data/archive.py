@@ -160,7 +160,7 @@ def _size(n: int) -> str:
 
 
 def import_source(kind: str, root: str | Path) -> Path:
-    """What ``core.importers.import_<kind>`` should be given for an extracted archive at ``root``.
+    """What ``core.data.importers.import_<kind>`` should be given for an extracted archive at ``root``.
 
     ``folder``, ``csxa`` and ``dicom`` take the folder itself; ``csv`` the manifest (``manifest.csv``
     preferred, else the only CSV); ``yolo`` the folder holding ``data.yaml``; ``coco`` the annotation JSON

@@ -129,7 +129,7 @@ def explain(model: torch.nn.Module, input_tensor: torch.Tensor, target_class: in
 def cam_to_image(cam: np.ndarray, roi_box, image_shape: tuple[int, int]) -> np.ndarray:
     """A map over the ROI crop placed back in the original image (``H x W``); zero outside the box.
 
-    ``roi_box`` is the region the crop was cut from (``core.crops.crop_box``: the ROI plus its margin),
+    ``roi_box`` is the region the crop was cut from (``core.training.crops.crop_box``: the ROI plus its margin),
     which may reach past the image. Its pixel extent (floor of the start, ceil of the end) is the one the
     trainer's crop uses; the map is resized to it and the part inside the image kept.
     """

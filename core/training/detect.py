@@ -41,7 +41,7 @@ yolo26n.pt on a GPU) is replaced, during our calls only, by Ultralytics' own off
 
 Landmarks and flips: CSXA names left/right by image side, so a horizontal flip turns "C4 top left" into
 "C4 top right". Flip augmentation stays on (it teaches both facings) and ``flip_idx`` swaps each left/right pair;
-it is derived from ``core.measure.LANDMARK_NAMES`` and always overrides what a dataset yaml says.
+it is derived from ``core.data.measure.LANDMARK_NAMES`` and always overrides what a dataset yaml says.
 
 Models are shared between Streamlit sessions, so each predictor holds a lock. Ultralytics is AGPL-3.0.
 """
@@ -67,7 +67,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from core import settings
-from core.measure import landmark_flip_index
+from core.data.measure import landmark_flip_index
 
 LANDMARK_COUNT = 23
 KPT_SHAPE = [LANDMARK_COUNT, 3]
@@ -393,7 +393,7 @@ class _RunRecorder:
         write_json_atomic(self.status_path, self._status)
 
     def log(self, message: str) -> None:
-        self._handler.emit(logging.LogRecord("core.detect", logging.INFO, "", 0, message, None, None))
+        self._handler.emit(logging.LogRecord("core.training.detect", logging.INFO, "", 0, message, None, None))
 
     @contextlib.contextmanager
     def capturing_ultralytics_log(self):
@@ -613,7 +613,7 @@ class LandmarkModel(_YoloPredictor):
         config = self.meta.get("config") or {}
         self.crop_margin: float | None = None
         if (self.meta.get("crop") or config.get("crop")) == "roi":
-            from core.exports import LANDMARK_CROP_MARGIN
+            from core.data.measure import LANDMARK_CROP_MARGIN
 
             self.crop_margin = float(self.meta.get("roi_margin") or config.get("roi_margin") or LANDMARK_CROP_MARGIN)
 
@@ -626,7 +626,7 @@ class LandmarkModel(_YoloPredictor):
             return self.predict(pixels, min_confidence)
         if box is None:
             return None
-        from core.exports import crop_window, landmark_crop_window
+        from core.data.exports import crop_window, landmark_crop_window
 
         window = landmark_crop_window(box, self.crop_margin)  # the window the ROI-crop export cut
         found = self.predict(crop_window(pixels, window), min_confidence)
@@ -781,7 +781,7 @@ def _version() -> str:
 
 
 def _landmark_names() -> list[str]:
-    from core.measure import LANDMARK_NAMES
+    from core.data.measure import LANDMARK_NAMES
 
     return list(LANDMARK_NAMES)
 
@@ -813,7 +813,7 @@ def train_landmark_model(data_yaml, run_dir, *, model: str | Path = DEFAULT_LAND
 def train_from_config(cfg: dict, run_dir, progress_callback: ProgressCallback | None = None) -> dict:
     """`python -m core train` for task detect | landmarks. Keys (defaults):
 
-    task (required), data (a YOLO data.yaml) or dataset (a store dataset, exported with core.exports.export_yolo
+    task (required), data (a YOLO data.yaml) or dataset (a store dataset, exported with core.data.exports.export_yolo
     into run_dir/dataset), model (yolov8n.yaml / yolov8n-pose.yaml, or a local .pt), epochs (50), imgsz or
     input_size (640), batch or batch_size (16), device (auto), seed (0), workers (0 on CPU), patience (50),
     resume (false: true continues run_dir from its last epoch). Returns the report as a dict.
@@ -851,7 +851,7 @@ def _export_dataset(cfg: dict, task: str, run_dir: Path) -> Path:
               "task": task, "message": f"exporting dataset {dataset}"}
     write_json_atomic(run_dir / "status.json", status)
     try:
-        from core.exports import export_yolo
+        from core.data.exports import export_yolo
 
         exported = export_yolo(dataset, run_dir / "dataset", task=task)
     except BaseException as exc:
@@ -912,7 +912,7 @@ def evaluate_landmarks(model: LandmarkModel, items: Iterable) -> dict:
     image. Facing comes from the truth (given or inferred) and is used for both, so a Cobb error is never a sign
     flip from a different facing guess. ``missed`` counts images without a detection.
     """
-    from core.measure import landmark_errors
+    from core.data.measure import landmark_errors
 
     pairs, images, missed = [], 0, 0
     for item in items:

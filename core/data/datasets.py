@@ -1,5 +1,5 @@
 """Datasets of the annotation store: class vocabulary, splits and the labelled items a trainer reads; the
-``split`` command. Importing is ``core.importers``, exporting ``core.exports``.
+``split`` command. Importing is ``core.data.importers``, exporting ``core.data.exports``.
 
 Splits are grouped by patient (no patient in two splits) and stratified by class. The train/val/test
 split deals each class's patients (shuffled by the seed) to the splits in proportion, at least one
@@ -19,7 +19,7 @@ import numpy as np
 
 from core import settings
 from core.settings import CLASSES
-from core.store import SPLITS, AnnotationStore, LabeledImage
+from core.data.store import SPLITS, AnnotationStore, LabeledImage
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
 SPINE_NAME = "cervical_spine"  # the one detector class

@@ -1,13 +1,13 @@
 """One ``predict()`` for the Predict page and ``python -m core predict``.
 
-Stages: read -> detect (ROI box) -> landmarks (23 points: the heatmap model of ``core.landmarks`` reads the
+Stages: read -> detect (ROI box) -> landmarks (23 points: the heatmap model of ``core.training.landmarks`` reads the
 window around the detector's box; a YOLO-pose model reads the whole image or, when trained on ROI crops, the
 same window) -> crop -> classify
-(temperature-calibrated softmax) -> Grad-CAM. The crop is ``core.crops.classifier_crop`` with the
-checkpoint's ``input_size`` and ``roi_margin`` and ``core.crops.normalise`` with its normalisation, so
+(temperature-calibrated softmax) -> Grad-CAM. The crop is ``core.training.crops.classifier_crop`` with the
+checkpoint's ``input_size`` and ``roi_margin`` and ``core.training.crops.normalise`` with its normalisation, so
 inference sees exactly what training saw.
 
-Models default to the promoted ones (``core.jobs.promoted_model``). Without a classifier nothing can be
+Models default to the promoted ones (``core.promotion.promoted_model``). Without a classifier nothing can be
 predicted (:class:`ModelMissing`). Without a detector box the ROI comes from the landmarks of a
 whole-image landmark model, and failing that the whole image is classified and the result is flagged
 low-confidence. Without a landmark model (or, for an ROI-crop one, without a box) there are no measurements.
@@ -28,9 +28,9 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from core import jobs
-from core.imaging import ImageReadError, Radiograph, read_image
-from core.measure import LandmarkError, Measurements, measure_landmarks, roi_box_from_landmarks
+from core.runs import layout, promotion
+from core.data.imaging import ImageReadError, Radiograph, read_image
+from core.data.measure import LandmarkError, Measurements, measure_landmarks, roi_box_from_landmarks
 
 LOW_CONFIDENCE = 0.6  # top calibrated probability under this is flagged
 DETECTION_THRESHOLD = 0.25  # detector / landmark model confidence below which nothing is found
@@ -111,8 +111,8 @@ def _key(path: Path) -> tuple[str, int, int]:
 
 @functools.lru_cache(maxsize=4)
 def _classifier_at(path: str, mtime_ns: int, size: int):
-    from core.checkpoints import load_classifier
-    from core.train import pick_device
+    from core.training.checkpoints import load_classifier
+    from core.training.devices import pick_device
 
     model, meta = load_classifier(path)
     if hasattr(model, "to"):
@@ -122,7 +122,7 @@ def _classifier_at(path: str, mtime_ns: int, size: int):
 
 @functools.lru_cache(maxsize=4)
 def _yolo_at(kind: str, path: str, mtime_ns: int, size: int):
-    from core import detect, landmarks
+    from core.training import detect, landmarks
 
     # landmarks: the heatmap model or YOLO-pose, whichever the checkpoint holds
     return detect.RoiDetector(path) if kind == "detect" else landmarks.load_landmark_model(path)
@@ -154,8 +154,8 @@ def checkpoint_path(value: str | Path, what: str = "classifier") -> Path:
         return path
     candidates = [path] if path.is_dir() else []
     try:
-        candidates.append(jobs.resolve_run(value))
-    except jobs.JobError:
+        candidates.append(layout.resolve_run(value))
+    except layout.JobError:
         pass
     for folder in candidates:
         if (folder / "best.pt").is_file():
@@ -182,7 +182,7 @@ class Predictor:
                  landmarks: str | Path | bool | None = None, threshold: float = LOW_CONFIDENCE,
                  detection_threshold: float = DETECTION_THRESHOLD):
         if classifier is None:
-            promoted = jobs.promoted_model("classify")
+            promoted = promotion.promoted_model("classify")
             if promoted is None:
                 raise ModelMissing(_NO_CLASSIFIER)
             classifier = promoted
@@ -202,12 +202,12 @@ class Predictor:
         if value is False:
             return None
         if value is None or value is True:
-            return jobs.promoted_model(task)
+            return promotion.promoted_model(task)
         return checkpoint_path(value, {"detect": "detector", "landmarks": "landmark model"}[task])
 
     def _quality(self) -> str | None:
         """``demo_quality`` of the promoted classifier ("quick", "full", ...), None for a trained model."""
-        info_path = self.classifier_path.parent / jobs.PROMOTED_FILE
+        info_path = self.classifier_path.parent / promotion.PROMOTED_FILE
         try:
             return json.loads(info_path.read_text(encoding="utf-8")).get("demo_quality")
         except (OSError, ValueError):
@@ -219,7 +219,8 @@ class Predictor:
 
     def predict(self, source: Any, name: str | None = None, cam_method: str | None = "gradcam") -> Prediction:
         """Predict one radiograph: a path, bytes, a binary file object or an already read Radiograph."""
-        from core import checkpoints, crops, explain
+        from core.training import checkpoints, crops
+        from core.inference import explain
 
         timings = {stage: 0.0 for stage in STAGES}
         clock = time.perf_counter()
@@ -357,7 +358,7 @@ CSV_COLUMNS = ("file", "class", "p_normal", "p_straightened", "p_reversed", "x1"
 
 
 def configure_predict(parser: argparse.ArgumentParser) -> None:
-    from core.explain import CAM_METHODS
+    from core.inference.explain import CAM_METHODS
 
     parser.add_argument("images", nargs="+", help="radiographs (PNG, JPEG, TIFF, DICOM)")
     parser.add_argument("--model", help="classifier: run id, run folder or checkpoint (default: the promoted one)")
@@ -421,7 +422,7 @@ def _unique_stem(stem: str, used: set[str]) -> str:
 def _write_overlay(result: Prediction, path: Path) -> None:
     from PIL import Image, ImageDraw
 
-    from core.explain import overlay
+    from core.inference.explain import overlay
 
     image = Image.fromarray(overlay(result.radiograph.pixels, result.cam, 0.5), mode="RGB")
     draw = ImageDraw.Draw(image)
