@@ -382,6 +382,14 @@ class AnnotationStore:
             "splits": {name: splits.get(name, 0) for name in (*SPLITS, "unsplit")},
         }
 
+    def count_images(self, dataset: str | None = None) -> int:
+        """How many images (of ``dataset``): one ``count(*)``, for pages that only show the number."""
+        query = select(func.count()).select_from(images_table)
+        if dataset is not None:
+            query = query.where(images_table.c.dataset == dataset)
+        with self._read() as conn:
+            return int(conn.execute(query).scalar_one())
+
 
 class StoreBatch:
     """Writes inside one open transaction (see ``AnnotationStore.batch``)."""
