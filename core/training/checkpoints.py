@@ -55,7 +55,7 @@ def load_classifier(path: str | Path) -> tuple[Any, dict]:
     data = load_checkpoint(path)
     meta = data["meta"]
     if meta.get("kind") == "sklearn":
-        return _svm_from_tensors(data["state_dict"]), meta
+        return _svm_from_tensors(data["state_dict"], f"the SVM in {path}"), meta
     from models.registry import build_model
 
     options = dict(meta.get("model_options") or {})
@@ -91,19 +91,10 @@ def _logits_of(model: nn.Module, crops: torch.Tensor, meta: Mapping[str, Any], b
 
 def svm_to_tensors(model: Any) -> dict[str, torch.Tensor]:
     """The SVM's own npz file (arrays + JSON, no pickle) as one uint8 tensor, so best.pt stays one file."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        data = model.save(Path(tmp) / "svm.npz").read_bytes()
-    return {"svm_npz": torch.frombuffer(bytearray(data), dtype=torch.uint8).clone()}
+    return {"svm_npz": torch.frombuffer(bytearray(model.to_bytes()), dtype=torch.uint8).clone()}
 
 
-def _svm_from_tensors(state: Mapping[str, torch.Tensor]) -> Any:
-    import tempfile
-
+def _svm_from_tensors(state: Mapping[str, torch.Tensor], source: str) -> Any:
     from models.svm import CurvatureSVM
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "svm.npz"
-        path.write_bytes(state["svm_npz"].numpy().tobytes())
-        return CurvatureSVM.load(path)
+    return CurvatureSVM.from_bytes(state["svm_npz"].numpy().tobytes(), source)
