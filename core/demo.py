@@ -323,14 +323,6 @@ def _train_classifier(step: int, profile: DemoProfile, reporter: _Reporter, seed
     return run_dir
 
 
-def box_iou(a, b) -> float:
-    ax1, ay1, ax2, ay2 = a
-    bx1, by1, bx2, by2 = b
-    inter = max(0.0, min(ax2, bx2) - max(ax1, bx1)) * max(0.0, min(ay2, by2) - max(ay1, by1))
-    union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
 def check_holdout(profile: DemoProfile, seed: int, out: Path, reporter: _Reporter | None = None,
                   predictor=None) -> dict:
     """The promoted models on new phantom patients (classes in turn): what the demo models can do.
@@ -338,7 +330,9 @@ def check_holdout(profile: DemoProfile, seed: int, out: Path, reporter: _Reporte
     Box IoU is the detector's box against the ground-truth ROI (a missed box counts as a failure); the Cobb
     error is the landmark model's C2-C7 angle against the truth; accuracy is the network's class.
     """
+    import torch
     from PIL import Image
+    from torchvision.ops import box_iou
 
     from core.data.measure import landmark_errors
     from core.data.phantom import generate_case
@@ -354,7 +348,8 @@ def check_holdout(profile: DemoProfile, seed: int, out: Path, reporter: _Reporte
         name = f"holdout_{index + 1:03d}_{truth}.png"
         Image.fromarray(case.image).save(out / name)  # kept: sample images to try the Predict page with
         result = predictor.predict(out / name, name=name, cam_method=None)
-        iou = box_iou(result.roi_box, case.roi_box) if result.box_source == "detector" else 0.0
+        iou = (float(box_iou(torch.tensor([result.roi_box]), torch.tensor([case.roi_box]))[0, 0])
+               if result.box_source == "detector" else 0.0)
         # the angle the user sees (pipeline, inferred facing); the point errors as measure.landmark_errors has them
         cobb_error = None if result.measurements is None else abs(result.measurements.cobb_c2c7 - case.cobb_c2c7)
         points = None if result.landmarks is None else landmark_errors([(result.landmarks, case.landmarks)])
