@@ -11,8 +11,8 @@ Classes are ordered (normal < straightened < reversed), so the quadratic-weighte
 Intervals resample PATIENTS with replacement, never images: images of one patient are correlated, and an
 image-level bootstrap would give intervals that are too narrow. Every score is a function of per-patient
 sums (confusion matrices, calibration-bin sums, weighted ranks), so each bootstrap replicate is a weighted
-sum and 1000 replicates take well under a second. Point values of the public single-score functions come
-from scikit-learn; a test checks the bootstrap arithmetic reproduces them.
+sum and 1000 replicates take well under a second. Tests check the point values against scikit-learn and
+hand-computed cases, and a replicate against scoring the resampled images directly.
 """
 from __future__ import annotations
 
@@ -22,9 +22,8 @@ from typing import Sequence
 import numpy as np
 from scipy import sparse
 from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax, softmax
-from sklearn.metrics import (accuracy_score, cohen_kappa_score, confusion_matrix, precision_recall_fscore_support,
-                             roc_auc_score)
+from scipy.special import log_softmax
+from sklearn.metrics import confusion_matrix
 
 ECE_BINS = 15
 _CHUNK = 250   # bootstrap replicates scored at once (bounds memory: replicates x images floats)
@@ -32,60 +31,9 @@ _CHUNK = 250   # bootstrap replicates scored at once (bounds memory: replicates 
 
 # --- single scores (point values) ----------------------------------------------------------------------
 
-def accuracy(y_true, y_pred) -> float:
-    return float(accuracy_score(y_true, y_pred))
-
-
-def mean_one_vs_rest_accuracy(y_true, y_pred, num_classes: int) -> float:
-    """Mean over classes of the binary accuracy of "class k" vs "not class k" (probably the paper's ACC)."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    return float(np.mean([np.mean((y_true == k) == (y_pred == k)) for k in range(num_classes)]))
-
-
-def precision_recall_f1(y_true, y_pred, num_classes: int) -> dict[str, np.ndarray | float]:
-    """Per-class and macro precision, recall, F1; a class never predicted (or absent) scores 0 there."""
-    labels = list(range(num_classes))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0)
-    return {"precision": precision, "recall": recall, "f1": f1, "support": support,
-            "macro_precision": float(precision.mean()), "macro_recall": float(recall.mean()),
-            "macro_f1": float(f1.mean())}
-
-
 def confusion(y_true, y_pred, num_classes: int) -> np.ndarray:
     """Rows = true class, columns = predicted class."""
     return confusion_matrix(y_true, y_pred, labels=list(range(num_classes)))
-
-
-def quadratic_kappa(y_true, y_pred, num_classes: int) -> float:
-    return float(cohen_kappa_score(y_true, y_pred, labels=list(range(num_classes)), weights="quadratic"))
-
-
-def roc_auc_one_vs_rest(y_true, probs) -> np.ndarray:
-    """Per-class one-vs-rest ROC-AUC; ``nan`` for a class absent from y_true (or the only one present)."""
-    y_true, probs = np.asarray(y_true), np.asarray(probs, dtype=np.float64)
-    aucs = np.full(probs.shape[1], np.nan)
-    for k in range(probs.shape[1]):
-        positive = y_true == k
-        if 0 < positive.sum() < len(y_true):
-            aucs[k] = roc_auc_score(positive, probs[:, k])
-    return aucs
-
-
-def expected_calibration_error(y_true, probs, n_bins: int = ECE_BINS) -> float:
-    """Top-label ECE: sum over equal-width confidence bins (lo, hi] of |accuracy - confidence| x bin share."""
-    y_true, probs = np.asarray(y_true), np.asarray(probs, dtype=np.float64)
-    confidence = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == y_true
-    bins = _bin_index(confidence, n_bins)
-    gap = np.bincount(bins, correct, n_bins) - np.bincount(bins, confidence, n_bins)
-    return float(np.abs(gap).sum() / len(y_true))
-
-
-def negative_log_likelihood(y_true, probs) -> float:
-    probs = np.asarray(probs, dtype=np.float64)
-    picked = probs[np.arange(len(probs)), np.asarray(y_true)]
-    return float(-np.log(np.clip(picked, 1e-12, None)).mean())
 
 
 def fit_temperature(logits, labels) -> float:
@@ -105,10 +53,6 @@ def fit_temperature(logits, labels) -> float:
     result = minimize_scalar(nll, bounds=(math.log(0.01), math.log(100.0)), method="bounded",
                              options={"xatol": 1e-6})
     return float(math.exp(result.x))
-
-
-def apply_temperature(logits, temperature: float) -> np.ndarray:
-    return softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=1)
 
 
 # --- the report ----------------------------------------------------------------------------------------
