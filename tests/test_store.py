@@ -41,7 +41,7 @@ def _row_counts(url: str) -> tuple[int, int]:
 def test_file_is_wal_with_busy_timeout_and_versioned(workspace):
     store = AnnotationStore()
     assert store.url.startswith("sqlite:///") and str(workspace) in store.url
-    assert store.schema_version() == 1
+    assert store.schema_version() == 2
     with store._engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 1000
@@ -157,20 +157,42 @@ def test_splits_and_summary(workspace):
         if cls:
             store.save_label(image_id, annotator="ana", curvature_class=cls, roi_box=[1, 1, 9, 9])
     store.save_label(ids[0], annotator="ana", landmarks=_landmarks())
-    store.set_splits({ids[0]: "train", ids[1]: "train", ids[2]: "val", ids[3]: "test"})
+    store.set_splits({ids[0]: "train", ids[1]: "train", ids[2]: "val", ids[3]: "val", ids[4]: "test"})
     with pytest.raises(ValueError, match="unknown split"):
         store.set_splits({ids[4]: "holdout", ids[5]: "train"})
     with pytest.raises(ValueError, match="no image with id 999"):
         store.set_splits({ids[5]: "train", 999: "train"})
-    assert store.images()[5].split is None  # neither failed call changed anything
+    with pytest.raises(ValueError, match="patient 'P2' of dataset 'ds' would be in train and test"):
+        store.set_splits({ids[5]: "train"})
+    assert store.images()[5].split is None  # no failed call changed anything
 
     assert store.summary("ds") == {
         "dataset": "ds", "images": 6, "patients": 3,
         "classes": {"normal": 2, "straightened": 1, "reversed": 2}, "unlabeled": 1,
         "boxes": 5, "landmarks": 1,
-        "splits": {"train": 2, "val": 1, "test": 1, "unsplit": 2},
+        "splits": {"train": 2, "val": 2, "test": 1, "unsplit": 1}, "test_frozen_at": None,
     }
     assert len(store.current_labels("ds", labeled_only=True)) == 5
+
+
+def test_new_film_of_a_known_patient_joins_its_split_and_frozen_test_holds(workspace):
+    store = AnnotationStore()
+    first, other = _add(store, 0, patient="P0"), _add(store, 1, patient="P1")
+    with pytest.raises(ValueError, match="no test split to freeze"):
+        store.freeze_test("ds")
+    store.set_splits({first: "test", other: "train"})
+    follow_up = _add(store, 2, patient="P0")
+    assert store.image(follow_up).split == "test" and store.patient_splits("ds") == {"P0": "test", "P1": "train"}
+
+    frozen = store.freeze_test("ds")
+    assert store.freeze_test("ds") == frozen == store.test_frozen_at("ds")
+    with pytest.raises(ValueError, match="frozen: image .* cannot move out of it"):
+        store.set_splits({first: "train", follow_up: "train"})
+    with pytest.raises(ValueError, match="frozen: image .* of patient 'P1' cannot move into it"):
+        store.set_splits({other: "test"})
+    store.set_splits({other: "val"})  # train and val stay free
+    assert [i.split for i in store.images("ds")] == ["test", "val", "test"]
+    assert _add(store, 3, patient="P9", dataset="elsewhere") and store.test_frozen_at("elsewhere") is None
 
 
 WORKER = textwrap.dedent(

@@ -5,10 +5,15 @@ Splits are grouped by patient (no patient in two splits) and stratified by class
 split deals each class's patients (shuffled by the seed) to the splits in proportion, at least one
 patient per split, so a small set still gets every class in every split; k folds use scikit-learn's
 ``StratifiedGroupKFold``. A set too small for that is a ``DatasetError`` that says what is missing.
+
+A frozen test split (``split --freeze-test``) is kept as it is by every later ``split``: only the other
+patients are dealt, to train and val. The trainer reads ``training_items``, which refuses a dataset where a
+patient is in two splits and leaves unsplit images out, logging how many (``check_splits`` says it up front).
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -20,6 +25,9 @@ import numpy as np
 from core import settings
 from core.settings import CLASSES
 from core.data.store import SPLITS, AnnotationStore, LabeledImage
+
+# A child of the trainer's logger, so what training_items leaves out lands in the run's train.log.
+log = logging.getLogger("cervicurve.train.datasets")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
 SPINE_NAME = "cervical_spine"  # the one detector class
@@ -45,6 +53,23 @@ class TrainingItem:
     landmarks: np.ndarray | None
     patient_id: str
     image_id: int
+
+
+@dataclass
+class SplitCheck:
+    dataset: str
+    unsplit: int  # labeled images without a split: not trained on, not evaluated
+    conflicts: dict[str, list[str]]  # patient -> the splits its images are in (more than one)
+    test_frozen: bool
+
+    def problem(self) -> str | None:
+        """Why training or evaluation must not start, or None."""
+        if not self.conflicts:
+            return None
+        listed = "; ".join(f"{patient} in {' and '.join(splits)}" for patient, splits in list(self.conflicts.items())[:5])
+        more = f" and {len(self.conflicts) - 5} more" if len(self.conflicts) > 5 else ""
+        return (f"dataset {self.dataset!r} has {len(self.conflicts)} patients in two splits ({listed}{more}); "
+                f"a patient's images must share one split: run python -m core split --dataset {self.dataset}")
 
 
 @dataclass
@@ -125,21 +150,27 @@ def make_splits(dataset: str, fractions: Sequence[float] = (0.7, 0.15, 0.15), se
     patients as there are splits (3 for train/val/test, 2 with a zero val or test fraction), else
     DatasetError says which class is short. A patient counts under the class most of its images have.
     Images without a class follow their patient (train when the patient has no labeled image).
-    Written to the store; returns split -> class -> count.
+    When the test split is frozen, its patients keep it and the others are dealt to train and val only
+    (by the train and val fractions). Written to the store; returns split -> class -> count.
     """
     if (len(fractions) != 3 or any(f < 0 for f in fractions) or not np.isclose(sum(fractions), 1.0)
             or fractions[0] <= 0):
         raise DatasetError("fractions are (train, val, test), each >= 0, summing to 1, with train above 0; "
                            f"got {tuple(fractions)}")
     fractions = [float(f) for f in fractions]
-    used = [name for name, f in zip(SPLITS, fractions) if f > 0]
     own = store is None
     store = store or AnnotationStore()
     try:
         items = store.current_labels(dataset)
-        labeled = [item for item in items if item.curvature_class is not None]
+        frozen_test = set()
+        if store.test_frozen_at(dataset) is not None:
+            frozen_test = {item.patient_id for item in items if item.split == "test"}
+            fractions = [fractions[0] / (fractions[0] + fractions[1]), fractions[1] / (fractions[0] + fractions[1]), 0.0]
+        used = [name for name, f in zip(SPLITS, fractions) if f > 0]
+        labeled = [item for item in items if item.curvature_class is not None and item.patient_id not in frozen_test]
         if not labeled:
-            raise DatasetError(f"dataset {dataset!r} has no labeled images to split")
+            raise DatasetError(f"dataset {dataset!r} has no labeled images to split"
+                               + (" outside its frozen test split" if frozen_test else ""))
         strata = _patients_by_class(labeled)
         _require_patients(strata, len(used), f"a {'/'.join(used)} split",
                           f"A class needs one patient in each of {', '.join(used)}: label more patients"
@@ -152,8 +183,12 @@ def make_splits(dataset: str, fractions: Sequence[float] = (0.7, 0.15, 0.15), se
             for split, count in zip(SPLITS, _deal(len(patients), fractions)):
                 patient_split.update((patient, split) for patient in shuffled[start:start + count])
                 start += count
+        patient_split.update((patient, "test") for patient in frozen_test)
         assignment = {item.image_id: patient_split.get(item.patient_id, "train") for item in items}
-        store.set_splits(assignment)
+        try:
+            store.set_splits(assignment)
+        except ValueError as error:  # the store's own guard (a patient in two splits, a frozen test changed)
+            raise DatasetError(str(error)) from None
     finally:
         if own:
             store.close()
@@ -192,18 +227,50 @@ def kfold_splits(dataset: str, k: int = 5, seed: int = 0, *, include_test: bool 
     return [Fold(train=ids[tr].tolist(), val=ids[va].tolist()) for tr, va in folds.split(np.zeros((len(ids), 1)), y, groups)]
 
 
+def _split_check(dataset: str, items: Sequence[LabeledImage], test_frozen: bool) -> SplitCheck:
+    found: dict[str, set] = {}
+    for item in items:
+        if item.split is not None:
+            found.setdefault(item.patient_id, set()).add(item.split)
+    conflicts = {p: [s for s in SPLITS if s in splits] for p, splits in sorted(found.items()) if len(splits) > 1}
+    unsplit = sum(1 for item in items if item.curvature_class is not None and item.split is None)
+    return SplitCheck(dataset=dataset, unsplit=unsplit, conflicts=conflicts, test_frozen=test_frozen)
+
+
+def check_splits(dataset: str, *, store: AnnotationStore | None = None) -> SplitCheck:
+    """What a trainer must know before it starts: unsplit labeled images, patients in two splits."""
+    own = store is None
+    store = store or AnnotationStore()
+    try:
+        return _split_check(dataset, labeled_images(dataset, store), store.test_frozen_at(dataset) is not None)
+    finally:
+        if own:
+            store.close()
+
+
 def training_items(dataset: str, split: str | None = None, *, image_ids: Iterable[int] | None = None,
                    store: AnnotationStore | None = None) -> list[TrainingItem]:
-    """Labeled images for the trainer. ``split="train"`` includes unsplit images (as the YOLO export does);
-    ``image_ids`` picks a fold."""
+    """Labeled images for the trainer and the evaluator; ``image_ids`` picks a fold.
+
+    DatasetError when a patient of the dataset is in two splits (training on it would leak into the
+    test). With a ``split``, images without one are left out, never trained on silently: a warning on the
+    ``cervicurve.train`` log says how many (``check_splits(dataset).unsplit``).
+    """
     if split is not None and split not in SPLITS:
         raise DatasetError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     wanted = None if image_ids is None else set(image_ids)
+    items = labeled_images(dataset, store)
+    check = _split_check(dataset, items, test_frozen=False)
+    if check.problem():
+        raise DatasetError(check.problem())
+    if split is not None and check.unsplit:
+        log.warning("%d labeled images of dataset %r have no split and are left out of %s; "
+                    "give them one with: python -m core split --dataset %s", check.unsplit, dataset, split, dataset)
     out = []
-    for item in labeled_images(dataset, store):
+    for item in items:
         if item.curvature_class is None or (wanted is not None and item.image_id not in wanted):
             continue
-        if split is not None and (item.split or "train") != split:
+        if split is not None and item.split != split:
             continue
         out.append(TrainingItem(path=image_path(item), label=item.class_index, roi_box=item.roi_box,
                                 landmarks=item.landmarks, patient_id=item.patient_id, image_id=item.image_id))
@@ -218,6 +285,8 @@ def configure_split(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fractions", default="0.7,0.15,0.15", help="train,val,test")
     parser.add_argument("--folds", type=int, help="also show K patient-grouped folds over train+val")
+    parser.add_argument("--freeze-test", action="store_true",
+                        help="freeze the test split after splitting: later splits never reshuffle it")
 
 
 def run_split(args: argparse.Namespace) -> int:
@@ -231,6 +300,16 @@ def run_split(args: argparse.Namespace) -> int:
         print(f"splits of {args.dataset!r} (patient-grouped, class-stratified, seed {args.seed}):")
         for split, per_class in counts.items():
             print(f"  {split:<5} " + "  ".join(f"{name} {n}" for name, n in per_class.items()))
+        with AnnotationStore() as store:
+            frozen = store.test_frozen_at(args.dataset)
+            if args.freeze_test and frozen is None:
+                try:
+                    frozen = store.freeze_test(args.dataset)
+                except ValueError as error:
+                    raise DatasetError(str(error)) from None
+                print(f"test split frozen ({frozen:%Y-%m-%d %H:%M} UTC): later splits keep it as it is")
+            elif frozen is not None:
+                print(f"test split frozen since {frozen:%Y-%m-%d %H:%M} UTC: kept as it was")
         if args.folds:
             for number, fold in enumerate(kfold_splits(args.dataset, args.folds, args.seed), start=1):
                 print(f"  fold {number}: train {len(fold.train)}  val {len(fold.val)}")

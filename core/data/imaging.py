@@ -23,6 +23,8 @@ _PLACEHOLDER_DPI = (72.0, 96.0)
 # Plausible radiograph pixel pitch; outside it a resolution tag is a default or an error.
 _SPACING_RANGE_MM = (0.01, 5.0)
 _DETECTOR_BITS = (10, 12, 14, 16)
+# Smallest side a radiograph may have: below it there is no spine to see (a 1 x 1 "image" is a mistake).
+MIN_SIDE = 32
 # Tags shown in the de-identified DICOM view. Nothing that names or dates the patient or study.
 _DICOM_TAGS = {
     "modality": "Modality",
@@ -93,6 +95,24 @@ def read_image(
     if kind == "dicom":
         return _read_dicom(data, label, max_pixels, forced=data[128:132] != b"DICM")
     return _read_with_pillow(data, label, kind, max_pixels)
+
+
+def require_usable(radiograph: Radiograph, label: str, min_side: int = MIN_SIDE) -> Radiograph:
+    """The radiograph itself, or ImageReadError when it decodes but cannot be a lateral neck film:
+    smaller than ``min_side`` pixels on a side, one value everywhere (blank), or a colour DICOM
+    (radiographs are grayscale; a colour DICOM is a photo or a screen capture)."""
+    width, height = radiograph.original_size
+    if min(width, height) < min_side:
+        raise ImageReadError(f"{label}: the image is only {width} x {height} pixels; "
+                             f"a radiograph needs at least {min_side} x {min_side}")
+    photometric = str(radiograph.meta.get("original_photometric", ""))
+    if radiograph.meta.get("format") == "dicom" and not photometric.startswith("MONOCHROME"):
+        raise ImageReadError(f"{label}: a colour DICOM ({photometric}), not a grayscale radiograph "
+                             "(a photo or screen capture?)")
+    if float(radiograph.pixels.max()) == float(radiograph.pixels.min()):
+        raise ImageReadError(f"{label}: the image is blank (one value everywhere: {radiograph.source_bit_depth}-bit, "
+                             f"{width} x {height})")
+    return radiograph
 
 
 def to_uint8(pixels: np.ndarray) -> np.ndarray:

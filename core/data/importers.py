@@ -8,7 +8,15 @@ transaction fails, the files it copied are deleted again, so an import never hal
 Each importer takes ``progress(done, total, name)``, called as each image is checked (the slow
 part: reading, DICOM de-identification, validation) and once more, ``(total, total, "")``, when the rows
 are written; and ``origin``, recorded as the files' source in place of their folder (``import_archive``
-passes ``<archive>.zip/...``: its extraction is deleted after the import).
+passes ``<archive>.zip/...``: its extraction is deleted after the import; paths in its manifests must then
+stay inside it).
+
+Every entry is checked for its types and values and a bad one is skipped with ``file: reason``; only a
+source that cannot be used at all (no folder, an unreadable manifest) is a ``DatasetError``. Splits belong to
+patients: an import that puts one patient in two splits (or in another split than the store has it, or a
+new patient into a frozen test split) is refused as a whole, naming the patient and rows, unless
+``resplit=True``, which drops those patients' splits from the manifest (run ``split`` afterwards). An image
+without a split takes its patient's, from the same import or from the store.
 """
 from __future__ import annotations
 
@@ -31,7 +39,7 @@ import numpy as np
 from core import settings
 from core.data.datasets import IMAGE_SUFFIXES, DatasetError, parse_class
 from core.data.deid import deidentify
-from core.data.imaging import read_image
+from core.data.imaging import read_image, require_usable
 from core.settings import CLASSES
 from core.data.store import SPLITS, AnnotationStore, validate_box, validate_class, validate_landmarks
 
@@ -50,11 +58,13 @@ class ImportReport:
     updated: int = 0  # images already in the dataset whose label changed
     unchanged: int = 0  # images already in the dataset with the same label
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    notes: list[str] = field(default_factory=list)  # what a user should know about what was imported
 
     def format(self) -> str:
         lines = [f"dataset {self.dataset!r} from {self.source}: {self.imported} imported, "
                  f"{self.updated} updated, {self.unchanged} already present, {len(self.skipped)} skipped"]
         lines += [f"  skipped {name}: {reason}" for name, reason in self.skipped]
+        lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
 
 
@@ -91,7 +101,7 @@ class _Ready:
 
 
 def _commit(candidates: list[_Candidate], report: ImportReport, store: AnnotationStore, annotator: str,
-            progress: ProgressCallback | None = None) -> ImportReport:
+            progress: ProgressCallback | None = None, resplit: bool = False) -> ImportReport:
     ready: list[_Ready] = []
     seen: dict[str, str] = {}
     for done, cand in enumerate(candidates, start=1):
@@ -101,6 +111,11 @@ def _commit(candidates: list[_Candidate], report: ImportReport, store: Annotatio
             report.skipped.append((cand.name, str(error)))
         if progress is not None:
             progress(done, len(candidates), cand.name)
+    _patient_splits(ready, report, store, resplit)
+    unstated = sum(1 for item in ready if item.candidate.meta.get("burned_in_annotation") == "not stated")
+    if unstated:
+        report.notes.append(f"{unstated} DICOM files do not state BurnedInAnnotation: look at their pixels for "
+                            "names or dates before sharing them")
 
     created_files: list[Path] = []
     created_dirs: list[Path] = []
@@ -108,6 +123,7 @@ def _commit(candidates: list[_Candidate], report: ImportReport, store: Annotatio
     try:
         stored_paths = [_store_file(item, created_files, created_dirs) for item in ready]
         with store.batch() as batch:
+            splits: dict[int, str] = {}
             for item, stored in zip(ready, stored_paths):
                 cand = item.candidate
                 existing = batch.find_image(report.dataset, item.sha256)
@@ -122,13 +138,14 @@ def _commit(candidates: list[_Candidate], report: ImportReport, store: Annotatio
                     batch.save_label(image_id, annotator=annotator, curvature_class=cand.curvature_class,
                                      roi_box=cand.roi_box, landmarks=cand.landmarks)
                 if cand.split is not None:
-                    batch.set_splits({image_id: cand.split})
+                    splits[image_id] = cand.split
                 if existing is None:
                     report.imported += 1
                 elif changed:
                     report.updated += 1
                 else:
                     report.unchanged += 1
+            batch.set_splits(splits)  # once: the store checks one split per patient over the whole dataset
     except BaseException:
         # Nothing was committed: take back the files this import added to the images folder.
         for path in created_files:
@@ -157,6 +174,7 @@ def _checked(cand: _Candidate, seen: dict[str, str]) -> _Ready:
         raise ValueError(f"same image as {seen[sha]}")
     radiograph = read_image(data, name=cand.file.name)
     width, height = (int(v) for v in radiograph.original_size)
+    require_usable(radiograph, cand.name)
     _validate_candidate(cand, width, height)
     seen[sha] = cand.name
     # The stored name says what the content is, whatever the original extension claimed.
@@ -188,6 +206,42 @@ def _validate_candidate(cand: _Candidate, width: int, height: int) -> None:
         cand.roi_box = box
     if cand.split is not None and cand.split not in SPLITS:
         raise ValueError(f"unknown split {cand.split!r}; expected one of {', '.join(SPLITS)}")
+
+
+def _patient_splits(ready: list[_Ready], report: ImportReport, store: AnnotationStore, resplit: bool) -> None:
+    """One split per patient: check the manifest's splits against each other and the store, then give every
+    image its patient's split. DatasetError (nothing written yet) naming the patients and rows in conflict."""
+    known = store.patient_splits(report.dataset)
+    frozen = store.test_frozen_at(report.dataset) is not None
+    wanted: dict[str, dict[str, list[str]]] = {}
+    for item in ready:
+        cand = item.candidate
+        if cand.split is not None:
+            wanted.setdefault(cand.patient_id, {}).setdefault(cand.split, []).append(cand.name)
+    chosen, conflicts = {}, []
+    for patient, by_split in wanted.items():
+        splits = set(by_split) | ({known[patient]} if patient in known else set())
+        rows = "; ".join(f"{split}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+                         for split, names in by_split.items())
+        if len(splits) > 1:
+            held = f"; the store has it in {known[patient]}" if patient in known else ""
+            conflicts.append(f"patient {patient!r} is in {' and '.join(sorted(splits))} ({rows}{held})")
+        elif frozen and "test" in splits and known.get(patient) != "test":
+            conflicts.append(f"patient {patient!r} would join the frozen test split ({rows})")
+        else:
+            chosen[patient] = splits.pop()
+    if conflicts and not resplit:
+        raise DatasetError(f"import into {report.dataset!r} refused: every image of a patient must be in one split, "
+                           f"and {len(conflicts)} patients are not:\n  " + "\n  ".join(conflicts[:20])
+                           + (f"\n  ... and {len(conflicts) - 20} more" if len(conflicts) > 20 else "")
+                           + "\nFix the manifest's split column, or import with --resplit to drop these patients' "
+                             "splits and give them new ones with python -m core split.")
+    if conflicts:
+        report.notes.append(f"{len(conflicts)} patients were given two splits (or a frozen test split) by the "
+                            f"manifest: their splits were dropped; run python -m core split --dataset {report.dataset}")
+    for item in ready:
+        patient = item.candidate.patient_id
+        item.candidate.split = chosen.get(patient, known.get(patient))
 
 
 def _store_file(item: _Ready, created_files: list[Path], created_dirs: list[Path]) -> Path:
@@ -225,9 +279,12 @@ def _same_label(current, cand: _Candidate) -> bool:
 
 def _run_import(candidates: list[_Candidate], skipped: list[tuple[str, str]], *, source: Path, kind: str,
                 dataset: str | None, store: AnnotationStore | None, annotator: str | None,
-                progress: ProgressCallback | None = None, origin: str | None = None) -> ImportReport:
+                progress: ProgressCallback | None = None, origin: str | None = None,
+                resplit: bool = False) -> ImportReport:
     report = ImportReport(dataset=dataset or _default_dataset(source), source=origin or str(source),
                           skipped=list(skipped))
+    if len(report.dataset) > 200 or not report.dataset.strip() or not report.dataset.isprintable():
+        raise DatasetError(f"dataset name must be 1 to 200 printable characters, got {_short(report.dataset)}")
     if origin:
         # A temporary extraction is gone after the import: record where the files came from instead.
         root = source if source.is_dir() else source.parent
@@ -237,7 +294,7 @@ def _run_import(candidates: list[_Candidate], skipped: list[tuple[str, str]], *,
     own_store = store is None
     store = store or AnnotationStore()
     try:
-        return _commit(candidates, report, store, annotator or f"import:{kind}", progress)
+        return _commit(candidates, report, store, annotator or f"import:{kind}", progress, resplit)
     finally:
         if own_store:
             store.close()
@@ -259,11 +316,68 @@ def _require_dir(path: Path, what: str) -> Path:
     return path
 
 
+def _outside(path: Path, root: Path, origin: str | None) -> bool:
+    """An upload's manifest may only name files inside the upload (not the server's own files)."""
+    return origin is not None and not path.resolve().is_relative_to(root.resolve())
+
+
 def _relative_name(path: Path, root: Path) -> str:
     try:
         return path.relative_to(root).as_posix()
     except ValueError:
         return str(path)
+
+
+# ---------------------------------------------------------------- entry validation
+
+_LABELME_ERRORS = (ValueError, TypeError, AttributeError, IndexError, KeyError, OverflowError)
+
+
+def _patient(value: Any, where: str = "patient_id") -> str | None:
+    """A patient id from a manifest: text or a whole number, at most 200 characters; None when absent."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError(f"{where} must be text or a whole number, got {type(value).__name__}")
+    text = str(value).strip()
+    if len(text) > 200 or not text.isprintable():
+        raise ValueError(f"{where} must be at most 200 printable characters")
+    return text
+
+
+def _labelme_landmarks(path: Path) -> np.ndarray:
+    from core.data.measure import read_labelme
+
+    try:
+        return read_labelme(path).landmarks
+    except _LABELME_ERRORS as error:  # read_labelme trusts the JSON's shapes and sizes
+        raise ValueError(f"{path.name} is not a usable Labelme file ({error})") from None
+
+
+def _numbers(values: Any, what: str) -> list[float]:
+    """A JSON list of finite numbers (booleans and text refused)."""
+    if not isinstance(values, (list, tuple)) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"{what} must be a list of numbers, got {_short(values)}")
+    try:
+        out = [float(v) for v in values]
+    except OverflowError:
+        raise ValueError(f"{what} holds a number too large for a coordinate") from None
+    if not all(np.isfinite(out)):
+        raise ValueError(f"{what} holds a non-finite number")
+    return out
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, an embedded NUL
+        return False
 
 
 # ---------------------------------------------------------------- importers
@@ -289,12 +403,13 @@ def import_folder(src: str | Path, *, dataset: str | None = None, store: Annotat
             continue
         cand = _Candidate(file=path, name=name, patient_id=path.stem, curvature_class=curvature_class)
         sidecar = path.with_suffix(".json")
-        if sidecar.exists():
-            try:
+        try:
+            cand.patient_id = _patient(path.stem, "the file name") or "unnamed"
+            if sidecar.exists():
                 _apply_sidecar(cand, sidecar)
-            except ValueError as error:
-                skipped.append((name, str(error)))
-                continue
+        except ValueError as error:
+            skipped.append((name, str(error)))
+            continue
         candidates.append(cand)
     return _run_import(candidates, skipped, source=src, kind="folder", dataset=dataset, store=store,
                        annotator=annotator, progress=progress, origin=origin)
@@ -303,18 +418,15 @@ def import_folder(src: str | Path, *, dataset: str | None = None, store: Annotat
 def _apply_sidecar(cand: _Candidate, sidecar: Path) -> None:
     try:
         data = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise ValueError(f"sidecar {sidecar.name} is not readable JSON ({error})") from None
     if not isinstance(data, dict):
         raise ValueError(f"sidecar {sidecar.name} must hold a JSON object")
-    if str(data.get("patient_id") or "").strip():
-        cand.patient_id = str(data["patient_id"]).strip()
+    cand.patient_id = _patient(data.get("patient_id"), f"sidecar {sidecar.name}: patient_id") or cand.patient_id
     if data.get("roi_box") is not None:
-        cand.roi_box = data["roi_box"]
+        cand.roi_box = _numbers(data["roi_box"], f"sidecar {sidecar.name}: roi_box")
     if "shapes" in data:
-        from core.data.measure import read_labelme
-
-        cand.landmarks = read_labelme(sidecar).landmarks
+        cand.landmarks = _labelme_landmarks(sidecar)
 
 
 def _read_manifest(csv_path: Path) -> tuple[list[dict], list[tuple[str, str]]]:
@@ -322,7 +434,7 @@ def _read_manifest(csv_path: Path) -> tuple[list[dict], list[tuple[str, str]]]:
     try:
         with csv_path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
-            header = [h.strip().lower() for h in reader.fieldnames or []]
+            header = [str(h).strip().lower() for h in reader.fieldnames or []]
             raw_rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise DatasetError(f"cannot read the manifest {csv_path}: {error}") from None
@@ -332,8 +444,9 @@ def _read_manifest(csv_path: Path) -> tuple[list[dict], list[tuple[str, str]]]:
                            f"missing: {', '.join(missing)}")
     rows, skipped = [], []
     for number, raw in enumerate(raw_rows, start=2):  # line numbers as a spreadsheet shows them
-        row = {str(k).strip().lower(): (v or "").strip() for k, v in raw.items() if k is not None}
-        where = f"{csv_path.name} line {number} ({row.get('path') or 'no path'})"
+        # A row longer than the header puts its extra cells in a list under the key None: ignored.
+        row = {str(k).strip().lower(): (v if isinstance(v, str) else "").strip() for k, v in raw.items() if k is not None}
+        where = f"{csv_path.name} line {number} ({_short(row.get('path'))[1:-1] if row.get('path') else 'no path'})"
         if not row.get("path"):
             skipped.append((where, "no path"))
             continue
@@ -357,14 +470,19 @@ def _read_manifest(csv_path: Path) -> tuple[list[dict], list[tuple[str, str]]]:
         if split is not None and split not in SPLITS:
             skipped.append((where, f"unknown split {split!r}; expected one of {', '.join(SPLITS)}"))
             continue
+        try:
+            patient_id = _patient(row.get("patient_id"))
+        except ValueError as error:
+            skipped.append((where, str(error)))
+            continue
         rows.append({"where": where, "path": row["path"], "class": curvature_class, "box": box,
-                     "patient_id": row.get("patient_id") or None, "split": split})
+                     "patient_id": patient_id, "split": split})
     return rows, skipped
 
 
 def import_csv(csv_path: str | Path, *, dataset: str | None = None, store: AnnotationStore | None = None,
-               annotator: str | None = None,
-               progress: ProgressCallback | None = None, origin: str | None = None) -> ImportReport:
+               annotator: str | None = None, progress: ProgressCallback | None = None,
+               origin: str | None = None, resplit: bool = False) -> ImportReport:
     """A manifest ``path,label,patient_id[,x1,y1,x2,y2][,split]``; paths relative to the CSV's folder."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
@@ -374,13 +492,21 @@ def import_csv(csv_path: str | Path, *, dataset: str | None = None, store: Annot
     for row in rows:
         path = Path(row["path"])
         path = path if path.is_absolute() else csv_path.parent / path
-        if not path.is_file():
+        if _outside(path, csv_path.parent, origin):
+            skipped.append((row["where"], "the path leads outside the uploaded folder"))
+            continue
+        if not _is_file(path):
             skipped.append((row["where"], f"file not found: {path}"))
             continue
-        candidates.append(_Candidate(file=path, name=row["where"], patient_id=row["patient_id"] or path.stem,
+        try:
+            patient_id = row["patient_id"] or _patient(path.stem, "the file name") or "unnamed"
+        except ValueError as error:
+            skipped.append((row["where"], str(error)))
+            continue
+        candidates.append(_Candidate(file=path, name=row["where"], patient_id=patient_id,
                                      curvature_class=row["class"], roi_box=row["box"], split=row["split"]))
     return _run_import(candidates, skipped, source=csv_path, kind="csv", dataset=dataset, store=store,
-                       annotator=annotator, progress=progress, origin=origin)
+                       annotator=annotator, progress=progress, origin=origin, resplit=resplit)
 
 
 def _yolo_label_path(image: Path) -> Path:
@@ -393,9 +519,49 @@ def _yolo_label_path(image: Path) -> Path:
     return Path(*parts).with_suffix(".txt")
 
 
+def _yolo_names(names: Any, yaml_path: Path) -> dict[int, str]:
+    """data.yaml ``names``: a list, or a mapping from class id to name."""
+    if names is None:
+        return {}
+    if isinstance(names, list):
+        return {i: str(name) for i, name in enumerate(names)}
+    if isinstance(names, dict):
+        out = {}
+        for key, name in names.items():
+            if isinstance(key, bool) or not isinstance(key, int) and not (isinstance(key, str) and key.isdigit()):
+                raise DatasetError(f"{yaml_path.name}: class ids in 'names' must be whole numbers, got {_short(key)}")
+            out[int(key)] = str(name)
+        return out
+    raise DatasetError(f"{yaml_path.name}: 'names' must be a list or a mapping of class id to name")
+
+
+def _yolo_objects(label_file: Path) -> list[list[float]]:
+    """The lines of a YOLO label file as numbers; ValueError with the reason."""
+    try:
+        text = label_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"label file {label_file.name} is not YOLO text ({error})") from None
+    objects = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            values = [float(v) for v in line.split()]
+        except ValueError as error:
+            raise ValueError(f"label file {label_file.name} is not YOLO text ({error})") from None
+        if len(values) < 5:
+            raise ValueError(f"{label_file.name}: a YOLO line is 'class cx cy w h', got {len(values)} values")
+        if not all(np.isfinite(values)):
+            raise ValueError(f"{label_file.name}: a YOLO line holds a non-finite number")
+        if values[0] < 0 or values[0] != int(values[0]):
+            raise ValueError(f"{label_file.name}: the class id {values[0]:g} is not a whole number >= 0")
+        objects.append(values)
+    return objects
+
+
 def import_yolo(src: str | Path, *, dataset: str | None = None, store: AnnotationStore | None = None,
-                annotator: str | None = None,
-                progress: ProgressCallback | None = None, origin: str | None = None) -> ImportReport:
+                annotator: str | None = None, progress: ProgressCallback | None = None,
+                origin: str | None = None, resplit: bool = False) -> ImportReport:
     """A YOLO detection (or pose) set: ``data.yaml`` + ``images/<split>`` + ``labels/<split>``.
 
     Gives the ROI box (the largest box when a file holds several) and, for a 23-keypoint pose set, the
@@ -409,45 +575,59 @@ def import_yolo(src: str | Path, *, dataset: str | None = None, store: Annotatio
     if not yaml_path.is_file():
         raise DatasetError(f"no data.yaml in {src}")
     try:
-        config = yaml.safe_load(yaml_path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as error:
+        config = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as error:
         raise DatasetError(f"cannot read {yaml_path}: {error}") from None
+    config = {} if config is None else config
+    if not isinstance(config, dict):
+        raise DatasetError(f"{yaml_path.name} must be a mapping (path:, train:, val:, names:), "
+                           f"not a {type(config).__name__}")
     root = yaml_path.parent
     base = Path(str(config.get("path") or root))
     base = base if base.is_absolute() else root / base
-    if not base.is_dir():
+    if not _is_dir(base) or _outside(base, root, origin):
         base = root  # a set moved from another machine
-    names = config.get("names") or {}
-    names = dict(enumerate(names)) if isinstance(names, list) else {int(k): v for k, v in names.items()}
+    names = _yolo_names(config.get("names"), yaml_path)
 
     images: dict[Path, str | None] = {}
+    skipped: list[tuple[str, str]] = []
     for split in ("train", "val", "test"):
         entries = config.get(split)
         for entry in entries if isinstance(entries, list) else [entries] if entries else []:
             where = base / str(entry)
-            files = _image_files(where) if where.is_dir() else (
-                [base / line.strip() for line in where.read_text().splitlines() if line.strip()] if where.is_file() else [])
+            if _outside(where, root, origin):
+                skipped.append((f"{yaml_path.name} {split}: {_short(entry)}", "leads outside the uploaded folder"))
+                continue
+            if _is_dir(where):
+                files = _image_files(where)
+            elif _is_file(where):
+                try:
+                    files = [base / line.strip() for line in where.read_text(encoding="utf-8").splitlines()
+                             if line.strip()]
+                except (OSError, UnicodeDecodeError) as error:
+                    skipped.append((f"{yaml_path.name} {split}: {_short(entry)}", f"cannot read the list ({error})"))
+                    continue
+            else:
+                files = []
             for path in files:
-                images.setdefault(path.resolve(), split)
+                if _outside(path, root, origin):
+                    skipped.append((_short(str(path)), "leads outside the uploaded folder"))
+                elif _is_file(path):
+                    images.setdefault(path.resolve(), split)
     if not images:
         images = {path.resolve(): None for path in _image_files(base / "images")}
-    candidates, skipped = [], []
+    candidates = []
     for path, split in sorted(images.items()):
         name = _relative_name(path, base.resolve())
-        cand = _Candidate(file=path, name=name, patient_id=path.stem, split=split)
-        label_file = _yolo_label_path(path)
         try:
-            lines = [line.split() for line in label_file.read_text().splitlines() if line.strip()] \
-                if label_file.is_file() else []
-            objects = [[float(v) for v in line] for line in lines]
-        except (OSError, ValueError) as error:
-            skipped.append((name, f"label file {label_file.name} is not YOLO text ({error})"))
+            patient_id = _patient(path.stem, "the file name") or "unnamed"
+            objects = _yolo_objects(_yolo_label_path(path)) if _is_file(_yolo_label_path(path)) else []
+        except ValueError as error:
+            skipped.append((name, str(error)))
             continue
+        cand = _Candidate(file=path, name=name, patient_id=patient_id, split=split)
         if objects:
-            bad = [obj for obj in objects if len(obj) < 5]
-            if bad:
-                skipped.append((name, f"{label_file.name}: a YOLO line is 'class cx cy w h', got {len(bad[0])} values"))
-                continue
+            label_file = _yolo_label_path(path)
             obj = max(objects, key=lambda o: o[3] * o[4])
             cand.meta["yolo"] = {"boxes_in_file": len(objects), "class_id": int(obj[0])}
             cand.curvature_class = parse_class(names.get(int(obj[0]), ""))
@@ -465,7 +645,14 @@ def import_yolo(src: str | Path, *, dataset: str | None = None, store: Annotatio
                 continue
         candidates.append(cand)
     return _run_import(candidates, skipped, source=yaml_path.parent, kind="yolo", dataset=dataset, store=store,
-                       annotator=annotator, progress=progress, origin=origin)
+                       annotator=annotator, progress=progress, origin=origin, resplit=resplit)
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
 
 
 def _denormalise(cand: _Candidate, width: int, height: int) -> None:
@@ -481,13 +668,45 @@ def _denormalise(cand: _Candidate, width: int, height: int) -> None:
         cand.landmarks = np.asarray(cand.landmarks, dtype=float) * np.array([width, height])
 
 
+def _coco_key(value: Any) -> int | str | None:
+    """An id as COCO files use them (a whole number, sometimes text); None for anything else."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return None
+    return value
+
+
+def _coco_annotation(cand: _Candidate, anns: list[dict], categories: dict) -> None:
+    """The largest box of an image's annotations, its category and keypoints onto ``cand``; ValueError."""
+    boxes = []
+    for ann in anns:
+        bbox = _numbers(ann["bbox"], f"annotation {_short(ann.get('id'))}: bbox")
+        if len(bbox) != 4:
+            raise ValueError(f"annotation {_short(ann.get('id'))}: bbox must be [x, y, width, height], "
+                             f"got {_short(ann['bbox'])}")
+        x, y, w, h = bbox
+        boxes.append((w * h, [x, y, x + w, y + h], ann))
+    _, cand.roi_box, ann = max(boxes, key=lambda b: b[0])
+    category = categories.get(_coco_key(ann.get("category_id")))
+    cand.curvature_class = parse_class(category or "") or cand.curvature_class
+    keypoints = ann.get("keypoints") or []
+    if keypoints:
+        values = _numbers(keypoints, f"annotation {_short(ann.get('id'))}: keypoints")
+        if len(values) == 23 * 3:
+            points = np.array(values, dtype=float).reshape(23, 3)
+            points[points[:, 2] <= 0, :2] = np.nan
+            cand.landmarks = points[:, :2]
+    cand.meta["coco"] = {"annotations": len(anns), "category": category}
+
+
 def import_coco(src: str | Path, labels: str | Path | None = None, *, dataset: str | None = None,
                 store: AnnotationStore | None = None, annotator: str | None = None,
-                progress: ProgressCallback | None = None, origin: str | None = None) -> ImportReport:
+                progress: ProgressCallback | None = None, origin: str | None = None,
+                resplit: bool = False) -> ImportReport:
     """A COCO detection (or keypoint) file: boxes, class from the category name, landmarks from 23 keypoints.
 
     ``src`` is the annotation JSON, or the images folder with ``labels`` naming the JSON. An image with
-    several annotations keeps the largest box.
+    several annotations keeps the largest box. ``patient_id``, ``split`` and ``curvature_class`` on an image
+    entry are CerviCurve's additions (COCO has no image-level label); other COCO files simply lack them.
     """
     src = Path(src)
     if src.is_file():
@@ -501,45 +720,61 @@ def import_coco(src: str | Path, labels: str | Path | None = None, *, dataset: s
             raise DatasetError(f"no COCO annotation JSON in {src}; pass it with --labels")
     try:
         coco = json.loads(Path(json_path).read_text(encoding="utf-8"))
-        images, annotations = coco["images"], coco.get("annotations", [])
-        categories = {int(c["id"]): str(c.get("name", "")) for c in coco.get("categories", [])}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise DatasetError(f"{json_path} is not a COCO annotation file ({error})") from None
+    if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
+        raise DatasetError(f"{Path(json_path).name} is not a COCO annotation file: it needs an 'images' list")
+    annotations, raw_categories = coco.get("annotations") or [], coco.get("categories") or []
+    if not isinstance(annotations, list) or not isinstance(raw_categories, list):
+        raise DatasetError(f"{Path(json_path).name}: 'annotations' and 'categories' must be lists")
 
+    skipped: list[tuple[str, str]] = []
+    categories: dict[Any, str] = {}
+    for number, category in enumerate(raw_categories):
+        key = _coco_key(category.get("id")) if isinstance(category, dict) else None
+        if key is None:
+            skipped.append((f"categories[{number}]", f"a category needs an id, got {_short(category)}"))
+        else:
+            categories[key] = str(category.get("name") or "")
     by_image: dict[Any, list[dict]] = {}
-    for ann in annotations:
-        by_image.setdefault(ann.get("image_id"), []).append(ann)
-    candidates, skipped = [], []
-    for entry in images:
-        file_name = str(entry.get("file_name", ""))
-        path = next((p for p in (image_root / file_name, image_root / "images" / file_name) if p.is_file()), None)
-        if path is None:
-            skipped.append((file_name or f"image id {entry.get('id')}", "file not found"))
+    for number, ann in enumerate(annotations):
+        key = _coco_key(ann.get("image_id")) if isinstance(ann, dict) else None
+        if key is None:
+            skipped.append((f"annotations[{number}]", f"an annotation needs an image_id, got {_short(ann)}"))
+        elif ann.get("bbox"):
+            by_image.setdefault(key, []).append(ann)
+    candidates = []
+    for number, entry in enumerate(coco["images"]):
+        if not isinstance(entry, dict) or not isinstance(entry.get("file_name"), str) or not entry["file_name"]:
+            skipped.append((f"images[{number}]", f"an image needs a file_name, got {_short(entry)}"))
             continue
-        # patient_id, split and curvature_class on an image entry are CerviCurve's additions (COCO has no
-        # image-level label); other COCO files simply lack them.
-        cand = _Candidate(file=path, name=file_name, patient_id=str(entry.get("patient_id") or path.stem),
-                          split=entry.get("split") if entry.get("split") in SPLITS else None,
-                          curvature_class=parse_class(entry.get("curvature_class") or ""))
-        anns = [a for a in by_image.get(entry.get("id"), []) if a.get("bbox")]
-        if anns:
-            ann = max(anns, key=lambda a: float(a["bbox"][2]) * float(a["bbox"][3]))
-            try:
-                x, y, w, h = (float(v) for v in ann["bbox"])
-            except (TypeError, ValueError):
-                skipped.append((file_name, f"bbox {ann['bbox']!r} is not [x, y, width, height]"))
-                continue
-            cand.roi_box = [x, y, x + w, y + h]
-            cand.curvature_class = parse_class(categories.get(int(ann.get("category_id", -1)), "")) or cand.curvature_class
-            keypoints = ann.get("keypoints") or []
-            if len(keypoints) == 23 * 3:
-                points = np.array(keypoints, dtype=float).reshape(23, 3)
-                points[points[:, 2] <= 0, :2] = np.nan
-                cand.landmarks = points[:, :2]
-            cand.meta["coco"] = {"annotations": len(anns), "category": categories.get(int(ann.get("category_id", -1)))}
+        file_name = entry["file_name"]
+        path = next((p for p in (image_root / file_name, image_root / "images" / file_name) if _is_file(p)), None)
+        if path is not None and _outside(path, image_root, origin):
+            skipped.append((file_name, "the path leads outside the uploaded folder"))
+            continue
+        if path is None:
+            skipped.append((file_name, "file not found"))
+            continue
+        try:
+            patient_id = _patient(entry.get("patient_id")) or _patient(path.stem, "the file name") or "unnamed"
+            split = entry.get("split")
+            if split is not None and (not isinstance(split, str) or split not in SPLITS):
+                raise ValueError(f"unknown split {_short(split)}; expected one of {', '.join(SPLITS)}")
+            label = entry.get("curvature_class")
+            if label is not None and (not isinstance(label, str) or label and parse_class(label) is None):
+                raise ValueError(f"unknown curvature_class {_short(label)}; expected one of {', '.join(CLASSES)}")
+            cand = _Candidate(file=path, name=file_name, patient_id=patient_id, split=split,
+                              curvature_class=parse_class(label or ""))
+            anns = by_image.get(_coco_key(entry.get("id")), []) if _coco_key(entry.get("id")) is not None else []
+            if anns:
+                _coco_annotation(cand, anns, categories)
+        except ValueError as error:
+            skipped.append((file_name, str(error)))
+            continue
         candidates.append(cand)
     return _run_import(candidates, skipped, source=Path(json_path), kind="coco", dataset=dataset, store=store,
-                       annotator=annotator, progress=progress, origin=origin)
+                       annotator=annotator, progress=progress, origin=origin, resplit=resplit)
 
 
 def _read_csxa_sheet(path: Path) -> dict[int, dict]:
@@ -585,9 +820,31 @@ def _as_int(value: Any) -> int | None:
 
 
 def _plain(value: Any) -> Any:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    """A sheet cell as JSON can store it (the image's meta): a finite number, text, or None."""
+    value = value.item() if hasattr(value, "item") else value
+    if value is None or isinstance(value, float) and not np.isfinite(value):
         return None
-    return value.item() if hasattr(value, "item") else value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    return str(value)[:200]  # dates, times, booleans
+
+
+def csxa_case_number(stem: str, cases: dict[int, Any]) -> int | None:
+    """The sheet's case number of a CSXA file name, or None.
+
+    CSXA names a file by its four-digit case number followed directly by the patient's age (``000149`` =
+    case 1, aged 49); the phantom writer separates them (``0001_49``). The whole leading run of digits is
+    the case when the sheet has it, else its first four digits.
+    """
+    match = re.match(r"\d+", stem)
+    if match is None:
+        return None
+    digits = match.group()
+    if int(digits) in cases:
+        return int(digits)
+    if len(digits) > 4 and int(digits[:4]) in cases:
+        return int(digits[:4])
+    return None
 
 
 def import_csxa(src: str | Path, sheet: str | Path | None = None, *, sigmoid: str = "skip",
@@ -595,13 +852,14 @@ def import_csxa(src: str | Path, sheet: str | Path | None = None, *, sigmoid: st
                 annotator: str | None = None,
                 progress: ProgressCallback | None = None, origin: str | None = None) -> ImportReport:
     """The CSXA layout: images (``datasets-PNG/`` or anywhere under ``src``), Labelme JSON with the same
-    stem, and ``datasets.xlsx``/``.csv`` with the curvature grade per case number.
+    stem, and ``datasets.xlsx``/``.csv`` with the curvature grade per case number
+    (file names: see ``csxa_case_number``).
 
     Grades 1/2/5 -> normal/straightened/reversed. Sigmoid grades 3 and 4 are skipped, or with
     ``sigmoid="measure"`` classed by the Cobb rule on their landmarks. The ROI box comes from the
     landmarks; the patient is the case number.
     """
-    from core.data.measure import LandmarkError, measure_landmarks, read_labelme
+    from core.data.measure import LandmarkError, measure_landmarks
 
     if sigmoid not in ("skip", "measure"):
         raise DatasetError(f"sigmoid must be 'skip' or 'measure', got {sigmoid!r}")
@@ -620,21 +878,20 @@ def import_csxa(src: str | Path, sheet: str | Path | None = None, *, sigmoid: st
     candidates, skipped = [], []
     for path in _image_files(image_dir):
         name = _relative_name(path, src)
-        match = re.match(r"\d+", path.stem)
-        if match is None:
-            skipped.append((name, "file name does not start with a case number"))
+        number = csxa_case_number(path.stem, cases)
+        if number is None:
+            digits = re.match(r"\d+", path.stem)
+            skipped.append((name, "file name does not start with a case number" if digits is None else
+                                  f"case {int(digits.group())} is not in {Path(sheet).name}"
+                                  + (f" (nor case {int(digits.group()[:4])})" if len(digits.group()) > 4 else "")))
             continue
-        number = int(match.group())
-        case = cases.get(number)
-        if case is None:
-            skipped.append((name, f"case {number} is not in {Path(sheet).name}"))
-            continue
+        case = cases[number]
         json_path = path.with_suffix(".json") if path.with_suffix(".json").is_file() else labelme.get(path.stem)
         landmarks = None
         if json_path is not None:
             try:
-                landmarks = read_labelme(json_path).landmarks
-            except LandmarkError as error:
+                landmarks = _labelme_landmarks(json_path)
+            except ValueError as error:
                 skipped.append((name, str(error)))
                 continue
         grade = case["grade"]
@@ -670,11 +927,12 @@ def import_csxa(src: str | Path, sheet: str | Path | None = None, *, sigmoid: st
 
 def import_dicom(src: str | Path, labels: str | Path | None = None, *, dataset: str | None = None,
                  store: AnnotationStore | None = None, annotator: str | None = None,
-                 progress: ProgressCallback | None = None, origin: str | None = None) -> ImportReport:
+                 progress: ProgressCallback | None = None, origin: str | None = None,
+                 resplit: bool = False) -> ImportReport:
     """A folder of DICOM files, de-identified on import (the workspace only ever holds the de-identified copy).
 
-    ``labels`` is an optional manifest (``path,label[,x1,y1,x2,y2]``) matched by relative path or file stem;
-    its patient ids are ignored: the patient is the salted pseudonym of the DICOM PatientID.
+    ``labels`` is an optional manifest (``path,label[,x1,y1,x2,y2][,split]``) matched by relative path or file
+    stem; its patient ids are ignored: the patient is the salted pseudonym of the DICOM PatientID.
     """
     src = _require_dir(Path(src), "DICOM folder")
     salt = settings.pseudonym_salt()
@@ -692,7 +950,7 @@ def import_dicom(src: str | Path, labels: str | Path | None = None, *, dataset: 
         name = _relative_name(path, src)
         row = by_key.get(name) or by_key.get(path.stem) or {}
         # The original file name may carry a name or a date: the store keeps a pseudonymous source.
-        source = "dicom:" + hmac.new(salt, name.encode(), hashlib.sha256).hexdigest()[:16]
+        source = "dicom:" + hmac.new(salt, name.encode(errors="replace"), hashlib.sha256).hexdigest()[:16]
         cand = _Candidate(file=path, name=name, patient_id="", curvature_class=row.get("class"),
                           roi_box=row.get("box"), split=row.get("split"), suffix=".dcm", source=source,
                           meta={"deidentified": True})
@@ -700,33 +958,35 @@ def import_dicom(src: str | Path, labels: str | Path | None = None, *, dataset: 
         cand.prepare = lambda cand=cand: _deidentified_copy(cand, salt)
         candidates.append(cand)
     return _run_import(candidates, skipped, source=src, kind="dicom", dataset=dataset, store=store,
-                       annotator=annotator, progress=progress, origin=origin)
+                       annotator=annotator, progress=progress, origin=origin, resplit=resplit)
 
 
 def _deidentified_copy(cand: _Candidate, salt: bytes) -> None:
     """Read ``cand.file`` as DICOM and put its de-identified bytes and patient pseudonym on ``cand``;
     ValueError with the reason for a file that cannot or must not be stored."""
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
     path = cand.file
     try:
         # A .dcm without the 128-byte preamble is still DICOM; anything else must carry the marker.
         ds = pydicom.dcmread(path, force=path.suffix.lower() in (".dcm", ".dicom"))
-    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"not a readable DICOM file ({error})") from None
-    if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
+        burned = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
+        has_pixels = "PixelData" in ds
+    except Exception as error:  # pydicom raises many types for a damaged file, also when reading an element
+        raise ValueError(f"not a readable DICOM file ({' '.join(str(error).split())[:200]})") from None
+    if burned == "YES":
         raise ValueError("BurnedInAnnotation is YES: the pixels may show who the patient is; "
                          "remove the annotation before importing")
-    if "PixelData" not in ds:
+    if not has_pixels:
         raise ValueError("no image in this DICOM file (no PixelData)")
     buffer = io.BytesIO()
     try:
-        pseudonym = deidentify(ds, salt)
+        done = deidentify(ds, salt)
         ds.save_as(buffer, enforce_file_format=True)
     except Exception as error:  # pydicom raises several types for a dataset it cannot encode
-        raise ValueError(f"cannot write the de-identified copy ({error})") from None
-    cand.data, cand.patient_id = buffer.getvalue(), pseudonym
+        raise ValueError(f"cannot write the de-identified copy ({' '.join(str(error).split())[:200]})") from None
+    cand.data, cand.patient_id = buffer.getvalue(), done.pseudonym
+    cand.meta["burned_in_annotation"] = done.burned_in_annotation
 
 
 # ---------------------------------------------------------------- CLI and archives
@@ -743,51 +1003,63 @@ def configure_import(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sigmoid", choices=("skip", "measure"), default="skip",
                         help="CSXA sigmoid grades 3/4: skip them, or class them by their Cobb angle")
     parser.add_argument("--annotator", help="name recorded in the label history (default import:KIND)")
+    parser.add_argument("--resplit", action="store_true",
+                        help="when the manifest puts a patient in two splits, drop that patient's splits (then run "
+                             "split) instead of refusing the import")
 
 
 def run_import(args: argparse.Namespace) -> int:
     from core.data.archive import ArchiveError
 
+    from sqlalchemy.exc import SQLAlchemyError
+
     source = Path(args.source)
+    options = dict(dataset=args.dataset, annotator=args.annotator, sigmoid=args.sigmoid, resplit=args.resplit)
     try:
         if source.suffix.lower() == ".zip" and not source.is_dir():
-            report = import_archive(args.kind, source, args.labels, dataset=args.dataset, annotator=args.annotator,
-                                    sigmoid=args.sigmoid)
+            report = import_archive(args.kind, source, args.labels, **options)
         else:
-            report = _import_kind(args.kind, source, args.labels, dataset=args.dataset, annotator=args.annotator,
-                                  sigmoid=args.sigmoid)
+            report = _import_kind(args.kind, source, args.labels, **options)
     except ArchiveError as error:
         print(f"error: {source.name} refused: {error}")
         return 2
-    except DatasetError as error:
+    except (DatasetError, ValueError) as error:
         print(f"error: {error}")
         return 2
+    except OSError as error:  # a full disk, a folder without write permission
+        print(f"error: the import could not write to the workspace ({error}); nothing was imported")
+        return 2
+    except SQLAlchemyError as error:
+        print(f"error: the annotation database refused the import ({' '.join(str(error).split())[:300]}); "
+              "nothing was imported")
+        return 2
     print(report.format())
-    nothing = report.imported + report.updated + report.unchanged == 0
-    return 1 if nothing and report.skipped else 0
+    # Non-zero only when nothing at all came in: a bad entry among good ones is reported and skipped.
+    return 1 if report.imported + report.updated + report.unchanged == 0 else 0
 
 
-def _import_kind(kind: str, source: Path, labels: Path | None, *, sigmoid: str = "skip", **options) -> ImportReport:
+def _import_kind(kind: str, source: Path, labels: Path | None, *, sigmoid: str = "skip", resplit: bool = False,
+                 **options) -> ImportReport:
     """``python -m core import KIND SOURCE [--labels FILE]`` as a call."""
     if kind == "folder":
         return import_folder(source, **options)
     if kind == "csv":
-        return import_csv(source, **options)
+        return import_csv(source, resplit=resplit, **options)
     if kind == "yolo":
-        return import_yolo(labels or source, **options)
+        return import_yolo(labels or source, resplit=resplit, **options)
     if kind == "coco":
-        return import_coco(source, labels, **options)
+        return import_coco(source, labels, resplit=resplit, **options)
     if kind == "csxa":
         return import_csxa(source, labels, sigmoid=sigmoid, **options)
     if kind == "dicom":
-        return import_dicom(source, labels, **options)
+        return import_dicom(source, labels, resplit=resplit, **options)
     raise DatasetError(f"unknown import kind {kind!r}; expected one of {', '.join(IMPORTERS)}")
 
 
 def import_archive(kind: str, archive: str | Path | bytes, labels: str | Path | None = None, *,
                    name: str | None = None, sigmoid: str = "skip", dataset: str | None = None,
                    store: AnnotationStore | None = None, annotator: str | None = None,
-                   progress: ProgressCallback | None = None) -> ImportReport:
+                   progress: ProgressCallback | None = None, resplit: bool = False) -> ImportReport:
     """Import a zip (a path, or an upload's bytes with its file ``name``) holding a ``kind`` layout.
 
     The zip is extracted safely (``core.data.archive.extract_zip``) into a temporary folder inside the
@@ -813,7 +1085,7 @@ def import_archive(kind: str, archive: str | Path | bytes, labels: str | Path | 
         root = import_source(kind, scratch)
         folder = root if root.is_dir() else root.parent
         origin = "/".join((name, *folder.relative_to(scratch).parts))
-        report = _import_kind(kind, root, Path(labels) if labels else None, sigmoid=sigmoid,
+        report = _import_kind(kind, root, Path(labels) if labels else None, sigmoid=sigmoid, resplit=resplit,
                               dataset=dataset or Path(name).stem, store=store, annotator=annotator,
                               progress=progress, origin=origin)
 

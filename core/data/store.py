@@ -5,6 +5,10 @@ Every save is a new ``labels`` row with annotator and time, so nothing is ever o
 the *current* label of an image is its newest row. A save that leaves a field out (None)
 carries the current value forward, so an annotator who only draws a box keeps the class.
 
+Splits belong to patients: a new image of a patient the dataset already has gets that patient's split, and a
+``set_splits`` that would leave one patient in two splits is refused (nothing written). A dataset's test split
+can be frozen (``freeze_test``): from then on no image leaves it and no new patient enters it.
+
 Writes on SQLite start with ``BEGIN IMMEDIATE``: the write lock is taken before the
 carry-forward read, so two annotators saving at once queue on the busy timeout instead of
 one of them failing with "database is locked" halfway through.
@@ -44,7 +48,7 @@ from sqlalchemy.engine import Connection, Engine
 from core import settings
 from core.settings import CLASSES
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the datasets table (frozen test split)
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 N_LANDMARKS = 23
 BUSY_TIMEOUT_MS = 30_000
@@ -72,6 +76,13 @@ images_table = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("meta", JSON, nullable=False),
     UniqueConstraint("dataset", "sha256", name="uq_image_per_dataset"),
+)
+
+datasets_table = Table(
+    "datasets",
+    metadata,
+    Column("dataset", String(200), primary_key=True),
+    Column("test_frozen_at", DateTime(timezone=True)),
 )
 
 labels_table = Table(
@@ -145,7 +156,7 @@ def validate_box(roi_box: Sequence[float]) -> list[float]:
     """A box is [x1, y1, x2, y2], finite, with x1 < x2 and y1 < y2."""
     try:
         values = [float(v) for v in roi_box]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"a box is 4 numbers [x1, y1, x2, y2], got {roi_box!r}") from None
     if len(values) != 4 or not all(math.isfinite(v) for v in values):
         raise ValueError(f"a box is 4 finite numbers [x1, y1, x2, y2], got {roi_box!r}")
@@ -159,7 +170,7 @@ def validate_landmarks(landmarks: Any) -> np.ndarray:
     """23 (x, y) points in CSXA order; nan marks a missing point, inf is refused."""
     try:
         points = np.asarray(landmarks, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError("landmarks must be 23 [x, y] number pairs") from None
     if points.shape != (N_LANDMARKS, 2):
         raise ValueError(f"landmarks must have shape (23, 2), got {points.shape}")
@@ -269,6 +280,8 @@ class AnnotationStore:
             version = conn.execute(select(func.max(schema_info.c.version))).scalar()
             if version is None:
                 conn.execute(insert(schema_info).values(version=SCHEMA_VERSION))
+            elif version < SCHEMA_VERSION:  # 1 -> 2 only added a table, which create_all just made
+                conn.execute(update(schema_info).values(version=SCHEMA_VERSION))
             elif version > SCHEMA_VERSION:
                 raise RuntimeError(
                     f"the annotation database {self.url} has schema version {version}, "
@@ -302,9 +315,15 @@ class AnnotationStore:
                                     roi_box=roi_box, landmarks=landmarks, note=note)
 
     def set_splits(self, splits: Mapping[int, str | None]) -> None:
-        """Assign train/val/test (or None) to images, all in one transaction."""
+        """Assign train/val/test (or None) to images, all in one transaction; ValueError, writing nothing,
+        when a patient would end up in two splits or a frozen test split would change."""
         with self.batch() as batch:
             batch.set_splits(splits)
+
+    def freeze_test(self, dataset: str) -> datetime:
+        """Freeze the dataset's test split (see the module docstring); returns when it was frozen."""
+        with self.batch() as batch:
+            return batch.freeze_test(dataset)
 
     # -- reads
 
@@ -362,6 +381,15 @@ class AnnotationStore:
         with self._read() as conn:
             return [_revision(row) for row in conn.execute(query).mappings()]
 
+    def test_frozen_at(self, dataset: str) -> datetime | None:
+        with self._read() as conn:
+            return _frozen_at(conn, dataset)
+
+    def patient_splits(self, dataset: str) -> dict[str, str]:
+        """Patient -> the split its images are in (patients without a split left out)."""
+        with self._read() as conn:
+            return _patient_splits(conn, dataset)
+
     def datasets(self) -> list[str]:
         with self._read() as conn:
             return list(conn.execute(select(images_table.c.dataset).distinct().order_by(images_table.c.dataset)).scalars())
@@ -380,6 +408,7 @@ class AnnotationStore:
             "boxes": sum(1 for item in items if item.roi_box is not None),
             "landmarks": sum(1 for item in items if item.landmarks is not None),
             "splits": {name: splits.get(name, 0) for name in (*SPLITS, "unsplit")},
+            "test_frozen_at": self.test_frozen_at(dataset),
         }
 
     def count_images(self, dataset: str | None = None) -> int:
@@ -410,10 +439,12 @@ class StoreBatch:
         existing = self.find_image(dataset, sha256)
         if existing is not None:
             return existing
+        # A follow-up film of a known patient joins that patient's split (a test patient's stays in test).
+        split = _patient_splits(self._conn, str(dataset), [str(patient_id)]).get(str(patient_id))
         result = self._conn.execute(
             insert(images_table).values(
                 sha256=sha256, path=str(path), width=int(width), height=int(height),
-                patient_id=str(patient_id), source=str(source), dataset=str(dataset), split=None,
+                patient_id=str(patient_id), source=str(source), dataset=str(dataset), split=split,
                 created_at=_now(), meta=dict(meta or {}),
             )
         )
@@ -464,10 +495,71 @@ class StoreBatch:
         for image_id, split in splits.items():
             if split is not None and split not in SPLITS:
                 raise ValueError(f"unknown split {split!r} for image {image_id}; expected one of {', '.join(SPLITS)}")
+        ids = [int(image_id) for image_id in splits]
+        before = {row.id: row for row in self._conn.execute(
+            select(images_table.c.id, images_table.c.dataset, images_table.c.patient_id, images_table.c.split)
+            .where(images_table.c.id.in_(ids)))}
+        missing = [image_id for image_id in ids if image_id not in before]
+        if missing:
+            raise ValueError(f"no image with id {missing[0]}")
+        for dataset in {row.dataset for row in before.values()}:
+            if _frozen_at(self._conn, dataset) is None:
+                continue
+            test_patients = {p for p, s in _patient_splits(self._conn, dataset).items() if s == "test"}
+            for image_id, split in splits.items():
+                row = before[int(image_id)]
+                if row.dataset != dataset or (split == "test") == (row.split == "test"):
+                    continue
+                if row.split == "test" or row.patient_id not in test_patients:
+                    raise ValueError(f"the test split of dataset {dataset!r} is frozen: image {image_id} of patient "
+                                     f"{row.patient_id!r} cannot move {'out of' if row.split == 'test' else 'into'} it")
         for image_id, split in splits.items():
-            result = self._conn.execute(update(images_table).where(images_table.c.id == int(image_id)).values(split=split))
-            if result.rowcount == 0:
-                raise ValueError(f"no image with id {image_id}")
+            self._conn.execute(update(images_table).where(images_table.c.id == int(image_id)).values(split=split))
+        for dataset in {row.dataset for row in before.values()}:
+            conflicts = patient_split_conflicts(self._conn, dataset)
+            if conflicts:  # raised inside the transaction: the updates above are rolled back
+                patient, found = next(iter(conflicts.items()))
+                raise ValueError(f"patient {patient!r} of dataset {dataset!r} would be in {' and '.join(found)}"
+                                 + (f" (and {len(conflicts) - 1} more patients)" if len(conflicts) > 1 else "")
+                                 + "; all images of a patient share one split")
+
+    def freeze_test(self, dataset: str) -> datetime:
+        frozen = _frozen_at(self._conn, dataset)
+        if frozen is not None:
+            return frozen
+        if "test" not in _patient_splits(self._conn, dataset).values():
+            raise ValueError(f"dataset {dataset!r} has no test split to freeze; make the splits first")
+        now = _now()
+        if self._conn.execute(select(datasets_table.c.dataset).where(datasets_table.c.dataset == dataset)).first():
+            self._conn.execute(update(datasets_table).where(datasets_table.c.dataset == dataset)
+                               .values(test_frozen_at=now))
+        else:
+            self._conn.execute(insert(datasets_table).values(dataset=dataset, test_frozen_at=now))
+        return now
+
+
+def _frozen_at(conn: Connection, dataset: str) -> datetime | None:
+    return _utc(conn.execute(select(datasets_table.c.test_frozen_at)
+                             .where(datasets_table.c.dataset == dataset)).scalar())
+
+
+def _patient_splits(conn: Connection, dataset: str, patients: Sequence[str] | None = None) -> dict[str, str]:
+    query = (select(images_table.c.patient_id, func.min(images_table.c.split))
+             .where(images_table.c.dataset == dataset, images_table.c.split.is_not(None))
+             .group_by(images_table.c.patient_id))
+    if patients is not None:
+        query = query.where(images_table.c.patient_id.in_(list(patients)))
+    return {patient: split for patient, split in conn.execute(query)}
+
+
+def patient_split_conflicts(conn: Connection, dataset: str) -> dict[str, list[str]]:
+    """Patients of ``dataset`` whose images are in more than one split -> those splits (SPLITS order)."""
+    query = (select(images_table.c.patient_id, images_table.c.split).distinct()
+             .where(images_table.c.dataset == dataset, images_table.c.split.is_not(None)))
+    found: dict[str, set] = {}
+    for patient, split in conn.execute(query):
+        found.setdefault(patient, set()).add(split)
+    return {patient: [s for s in SPLITS if s in splits] for patient, splits in sorted(found.items()) if len(splits) > 1}
 
 
 def _image_record(row: Mapping[str, Any]) -> ImageRecord:
