@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 from core import settings  # noqa: E402  (first: it sets OpenMP's wait policy before torch loads)
 from core.training import classify
 from core.training.crops import context_inner, normalise, train_augmentation  # noqa: E402
+from core.training.schedule import warmup_cosine  # noqa: E402
 from core.runs.configs import ClassifyConfig  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
@@ -92,7 +93,7 @@ def measure(name: str, size: int, batch: int, steps: int, repeats: int, device: 
         model = model.to(memory_format=torch.channels_last)
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, classify._lr_lambda(0, 10 ** 6))
+    scheduler = warmup_cosine(optimizer, 0, 10 ** 6)
 
     # warm-up (allocator, oneDNN kernels, cudnn autotune)
     bare_loop(model, batches[:2], optimizer, criterion, runtime)

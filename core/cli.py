@@ -15,13 +15,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("core.data.exports", "export a dataset (yolo, folder, csv, coco)"),
     "split": ("core.data.datasets", "make patient-grouped, class-stratified splits"),
     "measure": ("core.data.measure", "Cobb angles, CCI and rule class from Labelme landmarks"),
-    "train": ("core.training.classify", "train a model from a YAML config (classify | detect | landmarks)"),
-    "evaluate": ("core.training.classify", "evaluate a run on a split"),
+    "train": ("core.training.tasks", "train one run in the foreground (classify | detect | landmarks | compare)"),
+    "evaluate": ("core.training.tasks", "evaluate a run on a split"),
     "compare": ("core.training.compare", "train and compare the study's seven models"),
     "predict": ("core.inference.pipeline", "classify radiographs: class, box, Grad-CAM, angle"),
     "promote": ("core.runs.promotion", "make a run the model Predict uses"),
     "demo": ("core.demo", "build a phantom workspace and demo models"),
-    "runs": ("core.runs.launch", "list runs"),
+    "runs": ("core.runs.launch", "list | start | status | cancel | resume | delete | promote runs"),
 }
 
 

@@ -6,8 +6,8 @@ failed | cancelled, written atomically for the app to poll):
 
 1. write a synthetic phantom set in the CSXA layout (``core.data.phantom.write_phantoms``)
 2. import it as dataset ``phantom-demo`` (``core.data.importers.import_csxa``) and make patient-level splits
-3. train the ROI detector (``core.training.detect.train_from_config``, a run folder under ``runs/``)
-4. train the heatmap landmark model on ROI crops (``core.training.landmarks.train_heatmap``, a run folder under ``runs/``;
+3. train the ROI detector (``core.training.detect.fit``, a run folder under ``runs/``)
+4. train the heatmap landmark model on ROI crops (``core.training.landmarks.fit``, a run folder under ``runs/``;
    YOLO-pose stays selectable in the Train page and CLI, but is far less precise at this budget: see core/landmarks)
 5. train the S-ResNet-34 classifier (``core.training.classify.train``, a run folder under ``runs/``)
 6. promote the three runs (``core.promotion.promote``); each ``promoted.json`` gets ``demo_quality``
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -87,6 +88,15 @@ class DemoCancelled(KeyboardInterrupt):
     """
 
 
+# ------------------------------------------------------------------------------------ starting and watching a build
+# What the app's demo panel calls: the build runs as its own process (`python -m core demo`), the app only reads
+# demo_status.json and asks whether that process still lives.
+PID_FILE = "demo.pid"  # the process the app started, until its first status write names it
+LOG_FILE = "demo.log"
+_started: dict[int, subprocess.Popen] = {}  # this process's builds: polling reaps them, so none lingers as a zombie
+_start_lock = threading.Lock()
+
+
 def status_path() -> Path:
     return settings.home() / STATUS_FILE
 
@@ -97,6 +107,63 @@ def read_demo_status() -> dict | None:
         return json.loads(status_path().read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def _is_demo_process(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    child = _started.get(pid)
+    if child is not None and child.poll() is not None:
+        return False
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        # a zombie has finished; a recycled pid belongs to some other program
+        return process.status() != psutil.STATUS_ZOMBIE and "demo" in process.cmdline()
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:  # another user's process with that pid: cannot tell, so assume it is the build
+        return True
+
+
+def demo_running(status: dict | None = None) -> bool:
+    """A demo is being built in this workspace: the process the app started, or the one the status names, lives.
+
+    ``status``: ``read_demo_status()`` when the caller has read it already."""
+    try:
+        started_here = int((settings.home() / PID_FILE).read_text())
+    except (OSError, ValueError):
+        started_here = None
+    status = read_demo_status() if status is None else status
+    return _is_demo_process(started_here) or bool(
+        status and status.get("state") == "running" and _is_demo_process(status.get("pid")))
+
+
+def start_demo(quick: bool) -> int:
+    """Start ``python -m core demo`` in its own process group (it outlives page reloads and the server); its pid.
+
+    ValueError when a build is already running in this workspace."""
+    with _start_lock:
+        if demo_running():
+            raise ValueError("a demo build is already running in this workspace")
+        home = settings.home()
+        home.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, CERVICURVE_HOME=str(home), PYTHONUNBUFFERED="1")
+        # Explicit: importing ultralytics sets OMP_NUM_THREADS=1 in a server, and children inherit it.
+        env["OMP_NUM_THREADS"] = str(settings.cpu_threads())
+        status_path().unlink(missing_ok=True)
+        command = [sys.executable, "-m", "core", "demo"] + (["--quick"] if quick else [])
+        with open(home / LOG_FILE, "ab") as log:
+            process = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[1], env=env,
+                                       stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
+        _started[process.pid] = process
+        (home / PID_FILE).write_text(str(process.pid))
+        return process.pid
+
+
+# ------------------------------------------------------------------------------------ building
 
 
 class _Reporter:
@@ -255,20 +322,13 @@ def _annotate_promoted(dest: Path, extra: dict) -> None:
 
 
 def _train_detector(step: int, profile: DemoProfile, reporter: _Reporter, seed: int) -> Path:
-    import yaml
-
     from core.training import detect
-    from core.data.exports import export_yolo
 
     epochs, imgsz = profile.detector_epochs, profile.detector_imgsz
     reporter.begin(step, f"{epochs} epochs at {imgsz} px")
     config = {"task": "detect", "dataset": DATASET, "model": detect.DEFAULT_DETECT_MODEL, "epochs": epochs,
               "imgsz": imgsz, "batch": profile.batch, "device": "auto", "seed": seed, "patience": epochs}
-    run_dir = layout.new_run_dir(config["model"].removesuffix(".yaml"), "detect")
-    exported = export_yolo(DATASET, run_dir / "dataset", task="detect")
-    config["data"] = str(Path(exported.out) / "data.yaml")
-    # the config a `python -m core train` run would have, so the Runs page and promote() read it the same way
-    (run_dir / layout.CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    run_dir = layout.new_run_dir(config["model"], "detect")
     started = time.time()
 
     def epoch_done(epoch: int, epochs: int, row: dict) -> None:
@@ -277,8 +337,8 @@ def _train_detector(step: int, profile: DemoProfile, reporter: _Reporter, seed: 
         reporter.say(f"epoch {epoch}/{epochs}" + (f", val mAP50-95 {float(value):.3f}" if value is not None else "")
                      + (f", about {left:.0f} s left" if epoch < epochs else ""))
 
-    result = detect.train_from_config(config, run_dir, progress_callback=epoch_done)
-    reporter.say(f"done: {result.get('split')} mAP50-95 {_fmt(result.get('mAP50_95'))}")
+    result = detect.fit(config, run_dir, progress_callback=epoch_done)
+    reporter.say(f"done: {result.split} mAP50-95 {_fmt(result.mAP50_95)}")
     return run_dir
 
 
@@ -299,7 +359,7 @@ def _train_landmarks(step: int, profile: DemoProfile, reporter: _Reporter, seed:
                      + (f", Cobb MAE {cobb:.1f} deg" if cobb is not None else "")
                      + (f", about {left:.0f} s left" if epoch < epochs else ""))
 
-    result = landmarks.train_heatmap(config, run_dir, progress_callback=epoch_done)
+    result = landmarks.fit(config, run_dir, progress_callback=epoch_done)
     reporter.say(f"done: test error {_fmt(result.get('mean_error_px'), ' px')}, "
                  f"Cobb MAE {_fmt(result.get('cobb_mae_deg'), ' deg')}")
     return run_dir

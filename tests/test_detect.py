@@ -222,7 +222,7 @@ def test_landmark_model_trains_on_23_points_and_predicts_them(workspace, tmp_pat
     import torch
 
     from core.training.detect import LandmarkModel, RoiDetector, train_landmark_model
-    from core.training.landmarks import load_landmark_model
+    from core.training.landmarks import load as load_landmark_model
     from core.data.measure import landmark_flip_index
 
     monkeypatch.chdir(tmp_path)

@@ -100,7 +100,8 @@ def test_a_mirrored_spine_keeps_its_angle_and_faces_the_other_way(workspace):
 
 def test_cli_trains_a_run_folder_that_the_pipeline_can_load(home, tmp_path):
     from core.runs import launch, layout, promotion
-    from core.training.landmarks import FORMAT, HeatmapLandmarkModel, load_landmark_model
+    from core.training.landmarks import FORMAT, HeatmapLandmarkModel
+    from core.training.landmarks import load as load_landmark_model
     from core.data.phantom import generate_case
 
     config = tmp_path / "landmarks.yaml"
@@ -154,10 +155,10 @@ def test_cli_trains_a_run_folder_that_the_pipeline_can_load(home, tmp_path):
 
 
 def test_an_interrupted_run_resumes_to_the_same_result(home, tmp_path):
-    from core.training.landmarks import train_heatmap
+    from core.training.landmarks import fit
 
     straight = tmp_path / "straight"
-    train_heatmap(tiny_config(), straight)
+    fit(tiny_config(), straight)
 
     interrupted = tmp_path / "interrupted"
 
@@ -166,12 +167,13 @@ def test_an_interrupted_run_resumes_to_the_same_result(home, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_heatmap(tiny_config(), interrupted, progress_callback=stop_after_first)
-    assert json.loads((interrupted / "status.json").read_text())["state"] == "failed"
-    train_heatmap(tiny_config(resume=True), interrupted)
+        fit(tiny_config(), interrupted, progress_callback=stop_after_first)
+    assert json.loads((interrupted / "status.json").read_text())["state"] == "cancelled"  # Ctrl-C = cancel
+    fit(tiny_config(), interrupted, resume=True)
 
     def rows(run):
-        return [{k: v for k, v in r.items() if k != "time_s"} for r in csv.DictReader((run / "metrics.csv").open())]
+        return [{k: v for k, v in r.items() if k not in ("seconds", "split", "val_loss")}
+                for r in csv.DictReader((run / "metrics.csv").open())]
 
     assert [r["epoch"] for r in rows(interrupted)] == ["1", "2"]  # every epoch once
     for a, b in zip(rows(straight), rows(interrupted)):
@@ -180,18 +182,22 @@ def test_an_interrupted_run_resumes_to_the_same_result(home, tmp_path):
 
 
 def test_bad_configs_and_datasets_are_clear_errors(home, tmp_path):
-    from core.training.landmarks import LandmarkTrainingError, train_heatmap
+    from core.runs.configs import ConfigError
+    from core.training.landmarks import fit
 
-    with pytest.raises(LandmarkTrainingError, match="unknown key.*learning_rate"):
-        train_heatmap(tiny_config(learning_rate=0.1), tmp_path / "a")
-    with pytest.raises(LandmarkTrainingError, match="multiple of 32"):
-        train_heatmap(tiny_config(input_size=100), tmp_path / "b")
-    with pytest.raises(LandmarkTrainingError, match="widths needs 5"):
-        train_heatmap(tiny_config(widths=[8, 8]), tmp_path / "b")
-    with pytest.raises(LandmarkTrainingError, match="mirror_average must be true or false"):
-        train_heatmap(tiny_config(mirror_average="yes"), tmp_path / "b")
+    with pytest.raises(ConfigError, match="unknown config key 'learning_rate'"):
+        fit(tiny_config(learning_rate=0.1), tmp_path / "a")
+    with pytest.raises(ConfigError, match="multiple of 32"):
+        fit(tiny_config(input_size=100), tmp_path / "b")
+    with pytest.raises(ConfigError, match="widths needs 5"):
+        fit(tiny_config(widths=[8, 8]), tmp_path / "b")
+    with pytest.raises(ConfigError, match="mirror_average must be true or false"):
+        fit(tiny_config(mirror_average="maybe"), tmp_path / "b")
+    for ignored_before in ("crop", "workers"):  # accepted and silently ignored before: now refused by name
+        with pytest.raises(ConfigError, match=f"unknown config key '{ignored_before}'"):
+            fit(tiny_config(**{ignored_before: 1}), tmp_path / "b")
     with pytest.raises(ValueError, match="'nothing-here' has no images"):  # the store's DatasetError
-        train_heatmap(tiny_config(dataset="nothing-here"), tmp_path / "c")
+        fit(tiny_config(dataset="nothing-here"), tmp_path / "c")
     assert json.loads((tmp_path / "c" / "status.json").read_text())["state"] == "failed"
 
     config = tmp_path / "bad.yaml"
@@ -199,21 +205,21 @@ def test_bad_configs_and_datasets_are_clear_errors(home, tmp_path):
     env = {**os.environ, "CERVICURVE_HOME": str(home), "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-m", "core", "train", "--config", str(config)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and "epochs and batch_size must be at least 1" in done.stderr
+    assert done.returncode == 2 and "epochs must be >= 1, got 0" in done.stderr
     assert "Traceback" not in done.stderr
 
-    # evaluate knows which runs it can score
+    # evaluate goes by the run's task; a run without its weights is a clear error
     detector_run = tmp_path / "detector-run"
     detector_run.mkdir()
-    (detector_run / "config.yaml").write_text(yaml.safe_dump({"task": "detect", "model": "yolov8n.yaml"}))
+    (detector_run / "config.yaml").write_text(yaml.safe_dump({"task": "detect", "model": "yolov8n.yaml", "dataset": "ph"}))
     done = subprocess.run([sys.executable, "-m", "core", "evaluate", str(detector_run)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and "test scores are in its test_report.json" in done.stderr
+    assert done.returncode == 2 and "best.pt" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_a_checkpoint_of_another_kind_is_refused(tmp_path):
     """The loader picks heatmap or YOLO-pose by the checkpoint's format; anything else is a ValueError."""
-    from core.training.landmarks import load_landmark_model
+    from core.training.landmarks import load as load_landmark_model
 
     not_a_checkpoint = tmp_path / "best.pt"
     torch.save({"state_dict": {}, "meta": {"format": "something else", "task": "landmarks"}}, not_a_checkpoint)
@@ -222,7 +228,7 @@ def test_a_checkpoint_of_another_kind_is_refused(tmp_path):
 
 
 def test_the_example_config_shows_the_defaults():
-    from core.training.landmarks import HeatmapConfig
+    from core.runs.configs import HeatmapConfig
 
     shipped = yaml.safe_load((ROOT / "configs" / "landmarks.yaml").read_text())
     assert HeatmapConfig.from_dict(shipped) == HeatmapConfig(dataset="default")
@@ -236,7 +242,7 @@ def test_a_background_run_can_be_cancelled_and_resumed(home):
     from core.runs import launch, layout, promotion
     from core.runs.configs import ConfigError
 
-    with pytest.raises(ConfigError, match="unknown key.*epoch_count"):  # refused before any process starts
+    with pytest.raises(ConfigError, match="unknown config key 'epoch_count'"):  # refused before any process starts
         launch.start_run(tiny_config(epoch_count=3))
 
     run_dir = launch.start_run(tiny_config(epochs=150))

@@ -21,7 +21,7 @@ from core.training import checkpoints, classify
 from core.runs import configs, layout
 from core.cli import main as cli_main
 from core.training.crops import NORMALISATION, classifier_crop
-from core.runs.recorder import METRIC_COLUMNS
+from core.runs.layout import COMMON_COLUMNS
 from core.settings import CLASSES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,11 +138,11 @@ def test_a_run_writes_every_file_and_checkpoints_load_weights_only(tiny):
     cfg = configs.load_config(configs.DEFAULT_CONFIG, FAST + ["epochs=2"])
     run_dir = classify.train(cfg)
 
-    for name in ("config.yaml", "metrics.csv", "status.json", "classify.log", "last.pt", "best.pt", "test_report.json"):
+    for name in ("config.yaml", "metrics.csv", "status.json", "train.log", "last.pt", "best.pt", "test_report.json"):
         assert (run_dir / name).is_file(), name
     assert yaml.safe_load((run_dir / "config.yaml").read_text()) == cfg.to_dict()
     rows = metric_rows(run_dir, drop=())
-    assert list(rows[0]) == list(METRIC_COLUMNS) and [r["epoch"] for r in rows] == ["1", "2"]
+    assert list(rows[0]) == list(COMMON_COLUMNS) + list(classify.COLUMNS) and [r["epoch"] for r in rows] == ["1", "2"]
     status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "done" and status["epoch"] == 2 and status["epochs"] == 2
     assert status["pid"] == os.getpid() and status["task"] == "classify" and "updated_at" in status
@@ -155,7 +155,7 @@ def test_a_run_writes_every_file_and_checkpoints_load_weights_only(tiny):
     assert meta["normalisation"] == NORMALISATION and meta["config"]["epochs"] == 2
     assert isinstance(meta["temperature"], float) and meta["temperature"] > 0
     assert "optimizer" not in best and {"optimizer", "scheduler"} <= set(last)
-    log_text = (run_dir / "classify.log").read_text()
+    log_text = (run_dir / "train.log").read_text()
     assert "no ROI box for" in log_text and "the whole image is used" in log_text  # patient P001 has no box
 
     report = json.loads((run_dir / "test_report.json").read_text())
@@ -206,7 +206,7 @@ def test_resume_after_sigkill_mid_epoch_completes_every_epoch_once(tiny):
     rows = metric_rows(run_dir)
     assert [int(r["epoch"]) for r in rows] == list(range(1, epochs + 1))
     assert layout.read_status(run_dir)["state"] == "done"
-    assert "resumed from last.pt after epoch" in (run_dir / "classify.log").read_text()
+    assert "resumed from last.pt after epoch" in (run_dir / "train.log").read_text()
     assert (run_dir / "test_report.json").exists()
 
     # the resumed run draws the same shuffles and augmentations as one that never stopped
@@ -219,7 +219,7 @@ def test_time_limit_stops_a_run_after_the_epoch_that_uses_it_up(tiny):
     assert [r["epoch"] for r in metric_rows(run_dir)] == ["1"]
     status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "done" and status["epoch"] == 1
-    assert "time limit" in (run_dir / "classify.log").read_text()
+    assert "time limit" in (run_dir / "train.log").read_text()
 
 
 def test_evaluate_command_scores_another_split(tiny, capsys):

@@ -1,29 +1,22 @@
-"""Background runs are processes; the run folder is the only interface between them and the app.
+"""The run folder: its file names, atomic status writes, reading status back, and "is this run alive".
 
-A run is ``python -m core train ...`` started in its own session (so it owns a process group), with
-``OMP_NUM_THREADS`` set explicitly and its stdout/stderr appended to the run's ``train.log``. It writes
-``status.json`` (atomically), ``metrics.csv`` and checkpoints; pages and the ``runs`` command only read
-them. Runs therefore survive page reloads and server restarts. Cancel = SIGTERM to the process group;
-resume = ``train --resume RUN`` from ``last.pt``.
+The bottom of ``core.runs``: no torch, no trainer. A run folder ``$CERVICURVE_HOME/runs/<run_id>/`` holds, for
+every task, ``config.yaml``, ``status.json``, ``metrics.csv`` (one schema: :data:`COMMON_COLUMNS` then the task's
+own), ``train.log``, ``best.pt`` / ``last.pt`` and ``test_report.json``.
 
-A ``running`` (or ``queued``) status whose process is gone is reported as ``interrupted``: the machine
-rebooted or the process was killed, and ``resume_run`` continues it.
+A status that says queued/running is believed only while its process is alive and its heartbeat is fresh: a
+run whose process is gone (killed, machine restarted) or whose heartbeat stopped reads as ``interrupted``.
 """
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import os
 import secrets
-import shutil
-import signal
-import subprocess
-import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import yaml
 
@@ -35,16 +28,17 @@ STATUS_FILE = "status.json"
 METRICS_FILE = "metrics.csv"
 CONFIG_FILE = "config.yaml"
 LOG_FILE = "train.log"
-PROMOTED_FILE = "promoted.json"
+TEST_REPORT = "test_report.json"
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-# Popen objects of runs this process started: polling them reaps finished children, which would
-# otherwise linger as zombies that still answer os.kill(pid, 0).
-_CHILDREN: dict[int, subprocess.Popen] = {}
+# Columns every task's metrics.csv starts with; each task appends its own named columns.
+COMMON_COLUMNS = ("epoch", "split", "train_loss", "val_loss", "lr", "seconds")
+# A running process rewrites its heartbeat every HEARTBEAT_S; one older than STALE_S means it is hung or gone.
+HEARTBEAT_S = 5.0
+STALE_S = 120.0
 
 
 class JobError(ValueError):
-    """A run that cannot be found, started, cancelled, resumed or promoted."""
+    """A run that cannot be found, started, cancelled, resumed, deleted or promoted."""
 
 
 @dataclass
@@ -53,15 +47,16 @@ class RunInfo:
     run_dir: str
     task: str
     model: str
+    dataset: str
     state: str
     epoch: int
     epochs: int
     best_metric: float | None
+    metric: str
     updated_at: str
     message: str
 
 
-# ---------------------------------------------------------------------------------------------- run folders
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -69,7 +64,7 @@ def now_iso() -> str:
 def new_run_dir(model: str, task: str = "classify") -> Path:
     """A fresh, empty run folder ``runs/<time>-<task>-<model>-<random>`` (sortable by start time)."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    safe_model = "".join(c if c.isalnum() or c in "_-" else "_" for c in str(model))
+    safe_model = "".join(c if c.isalnum() or c in "_-" else "_" for c in Path(str(model)).stem)
     run_dir = settings.runs_dir() / f"{stamp}-{task}-{safe_model}-{secrets.token_hex(2)}"
     run_dir.mkdir(parents=True, exist_ok=False)
     return run_dir
@@ -78,16 +73,17 @@ def new_run_dir(model: str, task: str = "classify") -> Path:
 def resolve_run(run: str | Path) -> Path:
     """A run folder from a path or a run id (folder name under the workspace's runs/)."""
     path = Path(run)
-    if path.is_dir():
+    if path.is_dir() and ((path / CONFIG_FILE).exists() or (path / STATUS_FILE).exists()):
         return path.resolve()
     candidate = settings.runs_dir() / str(run)
     if candidate.is_dir():
         return candidate
-    raise JobError(f"no run folder '{run}' (looked at {path} and {candidate})")
+    raise JobError(f"no run '{run}' (looked at {path} and {candidate}); `python -m core runs` lists them")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Readers see the old or the new file, never half of one."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
@@ -107,67 +103,79 @@ def update_status(run_dir: str | Path, **changes: Any) -> dict:
 
 
 def read_status_file(run_dir: Path) -> dict:
+    """status.json as written (no liveness check)."""
     try:
-        return json.loads((run_dir / STATUS_FILE).read_text(encoding="utf-8"))
+        status = json.loads((Path(run_dir) / STATUS_FILE).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {}
     except json.JSONDecodeError as exc:  # only a hand-edited file can be torn: writes are atomic
         return {"state": "failed", "message": f"unreadable status.json: {exc}"}
+    return status if isinstance(status, dict) else {"state": "failed", "message": "status.json is not an object"}
 
 
 def read_status(run_dir: str | Path) -> dict:
-    """status.json, with ``state`` = ``interrupted`` when it says queued/running but its process is gone."""
+    """status.json, with ``state`` = ``interrupted`` when it says queued/running but nothing runs it any more."""
     run_dir = resolve_run(run_dir)
     status = read_status_file(run_dir)
     if not status:
         status = {"state": "queued" if (run_dir / CONFIG_FILE).exists() else "failed",
                   "message": "no status.json yet"}
-    if status.get("state") in ("queued", "running") and not pid_alive(status.get("pid")):
-        status["state"] = INTERRUPTED
-        status["message"] = "the training process is gone (killed or machine restarted); resume to continue"
+    if status.get("state") in ("queued", "running"):
+        reason = _why_not_alive(status)
+        if reason:
+            status["state"] = INTERRUPTED
+            status["message"] = f"{reason}; resume to continue"
     status.setdefault("run_id", run_dir.name)
     return status
+
+
+def _why_not_alive(status: Mapping[str, Any]) -> str | None:
+    if status.get("state") == "queued" and status.get("queued_at") and not status.get("pid"):
+        return None  # waiting in the queue: no process yet, by design
+    if not pid_alive(status.get("pid")):
+        return "the training process is gone (killed or machine restarted)"
+    beat = status.get("heartbeat")
+    if isinstance(beat, (int, float)) and time.time() - beat > STALE_S:
+        return f"no heartbeat for {time.time() - beat:.0f} s (the process hangs)"
+    return None
+
+
+def pid_alive(pid: Any) -> bool:
+    """Whether ``pid`` is a live CerviCurve process (a zombie or a recycled pid of another program is not)."""
+    import psutil
+
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return any("core" in part for part in process.cmdline())
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:  # someone else's process holds that pid: not our run
+        return False
 
 
 def read_config(run_dir: str | Path) -> dict:
     path = Path(run_dir) / CONFIG_FILE
     if not path.exists():
         return {}
-    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def read_metrics(run_dir: str | Path):
-    """metrics.csv as a pandas DataFrame (empty, with the columns, before the first epoch ends)."""
+    """metrics.csv as a pandas DataFrame (empty, with the common columns, before the first epoch ends)."""
     import pandas as pd
 
     path = resolve_run(run_dir) / METRICS_FILE
     if not path.exists() or path.stat().st_size == 0:
-        return pd.DataFrame(columns=["epoch", "train_loss", "val_loss", "val_acc", "val_macro_f1", "lr", "seconds"])
+        return pd.DataFrame(columns=list(COMMON_COLUMNS))
     return pd.read_csv(path)
-
-
-def pid_alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    for child in list(_CHILDREN.values()):
-        child.poll()
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    proc = Path(f"/proc/{pid}")
-    if proc.exists():
-        try:
-            if (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-                return False
-            # a recycled pid belongs to some other program
-            if b"core" not in (proc / "cmdline").read_bytes():
-                return False
-        except (OSError, IndexError):
-            pass
-    return True
 
 
 def list_runs() -> list[RunInfo]:
@@ -179,11 +187,11 @@ def list_runs() -> list[RunInfo]:
         best = status.get("best_metric")
         runs.append(RunInfo(
             run_id=run_dir.name, run_dir=str(run_dir), task=str(status.get("task") or config.get("task", "classify")),
-            model=str(status.get("model") or config.get("model", "")), state=str(status.get("state", "")),
-            epoch=int(status.get("epoch") or 0), epochs=int(status.get("epochs") or config.get("epochs") or 0),
-            best_metric=float(best) if best is not None else None, updated_at=str(status.get("updated_at", "")),
+            model=str(status.get("model") or config.get("model") or ""), dataset=str(config.get("dataset") or ""),
+            state=str(status.get("state", "")), epoch=int(status.get("epoch") or 0),
+            epochs=int(status.get("epochs") or config.get("epochs") or 0),
+            best_metric=float(best) if isinstance(best, (int, float)) else None,
+            metric=str(status.get("metric") or ""), updated_at=str(status.get("updated_at", "")),
             message=str(status.get("message", "") or ""),
         ))
     return runs
-
-

@@ -1,34 +1,24 @@
-"""Background runs are processes; the run folder is the only interface between them and the app.
+"""Promotion: the run whose model Predict uses, one per task, copied whole into ``promoted/<task>/``.
 
-A run is ``python -m core train ...`` started in its own session (so it owns a process group), with
-``OMP_NUM_THREADS`` set explicitly and its stdout/stderr appended to the run's ``train.log``. It writes
-``status.json`` (atomically), ``metrics.csv`` and checkpoints; pages and the ``runs`` command only read
-them. Runs therefore survive page reloads and server restarts. Cancel = SIGTERM to the process group;
-resume = ``train --resume RUN`` from ``last.pt``.
-
-A ``running`` (or ``queued``) status whose process is gone is reported as ``interrupted``: the machine
-rebooted or the process was killed, and ``resume_run`` continues it.
+The copy (best.pt, config, metrics, test report, ``promoted.json``) is made beside and swapped in, so Predict never
+sees a half-copied model; a promoted model survives the deletion of its run folder (which is refused anyway).
 """
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
-import secrets
 import shutil
-import signal
-import subprocess
 import sys
-import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
-
-import yaml
 
 from core import settings
-from core.runs.layout import (resolve_run, read_config, JobError, read_status, CONFIG_FILE, METRICS_FILE, now_iso, PROMOTED_FILE)
+from core.runs.layout import CONFIG_FILE, METRICS_FILE, TEST_REPORT, JobError, now_iso, read_config, read_status, \
+    resolve_run
+
+PROMOTED_FILE = "promoted.json"
+PROMOTABLE = ("classify", "detect", "landmarks")
+
 
 # ---------------------------------------------------------------------------------------------- promotion
 def _best_checkpoint(run_dir: Path) -> Path | None:
@@ -43,16 +33,20 @@ def promote(run_dir: str | Path, task: str | None = None) -> Path:
     run_dir = resolve_run(run_dir)
     config = read_config(run_dir)
     task = task or config.get("task") or "classify"
+    if task not in PROMOTABLE:
+        raise JobError(f"a {task} run has no model for Predict; promote one of its classify runs instead")
     checkpoint = _best_checkpoint(run_dir)
     if checkpoint is None:
         raise JobError(f"run {run_dir.name} has no best checkpoint (best.pt) to promote")
     status = read_status(run_dir)
+    if status.get("state") in ("queued", "running"):
+        raise JobError(f"run {run_dir.name} is still {status['state']}: promote it when it is done")
     dest = settings.promoted_dir() / task
     staging = settings.promoted_dir() / f".{task}.{os.getpid()}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     shutil.copy2(checkpoint, staging / "best.pt")
-    for name in (CONFIG_FILE, "test_report.json", METRICS_FILE):
+    for name in (CONFIG_FILE, TEST_REPORT, METRICS_FILE):
         if (run_dir / name).exists():
             shutil.copy2(run_dir / name, staging / name)
     record = {"task": task, "run_id": run_dir.name, "run_dir": str(run_dir), "model": config.get("model"),
@@ -83,7 +77,7 @@ def promoted_info(task: str = "classify") -> dict | None:
 
 def configure_promote(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", help="run folder or run id")
-    parser.add_argument("--task", choices=("classify", "detect", "landmarks"), default=None,
+    parser.add_argument("--task", choices=PROMOTABLE, default=None,
                         help="default: the run's own task")
 
 

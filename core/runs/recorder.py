@@ -1,54 +1,135 @@
-"""Run-folder I/O of a training process: status, config, metrics.csv, checkpoints, train.log, SIGTERM.
+"""One run-folder writer for every task: status with heartbeat, metrics.csv, train.log, checkpoints, SIGTERM.
 
-Shared by ``core.training.classify`` and ``core.training.landmarks``; only rank 0 writes (:class:`RunFiles`).
+A trainer does its work inside ``with RunRecorder(run_dir, task, columns) as run:`` and calls
+``run.append_metrics(row)``, ``run.save("last.pt", ...)`` and ``run.epoch_status(...)`` per epoch (in that
+order: a crash between the row and last.pt redoes the epoch, and the resume drops the row), ``run.save(...)`` for checkpoints and ``run.done(...)`` at the end. Whatever
+goes wrong inside the block ends the run the same way for every task: SIGTERM (``runs cancel``) -> ``cancelled``;
+any exception, setup errors included (device, DDP, data) -> ``failed`` with the message in status.json and the
+traceback in train.log. Under DDP only rank 0 writes (``active=False`` elsewhere).
 """
 from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import logging
+import math
 import os
 import signal
 import sys
+import threading
+import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import yaml
 
-from core.runs import launch, layout
-from core.training.checkpoints import save_checkpoint
+from core.runs import layout
 from core.runs.configs import to_plain
 
-# the run's logger, shared with core.training.classify and core.training.crops: run_logging sends it to train.log
-log = logging.getLogger("cervicurve.train")
-
-METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "val_macro_f1", "lr", "seconds")
+# Every trainer logs here; inside a RunRecorder it goes to the run's train.log.
+log = logging.getLogger("cervicurve.run")
 
 
 class RunCancelled(Exception):
-    """SIGTERM reached the training process (launch.cancel_run)."""
+    """SIGTERM reached the training process (``runs cancel``)."""
 
 
-class RunFiles:
-    """Rank 0's writer for one run folder; other ranks get a writer that does nothing."""
+def save_checkpoint(path: Path, payload: dict) -> None:
+    """Written beside, then renamed: a run killed mid-save keeps its previous checkpoint whole."""
+    import torch
 
-    def __init__(self, run_dir: Path, active: bool):
-        self.run_dir, self.active = Path(run_dir), active
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+class RunRecorder:
+    """Writes one run folder; ``columns`` are the task's metric columns after ``layout.COMMON_COLUMNS``."""
+
+    def __init__(self, run_dir: str | Path, task: str, columns: Iterable[str] = (), *, model: str = "",
+                 metric: str = "", active: bool = True):
+        self.run_dir = Path(run_dir)
+        self.task, self.model, self.metric, self.active = task, model, metric, active
+        self.columns = tuple(layout.COMMON_COLUMNS) + tuple(c for c in columns if c not in layout.COMMON_COLUMNS)
         self.status: dict = {}
+        self.epoch_seconds: list[float] = []
+        self._lock = threading.Lock()
+        self._stop_beat = threading.Event()
+        self._exit = contextlib.ExitStack()
+        self.cancel: CancelRequest | None = None
 
-    def status_update(self, **changes: Any) -> None:
+    # ------------------------------------------------------------------ lifecycle
+    def __enter__(self) -> "RunRecorder":
+        if self.active:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._exit.enter_context(run_logging(self.run_dir, self.active))
+        self.cancel = self._exit.enter_context(cancel_on_sigterm())
+        self.update(state="running", task=self.task, model=self.model, metric=self.metric, pid=os.getpid(),
+                    pgid=os.getpgrp(), eta_s=None, message="starting")
+        if self.active:
+            beat = threading.Thread(target=self._heartbeat, name="cervicurve-heartbeat", daemon=True)
+            beat.start()
+            self._exit.callback(beat.join, 2.0)
+            self._exit.callback(self._stop_beat.set)
+        return self
+
+    def __exit__(self, kind, error, tb) -> bool:
+        try:
+            if isinstance(error, (RunCancelled, KeyboardInterrupt)):
+                log.info("cancelled")
+                self.update(state="cancelled", message="cancelled by user", eta_s=None)
+            elif error is not None:
+                log.error("run failed", exc_info=(kind, error, tb))
+                self.update(state="failed", message=f"{type(error).__name__}: {error}", eta_s=None)
+            elif self.status.get("state") == "running":
+                self.update(state="done", eta_s=0.0)
+        finally:
+            self._stop_beat.set()
+            self._exit.close()
+        return False
+
+    def _heartbeat(self) -> None:
+        # A long epoch writes no status for minutes; the heartbeat tells it from a hung or dead process.
+        while not self._stop_beat.wait(layout.HEARTBEAT_S):
+            self.update()
+
+    # ------------------------------------------------------------------ status
+    def update(self, **changes: Any) -> None:
         if not self.active:
             return
-        if not self.status:
-            self.status = layout.read_status_file(self.run_dir)
-        self.status.update(changes)
-        self.status = layout.write_status(self.run_dir, self.status)
+        with self._lock:
+            if not self.status:
+                self.status = layout.read_status_file(self.run_dir)
+            self.status.update(changes)
+            self.status["heartbeat"] = time.time()
+            self.status = layout.write_status(self.run_dir, self.status)
 
-    def write_config(self, cfg_dict: dict) -> None:
+    def done(self, message: str = "done", **extra: Any) -> None:
+        self.update(state="done", eta_s=0.0, message=message, **extra)
+
+    def check_cancel(self) -> None:
+        """Raise RunCancelled here if SIGTERM arrived while the handler could not raise (see cancel_on_sigterm)."""
+        if self.cancel is not None:
+            self.cancel.check()
+
+    # ------------------------------------------------------------------ files
+    def write_config(self, config: Mapping[str, Any]) -> None:
         if self.active:
-            layout.atomic_write_text(self.run_dir / layout.CONFIG_FILE, yaml.safe_dump(cfg_dict, sort_keys=False))
+            layout.atomic_write_text(self.run_dir / layout.CONFIG_FILE,
+                                     yaml.safe_dump(to_plain(dict(config)), sort_keys=False))
 
+    def save(self, name: str, payload: dict) -> None:
+        if self.active:
+            save_checkpoint(self.run_dir / name, payload)
+
+    def write_json(self, name: str, data: Any) -> None:
+        if self.active:
+            layout.atomic_write_text(self.run_dir / name, json.dumps(to_plain(data), indent=1, default=str))
+
+    # ------------------------------------------------------------------ metrics.csv
     def metrics_rows(self) -> list[dict]:
         path = self.run_dir / layout.METRICS_FILE
         if not path.exists():
@@ -60,41 +141,64 @@ class RunFiles:
         """After a resume, drop rows of epochs that finished after the checkpoint (they will be redone)."""
         if not self.active:
             return
-        rows = [r for r in self.metrics_rows() if int(r["epoch"]) <= epoch]
-        text = ",".join(METRIC_COLUMNS) + "\n" + "".join(",".join(r[c] for c in METRIC_COLUMNS) + "\n" for r in rows)
-        layout.atomic_write_text(self.run_dir / layout.METRICS_FILE, text)
+        rows = [r for r in self.metrics_rows() if r.get("epoch") not in (None, "") and int(float(r["epoch"])) <= epoch]
+        self.epoch_seconds = [float(r["seconds"]) for r in rows if _is_number(r.get("seconds"))]
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=self.columns, lineterminator="\n", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        layout.atomic_write_text(self.run_dir / layout.METRICS_FILE, text.getvalue())
 
     def append_metrics(self, row: Mapping[str, Any]) -> None:
         if not self.active:
             return
+        unknown = set(row) - set(self.columns)
+        if unknown:
+            raise ValueError(f"metrics columns {sorted(unknown)} are not in the {self.task} schema")
         path = self.run_dir / layout.METRICS_FILE
         new = not path.exists() or path.stat().st_size == 0
-        with open(path, "a", encoding="utf-8") as handle:
+        with open(path, "a", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=self.columns, lineterminator="\n")
             if new:
-                handle.write(",".join(METRIC_COLUMNS) + "\n")
-            handle.write(",".join(_fmt(row[c]) for c in METRIC_COLUMNS) + "\n")
+                writer.writeheader()
+            writer.writerow({c: _cell(row.get(c, "val" if c == "split" else None)) for c in self.columns})
 
-    def save(self, name: str, payload: dict) -> None:
-        if self.active:
-            save_checkpoint(self.run_dir / name, payload)
+    def epoch_status(self, epoch: int, epochs: int, seconds: float | None, *, best_metric: float | None = None,
+                     message: str | None = None, finished: bool = False) -> None:
+        """Status after a finished epoch (its metrics row and last.pt written first): epoch, ETA, best, a log line."""
+        if _is_number(seconds):
+            self.epoch_seconds.append(float(seconds))
+        mean = sum(self.epoch_seconds) / len(self.epoch_seconds) if self.epoch_seconds else None
+        eta = 0.0 if finished or epoch >= epochs else None if mean is None else round(mean * (epochs - epoch), 1)
+        message = message or f"epoch {epoch}/{epochs} done"
+        changes: dict[str, Any] = {"epoch": epoch, "epochs": epochs, "eta_s": eta, "message": message}
+        if best_metric is not None:
+            changes["best_metric"] = round(float(best_metric), 6)
+        self.update(**changes)
+        log.info(message)
 
-    def write_json(self, name: str, data: Any) -> None:
-        if self.active:
-            layout.atomic_write_text(self.run_dir / name, json.dumps(to_plain(data), indent=1))
+
+def _is_number(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
 
 
-def _fmt(value: Any) -> str:
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
     if isinstance(value, float):
         return f"{value:.6g}"
-    return str(value)
+    return value
 
 
 @contextlib.contextmanager
 def run_logging(run_dir: Path, active: bool):
-    """train.log for this run (plus stderr, unless stderr already is train.log, as under jobs)."""
+    """The run's log into train.log (plus stderr, unless stderr already is train.log, as for a background run)."""
     handlers: list[logging.Handler] = []
     if active:
-        log_path = run_dir / layout.LOG_FILE
+        log_path = Path(run_dir) / layout.LOG_FILE
         file_handler = logging.FileHandler(log_path, encoding="utf-8")
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
         handlers.append(file_handler)
@@ -137,15 +241,13 @@ class CancelRequest:
 
 @contextlib.contextmanager
 def cancel_on_sigterm(exception: type[BaseException] = RunCancelled):
-    """SIGTERM (launch.cancel_run, the app's cancel button) becomes ``exception`` in the main thread, so the run
+    """SIGTERM (``runs cancel``, the app's cancel button) becomes ``exception`` in the main thread, so the run
     can say 'cancelled' rather than die silently. Yields a :class:`CancelRequest`.
 
     The handler raises at once, except inside a finalizer (``__del__``, e.g. a ZipFile being collected): Python
     ignores exceptions there (measured: a demo cancelled early in its detector step ran to the end). So the
     request is also remembered: ``check()`` at safe points, and leaving the block, raise it then.
     """
-    import threading
-
     request = CancelRequest(exception)
     if threading.current_thread() is not threading.main_thread():
         yield request

@@ -1,18 +1,10 @@
-"""Classification runs: a YAML config in, a run folder out.
+"""The ``classify`` task: S-ResNet-34 and the study's comparison models, a config in, a run folder out.
 
-``python -m core train --config FILE.yaml [key=value ...] [--run-dir DIR] [--resume RUN]`` and
-``python -m core evaluate RUN [--split test]``. The same command runs under
-``torchrun --nproc_per_node N`` (DDP: gloo on CPU, nccl on CUDA; ``batch_size`` is per process; only
-rank 0 writes files). ``task: detect|landmarks`` configs are handed to ``core.training.detect`` (``core.training.landmarks`` for
-``model: landmark-unet``).
-
-Run folder (docs/ARCHITECTURE.md): ``config.yaml`` (the resolved config), ``metrics.csv`` (one row per
-epoch), ``status.json`` (atomic), ``train.log``, ``last.pt`` (adds optimizer/scheduler state) and
-``best.pt`` = ``{"state_dict", "meta"}`` with plain-typed meta, loadable with
-``torch.load(weights_only=True)``, and ``test_report.json`` from ``core.evaluation.metrics.evaluate_predictions``.
-
-Configs are ``core.runs.configs``, crops ``core.training.crops``, checkpoints ``core.training.checkpoints`` and the run folder's
-files ``core.runs.recorder``; this module owns devices/DDP, model building, the training loop and evaluation.
+``fit`` is ``train(cfg, run_dir, resume=...)``; the same code runs under ``torchrun --nproc_per_node N`` (DDP: gloo
+on CPU, nccl on CUDA; ``batch_size`` is per process; only rank 0 writes). The run folder is written by
+``core.runs.recorder.RunRecorder`` like every task's; ``last.pt`` adds optimizer/scheduler state and ``best.pt`` is
+``{"state_dict", "meta"}`` with plain-typed meta (``torch.load(weights_only=True)``). Crops come from
+``core.training.crops``, checkpoints from ``core.training.checkpoints``; this module owns the loop and evaluation.
 
 Repeatability: every epoch reseeds torch/numpy/random from ``(seed, epoch)``, so an uninterrupted run and
 one resumed from ``last.pt`` draw the same shuffles and augmentations, and two CPU runs with the same seed
@@ -20,7 +12,6 @@ write the same ``metrics.csv`` (apart from the ``seconds`` column).
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import inspect
 import json
@@ -28,7 +19,6 @@ import logging
 import math
 import os
 import random
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,10 +36,14 @@ from core.training.checkpoints import classify_crops, load_classifier, state_dic
 from core.training.crops import (NORMALISATION, CropDataset, DistributedWeightedSampler, Sample, context_inner, load_crops,
                         load_split, normalise, to_samples, train_augmentation)
 from core.training.devices import pick_device
-from core.runs.configs import ConfigError, ClassifyConfig, resolve_config, to_plain
-from core.runs.recorder import RunCancelled, RunFiles, cancel_on_sigterm, run_logging
+from core.training.schedule import warmup_cosine
+from core.runs.configs import ClassifyConfig, ConfigError, to_plain
+from core.runs.recorder import RunRecorder
 
-log = logging.getLogger("cervicurve.train")
+log = logging.getLogger("cervicurve.run")
+# the task's own metrics.csv columns, after layout.COMMON_COLUMNS
+COLUMNS = ("val_acc", "val_macro_f1")
+METRIC = "val macro-F1"
 
 
 # ============================================================================================ devices, DDP
@@ -226,15 +220,6 @@ def _to_device(x: torch.Tensor, runtime: Runtime) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if runtime.channels_last else x
 
 
-def _lr_lambda(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        if warmup_steps and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return factor
-
-
 def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, optimizer, scheduler,
                     scaler, runtime: Runtime, step_hook: Callable[[], None] | None = None) -> float:
     """One pass over the loader; returns the mean training loss (of this rank's batches)."""
@@ -314,39 +299,43 @@ def train(cfg: ClassifyConfig, run_dir: str | Path | None = None, items: Mapping
     it the splits come from the annotation store (``cfg.dataset``). Raises ``ConfigError`` for bad
     configs or data, ``RunCancelled`` on SIGTERM; the status file says which.
     """
-    runtime = make_runtime(cfg)
+    runtime = None
+    if run_dir is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        runtime = make_runtime(cfg)  # the ranks agree on the folder rank 0 makes
     run_dir = _shared_run_dir(run_dir, cfg, runtime)
-    files = RunFiles(run_dir, runtime.is_main)
-    with run_logging(run_dir, runtime.is_main), cancel_on_sigterm():
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    with RunRecorder(run_dir, "classify", COLUMNS, model=cfg.model, metric=METRIC, active=is_main) as run:
         try:
-            files.write_config(cfg.to_dict())
-            files.status_update(state="running", epoch=0, epochs=cfg.epochs, eta_s=None, best_metric=None,
-                                pid=os.getpid(), pgid=os.getpgrp(), task="classify", model=cfg.model,
-                                message="loading data")
+            run.write_config(cfg.to_dict())
+            run.update(epoch=0, epochs=cfg.epochs, best_metric=None, message="loading data")
+            runtime = runtime or make_runtime(cfg)
             if model_spec(cfg.model).kind == "sklearn":
-                _fit_sklearn(cfg, run_dir, files, items)
+                _fit_sklearn(cfg, run_dir, run, items)
             else:
-                _fit_torch(cfg, run_dir, files, runtime, items, resume)
-        except RunCancelled:
-            log.info("cancelled")
-            files.status_update(state="cancelled", message="cancelled by user", eta_s=None)
-            raise
-        except BaseException as exc:
-            log.exception("run failed")
-            files.status_update(state="failed", message=f"{type(exc).__name__}: {exc}", eta_s=None)
-            raise
+                _fit_torch(cfg, run_dir, run, runtime, items, resume)
         finally:
-            if runtime.distributed and torch.distributed.is_initialized():
+            if runtime is not None and runtime.distributed and torch.distributed.is_initialized():
                 torch.distributed.destroy_process_group()
     return run_dir
 
 
-def _shared_run_dir(run_dir: str | Path | None, cfg: ClassifyConfig, runtime: Runtime) -> Path:
+def fit(config: Mapping[str, Any] | ClassifyConfig, run_dir: str | Path | None, *, resume: bool = False) -> Path:
+    """The task interface (``core.training.tasks``): a config (object or dict) trained into ``run_dir``."""
+    cfg = config if isinstance(config, ClassifyConfig) else ClassifyConfig.from_dict(config)
+    return train(cfg, run_dir, resume=resume)
+
+
+def load(path: str | Path):
+    """``(model, meta)`` of a classifier checkpoint, run folder or promoted folder."""
+    return load_classifier(path)
+
+
+def _shared_run_dir(run_dir: str | Path | None, cfg: ClassifyConfig, runtime: Runtime | None) -> Path:
     """Rank 0 makes the folder; under DDP the others learn its path from rank 0."""
     path = str(run_dir) if run_dir is not None else None
-    if path is None and runtime.is_main:
+    if path is None and (runtime is None or runtime.is_main):
         path = str(layout.new_run_dir(cfg.model, "classify"))
-    if runtime.distributed:
+    if runtime is not None and runtime.distributed:
         box = [path]
         torch.distributed.broadcast_object_list(box, src=0)
         path = box[0]
@@ -361,7 +350,7 @@ def _splits(cfg: ClassifyConfig, items: Mapping[str, Sequence[Any]] | None) -> d
     return {name: load_split(cfg, name) for name in names}
 
 
-def _fit_torch(cfg: ClassifyConfig, run_dir: Path, files: RunFiles, runtime: Runtime,
+def _fit_torch(cfg: ClassifyConfig, run_dir: Path, run: RunRecorder, runtime: Runtime,
                items: Mapping[str, Sequence[Any]] | None, resume: bool) -> None:
     splits = _splits(cfg, items)
     train_samples, val_samples = splits[cfg.train_split], splits[cfg.val_split]
@@ -392,8 +381,7 @@ def _fit_torch(cfg: ClassifyConfig, run_dir: Path, files: RunFiles, runtime: Run
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     train_loader = _train_loader(cfg, train_set, runtime, counts)
     steps_per_epoch = max(1, len(train_loader))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_lambda(cfg.warmup_epochs * steps_per_epoch, cfg.epochs * steps_per_epoch))
+    scheduler = warmup_cosine(optimizer, cfg.warmup_epochs * steps_per_epoch, cfg.epochs * steps_per_epoch)
     scaler = torch.amp.GradScaler(runtime.device.type) if runtime.amp_dtype is torch.float16 else None
 
     start_epoch, best_metric, best_epoch, since_best, finished = 0, -1.0, 0, 0, False
@@ -408,12 +396,12 @@ def _fit_torch(cfg: ClassifyConfig, run_dir: Path, files: RunFiles, runtime: Run
         start_epoch = int(state["meta"]["epoch"])
         best_metric, best_epoch = float(state["best_metric"]), int(state["best_epoch"])
         since_best, finished = int(state["epochs_since_best"]), bool(state.get("finished"))
-        files.keep_metrics_until(start_epoch)
+        run.keep_metrics_until(start_epoch)
         log.info("resumed from last.pt after epoch %d (best macro-F1 %.4f at epoch %d)", start_epoch,
                  best_metric, best_epoch)
     elif resume:
         log.info("resume asked, but no last.pt yet: starting from epoch 1")
-        files.keep_metrics_until(0)
+        run.keep_metrics_until(0)
 
     net: nn.Module = model
     if runtime.distributed:
@@ -429,7 +417,7 @@ def _fit_torch(cfg: ClassifyConfig, run_dir: Path, files: RunFiles, runtime: Run
         train_loader.generator.manual_seed(_epoch_seed(cfg.seed, epoch))
         if hasattr(train_loader.sampler, "set_epoch"):
             train_loader.sampler.set_epoch(epoch)
-        files.status_update(state="running", epoch=epoch - 1, message=f"epoch {epoch}/{cfg.epochs}")
+        run.update(epoch=epoch - 1, message=f"epoch {epoch}/{cfg.epochs}")
         train_loss = train_one_epoch(net, train_loader, criterion, optimizer, scheduler, scaler, runtime)
         stop = [False]
         if runtime.is_main:
@@ -454,21 +442,19 @@ def _fit_torch(cfg: ClassifyConfig, run_dir: Path, files: RunFiles, runtime: Run
                          best_metric=best_metric, best_epoch=best_epoch)
             state_dict = state_dict_of(model)
             if improved:
-                files.save("best.pt", {"state_dict": state_dict, "meta": meta})
+                run.save("best.pt", {"state_dict": state_dict, "meta": meta})
             # metrics row before last.pt: a crash between the two redoes the epoch and the resume drops the row
-            files.append_metrics(row)
-            files.save("last.pt", {
+            run.append_metrics(row)
+            run.save("last.pt", {
                 "state_dict": state_dict, "meta": meta, "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else {},
                 "best_metric": best_metric, "best_epoch": best_epoch, "epochs_since_best": since_best,
                 "finished": stop[0] or epoch >= cfg.epochs,
             })
-            eta = float(np.mean(epoch_times)) * (cfg.epochs - epoch) if not stop[0] else 0.0
-            files.status_update(epoch=epoch, eta_s=round(eta, 1), best_metric=round(best_metric, 6),
-                                message=f"epoch {epoch}/{cfg.epochs} done")
-            log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_acc %.3f  val_macro_f1 %.3f  lr %.2e  %.1fs%s",
-                     epoch, cfg.epochs, train_loss, val_loss, val_acc, val_f1, row["lr"], seconds,
-                     "  (best)" if improved else "")
+            run.epoch_status(epoch, cfg.epochs, seconds, best_metric=best_metric, finished=stop[0], message=(
+                f"epoch {epoch}/{cfg.epochs}  train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  val_acc "
+                f"{val_acc:.3f}  val_macro_f1 {val_f1:.3f}  lr {row['lr']:.2e}  {seconds:.1f}s"
+                + ("  (best)" if improved else "")))
             if over_time:
                 log.info("time limit: %.0f s used of time_limit_s %.0f; stopping after epoch %d",
                          sum(epoch_times), cfg.time_limit_s, epoch)
@@ -482,15 +468,15 @@ def _fit_torch(cfg: ClassifyConfig, run_dir: Path, files: RunFiles, runtime: Run
     if runtime.distributed:
         torch.distributed.barrier()
     if runtime.is_main:
-        _finish_run(cfg, run_dir, files, model, val_set, runtime, splits, items)
+        _finish_run(cfg, run_dir, run, model, val_set, runtime, splits, items)
 
 
-def _finish_run(cfg: ClassifyConfig, run_dir: Path, files: RunFiles, model: nn.Module, val_set: CropDataset,
+def _finish_run(cfg: ClassifyConfig, run_dir: Path, run: RunRecorder, model: nn.Module, val_set: CropDataset,
                 runtime: Runtime, splits: dict[str, list[Sample]], items) -> None:
     """Best weights -> temperature on validation -> test report -> status done."""
     from core.evaluation import metrics
 
-    files.status_update(message="calibrating on validation", eta_s=None)
+    run.update(message="calibrating on validation", eta_s=None)
     best = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(best["state_dict"])
     logits, labels = predict_logits(model, _eval_loader(cfg, val_set, runtime), runtime)
@@ -502,22 +488,22 @@ def _finish_run(cfg: ClassifyConfig, run_dir: Path, files: RunFiles, model: nn.M
                     len(labels))
         temperature = 1.0
     best["meta"]["temperature"] = temperature
-    files.save("best.pt", best)
+    run.save("best.pt", best)
     log.info("temperature %.3f (validation: %d images)", temperature, len(labels))
-    _report_test(cfg, run_dir, files, splits, best["meta"])
+    _report_test(cfg, run_dir, run, splits, best["meta"])
 
 
-def _report_test(cfg: ClassifyConfig, run_dir: Path, files: RunFiles, splits: dict[str, list[Sample]],
+def _report_test(cfg: ClassifyConfig, run_dir: Path, run: RunRecorder, splits: dict[str, list[Sample]],
                  meta: dict) -> None:
     test_samples = splits.get(cfg.test_split) or []
     message = "done"
     if test_samples:
-        files.status_update(message="evaluating on the test split")
+        run.update(message="evaluating on the test split")
         report = evaluate(run_dir, cfg.test_split, samples=test_samples, n_boot=cfg.n_boot)
         message = f"done; test macro-F1 {_point(report, 'macro_f1'):.3f}" if _point(report, "macro_f1") is not None else "done"
     else:
         log.warning("split '%s' is empty: no test_report.json", cfg.test_split)
-    files.status_update(state="done", eta_s=0.0, message=message, best_metric=meta.get("best_metric"))
+    run.done(message, best_metric=meta.get("best_metric"))
 
 
 def _point(report: Mapping[str, Any], name: str) -> float | None:
@@ -528,7 +514,7 @@ def _point(report: Mapping[str, Any], name: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def _fit_sklearn(cfg: ClassifyConfig, run_dir: Path, files: RunFiles, items) -> None:
+def _fit_sklearn(cfg: ClassifyConfig, run_dir: Path, run: RunRecorder, items) -> None:
     """The SVM: HOG features of the same crops; one 'epoch', the same run folder and test report."""
     from sklearn.metrics import log_loss
 
@@ -538,7 +524,7 @@ def _fit_sklearn(cfg: ClassifyConfig, run_dir: Path, files: RunFiles, items) -> 
         raise ConfigError(f"split '{cfg.train_split}' of dataset '{cfg.dataset}' has no labelled images")
     input_size = _input_size(cfg)
     started = time.perf_counter()
-    files.status_update(epochs=1, message="fitting the SVM")
+    run.update(epochs=1, message="fitting the SVM")
     seed_everything(cfg.seed)
     model = build_classifier(cfg, input_size)
     x_train = load_crops(train_samples, input_size, cfg.roi_margin)
@@ -555,18 +541,18 @@ def _fit_sklearn(cfg: ClassifyConfig, run_dir: Path, files: RunFiles, items) -> 
         logits = torch.from_numpy(np.log(np.clip(probs, 1e-7, 1.0))).float()
         row["val_loss"], row["val_acc"], row["val_macro_f1"] = _val_scores(logits, torch.from_numpy(y_val), None)
     row["seconds"] = round(time.perf_counter() - started, 3)
-    files.append_metrics(row)
+    run.append_metrics(row)
     best_metric = row["val_macro_f1"] if math.isfinite(row["val_macro_f1"]) else None
     meta = _meta(cfg, input_size, {}, run_dir, epoch=1, best_metric=best_metric, best_epoch=1,
                  metrics={k: row[k] for k in ("train_loss", "val_loss", "val_acc", "val_macro_f1")},
                  n_parameters=count_parameters(model))
     payload = {"state_dict": svm_to_tensors(model), "meta": meta}
-    files.save("best.pt", payload)
-    files.save("last.pt", payload)
-    files.status_update(epoch=1, best_metric=best_metric)
+    run.save("best.pt", payload)
+    run.save("last.pt", payload)
+    run.epoch_status(1, 1, row["seconds"], best_metric=best_metric, finished=True)
     log.info("svm fitted on %d crops in %.1fs; val macro-F1 %s", len(train_samples), row["seconds"],
              f"{row['val_macro_f1']:.3f}")
-    _report_test(cfg, run_dir, files, splits, meta)
+    _report_test(cfg, run_dir, run, splits, meta)
 
 
 # ============================================================================================ evaluation
@@ -606,85 +592,3 @@ def evaluate(run_dir: str | Path, split: str = "test", samples: Sequence[Any] | 
     layout.atomic_write_text(run_dir / f"{split}_report.json", json.dumps(to_plain(report), indent=1))
     log.info("%s report: %d images -> %s", split, len(records), run_dir / f"{split}_report.json")
     return report
-
-
-# ============================================================================================ CLI
-def configure_train(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML config (configs/classify.yaml documents every key)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys, e.g. epochs=5")
-    parser.add_argument("--resume", metavar="RUN", help="continue a run folder from its last.pt")
-    parser.add_argument("--run-dir", help="write into this folder (default: a new one under runs/)")
-
-
-def run_train(args: argparse.Namespace) -> int:
-    try:
-        if args.resume:
-            run_dir = layout.resolve_run(args.resume)
-            data = resolve_config(run_dir / layout.CONFIG_FILE, args.overrides)
-        else:
-            if not args.config:
-                raise ConfigError("give --config FILE.yaml (see configs/classify.yaml) or --resume RUN")
-            data = resolve_config(args.config, args.overrides)
-            run_dir = Path(args.run_dir) if args.run_dir else None
-        if data.get("task", "classify") != "classify":
-            from core.training import landmarks
-
-            run_dir = run_dir or layout.new_run_dir(data.get("model", data["task"]), data["task"])
-            if args.resume:
-                data["resume"] = True
-            try:
-                if data["task"] == "landmarks" and landmarks.is_heatmap_model(data.get("model")):
-                    landmarks.train_heatmap(data, run_dir)
-                else:
-                    from core.training import detect  # ultralytics stays out of the other runs
-
-                    detect.train_from_config(data, run_dir)
-            except ValueError as exc:  # detect's and landmarks' bad-input type; status.json says failed
-                print(f"error: {exc}", file=sys.stderr)
-                return 2
-            print(run_dir)
-            return 0
-        cfg = ClassifyConfig.from_dict(data)
-        run_dir = train(cfg, run_dir, resume=bool(args.resume))
-    except (ConfigError, layout.JobError) as exc:
-        if args.resume or getattr(args, "run_dir", None):
-            with contextlib.suppress(Exception):
-                target = layout.resolve_run(args.resume or args.run_dir)
-                layout.update_status(target, state="failed", message=str(exc))
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except RunCancelled:
-        return 143
-    except Exception as exc:  # the traceback is in train.log; the status says failed
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(run_dir)
-    return 0
-
-
-def configure_evaluate(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", help="run folder or run id")
-    parser.add_argument("--split", default="test", help="split of the run's dataset (default: test)")
-    parser.add_argument("--n-boot", type=int, default=None, help="bootstrap resamples for the intervals")
-
-
-def run_evaluate(args: argparse.Namespace) -> int:
-    from core.training import landmarks
-
-    try:
-        config = layout.read_config(layout.resolve_run(args.run))
-        task = config.get("task", "classify")
-        if task == "landmarks" and landmarks.is_heatmap_model(config.get("model")):
-            report = landmarks.evaluate_run(layout.resolve_run(args.run), args.split)
-        elif task != "classify":
-            raise ConfigError(f"evaluate scores classification and {landmarks.MODEL_NAME} runs; this {task} run's "
-                              "test scores are in its test_report.json")
-        else:
-            report = evaluate(args.run, args.split, n_boot=args.n_boot)
-    except (ConfigError, layout.JobError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    summary = {k: v for k, v in report.items() if k != "predictions"}
-    print(json.dumps(summary, indent=1))
-    return 0

@@ -1,9 +1,10 @@
 """Train the study's models on the same patient-grouped splits and compare them, every score with its interval.
 
-``python -m core compare [--quick] [--models a,b,...] [--folds K] [--dataset NAME] [--ablation]`` writes
-``compare.md``, ``compare.csv`` and ``compare.html`` (a plotly bar chart with error bars, plotly.js inlined so
-it opens offline) into ``$CERVICURVE_HOME/compare/<timestamp>/``. Each model is a normal run folder under
-``runs/`` (its ``last.pt`` is dropped once done: a comparison is not resumed).
+The ``compare`` task: ``python -m core compare [--quick] [--models a,b,...] [--folds K] [--dataset NAME]
+[--ablation]`` or ``runs start`` with ``task: compare`` writes a run folder like any task's (status, metrics.csv with
+one row per model, train.log) plus ``compare.md``, ``compare.csv`` and ``compare.html`` (a plotly bar chart with
+error bars, plotly.js inlined so it opens offline). Each model is a normal classify run under ``runs/`` (its
+``last.pt`` dropped once done); a resumed comparison keeps the models already finished.
 
 Evaluation: without ``--folds``, every model trains on the dataset's train split, stops early and is
 calibrated on val, and is scored on the test split. With ``--folds K``, the non-test images are cut into
@@ -30,14 +31,16 @@ import shutil
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from core import settings  # noqa: F401  (first: core.training.classify sets OpenMP's wait policy before torch loads)
-from core.training import classify
+from core import settings
+from core.runs import layout
+from core.runs.configs import CompareConfig, ConfigError
+from core.runs.recorder import RunCancelled, RunRecorder
 
 STUDY_MODELS = ("s_resnet34", "resnet34", "resnet152", "densenet121", "cnn", "rnn", "svm")
 ABLATION = (("s_resnet34", {"variant": "matrix"}), ("s_resnet34", {"variant": "channel"}),
@@ -61,7 +64,7 @@ QUICK_TIME_S = {"s_resnet34": 90, "resnet34": 90, "resnet152": 100, "densenet121
 STUDY_REPORTED = "Liang et al. 2025 report for S-ResNet-34: ACC 90.94 %, F1 85.27 %, recall 85.36 % (240 patients)."
 
 
-class CompareError(ValueError):
+class CompareError(ConfigError):
     """A comparison that cannot run: unknown model, missing dataset, too few patients for the folds."""
 
 
@@ -308,53 +311,84 @@ def write_html(entries: Sequence[Entry], path: Path, title: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- the comparison
-def compare(models: Sequence[str] | None = None, dataset: str | None = None, folds: int | None = None,
-            quick: bool = False, ablation: bool = False, epochs: int | None = None, input_size: int | None = None,
-            batch_size: int | None = None, seed: int = 0, n_boot: int = 1000, out: str | Path | None = None) -> Path:
-    """Run the comparison and return its folder (compare.md, compare.csv, compare.html)."""
-    from models.registry import MODELS
+# metrics.csv: one row per model trained (``epoch`` = its number in the table), after layout.COMMON_COLUMNS
+COLUMNS = ("model", "accuracy", "mean_one_vs_rest_accuracy", "macro_f1", "macro_recall")
+ENTRIES_DIR = "entries"  # one JSON per finished model: a resumed comparison skips them
 
-    if ablation:
-        entries = [Entry(name, dict(opts)) for name, opts in ABLATION]
-    else:
-        names = list(models or STUDY_MODELS)
-        unknown = [n for n in names if n not in MODELS]
-        if unknown:
-            raise CompareError(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(MODELS)}")
-        entries = [Entry(name) for name in names]
-    if folds is not None and folds < 2:
-        raise CompareError(f"--folds needs at least 2 folds, got {folds}")
-    dataset = dataset or (QUICK_DATASET if quick else "default")
-    if not dataset_exists(dataset):
-        if not quick:
-            raise CompareError(f"dataset {dataset!r} has no labelled images: import one first, or use --quick "
-                               "to build a phantom dataset")
-        build_quick_dataset(dataset, seed=seed)
-    _ensure_splits(dataset, seed)
-    plan_list = plans(dataset, folds, seed)
 
-    out_dir = Path(out) if out else settings.home() / "compare" / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    for entry in entries:
-        config = _train_config(entry.model, entry.options, dataset, epochs, input_size, seed, n_boot, quick,
-                               batch_size)
-        run_entry(entry, plan_list, config, n_boot, seed)
-        s = _score(entry, "macro_f1")
-        print(f"  {entry.label}: macro-F1 {_fmt(s['value'])} [{_fmt(s['low'])}, {_fmt(s['high'])}], "
-              f"{entry.train_seconds:.0f} s", flush=True)
-    total = time.perf_counter() - started
+def _entries(cfg: CompareConfig) -> list[Entry]:
+    if cfg.ablation:
+        return [Entry(name, dict(opts)) for name, opts in ABLATION]
+    return [Entry(name) for name in (cfg.models or STUDY_MODELS)]
 
-    first = plan_list[0]
-    evaluation = (f"{folds}-fold patient-grouped cross-validation, pooled out-of-fold predictions" if folds
-                  else f"train {len(first['train'])} / val {len(first['val'])} / test {len(first['test'])} images, "
-                       "patient-grouped")
+
+def fit(config: Mapping[str, Any] | CompareConfig, run_dir: str | Path, *, resume: bool = False) -> Path:
+    """Train every model of the comparison on the same splits; the run folder gets compare.md/.csv/.html.
+
+    Each model is an ordinary classify run under runs/ (its last.pt dropped: members are not resumed); a resumed
+    comparison keeps the models already finished (``entries/``) and trains the rest.
+    """
+    cfg = config if isinstance(config, CompareConfig) else CompareConfig.from_dict(config)
+    run_dir = Path(run_dir)
+    entries = _entries(cfg)
+    label = "ablation" if cfg.ablation else ",".join(e.label for e in entries)
+    with RunRecorder(run_dir, "compare", COLUMNS, model=label, metric="best macro-F1") as run:
+        run.write_config(cfg.to_dict())
+        run.update(epoch=0, epochs=len(entries), best_metric=None, message="preparing the dataset")
+        dataset = cfg.dataset or (QUICK_DATASET if cfg.quick else "default")
+        if not dataset_exists(dataset):
+            if not cfg.quick:
+                raise CompareError(f"dataset {dataset!r} has no labelled images: import one first, or use quick "
+                                   "to build a phantom dataset")
+            build_quick_dataset(dataset, seed=cfg.seed)
+        _ensure_splits(dataset, cfg.seed)
+        plan_list = plans(dataset, cfg.folds, cfg.seed)
+        saved = run_dir / ENTRIES_DIR
+        saved.mkdir(exist_ok=True)
+        if not resume:
+            run.keep_metrics_until(0)
+        done = {json.loads(p.read_text())["label"]: p for p in saved.glob("*.json")} if resume else {}
+        started = time.perf_counter()
+        best = None
+        for number, entry in enumerate(entries, start=1):
+            if entry.label in done:
+                entry.__dict__.update({k: v for k, v in json.loads(done[entry.label].read_text()).items()
+                                       if k != "label"})
+            else:
+                run.update(message=f"training {entry.label} ({number}/{len(entries)})")
+                config_dict = _train_config(entry.model, entry.options, dataset, cfg.epochs, cfg.input_size, cfg.seed,
+                                            cfg.n_boot, cfg.quick, cfg.batch_size)
+                run_entry(entry, plan_list, config_dict, cfg.n_boot, cfg.seed)
+                row = {"epoch": number, "split": "test" if not cfg.folds else "out-of-fold", "model": entry.label,
+                       "seconds": round(entry.train_seconds, 1),
+                       **{m: _score(entry, m)["value"] for m in COLUMNS if m != "model"}}
+                run.append_metrics(row)
+                layout.atomic_write_text(saved / f"{number:02d}.json",
+                                         json.dumps({"label": entry.label, **asdict(entry)}, default=str))
+            f1 = _score(entry, "macro_f1")
+            if f1["value"] is not None and (best is None or f1["value"] > best):
+                best = f1["value"]
+            run.epoch_status(number, len(entries), entry.train_seconds, best_metric=best, message=(
+                f"{entry.label}: macro-F1 {_fmt(f1['value'])} [{_fmt(f1['low'])}, {_fmt(f1['high'])}], "
+                f"{entry.train_seconds:.0f} s"))
+            run.check_cancel()
+        _write_tables(cfg, entries, plan_list, dataset, run_dir, time.perf_counter() - started)
+        run.done(f"done: {len(entries)} models; best macro-F1 {_fmt(best)} (compare.md)")
+    return run_dir
+
+
+def _write_tables(cfg: CompareConfig, entries: list[Entry], plan_list, dataset: str, out_dir: Path,
+                  total: float) -> None:
     import torch
 
+    first = plan_list[0]
+    evaluation = (f"{cfg.folds}-fold patient-grouped cross-validation, pooled out-of-fold predictions" if cfg.folds
+                  else f"train {len(first['train'])} / val {len(first['val'])} / test {len(first['test'])} images, "
+                       "patient-grouped")
     header = {
-        "title": "ablation: S-ResNet-34 variants vs ResNet-34" if ablation else "the study's models",
-        "dataset": dataset, "evaluation": evaluation, "seed": seed, "bootstrap resamples": n_boot,
-        "mode": "quick (phantoms, small inputs, few epochs: a smoke test, not a result)" if quick else "full",
+        "title": "ablation: S-ResNet-34 variants vs ResNet-34" if cfg.ablation else "the study's models",
+        "dataset": dataset, "evaluation": evaluation, "seed": cfg.seed, "bootstrap resamples": cfg.n_boot,
+        "mode": "quick (phantoms, small inputs, few epochs: a smoke test, not a result)" if cfg.quick else "full",
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
                    f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}",
         "total time": f"{total:.0f} s", "written": _dt.datetime.now().isoformat(timespec="seconds"),
@@ -362,7 +396,30 @@ def compare(models: Sequence[str] | None = None, dataset: str | None = None, fol
     write_csv(entries, out_dir / "compare.csv")
     write_markdown(entries, out_dir / "compare.md", header)
     write_html(entries, out_dir / "compare.html", f"CerviCurve — {header['title']} ({dataset})")
-    return out_dir
+
+
+def evaluate(run_dir: str | Path, split: str = "test") -> dict:
+    """Each member run re-scored on ``split`` (classify.evaluate), by model label."""
+    from core.training import classify
+
+    run_dir = layout.resolve_run(run_dir)
+    report = {"split": split, "run_id": run_dir.name, "models": {}}
+    for path in sorted((run_dir / ENTRIES_DIR).glob("*.json")):
+        entry = json.loads(path.read_text())
+        report["models"][entry["label"]] = [
+            {k: v for k, v in classify.evaluate(member, split).items() if k != "predictions"}
+            for member in entry["run_dirs"]]
+    layout.atomic_write_text(run_dir / f"{split}_report.json", json.dumps(report, indent=1, default=str))
+    return report
+
+
+def load(path: str | Path) -> list[dict]:
+    """The comparison's table (compare.csv) as rows."""
+    table = layout.resolve_run(path) / "compare.csv"
+    if not table.exists():
+        raise FileNotFoundError(f"{table} does not exist: the comparison has not finished")
+    with open(table, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -379,19 +436,21 @@ def configure_compare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-boot", type=int, default=1000, help="patient bootstrap resamples")
-    parser.add_argument("--out", help="output folder (default: $CERVICURVE_HOME/compare/<timestamp>)")
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from core.runs.configs import ConfigError
-
-    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    """The comparison in the foreground, as a run folder (``runs start`` with task: compare runs it in the background)."""
     try:
-        out_dir = compare(models, args.dataset, args.folds, args.quick, args.ablation, args.epochs, args.input_size,
-                          args.batch_size, args.seed, args.n_boot, args.out)
+        cfg = CompareConfig.from_dict({
+            "models": args.models or [], "dataset": args.dataset, "folds": args.folds, "quick": args.quick,
+            "ablation": args.ablation, "epochs": args.epochs, "input_size": args.input_size,
+            "batch_size": args.batch_size, "seed": args.seed, "n_boot": args.n_boot})
+        run_dir = fit(cfg, layout.new_run_dir("ablation" if cfg.ablation else "study", "compare"))
     except (CompareError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print((out_dir / "compare.md").read_text(encoding="utf-8"))
-    print(f"written: {out_dir / 'compare.md'}, compare.csv, compare.html")
+    except RunCancelled:
+        return 143
+    print((run_dir / "compare.md").read_text(encoding="utf-8"))
+    print(f"written: {run_dir / 'compare.md'}, compare.csv, compare.html")
     return 0

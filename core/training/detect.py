@@ -2,11 +2,9 @@
 
 Public API::
 
-    train_detector(data_yaml, run_dir, *, model="yolov8n.yaml", epochs=50, imgsz=640, batch=16,
-                   device="auto", seed=0, workers=None, patience=50, progress_callback=None, config=None,
-                   resume=False) -> DetectorReport           # progress_callback(epoch, epochs, metrics_row)
-    train_landmark_model(data_yaml, run_dir, *, model="yolov8n-pose.yaml", ...same...) -> DetectorReport
-    train_from_config(cfg: dict, run_dir, progress_callback=None) -> dict   # `python -m core train` detect|landmarks
+    train_detector(data_yaml, run_dir, *, resume=False, progress_callback=None, **YoloConfig keys) -> DetectorReport
+    train_landmark_model(data_yaml, run_dir, ...same...) -> DetectorReport   # progress_callback(epoch, epochs, row)
+    fit(config: YoloConfig | dict, run_dir, resume=False, progress_callback=None) -> DetectorReport  # the task
     RoiDetector(weights_path).detect(image, min_confidence=0.25) -> ([x1, y1, x2, y2], confidence) | None
     LandmarkModel(weights_path).predict(image, min_confidence=0.25) -> (landmarks (23, 2), confidence (23,)) | None
     evaluate_landmarks(model, items) -> {mean_error_px, mean_error_pct_c2c7, cobb_mae_deg, images, missed}
@@ -49,7 +47,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import csv
 import json
 import logging
 import math
@@ -62,17 +59,20 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
 from core import settings
+from core.runs import layout
+from core.runs.configs import YOLO_DEFAULT_MODEL, YoloConfig
+from core.runs.recorder import RunRecorder, log
 from core.data.measure import landmark_flip_index
 
 LANDMARK_COUNT = 23
 KPT_SHAPE = [LANDMARK_COUNT, 3]
-DEFAULT_DETECT_MODEL = "yolov8n.yaml"
-DEFAULT_LANDMARK_MODEL = "yolov8n-pose.yaml"
+DEFAULT_DETECT_MODEL = YOLO_DEFAULT_MODEL["detect"]
+DEFAULT_LANDMARK_MODEL = YOLO_DEFAULT_MODEL["landmarks"]
 CHECKPOINT_FORMAT = "cervicurve-yolo/1"
 # project task -> Ultralytics task
 TASKS = {"detect": "detect", "landmarks": "pose"}
@@ -152,7 +152,9 @@ def _import_ultralytics():
 
 @contextlib.contextmanager
 def _restored_threads():
-    """Ultralytics sets torch to NUM_THREADS (1 on a 2-core machine) for the whole process: undo it."""
+    """Ultralytics sets torch to NUM_THREADS (1 on a 2-core machine) and OMP_NUM_THREADS for the whole process:
+    undo it. Only ever entered with ``_IMPORT_LOCK`` held (the import, and the first and last of overlapping
+    YOLO calls in ``_yolo_session``), so no other thread reads or writes the two values meanwhile."""
     import torch
 
     threads = torch.get_num_threads()
@@ -175,19 +177,37 @@ def _offline_amp_check(model) -> bool:
         return False
 
 
+# YOLO calls in progress in this process, and what the first of them found. Page sessions share models, so
+# calls overlap across threads: a per-call save/restore would let one call "restore" the 1 thread another
+# call's Ultralytics had just set. The first call in saves, the last one out restores, under _IMPORT_LOCK.
+_active_sessions = 0
+_session_exit: contextlib.ExitStack | None = None
+
+
 @contextlib.contextmanager
 def _yolo_session():
     """Every train/predict call runs in here: offline, AMP check local, threads and OMP restored afterwards."""
-    with _restored_threads():
+    global _active_sessions, _session_exit
+    with _IMPORT_LOCK:
         ultralytics = _import_ultralytics()
-        from ultralytics.engine import trainer as trainer_module
+        if _active_sessions == 0:
+            from ultralytics.engine import trainer as trainer_module
 
-        saved = trainer_module.check_amp
-        trainer_module.check_amp = _offline_amp_check
-        try:
-            yield ultralytics
-        finally:
-            trainer_module.check_amp = saved
+            stack = contextlib.ExitStack()
+            stack.enter_context(_restored_threads())
+            saved = trainer_module.check_amp
+            trainer_module.check_amp = _offline_amp_check
+            stack.callback(setattr, trainer_module, "check_amp", saved)
+            _session_exit = stack
+        _active_sessions += 1
+    try:
+        yield ultralytics
+    finally:
+        with _IMPORT_LOCK:
+            _active_sessions -= 1
+            if _active_sessions == 0:
+                _session_exit, stack = None, _session_exit
+                stack.close()
 
 
 def resolve_device(device: str | int | None = "auto") -> str:
@@ -309,26 +329,10 @@ def _write_dataset_yaml(data_yaml: str | Path, out: Path, yolo_task: str) -> Pat
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Readers (the page polling status.json) never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=_json_default), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _json_default(value):
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
     return str(value)  # paths, and anything odd a config may carry
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _same_file(stream, path: Path) -> bool:
@@ -349,6 +353,17 @@ def _column(key: str) -> str:
     return name.replace("/", "_").replace("-", "_")
 
 
+# Ultralytics' epoch results -> the task's metrics.csv columns (after layout.COMMON_COLUMNS)
+DETECT_COLUMNS = ("train_box_loss", "train_cls_loss", "train_dfl_loss", "val_box_loss", "val_cls_loss", "val_dfl_loss",
+                  "precision", "recall", "mAP50", "mAP50_95", "fitness")
+POSE_COLUMNS = DETECT_COLUMNS + ("train_pose_loss", "train_kobj_loss", "val_pose_loss", "val_kobj_loss",
+                                 "pose_precision", "pose_recall", "pose_mAP50", "pose_mAP50_95")
+
+
+def columns_for(task: str) -> tuple[str, ...]:
+    return POSE_COLUMNS if task == "landmarks" else DETECT_COLUMNS
+
+
 class _AnsiFreeFormatter(logging.Formatter):
     _ansi = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -356,72 +371,37 @@ class _AnsiFreeFormatter(logging.Formatter):
         return self._ansi.sub("", super().format(record))
 
 
-class _RunRecorder:
-    """Keeps status.json, metrics.csv and train.log of one run up to date from Ultralytics callbacks."""
+@contextlib.contextmanager
+def _ultralytics_log_into(run_dir: Path):
+    """Ultralytics' log into train.log, unless stdout already goes there (a background run)."""
+    log_path = run_dir / layout.LOG_FILE
+    if _same_file(sys.stdout, log_path):
+        yield
+        return
+    handler = logging.FileHandler(log_path, encoding="utf-8")
+    handler.setFormatter(_AnsiFreeFormatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    ulog = logging.getLogger("ultralytics")
+    ulog.addHandler(handler)
+    try:
+        yield
+    finally:
+        ulog.removeHandler(handler)
+        handler.close()
 
-    def __init__(self, run_dir: Path, task: str, epochs: int, progress_callback: ProgressCallback | None):
-        self.run_dir = run_dir
-        self.task = task
-        self.yolo_task = TASKS[task]
-        self.epochs = epochs
+
+class _EpochRecorder:
+    """Ultralytics callbacks -> the run's metrics.csv rows and status (through the shared RunRecorder)."""
+
+    def __init__(self, run, task: str, progress_callback: ProgressCallback | None):
+        self.run, self.task, self.yolo_task = run, task, TASKS[task]
         self.progress_callback = progress_callback
-        self.metric_name = "pose mAP50-95" if task == "landmarks" else "mAP50-95"
-        self.status_path = run_dir / "status.json"
-        self.metrics_path = run_dir / "metrics.csv"
-        self.best_metric: float | None = None
+        self.best_metric: float | None = run.status.get("best_metric") if run.status else None
         self.final_metrics: dict = {}
         self.epoch_metrics: dict = {}
         self.epochs_run = 0
-        self._columns: list[str] | None = None
         self._pending_epoch = False
-        self._started = time.time()
-        self._epoch_started = self._started
-        self._durations: list[float] = []
-        self._status: dict = {}
-        self._handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
-        self._handler.setFormatter(_AnsiFreeFormatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        self._epoch_started = time.time()
 
-    # status ----------------------------------------------------------------
-    def status(self, **fields) -> None:
-        if not self._status:
-            # keep what core.jobs wrote (pgid, model, ...) and take over as the running process
-            self._status = {**_read_json(self.status_path),
-                            "state": "running", "epoch": 0, "epochs": self.epochs, "eta_s": None,
-                            "best_metric": None, "metric": self.metric_name, "pid": os.getpid(), "task": self.task,
-                            "message": ""}
-        self._status.update(fields, updated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        write_json_atomic(self.status_path, self._status)
-
-    def log(self, message: str) -> None:
-        self._handler.emit(logging.LogRecord("core.training.detect", logging.INFO, "", 0, message, None, None))
-
-    @contextlib.contextmanager
-    def capturing_ultralytics_log(self):
-        """Ultralytics' log into train.log, unless stdout already goes there (a run started by core.jobs)."""
-        if _same_file(sys.stdout, self.run_dir / "train.log"):
-            yield
-            return
-        ulog = logging.getLogger("ultralytics")
-        ulog.addHandler(self._handler)
-        try:
-            yield
-        finally:
-            ulog.removeHandler(self._handler)
-
-    def continue_previous(self) -> None:
-        """On resume: keep metrics.csv's rows and the best metric so far."""
-        previous = _read_json(self.status_path)
-        self.best_metric = previous.get("best_metric")
-        if self.metrics_path.is_file():
-            with self.metrics_path.open(newline="", encoding="utf-8") as f:
-                rows = list(csv.reader(f))
-            if rows:
-                self._columns = rows[0]
-
-    def close(self) -> None:
-        self._handler.close()
-
-    # callbacks -------------------------------------------------------------
     def attach(self, yolo) -> None:
         def on_train_epoch_start(trainer):
             self._epoch_started = time.time()
@@ -439,41 +419,33 @@ class _RunRecorder:
             self.final_metrics = metrics
             return
         self._pending_epoch = False
-        epoch = int(trainer.epoch) + 1
-        self.epochs = int(trainer.epochs)
+        epoch, epochs = int(trainer.epoch) + 1, int(trainer.epochs)
         self.epochs_run = epoch
-        self._durations.append(time.time() - self._epoch_started)
+        seconds = time.time() - self._epoch_started
         losses = trainer.label_loss_items(trainer.tloss, prefix="train") if trainer.tloss is not None else {}
-        row = {"epoch": epoch, "time_s": round(time.time() - self._started, 3)}
-        row.update({_column(k): float(v) for k, v in losses.items()})
-        row.update({_column(k): v for k, v in metrics.items()})
-        row.update({_column(k): float(v) for k, v in (getattr(trainer, "lr", None) or {}).items()})
+        values = {_column(k): float(v) for k, v in losses.items()}
+        values.update({_column(k): v for k, v in metrics.items()})
         if trainer.fitness is not None:
-            row["fitness"] = float(trainer.fitness)
-        self._append_row(row)
+            values["fitness"] = float(trainer.fitness)
+        lrs = list((getattr(trainer, "lr", None) or {}).values())
+        row = {k: v for k, v in values.items() if k in self.run.columns}
+        row.update(epoch=epoch, seconds=round(seconds, 3), lr=float(lrs[0]) if lrs else None,
+                   train_loss=sum(v for k, v in values.items() if k.startswith("train_") and k.endswith("_loss")),
+                   val_loss=sum(v for k, v in values.items() if k.startswith("val_") and k.endswith("_loss")) or None)
+        self.run.append_metrics(row)
         primary = metrics.get(_PRIMARY_METRIC[self.yolo_task])
         if primary is not None and (self.best_metric is None or primary > self.best_metric):
             self.best_metric = primary
         self.epoch_metrics = metrics
-        eta = float(np.mean(self._durations)) * max(self.epochs - epoch, 0)
-        message = f"epoch {epoch}/{self.epochs}: {self.metric_name} " + ("n/a" if primary is None else f"{primary:.4f}")
-        self.status(epoch=epoch, epochs=self.epochs, eta_s=round(eta, 1), best_metric=self.best_metric,
-                    message=message)
-        self.log(message)
+        name = self.run.metric
+        self.run.epoch_status(epoch, epochs, seconds, best_metric=self.best_metric,
+                              message=f"epoch {epoch}/{epochs}: {name} " + ("n/a" if primary is None else f"{primary:.4f}"))
         if self.progress_callback is not None:
-            self.progress_callback(epoch, self.epochs, dict(row))
+            self.progress_callback(epoch, epochs, dict(row))
 
     def seconds_per_epoch(self) -> float | None:
         """Mean train + validation time of one epoch (setup and the final validation left out)."""
-        return round(float(np.mean(self._durations)), 2) if self._durations else None
-
-    def _append_row(self, row: dict) -> None:
-        if self._columns is None:
-            self._columns = list(row)
-            with self.metrics_path.open("w", newline="", encoding="utf-8") as f:
-                csv.writer(f).writerow(self._columns)
-        with self.metrics_path.open("a", newline="", encoding="utf-8") as f:
-            csv.writer(f).writerow([row.get(c, "") for c in self._columns])
+        return round(float(np.mean(self.run.epoch_seconds)), 2) if self.run.epoch_seconds else None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -508,7 +480,8 @@ def _export_checkpoint(ultralytics_pt: Path, out: Path, meta: dict) -> Path:
     return out
 
 
-def _read_checkpoint(weights_path: str | Path, task: str) -> dict:
+def _read_checkpoint(weights_path: str | Path, task: str | None) -> dict:
+    """A CerviCurve YOLO checkpoint (weights only); ``task`` None accepts either task."""
     import pickle
 
     import torch
@@ -520,16 +493,20 @@ def _read_checkpoint(weights_path: str | Path, task: str) -> dict:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
         raise ValueError(
-            f"{path} is not a CerviCurve {task} checkpoint. Only weights-only files written by a CerviCurve run "
+            f"{path} is not a CerviCurve {task or 'YOLO'} checkpoint. Only weights-only files written by a CerviCurve run "
             f"(runs/<id>/best.pt or promoted/) are loaded; Ultralytics .pt files are pickled code and are used "
             f"only as training starting points. ({type(exc).__name__})"
         ) from exc
     meta = checkpoint.get("meta") if isinstance(checkpoint, dict) else None
     if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT or "state_dict" not in checkpoint:
-        raise ValueError(f"{path} is not a CerviCurve {task} checkpoint (no {CHECKPOINT_FORMAT} meta)")
-    if meta.get("task") != task:
+        raise ValueError(f"{path} is not a CerviCurve {task or 'YOLO'} checkpoint (no {CHECKPOINT_FORMAT} meta)")
+    if task is not None and meta.get("task") != task:
         raise ValueError(f"{path} holds a {meta.get('task')} model, not a {task} model")
     return checkpoint
+
+
+def _read_checkpoint_meta(weights_path: str | Path) -> dict:
+    return _read_checkpoint(weights_path, None)["meta"]
 
 
 class _YoloPredictor:
@@ -561,16 +538,36 @@ class _YoloPredictor:
             network.eval()
             self._yolo = YOLO(_WRAPPER_STUB[yolo_task], task=yolo_task, verbose=False)
             self._yolo.model = network
+            # Ultralytics sets its predictor up (device, and torch's thread count on a CPU) on the first call:
+            # do it now, while loading, rather than in the middle of someone's first prediction.
+            self._run(np.zeros((32, 32, 3), dtype=np.uint8), 1.0)
+
+    def _run(self, bgr: np.ndarray, min_confidence: float):
+        return self._yolo.predict(
+            bgr, imgsz=self.imgsz, conf=float(min_confidence), device=resolve_device("auto"),
+            verbose=False, save=False, project=str(settings.tool_config_dir() / "ultralytics" / "predict"),
+            name="predict", exist_ok=True,
+        )[0]
 
     def _predict(self, image: np.ndarray, min_confidence: float):
-        pixels = _as_bgr(image)
+        """Ultralytics' result for ``image`` and the (x, y) factors from its coordinates to the image's.
+
+        A film larger than the network's input is shrunk to it here (area averaging, as a smaller film would
+        look) rather than by Ultralytics' letterbox: converting and resizing 2048 px of uint8 RGB costs more
+        than the network itself."""
+        array = np.asarray(image)
+        scale = (1.0, 1.0)
+        if array.ndim == 2 and max(array.shape) > self.imgsz:
+            import cv2
+
+            height, width = array.shape
+            factor = self.imgsz / max(height, width)
+            size = (max(1, round(width * factor)), max(1, round(height * factor)))
+            array = cv2.resize(np.ascontiguousarray(array, dtype=np.float32), size, interpolation=cv2.INTER_AREA)
+            scale = (width / size[0], height / size[1])
+        pixels = _as_bgr(array)
         with self._lock, _yolo_session():
-            results = self._yolo.predict(
-                pixels, imgsz=self.imgsz, conf=float(min_confidence), device=resolve_device("auto"),
-                verbose=False, save=False, project=str(settings.tool_config_dir() / "ultralytics" / "predict"),
-                name="predict", exist_ok=True,
-            )
-        return results[0]
+            return self._run(pixels, min_confidence), scale
 
 
 def _as_bgr(image) -> np.ndarray:
@@ -590,13 +587,13 @@ class RoiDetector(_YoloPredictor):
     task = "detect"
 
     def detect(self, image: np.ndarray, min_confidence: float = 0.25) -> tuple[list[float], float] | None:
-        result = self._predict(image, min_confidence)
+        result, (sx, sy) = self._predict(image, min_confidence)
         boxes = result.boxes
         if boxes is None or len(boxes) == 0:
             return None
         best = int(boxes.conf.argmax())
         x1, y1, x2, y2 = (float(v) for v in boxes.xyxy[best].tolist())
-        return [x1, y1, x2, y2], float(boxes.conf[best])
+        return [x1 * sx, y1 * sy, x2 * sx, y2 * sy], float(boxes.conf[best])
 
 
 class LandmarkModel(_YoloPredictor):
@@ -635,11 +632,11 @@ class LandmarkModel(_YoloPredictor):
         return found[0] + np.array(window[:2], dtype=np.float64), found[1]
 
     def predict(self, image: np.ndarray, min_confidence: float = 0.25) -> tuple[np.ndarray, np.ndarray] | None:
-        result = self._predict(image, min_confidence)
+        result, scale = self._predict(image, min_confidence)
         if result.boxes is None or len(result.boxes) == 0 or result.keypoints is None:
             return None
         best = int(result.boxes.conf.argmax())
-        points = result.keypoints.xy[best].cpu().numpy().astype(np.float64)
+        points = result.keypoints.xy[best].cpu().numpy().astype(np.float64) * np.asarray(scale)
         conf = result.keypoints.conf
         confidence = (conf[best].cpu().numpy() if conf is not None else np.ones(len(points))).astype(np.float64)
         return points, confidence
@@ -680,98 +677,112 @@ def _metric(metrics: dict, key: str) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
-def _train(task: str, data_yaml, run_dir, *, model, epochs, imgsz, batch, device, seed, workers, patience,
-           progress_callback, config, resume) -> DetectorReport:
-    yolo_task = TASKS[task]
-    run_dir = Path(run_dir).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    recorder = _RunRecorder(run_dir, task, int(epochs), progress_callback)
-    try:
-        recorder.status(state="running", message="preparing")
-        if int(epochs) < 1 or int(imgsz) < 32 or int(batch) < 1:
-            raise ValueError(f"epochs >= 1, imgsz >= 32 and batch >= 1 are needed (got {epochs}, {imgsz}, {batch})")
-        if resume:
-            source = str(run_dir / "ultralytics" / "weights" / "last.pt")
-            if not Path(source).is_file():
-                raise FileNotFoundError(f"nothing to resume in {run_dir}: {source} is missing")
-            recorder.continue_previous()
-        else:
-            source = _model_source(model, yolo_task)
-        dataset_yaml = _write_dataset_yaml(data_yaml, run_dir / "dataset.yaml", yolo_task)
-        device = resolve_device(device)
-        if workers is None:
-            workers = 0 if device == "cpu" else min(8, os.cpu_count() or 1)
-        recorder.log(f"training {task} model {source} on {dataset_yaml} ({epochs} epochs, {imgsz} px, device {device})")
-        started = time.time()
-        with _yolo_session(), recorder.capturing_ultralytics_log():
-            from ultralytics import YOLO
+def fit(config: Mapping[str, Any] | YoloConfig, run_dir, *, resume: bool = False,
+        progress_callback: ProgressCallback | None = None) -> DetectorReport:
+    """The ``detect`` task (ROI detector) or YOLO-pose ``landmarks``: a config in, a full run folder out.
 
-            try:
-                yolo = YOLO(source, task=yolo_task)
-            except FileNotFoundError as exc:
-                raise FileNotFoundError(f"unknown network {model!r}: {exc}") from exc
-            except TypeError as exc:  # Ultralytics' restricted loader refusing a .pt
-                raise ValueError(
-                    f"{model} cannot be loaded safely as YOLO weights: Ultralytics' restricted loader (weights_only "
-                    f"plus an allow-list of its layer classes) refused it, so nothing in it was run"
-                ) from exc
-            if yolo.task != yolo_task:
-                raise ValueError(f"{model} is a {yolo.task} network; {task} needs a {yolo_task} network")
-            recorder.attach(yolo)
-            yolo.train(
-                data=str(dataset_yaml), epochs=int(epochs), imgsz=int(imgsz), batch=int(batch), device=device,
-                seed=int(seed), deterministic=True, workers=int(workers), patience=int(patience),
-                project=str(run_dir), name="ultralytics", exist_ok=True, plots=False, verbose=False, val=True,
-                # a path, never True: True makes Ultralytics resume its most recent run anywhere on disk
-                **({"resume": source} if resume else {}),
-            )
-            ultra_dir = Path(yolo.trainer.save_dir)
-            final = recorder.final_metrics or recorder.epoch_metrics
-            split = "val"
-            if "test" in _load_dataset_yaml(dataset_yaml)[0]:
-                split = "test"
-                final = {k: float(v) for k, v in yolo.val(
-                    data=str(dataset_yaml), split="test", imgsz=int(imgsz), batch=int(batch), device=device,
-                    project=str(run_dir), name="ultralytics_test", exist_ok=True, plots=False, verbose=False,
-                ).results_dict.items()}
-            seconds = time.time() - started
-            meta = {
-                "task": task, "imgsz": int(imgsz), "epochs": recorder.epochs_run, "metrics": final,
-                "config": config or {}, "model_source": str(model), "dataset": str(dataset_yaml),
-                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "ultralytics_version": _version(), "landmark_names": _landmark_names() if task == "landmarks" else None,
-            }
-            best_src = ultra_dir / "weights" / "best.pt"
-            last_src = ultra_dir / "weights" / "last.pt"
-            best = _export_checkpoint(best_src, run_dir / "best.pt",
-                                      {**meta, "ultralytics_weights": str(best_src.relative_to(run_dir))})
-            last = _export_checkpoint(last_src, run_dir / "last.pt",
-                                      {**meta, "ultralytics_weights": str(last_src.relative_to(run_dir))})
-        report = DetectorReport(
-            task=task, mAP50=_metric(final, "metrics/mAP50(B)"), mAP50_95=_metric(final, "metrics/mAP50-95(B)"),
-            precision=_metric(final, "metrics/precision(B)"), recall=_metric(final, "metrics/recall(B)"),
-            pose_mAP50=_metric(final, "metrics/mAP50(P)"), pose_mAP50_95=_metric(final, "metrics/mAP50-95(P)"),
-            weights=best, last_weights=last, run_dir=run_dir, split=split, epochs_run=recorder.epochs_run,
-            seconds=round(seconds, 2),
-            seconds_per_epoch=recorder.seconds_per_epoch(),
+    ``config`` is a :class:`core.runs.configs.YoloConfig` (or its dict): ``data`` (a YOLO data.yaml) or ``dataset``
+    (a store dataset, exported with ``core.data.exports.export_yolo`` into run_dir/dataset, cut to the ROI window with
+    ``crop: roi``). ``resume`` continues run_dir from Ultralytics' last.pt.
+    """
+    cfg = config if isinstance(config, YoloConfig) else YoloConfig.from_dict(config)
+    run_dir = Path(run_dir).resolve()
+    metric = "pose mAP50-95" if cfg.task == "landmarks" else "mAP50-95"
+    with RunRecorder(run_dir, cfg.task, columns_for(cfg.task), model=cfg.model, metric=metric) as run:
+        run.write_config(cfg.to_dict())
+        run.update(epoch=0 if not resume else run.status.get("epoch", 0), epochs=cfg.epochs, message="preparing")
+        data = cfg.data
+        if resume and (run_dir / "dataset.yaml").is_file():
+            data = run_dir / "dataset.yaml"  # what the interrupted run trained on
+        elif not data:
+            run.update(message=f"exporting dataset {cfg.dataset}")
+            from core.data.exports import export_yolo
+
+            exported = export_yolo(cfg.dataset, run_dir / "dataset", task=cfg.task,
+                                   crop="roi" if cfg.crop == "roi" else None, roi_margin=cfg.roi_margin)
+            data = Path(exported.out) / "data.yaml"
+        return _train(cfg, data, run, progress_callback, resume)
+
+
+def _train(cfg: YoloConfig, data_yaml, run, progress_callback, resume: bool) -> DetectorReport:
+    task, yolo_task, run_dir = cfg.task, TASKS[cfg.task], run.run_dir
+    epochs = _EpochRecorder(run, task, progress_callback)
+    if resume:
+        source = str(run_dir / "ultralytics" / "weights" / "last.pt")
+        if not Path(source).is_file():
+            raise FileNotFoundError(f"nothing to resume in {run_dir}: {source} is missing")
+        run.keep_metrics_until(int(run.status.get("epoch") or 0))
+    else:
+        source = _model_source(cfg.model, yolo_task)
+    dataset_yaml = _write_dataset_yaml(data_yaml, run_dir / "dataset.yaml", yolo_task)
+    device = resolve_device(cfg.device)
+    workers = cfg.workers if cfg.workers is not None else 0 if device == "cpu" else min(8, os.cpu_count() or 1)
+    log.info(f"training {task} model {source} on {dataset_yaml} ({cfg.epochs} epochs, {cfg.imgsz} px, "
+             f"device {device})")
+    started = time.time()
+    with _yolo_session(), _ultralytics_log_into(run_dir):
+        from ultralytics import YOLO
+
+        try:
+            yolo = YOLO(source, task=yolo_task)
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"unknown network {cfg.model!r}: {exc}") from exc
+        except TypeError as exc:  # Ultralytics' restricted loader refusing a .pt
+            raise ValueError(
+                f"{cfg.model} cannot be loaded safely as YOLO weights: Ultralytics' restricted loader (weights_only "
+                f"plus an allow-list of its layer classes) refused it, so nothing in it was run"
+            ) from exc
+        if yolo.task != yolo_task:
+            raise ValueError(f"{cfg.model} is a {yolo.task} network; {task} needs a {yolo_task} network")
+        epochs.attach(yolo)
+        yolo.train(
+            data=str(dataset_yaml), epochs=cfg.epochs, imgsz=cfg.imgsz, batch=cfg.batch, device=device,
+            seed=cfg.seed, deterministic=True, workers=workers, patience=cfg.patience,
+            project=str(run_dir), name="ultralytics", exist_ok=True, plots=False, verbose=False, val=True,
+            # a path, never True: True makes Ultralytics resume its most recent run anywhere on disk
+            **({"resume": source} if resume else {}),
         )
-        if task == "landmarks":
-            recorder.status(message="measuring landmark errors")
-            report.landmark_errors = evaluate_landmarks(LandmarkModel(best), read_yolo_landmarks(dataset_yaml, split))
-        write_json_atomic(run_dir / "test_report.json", report.as_dict())
-        final_metric = report.pose_mAP50_95 if task == "landmarks" else report.mAP50_95
-        final_text = "n/a" if final_metric is None else f"{final_metric:.4f}"
-        recorder.status(state="done", eta_s=0, best_metric=recorder.best_metric,
-                        message=f"done: {split} {recorder.metric_name} {final_text}")
-        recorder.log(f"done in {seconds:.1f} s; report in test_report.json")
-        return report
-    except BaseException as exc:
-        state = "cancelled" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
-        recorder.status(state=state, message=f"{type(exc).__name__}: {exc}")
-        recorder.log(f"{state}: {type(exc).__name__}: {exc}")
-        raise
-    finally:
-        recorder.close()
+        run.check_cancel()
+        ultra_dir = Path(yolo.trainer.save_dir)
+        final = epochs.final_metrics or epochs.epoch_metrics
+        split = "val"
+        if "test" in _load_dataset_yaml(dataset_yaml)[0]:
+            split = "test"
+            run.update(message="evaluating on the test split", eta_s=None)
+            final = {k: float(v) for k, v in yolo.val(
+                data=str(dataset_yaml), split="test", imgsz=cfg.imgsz, batch=cfg.batch, device=device,
+                project=str(run_dir), name="ultralytics_test", exist_ok=True, plots=False, verbose=False,
+            ).results_dict.items()}
+        seconds = time.time() - started
+        meta = {
+            "task": task, "imgsz": cfg.imgsz, "epochs": epochs.epochs_run, "metrics": final,
+            "config": cfg.to_dict(), "model_source": str(cfg.model), "dataset": str(dataset_yaml),
+            "crop": cfg.crop, "roi_margin": cfg.roi_margin,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "ultralytics_version": _version(), "landmark_names": _landmark_names() if task == "landmarks" else None,
+        }
+        best_src = ultra_dir / "weights" / "best.pt"
+        last_src = ultra_dir / "weights" / "last.pt"
+        best = _export_checkpoint(best_src, run_dir / "best.pt",
+                                  {**meta, "ultralytics_weights": str(best_src.relative_to(run_dir))})
+        last = _export_checkpoint(last_src, run_dir / "last.pt",
+                                  {**meta, "ultralytics_weights": str(last_src.relative_to(run_dir))})
+    report = DetectorReport(
+        task=task, mAP50=_metric(final, "metrics/mAP50(B)"), mAP50_95=_metric(final, "metrics/mAP50-95(B)"),
+        precision=_metric(final, "metrics/precision(B)"), recall=_metric(final, "metrics/recall(B)"),
+        pose_mAP50=_metric(final, "metrics/mAP50(P)"), pose_mAP50_95=_metric(final, "metrics/mAP50-95(P)"),
+        weights=best, last_weights=last, run_dir=run_dir, split=split, epochs_run=epochs.epochs_run,
+        seconds=round(seconds, 2), seconds_per_epoch=epochs.seconds_per_epoch(),
+    )
+    if task == "landmarks":
+        run.update(message="measuring landmark errors")
+        report.landmark_errors = evaluate_landmarks(LandmarkModel(best), read_yolo_landmarks(dataset_yaml, split))
+    run.write_json(layout.TEST_REPORT, report.as_dict())
+    final_metric = report.pose_mAP50_95 if task == "landmarks" else report.mAP50_95
+    run.done(f"done: {split} {run.metric} {'n/a' if final_metric is None else f'{final_metric:.4f}'}",
+             best_metric=epochs.best_metric)
+    log.info(f"done in {seconds:.1f} s; report in test_report.json")
+    return report
 
 
 def _version() -> str:
@@ -786,79 +797,52 @@ def _landmark_names() -> list[str]:
     return list(LANDMARK_NAMES)
 
 
-def train_detector(data_yaml, run_dir, *, model: str | Path = DEFAULT_DETECT_MODEL, epochs: int = 50,
-                   imgsz: int = 640, batch: int = 16, device: str = "auto", seed: int = 0, workers: int | None = None,
-                   patience: int = 50, progress_callback: ProgressCallback | None = None,
-                   config: dict | None = None, resume: bool = False) -> DetectorReport:
-    """Train the cervical-spine ROI detector on a YOLO detection dataset; writes a full run folder.
-
-    ``resume=True`` continues ``run_dir`` from its last saved epoch (Ultralytics' last.pt in ``run_dir``).
-    """
-    return _train("detect", data_yaml, run_dir, model=model, epochs=epochs, imgsz=imgsz, batch=batch,
-                  device=device, seed=seed, workers=workers, patience=patience,
-                  progress_callback=progress_callback, config=config, resume=resume)
+def load(path: str | Path) -> "RoiDetector | LandmarkModel":
+    """The predictor a detect or YOLO-pose landmarks checkpoint holds."""
+    task = _read_checkpoint_meta(path).get("task")
+    return LandmarkModel(path) if task == "landmarks" else RoiDetector(path)
 
 
-def train_landmark_model(data_yaml, run_dir, *, model: str | Path = DEFAULT_LANDMARK_MODEL, epochs: int = 50,
-                         imgsz: int = 640, batch: int = 16, device: str = "auto", seed: int = 0,
-                         workers: int | None = None, patience: int = 50,
-                         progress_callback: ProgressCallback | None = None,
-                         config: dict | None = None, resume: bool = False) -> DetectorReport:
+def evaluate(run_dir: str | Path, split: str = "test") -> dict:
+    """The run's best weights scored by Ultralytics' validator on ``split`` of the dataset it trained on;
+    YOLO-pose runs add the landmark errors. Written to ``<split>_report.json``."""
+    run_dir = layout.resolve_run(run_dir)
+    meta = _read_checkpoint_meta(run_dir / "best.pt")
+    dataset_yaml = run_dir / "dataset.yaml"
+    data, _ = _load_dataset_yaml(dataset_yaml)
+    if not data.get(split):
+        raise ValueError(f"{dataset_yaml} has no '{split}' split")
+    weights = run_dir / str(meta.get("ultralytics_weights") or "ultralytics/weights/best.pt")
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} (the run's own Ultralytics weights) is missing")
+    with _yolo_session():
+        from ultralytics import YOLO
+
+        results = YOLO(str(weights), task=TASKS[meta["task"]]).val(
+            data=str(dataset_yaml), split=split, imgsz=int(meta.get("imgsz") or 640), device=resolve_device("auto"),
+            project=str(run_dir), name=f"ultralytics_{split}", exist_ok=True, plots=False, verbose=False)
+    scores = {k: float(v) for k, v in results.results_dict.items()}
+    report = {"split": split, "run_id": run_dir.name, "task": meta["task"],
+              **{_column(k): v for k, v in scores.items()}}
+    if meta["task"] == "landmarks":
+        report["landmark_errors"] = evaluate_landmarks(LandmarkModel(run_dir / "best.pt"),
+                                                       read_yolo_landmarks(dataset_yaml, split))
+    layout.atomic_write_text(run_dir / f"{split}_report.json", json.dumps(report, indent=1, default=str))
+    return report
+
+
+def train_detector(data_yaml, run_dir, *, resume: bool = False, progress_callback: ProgressCallback | None = None,
+                   **options: Any) -> DetectorReport:
+    """Train the ROI detector on a YOLO detection dataset (``options``: YoloConfig keys, e.g. epochs, imgsz)."""
+    return fit({"task": "detect", "data": str(data_yaml), **options}, run_dir, resume=resume,
+               progress_callback=progress_callback)
+
+
+def train_landmark_model(data_yaml, run_dir, *, resume: bool = False,
+                         progress_callback: ProgressCallback | None = None, **options: Any) -> DetectorReport:
     """Train YOLO-pose on the 23 landmarks (kpt_shape [23, 3]); the report adds landmark errors and Cobb MAE."""
-    return _train("landmarks", data_yaml, run_dir, model=model, epochs=epochs, imgsz=imgsz, batch=batch,
-                  device=device, seed=seed, workers=workers, patience=patience,
-                  progress_callback=progress_callback, config=config, resume=resume)
-
-
-def train_from_config(cfg: dict, run_dir, progress_callback: ProgressCallback | None = None) -> dict:
-    """`python -m core train` for task detect | landmarks. Keys (defaults):
-
-    task (required), data (a YOLO data.yaml) or dataset (a store dataset, exported with core.data.exports.export_yolo
-    into run_dir/dataset), model (yolov8n.yaml / yolov8n-pose.yaml, or a local .pt), epochs (50), imgsz or
-    input_size (640), batch or batch_size (16), device (auto), seed (0), workers (0 on CPU), patience (50),
-    resume (false: true continues run_dir from its last epoch). Returns the report as a dict.
-    """
-    task = cfg.get("task")
-    if task not in TASKS:
-        raise ValueError(f"train_from_config handles task 'detect' or 'landmarks', not {task!r}")
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resume = bool(cfg.get("resume"))
-    data = cfg.get("data") or cfg.get("data_yaml")
-    if resume and (run_dir / "dataset.yaml").is_file():
-        data = run_dir / "dataset.yaml"  # what the interrupted run trained on
-    if not data:
-        data = _export_dataset(cfg, task, run_dir)
-    default_model = DEFAULT_DETECT_MODEL if task == "detect" else DEFAULT_LANDMARK_MODEL
-    train = train_detector if task == "detect" else train_landmark_model
-    report = train(
-        data, run_dir, model=cfg.get("model") or default_model, epochs=int(cfg.get("epochs", 50)),
-        imgsz=int(cfg.get("imgsz", cfg.get("input_size", 640))), batch=int(cfg.get("batch", cfg.get("batch_size", 16))),
-        device=str(cfg.get("device", "auto")), seed=int(cfg.get("seed", 0)),
-        workers=None if cfg.get("workers") is None else int(cfg["workers"]), patience=int(cfg.get("patience", 50)),
-        config=dict(cfg), resume=resume, progress_callback=progress_callback,
-    )
-    return report.as_dict()
-
-
-def _export_dataset(cfg: dict, task: str, run_dir: Path) -> Path:
-    dataset = cfg.get("dataset")
-    if not dataset:
-        raise ValueError("the config needs 'dataset' (a dataset in the annotation store) "
-                         "or 'data' (a YOLO data.yaml)")
-    status = {**_read_json(run_dir / "status.json"), "state": "running", "epoch": 0,
-              "epochs": int(cfg.get("epochs", 50)), "eta_s": None, "best_metric": None, "pid": os.getpid(),
-              "task": task, "message": f"exporting dataset {dataset}"}
-    write_json_atomic(run_dir / "status.json", status)
-    try:
-        from core.data.exports import export_yolo
-
-        exported = export_yolo(dataset, run_dir / "dataset", task=task)
-    except BaseException as exc:
-        write_json_atomic(run_dir / "status.json", {**status, "state": "failed", "message": f"export: {exc}"})
-        raise
-    out = Path(getattr(exported, "out", None) or run_dir / "dataset")  # an ExportReport
-    return out / "data.yaml"
+    return fit({"task": "landmarks", "data": str(data_yaml), **options}, run_dir, resume=resume,
+               progress_callback=progress_callback)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -20,12 +20,9 @@ train.log, best.pt / last.pt (``{"state_dict", "meta"}``, loadable with ``weight
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import math
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -38,93 +35,28 @@ from torch.nn import functional as F
 
 from core import settings
 from core.runs import layout
+from core.runs.configs import LANDMARK_UNET, ConfigError, HeatmapConfig
+from core.runs.recorder import RunRecorder
+from core.training.devices import pick_device
+from core.training.schedule import warmup_cosine
 from core.data.exports import crop_window, landmark_crop_window
-from core.data.measure import LANDMARK_CROP_MARGIN
 from core.data.measure import (LANDMARK_NAMES, LandmarkError, landmark_errors, landmark_flip_index,
                           roi_box_from_landmarks)
 from models.landmark_unet import LandmarkUNet, peak_mass, soft_argmax
 
 FORMAT = "cervicurve-landmark-heatmap/1"
-MODEL_NAME = "landmark-unet"
+MODEL_NAME = LANDMARK_UNET
 CONTEXT_MARGIN = 0.35  # the cached window: room for the augmentation's shifts, scales and rotations
 METRIC = "val mean landmark error (px)"
-METRICS_COLUMNS = ("epoch", "time_s", "train_loss", "lr", "val_mean_error_px", "val_mean_error_pct_c2c7",
-                   "val_cobb_mae_deg")
+# the task's own metrics.csv columns, after layout.COMMON_COLUMNS
+COLUMNS = ("val_mean_error_px", "val_mean_error_pct_c2c7", "val_cobb_mae_deg")
 
-log = logging.getLogger("core.training.landmarks")
+log = logging.getLogger("cervicurve.run")
 ProgressCallback = Callable[[int, int, dict], None]  # (epoch, epochs, metrics row)
 
 
-class LandmarkTrainingError(ValueError):
-    """A landmark config or dataset that cannot be trained on (unknown key, no labelled landmarks, no val split)."""
-
-
-@dataclass(frozen=True)
-class HeatmapConfig:
-    dataset: str
-    input_size: int = 128
-    epochs: int = 40
-    batch_size: int = 16
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    roi_margin: float = LANDMARK_CROP_MARGIN
-    widths: tuple[int, ...] = (24, 32, 64, 128, 160)
-    rotate_deg: float = 8.0
-    scale: float = 0.15   # per axis, +/-
-    shift: float = 0.10   # of the window, +/-
-    seed: int = 0
-    device: str = "auto"
-    refine: int = 1       # extra passes on the box the previous points imply
-    mirror_average: bool = True  # also read the mirrored film and average (measured: Cobb MAE 2.2 -> 1.7 deg)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "HeatmapConfig":
-        known = set(cls.__dataclass_fields__)
-        ignored = {"task", "model", "resume", "data", "patience", "crop", "workers"}
-        unknown = sorted(set(data) - known - ignored)
-        if unknown:
-            raise LandmarkTrainingError(f"unknown key(s) for the {MODEL_NAME} landmark model: {', '.join(unknown)}")
-        if not data.get("dataset"):
-            raise LandmarkTrainingError("the config needs 'dataset' (a dataset in the annotation store)")
-        values = {k: data[k] for k in known if k in data}
-        if "imgsz" in data and "input_size" not in data:
-            values["input_size"] = data["imgsz"]
-        try:
-            cfg = cls(**{k: _typed(k, v) for k, v in values.items()})
-        except (TypeError, ValueError) as error:
-            raise LandmarkTrainingError(f"bad value in the landmark config: {error}") from None
-        if cfg.input_size < 32 or cfg.input_size % 32:
-            raise LandmarkTrainingError(f"input_size must be a multiple of 32 (at least 32), got {cfg.input_size}")
-        if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
-            raise LandmarkTrainingError("epochs and batch_size must be at least 1 and lr above 0")
-        if not 0 <= cfg.roi_margin <= 0.25:  # the cached context (CONTEXT_MARGIN) must hold the window and its jitter
-            raise LandmarkTrainingError(f"roi_margin must be between 0 and 0.25, got {cfg.roi_margin}")
-        if len(cfg.widths) != 5 or min(cfg.widths) < 1:
-            raise LandmarkTrainingError(f"widths needs 5 positive channel counts (one per encoder stage), "
-                                        f"got {list(cfg.widths)}")
-        return cfg
-
-    def to_dict(self) -> dict:
-        out = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        out["widths"] = list(self.widths)
-        return {"task": "landmarks", "model": MODEL_NAME, **out}
-
-
-def _typed(key: str, value: Any) -> Any:
-    if key == "widths":
-        return tuple(int(w) for w in value)
-    if key == "dataset":
-        return str(value)
-    default = HeatmapConfig.__dataclass_fields__[key].default
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ValueError(f"{key} must be true or false, got {value!r}")
-        return value
-    return type(default)(value)
-
-
-def is_heatmap_model(name: Any) -> bool:
-    return str(name or "").strip().lower() == MODEL_NAME
+class LandmarkTrainingError(ConfigError):
+    """A landmark dataset that cannot be trained on (no labelled landmarks, no val split)."""
 
 
 # ------------------------------------------------------------------------------------ geometry
@@ -175,7 +107,7 @@ def _build_network(meta: Mapping[str, Any]):
     return LandmarkUNet(len(meta["landmark_names"]), tuple(meta["widths"]))
 
 
-def load_landmark_model(path: str | Path):
+def load(path: str | Path):
     """The landmark model in a checkpoint: :class:`HeatmapLandmarkModel` or YOLO-pose (``core.training.detect``)."""
     from core.training.checkpoints import load_checkpoint
 
@@ -391,81 +323,23 @@ def _meta(cfg: HeatmapConfig, extra: Mapping[str, Any] | None = None) -> dict:
             "saved_at": layout.now_iso(), **(extra or {})}
 
 
-def _write_row(path: Path, row: Mapping[str, Any]) -> None:
-    new = not path.is_file()
-    with path.open("a", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=METRICS_COLUMNS, lineterminator="\n")
-        if new:
-            writer.writeheader()
-        writer.writerow({k: row.get(k) for k in METRICS_COLUMNS})
-
-
-def _keep_rows_until(path: Path, epoch: int) -> None:
-    """Drop metrics rows after ``epoch``: a run killed between writing a row and last.pt redoes that epoch."""
-    if not path.is_file():
-        return
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= epoch]
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=METRICS_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: r.get(k) for k in METRICS_COLUMNS} for r in rows)
-    layout.atomic_write_text(path, text.getvalue())
-
-
-def train_heatmap(config: Mapping[str, Any], run_dir: str | Path, progress_callback: ProgressCallback | None = None,
-                  items: Mapping[str, Sequence[Any]] | None = None) -> dict:
+def fit(config: Mapping[str, Any] | HeatmapConfig, run_dir: str | Path, *, resume: bool = False,
+        progress_callback: ProgressCallback | None = None, items: Mapping[str, Sequence[Any]] | None = None) -> dict:
     """Train the heatmap landmark model into ``run_dir``; returns the test report (also test_report.json).
 
     ``items`` maps split names to TrainingItem-like records (tests); without it the store's patient-level splits of
-    ``config["dataset"]`` are used. ``config["resume"]`` continues from last.pt. Raises LandmarkTrainingError for
-    a bad config or dataset, core.runs.recorder.RunCancelled on SIGTERM; status.json says which.
+    ``config.dataset`` are used. ``resume`` continues from last.pt. A bad dataset ends the run as failed
+    (LandmarkTrainingError), SIGTERM as cancelled (RunCancelled); status.json says which.
     """
-    import yaml
-
-    from core.runs.recorder import RunCancelled, cancel_on_sigterm
-    from core.training.devices import pick_device
-
-    cfg = HeatmapConfig.from_dict(config)
-    resume = bool(config.get("resume"))
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    status = {**layout.read_status(run_dir)} if (run_dir / layout.STATUS_FILE).is_file() else {}
-    status.update(state="running", epoch=0, epochs=cfg.epochs, eta_s=None, best_metric=None, metric=METRIC,
-                  pid=os.getpid(), pgid=os.getpgrp(), task="landmarks", model=MODEL_NAME, message="loading images")
-    layout.write_status(run_dir, status)
-    handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    try:
-        with cancel_on_sigterm() as cancel:
-            if not (run_dir / layout.CONFIG_FILE).is_file():
-                (run_dir / layout.CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
-            report = _fit(cfg, run_dir, status, progress_callback, items, resume, pick_device(cfg.device), cancel)
-    except RunCancelled:
-        layout.write_status(run_dir, {**status, "state": "cancelled", "message": "cancelled by user", "eta_s": None,
-                                    "updated_at": layout.now_iso()})
-        raise
-    except BaseException as error:
-        log.exception("run failed")
-        layout.write_status(run_dir, {**status, "state": "failed", "message": f"{type(error).__name__}: {error}",
-                                    "eta_s": None, "updated_at": layout.now_iso()})
-        raise
-    finally:
-        log.removeHandler(handler)
-        handler.close()
-    return report
+    cfg = config if isinstance(config, HeatmapConfig) else HeatmapConfig.from_dict(config)
+    with RunRecorder(run_dir, "landmarks", COLUMNS, model=MODEL_NAME, metric=METRIC) as run:
+        run.write_config(cfg.to_dict())
+        run.update(epoch=0, epochs=cfg.epochs, best_metric=None, message="loading images")
+        return _fit(cfg, run, progress_callback, items, resume, pick_device(cfg.device))
 
 
-def _fit(cfg: HeatmapConfig, run_dir: Path, status: dict, progress_callback, items, resume: bool,
-         device: torch.device, cancel) -> dict:
-    from core.training.checkpoints import save_checkpoint
-
-    def update(**fields):
-        status.update(fields, updated_at=layout.now_iso())
-        layout.write_status(run_dir, status)
-
+def _fit(cfg: HeatmapConfig, run: RunRecorder, progress_callback, items, resume: bool, device: torch.device) -> dict:
+    run_dir = run.run_dir
     if device.type == "cpu":
         torch.set_num_threads(settings.cpu_threads())
     started = time.time()
@@ -480,21 +354,23 @@ def _fit(cfg: HeatmapConfig, run_dir: Path, status: dict, progress_callback, ite
              time.time() - started)
 
     torch.manual_seed(cfg.seed)
-    net = LandmarkUNet(len(LANDMARK_NAMES), cfg.widths).to(device)
+    net = LandmarkUNet(len(LANDMARK_NAMES), tuple(cfg.widths)).to(device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     train_split = splits["train"]
     n = len(train_split.truth)
     steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
     total_steps = steps_per_epoch * cfg.epochs
-    warmup = min(50, total_steps // 10)
-    first_epoch, best = 1, None
+    scheduler = warmup_cosine(optimizer, min(50, total_steps // 10), total_steps)
+    first_epoch, best, best_epoch = 1, None, 0
     if resume and (run_dir / "last.pt").is_file():
         state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
         net.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
-        first_epoch, best = int(state["epoch"]) + 1, state.get("best")
-        _keep_rows_until(run_dir / "metrics.csv", int(state["epoch"]))
-    epoch_times: list[float] = []
+        scheduler.load_state_dict(state["scheduler"])
+        first_epoch, best, best_epoch = int(state["epoch"]) + 1, state.get("best"), int(state.get("best_epoch", 0))
+        run.keep_metrics_until(int(state["epoch"]))
+    elif resume:
+        run.keep_metrics_until(0)
 
     for epoch in range(first_epoch, cfg.epochs + 1):
         epoch_started = time.time()
@@ -502,52 +378,53 @@ def _fit(cfg: HeatmapConfig, run_dir: Path, status: dict, progress_callback, ite
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # resumable: same batches again
         order = torch.randperm(n, generator=generator)
         losses = []
+        lr = optimizer.param_groups[0]["lr"]
         for step in range(steps_per_epoch):
             index = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             if len(index) == 0:
                 index = order[:cfg.batch_size]
-            done = (epoch - 1) * steps_per_epoch + step
-            lr = cfg.lr * (done + 1) / warmup if done < warmup else \
-                cfg.lr * 0.5 * (1 + math.cos(math.pi * (done - warmup) / max(1, total_steps - warmup)))
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            lr = optimizer.param_groups[0]["lr"]
             losses.append(train_step(net, optimizer, train_split.contexts[index], train_split.points[index], cfg,
                                      generator, device))
+            scheduler.step()
         val = landmark_errors(list(zip(_predict_split(net, splits["val"], cfg, device), splits["val"].truth)))
-        epoch_times.append(time.time() - epoch_started)
-        row = {"epoch": epoch, "time_s": round(time.time() - started, 2), "train_loss": round(float(np.mean(losses)), 5),
-               "lr": lr, "val_mean_error_px": round(val["mean_error_px"], 4),
+        seconds = time.time() - epoch_started
+        row = {"epoch": epoch, "train_loss": round(float(np.mean(losses)), 5), "lr": lr, "seconds": round(seconds, 3),
+               "val_mean_error_px": round(val["mean_error_px"], 4),
                "val_mean_error_pct_c2c7": round(val["mean_error_pct_c2c7"], 4),
                "val_cobb_mae_deg": None if val["cobb_mae_deg"] is None else round(val["cobb_mae_deg"], 4)}
-        _write_row(run_dir / "metrics.csv", row)
         improved = best is None or val["mean_error_px"] < best
         if improved:
-            best = val["mean_error_px"]
-            save_checkpoint(run_dir / "best.pt", {"state_dict": net.state_dict(),
-                                                  "meta": _meta(cfg, {"epoch": epoch, "val": val})})
-        save_checkpoint(run_dir / "last.pt", {"state_dict": net.state_dict(), "optimizer": optimizer.state_dict(),
-                                              "epoch": epoch, "best": best,
-                                              "meta": _meta(cfg, {"epoch": epoch, "val": val})})
-        eta = float(np.mean(epoch_times)) * (cfg.epochs - epoch)
+            best, best_epoch = val["mean_error_px"], epoch
+            run.save("best.pt", {"state_dict": net.state_dict(), "meta": _meta(cfg, {"epoch": epoch, "val": val})})
+        stop = bool(cfg.patience and epoch - best_epoch >= cfg.patience)
+        # metrics row before last.pt: a crash between the two redoes the epoch and the resume drops the row
+        run.append_metrics(row)
+        run.save("last.pt", {"state_dict": net.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best,
+                             "best_epoch": best_epoch, "meta": _meta(cfg, {"epoch": epoch, "val": val})})
         message = (f"epoch {epoch}/{cfg.epochs}: val error {val['mean_error_px']:.2f} px, Cobb MAE "
                    f"{val['cobb_mae_deg']:.2f} deg" if val["cobb_mae_deg"] is not None else
                    f"epoch {epoch}/{cfg.epochs}: val error {val['mean_error_px']:.2f} px")
-        log.info(message)
-        update(epoch=epoch, eta_s=round(eta), best_metric=round(best, 4), message=message)
-        cancel.check()  # after last.pt: a resume continues from this epoch
+        run.epoch_status(epoch, cfg.epochs, seconds, best_metric=best, message=message, finished=stop)
+        run.check_cancel()  # after last.pt: a resume continues from this epoch
         if progress_callback is not None:
             progress_callback(epoch, cfg.epochs, row)
+        if stop:
+            log.info("early stop: no better val error for %d epochs (best %.3f px at epoch %d)", cfg.patience, best,
+                     best_epoch)
+            break
 
-    report = evaluate_run(run_dir, items=None if items is None else items.get("test", []))
+    run.update(message="evaluating on the test split", eta_s=None)
+    report = evaluate(run_dir, items=None if items is None else items.get("test", []))
     report["seconds"] = round(time.time() - started, 1)
-    layout.atomic_write_text(run_dir / "test_report.json", json.dumps(report, indent=1))
-    summary = (f"done: test error {report['mean_error_px']:.2f} px, Cobb MAE {report['cobb_mae_deg']:.2f} deg"
-               if report.get("cobb_mae_deg") is not None else "done (no test images with landmarks)")
-    update(state="done", eta_s=0, message=summary)
+    run.write_json(layout.TEST_REPORT, report)
+    run.done(f"done: test error {report['mean_error_px']:.2f} px, Cobb MAE {report['cobb_mae_deg']:.2f} deg"
+             if report.get("cobb_mae_deg") is not None else "done (no test images with landmarks)")
     return report
 
 
-def evaluate_run(run_dir: str | Path, split: str = "test", items: Sequence[Any] | None = None) -> dict:
+def evaluate(run_dir: str | Path, split: str = "test", items: Sequence[Any] | None = None) -> dict:
     """The run's best model on a split of its dataset, through :meth:`HeatmapLandmarkModel.locate` (refinement
     and mirror reading included) starting from each image's ROI box; also written to ``<split>_report.json``."""
     from core.data.imaging import read_image
