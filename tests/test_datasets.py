@@ -893,3 +893,115 @@ def test_every_phantom_layout_imports_with_agreeing_labels(workspace, tmp_path, 
     by_class = Counter(i.curvature_class for i in store.current_labels("dicom"))
     assert by_class == Counter(i.curvature_class for i in truth.values())
     assert len({i.patient_id for i in store.current_labels("dicom")}) == 6
+
+
+# ---------------------------------------------------------------- splits belong to patients
+
+
+def _manifest(path: Path, rows: list[list[str]]) -> Path:
+    with path.open("w", newline="") as handle:
+        csv.writer(handle).writerows([["path", "label", "patient_id", "split"], *rows])
+    return path
+
+
+def test_manifest_with_a_patient_in_two_splits_is_refused_or_resplit(workspace, tmp_path, store, capsys):
+    src = tmp_path / "m"
+    for n in range(4):
+        write_png(src / f"{n}.png", n)
+    manifest = _manifest(src / "manifest.csv", [["0.png", "normal", "P1", "train"], ["1.png", "normal", "P1", "test"],
+                                                ["2.png", "reversed", "P2", "val"], ["3.png", "reversed", "P3", ""]])
+
+    with pytest.raises(DatasetError, match=r"patient 'P1' is in test and train \(train: manifest.csv line 2"):
+        importers.import_csv(manifest, dataset="m", store=store)
+    assert store.images() == [] and files_under(settings.images_dir()) == set()
+    assert cli_main(["import", "csv", str(manifest), "--dataset", "m"]) == 2
+    assert "patient 'P1' is in test and train" in capsys.readouterr().out
+
+    report = importers.import_csv(manifest, dataset="m", store=store, resplit=True)
+    assert report.imported == 4 and "splits were dropped" in report.notes[0]
+    assert {i.patient_id: i.split for i in store.images("m")} == {"P1": None, "P2": "val", "P3": None}
+
+
+def test_new_film_of_a_known_patient_gets_its_split_and_a_contradiction_is_refused(workspace, tmp_path, store):
+    first = tmp_path / "first"
+    write_png(first / "a.png", 1)
+    importers.import_csv(_manifest(first / "m.csv", [["a.png", "normal", "P1", "test"]]), dataset="d", store=store)
+    later = tmp_path / "later"
+    write_png(later / "b.png", 2)
+    write_png(later / "c.png", 3)
+    report = importers.import_csv(_manifest(later / "m.csv", [["b.png", "normal", "P1", ""]]), dataset="d", store=store)
+    assert report.imported == 1 and [i.split for i in store.images("d")] == ["test", "test"]
+    with pytest.raises(DatasetError, match="the store has it in test"):
+        importers.import_csv(_manifest(later / "m2.csv", [["c.png", "normal", "P1", "train"]]), dataset="d", store=store)
+    # Folder imports carry no split: a known patient's new film still joins its split.
+    write_png(tmp_path / "tree" / "normal" / "P1.png", 4)
+    importers.import_folder(tmp_path / "tree", dataset="d", store=store)
+    assert [i.split for i in store.images("d")] == ["test", "test", "test"]
+
+
+def test_frozen_test_split_survives_resplitting_and_unsplit_images_are_not_trained(workspace, tmp_path, store, capsys,
+                                                                                  caplog):
+    _balanced_store(store, patients_per_class=6)
+    assert cli_main(["split", "--dataset", "bal", "--freeze-test"]) == 0
+    assert "test split frozen" in capsys.readouterr().out
+    test_before = {i.image_id for i in store.images("bal") if i.split == "test"}
+    assert cli_main(["split", "--dataset", "bal", "--seed", "7"]) == 0
+    assert "frozen since" in capsys.readouterr().out
+    assert {i.image_id for i in store.images("bal") if i.split == "test"} == test_before
+    with pytest.raises(DatasetError, match="frozen test split"):
+        importers.import_csv(_manifest(_png_dir(tmp_path), [["x.png", "normal", "NEW", "test"]]), dataset="bal",
+                             store=store)
+
+    # A new patient imported after the split: left out of training, and the trainer's log says so.
+    importers.import_csv(_manifest(_png_dir(tmp_path), [["x.png", "normal", "NEW", ""]]), dataset="bal", store=store)
+    assert datasets.check_splits("bal", store=store).unsplit == 1
+    with caplog.at_level("WARNING", logger="cervicurve.train"):
+        train = datasets.training_items("bal", "train", store=store)
+    assert "NEW" not in {t.patient_id for t in train}
+    assert "1 labeled images of dataset 'bal' have no split" in caplog.text
+
+
+def _png_dir(tmp_path: Path) -> Path:
+    write_png(tmp_path / "new" / "x.png", 77)
+    return tmp_path / "new" / "m.csv"
+
+
+def test_training_refuses_a_dataset_with_a_patient_in_two_splits(workspace, store):
+    from sqlalchemy import create_engine, text
+
+    _balanced_store(store, patients_per_class=3)
+    datasets.make_splits("bal", store=store)
+    # A database written by an older CerviCurve (or by hand) may already mix a patient's splits.
+    engine = create_engine(store.url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE images SET split = CASE WHEN split = 'test' THEN 'train' ELSE 'test' END "
+                          "WHERE id IN (SELECT min(id) FROM images WHERE patient_id = 'normal-0')"))
+    engine.dispose()
+    check = datasets.check_splits("bal", store=store)
+    assert list(check.conflicts) == ["normal-0"]
+    with pytest.raises(DatasetError, match="1 patients in two splits \\(normal-0 in"):
+        datasets.training_items("bal", "train", store=store)
+    with pytest.raises(DatasetError, match="patients in two splits"):
+        datasets.training_items("bal", "test", store=store)
+    datasets.make_splits("bal", store=store)  # splitting again repairs it
+    assert not datasets.check_splits("bal", store=store).conflicts
+
+
+def test_csxa_names_with_the_age_glued_to_the_case_number(workspace, tmp_path, store):
+    import pandas as pd
+
+    src = tmp_path / "CSXA"
+    # 000149 = case 1 aged 49 (the sheet says 48: link by the number), though case 149 exists too;
+    # 0002_50 the separated form; 014923 = case 149 aged 23; 000777 = case 7 (aged 77), not in the sheet.
+    for seed, stem in enumerate(("000149", "0002_50", "014923", "000777")):
+        write_png(src / "datasets-PNG" / f"{stem}.png", seed)
+    header = ["Number", "Age", "Sex", "Curvature: 1.Lordotic, 2.Straight, 3.Sigmoid1, 4.Sigmoid2, 5.Kyphotic"]
+    table = pd.DataFrame([["CSXA", None, None, None], header, [1, 48, "F", 1], [2, 50, "M", 5], [149, 23, "F", 2]])
+    table.to_excel(src / "datasets.xlsx", sheet_name="Sheet1", header=False, index=False)
+
+    report = importers.import_csxa(src, dataset="csxa", store=store)
+
+    assert report.imported == 3, report.format()
+    assert dict(report.skipped) == {"datasets-PNG/000777.png": "case 7 is not in datasets.xlsx (nor case 777)"}
+    items = {i.patient_id: i.curvature_class for i in store.current_labels("csxa")}
+    assert items == {"0001": "normal", "0002": "reversed", "0149": "straightened"}

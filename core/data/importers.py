@@ -833,18 +833,17 @@ def csxa_case_number(stem: str, cases: dict[int, Any]) -> int | None:
     """The sheet's case number of a CSXA file name, or None.
 
     CSXA names a file by its four-digit case number followed directly by the patient's age (``000149`` =
-    case 1, aged 49); the phantom writer separates them (``0001_49``). The whole leading run of digits is
-    the case when the sheet has it, else its first four digits.
+    case 1, aged 49); the phantom writer separates them (``0001_49``). A run of more than four digits is
+    read as case + age first: with ~5,000 cases, the whole run (149) is often a case too, the wrong one.
+    The whole run is the case only when its first four digits are not in the sheet (or it has four or fewer).
     """
     match = re.match(r"\d+", stem)
     if match is None:
         return None
     digits = match.group()
-    if int(digits) in cases:
-        return int(digits)
     if len(digits) > 4 and int(digits[:4]) in cases:
         return int(digits[:4])
-    return None
+    return int(digits) if int(digits) in cases else None
 
 
 def import_csxa(src: str | Path, sheet: str | Path | None = None, *, sigmoid: str = "skip",
@@ -880,10 +879,12 @@ def import_csxa(src: str | Path, sheet: str | Path | None = None, *, sigmoid: st
         name = _relative_name(path, src)
         number = csxa_case_number(path.stem, cases)
         if number is None:
-            digits = re.match(r"\d+", path.stem)
-            skipped.append((name, "file name does not start with a case number" if digits is None else
-                                  f"case {int(digits.group())} is not in {Path(sheet).name}"
-                                  + (f" (nor case {int(digits.group()[:4])})" if len(digits.group()) > 4 else "")))
+            match = re.match(r"\d+", path.stem)
+            run = match.group() if match else ""
+            reason = ("file name does not start with a case number" if not run else
+                      f"case {int(run[:4])} is not in {Path(sheet).name} (nor case {int(run)})" if len(run) > 4 else
+                      f"case {int(run)} is not in {Path(sheet).name}")
+            skipped.append((name, reason))
             continue
         case = cases[number]
         json_path = path.with_suffix(".json") if path.with_suffix(".json").is_file() else labelme.get(path.stem)
