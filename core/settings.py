@@ -5,17 +5,117 @@ so a workspace can be copied, backed up or deleted as one thing.
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 CLASSES: tuple[str, ...] = ("normal", "straightened", "reversed")
 
 
+class SettingsError(ValueError):
+    """A bad environment value; the message names the variable and the form it expects."""
+
+
+# name -> (what it is, the form expected). Read by check() and the accessors below.
+VARIABLES = {
+    "CERVICURVE_HOME": "the workspace folder: a path to a folder (created when missing)",
+    "CERVICURVE_DB": "a SQLAlchemy database URL such as sqlite:////path/cervicurve.db or "
+                     "postgresql+psycopg://user@host:5432/name",
+    "CERVICURVE_THREADS": "torch CPU threads: a whole number from 1 up",
+    "CERVICURVE_NORMAL_MIN_DEG": "Cobb C2-C7 angle (degrees) from which a curve is normal: a number such as 10",
+    "CERVICURVE_REVERSED_MAX_DEG": "Cobb C2-C7 angle (degrees) up to which a curve is reversed: a number such as -4, "
+                                   "below CERVICURVE_NORMAL_MIN_DEG",
+    "CERVICURVE_PRELOAD": "load the Predict models when the app starts: 1 (default) or 0",
+}
+
+
+def check() -> None:
+    """Every CerviCurve environment variable that is set, checked at start (CLI and app): SettingsError
+    with one line per bad value, naming the variable, what it got and the form expected."""
+    problems = []
+    for name, reader in (("CERVICURVE_HOME", _checked_home), ("CERVICURVE_DB", _checked_db_url),
+                         ("CERVICURVE_THREADS", cpu_threads), ("CERVICURVE_PRELOAD", _checked_preload)):
+        try:
+            reader()
+        except SettingsError as error:
+            problems.append(str(error))
+    try:
+        normal, reversed_ = rule_thresholds_deg()
+        if os.environ.get("CERVICURVE_NORMAL_MIN_DEG") or os.environ.get("CERVICURVE_REVERSED_MAX_DEG"):
+            if not reversed_ < normal:
+                problems.append(f"CERVICURVE_REVERSED_MAX_DEG ({reversed_:g}) must be below "
+                                f"CERVICURVE_NORMAL_MIN_DEG ({normal:g})")
+    except SettingsError as error:
+        problems.append(str(error))
+    if problems:
+        raise SettingsError("bad settings:\n  " + "\n  ".join(problems))
+
+
+def _bad(name: str, value: str) -> SettingsError:
+    return SettingsError(f"{name}={value!r} is not valid; expected {VARIABLES[name]}")
+
+
+def env_number(name: str, default: float) -> float:
+    """A finite number from the environment (``default`` when unset or empty)."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return float(default)
+    try:
+        number = float(value)
+    except ValueError:
+        raise _bad(name, value) from None
+    if not math.isfinite(number):
+        raise _bad(name, value)
+    return number
+
+
+def rule_thresholds_deg() -> tuple[float, float]:
+    """(normal from, reversed up to) Cobb C2-C7 degrees: the defaults of ``core.data.measure.RuleThresholds``
+    unless the environment sets them."""
+    return env_number("CERVICURVE_NORMAL_MIN_DEG", 10.0), env_number("CERVICURVE_REVERSED_MAX_DEG", -4.0)
+
+
 def home() -> Path:
     """The workspace folder, created on first use."""
-    path = Path(os.environ.get("CERVICURVE_HOME", "workspace")).expanduser().resolve()
+    path = Path(os.environ.get("CERVICURVE_HOME") or "workspace").expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _checked_home() -> Path:
+    value = os.environ.get("CERVICURVE_HOME") or "workspace"
+    try:
+        path = home()
+    except (OSError, RuntimeError, ValueError) as error:  # a file in the way, no permission, a NUL
+        raise SettingsError(f"CERVICURVE_HOME={value!r} cannot be used as the workspace ({error}); "
+                            f"expected {VARIABLES['CERVICURVE_HOME']}") from None
+    if not os.access(path, os.W_OK):
+        raise SettingsError(f"CERVICURVE_HOME={value!r}: the folder is not writable; expected a folder you can write to")
+    return path
+
+
+def _checked_db_url() -> str:  # the URL as set, "" when unset
+    value = os.environ.get("CERVICURVE_DB")
+    if not value:
+        return ""  # the workspace's SQLite file: CERVICURVE_HOME's check covers it
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(value)
+    except (ArgumentError, ValueError):
+        raise _bad("CERVICURVE_DB", value) from None
+    if url.get_backend_name() not in ("sqlite", "postgresql"):
+        raise SettingsError(f"CERVICURVE_DB={url.render_as_string(hide_password=True)!r}: the {url.get_backend_name()!r} "
+                            "database is not supported; expected sqlite or postgresql")
+    return value
+
+
+def _checked_preload() -> bool:
+    value = os.environ.get("CERVICURVE_PRELOAD", "1").strip() or "1"
+    if value not in ("0", "1"):
+        raise _bad("CERVICURVE_PRELOAD", value)
+    return value == "1"
 
 
 def db_url() -> str:
@@ -60,8 +160,13 @@ def pseudonym_salt() -> bytes:
 
 
 def cpu_threads() -> int:
-    """Threads for torch on CPU: all cores unless the user limits it."""
-    return int(os.environ.get("CERVICURVE_THREADS", os.cpu_count() or 1))
+    """Threads for torch on CPU: all cores unless the user limits it (SettingsError for a bad value)."""
+    value = os.environ.get("CERVICURVE_THREADS", "").strip()
+    if not value:
+        return os.cpu_count() or 1
+    if not value.isdigit() or int(value) < 1:
+        raise _bad("CERVICURVE_THREADS", value)
+    return int(value)
 
 
 def _subdir(name: str) -> Path:
