@@ -1,47 +1,51 @@
 """Predict: upload radiographs (or try a phantom) and see the class, why (Grad-CAM) and the angle.
 
 Thin: reading, detection, landmarks, classification and Grad-CAM are one ``core.inference.pipeline.Predictor``
-call (the same as ``python -m core predict``); this page draws the results. Torch is imported only once
-there is something to predict, so the page opens at once.
+call (the same as ``python -m core predict``); the pictures, the PNG report and the models line are
+``core.inference.report``'s (the same as ``predict --report``). Torch is imported only once there is something
+to predict, so the page opens at once; then ``pipeline.preload`` loads the models in the background.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 
 import pandas as pd
 import streamlit as st
 
-from core.runs.promotion import PROMOTED_FILE
+from core.inference import pipeline, report
 from core.settings import CLASSES
-from ui.figures import annotated_radiograph, probability_chart, report_png
-from ui.frame import NOTICE_PLAIN, engine_errors, frame, selected_runs
-from ui.imagery import downscaled, png_bytes, thumbnail_uri
-from ui.models import load_predictor, model_files, preload
+from ui.figures import probability_chart
+from ui.frame import engine_errors, frame, selected_runs
+from ui.imagery import png_bytes, thumbnail_uri
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "dcm", "dicom"]
 SAMPLE_SEEDS = {"normal": 11, "straightened": 12, "reversed": 13}
 SAMPLE_SIZE = 768
-DISPLAY_MAX = 1024  # px: larger films are drawn downscaled (the engine and the numbers use full size)
 CAM_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "eigencam": "Eigen-CAM", "layercam": "LayerCAM"}
 KEPT_RESULTS = 6  # per session; a 2048 px result holds ~32 MB (image + heatmap)
 
-frame("Predict")
+state = frame("Predict")
 
 
 # ------------------------------------------------------------------ models and results
 
 
-def predict_cached(predictor, files: tuple, name: str, data: bytes, cam_method: str | None):
+def predict_cached(predictor, name: str, data: bytes, cam_method: str | None):
     """One prediction per (file content, models, CAM method), kept for this session: changing the opacity
     or reopening a result never recomputes it."""
-    key = (hashlib.sha256(data).hexdigest(), files, cam_method)
+    key = (hashlib.sha256(data).hexdigest(), model_files(predictor), cam_method)
     results = st.session_state.setdefault("predictions", {})
     if key not in results:
         if len(results) >= KEPT_RESULTS:
             results.pop(next(iter(results)))
         results[key] = predictor.predict(data, name=name, cam_method=cam_method)
     return results[key]
+
+
+def model_files(predictor) -> tuple:
+    """Which model files made a result (a re-promoted model is another file)."""
+    return tuple((str(p), p.stat().st_mtime_ns) if p else None
+                 for p in (predictor.classifier_path, predictor.detector_path, predictor.landmarks_path))
 
 
 @st.cache_data(show_spinner="Generating a phantom…")
@@ -70,40 +74,30 @@ def measurements_table(prediction) -> pd.DataFrame | None:
     return pd.DataFrame(rows, columns=["measurement", "value"])
 
 
-def box_label(prediction) -> str:
-    if prediction.box_source == "detector" and prediction.box_confidence is not None:
-        return f"C2–C7 {prediction.box_confidence:.2f}"
-    return f"box from {prediction.box_source}"
-
-
-def show_result(predictor, files: tuple, name: str, data: bytes, truth: str | None = None) -> None:
+def show_result(predictor, name: str, data: bytes, truth: str | None = None) -> None:
     """Radiograph | heatmap (with its method and opacity) | class, probabilities, measurements, report."""
-    from core.inference.explain import CAM_METHODS, overlay
+    from core.inference.explain import CAM_METHODS
 
     method_column, opacity_column, _ = st.columns([5, 5, 4], gap="medium")
     method = method_column.selectbox("Heatmap method", list(CAM_METHODS),
                                      format_func=lambda m: CAM_LABELS.get(m, m), key="cam_method")
     alpha = opacity_column.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="cam_alpha")
     with st.spinner(f"Analysing {name}…"):
-        prediction = predict_cached(predictor, files, name, data, method)
+        prediction = predict_cached(predictor, name, data, method)
     probability = prediction.probabilities[prediction.curvature_class]
+    provenance = report.provenance(predictor)
     st.subheader(f"{name}: {prediction.curvature_class} ({probability:.0%})")
     if truth:
         st.caption(truth)
 
-    # Drawn at display size (coordinates scaled): full-size films are only needed by the engine.
-    pixels, scale = downscaled(prediction.radiograph.pixels, DISPLAY_MAX)
-    box = [v * scale for v in prediction.roi_box]
-    landmarks = None if prediction.landmarks is None else prediction.landmarks * scale
-    annotated = annotated_radiograph(pixels, box, landmarks, box_label(prediction))
+    pictures = report.pictures(prediction, alpha)  # at display size; JPEG-encoded once, here
+    annotated, heatmap = pictures
     image_column, heatmap_column, numbers_column = st.columns([5, 5, 4], gap="medium")
-    image_column.image(annotated, caption="ROI box, landmarks and the C2/C7 endplates", width="stretch",
-                       output_format="JPEG")
-    heatmap = None
-    if prediction.cam is not None:
-        heatmap = annotated_radiograph(overlay(pixels, prediction.cam, alpha), box)
-        heatmap_column.image(heatmap, caption=f"{CAM_LABELS.get(method, method)} heatmap for "
-                                              f"'{prediction.curvature_class}'", width="stretch", output_format="JPEG")
+    image_column.image(report.as_jpeg(annotated), caption="ROI box, landmarks and the C2/C7 endplates",
+                       width="stretch")
+    if heatmap is not None:
+        heatmap_column.image(report.as_jpeg(heatmap), caption=f"{CAM_LABELS.get(method, method)} heatmap for "
+                                                              f"'{prediction.curvature_class}'", width="stretch")
         if float(prediction.cam.max()) < 0.05:
             heatmap_column.caption("The map is flat for this image: no region stands out to the model.")
     else:
@@ -125,7 +119,8 @@ def show_result(predictor, files: tuple, name: str, data: bytes, truth: str | No
         else:
             st.dataframe(table, hide_index=True, width="stretch")
         st.download_button("Download the PNG report",  # composed only when clicked
-                           lambda: report(predictor, prediction, annotated, heatmap, name, truth),
+                           lambda: report.report_png(prediction, provenance, quality=predictor.quality, truth=truth,
+                                                     images=pictures),
                            file_name=f"{name.rsplit('.', 1)[0]}_report.png", mime="image/png",
                            on_click="ignore", key="report_download")
         dicom = prediction.radiograph.meta.get("dicom")
@@ -135,37 +130,7 @@ def show_result(predictor, files: tuple, name: str, data: bytes, truth: str | No
         for note in prediction.notes:
             st.caption(f"Note: {note}")
         st.caption("Time per stage (ms): " + ", ".join(f"{k} {v:.0f}" for k, v in prediction.timings.items()))
-        st.caption("Models: " + models_used(predictor))
-
-
-def models_used(predictor) -> str:
-    """``classifier run A (promoted) · detector run B · landmarks none``: which runs made this result."""
-    parts = []
-    for what, path in (("classifier", predictor.classifier_path), ("detector", predictor.detector_path),
-                       ("landmarks", predictor.landmarks_path)):
-        if path is None:
-            parts.append(f"{what} none")
-            continue
-        try:
-            record = json.loads((path.parent / PROMOTED_FILE).read_text(encoding="utf-8"))
-            parts.append(f"{what} run {record.get('run_id', '?')} (promoted)")
-        except (OSError, ValueError):
-            parts.append(f"{what} run {path.parent.name}")
-    return " · ".join(parts)
-
-
-def report(predictor, prediction, annotated, heatmap, name: str, truth: str | None) -> bytes:
-    m = prediction.measurements
-    lines = [f"Cobb C2–C7 {m.cobb_c2c7:+.1f}° (rule class {m.rule_class}, "
-             f"{'agrees' if prediction.agreement else 'disagrees'} with the network); CCI {m.cci:.1f} %"
-             if m is not None else "No landmark model: no angle measured.",
-             f"ROI box from the {prediction.box_source}; model {prediction.model} "
-             f"(run {predictor.meta.get('run_id', '?')})"
-             + (f", demo quality: {predictor.quality}" if predictor.quality else ""),
-             *([truth] if truth else [])]
-    return report_png(radiograph=annotated, heatmap=heatmap,
-                      title=f"CerviCurve — {name}", curvature_class=prediction.curvature_class,
-                      probabilities=prediction.probabilities, lines=lines, notice=NOTICE_PLAIN)
+        st.caption("Models: " + provenance)
 
 
 # ------------------------------------------------------------------ many results
@@ -188,8 +153,8 @@ def results_table(results, thumbnails: dict[str, str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def show_batch(predictor, files: tuple, sources: list[tuple[str, bytes]]) -> None:
-    key = (tuple(hashlib.sha256(data).hexdigest() for _, data in sources), files)
+def show_batch(predictor, sources: list[tuple[str, bytes]]) -> None:
+    key = (tuple(hashlib.sha256(data).hexdigest() for _, data in sources), model_files(predictor))
     cached = st.session_state.get("batch")
     if cached is None or cached[0] != key:
         progress = st.progress(0.0, text="Starting…")
@@ -218,7 +183,7 @@ def show_batch(predictor, files: tuple, sources: list[tuple[str, bytes]]) -> Non
     if len(done):
         chosen = st.selectbox("Show one result in detail", list(done["file"]), key="detail_choice")
         data = dict(sources)[chosen]
-        show_result(predictor, files, chosen, data)
+        show_result(predictor, chosen, data)
 
 
 # ------------------------------------------------------------------ page
@@ -238,21 +203,21 @@ elif st.session_state.get("sample_class"):
     with engine_errors("Generating the sample"):
         name, data, truth = sample_phantom(st.session_state["sample_class"])
         sources = [(name, data)]
-runs = selected_runs()
-files = model_files(runs)
+runs = selected_runs(state)
 if not sources:
-    preload(runs, files)  # the page is drawn: load the models while the user picks a file
+    with engine_errors("Loading the models"):
+        pipeline.preload(*runs)  # the page is drawn: load the models while the user picks a file
     st.stop()
-if files[0] is None:
+if runs[0] is None and state["models"]["classify"] is None:
     st.info("No classifier yet. Build the demo (above), or train a model on the Train page and promote it.")
     st.stop()
 predictor = None
-with engine_errors("Loading the models"):
-    predictor = load_predictor(runs, files)
+with engine_errors("Loading the models"), st.spinner("Loading the models (once per server)…"):
+    predictor = pipeline.Predictor(*runs)  # from the process-wide model cache: cheap once loaded
 if predictor is None:
     st.stop()
 with engine_errors("The prediction"):
     if len(sources) == 1:
-        show_result(predictor, files, *sources[0], truth=truth)
+        show_result(predictor, *sources[0], truth=truth)
     else:
-        show_batch(predictor, files, sources)
+        show_batch(predictor, sources)

@@ -130,3 +130,42 @@ def test_an_unreadable_database_is_an_error_message_not_a_traceback(workspace, m
     at = run_app()
     assert NOTICE in at.warning[0].value
     assert len(at.error) == 1 and at.error[0].value.startswith("Reading the workspace failed")
+
+
+def test_a_rerun_reads_the_run_list_once_and_counts_images_without_loading_them(workspace, monkeypatch):
+    """Every widget change reruns the page: the frame must not list the runs per selector or load every image row."""
+    from core.data import phantom, store
+    from core.data.importers import import_csv
+    from core.runs import layout
+
+    phantom.write_phantoms(workspace / "films", 3, seed=1, size=96)
+    import_csv(workspace / "films" / "manifest.csv", dataset="films")
+    for task in ("classify", "landmarks"):
+        layout.new_run_dir("m", task)
+    listings = []
+    real_list_runs = layout.list_runs
+    monkeypatch.setattr(layout, "list_runs", lambda: listings.append(1) or real_list_runs())
+
+    def no_rows(self, dataset=None):
+        raise AssertionError("the frame loaded every image row")
+
+    monkeypatch.setattr(store.AnnotationStore, "images", no_rows)
+    at = run_app()
+    assert "3 images · 1 datasets · 2 runs" in sidebar_text(at)
+    assert len(listings) == 1
+    at.run()
+    assert not at.exception and len(listings) == 2
+
+
+def test_a_recycled_pid_is_not_a_running_demo(workspace):
+    """demo_status.json says running, but its pid now belongs to another program: the build is over."""
+    from core.demo import demo_running
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        status = {"state": "running", "pid": other.pid}
+        assert not demo_running(status)
+        assert not demo_running({"state": "running", "pid": os.getpid() + 10_000_000})
+    finally:
+        other.kill()
+        other.wait()

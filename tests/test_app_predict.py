@@ -35,7 +35,7 @@ def promote_tiny_classifier(home: Path) -> Path:
     from core.training import classify
     from core.data.datasets import TrainingItem
     from core.data.phantom import generate_case
-    from core.runs.configs import load_config
+    from core.runs.configs import ClassifyConfig
 
     previous = os.environ.get("CERVICURVE_HOME")
     os.environ["CERVICURVE_HOME"] = str(home)
@@ -54,8 +54,9 @@ def promote_tiny_classifier(home: Path) -> Path:
                                                      landmarks=case.landmarks, patient_id=f"P{number}",
                                                      image_id=number))
                     number += 1
-        config = load_config(None, ["model=cnn", "epochs=1", "batch_size=4", "input_size=32", "workers=0",
-                                    "n_boot=0", "device=cpu", "augment=false", "warmup_epochs=0"])
+        config = ClassifyConfig.from_dict({"model": "cnn", "epochs": 1, "batch_size": 4, "input_size": 32,
+                                           "workers": 0, "n_boot": 0, "device": "cpu", "augment": False,
+                                           "warmup_epochs": 0})
         run_dir = classify.train(config, items=items)
         return promotion.promote(run_dir)
     finally:
@@ -196,9 +197,9 @@ def test_the_page_opens_without_loading_torch_even_with_a_model(with_model):
 
 def test_once_drawn_the_page_loads_the_model_in_the_background(with_model):
     loaded = run_page_in_a_fresh_process(
-        "def loaded():  # the pipeline's per-process cache of classifiers (None while it is being imported)\n"
-        "    cache = getattr(sys.modules.get('core.inference.pipeline'), '_classifier_at', None)\n"
-        "    return cache.cache_info().currsize if cache else 0\n"
+        "def loaded():  # classifiers in the per-process model cache (None while it is being imported)\n"
+        "    cache = getattr(sys.modules.get('core.inference.models'), 'CACHE', None)\n"
+        "    return sum(key[0] == 'classify' for key in cache.keys()) if cache else 0\n"
         "deadline = time.monotonic() + 120\n"
         "while time.monotonic() < deadline and not loaded():\n"
         "    time.sleep(0.2)\n"
@@ -206,10 +207,11 @@ def test_once_drawn_the_page_loads_the_model_in_the_background(with_model):
     assert loaded == "1"
 
 
-def test_figures_draw_the_endplates_at_the_landmarks_and_the_report_is_a_png():
+def test_figures_draw_the_endplates_at_the_landmarks_and_the_report_is_a_png(with_model):
     from core.data.measure import LANDMARK_NAMES
     from core.data.phantom import generate_case
-    from ui.figures import ENDPLATE_COLOUR, annotated_radiograph, report_png
+    from core.inference.pipeline import Predictor
+    from core.inference.report import ENDPLATE_COLOUR, annotated_radiograph, pictures, provenance, report_png
 
     case = generate_case(8, size=256, curvature_class="normal")
     drawn = np.asarray(annotated_radiograph(case.image, case.roi_box, case.landmarks, "box"))
@@ -218,11 +220,13 @@ def test_figures_draw_the_endplates_at_the_landmarks_and_the_report_is_a_png():
         x, y = np.round(middle).astype(int)
         patch = drawn[y - 1:y + 2, x - 1:x + 2].reshape(-1, 3)
         assert any(tuple(pixel) == ENDPLATE_COLOUR for pixel in patch), f"no endplate line through {left}/{right}"
-    png = report_png(radiograph=Image.fromarray(drawn), heatmap=Image.fromarray(drawn), title="t",
-                     curvature_class="normal", probabilities={"normal": 0.7, "straightened": 0.2, "reversed": 0.1},
-                     lines=["Cobb C2–C7 +20.0°"], notice="Research and teaching use only — not a diagnosis.")
+    predictor = Predictor()
+    prediction = predictor.predict(phantom_png("normal", seed=8, size=256), name="spine.png")
+    radiograph, heatmap = pictures(prediction)
+    png = report_png(prediction, provenance(predictor), truth="Phantom ground truth: normal")
     report = Image.open(io.BytesIO(png))
-    assert report.format == "PNG" and report.width > 2 * 720 * drawn.shape[1] / drawn.shape[0]
+    assert report.format == "PNG" and report.width > 2 * 720 * radiograph.width / radiograph.height
+    assert heatmap is not None and heatmap.size == radiograph.size
     assert report.getpixel((5, report.height - 5)) == (255, 243, 205)  # the notice band at the bottom
 
 
@@ -251,7 +255,7 @@ def two_landmark_runs(tmp_path_factory) -> tuple[Path, str, str]:
         runs = []
         for seed in (0, 1):
             run_dir = layout.new_run_dir(landmarks.MODEL_NAME, "landmarks")
-            landmarks.train_heatmap({**config, "seed": seed}, run_dir,
+            landmarks.fit({**config, "seed": seed}, run_dir,
                                     items={"train": items[:3], "val": items[3:], "test": []})
             runs.append(run_dir.name)
         promotion.promote(layout.resolve_run(runs[0]))

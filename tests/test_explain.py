@@ -131,3 +131,21 @@ def test_overlay_colours_only_where_the_map_is_hot():
     assert (rgb[0, 0] == 128).all()  # cold: the plain gray radiograph
     hot = rgb[15, 15].astype(int)
     assert hot[0] > hot[2] + 60  # jet's hot end is red
+
+
+@pytest.mark.parametrize("method", sorted(CAM_METHODS))
+def test_one_pass_gives_the_full_backward_map_and_the_networks_logits(s_resnet, method):
+    """The pipeline classifies and explains with one forward pass whose backward stops at the target layer:
+    the map must be the package's own (full backward) map, and the logits the plain forward's."""
+    from core.inference.explain import cam_class, explain_with_logits
+
+    torch.manual_seed(2)
+    x = torch.randn(1, 1, 64, 64)
+    layer = s_resnet.get_submodule(MODELS["s_resnet34"].cam_layer)
+    with cam_class(method)(model=s_resnet, target_layers=[layer]) as reference:
+        expected = reference(input_tensor=x.clone().requires_grad_(True), targets=None)[0]
+    cam, logits = explain_with_logits(s_resnet, x, None, method, model_name="s_resnet34")
+    assert np.allclose(cam, np.clip(expected, 0, 1), atol=1e-4)
+    with torch.no_grad():
+        assert torch.allclose(logits, s_resnet(x), atol=1e-4)
+    assert not layer._forward_hooks and all(p.grad is None for p in s_resnet.parameters())

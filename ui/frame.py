@@ -11,11 +11,7 @@ inside the function that needs it.
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
-import threading
 import time
 import traceback
 from contextlib import contextmanager
@@ -24,16 +20,15 @@ from typing import Iterator
 
 import streamlit as st
 
-from core import settings
+from core import demo, settings
+from core.inference.report import NOTICE as NOTICE_PLAIN
 
 NOTICE = ("**Research and teaching use only — not a diagnosis.** CerviCurve's outputs are not validated for "
           "clinical decisions; a qualified clinician must read every radiograph.")
-NOTICE_PLAIN = "Research and teaching use only — not a diagnosis."
 TASKS = (("classify", "Classifier"), ("detect", "Detector"), ("landmarks", "Landmarks"))
 SELECTOR_LABELS = {"classify": "Classifier used by Predict", "detect": "Detector used by Predict",
                    "landmarks": "Landmark model used by Predict"}
 ROOT = Path(__file__).resolve().parents[1]
-_demo_start_lock = threading.Lock()
 
 
 # Pages in menu order; a page file that does not exist (yet) is not listed.
@@ -57,7 +52,8 @@ def navigation(position: str = "sidebar"):
 
 
 def frame(title: str) -> dict:
-    """Page config, notice, title, sidebar and (on an empty workspace) the demo offer; returns the workspace state.
+    """Page config, notice, title, sidebar and (on an empty workspace) the demo offer; returns the workspace state
+    (``workspace_state``: read once per rerun, pass it on rather than reading again).
 
     When the workspace cannot be read, the reason is shown and the page stops there.
     """
@@ -136,27 +132,18 @@ def store():
 
 
 def workspace_state() -> dict:
-    """Images, datasets and runs in the workspace: cheap reads, done on every rerun."""
+    """What the frame shows, read once per rerun: the image count (one ``count(*)``), the datasets, the run list
+    (``core.runs.layout.RunInfo``, newest first) and each task's promoted model."""
+    from core.runs import layout
+
     annotation_store = store()
-    datasets = annotation_store.datasets()
-    images = len(annotation_store.images())
-    runs = list_runs()
-    return {"images": images, "datasets": datasets, "runs": len(runs),
-            "models": {task: promoted_info(task) for task, _ in TASKS}}
-
-
-def list_runs() -> list[dict]:
-    """Every run folder's status (core.layout.RunInfo as a dict), newest first."""
-    from dataclasses import asdict
-
-    from core.runs import layout, promotion
-
-    return [asdict(run) for run in layout.list_runs()]
+    return {"images": annotation_store.count_images(), "datasets": annotation_store.datasets(),
+            "runs": layout.list_runs(), "models": {task: promoted_info(task) for task, _ in TASKS}}
 
 
 def promoted_info(task: str) -> dict | None:
     """What Predict uses for ``task``: the promoted model's metadata, or None when there is none."""
-    from core.runs import layout, promotion
+    from core.runs import promotion
 
     return promotion.promoted_info(task) if promotion.promoted_model(task) is not None else None
 
@@ -177,14 +164,14 @@ def sidebar(state: dict) -> None:
                 st.caption(f"**{title}:** {model_line(info)}", help=f"Run {info.get('run_id')}, promoted "
                            f"{info.get('promoted_at', '')}; best validation score {info.get('best_metric')}")
         for task, title in TASKS:
-            choices = run_choices(task)
+            choices = run_choices(task, state)
             # the classifier choice is always shown; the others once there is a run besides the promoted one
             if choices and (task == "classify" or any(run is not None for run in choices.values())):
                 st.selectbox(SELECTOR_LABELS[task], list(choices), key=f"choice_{task}",
                              help=f"The promoted {title.lower()} model, or any finished {task} run in this "
                                   "workspace, to compare them on the same films.")
         st.subheader("Workspace")
-        st.caption(f"{state['images']} images · {len(state['datasets'])} datasets · {state['runs']} runs")
+        st.caption(f"{state['images']} images · {len(state['datasets'])} datasets · {len(state['runs'])} runs")
         if state["datasets"]:
             st.caption("Datasets: " + ", ".join(state["datasets"]))
         st.caption(f"Folder: `{settings.home()}`")
@@ -211,98 +198,34 @@ def model_line(info: dict) -> str:
     return line
 
 
-def run_choices(task: str) -> dict[str, str | None]:
+def run_choices(task: str, state: dict) -> dict[str, str | None]:
     """Label -> run id (None = the promoted model) for one task's model selector."""
     choices: dict[str, str | None] = {}
-    promoted = promoted_info(task)
+    promoted = state["models"][task]
     if promoted is not None:
         choices[f"Promoted: {promoted.get('model')} ({promoted.get('run_id')})"] = None
-    for run in list_runs():
-        if run["task"] == task and run["state"] == "done" and run["run_id"] != (promoted or {}).get("run_id"):
-            choices[f"Run {run['run_id']} ({run['model']})"] = run["run_id"]
+    for run in state["runs"]:
+        if run.task == task and run.state == "done" and run.run_id != (promoted or {}).get("run_id"):
+            choices[f"Run {run.run_id} ({run.model})"] = run.run_id
     return choices
 
 
-def selected_runs() -> tuple[str | None, ...]:
+def selected_runs(state: dict) -> tuple[str | None, ...]:
     """The runs chosen in the sidebar, in ``TASKS`` order (classifier, detector, landmarks); None = promoted."""
     chosen = []
     for task, _ in TASKS:
         label = st.session_state.get(f"choice_{task}")
-        chosen.append(run_choices(task).get(label) if label else None)
+        chosen.append(run_choices(task, state).get(label) if label else None)
     return tuple(chosen)
 
 
 # ------------------------------------------------------------------ demo builder
 
 
-def demo_status_path() -> Path:
-    return settings.home() / "demo_status.json"
-
-
-def demo_pid_path() -> Path:
-    return settings.home() / "demo.pid"
-
-
-def read_demo_status() -> dict | None:
-    try:
-        return json.loads(demo_status_path().read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _pid_alive(pid) -> bool:
-    """Whether ``pid`` is a live ``core demo`` process (reaping it first when it is our finished child)."""
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return False
-    except ChildProcessError:  # not our child: started by an earlier server process or the command line
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass
-    try:  # a recycled pid belongs to some other program
-        return b"demo" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return True
-
-
-def demo_running(status: dict | None) -> bool:
-    """A demo is being built: the process this app started, or the one demo_status.json names, is alive."""
-    try:
-        started_here = int(demo_pid_path().read_text())
-    except (OSError, ValueError):
-        started_here = None
-    return _pid_alive(started_here) or bool(
-        status and status.get("state") == "running" and _pid_alive(status.get("pid")))
-
-
-def start_demo(quick: bool) -> int:
-    """Start ``python -m core demo`` in its own process group; it outlives reruns and page reloads."""
-    with _demo_start_lock:
-        if demo_running(read_demo_status()):
-            raise ValueError("a demo build is already running in this workspace")
-        home = settings.home()
-        env = dict(os.environ, CERVICURVE_HOME=str(home), PYTHONUNBUFFERED="1")
-        # Explicit: importing ultralytics sets OMP_NUM_THREADS=1 in this server, and children inherit it.
-        env["OMP_NUM_THREADS"] = str(settings.cpu_threads())
-        demo_status_path().unlink(missing_ok=True)
-        command = [sys.executable, "-m", "core", "demo"] + (["--quick"] if quick else [])
-        with open(home / "demo.log", "ab") as log:
-            process = subprocess.Popen(command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
-        demo_pid_path().write_text(str(process.pid))
-        return process.pid
-
-
 def demo_panel(state: dict) -> None:
     """The first-launch offer to build the demo, and its progress while it runs."""
-    status = read_demo_status()
-    if demo_running(status):
+    status = demo.read_demo_status()
+    if demo.demo_running(status):
         demo_progress()
         return
     if not workspace_is_empty(state) and (status is None or status.get("state") == "done"):
@@ -310,7 +233,7 @@ def demo_panel(state: dict) -> None:
     with st.container(border=True):
         if status and status.get("state") in ("failed", "running"):
             reason = status.get("message") or "the process ended without a message"
-            st.error(f"The last demo build did not finish: {reason}. Its log is `{settings.home() / 'demo.log'}`.")
+            st.error(f"The last demo build did not finish: {reason}. Its log is `{settings.home() / demo.LOG_FILE}`.")
         st.markdown("#### This workspace is empty" if workspace_is_empty(state) else "#### Build the demo")
         st.write("Build the demo: synthetic lateral radiographs (phantoms) and small models trained on them, "
                  "so Predict works at once. Or import your own data on the **Data** page.")
@@ -318,7 +241,7 @@ def demo_panel(state: dict) -> None:
                                       "Full (about 20 min; better models)"], horizontal=True, key="demo_mode")
         if st.button("Build the demo", type="primary", key="build_demo"):
             with engine_errors("Starting the demo"):
-                start_demo(quick=mode.startswith("Quick"))
+                demo.start_demo(quick=mode.startswith("Quick"))
                 time.sleep(0.3)
                 st.rerun()
 
@@ -326,8 +249,8 @@ def demo_panel(state: dict) -> None:
 @st.fragment(run_every="1s")
 def demo_progress() -> None:
     """Polls demo_status.json; reruns the whole app when the build ends so the sidebar updates."""
-    status = read_demo_status() or {}
-    if not demo_running(status):
+    status = demo.read_demo_status() or {}
+    if not demo.demo_running(status):
         st.rerun(scope="app")  # finished or died: the app shows the new models or the failure
     step, steps = int(status.get("step") or 0), max(1, int(status.get("steps") or 1))
     label = f"Building the demo — {status.get('stage', 'starting')}: {status.get('message', '')}".rstrip(": ")

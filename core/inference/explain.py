@@ -99,6 +99,18 @@ def explain(model: torch.nn.Module, input_tensor: torch.Tensor, target_class: in
     ``input_tensor`` is the normalised crop, ``C x H x W`` or ``1 x C x H x W``. Returns ``float32``
     ``H x W`` in ``[0, 1]`` at the input size.
     """
+    return explain_with_logits(model, input_tensor, target_class, method, layer, model_name)[0]
+
+
+def explain_with_logits(model: torch.nn.Module, input_tensor: torch.Tensor, target_class: int | None,
+                        method: str = "gradcam", layer: str | torch.nn.Module | None = None,
+                        model_name: str | None = None) -> tuple[np.ndarray, torch.Tensor]:
+    """The map of :func:`explain` and the network's logits (``1 x classes``) from the same forward pass, so a
+    caller that wants both (the pipeline) runs the network once.
+
+    The backward pass stops at the target layer: its output is made a leaf of the graph, so gradients reach
+    the layer (all any CAM method reads) without being pushed through the layers below it. That also gives
+    gradients when the weights are frozen, and the same map as a full backward pass."""
     import torch
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -108,22 +120,25 @@ def explain(model: torch.nn.Module, input_tensor: torch.Tensor, target_class: in
     if batch.shape[0] != 1:
         raise ValueError(f"explain takes one image at a time, got a batch of {batch.shape[0]}")
     device = next(model.parameters()).device
-    # An input that requires grad gives gradients at the target layer even when the weights are frozen.
-    batch = batch.detach().to(device).clone().requires_grad_(True)
+    batch = batch.detach().to(device)
     targets = None if target_class is None else [ClassifierOutputTarget(int(target_class))]
-    maps = None
+    maps = logits = None
     with model_lock(model):
         was_training = model.training
+        # registered before the CAM object's own hooks, so they record the leaf and its gradient
+        cut = target_layer.register_forward_hook(lambda module, args, output: output.detach().requires_grad_(True))
         try:
             # Gradients are needed even when a caller (a page, a test) runs under no_grad.
             with torch.enable_grad(), method_class(model=model, target_layers=[target_layer]) as cam:
                 maps = cam(input_tensor=batch, targets=targets)
+                logits = cam.outputs.detach().float().cpu()
         finally:
+            cut.remove()
             model.train(was_training)
             model.zero_grad(set_to_none=True)
     if maps is None:  # the package's `with` block swallows IndexError (a layer path into the wrong place)
         raise ExplainUnavailable(f"{method} failed on layer {target_layer.__class__.__name__} of this model")
-    return np.clip(np.nan_to_num(maps[0].astype(np.float32)), 0.0, 1.0)
+    return np.clip(np.nan_to_num(maps[0].astype(np.float32)), 0.0, 1.0), logits
 
 
 def cam_to_image(cam: np.ndarray, roi_box, image_shape: tuple[int, int]) -> np.ndarray:
@@ -143,8 +158,9 @@ def cam_to_image(cam: np.ndarray, roi_box, image_shape: tuple[int, int]) -> np.n
     if inside_r <= inside_l or inside_b <= inside_t:
         return full
     resized = cv2.resize(np.asarray(cam, dtype=np.float32), (box_w, box_h), interpolation=cv2.INTER_LINEAR)
+    # linear interpolation of a map in [0, 1] stays in [0, 1]: no clip over the whole film
     full[inside_t:inside_b, inside_l:inside_r] = resized[inside_t - top:inside_b - top, inside_l - left:inside_r - left]
-    return np.clip(full, 0.0, 1.0)
+    return full
 
 
 def overlay(pixels: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:

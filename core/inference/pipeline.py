@@ -11,23 +11,28 @@ Models default to the promoted ones (``core.promotion.promoted_model``). Without
 predicted (:class:`ModelMissing`). Without a detector box the ROI comes from the landmarks of a
 whole-image landmark model, and failing that the whole image is classified and the result is flagged
 low-confidence. Without a landmark model (or, for an ROI-crop one, without a box) there are no measurements.
-Loaded models are cached per process, keyed by path and modification time, so a re-promoted model is picked up and page sessions share one copy.
+Loaded models come from ``core.inference.models`` (one locked copy per process and file version), so page sessions
+share them and a re-promoted model is picked up. With Grad-CAM asked for, one forward pass gives both the class
+probabilities and the map.
 """
 from __future__ import annotations
 
 import argparse
 import csv
-import functools
 import json
 import math
 import sys
+import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from core.inference import models
+from core.inference.models import ModelError
 from core.runs import layout, promotion
 from core.data.imaging import ImageReadError, Radiograph, read_image
 from core.data.measure import LandmarkError, Measurements, measure_landmarks, roi_box_from_landmarks
@@ -40,10 +45,6 @@ DETECTION_THRESHOLD = 0.25  # detector / landmark model confidence below which n
 PLAUSIBLE_COBB_DEG = 80.0
 STAGES = ("read", "detect", "landmarks", "crop", "classify", "cam")
 BOX_SOURCES = ("detector", "landmarks", "whole image")
-
-
-class ModelError(ValueError):
-    """A model file that cannot be used for prediction; the message says which and what to do."""
 
 
 class ModelMissing(ModelError):
@@ -102,51 +103,7 @@ class PredictFailure:
         return {"file": self.file, "error": self.reason}
 
 
-# ------------------------------------------------------------------------------------ model loading
-def _key(path: Path) -> tuple[str, int, int]:
-    """Path plus modification time and size: a re-promoted model (same path, new file) loads anew."""
-    stat = path.stat()
-    return str(path.resolve()), stat.st_mtime_ns, stat.st_size
-
-
-@functools.lru_cache(maxsize=4)
-def _classifier_at(path: str, mtime_ns: int, size: int):
-    from core.training.checkpoints import load_classifier
-    from core.training.devices import pick_device
-
-    model, meta = load_classifier(path)
-    if hasattr(model, "to"):
-        model.to(pick_device("auto"))
-    return model, meta
-
-
-@functools.lru_cache(maxsize=4)
-def _yolo_at(kind: str, path: str, mtime_ns: int, size: int):
-    from core.training import detect, landmarks
-
-    # landmarks: the heatmap model or YOLO-pose, whichever the checkpoint holds
-    return detect.RoiDetector(path) if kind == "detect" else landmarks.load_landmark_model(path)
-
-
-def load_classifier_cached(path: str | Path):
-    """``(model, meta)`` of a classifier checkpoint, loaded once per process and file version."""
-    path = Path(path)
-    try:
-        return _classifier_at(*_key(path))
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as error:
-        raise ModelError(f"{path} is not a usable classifier checkpoint ({error})") from None
-
-
-def load_yolo_cached(kind: str, path: str | Path):
-    """The ROI detector (``kind="detect"``) or landmark model (``"landmarks"``: heatmap or YOLO-pose), loaded once
-    per file version."""
-    path = Path(path)
-    try:
-        return _yolo_at(kind, *_key(path))
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as error:
-        raise ModelError(f"{path} is not a usable {kind} checkpoint ({error})") from None
-
-
+# ------------------------------------------------------------------------------------ model files
 def checkpoint_path(value: str | Path, what: str = "classifier") -> Path:
     """A checkpoint file from a .pt path, a run or promoted folder, or a run id."""
     path = Path(value).expanduser()
@@ -187,13 +144,13 @@ class Predictor:
                 raise ModelMissing(_NO_CLASSIFIER)
             classifier = promoted
         self.classifier_path = checkpoint_path(classifier, "classifier")
-        self.model, self.meta = load_classifier_cached(self.classifier_path)
+        self.model, self.meta = models.load("classify", self.classifier_path)
         self.threshold = float(threshold)
         self.detection_threshold = float(detection_threshold)
         self.detector_path = self._optional("detect", detector)
         self.landmarks_path = self._optional("landmarks", landmarks)
-        self.detector = load_yolo_cached("detect", self.detector_path) if self.detector_path else None
-        self.landmark_model = load_yolo_cached("landmarks", self.landmarks_path) if self.landmarks_path else None
+        self.detector = models.load("detect", self.detector_path) if self.detector_path else None
+        self.landmark_model = models.load("landmarks", self.landmarks_path) if self.landmarks_path else None
         self.classes = tuple(self.meta["classes"])
         self.quality = self._quality()
 
@@ -281,24 +238,33 @@ class Predictor:
         crop = crops.classifier_crop(pixels, None if box_source == "whole image" else box, input_size, margin)
         lap("crop")
 
-        with explain.model_lock(self.model):
-            probs = checkpoints.classify_crops(self.model, self.meta, crop[None])[0]
+        # With a map asked for, the CAM's own forward pass classifies too (its target: the top class), so the
+        # network runs once; "classify" then times that pass and "cam" placing the map on the film.
+        probs = crop_map = None
+        if cam_method and self.meta.get("kind") == "sklearn":
+            notes.append(f"no Grad-CAM: {self.model_name} is not a neural network")
+        elif cam_method:
+            import torch
+
+            try:
+                tensor = crops.normalise(crop[None], self.meta)
+                crop_map, logits = explain.explain_with_logits(self.model, tensor, None, cam_method,
+                                                               model_name=self.model_name)
+                # the calibration checkpoints.classify_crops applies
+                probs = torch.softmax(logits / float(self.meta.get("temperature", 1.0)), dim=1)[0].double().numpy()
+            except explain.ExplainUnavailable as error:
+                notes.append(f"no Grad-CAM: {error}")
+        if probs is None:
+            with explain.model_lock(self.model):
+                probs = checkpoints.classify_crops(self.model, self.meta, crop[None])[0]
         index = int(np.argmax(probs))
         probabilities = {c: float(p) for c, p in zip(self.classes, probs)}
         lap("classify")
 
         cam = None
-        if cam_method:
-            if self.meta.get("kind") == "sklearn":
-                notes.append(f"no Grad-CAM: {self.model_name} is not a neural network")
-            else:
-                try:
-                    tensor = crops.normalise(crop[None], self.meta)
-                    crop_map = explain.explain(self.model, tensor, index, cam_method, model_name=self.model_name)
-                    region = crops.crop_box(None if box_source == "whole image" else box, (width, height), margin)
-                    cam = explain.cam_to_image(crop_map, region, (height, width))
-                except explain.ExplainUnavailable as error:
-                    notes.append(f"no Grad-CAM: {error}")
+        if crop_map is not None:
+            region = crops.crop_box(None if box_source == "whole image" else box, (width, height), margin)
+            cam = explain.cam_to_image(crop_map, region, (height, width))
         lap("cam")
 
         curvature_class = self.classes[index]
@@ -331,6 +297,56 @@ class Predictor:
             except Exception as error:  # one odd file must not end a batch; the type helps a bug report
                 result = PredictFailure(name, f"{name}: prediction failed ({type(error).__name__}: {error})")
             yield result
+
+
+    def warm_up(self) -> None:
+        """One prediction on a blank film, so the first real one pays no first-call costs (Grad-CAM's import,
+        torch's first allocations, the landmark model's first pass)."""
+        side = 256
+        blank = Radiograph(pixels=np.zeros((side, side), dtype=np.float32), source_bit_depth=8, pixel_spacing_mm=None,
+                           photometric="MONOCHROME2", original_size=(side, side))
+        self.predict(blank, name="warm-up", cam_method="gradcam" if self.meta.get("kind") != "sklearn" else None)
+        if self.landmark_model is not None:
+            self.landmark_model.locate(blank.pixels, [0.0, 0.0, float(side), float(side)], 1.0)
+
+
+_preloaded: set[tuple] = set()
+_preload_lock = threading.Lock()
+
+
+def preload(classifier: str | Path | None = None, detector: str | Path | bool | None = None,
+            landmarks: str | Path | bool | None = None) -> threading.Thread | None:
+    """Load and warm up the models of a prediction setup in a daemon thread, once per set of model files.
+
+    Returns the thread, or None when there is nothing (new) to load or ``CERVICURVE_PRELOAD=0`` (a server short
+    of memory). A prediction asking for a model while the thread loads it waits for that load (see
+    ``core.inference.models``) instead of loading it a second time."""
+    import os
+
+    if os.environ.get("CERVICURVE_PRELOAD", "1") == "0":
+        return None
+    try:
+        classifier_path = checkpoint_path(classifier) if classifier is not None else promotion.promoted_model("classify")
+        paths = (classifier_path, Predictor._optional("detect", detector), Predictor._optional("landmarks", landmarks))
+        files = tuple(models.model_key(kind, path) if path else None for kind, path in zip(models.KINDS, paths))
+    except (ModelError, OSError):
+        return None  # the prediction itself will say what is wrong
+    if files[0] is None:
+        return None
+    with _preload_lock:
+        if files in _preloaded:
+            return None
+        _preloaded.add(files)
+
+    def work() -> None:
+        try:
+            Predictor(classifier_path, paths[1] or False, paths[2] or False).warm_up()
+        except Exception:  # a prediction loads the models again and shows the reason; the log keeps the details
+            traceback.print_exc(file=sys.stderr)
+
+    thread = threading.Thread(target=work, name="cervicurve-preload", daemon=True)
+    thread.start()
+    return thread
 
 
 def implausible(measurements: Measurements | None) -> str | None:
@@ -368,6 +384,8 @@ def configure_predict(parser: argparse.ArgumentParser) -> None:
                         help="class activation map method (default gradcam; none to skip)")
     parser.add_argument("--out", type=Path, help="write <stem>_cam.png overlays and predictions.csv here")
     parser.add_argument("--json", action="store_true", help="one JSON object per image")
+    parser.add_argument("--report", type=Path, metavar="OUT.png",
+                        help="the one-page PNG report the Predict page downloads (several images: OUT_<image>.png)")
     parser.add_argument("--threshold", type=float, default=LOW_CONFIDENCE,
                         help=f"top probability under which a result is flagged low-confidence (default {LOW_CONFIDENCE})")
     parser.add_argument("--detection-threshold", type=float, default=DETECTION_THRESHOLD,
@@ -375,6 +393,8 @@ def configure_predict(parser: argparse.ArgumentParser) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    from core.inference import report
+
     try:
         predictor = Predictor(args.model, args.detector, args.landmarks, threshold=args.threshold,
                               detection_threshold=args.detection_threshold)
@@ -397,9 +417,15 @@ def run_predict(args: argparse.Namespace) -> int:
                   flush=True)
             continue
         cam_path = None
+        stem = _unique_stem(Path(result.file).stem, used_stems)
         if args.out and result.cam is not None:
-            cam_path = args.out / f"{_unique_stem(Path(result.file).stem, used_stems)}_cam.png"
-            _write_overlay(result, cam_path)
+            cam_path = args.out / f"{stem}_cam.png"
+            report.write_overlay(result, cam_path)
+        if args.report:
+            target = args.report if len(args.images) == 1 else args.report.with_name(
+                f"{args.report.stem}_{stem}{args.report.suffix or '.png'}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(report.report_png(result, report.provenance(predictor), quality=predictor.quality))
         rows.append(_csv_row(result, cam_path))
         print(json.dumps(result.to_json(cam_path)) if args.json else _summary(result), flush=True)
     if args.out:
@@ -417,18 +443,6 @@ def _unique_stem(stem: str, used: set[str]) -> str:
         candidate = f"{stem}_{number}"
     used.add(candidate)
     return candidate
-
-
-def _write_overlay(result: Prediction, path: Path) -> None:
-    from PIL import Image, ImageDraw
-
-    from core.inference.explain import overlay
-
-    image = Image.fromarray(overlay(result.radiograph.pixels, result.cam, 0.5), mode="RGB")
-    draw = ImageDraw.Draw(image)
-    width = max(1, round(max(image.size) / 400))
-    draw.rectangle([round(v) for v in result.roi_box], outline=(0, 255, 0), width=width)
-    image.save(path)
 
 
 def _csv_row(result: Prediction, cam_path: Path | None) -> dict:

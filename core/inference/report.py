@@ -1,0 +1,203 @@
+"""Pictures of a prediction for people: the annotated radiograph, the heatmap, the one-page PNG report and the
+"which runs made this result" line. The Predict page and ``python -m core predict --report`` both use these.
+
+Drawn with PIL on a display-size copy of the film (coordinates scaled), so a 2048 px film is as quick to show as a
+512 px one; the engine and the numbers always use the full size. No torch here.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import io
+import json
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from core.data.measure import LANDMARK_NAMES
+from core.runs.promotion import PROMOTED_FILE
+from core.settings import CLASSES
+
+NOTICE = "Research and teaching use only — not a diagnosis."
+DISPLAY_MAX = 1024  # px: the long side the pictures are drawn at
+CLASS_COLOURS = {"normal": "#2a9d8f", "straightened": "#e9c46a", "reversed": "#e76f51"}
+BOX_COLOUR = (255, 200, 0)
+LANDMARK_COLOUR = (0, 220, 255)
+ENDPLATE_COLOUR = (255, 64, 160)
+# The endplates the C2–C7 Cobb angle is measured between (inferior endplates of C2 and C7).
+ENDPLATES = {"C2": ("C2 bottom left", "C2 bottom right"), "C7": ("C7 bottom left", "C7 bottom right")}
+
+
+@functools.lru_cache(maxsize=16)
+def _font(size: int) -> ImageFont.ImageFont:
+    """DejaVu Sans (shipped with matplotlib, which ultralytics needs) has the dashes and degree sign the
+    labels use; Pillow's bundled font, the fallback, does not. Nothing is downloaded either way."""
+    spec = importlib.util.find_spec("matplotlib")
+    if spec is not None and spec.origin:
+        path = Path(spec.origin).parent / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"
+        if path.exists():
+            return ImageFont.truetype(str(path), size=size)
+    return ImageFont.load_default(size=size)
+
+
+def _gray(pixels: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.round(np.clip(np.asarray(pixels, dtype=np.float32), 0.0, 1.0) * 255).astype(np.uint8))
+
+
+def display_copy(pixels: np.ndarray, max_side: int = DISPLAY_MAX) -> tuple[np.ndarray, float]:
+    """A float [0, 1] radiograph no larger than ``max_side`` px, and the factor applied to coordinates."""
+    import cv2
+
+    scale = min(1.0, max_side / max(pixels.shape[:2]))
+    if scale == 1.0:
+        return np.asarray(pixels, dtype=np.float32), 1.0
+    size = (max(1, round(pixels.shape[1] * scale)), max(1, round(pixels.shape[0] * scale)))
+    # area averaging: the same look as a high-quality filter, at a fraction of LANCZOS' cost on a 2048 px film
+    return cv2.resize(np.asarray(pixels, dtype=np.float32), size, interpolation=cv2.INTER_AREA), scale
+
+
+def annotated_radiograph(pixels: np.ndarray | Image.Image, roi_box: Sequence[float] | None = None,
+                         landmarks: np.ndarray | None = None, box_label: str | None = None) -> Image.Image:
+    """RGB image of the radiograph with the ROI box, the 23 landmarks and the C2 and C7 endplate lines.
+
+    A box that is the whole image (no spine found) is not drawn: it would only frame the picture."""
+    image = (pixels if isinstance(pixels, Image.Image) else _gray(pixels)).convert("RGB")
+    draw = ImageDraw.Draw(image)
+    k = max(1.0, max(image.size) / 512)  # lines and markers grow with the image
+    if roi_box is not None and list(map(float, roi_box)) != [0.0, 0.0, float(image.width), float(image.height)]:
+        x1, y1, x2, y2 = (float(v) for v in roi_box)
+        draw.rectangle([x1, y1, x2, y2], outline=BOX_COLOUR, width=max(2, round(2 * k)))
+        if box_label:
+            draw.text((x1 + 3 * k, max(0.0, y1 - 16 * k)), box_label, fill=BOX_COLOUR, font=_font(round(12 * k)))
+    if landmarks is not None:
+        points = np.asarray(landmarks, dtype=float)
+        for level, (left, right) in ENDPLATES.items():
+            a, b = points[LANDMARK_NAMES.index(left)], points[LANDMARK_NAMES.index(right)]
+            if np.isfinite(a).all() and np.isfinite(b).all():
+                direction = (b - a) / max(1e-6, float(np.hypot(*(b - a))))
+                reach = 0.6 * float(np.hypot(*(b - a)))  # extend past the corners so the angle reads easily
+                start, end = a - direction * reach, b + direction * reach
+                draw.line([tuple(start), tuple(end)], fill=ENDPLATE_COLOUR, width=max(2, round(2 * k)))
+                draw.text(tuple(end + np.array([3 * k, -8 * k])), level, fill=ENDPLATE_COLOUR, font=_font(round(12 * k)))
+        radius = 2.5 * k
+        for x, y in points:
+            if math.isfinite(x) and math.isfinite(y):
+                draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=LANDMARK_COLOUR)
+    return image
+
+
+def box_label(prediction) -> str:
+    if prediction.box_source == "detector" and prediction.box_confidence is not None:
+        return f"C2–C7 {prediction.box_confidence:.2f}"
+    return f"box from {prediction.box_source}"
+
+
+def pictures(prediction, alpha: float = 0.5, max_side: int = DISPLAY_MAX) -> tuple[Image.Image, Image.Image | None]:
+    """The annotated radiograph and the heatmap (None without a map), drawn at display size."""
+    from core.inference.explain import overlay
+
+    pixels, scale = display_copy(prediction.radiograph.pixels, max_side)
+    box = [v * scale for v in prediction.roi_box]
+    landmarks = None if prediction.landmarks is None else prediction.landmarks * scale
+    annotated = annotated_radiograph(pixels, box, landmarks, box_label(prediction))
+    heatmap = None
+    if prediction.cam is not None:
+        heatmap = annotated_radiograph(Image.fromarray(overlay(pixels, prediction.cam, alpha)), box)
+    return annotated, heatmap
+
+
+def provenance(predictor) -> str:
+    """``classifier run A (promoted) · detector run B · landmarks none``: which runs made this result."""
+    parts = []
+    for what, path in (("classifier", predictor.classifier_path), ("detector", predictor.detector_path),
+                       ("landmarks", predictor.landmarks_path)):
+        if path is None:
+            parts.append(f"{what} none")
+            continue
+        try:
+            record = json.loads((Path(path).parent / PROMOTED_FILE).read_text(encoding="utf-8"))
+            parts.append(f"{what} run {record.get('run_id', '?')} (promoted)")
+        except (OSError, ValueError):
+            parts.append(f"{what} run {Path(path).parent.name}")
+    return " · ".join(parts)
+
+
+def report_lines(prediction, provenance_line: str, quality: str | None = None, truth: str | None = None) -> list[str]:
+    m = prediction.measurements
+    return [
+        (f"Cobb C2–C7 {m.cobb_c2c7:+.1f}° (rule class {m.rule_class}, "
+         f"{'agrees' if prediction.agreement else 'disagrees'} with the network); CCI {m.cci:.1f} %"
+         if m is not None else "No landmark model or no usable vertebrae: no angle measured."),
+        f"ROI box from the {prediction.box_source}; model {prediction.model}"
+        + (f", demo quality: {quality}" if quality else ""),
+        f"Models: {provenance_line}",
+        *([truth] if truth else []),
+    ]
+
+
+def report_png(prediction, provenance_line: str, *, quality: str | None = None, truth: str | None = None,
+               alpha: float = 0.5, images: tuple[Image.Image, Image.Image | None] | None = None) -> bytes:
+    """One-page PNG: annotated radiograph and heatmap side by side, class, probabilities, angle, models, notice.
+
+    ``images``: the two pictures when the caller has drawn them already (the page has)."""
+    radiograph, heatmap = images if images is not None else pictures(prediction, alpha)
+    return _compose(radiograph, heatmap, f"CerviCurve — {prediction.file}", prediction.curvature_class,
+                    prediction.probabilities, report_lines(prediction, provenance_line, quality, truth))
+
+
+def _compose(radiograph: Image.Image, heatmap: Image.Image | None, title: str, curvature_class: str,
+             probabilities: Mapping[str, float], lines: Sequence[str]) -> bytes:
+    panel_h = 720
+    panels = [radiograph] + ([heatmap] if heatmap is not None else [])
+    resized = [p.convert("RGB").resize((max(1, round(p.width * panel_h / p.height)), panel_h)) for p in panels]
+    gap, margin = 16, 24
+    width = max(900, sum(p.width for p in resized) + gap * (len(resized) - 1) + 2 * margin)
+    text_h = 130 + 30 * len(CLASSES) + 26 * len(lines)
+    page = Image.new("RGB", (width, 70 + panel_h + text_h), "white")
+    draw = ImageDraw.Draw(page)
+    draw.text((margin, 18), title, fill="black", font=_font(28))
+    x = margin
+    for panel in resized:
+        page.paste(panel, (x, 64))
+        x += panel.width + gap
+    y = 64 + panel_h + 16
+    draw.rectangle([margin, y + 6, margin + 24, y + 30], fill=CLASS_COLOURS.get(curvature_class, "#000"))
+    draw.text((margin + 34, y), f"Class: {curvature_class}", fill="black", font=_font(30))
+    y += 44
+    bar_w = width - 2 * margin - 200
+    for name in CLASSES:
+        p = float(probabilities.get(name, 0.0))
+        draw.text((margin, y), name, fill="black", font=_font(20))
+        draw.rectangle([margin + 150, y + 2, margin + 150 + bar_w, y + 22], outline="#999")
+        draw.rectangle([margin + 150, y + 2, margin + 150 + round(bar_w * p), y + 22], fill=CLASS_COLOURS.get(name, "#888"))
+        draw.text((margin + 160 + bar_w, y), f"{p:.0%}", fill="black", font=_font(20))
+        y += 30
+    y += 8
+    for line in lines:
+        draw.text((margin, y), line, fill="black", font=_font(20))
+        y += 26
+    draw.rectangle([0, page.height - 48, width, page.height], fill="#fff3cd")
+    draw.text((margin, page.height - 38), NOTICE, fill="#664d03", font=_font(22))
+    buffer = io.BytesIO()
+    page.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_overlay(prediction, path: str | Path, alpha: float = 0.5) -> None:
+    """The heatmap over the full-size film with the ROI box (``predict --out``)."""
+    from core.inference.explain import overlay
+
+    image = Image.fromarray(overlay(prediction.radiograph.pixels, prediction.cam, alpha), mode="RGB")
+    draw = ImageDraw.Draw(image)
+    draw.rectangle([round(v) for v in prediction.roi_box], outline=(0, 255, 0), width=max(1, round(max(image.size) / 400)))
+    image.save(path)
+
+
+def as_jpeg(image: Image.Image, quality: int = 85) -> bytes:
+    """Encoded once here, so the page hands Streamlit bytes instead of an image it would convert and encode."""
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
