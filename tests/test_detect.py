@@ -128,8 +128,8 @@ CHILD = NETWORK_GUARD + textwrap.dedent("""
     import torch
     torch.set_num_threads(2)
     numpy_print = repr(np.get_printoptions())
-    from core.training.detect import train_from_config
-    report = train_from_config(json.loads(sys.argv[1]), sys.argv[2])
+    from core.training.detect import fit
+    report = fit(json.loads(sys.argv[1]), sys.argv[2]).as_dict()
     print("RESULT " + json.dumps({"report": report, "threads": torch.get_num_threads(),
                                   "omp": os.environ.get("OMP_NUM_THREADS"),
                                   "numpy_print_kept": repr(np.get_printoptions()) == numpy_print,
@@ -303,22 +303,25 @@ def test_evaluate_landmarks_reports_pixel_percent_and_cobb_errors():
 def test_bad_inputs_fail_with_one_clear_error_and_download_nothing(workspace, tmp_path, monkeypatch):
     import torch
 
-    from core.training.detect import RoiDetector, train_detector, train_from_config, train_landmark_model
+    from core.runs.configs import ConfigError
+    from core.training.detect import RoiDetector, fit, train_detector, train_landmark_model
 
     monkeypatch.chdir(tmp_path)
     data_yaml = write_box_dataset(workspace / "exports" / "boxes", train=2, val=1, size=64)
     run = workspace / "runs"
-    with pytest.raises(FileNotFoundError, match="never downloads"):
+    with pytest.raises(ConfigError, match="never downloads"):  # refused by the config, before a run folder
         train_detector(data_yaml, run / "a", model="yolov8n.pt", epochs=1, imgsz=64)
-    assert json.loads((run / "a" / "status.json").read_text())["state"] == "failed"
+    assert not (run / "a").exists()
     with pytest.raises(ValueError, match="network yaml"):
         train_detector(data_yaml, run / "b", model="s_resnet34", epochs=1, imgsz=64)
     with pytest.raises(ValueError, match="pose network"):
         train_landmark_model(data_yaml, run / "c", model="yolov8n.yaml", epochs=1, imgsz=64)
-    with pytest.raises(ValueError, match="task 'detect' or 'landmarks'"):
-        train_from_config({"task": "classify"}, run / "d")
-    with pytest.raises(ValueError, match="'dataset'"):
-        train_from_config({"task": "detect"}, run / "e")
+    with pytest.raises(ConfigError, match="task detect or landmarks"):
+        fit({"task": "classify"}, run / "d")
+    with pytest.raises(ConfigError, match="'dataset'"):
+        fit({"task": "detect"}, run / "e")
+    with pytest.raises(ConfigError, match="unknown config key 'epoch'"):  # a typo is no longer ignored
+        fit({"task": "detect", "data": str(data_yaml), "epoch": 5}, run / "e")
 
     # a dataset whose images are missing is an error, and its download script never runs
     marker = tmp_path / "download-ran"
@@ -353,8 +356,8 @@ def test_bad_inputs_fail_with_one_clear_error_and_download_nothing(workspace, tm
 @pytest.mark.slow
 def test_detector_run_from_a_store_dataset_can_be_cancelled_and_resumed(workspace, tmp_path, monkeypatch):
     from core.data import importers
-    from core.training.detect import train_from_config
     from core.data.store import AnnotationStore
+    from core.training.detect import fit
 
     monkeypatch.chdir(tmp_path)
     source = write_box_dataset(tmp_path / "boxes", train=6, val=2, size=64).parent
@@ -367,13 +370,13 @@ def test_detector_run_from_a_store_dataset_can_be_cancelled_and_resumed(workspac
         raise KeyboardInterrupt  # what a user's Stop looks like inside the training loop
 
     with pytest.raises(KeyboardInterrupt):
-        train_from_config(config, run_dir, progress_callback=cancel_after_first_epoch)
+        fit(config, run_dir, progress_callback=cancel_after_first_epoch)
     status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "cancelled" and status["epoch"] == 1
     assert (run_dir / "dataset" / "data.yaml").is_file()  # exported from the store by core.data.exports
     assert [row["epoch"] for row in read_metrics(run_dir)] == ["1"]
 
-    report = train_from_config({**config, "resume": True}, run_dir)
+    report = fit(config, run_dir, resume=True).as_dict()
     status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "done" and status["epoch"] == 2
     assert [row["epoch"] for row in read_metrics(run_dir)] == ["1", "2"]

@@ -110,7 +110,7 @@ def test_a_killed_run_reads_as_interrupted_and_resumes_to_the_end(tiny):
 
 
 def test_unknown_runs_are_clear_errors(tiny):
-    with pytest.raises(layout.JobError, match="no run folder"):
+    with pytest.raises(layout.JobError, match="no run .2020-nothing."):
         layout.read_status("2020-nothing")
     empty = layout.new_run_dir("cnn")
     with pytest.raises(layout.JobError, match="no best checkpoint"):

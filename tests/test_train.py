@@ -122,9 +122,32 @@ def test_overrides_are_typed_by_the_dataclass(tmp_path):
         configs.load_config(tmp_path / "list.yaml")
 
 
-def test_detect_configs_pass_through_to_core_detect():
-    data = configs.resolve_config({"task": "detect", "model": "yolov8n.yaml", "imgsz": 96}, ["epochs=2"])
-    assert data == {"task": "detect", "model": "yolov8n.yaml", "imgsz": 96, "epochs": 2}
+def test_every_task_has_a_strict_config():
+    """Each task's config class fills its defaults and refuses unknown keys and wrong types, naming them."""
+    data = configs.resolve_config({"task": "detect", "model": "yolov8n.yaml", "imgsz": 96, "dataset": "d"}, ["epochs=2"])
+    assert data["task"] == "detect" and data["imgsz"] == 96 and data["epochs"] == 2 and data["patience"] == 50
+    for config, words in (
+            ({"task": "detect", "dataset": "d", "epoch": 5}, ["unknown config key 'epoch'", "did you mean 'epochs'"]),
+            ({"task": "detect", "dataset": "d", "imgsz": "big"}, ["imgsz must be a whole number"]),
+            ({"task": "landmarks", "dataset": "d", "patience": "x"}, ["patience must be a whole number"]),
+            ({"task": "landmarks", "dataset": "d", "crop": "roi"}, ["unknown config key 'crop'"]),
+            ({"task": "landmarks", "model": "yolov8n-pose.yaml", "dataset": "d", "crop": "middle"}, ["crop must be"]),
+            ({"task": "compare", "models": ["cnn", "vgg"]}, ["unknown model(s) vgg"]),
+            ({"task": "compare", "folds": 1}, ["folds needs at least 2"]),
+            ({"task": "segment"}, ["task 'segment' is not one of"])):
+        with pytest.raises(configs.ConfigError) as caught:
+            configs.resolve_config(config)
+        for word in words:
+            assert word in str(caught.value), (config, str(caught.value))
+
+
+@pytest.mark.parametrize("name, task", [("classify.yaml", "classify"), ("landmarks.yaml", "landmarks"),
+                                        ("detect.yaml", "detect"), ("compare.yaml", "compare")])
+def test_each_shipped_config_shows_its_class_defaults(name, task):
+    shipped = yaml.safe_load((ROOT / "configs" / name).read_text())
+    parsed = configs.parse_config(shipped)
+    assert parsed.task == task and parsed == configs.config_class(shipped)(**{
+        k: v for k, v in shipped.items() if k in ("task", "model", "dataset")})
 
 
 def test_bad_model_option_is_a_config_error(tiny):
@@ -253,10 +276,11 @@ def test_svm_run_uses_the_same_folder_and_checkpoint_format(tiny):
 
 # ---------------------------------------------------------------------------------------------- compare
 def test_compare_on_a_tiny_set_writes_the_table(tiny):
+    from core.runs.configs import ConfigError
     from core.training import compare
 
-    out = compare.compare(["cnn", "svm"], dataset="tiny", epochs=1, input_size=64, batch_size=8, n_boot=50,
-                          out=tiny / "cmp")
+    out = compare.fit({"task": "compare", "models": ["cnn", "svm"], "dataset": "tiny", "epochs": 1, "input_size": 64,
+                       "batch_size": 8, "n_boot": 50}, tiny / "cmp")
     table = (out / "compare.md").read_text()
     assert "| cnn |" in table and "| svm |" in table and "macro_f1" in table
     with open(out / "compare.csv", newline="") as handle:
@@ -269,8 +293,11 @@ def test_compare_on_a_tiny_set_writes_the_table(tiny):
     html = (out / "compare.html").read_text()
     assert '"error_y"' in html and '"arrayminus"' in html  # bars carry the bootstrap intervals
     assert '<script src="http' not in html  # plotly.js inlined: opens without a network
-    with pytest.raises(compare.CompareError, match="unknown model"):
-        compare.compare(["alexnet"], dataset="tiny")
+    with open(out / "metrics.csv", newline="") as handle:  # one row per model, in the run schema
+        assert [(r["epoch"], r["model"]) for r in csv.DictReader(handle)] == [("1", "cnn"), ("2", "svm")]
+    assert json.loads((out / "status.json").read_text())["state"] == "done"
+    with pytest.raises(ConfigError, match="unknown model"):
+        compare.fit({"task": "compare", "models": ["alexnet"], "dataset": "tiny"}, tiny / "cmp2")
 
 
 def test_a_cancel_that_lands_in_a_finaliser_is_not_lost():

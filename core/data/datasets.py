@@ -27,7 +27,7 @@ from core.settings import CLASSES
 from core.data.store import SPLITS, AnnotationStore, LabeledImage
 
 # A child of the trainer's logger, so what training_items leaves out lands in the run's train.log.
-log = logging.getLogger("cervicurve.train.datasets")
+log = logging.getLogger("cervicurve.run.datasets")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
 SPINE_NAME = "cervical_spine"  # the one detector class
@@ -198,6 +198,19 @@ def make_splits(dataset: str, fractions: Sequence[float] = (0.7, 0.15, 0.15), se
     return counts
 
 
+def freeze_test(dataset: str, *, store: AnnotationStore | None = None):
+    """Freeze the dataset's test split (later ``make_splits`` keep it); returns when it was frozen."""
+    own = store is None
+    store = store or AnnotationStore()
+    try:
+        return store.freeze_test(dataset)
+    except ValueError as error:
+        raise DatasetError(str(error)) from None
+    finally:
+        if own:
+            store.close()
+
+
 def kfold_splits(dataset: str, k: int = 5, seed: int = 0, *, include_test: bool = False,
                  store: AnnotationStore | None = None) -> list[Fold]:
     """k patient-grouped, class-stratified folds over the labeled images (the test split held out
@@ -302,14 +315,11 @@ def run_split(args: argparse.Namespace) -> int:
             print(f"  {split:<5} " + "  ".join(f"{name} {n}" for name, n in per_class.items()))
         with AnnotationStore() as store:
             frozen = store.test_frozen_at(args.dataset)
-            if args.freeze_test and frozen is None:
-                try:
-                    frozen = store.freeze_test(args.dataset)
-                except ValueError as error:
-                    raise DatasetError(str(error)) from None
-                print(f"test split frozen ({frozen:%Y-%m-%d %H:%M} UTC): later splits keep it as it is")
-            elif frozen is not None:
-                print(f"test split frozen since {frozen:%Y-%m-%d %H:%M} UTC: kept as it was")
+        if frozen is not None:
+            print(f"test split frozen since {frozen:%Y-%m-%d %H:%M} UTC: kept as it was")
+        elif args.freeze_test:
+            frozen = freeze_test(args.dataset)
+            print(f"test split frozen ({frozen:%Y-%m-%d %H:%M} UTC): later splits keep it as it is")
         if args.folds:
             for number, fold in enumerate(kfold_splits(args.dataset, args.folds, args.seed), start=1):
                 print(f"  fold {number}: train {len(fold.train)}  val {len(fold.val)}")

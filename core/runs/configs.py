@@ -313,7 +313,8 @@ class YoloConfig(StrictConfig):
             raise ConfigError(f"model must be an Ultralytics network yaml (yolov8n.yaml, yolov8n-pose.yaml ...) or a "
                               f"local .pt file, not {self.model!r}")
         if name.endswith(".pt") and not Path(self.model).expanduser().is_file():
-            raise ConfigError(f"model '{self.model}' is not a file (weights are never downloaded)")
+            raise ConfigError(f"model '{self.model}' is not a file: CerviCurve never downloads weights; build the "
+                              f"network from a yaml (e.g. {YOLO_DEFAULT_MODEL[self.task]}) or give a local .pt")
         if (self.task == "landmarks") != ("-pose" in name):
             raise ConfigError(f"task {self.task} needs a {'pose' if self.task == 'landmarks' else 'detection'} "
                               f"network, not {self.model}")
@@ -421,3 +422,8 @@ def read_config_source(source: str | Path | Mapping[str, Any] | None = None, ove
 def resolve_config(source: str | Path | Mapping[str, Any] | None = None, overrides: Sequence[str] = ()) -> dict:
     """The validated config of any task as a plain dict (what a run folder's config.yaml holds)."""
     return parse_config(read_config_source(source, overrides)).to_dict()
+
+
+def load_config(source: str | Path | Mapping[str, Any] | None = None, overrides: Sequence[str] = ()) -> StrictConfig:
+    """The validated config object (its task's class) of a file or dict plus ``key=value`` overrides."""
+    return parse_config(read_config_source(source, overrides))

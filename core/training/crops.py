@@ -23,7 +23,7 @@ from core import settings
 from core.runs.configs import ConfigError, ClassifyConfig
 
 # the run's logger: run_logging sends it to train.log
-log = logging.getLogger("cervicurve.train")
+log = logging.getLogger("cervicurve.run")
 
 # ImageNet's RGB statistics folded to one gray channel (luma weights): ImageNet-initialised 1-channel
 # stems see inputs on the scale they were trained on; from-scratch models do not care.
