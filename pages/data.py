@@ -57,6 +57,7 @@ def run_import(layout: str, uploads, dataset: str, phantom_options: dict, progre
     from core.data.archive import extract_zip, import_source
 
     scratch = upload_folder(dataset)
+    options = {}
     try:
         progress.progress(0.05, text="Preparing the files…")
         if layout == "phantom":
@@ -69,19 +70,25 @@ def run_import(layout: str, uploads, dataset: str, phantom_options: dict, progre
             write_phantoms(scratch, formats=("csxa",), progress=generated, **phantom_options)
             source, layout_used = scratch / "csxa", "csxa"
         elif layout == "dicom":
-            for upload in uploads:
-                if upload.name.lower().endswith(".zip"):
-                    extract_zip(upload.getvalue(), scratch / Path(upload.name).stem)
+            for number, upload in enumerate(uploads, start=1):
+                # Two uploads may share a name (IM0001.dcm from two studies): the second gets its own folder.
+                name = Path(upload.name).name
+                target = scratch / name if not (scratch / name).exists() else scratch / f"upload-{number}" / name
+                if name.lower().endswith(".zip"):
+                    extract_zip(upload.getvalue(), target.with_suffix(""))
                 else:
-                    (scratch / Path(upload.name).name).write_bytes(upload.getvalue())
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(upload.getvalue())
             source, layout_used = scratch, "dicom"
         else:
             extract_zip(uploads.getvalue(), scratch)
             source, layout_used = import_source(layout, scratch), layout
+            # An upload's manifest may only name files inside the upload.
+            options["origin"] = Path(uploads.name).name
         progress.progress(0.6 if layout == "phantom" else 0.3, text="Reading and checking every image…")
         importer = getattr(importers, f"import_{layout_used}")
         started = time.perf_counter()
-        report = importer(source, dataset=dataset, store=store())
+        report = importer(source, dataset=dataset, store=store(), **options)
         progress.progress(1.0, text=f"Done in {time.perf_counter() - started:.1f} s")
         st.session_state["import_report"] = {
             "dataset": report.dataset, "imported": report.imported, "updated": report.updated,
@@ -89,6 +96,7 @@ def run_import(layout: str, uploads, dataset: str, phantom_options: dict, progre
             # Reasons may name the scratch folder, which is gone by the time anyone reads them.
             "skipped": [(name.replace(f"{scratch}/", ""), reason.replace(f"{scratch}/", ""))
                         for name, reason in report.skipped],
+            "notes": report.notes,
         }
         st.session_state["overview_choice"] = report.dataset  # the overview shows what was just imported
     finally:
@@ -100,6 +108,8 @@ def show_import_report(report: dict) -> None:
     text = (f"Dataset **{report['dataset']}**: {report['imported']} imported, {report['updated']} updated, "
             f"{report['unchanged']} already present, {len(report['skipped'])} skipped.")
     (st.success if added or report["unchanged"] else st.error)(text)
+    for note in report.get("notes", []):
+        st.warning(note)
     if report["skipped"]:
         st.write("Skipped files and why:")
         st.dataframe(pd.DataFrame(report["skipped"], columns=["file", "reason"]), hide_index=True,
@@ -188,11 +198,19 @@ with overview_tab:
             val = fractions[1].number_input("val", 0.0, 1.0, 0.15, 0.05, key="split_val")
             test = fractions[2].number_input("test", 0.0, 1.0, 0.15, 0.05, key="split_test")
             seed = st.number_input("Seed", 0, 2**31 - 1, 0, key="split_seed")
+            if summary["test_frozen_at"] is not None:
+                st.caption(f"Test split frozen since {summary['test_frozen_at']:%Y-%m-%d %H:%M} UTC: "
+                           "new splits keep it as it is.")
+            freeze = st.checkbox("Freeze the test split", value=summary["test_frozen_at"] is not None,
+                                 disabled=summary["test_frozen_at"] is not None, key="freeze_test",
+                                 help="Later splits never reshuffle a frozen test split.")
             if st.button("Make splits", key="make_splits"):
-                from core.data.datasets import make_splits
+                from core.data.datasets import freeze_test, make_splits
 
                 with engine_errors("Making splits"):
                     counts = make_splits(chosen, (train, val, test), seed=int(seed), store=store())
+                    if freeze:
+                        freeze_test(chosen, store=store())
                     st.session_state["split_counts"] = (chosen, counts)
                     st.rerun()
             if st.session_state.get("split_counts", (None,))[0] == chosen:

@@ -140,3 +140,72 @@ def test_dicom_files_are_imported_de_identified(workspace):
         (image,) = store.images("ct")
     assert image.patient_id != "1CT1" and "CompressedSamples" not in image.patient_id  # a pseudonym
     assert (workspace / image.path).read_bytes() != ct  # the workspace keeps the de-identified copy only
+
+
+def test_bad_input_corpus_gets_a_message_for_each_file_and_nothing_is_stored(workspace):
+    from test_bad_inputs import ARCHIVES, IMAGES, workspace_is_empty
+
+    from PIL import Image as PILImage
+
+    members = {f"bad/normal/{name}": data for name, (data, _) in IMAGES.items() if data is not None}
+    blank = io.BytesIO()
+    PILImage.fromarray(np.zeros((64, 64), np.uint16)).save(blank, format="TIFF")
+    members["bad/normal/blank16.tif"] = blank.getvalue()
+    at = import_zip(data_page(), "bad.zip", zip_of(members))
+
+    assert [e.value for e in at.error] == ["Dataset **bad**: 0 imported, 0 updated, 0 already present, 8 skipped."]
+    reasons = dict(zip(at.dataframe[0].value["file"], at.dataframe[0].value["reason"]))
+    for name, (_, message) in IMAGES.items():
+        assert message in reasons[f"bad/normal/{name}"], name
+    for name, (data, message) in ARCHIVES.items():
+        at.file_uploader(key="zip_upload_folder").upload(name, data, "application/zip").run()
+        at.button(key="import_button").click().run()
+        assert not at.exception
+        assert [message in e.value for e in at.error] == [True], name
+    assert workspace_is_empty(workspace)
+
+
+def test_dicom_uploads_sharing_a_name_are_both_imported(workspace):
+    from pydicom.data import get_testdata_file
+
+    at = data_page()
+    at.selectbox(key="import_layout").set_value("dicom").run()
+    files = [("IM0001.dcm", Path(get_testdata_file(name)).read_bytes(), "application/dicom")
+             for name in ("CT_small.dcm", "MR_small.dcm")]
+    at.file_uploader(key="dicom_upload").set_value(files).run()
+    at.text_input(key="dataset_name_dicom").set_value("films").run()
+    at.button(key="import_button").click().run()
+    assert not at.exception
+    assert [s.value for s in at.success] == ["Dataset **films**: 2 imported, 0 updated, 0 already present, 0 skipped."]
+    with AnnotationStore() as store:
+        assert len(store.images("films")) == 2
+
+
+def test_manifest_with_a_patient_in_two_splits_is_refused_on_the_page(workspace):
+    manifest = "path,label,patient_id,split\na.png,normal,P1,train\nb.png,normal,P1,test\n"
+    at = data_page()
+    at.selectbox(key="import_layout").set_value("csv").run()
+    upload = zip_of({"set/manifest.csv": manifest.encode(), "set/a.png": png(1), "set/b.png": png(2)})
+    at.file_uploader(key="zip_upload_csv").upload("set.zip", upload, "application/zip").run()
+    at.button(key="import_button").click().run()
+    assert not at.exception
+    (error,) = [e.value for e in at.error]
+    assert "patient 'P1' is in test and train" in error and "manifest.csv line 2" in error
+    with AnnotationStore() as store:
+        assert store.datasets() == []
+
+
+def test_frozen_test_split_is_kept_by_the_split_button(workspace):
+    at = import_zip(data_page(), "spines.zip", zip_of(class_tree(per_class=6)))
+    at.checkbox(key="freeze_test").check().run()
+    at.button(key="make_splits").click().run()
+    assert not at.exception and not at.error
+    with AnnotationStore() as store:
+        test = {i.image_id for i in store.images("spines") if i.split == "test"}
+        assert test and store.test_frozen_at("spines") is not None
+    at.number_input(key="split_seed").set_value(5).run()
+    at.button(key="make_splits").click().run()
+    assert not at.exception and not at.error
+    assert any("frozen since" in c.value for c in at.caption)
+    with AnnotationStore() as store:
+        assert {i.image_id for i in store.images("spines") if i.split == "test"} == test
