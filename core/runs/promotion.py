@@ -32,9 +32,10 @@ def promote(run_dir: str | Path, task: str | None = None) -> Path:
     """Copy a run's best checkpoint to ``promoted/<task>/`` (with ``promoted.json``); Predict uses it."""
     run_dir = resolve_run(run_dir)
     config = read_config(run_dir)
-    task = task or config.get("task") or "classify"
+    # a comparison's best.pt is its best classifier
+    task = task or {"compare": "classify"}.get(config.get("task"), config.get("task")) or "classify"
     if task not in PROMOTABLE:
-        raise JobError(f"a {task} run has no model for Predict; promote one of its classify runs instead")
+        raise JobError(f"a {task} run has no model for Predict")
     checkpoint = _best_checkpoint(run_dir)
     if checkpoint is None:
         raise JobError(f"run {run_dir.name} has no best checkpoint (best.pt) to promote")

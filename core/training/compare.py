@@ -373,8 +373,22 @@ def fit(config: Mapping[str, Any] | CompareConfig, run_dir: str | Path, *, resum
                 f"{entry.train_seconds:.0f} s"))
             run.check_cancel()
         _write_tables(cfg, entries, plan_list, dataset, run_dir, time.perf_counter() - started)
-        run.done(f"done: {len(entries)} models; best macro-F1 {_fmt(best)} (compare.md)")
+        winner = _keep_best(entries, run_dir)
+        run.write_json(layout.TEST_REPORT, {
+            "split": "out-of-fold" if cfg.folds else "test", "dataset": dataset, "best": winner,
+            "models": {e.label: {m: _score(e, m) for m in METRICS} for e in entries}})
+        run.done(f"done: {len(entries)} models; best {winner}, macro-F1 {_fmt(best)} (compare.md)", best_metric=best)
     return run_dir
+
+
+def _keep_best(entries: list[Entry], run_dir: Path) -> str | None:
+    """The best model's checkpoint as the comparison's best.pt (promotable as the classifier, like any run's)."""
+    scored = [e for e in entries if _score(e, "macro_f1")["value"] is not None and e.run_dirs]
+    if not scored:
+        return None
+    winner = max(scored, key=lambda e: _score(e, "macro_f1")["value"])
+    shutil.copy2(Path(winner.run_dirs[0]) / "best.pt", run_dir / "best.pt")
+    return winner.label
 
 
 def _write_tables(cfg: CompareConfig, entries: list[Entry], plan_list, dataset: str, out_dir: Path,
