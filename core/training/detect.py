@@ -150,23 +150,37 @@ def _import_ultralytics():
         return ultralytics
 
 
+def _process_threads() -> int:
+    """torch's process-wide thread count: what a new thread starts with. The calling thread may hold its own
+    (torch keeps one per thread), e.g. 1 when it first ran torch while an Ultralytics call had set 1."""
+    import torch
+
+    seen: list[int] = []
+    reader = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    reader.start()
+    reader.join()
+    return seen[0]
+
+
+def _set_omp(value: str | None) -> None:
+    if value is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = value
+
+
 @contextlib.contextmanager
 def _restored_threads():
     """Ultralytics sets torch to NUM_THREADS (1 on a 2-core machine) and OMP_NUM_THREADS for the whole process:
-    undo it. Only ever entered with ``_IMPORT_LOCK`` held (the import, and the first and last of overlapping
-    YOLO calls in ``_yolo_session``), so no other thread reads or writes the two values meanwhile."""
+    undo it. Entered with ``_IMPORT_LOCK`` held (the import)."""
     import torch
 
-    threads = torch.get_num_threads()
-    omp = os.environ.get("OMP_NUM_THREADS")
+    threads, omp = _process_threads(), os.environ.get("OMP_NUM_THREADS")
     try:
         yield
     finally:
         torch.set_num_threads(threads)
-        if omp is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = omp
+        _set_omp(omp)
 
 
 def _offline_amp_check(model) -> bool:
@@ -178,36 +192,38 @@ def _offline_amp_check(model) -> bool:
 
 
 # YOLO calls in progress in this process, and what the first of them found. Page sessions share models, so
-# calls overlap across threads: a per-call save/restore would let one call "restore" the 1 thread another
-# call's Ultralytics had just set. The first call in saves, the last one out restores, under _IMPORT_LOCK.
+# calls overlap across threads: with a save/restore per call, the second call saves the 1 thread the first
+# one's Ultralytics had just set, and "restores" it last. So the first call in saves the process's values, every
+# call puts the thread count back on its way out (its own thread's, and the process's) and the last one out
+# restores OMP_NUM_THREADS and the AMP check; all of it under _IMPORT_LOCK.
 _active_sessions = 0
-_session_exit: contextlib.ExitStack | None = None
+_saved: dict[str, Any] = {}
 
 
 @contextlib.contextmanager
 def _yolo_session():
     """Every train/predict call runs in here: offline, AMP check local, threads and OMP restored afterwards."""
-    global _active_sessions, _session_exit
+    global _active_sessions
+    import torch
+
     with _IMPORT_LOCK:
         ultralytics = _import_ultralytics()
-        if _active_sessions == 0:
-            from ultralytics.engine import trainer as trainer_module
+        from ultralytics.engine import trainer as trainer_module
 
-            stack = contextlib.ExitStack()
-            stack.enter_context(_restored_threads())
-            saved = trainer_module.check_amp
+        if _active_sessions == 0:
+            _saved.update(threads=_process_threads(), omp=os.environ.get("OMP_NUM_THREADS"),
+                          check_amp=trainer_module.check_amp)
             trainer_module.check_amp = _offline_amp_check
-            stack.callback(setattr, trainer_module, "check_amp", saved)
-            _session_exit = stack
         _active_sessions += 1
     try:
         yield ultralytics
     finally:
         with _IMPORT_LOCK:
             _active_sessions -= 1
+            torch.set_num_threads(_saved["threads"])
             if _active_sessions == 0:
-                _session_exit, stack = None, _session_exit
-                stack.close()
+                _set_omp(_saved["omp"])
+                trainer_module.check_amp = _saved["check_amp"]
 
 
 def resolve_device(device: str | int | None = "auto") -> str:
