@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("core.training.compare", "train and compare the study's seven models"),
     "predict": ("core.inference.pipeline", "classify radiographs: class, box, Grad-CAM, angle"),
     "promote": ("core.runs.promotion", "make a run the model Predict uses"),
+    "onnx": ("core.inference.onnx_export", "export the promoted classifier or landmark model to ONNX, checked"),
     "demo": ("core.demo", "build a phantom workspace and demo models"),
     "runs": ("core.runs.launch", "list | start | status | cancel | resume | delete | promote runs"),
 }
@@ -36,6 +37,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
     command, rest = argv[0], argv[1:]
+    from core import settings
+
+    try:  # a bad CERVICURVE_* value is one clear line here, not a crash deep inside a command
+        settings.check()
+    except settings.SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     module = importlib.import_module(COMMANDS[command][0])
     parser = argparse.ArgumentParser(prog=f"python -m core {command}", description=COMMANDS[command][1])
     getattr(module, f"configure_{command}")(parser)

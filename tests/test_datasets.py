@@ -598,8 +598,19 @@ def labeled_dataset(workspace, tmp_path, store):
         if n == 1:
             marks[22] = np.nan
         store.save_label(image_id, annotator="t", roi_box=roi_box_from_landmarks(marks, (96, 128)), landmarks=marks)
-    store.set_splits({ids[0]: "val"})
+    store.set_splits({ids[0]: "val", ids[1]: "train", ids[2]: "train", ids[3]: "train"})
     return ids
+
+
+def test_an_image_without_a_split_is_left_out_of_an_export_and_said_so(workspace, tmp_path, store):
+    src = tmp_path / "src"
+    write_png(src / "normal" / "p0.png", 0, size=(96, 128))
+    importers.import_folder(src, dataset="nosplit", store=store)
+    [image] = store.images("nosplit")
+    marks = column_landmarks(2.0, origin=(20.0, 10.0))
+    store.save_label(image.image_id, annotator="t", roi_box=roi_box_from_landmarks(marks, (96, 128)), landmarks=marks)
+    with pytest.raises(datasets.DatasetError, match=r"skipped: no split \(python -m core split"):
+        exports.export_yolo("nosplit", tmp_path / "yolo", store=store)
 
 
 def test_yolo_export_lines_are_normalised_boxes_and_keypoints(workspace, tmp_path, store, labeled_dataset):
@@ -786,7 +797,7 @@ def test_cli_import_split_export(workspace, tmp_path, capsys):
     assert cli_main(["export", "csv", "--dataset", "ph", "--out", str(tmp_path / "exp")]) == 0
     assert "exported 12 images" in capsys.readouterr().out
     assert cli_main(["export", "yolo", "--dataset", "ph", "--out", str(tmp_path / "y")]) == 2
-    assert "no images with a box" in capsys.readouterr().out
+    assert "no images to export with a box" in capsys.readouterr().out
     assert cli_main(["import", "folder", str(tmp_path / "missing")]) == 2
     assert "is not a folder" in capsys.readouterr().out
 

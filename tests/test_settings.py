@@ -43,3 +43,28 @@ def test_workspace_that_is_a_file_is_reported(tmp_path, monkeypatch):
     assert lines[0] == "bad settings:" and len(lines) == 3
     assert "CERVICURVE_HOME=" in lines[1] and "cannot be used as the workspace" in lines[1]
     assert "CERVICURVE_THREADS='-1'" in lines[2]
+
+
+@pytest.mark.parametrize("command", [["measure", "x.json"], ["runs"], ["phantom", "--out", "p", "--patients", "1"]])
+def test_every_command_refuses_a_bad_setting_with_one_line(workspace, command):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "CERVICURVE_HOME": str(workspace), "PYTHONPATH": str(root), "CERVICURVE_THREADS": "four",
+           "CERVICURVE_NORMAL_MIN_DEG": "ten"}
+    done = subprocess.run([sys.executable, "-m", "core", *command], cwd=workspace, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "CERVICURVE_THREADS='four'" in done.stderr and "CERVICURVE_NORMAL_MIN_DEG='ten'" in done.stderr
+    assert not (workspace / "p").exists()
+
+
+def test_a_measurement_with_a_bad_threshold_names_the_variable(monkeypatch):
+    from core.data.measure import RuleThresholds
+
+    monkeypatch.setenv("CERVICURVE_NORMAL_MIN_DEG", "ten")
+    with pytest.raises(settings.SettingsError, match="CERVICURVE_NORMAL_MIN_DEG='ten'"):
+        RuleThresholds.from_env()

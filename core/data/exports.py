@@ -144,7 +144,10 @@ def export_yolo(dataset: str, out: str | Path, task: str = "detect", *, store: A
         if task == "landmarks" and item.landmarks is None:
             report.skipped.append((item.path, "no landmarks"))
             continue
-        split = item.split or "train"
+        if not item.split:  # as the trainers do: an image without a split is left out, and said so
+            report.skipped.append((item.path, "no split (python -m core split --dataset ...)"))
+            continue
+        split = item.split
         try:
             radiograph = read_image(image_path(item))
         except ImageReadError as error:
@@ -172,7 +175,10 @@ def export_yolo(dataset: str, out: str | Path, task: str = "detect", *, store: A
         report.written += 1
         report.splits[split] = report.splits.get(split, 0) + 1
     if not report.written:
-        raise DatasetError(f"dataset {dataset!r} has no images with " + ("a box" if task == "detect" else "box and landmarks"))
+        reasons = sorted({reason for _, reason in report.skipped})
+        raise DatasetError(f"dataset {dataset!r} has no images to export with "
+                           + ("a box" if task == "detect" else "box and landmarks")
+                           + (f" (skipped: {'; '.join(reasons)})" if reasons else ""))
     config: dict[str, Any] = {
         "path": str(out.resolve()),
         "train": "images/train",

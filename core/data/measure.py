@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -59,10 +58,10 @@ class RuleThresholds:
 
     @classmethod
     def from_env(cls) -> "RuleThresholds":
-        return cls(
-            normal_min_deg=float(os.environ.get("CERVICURVE_NORMAL_MIN_DEG", cls.normal_min_deg)),
-            reversed_max_deg=float(os.environ.get("CERVICURVE_REVERSED_MAX_DEG", cls.reversed_max_deg)),
-        )
+        from core import settings  # a bad value is a SettingsError naming the variable, not a float() crash
+
+        normal_min_deg, reversed_max_deg = settings.rule_thresholds_deg()
+        return cls(normal_min_deg=normal_min_deg, reversed_max_deg=reversed_max_deg)
 
 
 @dataclass
