@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("core.inference.pipeline", "classify radiographs: class, box, Grad-CAM, angle"),
     "promote": ("core.runs.promotion", "make a run the model Predict uses"),
     "onnx": ("core.inference.onnx_export", "export the promoted classifier or landmark model to ONNX, checked"),
+    "analyse": ("core.inference.run_analysis", "per-landmark errors + Bland-Altman, or detector IoUs, of a run"),
     "demo": ("core.demo", "build a phantom workspace and demo models"),
     "runs": ("core.runs.launch", "list | start | status | cancel | resume | delete | promote runs"),
 }

@@ -37,6 +37,7 @@ PAGES = (
     ("data", "Data", ":material/folder_open:"),
     ("label", "Label", ":material/edit:"),
     ("train", "Train", ":material/model_training:"),
+    ("runs", "Runs", ":material/history:"),
     ("compare", "Compare", ":material/leaderboard:"),
 )
 _VIA_APP = "_cervicurve_via_app"

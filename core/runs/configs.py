@@ -62,6 +62,7 @@ class ClassifyConfig(StrictConfig):
     model: str = "s_resnet34"
     model_options: dict = field(default_factory=dict)
     weights_path: str | None = None
+    init_from: str | None = None  # a run (id or folder) or .pt: start from its last checkpoint, new schedule
     dataset: str = "default"
     train_split: str = "train"
     val_split: str = "val"
@@ -128,6 +129,27 @@ class ClassifyConfig(StrictConfig):
         if self.weights_path and not Path(self.weights_path).expanduser().is_file():
             raise ConfigError(f"weights_path '{self.weights_path}' is not a file (weights are never downloaded: "
                               "point it at a local torchvision or CerviCurve .pt file)")
+        if self.init_from:
+            if self.model == "svm":
+                raise ConfigError("init_from: an SVM is fitted in one go and cannot continue from a checkpoint")
+            init_checkpoint(self.init_from)
+
+
+def init_checkpoint(source: str) -> Path:
+    """The checkpoint ``init_from`` names: a .pt file, or a run's last.pt (best.pt when last.pt was dropped)."""
+    from core.runs import layout
+
+    path = Path(source).expanduser()
+    if path.is_file():
+        return path
+    try:
+        run_dir = layout.resolve_run(source)
+    except layout.JobError:
+        raise ConfigError(f"init_from '{source}' is neither a .pt file nor a run (id or folder)") from None
+    for name in ("last.pt", "best.pt"):
+        if (run_dir / name).is_file():
+            return run_dir / name
+    raise ConfigError(f"init_from: run {run_dir.name} has no last.pt or best.pt to start from")
 
 
 _TRUE = {"true", "yes", "on", "1"}
@@ -266,6 +288,7 @@ class HeatmapConfig(StrictConfig):
     seed: int = 0
     device: str = "auto"
     refine: int = 1       # extra passes on the box the previous points imply
+    init_from: str | None = None  # a run (id or folder) or .pt: start from its last checkpoint, new schedule
     mirror_average: bool = True  # also read the mirrored film and average (measured: Cobb MAE 2.2 -> 1.7 deg)
 
     def validate(self) -> None:
@@ -281,6 +304,8 @@ class HeatmapConfig(StrictConfig):
             raise ConfigError(f"roi_margin must be between 0 and 0.25, got {self.roi_margin}")
         if len(self.widths) != 5 or min(self.widths) < 1:
             raise ConfigError(f"widths needs 5 positive channel counts (one per encoder stage), got {self.widths}")
+        if self.init_from:
+            init_checkpoint(self.init_from)
 
 
 YOLO_DEFAULT_MODEL = {"detect": "yolov8n.yaml", "landmarks": "yolov8n-pose.yaml"}

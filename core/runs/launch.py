@@ -6,15 +6,18 @@ A run is ``python -m core train ...`` started in its own session (so it owns a p
 process is watched and cancelled from any other, and runs survive page reloads and server restarts.
 Cancel = SIGTERM to the process group; resume = ``train --resume RUN`` from ``last.pt``. Only configs are imported
 here (a subprocess does the training), so starting a run never loads torch.
+
+Every start and resume goes through the queue (``core.runs.queue``): a run waits while its device is busy and starts
+by itself when a slot frees. Each ``runs`` command advances the queue too.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import asdict
@@ -24,55 +27,15 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from core import settings
-from core.runs import layout, promotion
-from core.runs.configs import ConfigError, resolve_config
-
-# Popen objects of runs this process started: polling them reaps finished children (no zombies in the server).
-_CHILDREN: dict[int, subprocess.Popen] = {}
-
-
-def _reap() -> None:
-    for pid, child in list(_CHILDREN.items()):
-        if child.poll() is not None:
-            del _CHILDREN[pid]
-
-
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    threads = str(settings.cpu_threads())
-    # Explicit: ultralytics sets OMP_NUM_THREADS=1 in the parent when it is unset, and children inherit it.
-    env["OMP_NUM_THREADS"] = threads
-    env["MKL_NUM_THREADS"] = threads
-    # idle OpenMP threads sleep rather than spin: spinning threads of runs sharing a CPU starve each other
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    env["CERVICURVE_HOME"] = str(settings.home())
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join([str(layout.REPO_ROOT)]
-                                        + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    return env
-
-
-def _launch(run_dir: Path, args: list[str], nproc: int = 1) -> int:
-    _reap()
-    if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "core", *args]
-    else:
-        cmd = [sys.executable, "-m", "core", *args]
-    with open(run_dir / layout.LOG_FILE, "ab") as log:
-        log.write(f"$ {' '.join(cmd)}\n".encode())
-        log.flush()
-        proc = subprocess.Popen(cmd, cwd=layout.REPO_ROOT, env=_child_env(), stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    _CHILDREN[proc.pid] = proc
-    return proc.pid
-
+from core.runs import hardware, layout, promotion, queue, reports
+from core.runs.configs import LANDMARK_UNET, ConfigError, read_config_source, resolve_config
 
 def start_run(config: str | Path | Mapping[str, Any], overrides: Sequence[str] = (), *, nproc: int = 1) -> Path:
-    """Validate a config (file or dict) plus ``key=value`` overrides, then train it in the background.
+    """Validate a config (file or dict) plus ``key=value`` overrides, then queue it to train in the background.
 
     Returns the run folder at once; a bad config raises ``ConfigError`` here, naming the key, before any process
-    starts. ``nproc > 1`` launches the same run under torchrun (DDP, classify only).
+    starts. The run starts now when its device has a free slot, else it waits in the queue (``core.runs.queue``).
+    ``nproc > 1`` launches the same run under torchrun (DDP, classify only).
     """
     resolved = resolve_config(config, overrides)
     task = resolved.get("task", "classify")
@@ -80,32 +43,104 @@ def start_run(config: str | Path | Mapping[str, Any], overrides: Sequence[str] =
         raise ConfigError(f"only classify runs train with DDP (nproc {nproc}); {task} runs use one device")
     run_dir = layout.new_run_dir(resolved.get("model") or task, task)
     (run_dir / layout.CONFIG_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
+    data = data_record(resolved)
+    if data:
+        layout.atomic_write_text(run_dir / hardware.DATA_FILE, json.dumps(data, indent=1))
     layout.write_status(run_dir, {"state": "queued", "epoch": 0, "epochs": resolved.get("epochs") or 0,
-                                  "task": task, "model": resolved.get("model"), "pid": None, "message": "starting"})
-    pid = _launch(run_dir, ["train", "--config", str(run_dir / layout.CONFIG_FILE), "--run-dir", str(run_dir)], nproc)
-    layout.update_status(run_dir, pid=pid, pgid=pid)
+                                  "task": task, "model": resolved.get("model"), "pid": None, "message": "waiting"})
+    queue.enqueue(run_dir, ["train", "--config", str(run_dir / layout.CONFIG_FILE), "--run-dir", str(run_dir)],
+                  hardware.device_key(resolved), nproc)
+    queue.advance()
     return run_dir
 
 
+def data_record(config: Mapping[str, Any]) -> dict | None:
+    """The labels a run starts on: a fingerprint (sha256 over every labelled image's content hash, split and
+    current label), and images, patients and class counts per split. None when the data is not a store dataset."""
+    from core.data.store import AnnotationStore
+
+    if config.get("data"):  # a YOLO data.yaml on disk, not a store dataset
+        return None
+    dataset = config.get("dataset") or (None if config.get("quick") else "default")
+    if not dataset:
+        return None
+    with AnnotationStore(settings.db_url()) as store:
+        items = [i for i in store.current_labels(dataset) if i.label_id is not None]
+    if not items:
+        return None
+    digest = hashlib.sha256()
+    split_digests: dict[str, Any] = {}
+    splits: dict[str, dict] = {}
+    for item in sorted(items, key=lambda i: i.sha256):
+        landmarks = None if item.landmarks is None else [[round(float(v), 2) for v in p] for p in item.landmarks]
+        line = json.dumps([item.sha256, item.split, item.curvature_class, item.roi_box, landmarks]).encode()
+        digest.update(line)
+        split_digests.setdefault(item.split or "unsplit", hashlib.sha256()).update(line)
+        split = splits.setdefault(item.split or "unsplit", {"images": 0, "patients": set(), "classes": {}})
+        split["images"] += 1
+        split["patients"].add(item.patient_id)
+        if item.curvature_class:
+            split["classes"][item.curvature_class] = split["classes"].get(item.curvature_class, 0) + 1
+    for split in splits.values():
+        split["patients"] = len(split["patients"])
+    return {"dataset": dataset, "fingerprint": digest.hexdigest()[:16], "labelled_images": len(items),
+            "patients": len({i.patient_id for i in items}), "splits": splits,
+            "split_fingerprints": {name: d.hexdigest()[:16] for name, d in split_digests.items()},
+            "train_split": config.get("train_split", "train"), "recorded_at": layout.now_iso()}
+
+
 def resume_run(run_dir: str | Path, *, nproc: int = 1) -> Path:
-    """Continue an interrupted, cancelled or failed run from its ``last.pt``."""
+    """Continue an interrupted, cancelled or failed run from its ``last.pt`` (through the queue)."""
     run_dir = layout.resolve_run(run_dir)
     status = layout.read_status(run_dir)
     if status.get("state") in ("queued", "running"):
         raise layout.JobError(f"run {run_dir.name} is still {status['state']} (pid {status.get('pid')})")
     if status.get("state") == "done":
-        raise layout.JobError(f"run {run_dir.name} is done; start a new run to train further")
+        raise layout.JobError(f"run {run_dir.name} is done: continue it for more epochs as a new run instead "
+                              f"(python -m core runs continue {run_dir.name} --epochs N)")
     if not (run_dir / layout.CONFIG_FILE).exists():
         raise layout.JobError(f"run {run_dir.name} has no config.yaml to resume from")
-    layout.update_status(run_dir, state="queued", message="resuming", pid=None)
-    pid = _launch(run_dir, ["train", "--resume", str(run_dir)], nproc)
-    layout.update_status(run_dir, pid=pid, pgid=pid)
+    queue.enqueue(run_dir, ["train", "--resume", str(run_dir)], hardware.device_key(layout.read_config(run_dir)),
+                  nproc, message="waiting to resume")
+    queue.advance()
     return run_dir
 
 
-def cancel_run(run_dir: str | Path, timeout: float = 15.0) -> dict:
-    """SIGTERM the run's process group (SIGKILL after ``timeout`` s); its status becomes ``cancelled``."""
+def continue_config(run_dir: str | Path, epochs: int, changes: Mapping[str, Any] | None = None) -> dict:
+    """A new run's config: the old run's, started from its last checkpoint, for ``epochs`` more epochs with a
+    fresh schedule (warm-up and decay over the new epochs). ``changes`` overrides other keys (e.g. lr)."""
     run_dir = layout.resolve_run(run_dir)
+    config = layout.read_config(run_dir)
+    task = config.get("task", "classify")
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+        raise ConfigError(f"epochs to continue for must be a whole number >= 1, got {epochs!r}")
+    if task == "compare":
+        raise ConfigError("a comparison cannot be continued: start a new one with more epochs")
+    if task == "classify" or (task == "landmarks" and config.get("model", LANDMARK_UNET) == LANDMARK_UNET):
+        if not any((run_dir / name).exists() for name in ("last.pt", "best.pt")):
+            raise layout.JobError(f"run {run_dir.name} has no checkpoint (last.pt) to continue from")
+        config.update(init_from=str(run_dir))
+    else:  # YOLO: a new Ultralytics run starting from the weights of the old one's last epoch
+        weights = run_dir / "ultralytics" / "weights" / "last.pt"
+        if not weights.exists():
+            raise layout.JobError(f"run {run_dir.name} has no {weights.relative_to(run_dir)} to continue from")
+        config.update(model=str(weights))
+    config.update(dict(changes or {}), epochs=epochs)
+    return resolve_config(config)
+
+
+def continue_run(run_dir: str | Path, epochs: int, changes: Mapping[str, Any] | None = None) -> Path:
+    """Train ``epochs`` more epochs as a new run starting from ``run_dir``'s last checkpoint (queued as usual)."""
+    return start_run(continue_config(run_dir, epochs, changes))
+
+
+def cancel_run(run_dir: str | Path, timeout: float = 15.0) -> dict:
+    """SIGTERM the run's process group (SIGKILL after ``timeout`` s); its status becomes ``cancelled``.
+    A run still waiting in the queue is taken out of it."""
+    run_dir = layout.resolve_run(run_dir)
+    waiting = queue.cancel_waiting(run_dir)
+    if waiting is not None:
+        return waiting
     status = layout.read_status(run_dir)
     pid = status.get("pid")
     if status.get("state") in ("done", "failed", "cancelled"):
@@ -125,11 +160,11 @@ def cancel_run(run_dir: str | Path, timeout: float = 15.0) -> dict:
             _signal(pid, pgid, signal.SIGKILL, own_group)
             while layout.pid_alive(pid) and time.monotonic() < deadline + 5:
                 time.sleep(0.1)
-        _reap()
     status = layout.read_status_file(run_dir)
-    if status.get("state") == "cancelled":  # the run said so itself (its SIGTERM handler)
-        return status
-    return layout.update_status(run_dir, state="cancelled", message="cancelled by user", eta_s=None)
+    if status.get("state") != "cancelled":  # else the run said so itself (its SIGTERM handler)
+        status = layout.update_status(run_dir, state="cancelled", message="cancelled by user", eta_s=None)
+    queue.advance()  # its supervisor normally does this; not when it was killed too
+    return status
 
 
 def _signal(pid: int, pgid: int | None, sig: int, own_group: bool) -> None:
@@ -161,23 +196,42 @@ def configure_runs(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION")
     listing = sub.add_parser("list", help="every run of every task with its main metric (the default)")
     listing.add_argument("--json", action="store_true", help="one JSON object per run")
-    start = sub.add_parser("start", help="validate a config and train it in the background")
+    start = sub.add_parser("start", help="validate a config and train it in the background (queued if busy)")
     start.add_argument("--config", required=True, help="YAML config (configs/*.yaml)")
     start.add_argument("overrides", nargs="*", metavar="key=value")
     start.add_argument("--nproc", type=int, default=1, help="processes under torchrun (DDP), classify only")
-    for name, text in (("status", "state, epoch, ETA and the last metrics row"), ("cancel", "stop a running run"),
+    for name, text in (("status", "state, epoch, ETA and the last metrics row"),
+                       ("cancel", "stop a running run, or take a waiting one out of the queue"),
                        ("resume", "continue from last.pt"), ("delete", "remove the run folder"),
-                       ("promote", "make the run the model Predict uses")):
+                       ("promote", "make the run the model Predict uses (writes a model card)"),
+                       ("show", "a run's test scores with their intervals and its data record")):
         action = sub.add_parser(name, help=text)
         action.add_argument("run", help="run folder or run id")
-        if name == "status":
+        if name in ("status", "show"):
             action.add_argument("--json", action="store_true")
+    more = sub.add_parser("continue", help="train N more epochs as a new run from the run's last checkpoint")
+    more.add_argument("run", help="run folder or run id")
+    more.add_argument("--epochs", type=int, required=True, help="epochs of the new run (a fresh schedule)")
+    more.add_argument("overrides", nargs="*", metavar="key=value", help="other keys to change, e.g. lr=0.0001")
+    waiting = sub.add_parser("queue", help="the runs waiting for a device, in order")
+    waiting.add_argument("--slots", type=int, help="set how many runs may train on one device at a time")
+    move = sub.add_parser("move", help="move a waiting run to a queue position (1 = next)")
+    move.add_argument("run")
+    move.add_argument("position", type=int)
+    sub.add_parser("advance", help="start the waiting runs whose device is free (every runs command does this)")
+    sub.add_parser("hardware", help="the GPUs (NVML) or the CPU runs train on")
+    compare = sub.add_parser("compare", help="several runs side by side: differing config keys, study-layout table")
+    compare.add_argument("runs", nargs="+", metavar="RUN")
+    rollback = sub.add_parser("rollback", help="put the previously promoted model of a task back")
+    rollback.add_argument("--task", default="classify", choices=promotion.PROMOTABLE)
     parser.set_defaults(json=False)
 
 
 def run_runs(args: argparse.Namespace) -> int:
     try:
         action = args.action or "list"
+        if action not in ("queue", "move"):
+            queue.advance()  # the queue moves whenever anyone looks (see core.runs.queue)
         if action == "list":
             return _print_runs(args.json)
         if action == "start":
@@ -189,14 +243,81 @@ def run_runs(args: argparse.Namespace) -> int:
             print(f"{args.run}: {cancel_run(args.run).get('state')}")
         elif action == "resume":
             print(resume_run(args.run))
+        elif action == "continue":
+            changes = read_config_source({}, args.overrides)
+            print(continue_run(args.run, args.epochs, changes))
         elif action == "delete":
             print(f"deleted {delete_run(args.run)}")
         elif action == "promote":
+            check = promotion.check_against_promoted(args.run)
+            if check["warning"]:
+                print(f"warning: {check['warning']}", file=sys.stderr)
             print(f"promoted {Path(args.run).name} -> {promotion.promote(args.run)}")
+        elif action == "rollback":
+            record = promotion.rollback(args.task)
+            print(f"{args.task}: back to run {record.get('run_id')} (was {record.get('rolled_back_from')})")
+        elif action == "queue":
+            _print_queue(args.slots)
+        elif action == "move":
+            print("queue: " + ", ".join(queue.move(args.run, args.position)))
+        elif action == "advance":
+            print("\n".join(f"started {d.name}" for d in queue.advance()) or "nothing to start")
+        elif action == "hardware":
+            print(json.dumps(hardware.snapshot(), indent=1))
+        elif action == "show":
+            _print_show(args.run, args.json)
+        elif action == "compare":
+            _print_compare(args.runs)
     except (ConfigError, layout.JobError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _print_queue(slots: int | None) -> None:
+    if slots is not None:
+        queue.set_slots(slots)
+    order = queue.waiting()
+    print(f"{queue.slots()} run(s) per device at a time; busy: "
+          + (", ".join(f"{d} {n}" for d, n in queue.occupied().items()) or "none"))
+    for number, (run_dir, status) in enumerate(order, start=1):
+        print(f"{number:>3}. {run_dir.name}  waits for {status.get('device')} since {status.get('queued_at')}")
+    if not order:
+        print("no run is waiting")
+
+
+def _print_show(run: str, as_json: bool) -> None:
+    run_dir = layout.resolve_run(run)
+    task = layout.read_config(run_dir).get("task", "classify")
+    shown = {"run": run_dir.name, "task": task, "status": layout.read_status(run_dir),
+             "headline": reports.headline(run_dir, task), "data": reports.data_record(run_dir)}
+    if task == "classify":
+        detail = reports.classification_detail(run_dir) or {}
+        shown.update(metrics=detail.get("metrics"), per_class=detail.get("per_class"),
+                     confusion=detail.get("confusion"))
+    if as_json:
+        print(json.dumps(shown, indent=1, default=str))
+        return
+    print(f"{run_dir.name}: {task} {shown['status'].get('model')} · {shown['status'].get('state')}")
+    score = shown["headline"]
+    print(f"  test {score['name']}: {reports.format_score(score)}" if score else "  no test report yet")
+    for name, value in (shown.get("metrics") or {}).items():
+        print(f"  {name}: {value}")
+    if shown["data"]:
+        print(f"  labels {shown['data']['dataset']} fingerprint {shown['data']['fingerprint']}")
+
+
+def _print_compare(runs: Sequence[str]) -> None:
+    run_dirs = [layout.resolve_run(r) for r in runs]
+    result = reports.comparison(run_dirs)
+    print("config keys that differ:" if result["differing"] else "the configs are the same")
+    for key, values in result["differing"].items():
+        print(f"  {key}: " + ", ".join(f"{run} {value}" for run, value in values.items()))
+    table = result["table"]
+    columns = list(table[0]) if table else []
+    print(" | ".join(columns))
+    for row in table:
+        print(" | ".join("" if row.get(c) is None else str(row.get(c)) for c in columns))
 
 
 def _print_runs(as_json: bool) -> int:

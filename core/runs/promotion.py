@@ -2,6 +2,9 @@
 
 The copy (best.pt, config, metrics, test report, ``promoted.json``) is made beside and swapped in, so Predict never
 sees a half-copied model; a promoted model survives the deletion of its run folder (which is refused anyway).
+Each promotion writes a model card beside the model (``model_card.json`` and ``MODEL_CARD.md``: the labels'
+fingerprint, the splits, the test metrics with their intervals, the config, the date and the device) and keeps the
+model it replaces in ``promoted/.history/<task>/``, so :func:`rollback` can put it back.
 """
 from __future__ import annotations
 
@@ -13,11 +16,17 @@ import sys
 from pathlib import Path
 
 from core import settings
+from core.runs import reports
+from core.runs.hardware import DATA_FILE
 from core.runs.layout import CONFIG_FILE, METRICS_FILE, TEST_REPORT, JobError, now_iso, read_config, read_status, \
-    resolve_run
+    read_status_file, resolve_run
 
 PROMOTED_FILE = "promoted.json"
+CARD_FILE = "model_card.json"
+CARD_TEXT = "MODEL_CARD.md"
 PROMOTABLE = ("classify", "detect", "landmarks")
+HISTORY_DIR = ".history"
+KEPT_HISTORY = 5  # previously promoted models kept per task for rollback
 
 
 # ---------------------------------------------------------------------------------------------- promotion
@@ -47,20 +56,138 @@ def promote(run_dir: str | Path, task: str | None = None) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     shutil.copy2(checkpoint, staging / "best.pt")
-    for name in (CONFIG_FILE, TEST_REPORT, METRICS_FILE):
+    for name in (CONFIG_FILE, TEST_REPORT, METRICS_FILE, DATA_FILE):
         if (run_dir / name).exists():
             shutil.copy2(run_dir / name, staging / name)
     record = {"task": task, "run_id": run_dir.name, "run_dir": str(run_dir), "model": config.get("model"),
               "checkpoint": "best.pt", "state": status.get("state"), "best_metric": status.get("best_metric"),
               "promoted_at": now_iso()}
     (staging / PROMOTED_FILE).write_text(json.dumps(record, indent=1), encoding="utf-8")
-    # swap folders so Predict never sees a half-copied model
+    write_model_card(staging, run_dir, task, record)
+    _swap_in(staging, task)
+    return dest
+
+
+def _swap_in(staging: Path, task: str, keep_old: bool = True) -> None:
+    """Swap folders so Predict never sees a half-copied model; the replaced one goes to the history."""
+    dest = settings.promoted_dir() / task
     old = settings.promoted_dir() / f".{task}.old.{os.getpid()}"
     if dest.exists():
         os.replace(dest, old)
     os.replace(staging, dest)
+    if keep_old and old.exists():
+        history = settings.promoted_dir() / HISTORY_DIR / task
+        history.mkdir(parents=True, exist_ok=True)
+        os.replace(old, history / f"{len(list(history.iterdir())):04d}-{now_iso().replace(':', '')}")
+        for stale in sorted(history.iterdir())[:-KEPT_HISTORY]:
+            shutil.rmtree(stale, ignore_errors=True)
     shutil.rmtree(old, ignore_errors=True)
-    return dest
+
+
+def history(task: str = "classify") -> list[dict]:
+    """The models promoted before the current one, newest first (what :func:`rollback` can restore)."""
+    folder = settings.promoted_dir() / HISTORY_DIR / task
+    entries = []
+    for path in sorted(folder.iterdir(), reverse=True) if folder.exists() else []:
+        record = reports.read_json(path / PROMOTED_FILE)
+        if record and (path / "best.pt").exists():
+            entries.append({**record, "history_dir": str(path)})
+    return entries
+
+
+def rollback(task: str = "classify") -> dict:
+    """Put the previously promoted model of ``task`` back (the current one is dropped: its run still has it)."""
+    if task not in PROMOTABLE:
+        raise JobError(f"task must be one of {', '.join(PROMOTABLE)}, got {task!r}")
+    earlier = history(task)
+    if not earlier:
+        raise JobError(f"no earlier promoted {task} model to roll back to")
+    source = Path(earlier[0]["history_dir"])
+    record = {k: v for k, v in earlier[0].items() if k != "history_dir"}
+    current = promoted_info(task)
+    record.update(rolled_back_at=now_iso(), rolled_back_from=(current or {}).get("run_id"))
+    (source / PROMOTED_FILE).write_text(json.dumps(record, indent=1), encoding="utf-8")
+    staging = settings.promoted_dir() / f".{task}.{os.getpid()}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    os.replace(source, staging)
+    _swap_in(staging, task, keep_old=False)
+    return record
+
+
+# ---------------------------------------------------------------------------------------------- model card
+def model_card(run_dir: Path, task: str, record: dict) -> dict:
+    """What a reader needs to judge a promoted model: data, splits, test metrics with intervals, config, device."""
+    data = reports.data_record(run_dir)
+    report = reports.test_report(run_dir)
+    status = read_status_file(run_dir)
+    metrics = report.get("metrics") if isinstance(report.get("metrics"), dict) else {
+        k: v for k, v in report.items() if isinstance(v, (int, float)) and k != "seconds"}
+    return {
+        "model": record.get("model"), "task": task, "run_id": run_dir.name, "promoted_at": record["promoted_at"],
+        "trained_until": status.get("updated_at"), "device": status.get("device") or "not recorded",
+        "dataset": data.get("dataset") or read_config(run_dir).get("dataset"),
+        "labels_fingerprint": data.get("fingerprint") or "not recorded (run not started through runs start)",
+        "splits": data.get("splits") or {}, "test_split": report.get("split"),
+        "test_images": report.get("n_images") or report.get("images"), "test_patients": report.get("n_patients"),
+        "test_metrics": {k: reports._score(v) for k, v in metrics.items()},
+        "headline": reports.headline(run_dir, read_config(run_dir).get("task")),
+        "interval": (report.get("bootstrap") or {}).get("interval", "none"),
+        "config": read_config(run_dir), "intended_use": "research and teaching only, not a diagnosis",
+    }
+
+
+def write_model_card(folder: Path, run_dir: Path, task: str, record: dict) -> dict:
+    card = model_card(run_dir, task, record)
+    (folder / CARD_FILE).write_text(json.dumps(card, indent=1, default=str), encoding="utf-8")
+    lines = [f"# Model card: {card['model']} ({task})", "",
+             f"- run: `{card['run_id']}`, promoted {card['promoted_at']}, trained until {card['trained_until']}",
+             f"- device: {card['device']}",
+             f"- data: dataset `{card['dataset']}`, labels fingerprint `{card['labels_fingerprint']}`",
+             f"- intended use: {card['intended_use']}", "", "## Splits", ""]
+    for split, counts in card["splits"].items():
+        classes = ", ".join(f"{k} {v}" for k, v in (counts.get("classes") or {}).items())
+        lines.append(f"- {split}: {counts.get('images')} images, {counts.get('patients')} patients ({classes})")
+    lines += ["", f"## Test metrics ({card['test_split']} split, {card['test_images']} images, "
+                  f"{card['test_patients']} patients; {card['interval']} interval)", ""]
+    lines += [f"- {name}: {reports.format_score(score)}" for name, score in card["test_metrics"].items()]
+    lines += ["", "## Config", "", "```yaml"]
+    lines += [f"{k}: {json.dumps(v, default=str)}" for k, v in card["config"].items()] + ["```", ""]
+    (folder / CARD_TEXT).write_text("\n".join(lines), encoding="utf-8")
+    return card
+
+
+def promoted_card(task: str = "classify") -> dict | None:
+    card = reports.read_json(settings.promoted_dir() / task / CARD_FILE)
+    return card or None
+
+
+def check_against_promoted(run_dir: str | Path, task: str | None = None) -> dict:
+    """Whether promoting ``run_dir`` would replace a better model: both headline test scores, and whether they were
+    measured on the same test split (same labels fingerprint of that split). ``warning`` is None when all is well."""
+    run_dir = resolve_run(run_dir)
+    config = read_config(run_dir)
+    task = task or {"compare": "classify"}.get(config.get("task"), config.get("task")) or "classify"
+    current = promoted_info(task) if task in PROMOTABLE else None
+    candidate = reports.headline(run_dir, config.get("task"))
+    result = {"task": task, "promoted_run": (current or {}).get("run_id"), "candidate": candidate,
+              "promoted": None, "same_test_split": None, "worse": None, "warning": None}
+    if not current or current.get("run_id") == run_dir.name:
+        return result
+    folder = settings.promoted_dir() / task
+    result["promoted"] = reports.headline(folder, read_config(folder).get("task", task))
+    test_split = (reports.test_report(run_dir).get("split") or "test")
+    ours = (reports.data_record(run_dir).get("split_fingerprints") or {}).get(test_split)
+    theirs = (reports.data_record(folder).get("split_fingerprints") or {}).get(test_split)
+    result["same_test_split"] = None if not (ours and theirs) else ours == theirs
+    a, b = result["candidate"], result["promoted"]
+    if a and b and a["name"] == b["name"]:
+        result["worse"] = a["value"] < b["value"] if a["higher_is_better"] else a["value"] > b["value"]
+        if result["worse"]:
+            where = {True: "on the same test split", False: "but on a different test split",
+                     None: "(the test splits could not be compared)"}[result["same_test_split"]]
+            result["warning"] = (f"run {run_dir.name} scores {a['name']} {reports.format_score(a)} {where}; the "
+                                 f"promoted {current.get('run_id')} scores {reports.format_score(b)}")
+    return result
 
 
 def promoted_model(task: str = "classify") -> Path | None:

@@ -37,7 +37,7 @@ from core.training.crops import (NORMALISATION, CropDataset, DistributedWeighted
                         load_split, normalise, to_samples, train_augmentation)
 from core.training.devices import pick_device
 from core.training.schedule import warmup_cosine
-from core.runs.configs import ClassifyConfig, ConfigError, to_plain
+from core.runs.configs import ClassifyConfig, ConfigError, init_checkpoint, to_plain
 from core.runs.recorder import RunRecorder
 
 log = logging.getLogger("cervicurve.run")
@@ -157,6 +157,10 @@ def build_classifier(cfg: ClassifyConfig, input_size: int) -> nn.Module:
         state = torch.load(Path(cfg.weights_path).expanduser(), map_location="cpu", weights_only=True)["state_dict"]
         missing, unexpected = model.load_state_dict(state, strict=False)
         log.info("started from %s (missing %d, unexpected %d keys)", cfg.weights_path, len(missing), len(unexpected))
+    if cfg.init_from:  # continue an earlier run as a new one: its weights, this config's fresh schedule
+        source = init_checkpoint(cfg.init_from)
+        model.load_state_dict(torch.load(source, map_location="cpu", weights_only=True)["state_dict"])
+        log.info("started from the weights of %s", source)
     return model
 
 

@@ -35,7 +35,7 @@ from torch.nn import functional as F
 
 from core import settings
 from core.runs import layout
-from core.runs.configs import LANDMARK_UNET, ConfigError, HeatmapConfig
+from core.runs.configs import LANDMARK_UNET, ConfigError, HeatmapConfig, init_checkpoint
 from core.runs.recorder import RunRecorder
 from core.training.devices import pick_device
 from core.training.schedule import warmup_cosine
@@ -355,6 +355,10 @@ def _fit(cfg: HeatmapConfig, run: RunRecorder, progress_callback, items, resume:
 
     torch.manual_seed(cfg.seed)
     net = LandmarkUNet(len(LANDMARK_NAMES), tuple(cfg.widths)).to(device)
+    if cfg.init_from:  # continue an earlier run as a new one: its weights, this config's fresh schedule
+        source = init_checkpoint(cfg.init_from)
+        net.load_state_dict(torch.load(source, map_location="cpu", weights_only=True)["state_dict"])
+        log.info("started from the weights of %s", source)
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     train_split = splits["train"]
     n = len(train_split.truth)
