@@ -24,3 +24,29 @@ def workspace(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("CERVICURVE_HOME", str(home))
     monkeypatch.delenv("CERVICURVE_DB", raising=False)
     return home
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """One throwaway PostgreSQL server for the session (started in a temporary folder, gone afterwards)."""
+    import postgres_server
+
+    if postgres_server.binaries() is None:
+        pytest.skip("PostgreSQL is not installed here (scripts/test.sh installs Debian's postgresql)")
+    with postgres_server.running_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request, workspace, monkeypatch) -> str:
+    """The same test on both stores: the workspace's SQLite file, then an empty database on the PostgreSQL server."""
+    if request.param == "sqlite":
+        from core import settings
+
+        return settings.db_url()
+    import postgres_server
+
+    url = request.getfixturevalue("postgres_url")
+    postgres_server.reset(url)
+    monkeypatch.setenv("CERVICURVE_DB", url)
+    return url
