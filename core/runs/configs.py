@@ -363,6 +363,7 @@ class CompareConfig(StrictConfig):
     models: list[str] = field(default_factory=list)   # empty: the study's seven (or the ablation's five)
     dataset: str | None = None   # default: "default", or the quick phantom set with quick
     quick: bool = False
+    full: bool = False    # the phantom benchmark at 128 px, every model to its early-stopping point, no time cap
     ablation: bool = False
     folds: int | None = None
     epochs: int | None = None
@@ -379,6 +380,8 @@ class CompareConfig(StrictConfig):
         unknown = [m for m in self.models if m not in MODELS]
         if unknown:
             raise ConfigError(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(MODELS)}")
+        if self.quick and self.full:
+            raise ConfigError("quick and full are two profiles: choose one")
         if self.folds is not None and self.folds < 2:
             raise ConfigError(f"folds needs at least 2, got {self.folds}")
         for name in ("epochs", "input_size", "batch_size"):

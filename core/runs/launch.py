@@ -61,7 +61,7 @@ def data_record(config: Mapping[str, Any]) -> dict | None:
 
     if config.get("data"):  # a YOLO data.yaml on disk, not a store dataset
         return None
-    dataset = config.get("dataset") or (None if config.get("quick") else "default")
+    dataset = config.get("dataset") or (None if config.get("quick") or config.get("full") else "default")
     if not dataset:
         return None
     with AnnotationStore(settings.db_url()) as store:

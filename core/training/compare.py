@@ -61,6 +61,12 @@ QUICK_EPOCHS = {"s_resnet34": 25, "resnet34": 25, "resnet152": 12, "densenet121"
 # ...and a training-time cap per model (time_limit_s), so a busy machine still finishes inside 15 minutes
 # (the caps sum to under 8 minutes; phantoms, imports and scoring take about 2 more).
 QUICK_TIME_S = {"s_resnet34": 90, "resnet34": 90, "resnet152": 100, "densenet121": 90, "cnn": 45, "rnn": 45}
+# --full: the same 240-patient phantom benchmark, 128 px, and no time cap: every model trains until its validation
+# macro-F1 has not improved for FULL_PATIENCE epochs (FULL_EPOCHS is only a ceiling), so none stops at chance level
+# because a clock ran out. Repeatable on CPU (no time caps).
+FULL_INPUT_SIZE = 128
+FULL_EPOCHS = 150
+FULL_PATIENCE = 12
 STUDY_REPORTED = "Liang et al. 2025 report for S-ResNet-34: ACC 90.94 %, F1 85.27 %, recall 85.36 % (240 patients)."
 
 
@@ -185,11 +191,14 @@ def inference_ms(model: Any, meta: dict, crops, repeats: int = 20) -> float:
 
 
 def _train_config(model: str, options: dict, dataset: str, epochs: int | None, input_size: int | None,
-                  seed: int, n_boot: int, quick: bool, batch_size: int | None) -> dict:
+                  seed: int, n_boot: int, quick: bool, batch_size: int | None, full: bool = False) -> dict:
     config = {"model": model, "model_options": dict(options), "dataset": dataset, "seed": seed, "n_boot": n_boot}
     if quick:
         config.update(input_size=QUICK_INPUT_SIZE, epochs=QUICK_EPOCHS.get(model, 10), batch_size=16, lr=0.001,
                       time_limit_s=QUICK_TIME_S.get(model, 0.0), aug_hflip=True)  # phantoms face either way
+    if full:
+        config.update(input_size=FULL_INPUT_SIZE, epochs=FULL_EPOCHS, patience=FULL_PATIENCE, batch_size=16,
+                      lr=0.001, time_limit_s=0.0, aug_hflip=True)
     if epochs is not None:
         config["epochs"] = epochs
     if input_size is not None:
@@ -335,11 +344,11 @@ def fit(config: Mapping[str, Any] | CompareConfig, run_dir: str | Path, *, resum
     with RunRecorder(run_dir, "compare", COLUMNS, model=label, metric="best macro-F1") as run:
         run.write_config(cfg.to_dict())
         run.update(epoch=0, epochs=len(entries), best_metric=None, message="preparing the dataset")
-        dataset = cfg.dataset or (QUICK_DATASET if cfg.quick else "default")
+        dataset = cfg.dataset or (QUICK_DATASET if cfg.quick or cfg.full else "default")
         if not dataset_exists(dataset):
-            if not cfg.quick:
+            if not (cfg.quick or cfg.full):
                 raise CompareError(f"dataset {dataset!r} has no labelled images: import one first, or use quick "
-                                   "to build a phantom dataset")
+                                   "or full to build the phantom benchmark")
             build_quick_dataset(dataset, seed=cfg.seed)
         _ensure_splits(dataset, cfg.seed)
         plan_list = plans(dataset, cfg.folds, cfg.seed)
@@ -357,7 +366,7 @@ def fit(config: Mapping[str, Any] | CompareConfig, run_dir: str | Path, *, resum
             else:
                 run.update(message=f"training {entry.label} ({number}/{len(entries)})")
                 config_dict = _train_config(entry.model, entry.options, dataset, cfg.epochs, cfg.input_size, cfg.seed,
-                                            cfg.n_boot, cfg.quick, cfg.batch_size)
+                                            cfg.n_boot, cfg.quick, cfg.batch_size, cfg.full)
                 run_entry(entry, plan_list, config_dict, cfg.n_boot, cfg.seed)
                 row = {"epoch": number, "split": "test" if not cfg.folds else "out-of-fold", "model": entry.label,
                        "seconds": round(entry.train_seconds, 1),
@@ -402,7 +411,9 @@ def _write_tables(cfg: CompareConfig, entries: list[Entry], plan_list, dataset: 
     header = {
         "title": "ablation: S-ResNet-34 variants vs ResNet-34" if cfg.ablation else "the study's models",
         "dataset": dataset, "evaluation": evaluation, "seed": cfg.seed, "bootstrap resamples": cfg.n_boot,
-        "mode": "quick (phantoms, small inputs, few epochs: a smoke test, not a result)" if cfg.quick else "full",
+        "mode": "quick (phantoms, small inputs, few epochs: a smoke test, not a result)" if cfg.quick else
+                (f"full ({FULL_INPUT_SIZE} px, early stopping after {FULL_PATIENCE} epochs without a better val "
+                 f"macro-F1, at most {FULL_EPOCHS} epochs, no time cap)" if cfg.full else "custom"),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
                    f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}",
         "total time": f"{total:.0f} s", "written": _dt.datetime.now().isoformat(timespec="seconds"),
@@ -441,6 +452,9 @@ def configure_compare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help=f"phantom dataset ({QUICK_PATIENTS} patients) if missing, {QUICK_INPUT_SIZE} px inputs, "
                              "few epochs: ~10 min on 2 CPU cores")
+    parser.add_argument("--full", action="store_true",
+                        help=f"the same phantom benchmark at {FULL_INPUT_SIZE} px, every model to its early-stopping "
+                             "point (no time cap)")
     parser.add_argument("--models", help=f"comma-separated subset of: {', '.join(STUDY_MODELS)}")
     parser.add_argument("--folds", type=int, help="K-fold cross-validation instead of the train/val/test split")
     parser.add_argument("--dataset", help=f"dataset name (default: default, or {QUICK_DATASET} with --quick)")
@@ -457,6 +471,7 @@ def run_compare(args: argparse.Namespace) -> int:
     try:
         cfg = CompareConfig.from_dict({
             "models": args.models or [], "dataset": args.dataset, "folds": args.folds, "quick": args.quick,
+            "full": args.full,
             "ablation": args.ablation, "epochs": args.epochs, "input_size": args.input_size,
             "batch_size": args.batch_size, "seed": args.seed, "n_boot": args.n_boot})
         run_dir = fit(cfg, layout.new_run_dir("ablation" if cfg.ablation else "study", "compare"))

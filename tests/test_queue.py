@@ -1,0 +1,70 @@
+"""The run queue with real background runs: one run per device at a time, the next starts by itself (no page open),
+waiting runs can be moved and cancelled, and the CLI shows and changes the queue."""
+from __future__ import annotations
+
+import pytest
+
+from core.cli import main as cli_main
+from core.runs import launch, layout, queue
+from test_jobs import FAST, wait_for
+from test_train import import_tiny
+
+
+@pytest.fixture()
+def tiny(workspace, monkeypatch):
+    monkeypatch.setenv("CERVICURVE_THREADS", "1")
+    import_tiny(workspace)
+    return workspace
+
+
+def state(run_dir) -> str:
+    return layout.read_status(run_dir)["state"]
+
+
+def test_a_second_run_waits_then_starts_by_itself_when_the_first_ends(tiny):
+    first = launch.start_run(dict(FAST, epochs=2, input_size=32))
+    second = launch.start_run(dict(FAST, epochs=1, input_size=32, seed=1))
+    waiting = layout.read_status(second)
+    assert queue.is_waiting(waiting) and waiting["state"] == "queued" and waiting["device"] == "cpu"
+    assert [d for d, _ in queue.waiting()] == [second]
+    assert queue.occupied()["cpu"] == 1
+
+    # Nothing here calls advance(): the first run's supervisor starts the second when the first ends.
+    wait_for(lambda: state(first) in ("done", "failed"))
+    assert state(first) == "done", (first / "train.log").read_text()
+    wait_for(lambda: state(second) in ("done", "failed"))
+    assert state(second) == "done", (second / "train.log").read_text()
+    started = layout.read_status_file(second)["started_at"]
+    assert started >= layout.read_status_file(first)["updated_at"]  # it never ran beside the first
+    assert queue.waiting() == []
+
+
+def test_waiting_runs_can_be_moved_and_cancelled_and_cancelling_frees_the_device(tiny, capsys):
+    running = launch.start_run(dict(FAST, epochs=500, input_size=32))
+    b = launch.start_run(dict(FAST, epochs=500, input_size=32, seed=1))
+    c = launch.start_run(dict(FAST, epochs=500, input_size=32, seed=2))
+    assert [d for d, _ in queue.waiting()] == [b, c]
+    assert queue.move(c, 1) == [c.name, b.name]
+    assert cli_main(["runs", "queue"]) == 0
+    listing = capsys.readouterr().out
+    assert listing.index(c.name) < listing.index(b.name) and "1 run(s) per device" in listing
+
+    assert launch.cancel_run(b)["state"] == "cancelled"  # taken out of the queue, never started
+    assert layout.read_status_file(b).get("pid") is None and [d for d, _ in queue.waiting()] == [c]
+    assert cli_main(["runs", "move", b.name, "1"]) == 2
+    assert "not waiting in the queue" in capsys.readouterr().err
+
+    wait_for(lambda: state(running) == "running")
+    launch.cancel_run(running)  # frees the device: the waiting run starts at once
+    wait_for(lambda: layout.read_status_file(c).get("pid") is not None, timeout=30)
+    assert state(c) in ("queued", "running")
+    assert launch.cancel_run(c)["state"] == "cancelled"
+    assert [state(d) for d in (running, b, c)] == ["cancelled"] * 3
+
+
+def test_slots_per_device_are_a_setting(tiny, capsys):
+    assert queue.slots() == 1
+    assert cli_main(["runs", "queue", "--slots", "2"]) == 0
+    assert queue.slots() == 2 and "2 run(s) per device" in capsys.readouterr().out
+    with pytest.raises(layout.JobError, match="whole number >= 1"):
+        queue.set_slots(0)
