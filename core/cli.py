@@ -22,7 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "promote": ("core.runs.promotion", "make a run the model Predict uses"),
     "onnx": ("core.inference.onnx_export", "export the promoted classifier or landmark model to ONNX, checked"),
     "analyse": ("core.inference.run_analysis", "per-landmark errors + Bland-Altman, or detector IoUs, of a run"),
+    "quiz": ("core.inference.teaching", "teaching quizzes: create | list | answer | results (CSV)"),
     "demo": ("core.demo", "build a phantom workspace and demo models"),
+    "users": ("core.data.accounts", "team accounts: add | list | set-role | disable | audit"),
+    "db": ("core.data.database", "the annotation database: upgrade | copy --to URL | backup"),
     "runs": ("core.runs.launch", "list | start | status | cancel | resume | delete | promote runs"),
 }
 

@@ -26,6 +26,8 @@ VARIABLES = {
     "CERVICURVE_REVERSED_MAX_DEG": "Cobb C2-C7 angle (degrees) up to which a curve is reversed: a number such as -4, "
                                    "below CERVICURVE_NORMAL_MIN_DEG",
     "CERVICURVE_PRELOAD": "load the Predict models when the app starts: 1 (default) or 0",
+    "CERVICURVE_SESSION_IDLE_MIN": "minutes a sign-in stays valid without use (team mode): a number above 0, "
+                                   "default 60",
 }
 
 
@@ -45,6 +47,11 @@ def check() -> None:
             if not reversed_ < normal:
                 problems.append(f"CERVICURVE_REVERSED_MAX_DEG ({reversed_:g}) must be below "
                                 f"CERVICURVE_NORMAL_MIN_DEG ({normal:g})")
+    except SettingsError as error:
+        problems.append(str(error))
+    try:
+        if session_idle_minutes() <= 0:
+            problems.append(str(_bad("CERVICURVE_SESSION_IDLE_MIN", os.environ["CERVICURVE_SESSION_IDLE_MIN"])))
     except SettingsError as error:
         problems.append(str(error))
     if problems:
@@ -67,6 +74,11 @@ def env_number(name: str, default: float) -> float:
     if not math.isfinite(number):
         raise _bad(name, value)
     return number
+
+
+def session_idle_minutes() -> float:
+    """How long a team-mode sign-in lasts without use."""
+    return env_number("CERVICURVE_SESSION_IDLE_MIN", 60.0)
 
 
 def rule_thresholds_deg() -> tuple[float, float]:
