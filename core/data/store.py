@@ -12,6 +12,13 @@ can be frozen (``freeze_test``): from then on no image leaves it and no new pati
 Writes on SQLite start with ``BEGIN IMMEDIATE``: the write lock is taken before the
 carry-forward read, so two annotators saving at once queue on the busy timeout instead of
 one of them failing with "database is locked" halfway through.
+
+Readings and review (the Label page, schema 3). ``save_reading`` writes one annotator's complete reading as a
+new row (no carry-forward: what they saved is theirs), with what changed against their previous reading, the
+seconds spent, and — when it started from a model draft — the draft and how far each point was moved (px).
+An annotator's *reading* of an image is their newest row. A reviewer accepts, fixes (a new row by the reviewer,
+accepted) or rejects a row (``reviews`` table, append-only too). The current label is then the newest accepted
+row, else the newest row not rejected; an image whose only rows were rejected has no current label.
 """
 from __future__ import annotations
 
@@ -29,6 +36,7 @@ from sqlalchemy import (
     JSON,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Integer,
     MetaData,
@@ -40,6 +48,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     select,
     update,
 )
@@ -48,10 +57,12 @@ from sqlalchemy.engine import Connection, Engine
 from core import settings
 from core.settings import CLASSES
 
-SCHEMA_VERSION = 2  # 2: the datasets table (frozen test split)
+SCHEMA_VERSION = 3  # 2: the datasets table (frozen test split); 3: reading provenance columns, reviews table
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 N_LANDMARKS = 23
 BUSY_TIMEOUT_MS = 30_000
+VERDICTS: tuple[str, ...] = ("accept", "fix", "reject")
+READING_FIELDS: tuple[str, ...] = ("curvature_class", "roi_box", "landmarks", "note")
 
 metadata = MetaData()
 
@@ -96,7 +107,27 @@ labels_table = Table(
     Column("roi_box", JSON),
     Column("landmarks", JSON),  # 23 [x, y]; a missing landmark is null (JSON has no NaN)
     Column("note", Text),
+    # schema 3 (added in place to older files, see _upgrade): provenance of a reading
+    Column("changes", JSON),  # field names that differ from the annotator's previous reading
+    Column("seconds", Float),  # time the annotator spent on the image before this save
+    Column("draft", JSON),  # the model draft the reading started from: models, class, box, landmarks
+    Column("point_moves_px", JSON),  # 23 distances draft point -> saved point; null where either is missing
 )
+
+reviews_table = Table(
+    "reviews",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("image_id", Integer, ForeignKey("images.id"), nullable=False, index=True),
+    Column("label_id", Integer, ForeignKey("labels.id"), nullable=False, index=True),  # the row reviewed
+    Column("reviewer", String(200), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("verdict", String(10), nullable=False),  # accept | fix | reject
+    Column("comment", Text),
+    Column("result_label_id", Integer, ForeignKey("labels.id")),  # the accepted row: itself, the fix, or null
+)
+# Columns schema 3 added to ``labels``; _upgrade adds them to a file made by an older version.
+_V3_LABEL_COLUMNS = ("changes", "seconds", "draft", "point_moves_px")
 
 
 @dataclass(frozen=True)
@@ -124,6 +155,36 @@ class LabelRevision:
     roi_box: list[float] | None
     landmarks: np.ndarray | None  # (23, 2), nan where missing
     note: str | None
+    changes: list[str] | None = None
+    seconds: float | None = None
+    draft: dict | None = None
+    point_moves_px: list[float | None] | None = None
+
+    @property
+    def from_draft(self) -> bool:
+        return self.draft is not None
+
+
+@dataclass(frozen=True)
+class Reading(LabelRevision):
+    """One annotator's reading of an image (their newest row) and its review status."""
+
+    status: str | None = None  # verdict of the newest review of this row: accept | fix | reject; None = unreviewed
+    reviewer: str | None = None
+    review_comment: str | None = None
+    reviewed_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Review:
+    review_id: int
+    image_id: int
+    label_id: int
+    reviewer: str
+    created_at: datetime
+    verdict: str
+    comment: str | None
+    result_label_id: int | None
 
 
 @dataclass(frozen=True)
@@ -222,8 +283,21 @@ def _use_wal(cursor) -> None:
             time.sleep(0.05)
 
 
+# Any number; all CerviCurve writers on one PostgreSQL database take this transaction lock.
+PG_WRITE_LOCK = 727_274
+
+
 def _make_engine(url: str) -> Engine:
     engine = create_engine(url)
+    if engine.dialect.name == "postgresql":
+        @event.listens_for(engine, "begin")
+        def _on_pg_begin(conn: Connection):
+            # Writes one at a time, as BEGIN IMMEDIATE gives SQLite: a save reads the current label and writes the
+            # next row in one step, and two annotators saving at once cannot both build on the same old row.
+            if conn.get_execution_options().get("cervicurve_write", False):
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_WRITE_LOCK})")
+
+        return engine
     if engine.dialect.name != "sqlite":
         return engine
 
@@ -280,7 +354,10 @@ class AnnotationStore:
             version = conn.execute(select(func.max(schema_info.c.version))).scalar()
             if version is None:
                 conn.execute(insert(schema_info).values(version=SCHEMA_VERSION))
-            elif version < SCHEMA_VERSION:  # 1 -> 2 only added a table, which create_all just made
+            elif version < SCHEMA_VERSION:
+                # 1 -> 2 added a table and 2 -> 3 the reviews table, which create_all just made; 2 -> 3 also
+                # added columns to labels, which create_all leaves alone on an existing table.
+                _add_missing_label_columns(conn)
                 conn.execute(update(schema_info).values(version=SCHEMA_VERSION))
             elif version > SCHEMA_VERSION:
                 raise RuntimeError(
@@ -314,6 +391,25 @@ class AnnotationStore:
             return batch.save_label(image_id, annotator=annotator, curvature_class=curvature_class,
                                     roi_box=roi_box, landmarks=landmarks, note=note)
 
+    def save_reading(self, image_id: int, *, annotator: str, curvature_class: str | None = None,
+                     roi_box: Sequence[float] | None = None, landmarks: Any = None, note: str | None = None,
+                     seconds: float | None = None, draft: Mapping[str, Any] | None = None,
+                     point_moves_px: Sequence[float | None] | None = None) -> int:
+        """Append ``annotator``'s complete reading of an image (see the module docstring); returns the label id."""
+        with self.batch() as batch:
+            return batch.save_reading(image_id, annotator=annotator, curvature_class=curvature_class, roi_box=roi_box,
+                                      landmarks=landmarks, note=note, seconds=seconds, draft=draft,
+                                      point_moves_px=point_moves_px)
+
+    def review(self, label_id: int, *, reviewer: str, verdict: str, comment: str | None = None,
+               curvature_class: str | None = None, roi_box: Sequence[float] | None = None, landmarks: Any = None,
+               seconds: float | None = None) -> int:
+        """Accept, fix or reject a label row; returns the review id. ``fix`` writes the reviewer's corrected
+        copy (the fields given replace the reviewed row's) and accepts that; ``reject`` needs a comment."""
+        with self.batch() as batch:
+            return batch.review(label_id, reviewer=reviewer, verdict=verdict, comment=comment,
+                                curvature_class=curvature_class, roi_box=roi_box, landmarks=landmarks, seconds=seconds)
+
     def set_splits(self, splits: Mapping[int, str | None]) -> None:
         """Assign train/val/test (or None) to images, all in one transaction; ValueError, writing nothing,
         when a patient would end up in two splits or a frozen test split would change."""
@@ -342,38 +438,79 @@ class AnnotationStore:
         return _image_record(row)
 
     def current_labels(self, dataset: str | None = None, *, labeled_only: bool = False) -> list[LabeledImage]:
-        """Every image with its newest label (label fields None for images never labeled)."""
-        newest = (
-            select(labels_table.c.image_id, func.max(labels_table.c.id).label("label_id"))
-            .group_by(labels_table.c.image_id)
-            .subquery()
-        )
-        query = (
-            select(images_table, labels_table.c.id.label("label_id"), labels_table.c.annotator,
-                   labels_table.c.created_at.label("labeled_at"), labels_table.c.curvature_class,
-                   labels_table.c.roi_box, labels_table.c.landmarks, labels_table.c.note)
-            .select_from(images_table)
-            .join(newest, newest.c.image_id == images_table.c.id, isouter=not labeled_only)
-            .join(labels_table, labels_table.c.id == newest.c.label_id, isouter=not labeled_only)
-            .order_by(images_table.c.id)
-        )
+        """Every image with its current label (the newest accepted row, else the newest row not rejected;
+        label fields None for images without one)."""
+        query = select(images_table).order_by(images_table.c.id)
         if dataset is not None:
             query = query.where(images_table.c.dataset == dataset)
         with self._read() as conn:
-            rows = conn.execute(query).mappings().all()
-        return [
-            LabeledImage(
-                **vars(_image_record(row)),
-                curvature_class=row["curvature_class"],
-                roi_box=row["roi_box"],
-                landmarks=_landmarks_from_json(row["landmarks"]),
-                note=row["note"],
-                annotator=row["annotator"],
-                labeled_at=_utc(row["labeled_at"]),
-                label_id=row["label_id"],
-            )
-            for row in rows
-        ]
+            images = conn.execute(query).mappings().all()
+            chosen = _current_label_ids(conn, dataset)
+            rows = {row["image_id"]: row for row in _rows_by_id(conn, list(chosen.values()))}
+        found = []
+        for image in images:
+            row = rows.get(image["id"])
+            if row is None and labeled_only:
+                continue
+            found.append(LabeledImage(
+                **vars(_image_record(image)),
+                curvature_class=None if row is None else row["curvature_class"],
+                roi_box=None if row is None else row["roi_box"],
+                landmarks=None if row is None else _landmarks_from_json(row["landmarks"]),
+                note=None if row is None else row["note"],
+                annotator=None if row is None else row["annotator"],
+                labeled_at=None if row is None else _utc(row["created_at"]),
+                label_id=None if row is None else row["id"],
+            ))
+        return found
+
+    def readings(self, dataset: str | None = None, *, image_id: int | None = None) -> list[Reading]:
+        """Each annotator's reading of each image (their newest row; a reviewer's fix is not a reading of
+        theirs), with its review status; ordered by image, then label id."""
+        fixes = select(reviews_table.c.result_label_id).where(reviews_table.c.verdict == "fix",
+                                                              reviews_table.c.result_label_id.is_not(None))
+        newest = (select(func.max(labels_table.c.id)).where(labels_table.c.id.not_in(fixes))
+                  .group_by(labels_table.c.image_id, labels_table.c.annotator))
+        query = select(labels_table).where(labels_table.c.id.in_(newest))
+        if dataset is not None:
+            query = query.join(images_table, images_table.c.id == labels_table.c.image_id).where(
+                images_table.c.dataset == dataset)
+        if image_id is not None:
+            query = query.where(labels_table.c.image_id == int(image_id))
+        with self._read() as conn:
+            rows = conn.execute(query.order_by(labels_table.c.image_id, labels_table.c.id)).mappings().all()
+            latest: dict[int, Any] = {}
+            ids = [row["id"] for row in rows]
+            for start in range(0, len(ids), _CHUNK):
+                for review in conn.execute(select(reviews_table).where(
+                        reviews_table.c.label_id.in_(ids[start:start + _CHUNK])).order_by(reviews_table.c.id)):
+                    latest[review.label_id] = review
+        found = []
+        for row in rows:
+            review = latest.get(row["id"])
+            found.append(Reading(**vars(_revision(row)),
+                                 status=None if review is None else review.verdict,
+                                 reviewer=None if review is None else review.reviewer,
+                                 review_comment=None if review is None else review.comment,
+                                 reviewed_at=None if review is None else _utc(review.created_at)))
+        return found
+
+    def reviews(self, image_id: int | None = None) -> list[Review]:
+        """Review rows, oldest first (of one image, or all)."""
+        query = select(reviews_table).order_by(reviews_table.c.id)
+        if image_id is not None:
+            query = query.where(reviews_table.c.image_id == int(image_id))
+        with self._read() as conn:
+            return [Review(review_id=r.id, image_id=r.image_id, label_id=r.label_id, reviewer=r.reviewer,
+                           created_at=_utc(r.created_at), verdict=r.verdict, comment=r.comment,
+                           result_label_id=r.result_label_id) for r in conn.execute(query)]
+
+    def label(self, label_id: int) -> LabelRevision:
+        with self._read() as conn:
+            row = conn.execute(select(labels_table).where(labels_table.c.id == int(label_id))).mappings().first()
+        if row is None:
+            raise KeyError(f"no label with id {label_id}")
+        return _revision(row)
 
     def history(self, image_id: int) -> list[LabelRevision]:
         """Every saved revision of an image's label, oldest first."""
@@ -471,11 +608,7 @@ class StoreBatch:
         new_class = None if curvature_class is None else validate_class(curvature_class)
         new_box = None if roi_box is None else validate_box(roi_box)
         new_points = None if landmarks is None else _landmarks_to_json(validate_landmarks(landmarks))
-        exists = self._conn.execute(
-            select(images_table.c.id).where(images_table.c.id == image_id).with_for_update()
-        ).scalar()
-        if exists is None:
-            raise ValueError(f"no image with id {image_id}")
+        self._lock_image(image_id)
         current = self.current(image_id)
         if current is not None:
             new_class = current.curvature_class if new_class is None else new_class
@@ -489,6 +622,72 @@ class StoreBatch:
                 roi_box=new_box, landmarks=new_points, note=note,
             )
         )
+        return int(result.inserted_primary_key[0])
+
+    def _lock_image(self, image_id: int) -> None:
+        exists = self._conn.execute(
+            select(images_table.c.id).where(images_table.c.id == image_id).with_for_update()
+        ).scalar()
+        if exists is None:
+            raise ValueError(f"no image with id {image_id}")
+
+    def save_reading(self, image_id: int, *, annotator: str, curvature_class: str | None = None,
+                     roi_box: Sequence[float] | None = None, landmarks: Any = None, note: str | None = None,
+                     seconds: float | None = None, draft: Mapping[str, Any] | None = None,
+                     point_moves_px: Sequence[float | None] | None = None) -> int:
+        if not annotator or not str(annotator).strip():
+            raise ValueError("annotator must not be empty (history records who saved each label)")
+        values = {
+            "curvature_class": None if curvature_class is None else validate_class(curvature_class),
+            "roi_box": None if roi_box is None else validate_box(roi_box),
+            "landmarks": None if landmarks is None else _landmarks_to_json(validate_landmarks(landmarks)),
+            "note": note or None,
+        }
+        if not any(values[name] is not None for name in ("curvature_class", "roi_box", "landmarks")):
+            raise ValueError("a reading needs a class, a box or landmarks; nothing to save")
+        seconds = _validate_seconds(seconds)
+        moves = None if point_moves_px is None else _validate_moves(point_moves_px)
+        self._lock_image(image_id)
+        # What changed is judged against where this annotator left the image (else its current label).
+        previous = self._conn.execute(
+            select(labels_table).where(labels_table.c.image_id == image_id, labels_table.c.annotator == str(annotator))
+            .order_by(labels_table.c.id.desc()).limit(1)).mappings().first()
+        before = _revision(previous) if previous is not None else self.current(image_id)
+        result = self._conn.execute(insert(labels_table).values(
+            image_id=image_id, annotator=str(annotator), created_at=_now(), changes=_changes(before, values),
+            seconds=seconds, draft=None if draft is None else _json_ready(dict(draft)), point_moves_px=moves,
+            **values))
+        return int(result.inserted_primary_key[0])
+
+    def review(self, label_id: int, *, reviewer: str, verdict: str, comment: str | None = None,
+               curvature_class: str | None = None, roi_box: Sequence[float] | None = None, landmarks: Any = None,
+               seconds: float | None = None) -> int:
+        if not reviewer or not str(reviewer).strip():
+            raise ValueError("reviewer must not be empty (reviews record who decided)")
+        if verdict not in VERDICTS:
+            raise ValueError(f"unknown verdict {verdict!r}; expected one of {', '.join(VERDICTS)}")
+        if verdict == "reject" and not (comment and comment.strip()):
+            raise ValueError("a rejection needs a comment: the annotator reads it to fix the label")
+        fixed = {"curvature_class": curvature_class, "roi_box": roi_box, "landmarks": landmarks}
+        if verdict == "fix" and all(value is None for value in fixed.values()):
+            raise ValueError("a fix needs the corrected class, box or landmarks")
+        row = self._conn.execute(select(labels_table).where(labels_table.c.id == int(label_id))).mappings().first()
+        if row is None:
+            raise ValueError(f"no label with id {label_id}")
+        reviewed = _revision(row)
+        result_id: int | None = int(label_id) if verdict == "accept" else None
+        if verdict == "fix":
+            result_id = self.save_reading(
+                reviewed.image_id, annotator=reviewer,
+                curvature_class=reviewed.curvature_class if curvature_class is None else curvature_class,
+                roi_box=reviewed.roi_box if roi_box is None else roi_box,
+                landmarks=reviewed.landmarks if landmarks is None else landmarks,
+                note=reviewed.note, seconds=seconds)
+        else:
+            self._lock_image(reviewed.image_id)
+        result = self._conn.execute(insert(reviews_table).values(
+            image_id=reviewed.image_id, label_id=int(label_id), reviewer=str(reviewer), created_at=_now(),
+            verdict=verdict, comment=(comment or "").strip() or None, result_label_id=result_id))
         return int(result.inserted_primary_key[0])
 
     def set_splits(self, splits: Mapping[int, str | None]) -> None:
@@ -562,6 +761,111 @@ def patient_split_conflicts(conn: Connection, dataset: str) -> dict[str, list[st
     return {patient: [s for s in SPLITS if s in splits] for patient, splits in sorted(found.items()) if len(splits) > 1}
 
 
+_CHUNK = 500  # ids per IN (...) list: well under SQLite's bound-parameter limit
+
+
+def _add_missing_label_columns(conn: Connection) -> None:
+    """Schema 2 -> 3 in place: ALTER TABLE adds the provenance columns (nullable, so old rows read as None)."""
+    present = {column["name"] for column in inspect(conn).get_columns("labels")}
+    for name in _V3_LABEL_COLUMNS:
+        if name not in present:
+            kind = labels_table.c[name].type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE labels ADD COLUMN {name} {kind}")
+
+
+def _current_label_ids(conn: Connection, dataset: str | None) -> dict[int, int]:
+    """Image -> its current label id: the newest accepted row, else the newest row not rejected.
+
+    A row's status is the verdict of its newest review; an accepted row is the result of an accept or fix
+    whose reviewed row still has that verdict and which was not itself rejected later."""
+    labels_query = select(labels_table.c.id, labels_table.c.image_id)
+    reviews_query = select(reviews_table.c.image_id, reviews_table.c.label_id, reviews_table.c.verdict,
+                           reviews_table.c.result_label_id).order_by(reviews_table.c.id)
+    if dataset is not None:
+        in_dataset = select(images_table.c.id).where(images_table.c.dataset == dataset)
+        labels_query = labels_query.where(labels_table.c.image_id.in_(in_dataset))
+        reviews_query = reviews_query.where(reviews_table.c.image_id.in_(in_dataset))
+    newest_review = {review.label_id: review for review in conn.execute(reviews_query)}
+    rejected = {label_id for label_id, review in newest_review.items() if review.verdict == "reject"}
+    chosen: dict[int, int] = {}
+    for review in newest_review.values():
+        result = review.result_label_id
+        if review.verdict in ("accept", "fix") and result is not None and result not in rejected:
+            chosen[review.image_id] = max(chosen.get(review.image_id, 0), result)
+    newest: dict[int, int] = {}
+    for label_id, image_id in conn.execute(labels_query):
+        if label_id not in rejected:
+            newest[image_id] = max(newest.get(image_id, 0), label_id)
+    return {image_id: chosen.get(image_id, label_id) for image_id, label_id in newest.items()} | chosen
+
+
+def _rows_by_id(conn: Connection, ids: Sequence[int]) -> list[Mapping[str, Any]]:
+    rows = []
+    for start in range(0, len(ids), _CHUNK):
+        rows += conn.execute(select(labels_table).where(labels_table.c.id.in_(ids[start:start + _CHUNK]))).mappings().all()
+    return rows
+
+
+def _validate_seconds(seconds: float | None) -> float | None:
+    if seconds is None:
+        return None
+    try:
+        value = float(seconds)
+    except (TypeError, ValueError):
+        raise ValueError(f"seconds must be a number, got {seconds!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"seconds must be a finite number >= 0, got {seconds!r}")
+    return value
+
+
+def _validate_moves(moves: Sequence[float | None]) -> list[float | None]:
+    values = [None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v) for v in moves]
+    if len(values) != N_LANDMARKS or any(v is not None and not (math.isfinite(v) and v >= 0) for v in values):
+        raise ValueError("point_moves_px must be 23 distances >= 0 (None where a point is missing)")
+    return values
+
+
+def _json_ready(value: Any) -> Any:
+    """Arrays and numpy numbers as plain JSON (NaN as null), for the draft column."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return None if math.isnan(float(value)) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _same_points(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    left, right = _landmarks_from_json(a), _landmarks_from_json(b)
+    return bool(np.array_equal(np.isnan(left), np.isnan(right))
+                and np.allclose(np.nan_to_num(left), np.nan_to_num(right), atol=1e-6))
+
+
+def _changes(before: LabelRevision | None, values: Mapping[str, Any]) -> list[str]:
+    if before is None:
+        return [name for name in READING_FIELDS if values[name] is not None]
+    old = {"curvature_class": before.curvature_class, "roi_box": before.roi_box, "note": before.note,
+           "landmarks": None if before.landmarks is None else _landmarks_to_json(before.landmarks)}
+    changed = []
+    for name in READING_FIELDS:
+        if name == "landmarks":
+            same = _same_points(old[name], values[name])
+        elif name == "roi_box" and old[name] is not None and values[name] is not None:
+            same = bool(np.allclose(old[name], values[name], atol=1e-6))
+        else:
+            same = old[name] == values[name]
+        if not same:
+            changed.append(name)
+    return changed
+
+
 def _image_record(row: Mapping[str, Any]) -> ImageRecord:
     return ImageRecord(
         image_id=row["id"], sha256=row["sha256"], path=row["path"], width=row["width"], height=row["height"],
@@ -574,5 +878,6 @@ def _revision(row: Mapping[str, Any]) -> LabelRevision:
     return LabelRevision(
         label_id=row["id"], image_id=row["image_id"], annotator=row["annotator"], created_at=_utc(row["created_at"]),
         curvature_class=row["curvature_class"], roi_box=row["roi_box"],
-        landmarks=_landmarks_from_json(row["landmarks"]), note=row["note"],
+        landmarks=_landmarks_from_json(row["landmarks"]), note=row["note"], changes=row.get("changes"),
+        seconds=row.get("seconds"), draft=row.get("draft"), point_moves_px=row.get("point_moves_px"),
     )
