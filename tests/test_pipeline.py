@@ -21,7 +21,10 @@ from PIL import Image
 from core.settings import CLASSES
 
 ROOT = Path(__file__).resolve().parents[1]
-DESIGN_KEYS = {"file", "class", "probabilities", "box", "box_confidence", "low_confidence", "measurements", "cam"}
+DESIGN_KEYS = {"file", "class", "probabilities", "box", "box_confidence", "low_confidence", "measurements", "cam",
+               # how unlike the training films an image is (core.evaluation.ood), and what that changes
+               "ood_score", "out_of_distribution", "ood_components", "ood_reasons", "probabilities_calibrated",
+               "missing_landmarks", "evidence"}
 SIZE = 192
 
 
@@ -79,7 +82,9 @@ def test_each_class_gives_a_full_prediction(home, phantom_files):
         assert result.curvature_class in CLASSES and result.model == "s_resnet34"
         assert set(result.probabilities) == set(CLASSES)
         assert sum(result.probabilities.values()) == pytest.approx(1.0, abs=1e-6)
-        assert result.low_confidence == (max(result.probabilities.values()) < 0.6)
+        # an out-of-distribution film is low-confidence whatever its probabilities (the tiny models flag many)
+        assert result.low_confidence == (max(result.probabilities.values()) < 0.6 or result.out_of_distribution)
+        assert result.ood_score is not None and result.calibrated == (not result.out_of_distribution)
         assert result.box_source == "detector" and 0.0 <= result.box_confidence <= 1.0
         x1, y1, x2, y2 = result.roi_box
         assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height
@@ -260,3 +265,39 @@ def test_missing_classifier_is_a_clear_message(workspace, phantom_files):
     assert "python -m core demo" in done.stderr and "promote" in done.stderr
     done = run_cli(["predict", str(phantom_files["normal"][0]), "--model", str(workspace / "nope.pt")], workspace)
     assert done.returncode != 0 and "Traceback" not in done.stderr and "nope.pt" in done.stderr
+
+
+def test_cli_writes_the_page_report(home, phantom_files, tmp_path):
+    """`predict FILE --report OUT.png` writes the one-page report the Predict page downloads (same function)."""
+    out = tmp_path / "report.png"
+    done = run_cli(["predict", str(phantom_files["normal"][0]), "--report", str(out)], home)
+    assert done.returncode == 0, done.stderr[-2000:]
+    page = Image.open(out)
+    assert page.format == "PNG" and page.width >= 900
+    assert page.getpixel((5, page.height - 5)) == (255, 243, 205)  # the research-use notice band
+
+
+def test_the_models_line_names_the_promoted_runs(home):
+    from core.inference.pipeline import Predictor
+    from core.inference.report import provenance
+
+    line = provenance(Predictor())
+    runs = {task: json.loads((home / "promoted" / task / "promoted.json").read_text())["run_id"]
+            for task in ("classify", "detect", "landmarks")}
+    assert line == (f"classifier run {runs['classify']} (promoted) · detector run {runs['detect']} (promoted) · "
+                    f"landmarks run {runs['landmarks']} (promoted)")
+    assert provenance(Predictor(detector=False, landmarks=False)).endswith("detector none · landmarks none")
+
+
+def test_preload_loads_each_model_once_while_a_request_waits_for_it(home, phantom_files):
+    from core.inference import models, pipeline
+
+    models.CACHE.clear()
+    pipeline._preloaded.clear()
+    before = models.CACHE.loads
+    thread = pipeline.preload()
+    assert thread is not None and pipeline.preload() is None  # once per set of model files
+    result = pipeline.Predictor(detection_threshold=0.0).predict(phantom_files["normal"][0])  # meanwhile
+    thread.join(timeout=300)
+    assert result.curvature_class in CLASSES
+    assert models.CACHE.loads - before == 3  # classifier, detector, landmarks: each loaded once, not twice
