@@ -39,6 +39,7 @@ PAGES = (
     ("train", "Train", ":material/model_training:"),
     ("runs", "Runs", ":material/history:"),
     ("compare", "Compare", ":material/leaderboard:"),
+    ("teach", "Teach", ":material/school:"),
 )
 _VIA_APP = "_cervicurve_via_app"
 _SEEN = "_cervicurve_session_started"

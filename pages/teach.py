@@ -1,0 +1,300 @@
+"""Teach: explore how the angle makes the class, measure it yourself, and self-test with quizzes.
+
+Thin: every action is one ``core.inference.teaching`` call (Explore's redraw, a measurement attempt, creating,
+answering and scoring a quiz — the last three are also ``python -m core quiz ...``). The canvas is drawn here
+(streamlit-drawable-canvas cannot be imported outside a running page); ui/canvas.py did not exist when this page
+was written, so the small point canvas it needs lives below.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import pandas as pd
+import streamlit as st
+
+from core.inference import report, teaching
+from core.settings import CLASSES
+from ui.figures import probability_chart
+from ui.frame import engine_errors, frame, selected_runs, store
+from ui.imagery import as_pil, thumbnail_png
+from ui.teach_views import canvas_points, confusion_frame, measurements_frame, rule_scale
+
+PARTS = ("Explore", "Measure it yourself", "Self-test")
+LAYER_LABELS = {"landmarks": "23 landmarks", "cobb": "Cobb four-line", "ishihara": "Ishihara chord and a1–a4",
+                "arc": "arc depth", "model": "model's landmarks"}
+CANVAS_WIDTH = 440  # px on screen
+POINT_COLOUR = "rgba(255, 140, 0, 0.9)"
+
+state = frame("Teach")
+runs = selected_runs(state)
+part = st.radio("Part", PARTS, horizontal=True, key="teach_part", label_visibility="collapsed")
+
+
+def film_settings() -> teaching.FilmSettings:
+    """The Explore sliders' current values (their defaults before Explore was opened)."""
+    defaults = teaching.FilmSettings()
+    get = st.session_state.get
+    return teaching.FilmSettings(cobb_c2c7=get("explore_angle", defaults.cobb_c2c7),
+                                 facing=get("explore_facing", defaults.facing),
+                                 c7_hidden=get("explore_c7_hidden", defaults.c7_hidden),
+                                 exposure_stops=get("explore_exposure", defaults.exposure_stops),
+                                 noise=get("explore_noise", defaults.noise), seed=int(get("explore_seed", defaults.seed)))
+
+
+# ------------------------------------------------------------------ 1. Explore
+
+
+def explore_part() -> None:
+    controls, picture_column, facts = st.columns([3, 5, 4], gap="medium")
+    defaults = teaching.FilmSettings()
+    low, high = teaching.ANGLE_RANGE_DEG
+    with controls:
+        st.slider("C2–C7 angle (°, lordosis positive)", int(low), int(high), int(defaults.cobb_c2c7), 1,
+                  key="explore_angle")
+        st.radio("Patient faces", ["right", "left"], horizontal=True, key="explore_facing")
+        st.toggle("C7 hidden by the shoulders", key="explore_c7_hidden")
+        st.slider("Exposure (stops: + darker, − lighter)", *teaching.EXPOSURE_RANGE_STOPS, 0.0, 0.25,
+                  key="explore_exposure")
+        st.slider("Extra noise", *teaching.NOISE_RANGE, 0.0, 0.01, key="explore_noise")
+        st.number_input("Film seed (the same settings give the same film)", 0, 2**31 - 1, defaults.seed,
+                        key="explore_seed")
+        layers = st.pills("Draw", list(teaching.LAYERS), selection_mode="multi", default=list(teaching.LAYERS),
+                          format_func=LAYER_LABELS.get, key="explore_layers")
+    result = None
+    with engine_errors("Drawing the film"), st.spinner("Drawing…"):
+        result = teaching.explore(film_settings(), layers or (), runs)
+    if result is None:
+        return
+    truth = result.film.truth
+    picture_column.image(report.as_jpeg(result.picture), width="stretch",
+                         caption="Cyan: the 23 landmarks · magenta: C2 and C7 inferior endplates and their "
+                                 "perpendiculars · green: the C2–C7 posterior chord, orange a1–a4 · red: arc depth · "
+                                 "yellow: the model's landmarks")
+    for note in result.film.notes:
+        picture_column.caption(f"Note: {note}")
+    with facts:
+        st.markdown(f"#### Rule class: **{truth.rule_class}**")
+        t = result.thresholds
+        st.caption(f"Rule on Cobb C2–C7: normal ≥ {t.normal_min_deg:g}°, reversed ≤ {t.reversed_max_deg:g}°, "
+                   "straightened between (settings CERVICURVE_NORMAL_MIN_DEG / CERVICURVE_REVERSED_MAX_DEG).")
+        model = result.model
+        st.plotly_chart(rule_scale(t, teaching.ANGLE_RANGE_DEG, truth.cobb_c2c7,
+                                   None if model is None else model.cobb_c2c7,
+                                   None if model is None else model.prediction.curvature_class),
+                        key="explore_scale")
+        st.dataframe(measurements_frame(truth), hide_index=True, width="stretch")
+    model_column, heatmap_column = st.columns([4, 5], gap="medium")
+    with model_column:
+        st.markdown("#### The models' answer")
+        if model is None:
+            st.info(f"No model is promoted, so there is no model answer ({result.model_missing}). "
+                    "The film and its measurements above are complete without one.")
+        else:
+            p = model.prediction
+            verdict = {True: "agrees", False: "disagrees", None: "—"}[model.agrees_with_rule]
+            st.markdown(f"Model class: **{p.curvature_class}** ({p.probabilities[p.curvature_class]:.0%}) — "
+                        f"**{verdict}** with the rule's **{truth.rule_class}**")
+            st.plotly_chart(probability_chart(p.probabilities, p.curvature_class), key="explore_probabilities")
+            if model.cobb_c2c7 is None:
+                st.caption("The models give no angle of their own (no landmark model, or no usable vertebrae).")
+            else:
+                st.markdown(f"Model's own angle: **{model.cobb_c2c7:+.1f}°** (truth {truth.cobb_c2c7:+.1f}°, "
+                            f"off by {model.cobb_c2c7 - truth.cobb_c2c7:+.1f}°)")
+            st.caption("Models: " + model.provenance)
+    if model is not None and result.heatmap is not None:
+        heatmap_column.image(report.as_jpeg(result.heatmap), width="stretch",
+                             caption=f"Grad-CAM for '{model.prediction.curvature_class}'")
+    timings = ", ".join(f"{k} {v:.0f}" for k, v in result.timings_ms.items())
+    st.caption(f"Redrawn in {result.redraw_ms:.0f} ms ({timings})")
+
+
+# ------------------------------------------------------------------ 2. Measure it yourself
+
+
+def point_canvas(film: teaching.Film) -> list[tuple[float, float]]:
+    """The film on a canvas in point mode; returns the points placed, in film pixels."""
+    from streamlit_drawable_canvas import st_canvas
+
+    height, width = film.pixels.shape
+    scale = CANVAS_WIDTH / width
+    digest = hashlib.sha1(repr(film.key).encode()).hexdigest()[:10]
+    resets = st.session_state.setdefault("measure_resets", 0)
+    drawn = st_canvas(fill_color=POINT_COLOUR, stroke_width=1, stroke_color=POINT_COLOUR,
+                      background_image=as_pil(film.pixels).resize((CANVAS_WIDTH, round(height * scale))),
+                      height=round(height * scale), width=CANVAS_WIDTH, drawing_mode="point", point_display_radius=4,
+                      key=f"measure_canvas_{digest}_{resets}")
+    return canvas_points(drawn.json_data, scale)
+
+
+def measure_part() -> None:
+    source = st.radio("Film", ["The Explore phantom", "An image of a dataset"], horizontal=True,
+                      key="measure_source")
+    film = None
+    with engine_errors("Loading the film"):
+        if source == "The Explore phantom":
+            film = teaching.phantom_film(film_settings())
+            st.caption("The phantom of the Explore settings: change the angle there and come back.")
+        elif not state["datasets"]:
+            st.info("No dataset in this workspace yet: import one on the Data page, or use the Explore phantom.")
+        else:
+            dataset = st.selectbox("Dataset", state["datasets"], key="measure_dataset")
+            images = {f"{i.image_id}: {i.path.rsplit('/', 1)[-1]}" + (f" ({i.curvature_class})" if i.curvature_class else ""):
+                      i.image_id for i in store().current_labels(dataset)}
+            choice = st.selectbox("Image", list(images), key="measure_image")
+            film = teaching.dataset_film(images[choice], store())
+    if film is None:
+        return
+    for note in film.notes:
+        st.caption(f"Note: {note}")
+    facing = film.facing
+    if facing is None:
+        facing = st.radio("Patient faces (this image has no landmarks to tell)", ["right", "left"], horizontal=True,
+                          key="measure_facing")
+    canvas_column, result_column = st.columns([5, 5], gap="medium")
+    with canvas_column:
+        st.markdown("Click **two corners of the C2 inferior endplate**, then **two corners of the C7 inferior "
+                    "endplate** (in either order within each endplate).")
+        points = point_canvas(film)
+        if st.button("Clear my points", key="measure_clear"):
+            st.session_state["measure_resets"] += 1
+            st.rerun()
+    with result_column:
+        if len(points) < 4:
+            st.info(f"{len(points)} of 4 points placed.")
+            return
+        if len(points) > 4:
+            st.warning("Only the first four points count: clear them to start again.")
+        attempt = None
+        with engine_errors("Measuring your angle"):
+            attempt = teaching.measure_attempt(film, points[:4], facing, runs)
+        if attempt is None:
+            return
+        your, truth, model = st.columns(3)
+        your.metric("Your angle", f"{attempt.student_cobb:+.1f}°")
+        if attempt.truth_cobb is None:
+            truth.metric("True angle", "—")
+        else:
+            truth.metric("True angle", f"{attempt.truth_cobb:+.1f}°", f"you {attempt.error_deg:+.1f}°",
+                         delta_color="off")
+        model.metric("Model's angle", "—" if attempt.model_cobb is None else f"{attempt.model_cobb:+.1f}°")
+        if attempt.model_missing:
+            st.caption(attempt.model_missing)
+        st.image(report.as_jpeg(attempt.picture), width="stretch",
+                 caption="Orange: your endplates · cyan: the true endplates · yellow: the model's")
+
+
+# ------------------------------------------------------------------ 3. Self-test
+
+
+def take_quiz(quizzes) -> None:
+    labels = {q.label: q for q in quizzes}
+    chosen = labels[st.selectbox("Quiz", list(labels), key="quiz_choice")]
+    student = st.text_input("Your name", key="quiz_student", max_chars=200)
+    films = None
+    with engine_errors("Loading the films"), st.spinner("Drawing the films…"):
+        films = teaching.quiz_films(chosen)
+    if films is None:
+        return
+    answers = {}
+    columns = st.columns(min(5, len(chosen.items)))
+    for index, (item, pixels) in enumerate(zip(chosen.items, films)):
+        with columns[index % len(columns)]:
+            caption = f"Film {item.position}"
+            if chosen.show_angle and item.truth_cobb is not None:
+                caption += f" · Cobb C2–C7 {item.truth_cobb:+.1f}°"
+            st.image(thumbnail_png(pixels, 320), caption=caption, width="stretch")
+            answers[item.position] = st.radio(f"Film {item.position}", CLASSES, index=None,
+                                              key=f"quiz_{chosen.quiz_id}_answer_{item.position}")
+    if st.button("Submit my answers", type="primary", key="quiz_submit"):
+        with engine_errors("Submitting"):
+            teaching.submit_answers(chosen.quiz_id, student, answers)
+            st.session_state["quiz_scored"] = (chosen.quiz_id, student)
+    scored = st.session_state.get("quiz_scored")
+    if scored and scored[0] == chosen.quiz_id:
+        show_score(chosen, scored[1], films)
+
+
+def show_score(chosen, student: str, films) -> None:
+    result = None
+    with engine_errors("Scoring"):
+        result = teaching.quiz_results(chosen.quiz_id).student(student)
+    if result is None:
+        return
+    st.markdown(f"### Score: {result.correct}/{result.total} ({result.score:.0%})")
+    st.caption(f"{result.student}, answered {result.answered_at:%Y-%m-%d %H:%M} UTC")
+    st.dataframe(confusion_frame(result.confusion), width="stretch", key="quiz_confusion")
+    if not result.missed:
+        st.success("No film missed.")
+        return
+    st.markdown("#### The films you missed")
+    columns = st.columns(min(4, len(result.missed)))
+    for index, (item, answer) in enumerate(result.missed):
+        angle = "" if item.truth_cobb is None else f" ({item.truth_cobb:+.1f}°)"
+        model = f"model: {item.model_class}" if item.model_class else "no model answer"
+        columns[index % len(columns)].image(thumbnail_png(films[item.position - 1], 320), width="stretch",
+                                            caption=f"Film {item.position}: you said {answer}; truth "
+                                                    f"{item.truth_class}{angle}; {model}")
+
+
+def set_quiz() -> None:
+    with st.form("quiz_form"):
+        title = st.text_input("Title", "Curvature quiz", key="quiz_title")
+        teacher = st.text_input("Teacher", key="quiz_teacher")
+        films = st.number_input("Films", 1, 50, 5, key="quiz_films")
+        source = st.radio("Films from", ["Phantoms", "A labeled dataset"], horizontal=True, key="quiz_source")
+        dataset = st.selectbox("Dataset (for a dataset quiz)", state["datasets"], key="quiz_dataset")
+        seed = st.number_input("Seed (which phantoms or images)", 0, 2**31 - 1, 0, key="quiz_seed")
+        show_angle = st.checkbox("Show each film's true angle", key="quiz_show_angle")
+        submitted = st.form_submit_button("Create the quiz", type="primary")
+    if submitted:
+        made = None
+        with engine_errors("Creating the quiz"), st.spinner("Drawing the films and asking the models…"):
+            made = teaching.create_quiz(title=title, teacher=teacher, films=int(films), seed=int(seed),
+                                        dataset=dataset if source == "A labeled dataset" else None,
+                                        show_angle=show_angle, runs=runs)
+        if made is not None:
+            st.success(f"Created {made.label}. Students pick it under **Take a quiz**.")
+
+
+def class_results(quizzes) -> None:
+    labels = {q.label: q for q in quizzes}
+    chosen = labels[st.selectbox("Quiz", list(labels), key="results_choice")]
+    results = None
+    with engine_errors("Reading the results"):
+        results = teaching.quiz_results(chosen.quiz_id)
+    if results is None:
+        return
+    if not results.students:
+        st.info("No answers to this quiz yet.")
+        return
+    st.markdown("#### Per student")
+    st.dataframe(pd.DataFrame([{"student": s.student, "correct": s.correct, "films": s.total, "score": s.score,
+                                "missed films": ", ".join(str(i.position) for i, _ in s.missed),
+                                "answered": s.answered_at} for s in results.students]),
+                 hide_index=True, width="stretch", key="results_students",
+                 column_config={"score": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="percent")})
+    st.markdown("#### Per film")
+    st.dataframe(pd.DataFrame(results.per_film()), hide_index=True, width="stretch", key="results_films",
+                 column_config={"correct_rate": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0,
+                                                                                format="percent")})
+    st.download_button("Download all answers (CSV)", results.csv(), file_name=f"quiz_{chosen.quiz_id}_answers.csv",
+                       mime="text/csv", key="results_csv")
+
+
+def self_test_part() -> None:
+    role = st.radio("Role", ["Take a quiz", "Set a quiz", "Class results"], horizontal=True, key="quiz_role")
+    if role == "Set a quiz":
+        set_quiz()
+        return
+    quizzes = None
+    with engine_errors("Reading the quizzes"):
+        quizzes = teaching.list_quizzes()
+    if not quizzes:
+        st.info("No quiz yet: a teacher sets one under **Set a quiz** (or `python -m core quiz create`).")
+    elif role == "Take a quiz":
+        take_quiz(quizzes)
+    else:
+        class_results(quizzes)
+
+
+{"Explore": explore_part, "Measure it yourself": measure_part, "Self-test": self_test_part}[part]()
