@@ -41,7 +41,7 @@ def _row_counts(url: str) -> tuple[int, int]:
 def test_file_is_wal_with_busy_timeout_and_versioned(workspace):
     store = AnnotationStore()
     assert store.url.startswith("sqlite:///") and str(workspace) in store.url
-    assert store.schema_version() == 2
+    assert store.schema_version() == 3
     with store._engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 1000

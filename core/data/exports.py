@@ -1,5 +1,5 @@
 """Export a dataset of the annotation store: YOLO (detect or pose, optionally ROI-cropped), class folders,
-CSV manifest, COCO; the ``export`` command.
+CSV manifest, COCO, CSXA-style Labelme; the ``export`` command.
 
 Also the ROI-crop window of a landmark export (``landmark_crop_window``, ``crop_window``), which the landmark
 models cut the same way at prediction time.
@@ -289,9 +289,45 @@ def export_coco(dataset: str, out: str | Path, *, store: AnnotationStore | None 
     return report
 
 
+def export_labelme(dataset: str, out: str | Path, *, store: AnnotationStore | None = None) -> ExportReport:
+    """CSXA's layout: ``OUT/datasets-PNG/<stem>.png`` with a same-stem Labelme JSON of the 23 named points
+    (missing ones left out, as CSXA does), and ``OUT/datasets.csv`` (Number, patient_id, split, curvature class,
+    CSXA grade 1 Lordotic / 2 Straight / 5 Kyphotic under CSXA's column heading, ROI box)."""
+    from core.data.measure import write_labelme
+
+    grades = {"normal": 1, "straightened": 2, "reversed": 5}
+    items = labeled_images(dataset, store)
+    out = _export_dir(out)
+    report = ExportReport(out=out)
+    folder = out / "datasets-PNG"
+    folder.mkdir()
+    with (out / "datasets.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["Number", "patient_id", "split", "curvature_class",
+                         "Curvature: 1.Lordotic, 2.Straight, 3.Sigmoid1, 4.Sigmoid2, 5.Kyphotic", "x1", "y1", "x2", "y2"])
+        for item in items:
+            if item.landmarks is None and item.curvature_class is None:
+                report.skipped.append((item.path, "no landmarks and no class"))
+                continue
+            try:
+                radiograph = read_image(image_path(item))
+            except ImageReadError as error:
+                report.skipped.append((item.path, str(error)))
+                continue
+            stem = f"{item.image_id:04d}"
+            _write_png(radiograph.pixels, folder / f"{stem}.png")
+            if item.landmarks is not None:
+                write_labelme(folder / f"{stem}.json", item.landmarks, f"{stem}.png", (item.width, item.height))
+            box = [f"{v:.2f}" for v in item.roi_box] if item.roi_box else ["", "", "", ""]
+            writer.writerow([stem, item.patient_id, item.split or "", item.curvature_class or "",
+                             grades.get(item.curvature_class or "", ""), *box])
+            report.written += 1
+    return report
+
+
 # ---------------------------------------------------------------- CLI
 
-EXPORTERS = ("folder", "csv", "yolo", "coco")
+EXPORTERS = ("folder", "csv", "yolo", "coco", "labelme")
 
 
 def configure_export(parser: argparse.ArgumentParser) -> None:
@@ -311,7 +347,8 @@ def run_export(args: argparse.Namespace) -> int:
             report = export_yolo(args.dataset, args.out, task=args.task, max_side=args.max_side, crop=args.crop,
                                  roi_margin=args.roi_margin)
         else:
-            report = {"folder": export_folder, "csv": export_csv, "coco": export_coco}[args.kind](args.dataset, args.out)
+            report = {"folder": export_folder, "csv": export_csv, "coco": export_coco,
+                      "labelme": export_labelme}[args.kind](args.dataset, args.out)
     except DatasetError as error:
         print(f"error: {error}")
         return 2
