@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "users": ("core.data.accounts", "team accounts: add | list | set-role | disable | audit"),
     "db": ("core.data.database", "the annotation database: upgrade | copy --to URL | backup"),
     "runs": ("core.runs.launch", "list | start | status | cancel | resume | delete | promote runs"),
+    "labels": ("core.inference.drafts", "labeling: queue | progress | draft | save | review | agreement | export"),
 }
 
 

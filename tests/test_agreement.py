@@ -82,7 +82,7 @@ def test_team_report_on_two_readers_in_a_real_store(workspace):
         # ben's points are ana's moved by (3, 4): 5 px each, and the same angles
         store.save_reading(image_id, annotator="ben", curvature_class=b, roi_box=case.roi_box,
                            landmarks=case.landmarks + [3.0, 4.0], seconds=40)
-    store.save_reading(ids[0], annotator="cat", curvature_class="normal", landmarks=case.landmarks)
+    store.save_reading(ids[0], annotator="cat", curvature_class="normal", landmarks=cases[0].landmarks)
     report = team_report("films", store=store)
     pairs = [p for p in reading_pairs(store.readings("films")) if {p.first.annotator, p.second.annotator} == {"ana", "ben"}]
     two = agreement(pairs)
