@@ -246,7 +246,9 @@ def set_quiz() -> None:
         seed = st.number_input("Seed (which phantoms or images)", 0, 2**31 - 1, 0, key="quiz_seed")
         show_angle = st.checkbox("Show each film's true angle", key="quiz_show_angle")
         submitted = st.form_submit_button("Create the quiz", type="primary")
-    if submitted:
+    if submitted and source == "A labeled dataset" and not dataset:
+        st.error("There is no dataset to draw films from: import one on the Data page, or use phantoms.")
+    elif submitted:
         made = None
         with engine_errors("Creating the quiz"), st.spinner("Drawing the films and asking the models…"):
             made = teaching.create_quiz(title=title, teacher=teacher, films=int(films), seed=int(seed),
