@@ -76,9 +76,18 @@ class Measurements:
     arc_depth_mm: float | None = None
     toyama_mm: list[float] | None = None
     notes: list[str] = field(default_factory=list)
+    lowest_level: str = "C7"  # "C6" for a partial measurement (C7 not seen): C2-C7 values are nan
 
     def as_dict(self) -> dict:
-        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        """Plain values; a value that could not be measured (nan) is None, so the dict is valid JSON."""
+        def plain(v):
+            if isinstance(v, float):
+                return round(v, 3) if math.isfinite(v) else None
+            if isinstance(v, list):
+                return [x if not isinstance(x, float) or math.isfinite(x) else None for x in v]
+            return v
+
+        return {k: plain(v) for k, v in asdict(self).items()}
 
 
 def classify_cobb(cobb_c2c7: float, thresholds: RuleThresholds | None = None) -> str:
@@ -141,11 +150,18 @@ def measure_landmarks(
     facing: str | None = None,
     pixel_spacing_mm: float | tuple[float, float] | None = None,
     thresholds: RuleThresholds | None = None,
+    partial: bool = False,
 ) -> Measurements:
-    """All angles and indices from one set of 23 landmarks (pixels, original image)."""
+    """All angles and indices from one set of 23 landmarks (pixels, original image).
+
+    ``partial``: when only C7's corners are missing (hidden behind the shoulders), measure what C2-C6 allow:
+    Cobb C2-C6 and the rule class from it (a note says so); the C2-C7 values are nan. Any other gap still raises.
+    """
     points = _as_landmarks(landmarks)
     needed = [i for i, name in enumerate(LANDMARK_NAMES) if name != "C2 centroid" or facing is None]
     missing = [LANDMARK_NAMES[i] for i in needed if not np.all(np.isfinite(points[i]))]
+    if missing and partial and all(name.startswith("C7 ") for name in missing):
+        return _measure_to_c6(points, facing, thresholds)
     if missing:
         raise LandmarkError(f"landmarks missing: {', '.join(missing)}")
     notes = []
@@ -189,6 +205,26 @@ def measure_landmarks(
         toyama_mm=None if spacing is None else [float(t * spacing) for t in toyama],
         notes=notes,
     )
+
+
+def _measure_to_c6(points: np.ndarray, facing: str | None, thresholds: RuleThresholds | None) -> Measurements:
+    """C2-C6 only (C7 not seen). The forward lean that tells the facing is read from C6 instead of C7."""
+    notes = []
+    if facing is None:
+        c6_mid = points[[_INDEX["C6 bottom left"], _INDEX["C6 bottom right"]]].mean(axis=0)
+        facing = "right" if float(_point(points, "C2 centroid")[0] - c6_mid[0]) >= 0 else "left"
+        notes.append(f"facing inferred as {facing} from the C2-C6 forward lean")
+    if facing not in ("left", "right"):
+        raise LandmarkError(f"facing must be 'left' or 'right', not {facing!r}")
+    sign = 1.0 if facing == "right" else -1.0
+    cobb_c2c6 = (_endplate_angle(*_corners(points, "C2", "bottom", facing), sign)
+                 - _endplate_angle(*_corners(points, "C6", "bottom", facing), sign))
+    notes.append("C7 not seen: measured C2-C6 only; the rule class comes from Cobb C2-C6, which reads a few "
+                 "degrees below C2-C7 in most necks")
+    nan = float("nan")
+    return Measurements(cobb_c2c7=nan, cobb_c2c6=float(cobb_c2c6), cci=nan, toyama_px=[nan] * 4, arc_depth_px=nan,
+                        rule_class=classify_cobb(cobb_c2c6, thresholds), facing=facing, notes=notes,
+                        lowest_level="C6")
 
 
 # The landmark models' window: the ROI box widened by this fraction of its size on each side.

@@ -14,10 +14,17 @@ low-confidence. Without a landmark model (or, for an ROI-crop one, without a box
 Loaded models come from ``core.inference.models`` (one locked copy per process and file version), so page sessions
 share them and a re-promoted model is picked up. With Grad-CAM asked for, one forward pass gives both the class
 probabilities and the map.
+
+Every result carries an out-of-distribution score (``core.evaluation.ood``): the classifier's penultimate features
+(read in that same forward pass) against the reference its training run stored, the landmark heatmaps' confidence
+and whether the detector found a spine. A flagged film is low-confidence, its probabilities are marked as not
+calibrated for it and capped at 90 %. Landmarks fail soft: unsure points are dropped and named, and a film whose
+C7 is hidden is measured from C2 to C6.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
@@ -31,11 +38,13 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from core.evaluation import ood
 from core.inference import models
 from core.inference.models import ModelError
 from core.runs import layout, promotion
 from core.data.imaging import ImageReadError, Radiograph, read_image
-from core.data.measure import LandmarkError, Measurements, measure_landmarks, roi_box_from_landmarks
+from core.data.measure import (LandmarkError, Measurements, RuleThresholds, measure_landmarks,
+                               roi_box_from_landmarks)
 
 LOW_CONFIDENCE = 0.6  # top calibrated probability under this is flagged
 DETECTION_THRESHOLD = 0.25  # detector / landmark model confidence below which nothing is found
@@ -43,6 +52,10 @@ DETECTION_THRESHOLD = 0.25  # detector / landmark model confidence below which n
 # and kyphosis 40 deg. Keypoint confidences do not catch it (an undertrained pose model reports ~0.9 for
 # points 180 deg off), so the angle itself is the check.
 PLAUSIBLE_COBB_DEG = 80.0
+# Which evidence wins when the network and the angle's rule class differ: the angle, when its landmarks are all
+# sure and it lies at least this far from the nearest class threshold (landmark errors move it ~2 deg).
+ANGLE_MARGIN_DEG = 3.0
+SURE_LANDMARKS = 0.5  # mean heatmap confidence of a set of points the angle can rest on
 STAGES = ("read", "detect", "landmarks", "crop", "classify", "cam")
 BOX_SOURCES = ("detector", "landmarks", "whole image")
 
@@ -69,6 +82,13 @@ class Prediction:
     timings: dict[str, float]           # ms per stage (STAGES)
     notes: list[str] = field(default_factory=list)
     model: str = ""                     # classifier registry name
+    ood_score: float | None = None      # core.evaluation.ood: over 1 = unlike the training films; None: not scored
+    out_of_distribution: bool = False   # then low_confidence too, and probabilities capped at 90 %
+    ood_components: dict[str, float] = field(default_factory=dict)
+    ood_reasons: list[str] = field(default_factory=list)
+    calibrated: bool = True             # False when flagged: the temperature was fitted on films unlike this one
+    missing_landmarks: list[str] = field(default_factory=list)  # points the landmark model was unsure of
+    evidence: str | None = None         # when class and angle disagree: which one the evidence favours, and why
 
     @property
     def confidence(self) -> float:
@@ -89,6 +109,13 @@ class Prediction:
             "low_confidence": bool(self.low_confidence),
             "measurements": measurements,
             "cam": None if cam_path is None else str(cam_path),
+            "ood_score": self.ood_score,
+            "out_of_distribution": bool(self.out_of_distribution),
+            "ood_components": dict(self.ood_components),
+            "ood_reasons": list(self.ood_reasons),
+            "probabilities_calibrated": bool(self.calibrated),
+            "missing_landmarks": list(self.missing_landmarks),
+            "evidence": self.evidence,
         }
 
 
@@ -153,6 +180,7 @@ class Predictor:
         self.landmark_model = models.load("landmarks", self.landmarks_path) if self.landmarks_path else None
         self.classes = tuple(self.meta["classes"])
         self.quality = self._quality()
+        self.ood_reference = ood.FeatureReference.from_meta(self.meta.get("ood_reference"))
 
     @staticmethod
     def _optional(task: str, value) -> Path | None:
@@ -207,17 +235,29 @@ class Predictor:
                 notes.append("the detector found no cervical spine")
         lap("detect")
 
-        landmarks = measurements = None
+        landmarks = measurements = landmark_confidence = None
+        missing: list[str] = []
         if self.landmark_model is not None and self.landmark_model.needs_box and box_source != "detector":
             notes.append("the landmark model reads the detector's crop and there is no box: no measurements")
         elif self.landmark_model is not None:
-            found = self.landmark_model.locate(pixels, box, self.detection_threshold)
-            if found is None:
+            from core.training.landmarks import visible_points
+
+            # every point with its confidence (threshold 0), then only the unsure ones dropped: fail soft
+            found = self.landmark_model.locate(pixels, box, 0.0)
+            if found is not None:
+                landmark_confidence = np.asarray(found[1], dtype=np.float64)
+                landmarks, missing = visible_points(found[0], landmark_confidence, self.detection_threshold)
+                if np.all(np.isfinite(landmarks), axis=1).sum() < 3:
+                    landmarks = None
+            if landmarks is None:
                 notes.append("the landmark model found no vertebrae: no measurements")
             else:
-                landmarks = np.asarray(found[0], dtype=np.float64)
+                if missing:
+                    notes.append(f"the landmark model was unsure of {_describe_points(missing)}: those points are "
+                                 "left out")
                 try:
-                    measurements = measure_landmarks(landmarks, pixel_spacing_mm=radiograph.pixel_spacing_mm)
+                    measurements = measure_landmarks(landmarks, pixel_spacing_mm=radiograph.pixel_spacing_mm,
+                                                     partial=True)
                 except LandmarkError as error:
                     notes.append(f"no measurements: {error}")
                 problem = implausible(measurements)
@@ -241,21 +281,23 @@ class Predictor:
         # With a map asked for, the CAM's own forward pass classifies too (its target: the top class), so the
         # network runs once; "classify" then times that pass and "cam" placing the map on the film.
         probs = crop_map = None
-        if cam_method and self.meta.get("kind") == "sklearn":
-            notes.append(f"no Grad-CAM: {self.model_name} is not a neural network")
-        elif cam_method:
-            import torch
+        # the penultimate features for the OOD score come from whichever forward pass classifies (the lock is
+        # re-entrant: explain takes it again inside)
+        with explain.model_lock(self.model), self._features() as features:
+            if cam_method and self.meta.get("kind") == "sklearn":
+                notes.append(f"no Grad-CAM: {self.model_name} is not a neural network")
+            elif cam_method:
+                import torch
 
-            try:
-                tensor = crops.normalise(crop[None], self.meta)
-                crop_map, logits = explain.explain_with_logits(self.model, tensor, None, cam_method,
-                                                               model_name=self.model_name)
-                # the calibration checkpoints.classify_crops applies
-                probs = torch.softmax(logits / float(self.meta.get("temperature", 1.0)), dim=1)[0].double().numpy()
-            except explain.ExplainUnavailable as error:
-                notes.append(f"no Grad-CAM: {error}")
-        if probs is None:
-            with explain.model_lock(self.model):
+                try:
+                    tensor = crops.normalise(crop[None], self.meta)
+                    crop_map, logits = explain.explain_with_logits(self.model, tensor, None, cam_method,
+                                                                   model_name=self.model_name)
+                    # the calibration checkpoints.classify_crops applies
+                    probs = torch.softmax(logits / float(self.meta.get("temperature", 1.0)), dim=1)[0].double().numpy()
+                except explain.ExplainUnavailable as error:
+                    notes.append(f"no Grad-CAM: {error}")
+            if probs is None:
                 probs = checkpoints.classify_crops(self.model, self.meta, crop[None])[0]
         index = int(np.argmax(probs))
         probabilities = {c: float(p) for c, p in zip(self.classes, probs)}
@@ -268,15 +310,38 @@ class Predictor:
         lap("cam")
 
         curvature_class = self.classes[index]
-        low = probabilities[curvature_class] < self.threshold or box_source == "whole image"
+        feature_ratio = float(self.ood_reference.ratio(features[0])[0]) if features else None
+        if self.ood_reference is None and self.meta.get("kind") != "sklearn":
+            notes.append("this classifier carries no out-of-distribution reference (trained before it existed): "
+                         "retrain it to learn whether a film is unlike its training films")
+        unlike = ood.assess(feature_ratio, landmark_confidence,
+                            None if landmark_confidence is None else self.detection_threshold,
+                            detector_in_setup=self.detector is not None, box_found=box_source == "detector")
+        if unlike.flagged:
+            probabilities = ood.cap_probabilities(probabilities)
+        low = (probabilities[curvature_class] < self.threshold or box_source == "whole image" or unlike.flagged)
         agreement = None if measurements is None else measurements.rule_class == curvature_class
+        evidence = None
+        if agreement is False:
+            evidence = which_evidence(measurements, landmark_confidence, missing, probabilities[curvature_class],
+                                      unlike.flagged)
         return Prediction(
             file=label, curvature_class=curvature_class, probabilities=probabilities, roi_box=box,
             box_confidence=box_confidence, box_source=box_source, low_confidence=bool(low),
             cam=cam, cam_method=cam_method if cam is not None else None, landmarks=landmarks,
             measurements=measurements, agreement=agreement, radiograph=radiograph, timings=timings,
-            notes=notes, model=self.model_name,
+            notes=notes, model=self.model_name, ood_score=unlike.score, out_of_distribution=unlike.flagged,
+            ood_components=unlike.components, ood_reasons=unlike.reasons, calibrated=not unlike.flagged,
+            missing_landmarks=missing, evidence=evidence,
         )
+
+    def _features(self):
+        """Collects the classifier's penultimate features while open, when there is a reference to score them."""
+        if self.ood_reference is None or self.meta.get("kind") == "sklearn":
+            return contextlib.nullcontext([])
+        from core.training.classify import capture_features
+
+        return capture_features(self.model)
 
     def predict_many(self, sources: Iterable[Any], progress: Callable[[int, int, str], None] | None = None,
                      cam_method: str | None = "gradcam") -> Iterator[Prediction | PredictFailure]:
@@ -351,10 +416,55 @@ def preload(classifier: str | Path | None = None, detector: str | Path | bool | 
 
 def implausible(measurements: Measurements | None) -> str | None:
     """Why measurements from predicted landmarks cannot be right, or None when they may be."""
-    if measurements is not None and abs(measurements.cobb_c2c7) > PLAUSIBLE_COBB_DEG:
-        return (f"the landmarks give an implausible C2-C7 angle ({measurements.cobb_c2c7:.0f} deg, beyond "
+    if measurements is None:
+        return None
+    level, angle = _lowest_angle(measurements)
+    if abs(angle) > PLAUSIBLE_COBB_DEG:
+        return (f"the landmarks give an implausible C2-{level} angle ({angle:.0f} deg, beyond "
                 f"+/-{PLAUSIBLE_COBB_DEG:.0f}), so the points are wrong")
     return None
+
+
+def _lowest_angle(measurements: Measurements) -> tuple[str, float]:
+    """("C7", Cobb C2-C7), or ("C6", Cobb C2-C6) for a partial measurement: the angle the rule class comes from."""
+    if measurements.lowest_level == "C6":
+        return "C6", measurements.cobb_c2c6
+    return "C7", measurements.cobb_c2c7
+
+
+def _describe_points(names: list[str]) -> str:
+    """"C7 (all 4 corners), C6 bottom left": missing landmarks grouped by vertebra."""
+    by_level: dict[str, list[str]] = {}
+    for name in names:
+        level, _, corner = name.partition(" ")
+        by_level.setdefault(level, []).append(corner)
+    parts = []
+    for level, corners in by_level.items():
+        whole = 4 if level != "C2" else 3
+        parts.append(f"{level} (all {whole} points)" if len(corners) == whole else
+                     ", ".join(f"{level} {corner}" for corner in corners))
+    return ", ".join(parts)
+
+
+def which_evidence(measurements: Measurements, landmark_confidence, missing: list[str], probability: float,
+                   flagged: bool) -> str:
+    """When the network's class and the angle's rule class differ, which the evidence favours and why."""
+    if flagged:
+        return ("neither: the film is unlike the training films, so both the class and the angle may be wrong; "
+                "check the landmarks by eye")
+    level, angle = _lowest_angle(measurements)
+    limits = RuleThresholds.from_env()
+    margin = min(abs(angle - limits.normal_min_deg), abs(angle - limits.reversed_max_deg))
+    sure = (landmark_confidence is not None and not missing
+            and float(np.mean(landmark_confidence)) >= SURE_LANDMARKS)
+    if sure and margin >= ANGLE_MARGIN_DEG:
+        return (f"the angle: every landmark is sure and Cobb C2-{level} is {margin:.1f} deg from the nearest class "
+                f"threshold, more than landmark errors move it")
+    if margin < ANGLE_MARGIN_DEG:
+        return (f"the network, slightly: Cobb C2-{level} is only {margin:.1f} deg from a class threshold, where a "
+                f"small landmark error changes the rule class (network {probability:.0%})")
+    return ("neither clearly: some landmarks are unsure; check them on the picture before trusting the angle or "
+            "the class")
 
 
 def _clip_box(box, width: int, height: int) -> list[float]:
@@ -370,7 +480,7 @@ def predict(source: Any, name: str | None = None, cam_method: str | None = "grad
 # ------------------------------------------------------------------------------------ CLI
 CSV_COLUMNS = ("file", "class", "p_normal", "p_straightened", "p_reversed", "x1", "y1", "x2", "y2",
                "box_confidence", "box_source", "low_confidence", "cobb_c2c7", "cci", "rule_class", "agreement",
-               "cam", "error")
+               "ood_score", "out_of_distribution", "cam", "error")
 
 
 def configure_predict(parser: argparse.ArgumentParser) -> None:
@@ -453,9 +563,12 @@ def _csv_row(result: Prediction, cam_path: Path | None) -> dict:
         **dict(zip(("x1", "y1", "x2", "y2"), (round(v, 1) for v in result.roi_box))),
         "box_confidence": "" if result.box_confidence is None else round(result.box_confidence, 4),
         "box_source": result.box_source, "low_confidence": result.low_confidence,
-        "cobb_c2c7": "" if m is None else round(m.cobb_c2c7, 2), "cci": "" if m is None else round(m.cci, 2),
+        "cobb_c2c7": "" if m is None or not math.isfinite(m.cobb_c2c7) else round(m.cobb_c2c7, 2),
+        "cci": "" if m is None or not math.isfinite(m.cci) else round(m.cci, 2),
         "rule_class": "" if m is None else m.rule_class,
         "agreement": "" if result.agreement is None else result.agreement,
+        "ood_score": "" if result.ood_score is None else result.ood_score,
+        "out_of_distribution": result.out_of_distribution,
         "cam": "" if cam_path is None else str(cam_path), "error": "",
     }
 
@@ -465,9 +578,14 @@ def _summary(result: Prediction) -> str:
             + (f" ({result.box_confidence:.2f})" if result.box_confidence is not None else ""))
     if result.measurements is not None:
         m = result.measurements
-        text += f"; Cobb C2-C7 {m.cobb_c2c7:.1f} deg, CCI {m.cci:.1f} % -> {m.rule_class}"
+        level, angle = _lowest_angle(m)
+        text += f"; Cobb C2-{level} {angle:.1f} deg" + (f", CCI {m.cci:.1f} %" if level == "C7" else "")
+        text += f" -> {m.rule_class}"
         if result.agreement is False:
-            text += " (disagrees with the network)"
+            text += f" (disagrees with the network; favours {result.evidence})"
+    if result.out_of_distribution:
+        text += (f"; OUT OF DISTRIBUTION (score {result.ood_score:.2f}): unlike the training films, the class and "
+                 "angle may be wrong")
     if result.low_confidence:
         text += "; LOW CONFIDENCE"
     return text

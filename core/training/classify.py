@@ -492,9 +492,58 @@ def _finish_run(cfg: ClassifyConfig, run_dir: Path, run: RunRecorder, model: nn.
                     len(labels))
         temperature = 1.0
     best["meta"]["temperature"] = temperature
-    run.save("best.pt", best)
     log.info("temperature %.3f (validation: %d images)", temperature, len(labels))
+    run.update(message="fitting the out-of-distribution reference")
+    best["meta"]["ood_reference"] = _ood_reference(cfg, model, splits[cfg.train_split], val_set, runtime)
+    run.save("best.pt", best)
     _report_test(cfg, run_dir, run, splits, best["meta"])
+
+
+def _ood_reference(cfg: ClassifyConfig, model: nn.Module, train_samples: Sequence[Sample], val_set: CropDataset,
+                   runtime: Runtime) -> dict | None:
+    """The model's own training data as the reference every prediction is scored against (core.evaluation.ood):
+    penultimate features of the un-augmented training crops, threshold from the validation crops."""
+    from core.evaluation import ood
+
+    train_set = CropDataset(train_samples, val_set.size, cfg.roi_margin, None, cfg.cache_mb)
+    train_features = penultimate_features(model, _eval_loader(cfg, train_set, runtime), runtime)
+    val_features = penultimate_features(model, _eval_loader(cfg, val_set, runtime), runtime)
+    try:
+        reference = ood.fit_reference(train_features, val_features)
+    except ood.OodReferenceError as error:
+        log.warning("no out-of-distribution reference: %s", error)
+        return None
+    log.info("out-of-distribution reference: %d training crops, %d features, threshold %.3f (%.0f %% of %d "
+             "validation crops)", len(train_features), train_features.shape[1], reference.threshold,
+             reference.quantile * 100, len(val_features))
+    return reference.to_meta()
+
+
+def feature_layer(model: nn.Module) -> nn.Module:
+    """The classifier's last linear layer: its input is the penultimate feature vector."""
+    linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linear:
+        raise ValueError(f"{type(model).__name__} has no linear layer to read features from")
+    return linear[-1]
+
+
+@contextlib.contextmanager
+def capture_features(model: nn.Module):
+    """Within the block, every forward pass appends its penultimate features (N x D, CPU float32) to the list."""
+    captured: list[torch.Tensor] = []
+    hook = feature_layer(model).register_forward_pre_hook(
+        lambda _module, args: captured.append(args[0].detach().float().flatten(1).cpu()))
+    try:
+        yield captured
+    finally:
+        hook.remove()
+
+
+@torch.no_grad()
+def penultimate_features(model: nn.Module, loader: DataLoader, runtime: Runtime) -> np.ndarray:
+    with capture_features(model) as captured:
+        predict_logits(model, loader, runtime)
+    return torch.cat(captured).numpy() if captured else np.zeros((0, 0), np.float32)
 
 
 def _report_test(cfg: ClassifyConfig, run_dir: Path, run: RunRecorder, splits: dict[str, list[Sample]],

@@ -1,0 +1,164 @@
+"""How unlike the training films a film is: the out-of-distribution (OOD) score every prediction carries.
+
+A classifier's temperature is fitted on phantoms and says nothing about a film unlike them: a network answers
+"100 %" for a photograph. So every trained classifier carries a reference of its own training data, and a
+prediction is scored against it and against what the other two models report.
+
+Components, each a ratio to its own threshold (1.0 = the edge of what the training films look like):
+
+- ``features``: Mahalanobis distance of the classifier's penultimate features to its training crops, divided by
+  the distance that 95 % of held-out validation crops stay under (:class:`FeatureReference`). The covariance
+  is Ledoit-Wolf shrunk (a few hundred crops, 512 features) and stored as its top principal directions plus one
+  residual variance (probabilistic PCA), so the checkpoint carries ~100 kB, not a 512 x 512 matrix.
+- ``landmarks``: the share of the 23 landmark heatmaps under the point-confidence threshold, divided by
+  ``LANDMARK_MISSING_LIMIT`` (C7 hidden by the shoulders alone is 4/23: well inside).
+- ``detector``: ``NOT_FOUND_RATIO`` when a detector is in the setup and found no cervical spine, else 0.
+
+``ood_score`` is the largest ratio, capped at ``MAX_SCORE``; over 1.0 the film is out of distribution.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+QUANTILE = 0.95  # of held-out in-distribution distances: the threshold, so ~5 % of such films are flagged
+COMPONENTS = 64  # principal directions kept of the shrunk covariance
+LANDMARK_MISSING_LIMIT = 0.5  # more than half the points unsure: the landmark model does not see a spine
+NOT_FOUND_RATIO = 2.0  # a detector that finds no spine: clearly over the edge, whatever the other evidence
+MAX_SCORE = 10.0  # beyond this the number only says "nothing like the training films"
+MAX_PROBABILITY_FLAGGED = 0.9  # a flagged film never shows a class above this
+
+
+class OodReferenceError(ValueError):
+    """Features that cannot make a reference (too few, wrong shape, not finite)."""
+
+
+@dataclass
+class FeatureReference:
+    """Mean, principal directions and variances of training features, and the held-out threshold."""
+
+    mean: np.ndarray          # (D,)
+    directions: np.ndarray    # (K, D) orthonormal rows
+    variances: np.ndarray     # (K,)
+    residual_variance: float  # mean variance of the D - K directions left out
+    threshold: float          # distance that QUANTILE of the validation features stay under
+    quantile: float = QUANTILE
+    n_train: int = 0
+    n_val: int = 0
+
+    def distance(self, features) -> np.ndarray:
+        """Mahalanobis distance per row, divided by sqrt(D) so it reads the same at any feature width."""
+        x = np.atleast_2d(np.asarray(features, dtype=np.float64))
+        if x.shape[1] != self.mean.shape[0]:
+            raise OodReferenceError(f"features have {x.shape[1]} columns, the reference {self.mean.shape[0]}")
+        x = x - self.mean
+        along = x @ self.directions.T
+        residual = np.maximum((x ** 2).sum(1) - (along ** 2).sum(1), 0.0)
+        d2 = (along ** 2 / self.variances).sum(1) + residual / self.residual_variance
+        return np.sqrt(d2 / x.shape[1])
+
+    def ratio(self, features) -> np.ndarray:
+        """Distance over the threshold: above 1 is further out than 95 % of held-out in-distribution crops."""
+        return self.distance(features) / self.threshold
+
+    def to_meta(self) -> dict:
+        """Plain lists for a checkpoint's meta (``torch.load(weights_only=True)`` reads them back)."""
+        return {"method": "mahalanobis-ledoitwolf-ppca", "mean": self.mean.astype(np.float32).tolist(),
+                "directions": self.directions.astype(np.float32).tolist(),
+                "variances": self.variances.tolist(), "residual_variance": float(self.residual_variance),
+                "threshold": float(self.threshold), "quantile": float(self.quantile),
+                "n_train": int(self.n_train), "n_val": int(self.n_val)}
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any] | None) -> "FeatureReference | None":
+        if not meta:
+            return None
+        return cls(np.asarray(meta["mean"], np.float64), np.asarray(meta["directions"], np.float64),
+                   np.asarray(meta["variances"], np.float64), float(meta["residual_variance"]),
+                   float(meta["threshold"]), float(meta.get("quantile", QUANTILE)), int(meta.get("n_train", 0)),
+                   int(meta.get("n_val", 0)))
+
+
+def _checked(features, what: str, minimum: int) -> np.ndarray:
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2 or len(x) < minimum:
+        raise OodReferenceError(f"{what}: need at least {minimum} feature rows, got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise OodReferenceError(f"{what}: features are not all finite")
+    return x
+
+
+def fit_reference(train_features, val_features, quantile: float = QUANTILE,
+                  components: int = COMPONENTS) -> FeatureReference:
+    """The reference of ``train_features`` (N x D) with its threshold fitted on held-out ``val_features``.
+
+    The threshold comes from validation, not training: training crops sit closer to their own mean than any
+    new film does, so a training quantile would flag far more than 5 % of new in-distribution films.
+    """
+    from sklearn.covariance import LedoitWolf
+
+    if not 0.5 <= quantile < 1.0:
+        raise OodReferenceError(f"quantile must lie in [0.5, 1), got {quantile}")
+    train = _checked(train_features, "training", 3)
+    val = _checked(val_features, "validation", 1)
+    covariance = LedoitWolf().fit(train).covariance_
+    values, vectors = np.linalg.eigh(covariance)  # ascending
+    values, vectors = values[::-1], vectors[:, ::-1]
+    k = int(min(components, train.shape[1] - 1, len(train) - 1))
+    floor = max(float(values[0]) * 1e-6, 1e-12)  # shrinkage keeps eigenvalues positive; guard against round-off
+    residual = max(float(values[k:].mean()), floor)
+    reference = FeatureReference(train.mean(0), vectors[:, :k].T.copy(), np.maximum(values[:k], floor), residual,
+                                 1.0, quantile, len(train), len(val))
+    reference.threshold = max(float(np.quantile(reference.distance(val), quantile)), 1e-9)
+    return reference
+
+
+@dataclass
+class OodResult:
+    score: float | None             # the largest component ratio (capped), None when nothing could be scored
+    flagged: bool                   # out of distribution: some component over 1
+    components: dict[str, float] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
+
+
+def assess(feature_ratio: float | None, landmark_confidence=None, point_threshold: float | None = None,
+           detector_in_setup: bool = False, box_found: bool = True) -> OodResult:
+    """Combine the components (see the module docstring) into one score and the plain reasons behind a flag."""
+    components: dict[str, float] = {}
+    reasons: list[str] = []
+    if feature_ratio is not None and np.isfinite(feature_ratio):
+        components["features"] = float(feature_ratio)
+        if feature_ratio > 1:
+            reasons.append(f"the classifier's features are {feature_ratio:.1f}x further from its training films "
+                           f"than 95 % of held-out phantom films")
+    if landmark_confidence is not None and point_threshold is not None:
+        confidence = np.asarray(landmark_confidence, dtype=float)
+        unsure = float(np.mean(confidence < point_threshold)) if confidence.size else 1.0
+        components["landmarks"] = unsure / LANDMARK_MISSING_LIMIT
+        if components["landmarks"] > 1:
+            reasons.append(f"the landmark model is unsure of {unsure:.0%} of the points")
+    if detector_in_setup:
+        components["detector"] = 0.0 if box_found else NOT_FOUND_RATIO
+        if not box_found:
+            reasons.append("the detector found no cervical spine")
+    if not components:
+        return OodResult(None, False, {}, [])
+    score = min(max(components.values()), MAX_SCORE)
+    return OodResult(round(score, 4), score > 1.0, {k: round(min(v, MAX_SCORE), 4) for k, v in components.items()},
+                     reasons)
+
+
+def cap_probabilities(probabilities: Mapping[str, float], cap: float = MAX_PROBABILITY_FLAGGED) -> dict[str, float]:
+    """Probabilities pulled towards uniform until the top one is at most ``cap``; order and sum kept.
+
+    For a flagged film: the network's calibration does not hold there, so no class may look certain.
+    """
+    values = np.asarray(list(probabilities.values()), dtype=float)
+    top, uniform = float(values.max()), 1.0 / len(values)
+    if top <= cap or top <= uniform:
+        return dict(probabilities)
+    keep = (cap - uniform) / (top - uniform)  # the mix with uniform whose top is exactly cap
+    mixed = keep * values + (1 - keep) * uniform
+    return {name: float(v) for name, v in zip(probabilities, mixed)}

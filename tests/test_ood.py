@@ -1,0 +1,113 @@
+"""The out-of-distribution score: the reference a classifier run stores, how a prediction is scored against it,
+and what a flagged film shows (capped probabilities, the warning, the JSON keys). Real tiny training runs."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core.evaluation import ood
+from core.runs import configs
+from core.settings import CLASSES
+from core.training import checkpoints, classify
+from test_train import FAST, import_tiny
+
+
+def test_held_out_in_distribution_features_are_flagged_about_five_percent_and_shifted_ones_all():
+    rng = np.random.default_rng(0)
+    scales = np.linspace(3.0, 0.1, 40)  # anisotropic: the Mahalanobis distance matters, not the Euclidean one
+    train, val, test = (rng.normal(size=(n, 40)) * scales for n in (400, 200, 2000))
+    reference = ood.fit_reference(train, val)
+    assert reference.threshold > 0 and reference.n_train == 400 and reference.n_val == 200
+    assert 0.02 <= float(np.mean(reference.ratio(test) > 1)) <= 0.10
+    # the same step along the direction the training data barely vary in is far out, along the widest one it is
+    # not: the distance follows the training data's own spread (shrunk, so a step must be large to count)
+    narrow, wide = np.r_[np.zeros(39), 4.0], np.r_[4.0, np.zeros(39)]
+    assert float(np.mean(reference.ratio(test + narrow) > 1)) > 0.95
+    assert float(np.mean(reference.ratio(test + wide) > 1)) < 0.15
+    again = ood.FeatureReference.from_meta(json.loads(json.dumps(reference.to_meta())))
+    assert np.allclose(again.ratio(test[:50]), reference.ratio(test[:50]), rtol=1e-4)
+    with pytest.raises(ood.OodReferenceError, match="columns"):
+        reference.ratio(np.zeros((1, 3)))
+    with pytest.raises(ood.OodReferenceError, match="finite"):
+        ood.fit_reference(np.full((5, 4), np.nan), val[:, :4])
+
+
+def test_the_components_combine_into_one_score_with_reasons():
+    inside = ood.assess(0.5, np.full(23, 0.9), 0.25, detector_in_setup=True, box_found=True)
+    assert not inside.flagged and inside.score == pytest.approx(0.5) and inside.reasons == []
+    c7_hidden = np.r_[np.full(19, 0.9), np.full(4, 0.05)]  # four unsure points: still a neck film
+    assert not ood.assess(0.5, c7_hidden, 0.25).flagged
+    features = ood.assess(3.0)
+    assert features.flagged and "further from its training films" in features.reasons[0]
+    no_spine = ood.assess(0.2, detector_in_setup=True, box_found=False)
+    assert no_spine.flagged and no_spine.components["detector"] > 1 and "no cervical spine" in no_spine.reasons[0]
+    unsure = ood.assess(0.2, np.full(23, 0.1), 0.25)
+    assert unsure.flagged and "unsure of 100%" in unsure.reasons[0]
+    assert ood.assess(1e9).score == ood.MAX_SCORE
+    nothing = ood.assess(None)
+    assert nothing.score is None and not nothing.flagged
+
+
+def test_capped_probabilities_keep_the_order_and_never_pass_ninety_percent():
+    sure = {"normal": 0.999, "straightened": 0.0008, "reversed": 0.0002}
+    capped = ood.cap_probabilities(sure)
+    assert max(capped.values()) == pytest.approx(0.9) and sum(capped.values()) == pytest.approx(1.0)
+    assert sorted(capped, key=capped.get) == sorted(sure, key=sure.get)
+    modest = {"normal": 0.5, "straightened": 0.3, "reversed": 0.2}
+    assert ood.cap_probabilities(modest) == modest
+
+
+@pytest.fixture()
+def tiny(workspace, monkeypatch):
+    monkeypatch.setenv("CERVICURVE_THREADS", "1")
+    import_tiny(workspace)
+    return workspace
+
+
+def test_a_finished_run_stores_its_reference_and_a_prediction_is_scored_against_it(tiny, tmp_path):
+    from core.inference.pipeline import Predictor
+
+    run_dir = classify.train(configs.load_config(None, FAST + ["epochs=2"]))
+    meta = torch.load(run_dir / "best.pt", weights_only=True)["meta"]
+    reference = ood.FeatureReference.from_meta(meta["ood_reference"])
+    # the cnn's penultimate layer (its last linear layer's input), fitted on the 18 training crops
+    model, _ = checkpoints.load_classifier(run_dir)
+    width = classify.feature_layer(model).in_features
+    assert reference.mean.shape == (width,) and reference.n_train == 18 and reference.n_val == 6
+    assert "out-of-distribution reference" in (run_dir / "train.log").read_text()
+
+    # a training film of the tiny set against pure noise of the same size, through the whole pipeline
+    film = tiny.parent / "tiny-source" / "images" / "P000.png"
+    noise = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64), dtype=np.uint8)).save(noise)
+    predictor = Predictor(run_dir, detector=False, landmarks=False)
+    inside, outside = (predictor.predict(path, cam_method=None) for path in (film, noise))
+    assert inside.ood_score is not None and outside.ood_score > inside.ood_score
+    assert outside.out_of_distribution and outside.low_confidence and not outside.calibrated
+    assert max(outside.probabilities.values()) <= ood.MAX_PROBABILITY_FLAGGED + 1e-9
+    assert sum(outside.probabilities.values()) == pytest.approx(1.0)
+    record = json.loads(json.dumps(outside.to_json()))
+    assert record["out_of_distribution"] is True and record["ood_score"] == outside.ood_score
+    assert record["probabilities_calibrated"] is False and record["ood_reasons"]
+    # the CAM pass reads the same features as the plain pass
+    with_cam = predictor.predict(noise, cam_method="gradcam")
+    assert with_cam.ood_score == pytest.approx(outside.ood_score, rel=1e-4)
+    assert set(with_cam.probabilities) == set(CLASSES)
+
+
+def test_a_classifier_without_a_reference_says_so(tiny):
+    from core.inference.pipeline import Predictor
+
+    run_dir = classify.train(configs.load_config(None, FAST + ["epochs=1"]))
+    checkpoint = torch.load(run_dir / "best.pt", weights_only=True)
+    del checkpoint["meta"]["ood_reference"]  # as a checkpoint trained before the reference existed
+    old = run_dir / "old.pt"
+    torch.save(checkpoint, old)
+    result = Predictor(old, detector=False, landmarks=False).predict(
+        tiny.parent / "tiny-source" / "images" / "P003.png", cam_method=None)
+    assert result.ood_score is None and not result.out_of_distribution
+    assert any("no out-of-distribution reference" in note for note in result.notes)
