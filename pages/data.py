@@ -34,14 +34,6 @@ LAYOUTS = {
 CLASS_COLOURS = {"normal": "#2a9d8f", "straightened": "#e9c46a", "reversed": "#e76f51", "unlabeled": "#adb5bd"}
 
 
-def upload_folder(name: str) -> Path:
-    """A scratch folder inside the workspace (nothing is written elsewhere); removed after the import."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(name).stem)[:60] or "upload"
-    folder = settings.home() / "uploads" / f"{datetime.now():%Y%m%d-%H%M%S}-{safe}"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
 def default_name(uploads, layout: str) -> str:
     if layout == "phantom":
         return "phantoms"
@@ -52,55 +44,25 @@ def default_name(uploads, layout: str) -> str:
 
 
 def run_import(layout: str, uploads, dataset: str, phantom_options: dict, progress) -> None:
-    """Unpack what was uploaded into a scratch folder, hand it to the importer, keep the report."""
+    """One core call: generate phantoms, or import what was uploaded; the report is kept for the page."""
     from core.data import importers
-    from core.data.archive import extract_zip, import_source
 
-    scratch = upload_folder(dataset)
-    options = {}
-    try:
-        progress.progress(0.05, text="Preparing the files…")
-        if layout == "phantom":
-            from core.data.phantom import write_phantoms
+    def checked(done: int, total: int, _name: str) -> None:
+        progress.progress(min(1.0, 0.05 + 0.95 * done / max(1, total)), text=f"Reading and checking: {done}/{total}")
 
-            def generated(done: int, total: int, _case) -> None:
-                progress.progress(0.1 + 0.5 * done / total, text=f"Generating phantoms: {done}/{total}")
-
-            # The CSXA layout carries class, landmarks (hence the box) and patient: everything a phantom knows.
-            write_phantoms(scratch, formats=("csxa",), progress=generated, **phantom_options)
-            source, layout_used = scratch / "csxa", "csxa"
-        elif layout == "dicom":
-            for number, upload in enumerate(uploads, start=1):
-                # Two uploads may share a name (IM0001.dcm from two studies): the second gets its own folder.
-                name = Path(upload.name).name
-                target = scratch / name if not (scratch / name).exists() else scratch / f"upload-{number}" / name
-                if name.lower().endswith(".zip"):
-                    extract_zip(upload.getvalue(), target.with_suffix(""))
-                else:
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    target.write_bytes(upload.getvalue())
-            source, layout_used = scratch, "dicom"
-        else:
-            extract_zip(uploads.getvalue(), scratch)
-            source, layout_used = import_source(layout, scratch), layout
-            # An upload's manifest may only name files inside the upload.
-            options["origin"] = Path(uploads.name).name
-        progress.progress(0.6 if layout == "phantom" else 0.3, text="Reading and checking every image…")
-        importer = getattr(importers, f"import_{layout_used}")
-        started = time.perf_counter()
-        report = importer(source, dataset=dataset, store=store(), **options)
-        progress.progress(1.0, text=f"Done in {time.perf_counter() - started:.1f} s")
-        st.session_state["import_report"] = {
-            "dataset": report.dataset, "imported": report.imported, "updated": report.updated,
-            "unchanged": report.unchanged,
-            # Reasons may name the scratch folder, which is gone by the time anyone reads them.
-            "skipped": [(name.replace(f"{scratch}/", ""), reason.replace(f"{scratch}/", ""))
-                        for name, reason in report.skipped],
-            "notes": report.notes,
-        }
-        st.session_state["overview_choice"] = report.dataset  # the overview shows what was just imported
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    progress.progress(0.05, text="Preparing the files…")
+    started = time.perf_counter()
+    if layout == "phantom":
+        report = importers.import_phantoms(dataset, store=store(), progress=checked, **phantom_options)
+    else:
+        files = [(upload.name, upload.getvalue()) for upload in (uploads if isinstance(uploads, list) else [uploads])]
+        report = importers.import_uploads(layout, files, dataset=dataset, store=store(), progress=checked)
+    progress.progress(1.0, text=f"Done in {time.perf_counter() - started:.1f} s")
+    st.session_state["import_report"] = {
+        "dataset": report.dataset, "imported": report.imported, "updated": report.updated,
+        "unchanged": report.unchanged, "skipped": list(report.skipped), "notes": report.notes,
+    }
+    st.session_state["overview_choice"] = report.dataset  # the overview shows what was just imported
 
 
 def show_import_report(report: dict) -> None:

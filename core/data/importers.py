@@ -32,7 +32,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -1095,5 +1095,65 @@ def import_archive(kind: str, archive: str | Path | bytes, labels: str | Path | 
 
         report.skipped = [(plain(file), plain(reason)) for file, reason in report.skipped]
         return report
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------- page uploads
+def import_uploads(kind: str, files: Sequence[tuple[str, bytes]], *, dataset: str,
+                   store: AnnotationStore | None = None, progress: ProgressCallback | None = None,
+                   resplit: bool = False) -> ImportReport:
+    """What an upload widget received: one zip of a ``kind`` layout, or (``dicom``) DICOM files and zips of them.
+
+    Files are unpacked into a scratch folder inside the workspace (deleted afterwards, also on failure); two uploads
+    with the same name are kept apart; report lines name the uploads, never the scratch folder.
+    """
+    from core.data.archive import extract_zip
+
+    if not files:
+        raise DatasetError("nothing was uploaded")
+    if kind != "dicom":
+        if len(files) != 1 or not files[0][0].lower().endswith(".zip"):
+            raise DatasetError(f"a {kind} import is one .zip file")
+        name, data = files[0]
+        return import_archive(kind, data, name=Path(name).name, dataset=dataset, store=store, progress=progress,
+                              resplit=resplit)
+    uploads = settings.home() / "uploads"
+    uploads.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="upload-", dir=uploads))
+    try:
+        for number, (name, data) in enumerate(files, start=1):
+            # IM0001.dcm from two studies: the second gets a folder of its own
+            name = Path(name).name or f"upload-{number}"
+            target = scratch / name if not (scratch / name).exists() else scratch / f"upload-{number}" / name
+            if name.lower().endswith(".zip"):
+                extract_zip(data, target.with_suffix(""))
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+        report = import_dicom(scratch, dataset=dataset, store=store, progress=progress, resplit=resplit)
+        report.skipped = [(file.replace(f"{scratch}/", ""), reason.replace(f"{scratch}/", ""))
+                          for file, reason in report.skipped]
+        return report
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def import_phantoms(dataset: str, *, store: AnnotationStore | None = None, progress: ProgressCallback | None = None,
+                    **phantom_options) -> ImportReport:
+    """Generate phantoms (``core.data.phantom.write_phantoms`` options) and import them with their full truth."""
+    from core.data.phantom import write_phantoms
+
+    uploads = settings.home() / "uploads"
+    uploads.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="phantoms-", dir=uploads))
+    try:
+        def generated(done: int, total: int, case) -> None:
+            if progress is not None:
+                progress(done, total, f"phantom {done}/{total}")
+
+        # The CSXA layout carries class, landmarks (hence the box) and patient: everything a phantom knows.
+        write_phantoms(scratch, formats=("csxa",), progress=generated, **phantom_options)
+        return import_csxa(scratch / "csxa", dataset=dataset, store=store, progress=progress)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
