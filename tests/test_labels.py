@@ -210,7 +210,7 @@ def test_labels_command(films, capsys):
 
 
 def test_exports_of_the_labels(films, tmp_path):
-    from core.inference.drafts import export
+    from core.data.labels import export
 
     store, ids, cases = films
     for image_id, case in zip(ids, cases):

@@ -12,6 +12,7 @@ import statistics
 from collections import Counter, defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -265,3 +266,20 @@ def annotator_stats(readings: Sequence[Reading]) -> list[AnnotatorStats]:
                                     sum(1 for r in group if r.from_draft),
                                     float(np.mean(moves)) if moves else None, dict(statuses)))
     return found
+
+
+# ---------------------------------------------------------------- export
+
+EXPORT_KINDS = ("yolo-detect", "yolo-pose", "coco", "csv", "labelme", "folder")
+
+
+def export(kind: str, dataset: str, out: str | Path, *, store: AnnotationStore | None = None):
+    """The Label page's export buttons (``core.data.exports``); returns its ExportReport."""
+    from core.data import exports
+
+    if kind not in EXPORT_KINDS:
+        raise ValueError(f"unknown export {kind!r}; expected one of {', '.join(EXPORT_KINDS)}")
+    if kind.startswith("yolo"):
+        return exports.export_yolo(dataset, out, task="detect" if kind == "yolo-detect" else "landmarks", store=store)
+    return {"coco": exports.export_coco, "csv": exports.export_csv, "labelme": exports.export_labelme,
+            "folder": exports.export_folder}[kind](dataset, out, store=store)

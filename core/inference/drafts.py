@@ -136,21 +136,6 @@ def uncertainty_scores(dataset: str, image_ids: Iterable[int] | None = None, *, 
 
 # ---------------------------------------------------------------- CLI: python -m core labels ...
 
-EXPORT_KINDS = ("yolo-detect", "yolo-pose", "coco", "csv", "labelme", "folder")
-
-
-def export(kind: str, dataset: str, out: str | Path, *, store: AnnotationStore | None = None):
-    """The Label page's export buttons (``core.data.exports``); returns its ExportReport."""
-    from core.data import exports
-
-    if kind not in EXPORT_KINDS:
-        raise ValueError(f"unknown export {kind!r}; expected one of {', '.join(EXPORT_KINDS)}")
-    if kind.startswith("yolo"):
-        return exports.export_yolo(dataset, out, task="detect" if kind == "yolo-detect" else "landmarks", store=store)
-    return {"coco": exports.export_coco, "csv": exports.export_csv, "labelme": exports.export_labelme,
-            "folder": exports.export_folder}[kind](dataset, out, store=store)
-
-
 def configure_labels(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="action", required=True)
     queue = commands.add_parser("queue", help="the images an annotator works through")
@@ -185,7 +170,7 @@ def configure_labels(parser: argparse.ArgumentParser) -> None:
     agreement.add_argument("--dataset", required=True)
     agreement.add_argument("--json", action="store_true")
     export_parser = commands.add_parser("export", help="export the dataset's current labels")
-    export_parser.add_argument("kind", choices=EXPORT_KINDS)
+    export_parser.add_argument("kind", choices=labels.EXPORT_KINDS)
     export_parser.add_argument("--dataset", required=True)
     export_parser.add_argument("--out", type=Path, required=True, help="a new (or empty) folder")
 
@@ -244,7 +229,7 @@ def run_labels(args: argparse.Namespace) -> int:
             report = team_report(args.dataset)
             print(json.dumps(report.as_dict(), default=str) if args.json else report.format())
         elif args.action == "export":
-            print(export(args.kind, args.dataset, args.out).format())
+            print(labels.export(args.kind, args.dataset, args.out).format())
     except (ValueError, KeyError, OSError) as error:  # ModelMissing, DatasetError, LandmarkError are ValueErrors
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"error: {message}", file=sys.stderr)
