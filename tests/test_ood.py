@@ -111,3 +111,46 @@ def test_a_classifier_without_a_reference_says_so(tiny):
         tiny.parent / "tiny-source" / "images" / "P003.png", cam_method=None)
     assert result.ood_score is None and not result.out_of_distribution
     assert any("no out-of-distribution reference" in note for note in result.notes)
+
+
+# ------------------------------------------------------------------------------------------ landmarks that fail soft
+def test_a_hidden_c7_is_left_out_and_c2_to_c6_still_measured():
+    from core.data.measure import LandmarkError, measure_landmarks
+    from core.data.phantom import generate_case
+    from core.inference.pipeline import _describe_points, implausible
+    from core.training.landmarks import visible_points
+
+    case = generate_case(21, size=256, curvature_class="normal")
+    confidence = np.r_[np.full(19, 0.8), np.full(4, 0.05)]  # C7's four corners unsure, as behind shoulders
+    points, missing = visible_points(case.landmarks, confidence, 0.25)
+    assert missing == ["C7 top left", "C7 top right", "C7 bottom left", "C7 bottom right"]
+    assert np.isnan(points[19:]).all() and np.isfinite(points[:19]).all()
+    assert _describe_points(missing) == "C7 (all 4 points)"
+    with pytest.raises(LandmarkError, match="C7"):
+        measure_landmarks(points, facing=case.facing)  # a full measurement still needs every point
+    partial = measure_landmarks(points, partial=True)
+    full = measure_landmarks(case.landmarks, facing=case.facing)
+    assert partial.lowest_level == "C6" and partial.facing == case.facing
+    assert partial.cobb_c2c6 == pytest.approx(full.cobb_c2c6) and np.isnan(partial.cobb_c2c7)
+    assert partial.rule_class == "normal" and any("C2-C6 only" in note for note in partial.notes)
+    record = json.loads(json.dumps(partial.as_dict(), allow_nan=False))  # nan is None: valid JSON
+    assert record["cobb_c2c7"] is None and record["cobb_c2c6"] == pytest.approx(full.cobb_c2c6, abs=1e-3)
+    assert implausible(partial) is None
+    # any other gap is not measured
+    points[5] = np.nan
+    with pytest.raises(LandmarkError, match="C3 bottom left"):
+        measure_landmarks(points, partial=True)
+
+
+def test_when_class_and_angle_disagree_the_note_says_which_evidence_wins():
+    from core.data.measure import measure_landmarks
+    from core.data.phantom import generate_case
+    from core.inference.pipeline import which_evidence
+
+    far = measure_landmarks(generate_case(2, size=256, cobb_c2c7=30.0).landmarks)  # 20 deg from a threshold
+    near = measure_landmarks(generate_case(2, size=256, cobb_c2c7=11.0).landmarks)  # 1 deg from 10 deg
+    sure = np.full(23, 0.9)
+    assert which_evidence(far, sure, [], 0.95, False).startswith("the angle")
+    assert which_evidence(near, sure, [], 0.95, False).startswith("the network")
+    assert which_evidence(far, np.full(23, 0.3), [], 0.95, False).startswith("neither clearly")
+    assert which_evidence(far, sure, [], 0.95, True).startswith("neither: the film is unlike")

@@ -253,3 +253,47 @@ def test_dicom_16_bit_and_monochrome1(tmp_path):
 def test_contact_sheet_has_a_tile_per_class_and_facing(tmp_path):
     path = contact_sheet(tmp_path / "sheet.png", seed=0, size=96)
     assert Image.open(path).size == (3 * 96, 2 * 96)
+
+
+def test_views_carry_the_look_of_clinical_films():
+    """Across views: burned-in text, borders, top/bottom collimation, strong unsharp masking, film curves, JPEG,
+    cross-table backboards and landscape frames all occur; each image stays byte-identical for its seed."""
+    from core.data.phantom import _plan
+
+    params = [_plan(seed, 256, None, None, None, None, None, None).view for seed in range(80)]
+    looks = {
+        "text": sum(bool(v.params["text"]) for v in params), "border": sum(v.params["border"] > 0 for v in params),
+        "collimate_tb": sum(v.params["collimate_tb"] is not None for v in params),
+        "strong_sharpen": sum(v.params["strong_sharpen"] > 0 for v in params),
+        "film_curve": sum(v.params["film_curve"] > 0 for v in params),
+        "jpeg": sum(v.params["jpeg_quality"] > 0 for v in params),
+        "backboard": sum(v.params["backboard"] > 0 for v in params),
+        "landscape": sum(v.width > v.height for v in params),
+    }
+    assert all(count >= 3 for count in looks.values()), looks
+    assert looks["text"] < 70 and looks["jpeg"] < 50  # clean films stay common too
+    seed = next(s for s, v in enumerate(params) if v.params["jpeg_quality"] and v.params["text"])
+    case, again = generate_case(seed, size=256), generate_case(seed, size=256)
+    assert case.image.tobytes() == again.image.tobytes()
+    # text and markers keep off the spine: the ROI looks the same with and without them
+    x1, y1, x2, y2 = (int(round(v)) for v in case.roi_box)
+    assert case.image[y1:y2, x1:x2].std() > 10
+
+
+def test_film_artifact_augmentation_is_repeatable_and_stays_in_range():
+    """The training-time counterpart (core.training.crops.film_artifacts): same generator, same batch."""
+    import torch
+
+    from core.training.crops import FilmArtifacts, classifier_crop, film_artifacts
+
+    case = generate_case(4, size=256)
+    crop = classifier_crop(case.image.astype(np.float32) / 255, case.roi_box, 64)
+    batch = crop[None].repeat(24, 1, 1, 1)
+    first = film_artifacts(batch, 1.0, torch.Generator().manual_seed(5))
+    again = film_artifacts(batch, 1.0, torch.Generator().manual_seed(5))
+    assert torch.equal(first, again) and first.shape == batch.shape
+    assert first.min() >= 0 and first.max() <= 1
+    changed = [(first[i] - batch[i]).abs().mean().item() > 1e-3 for i in range(len(batch))]
+    assert sum(changed) >= 20  # nearly every image got at least one artifact
+    assert torch.equal(film_artifacts(batch, 0.0, torch.Generator().manual_seed(5)), batch)
+    assert FilmArtifacts(0.5)(crop).shape == crop.shape

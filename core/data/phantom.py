@@ -7,8 +7,10 @@ A phantom is built in three steps:
    the change between the C2 and the C7 inferior endplates *is* the requested C2–C7 Cobb angle,
    because every endplate is laid perpendicular to the local tangent. Curvature is concentrated in
    the discs (as in real necks); a sigmoid profile adds an S that integrates to zero.
-2. **View** (one per image): pixel spacing, in-plane rotation, crop, exposure, scatter, noise, blur,
-   processing (dynamic range compression, edge enhancement), collimation, side marker.
+2. **View** (one per image): pixel spacing, in-plane rotation, crop and frame shape (portrait to landscape),
+   exposure, scatter, quantum and electronic noise, blur, processing (dynamic range compression, edge enhancement
+   up to the strong unsharp masking of CR/DX workstations), a gamma or film-like (H&D) curve, collimation on any
+   side, black borders, a side marker, burned-in text, a cross-table backboard, JPEG compression.
 3. **Rendering** as an X-ray projection: attenuation line integrals add up (soft tissue, air, bone),
    then transmission, scatter, quantum noise, detector blur, log and a window/gamma LUT.
    Smooth fields (neck, airway, shoulders) are computed on a coarse grid and upsampled; bones are
@@ -417,7 +419,7 @@ def build_anatomy(rng: np.random.Generator, target_cobb: float, profile: str = "
             add(_ellipse(tip_pt + 1.2 * t, 2.2 * scale, 1.6 * scale), 0.08, 0.2, 0.6, 1.0, spread=0.6)
 
     # Skull base, in a head frame: the C2 frame tilted about the dens tip.
-    tilt = math.radians(rng.uniform(-6, 6))
+    tilt = math.radians(rng.uniform(-14, 14))  # head flexed or extended on the neck
     dens_tip = np.array([adc, -hd])
 
     def head(ab):
@@ -487,7 +489,8 @@ def build_anatomy(rng: np.random.Generator, target_cobb: float, profile: str = "
         neck_width=rng.uniform(95, 125) * scale, prevertebral=(rng.uniform(3, 6), rng.uniform(12, 19)),
         airway_half=rng.uniform(5.0, 8.0), airway_width=rng.uniform(35, 50), larynx=rng.uniform(0.45, 0.8),
         shoulder=rng.uniform(-26, -8) if hidden else rng.uniform(2, 35),
-        shoulder_density=rng.uniform(2.0, 3.2), shoulder_gap=rng.uniform(3, 14), shoulder_peak=rng.uniform(-45, 0),
+        # thin to heavy-set: shoulders over C7 from faint to white
+        shoulder_density=rng.uniform(1.2, 3.8), shoulder_gap=rng.uniform(3, 14), shoulder_peak=rng.uniform(-45, 0),
         clavicle=rng.uniform(5, 30), mottle_seed=int(rng.integers(2**31)),
     )
     return Anatomy(target_cobb, profile, column, landmarks, bones, levels, params)
@@ -576,8 +579,33 @@ def build_view(rng: np.random.Generator, patient_rng_state: dict, anatomy: Anato
         collimate_value=1.0 if rng.random() < 0.5 else 0.0,
         marker=rng.random() < 0.7,
         marker_corner=int(rng.integers(4)),
+        **_film_look(rng, lm_px, width, height),
     )
     return view
+
+
+# Burned-in annotations seen on clinical laterals (side, projection, position, dates, accession numbers).
+BURNED_IN_TEXT = ("L LAT", "R LAT", "LAT", "L", "R", "ERECT", "NEUTRAL", "FLEX", "EXT", "C-SPINE LAT", "X-TABLE LAT",
+         "SUPINE", "12/03/2019", "2021-07-14 09:32", "ACC 4471023", "kVp 75 mAs 16", "PORTABLE")
+
+
+def _film_look(rng: np.random.Generator, lm_px: np.ndarray, width: int, height: int) -> dict:
+    """The draws that make a phantom look like a clinical film rather than a clean rendering (PLATFORM.md's list
+    of how real lateral films differ): drawn after the classic view parameters so those keep their streams."""
+    top, bottom = float(lm_px[:, 1].min()), float(height - lm_px[:, 1].max())
+    return dict(
+        strong_sharpen=rng.uniform(0.8, 2.5) if rng.random() < 0.45 else 0.0,  # CR/DX unsharp masking, ~4 mm kernel
+        film_curve=rng.uniform(4.0, 9.0) if rng.random() < 0.35 else 0.0,  # sigmoid slope of an H&D curve
+        read_noise=rng.uniform(0.0, 1.5),  # electronic noise, in units of the soft-tissue quantum noise
+        # collimation on the top and bottom too (any side is clear of C2-C7), and scanned-film black borders
+        collimate_tb=(int(min(top * 0.5, height * 0.1) * rng.uniform(0.3, 1.0)),
+                      int(min(bottom * 0.5, height * 0.1) * rng.uniform(0.3, 1.0))) if rng.random() < 0.25 else None,
+        border=rng.uniform(0.005, 0.03) if rng.random() < 0.2 else 0.0,
+        text=[(str(rng.choice(BURNED_IN_TEXT)), int(rng.integers(4)), rng.uniform(0.025, 0.05), rng.random() < 0.85)
+              for _ in range(int(rng.integers(1, 4)))] if rng.random() < 0.6 else [],
+        backboard=rng.uniform(0.05, 0.2) if rng.random() < 0.12 else 0.0,  # cross-table: board behind the neck
+        jpeg_quality=int(rng.integers(15, 80)) if rng.random() < 0.35 else 0,
+    )
 
 
 # --- rendering -------------------------------------------------------------------------------------
@@ -751,7 +779,13 @@ def attenuation(anatomy: Anatomy, view: View, rng: np.random.Generator) -> np.nd
         humerus = _ellipse(c7 + [-50 + side * 8, 60 + p["clavicle"] + side * 6], 24, 24)
         film.add(view.to_px(humerus), Bone(np.empty((0, 2)), 0.2, 0.35, 2.0, 6.0, 0.3), 0.5)
     factor = max(1, int(round(0.6 / view.spacing)))
-    return film.att + _upsample(_soft_tissue(anatomy, view, factor), view.height, view.width, factor)
+    att = film.att + _upsample(_soft_tissue(anatomy, view, factor), view.height, view.width, factor)
+    if view.params["backboard"]:  # cross-table lateral: a spine board behind the neck, straight across the film
+        back = float(view.to_px(anatomy.column.local(anatomy.params["length"] / 2,
+                                                     [[-anatomy.params["neck_back"] - 20.0, 0]]))[0, 0])
+        x = np.arange(view.width, dtype=np.float32)
+        att += view.params["backboard"] * _smoothstep((back - x) / 2.0)[None, :].astype(np.float32)
+    return att
 
 
 def expose(att: np.ndarray, view: View, rng: np.random.Generator) -> np.ndarray:
@@ -763,6 +797,9 @@ def expose(att: np.ndarray, view: View, rng: np.random.Generator) -> np.ndarray:
     photons = np.float32(vp["photons"] * math.exp(vp["attenuation"])) * heel  # soft tissue gets `photons`
     counts = transmission * photons
     counts += rng.standard_normal(counts.shape, dtype=np.float32) * np.sqrt(np.maximum(counts, 1.0))
+    if vp["read_noise"] > 0:  # electronic (Gaussian) noise: the same everywhere, so it dominates behind bone
+        counts += rng.standard_normal(counts.shape, dtype=np.float32) * np.float32(
+            vp["read_noise"] * math.sqrt(vp["photons"]))
     blur_px = vp["blur_mm"] / view.spacing
     if blur_px > 0.25:
         counts = ndimage.gaussian_filter(counts, blur_px)
@@ -772,13 +809,27 @@ def expose(att: np.ndarray, view: View, rng: np.random.Generator) -> np.ndarray:
     low = _lowpass(density, 10.0, view.spacing)
     level = float(np.median(low[::4, ::4]))
     density = density - vp["compression"] * (low - level) + vp["sharpen"] * (density - local)
+    if vp["strong_sharpen"]:  # the wide unsharp mask of CR/DX processing: halos along every edge
+        density = density + vp["strong_sharpen"] * (density - _lowpass(density, 4.0, view.spacing))
     lo, hi = np.percentile(density[::3, ::3], [vp["low_pct"], vp["high_pct"]])
-    image = np.clip((density - lo) / max(float(hi - lo), 1e-6), 0, 1) ** vp["gamma"]
+    image = np.clip((density - lo) / max(float(hi - lo), 1e-6), 0, 1)
+    if vp["film_curve"]:  # film's S-shaped characteristic curve: toe and shoulder compress both ends
+        k = vp["film_curve"]
+        image = (1 / (1 + np.exp(-k * (image - 0.5))) - 1 / (1 + math.exp(k / 2))) / (1 - 2 / (1 + math.exp(k / 2)))
+    else:
+        image = image ** vp["gamma"]
     image = vp["black"] + (1 - vp["black"]) * image
     if vp["collimate"]:  # unexposed strips at the film's sides, clear of the spine
         left, right = vp["collimate"]
         image[:, :left] = vp["collimate_value"]
         image[:, view.width - right:] = vp["collimate_value"]
+    if vp["collimate_tb"]:
+        top, bottom = vp["collimate_tb"]
+        image[:top] = vp["collimate_value"]
+        image[view.height - bottom:] = vp["collimate_value"]
+    if vp["border"]:  # a scanned film's black frame
+        edge = max(1, int(vp["border"] * min(view.width, view.height)))
+        image[:edge], image[-edge:], image[:, :edge], image[:, -edge:] = 0.0, 0.0, 0.0, 0.0
     return image.astype(np.float32)
 
 
@@ -802,12 +853,49 @@ def _draw_marker(image: np.ndarray, corner: int, px_per_mm: float, keep_clear: l
     region[...] = np.maximum(region, np.asarray(plate, np.float32) / 255.0 * 0.97)
 
 
+def _draw_text(image: np.ndarray, text: str, corner: int, height_frac: float, bright: bool,
+               keep_clear: list[float], line: int = 0) -> None:
+    """Burned-in annotation text along an edge of the film, off the spine (skipped where it would cover it)."""
+    from PIL import ImageFont
+
+    h, w = image.shape
+    size = max(6, int(round(height_frac * h)))
+    font = ImageFont.load_default(size=size)
+    left, top, right, bottom = font.getbbox(text)
+    tw, th = right - left + 2, bottom - top + 2
+    if tw >= w * 0.9 or th >= h * 0.3:
+        return
+    x0 = int(0.03 * w) if corner in (0, 2) else w - int(0.03 * w) - tw
+    step = int(0.06 * h) * line  # later lines further in, so two in one corner do not overprint
+    y0 = int(0.12 * h) + step if corner in (0, 1) else h - int(0.12 * h) - th - step  # beside the side marker
+    x1, y1, x2, y2 = keep_clear
+    if (x0 < x2 and x0 + tw > x1 and y0 < y2 and y0 + th > y1) or x0 < 0 or y0 < 0 or y0 + th > h:
+        return
+    patch = Image.new("L", (tw, th), 0)
+    ImageDraw.Draw(patch).text((1 - left, 1 - top), text, fill=255, font=font)
+    ink = np.asarray(patch, np.float32) / 255.0
+    region = image[y0:y0 + th, x0:x0 + tw]
+    region[...] = region * (1 - ink) + ink * (0.98 if bright else 0.02)
+
+
+def _jpeg_artifacts(image: np.ndarray, quality: int) -> np.ndarray:
+    """JPEG's block and ringing artifacts added to the float image (as the difference an 8-bit round trip
+    makes), so 8- and 16-bit output keep agreeing and 16-bit keeps its fine levels."""
+    import io
+
+    eight = np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(eight).save(buffer, format="JPEG", quality=int(quality))
+    decoded = np.asarray(Image.open(io.BytesIO(buffer.getvalue())), np.float32)
+    return np.clip(image + (decoded - eight.astype(np.float32)) / 255.0, 0, 1).astype(np.float32)
+
+
 # --- cases -----------------------------------------------------------------------------------------
 
 
 def _patient_pose(rng: np.random.Generator) -> dict:
     return dict(
-        aspect=rng.uniform(0.8, 1.0),
+        aspect=float(rng.choice([rng.uniform(0.65, 1.0), rng.uniform(1.0, 1.35)], p=[0.8, 0.2])),  # width / height
         spacing_1024=rng.uniform(*SPACING_AT_1024_MM),
         rotation=rng.uniform(-9.0, 9.0),
         x_frac=rng.uniform(0.44, 0.58),
@@ -933,6 +1021,8 @@ def generate_case(
     anatomy, view, landmarks = plan.anatomy, plan.view, plan.landmarks
     noise_rng = np.random.default_rng([plan.seed, 0xC8])
     image = expose(attenuation(anatomy, view, noise_rng), view, noise_rng)
+    if view.params["jpeg_quality"]:
+        image = _jpeg_artifacts(image, view.params["jpeg_quality"])
     probes = _probes(anatomy, view)
     if plan.facing == "left":
         image = image[:, ::-1]
@@ -940,6 +1030,8 @@ def generate_case(
     roi_box = roi_box_from_landmarks(landmarks, (view.width, view.height))
     if view.params["marker"]:
         _draw_marker(image, view.params["marker_corner"], 1.0 / view.spacing, roi_box)
+    for line, (text, corner, height_frac, bright) in enumerate(view.params["text"]):  # after mirroring: readable
+        _draw_text(image, text, corner, height_frac, bright, roi_box, line)
     scale = 255 if bit_depth == 8 else 65535
     pixels = np.ascontiguousarray(np.round(image * scale).astype(np.uint8 if bit_depth == 8 else np.uint16))
 

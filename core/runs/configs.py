@@ -87,6 +87,7 @@ class ClassifyConfig(StrictConfig):
     aug_gamma: float = 0.25
     aug_noise_std: float = 0.02
     aug_hflip: bool = False
+    aug_film: float = 0.5  # share of crops given clinical-film artifacts (core.training.crops.film_artifacts)
     seed: int = 0
     device: str = "auto"
     amp: bool | str = "auto"
@@ -122,7 +123,7 @@ class ClassifyConfig(StrictConfig):
         for name, high in (("weight_decay", 1.0), ("label_smoothing", 0.999), ("roi_margin", 1.0),
                            ("aug_scale", 0.5), ("aug_shift", 0.3), ("aug_brightness", 1.0),
                            ("aug_contrast", 1.0), ("aug_gamma", 2.0), ("aug_noise_std", 0.5),
-                           ("aug_rotation_deg", 45.0)):
+                           ("aug_rotation_deg", 45.0), ("aug_film", 1.0)):
             value = getattr(self, name)
             if not 0 <= value <= high:
                 raise ConfigError(f"{name} must be between 0 and {high}, got {value}")
@@ -284,6 +285,7 @@ class HeatmapConfig(StrictConfig):
     rotate_deg: float = 8.0
     scale: float = 0.15   # per axis, +/-
     shift: float = 0.10   # of the window, +/-
+    film: float = 0.5     # share of windows given clinical-film artifacts (core.training.crops.film_artifacts)
     patience: int = 0     # stop after this many epochs without a better val error (0 = never)
     seed: int = 0
     device: str = "auto"
@@ -298,6 +300,8 @@ class HeatmapConfig(StrictConfig):
         _check_minimum(self, epochs=1, batch_size=1, patience=0, refine=0)
         if self.input_size < 32 or self.input_size % 32:
             raise ConfigError(f"input_size must be a multiple of 32 (at least 32), got {self.input_size}")
+        if not 0 <= self.film <= 1:
+            raise ConfigError(f"film must be between 0 and 1 (a share of the windows), got {self.film}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.roi_margin <= 0.25:  # the cached context must hold the window and its jitter

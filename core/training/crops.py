@@ -130,6 +130,90 @@ class RandomGamma(nn.Module):
         return tvf.adjust_gamma(image.clamp(0, 1), gamma)
 
 
+def film_artifacts(batch: torch.Tensor, probability: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """What clinical films show and clean phantoms lack, drawn afresh per image (``N x 1 x S x S`` in [0, 1]).
+
+    Each image, with ``probability``, gets a random subset of: shoulders over the lower end (a bright band rising
+    from the bottom), a film-like S curve, CR/DX unsharp masking, low resolution (down and up again),
+    Poisson-Gaussian noise, a collimation or black-border strip on one side, burned-in text, JPEG compression.
+    Each image's draws come from a seed taken from ``generator`` (the landmark trainer's, so a resumed run repeats
+    its batches), else from torch's global stream (the classifier's loader reseeds it every epoch). The work is
+    numpy/scipy/PIL per image: torch's small-tensor ops cost ~20x more on a busy CPU.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+    from scipy import ndimage
+
+    from core.data.phantom import BURNED_IN_TEXT
+
+    out = batch.clone()
+    n, _, h, w = out.shape
+    seeds = torch.randint(0, 2 ** 62, (n,), generator=generator).tolist()
+    chosen = torch.rand(n, generator=generator).tolist()
+    for i in range(n):
+        if chosen[i] >= probability:
+            continue
+        rng = np.random.default_rng(seeds[i])
+        image = np.clip(out[i, 0].numpy().astype(np.float32), 0, 1)
+        pick = rng.random(8)
+        if pick[0] < 0.35:  # shoulders: soft bright band over the lowest 5-30 % of the crop
+            rows = np.arange(h, dtype=np.float32)[:, None]
+            edge = h * (0.95 - 0.25 * rng.random())
+            band = 1 / (1 + np.exp(-(rows - edge) / max(1.0, 0.03 * h)))
+            image = image + rng.uniform(0.15, 0.65) * band * (1 - image)
+        if pick[1] < 0.3:  # film's characteristic curve
+            k = rng.uniform(4, 9)
+            low = 1 / (1 + np.exp(k / 2))
+            image = (1 / (1 + np.exp(-k * (image - 0.5))) - low) / (1 - 2 * low)
+        if pick[2] < 0.45:  # unsharp masking, 1-4 px kernel, up to 2.5x: edge halos
+            image = image + rng.uniform(0.5, 2.5) * (image - ndimage.gaussian_filter(image, rng.uniform(1, 4)))
+        if pick[3] < 0.3:  # a low-resolution film: 30-70 % of the crop's side, then back up
+            factor = rng.uniform(0.3, 0.7)
+            small = ndimage.zoom(ndimage.gaussian_filter(image, 0.5 / factor), factor, order=1)
+            image = ndimage.zoom(small, (h / small.shape[0], w / small.shape[1]), order=1)[:h, :w]
+        image = np.clip(image, 0, 1)
+        if pick[4] < 0.5:  # Poisson-Gaussian: signal-dependent quanta plus flat electronic noise
+            quanta, read = rng.uniform(0.002, 0.022), rng.uniform(0, 0.01)
+            image = np.clip(image + rng.standard_normal(image.shape) * np.sqrt(quanta * image + read ** 2), 0, 1)
+        if pick[5] < 0.2:  # collimation or a black border along one side
+            width, value = max(1, int(rng.uniform(0, 0.12) * min(h, w))), float(rng.random() < 0.5)
+            side = int(rng.integers(4))
+            if side == 0:
+                image[:, :width] = value
+            elif side == 1:
+                image[:, w - width:] = value
+            elif side == 2:
+                image[:width] = value
+            else:
+                image[h - width:] = value
+        if pick[6] < 0.25:  # burned-in text somewhere on the crop
+            canvas = Image.new("L", (w, h), 0)
+            font = ImageFont.load_default(size=max(6, int(h * rng.uniform(0.05, 0.1))))
+            ImageDraw.Draw(canvas).text((rng.uniform(0, 0.7) * w, rng.uniform(0, 0.9) * h),
+                                        str(rng.choice(BURNED_IN_TEXT)), fill=255, font=font)
+            ink = np.asarray(canvas, np.float32) / 255.0
+            image = image * (1 - ink) + ink * (0.98 if rng.random() < 0.85 else 0.02)
+        if pick[7] < 0.4:  # JPEG, quality 15-80
+            import io
+
+            buffer = io.BytesIO()
+            Image.fromarray(np.round(image * 255).astype(np.uint8)).save(buffer, format="JPEG",
+                                                                         quality=int(rng.integers(15, 81)))
+            image = np.asarray(Image.open(io.BytesIO(buffer.getvalue())), np.float32) / 255.0
+        out[i, 0] = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+    return out
+
+
+class FilmArtifacts(nn.Module):
+    """:func:`film_artifacts` as a transform of one ``1 x S x S`` crop."""
+
+    def __init__(self, probability: float):
+        super().__init__()
+        self.probability = probability
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return film_artifacts(image[None], self.probability)[0]
+
+
 class RoiJitter(nn.Module):
     """RandomResizedCrop for an ROI: rotate the cached context, then cut a box around the ROI whose side
     varies by ``scale`` and whose centre moves by ``shift`` (fractions of the crop side), resized to ``size``.
@@ -155,7 +239,8 @@ class RoiJitter(nn.Module):
 
 
 def train_augmentation(cfg: ClassifyConfig, size: int, inner: float) -> nn.Module:
-    """Radiograph-safe augmentation: small rotation, ROI scale/shift jitter, brightness/contrast, gamma, noise.
+    """Radiograph-safe augmentation: small rotation, ROI scale/shift jitter, clinical-film artifacts
+    (``aug_film``: see :func:`film_artifacts`), brightness/contrast, gamma, noise.
 
     No horizontal flip by default (``aug_hflip``): clinical laterals follow a facing convention and carry
     burned-in laterality markers, so mirrored images are ones the model never meets at inference. Turn it
@@ -164,6 +249,8 @@ def train_augmentation(cfg: ClassifyConfig, size: int, inner: float) -> nn.Modul
     steps: list[nn.Module] = [RoiJitter(size, inner, cfg.aug_rotation_deg, cfg.aug_scale, cfg.aug_shift)]
     if cfg.aug_hflip:
         steps.append(v2.RandomHorizontalFlip())
+    if cfg.aug_film > 0:
+        steps.append(FilmArtifacts(cfg.aug_film))
     if cfg.aug_brightness or cfg.aug_contrast:
         steps.append(v2.ColorJitter(brightness=cfg.aug_brightness, contrast=cfg.aug_contrast))
     steps.append(RandomGamma(cfg.aug_gamma))

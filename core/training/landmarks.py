@@ -9,7 +9,9 @@ Method (``models.landmark_unet``): the ROI window (box + ``roi_margin`` of its s
 ``core.data.exports.landmark_crop_window`` cuts) is resampled to ``input_size`` squared; a small U-Net gives one
 heatmap per landmark at a quarter of that, and soft-argmax reads sub-cell coordinates. Training samples each
 window through a random affine map (rotation, per-axis scale, shift, horizontal flip with left/right swap)
-from a cached context crop, so it sees the box errors a detector makes; then gamma, contrast and noise.
+from a cached context crop, so it sees the box errors a detector makes; then clinical-film artifacts
+(``film``: shoulders, S curve, unsharp masking, low resolution, Poisson-Gaussian noise, borders, text, JPEG;
+``core.training.crops.film_artifacts``), gamma, contrast and noise.
 Prediction runs twice: on the detector's box, then on the box the first points imply
 (``measure.roi_box_from_landmarks``, the rule every ROI box in the project follows), which is the window the
 model was trained on whatever the detector's error. The mirrored film is read the same way and the two
@@ -37,6 +39,7 @@ from core import settings
 from core.runs import layout
 from core.runs.configs import LANDMARK_UNET, ConfigError, HeatmapConfig, init_checkpoint
 from core.runs.recorder import RunRecorder
+from core.training.crops import film_artifacts
 from core.training.devices import pick_device
 from core.training.schedule import warmup_cosine
 from core.data.exports import crop_window, landmark_crop_window
@@ -191,6 +194,18 @@ class HeatmapLandmarkModel:
         return points, confidence
 
 
+def visible_points(points: np.ndarray, confidence: np.ndarray, min_point_confidence: float = 0.25
+                   ) -> tuple[np.ndarray, list[str]]:
+    """Fail soft: ``(points with nan where the heatmap is unsure, names of those points)``.
+
+    A hidden C7 gives diffuse C7 heatmaps while C2-C6 stay sharp; dropping only the unsure points lets the
+    caller measure C2-C6 (``measure_landmarks(..., partial=True)``) instead of reporting no vertebrae."""
+    points = np.array(points, dtype=np.float64)
+    unsure = ~(np.asarray(confidence, dtype=np.float64) >= min_point_confidence)
+    points[unsure] = np.nan
+    return points, [name for name, gone in zip(LANDMARK_NAMES, unsure) if gone]
+
+
 # ------------------------------------------------------------------------------------ data
 @dataclass
 class _Split:
@@ -251,7 +266,7 @@ def augmented_batch(contexts: torch.Tensor, points: torch.Tensor, cfg: HeatmapCo
     matrix, shift, flipped = _augment(cfg, len(contexts), generator)
     inputs = _sample(contexts, matrix, shift, cfg.input_size)
     if photometric:
-        inputs = _photometric(inputs, generator)
+        inputs = _photometric(film_artifacts(inputs, cfg.film, generator) if cfg.film > 0 else inputs, generator)
     # the same map applied backwards to the points: input = matrix^-1 (context - shift)
     target = torch.linalg.solve(matrix, (points - shift[:, None, :]).transpose(1, 2)).transpose(1, 2)
     # a mirrored image shows "C4 top left" where "C4 top right" was
