@@ -156,4 +156,4 @@ def test_view_geometry_maps_both_ways():
     assert zoomed.to_image(x, y) == pytest.approx((61.5, 33.25))
     assert zoomed.region[0] == pytest.approx(44.0) and zoomed.region[1] == pytest.approx(11.0)
     shown = canvas.apply_window(np.array([[0.0, 0.5, 1.0]]), canvas.ViewSettings(window=0.5, level=0.5, invert=True))
-    assert shown.tolist() == [[255, 127, 0]]
+    assert shown.tolist() == [[255, 128, 0]]
