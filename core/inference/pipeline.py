@@ -287,14 +287,11 @@ class Predictor:
             if cam_method and self.meta.get("kind") == "sklearn":
                 notes.append(f"no Grad-CAM: {self.model_name} is not a neural network")
             elif cam_method:
-                import torch
-
                 try:
                     tensor = crops.normalise(crop[None], self.meta)
                     crop_map, logits = explain.explain_with_logits(self.model, tensor, None, cam_method,
                                                                    model_name=self.model_name)
-                    # the calibration checkpoints.classify_crops applies
-                    probs = torch.softmax(logits / float(self.meta.get("temperature", 1.0)), dim=1)[0].double().numpy()
+                    probs = checkpoints.calibrated(logits, self.meta)[0]
                 except explain.ExplainUnavailable as error:
                     notes.append(f"no Grad-CAM: {error}")
             if probs is None:

@@ -75,8 +75,13 @@ def classify_crops(model: Any, meta: Mapping[str, Any], crops: torch.Tensor | np
         crops = crops[:, None]
     if meta.get("kind") == "sklearn":
         return np.asarray(model.predict_proba(crops[:, 0].numpy()), dtype=np.float64)
-    logits = _logits_of(model, crops, meta, batch_size)
-    return torch.softmax(logits / float(meta.get("temperature", 1.0)), dim=1).double().numpy()
+    return calibrated(_logits_of(model, crops, meta, batch_size), meta)
+
+
+def calibrated(logits: torch.Tensor, meta: Mapping[str, Any]) -> np.ndarray:
+    """Class probabilities from a network's logits with the temperature fitted on validation (one place for both
+    the batch path above and the pipeline's one-pass class + Grad-CAM)."""
+    return torch.softmax(logits.float() / float(meta.get("temperature", 1.0)), dim=1).double().numpy()
 
 
 def _logits_of(model: nn.Module, crops: torch.Tensor, meta: Mapping[str, Any], batch_size: int) -> torch.Tensor:
