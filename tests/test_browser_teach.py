@@ -1,0 +1,142 @@
+"""The Teach page in a real browser (`streamlit run app.py` + Debian's chromium through playwright): the angle slider
+walks the rule class through its thresholds, four clicks on the canvas give an angle, a five-film quiz is scored.
+
+Set CERVICURVE_SCREENSHOT_DIR to keep docs/screenshots/teach_explore.png and teach_quiz.png.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from core.settings import CLASSES
+from test_app_predict import promote_tiny_classifier
+from test_browser import CHROMIUM, NOTICE, browser, keep_screenshot, start_server, stop_server  # noqa: F401
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed (apt-get install chromium)"),
+]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """One server on a workspace with a tiny promoted classifier and a five-film quiz (made by the CLI)."""
+    from core import cli
+
+    scratch = tmp_path_factory.mktemp("teach_browser")
+    home = scratch / "workspace"
+    promote_tiny_classifier(home)
+    previous = os.environ.get("CERVICURVE_HOME")
+    os.environ["CERVICURVE_HOME"] = str(home)
+    try:
+        assert cli.main(["quiz", "create", "--films", "5", "--seed", "5", "--title", "Browser quiz"]) == 0
+        from core.inference import teaching
+
+        truths = [item.truth_class for item in teaching.quiz(1).items]
+    finally:
+        if previous is None:
+            os.environ.pop("CERVICURVE_HOME", None)
+        else:
+            os.environ["CERVICURVE_HOME"] = previous
+    server, url = start_server(home, scratch / "server.log")
+    try:
+        yield url, home, truths, scratch
+    finally:
+        stop_server(server)
+
+
+def rule_heading(page) -> str:
+    return page.locator("h4:has-text('Rule class')").first.inner_text()
+
+
+def move_slider_to(page, value: int, expected_class: str) -> None:
+    """Keyboard steps on the angle slider (1° each) until it reads ``value``; then wait for the redraw."""
+    thumb = page.locator("[data-testid='stSlider']").filter(has_text="C2–C7 angle").locator("input[type='range']")
+    thumb.focus()
+    current = int(thumb.input_value())
+    key = "ArrowLeft" if value < current else "ArrowRight"
+    for _ in range(abs(value - current)):
+        thumb.press(key)
+    assert int(thumb.input_value()) == value
+    page.locator(f"h4:has-text('Cobb C2–C7 {value:+.1f}°')").wait_for(timeout=60_000)
+    heading = rule_heading(page)
+    assert f"Rule class: {expected_class} (Cobb C2–C7 {value:+.1f}°)" == heading, heading
+
+
+def test_the_angle_slider_walks_the_rule_class_through_its_thresholds(browser, served):
+    url, _, _, scratch = served
+    page = browser.new_page(viewport={"width": 1500, "height": 1300})
+    page.goto(f"{url}/teach")
+    page.get_by_text(NOTICE).first.wait_for(timeout=30_000)
+    page.locator("h4:has-text('Rule class: normal (Cobb C2–C7 +20.0°)')").wait_for(timeout=90_000)
+    page.get_by_text("Model class:").wait_for(timeout=90_000)  # the first answer imports torch
+    # +20 -> -10: normal down to the 10° threshold, straightened below it, reversed from -4° down.
+    for value, expected in ((10, "normal"), (9, "straightened"), (-3, "straightened"), (-4, "reversed"),
+                            (-10, "reversed")):
+        move_slider_to(page, value, expected)
+        # Elements of the new run replace the old ones one by one: wait for this run's verdict.
+        answer = page.locator("p:has-text('Model class:')").filter(has_text=f"with the rule's {expected}")
+        answer.wait_for(timeout=60_000)
+        verdict = answer.first.inner_text()
+        assert re.search(rf"Model class: ({'|'.join(CLASSES)}) \(\d+%\) — (agrees|disagrees) with the rule's "
+                         rf"{expected}", verdict), verdict
+    page.wait_for_timeout(500)  # let the charts finish drawing before the picture
+    shot = scratch / "teach_explore.png"
+    page.screenshot(path=str(shot), full_page=True)
+    keep_screenshot(shot, "teach_explore.png")
+
+
+def test_four_clicks_on_the_film_give_an_angle_against_the_truth(browser, served):
+    from core.inference import teaching
+
+    url, _, _, _ = served
+    page = browser.new_page(viewport={"width": 1500, "height": 1200})
+    page.goto(f"{url}/teach")
+    page.get_by_text(NOTICE).first.wait_for(timeout=30_000)
+    page.get_by_text("Measure it yourself").click()
+    canvas = page.locator("canvas.upper-canvas").first
+    canvas.wait_for(timeout=60_000)
+    film = teaching.phantom_film(teaching.FilmSettings())  # the page's default Explore phantom
+    scale = 440 / film.pixels.shape[1]
+    box = canvas.bounding_box()
+    for x, y in teaching.truth_endplates(film.landmarks):
+        page.mouse.click(box["x"] + x * scale, box["y"] + y * scale)
+        page.wait_for_timeout(400)
+    value = page.locator("[data-testid='stMetric']").filter(has_text="Your angle").locator(
+        "[data-testid='stMetricValue']")
+    value.wait_for(timeout=60_000)
+    yours = float(value.inner_text().rstrip("°"))
+    # Clicks land on whole canvas pixels (~1.2 film px here): a degree or two from the truth at most.
+    assert abs(yours - film.truth.cobb_c2c7) < 3.0
+    assert page.locator("[data-testid='stMetric']").filter(has_text="True angle").inner_text().find(
+        f"{film.truth.cobb_c2c7:+.1f}°") >= 0
+
+
+def test_a_five_film_quiz_is_answered_and_scored(browser, served):
+    url, _, truths, scratch = served
+    page = browser.new_page(viewport={"width": 1500, "height": 1500})
+    page.goto(f"{url}/teach")
+    page.get_by_text(NOTICE).first.wait_for(timeout=30_000)
+    page.get_by_text("Self-test").click()
+    name = page.get_by_label("Your name")
+    name.wait_for(timeout=60_000)
+    name.fill("Ana")
+    name.press("Enter")
+    answers = list(truths)
+    answers[1] = CLASSES[(CLASSES.index(truths[1]) + 1) % 3]  # one wrong
+    for position, answer in enumerate(answers, start=1):
+        group = page.get_by_role("radiogroup", name=f"Film {position}")
+        group.get_by_text(answer, exact=True).click()
+        page.wait_for_timeout(300)
+    page.get_by_role("button", name="Submit my answers").click()
+    score = page.get_by_text("Score: 4/5 (80%)")
+    score.wait_for(timeout=60_000)
+    page.get_by_text("Film 2: you said").wait_for(timeout=30_000)
+    page.wait_for_timeout(500)
+    shot = scratch / "teach_quiz.png"
+    page.screenshot(path=str(shot), full_page=True)
+    keep_screenshot(shot, "teach_quiz.png")
