@@ -73,7 +73,7 @@ def explore_part() -> None:
     for note in result.film.notes:
         picture_column.caption(f"Note: {note}")
     with facts:
-        st.markdown(f"#### Rule class: **{truth.rule_class}**")
+        st.markdown(f"#### Rule class: **{truth.rule_class}** (Cobb C2–C7 {truth.cobb_c2c7:+.1f}°)")
         t = result.thresholds
         st.caption(f"Rule on Cobb C2–C7: normal ≥ {t.normal_min_deg:g}°, reversed ≤ {t.reversed_max_deg:g}°, "
                    "straightened between (settings CERVICURVE_NORMAL_MIN_DEG / CERVICURVE_REVERSED_MAX_DEG).")
