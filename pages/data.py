@@ -20,7 +20,7 @@ from core import settings
 from ui.frame import engine_errors, frame, store
 from ui.imagery import thumbnail_png
 
-frame("Data")
+workspace = frame("Data")
 
 LAYOUTS = {
     "folder": "Class folders (zip): <class>/<image>, class names such as normal / straight / kyphotic",
@@ -43,7 +43,7 @@ def default_name(uploads, layout: str) -> str:
     return ""
 
 
-def run_import(layout: str, uploads, dataset: str, phantom_options: dict, progress) -> None:
+def run_import(layout: str, uploads, dataset: str, phantom_options: dict, progress, actor) -> None:
     """One core call: generate phantoms, or import what was uploaded; the report is kept for the page."""
     from core.data import importers
 
@@ -53,10 +53,10 @@ def run_import(layout: str, uploads, dataset: str, phantom_options: dict, progre
     progress.progress(0.05, text="Preparing the files…")
     started = time.perf_counter()
     if layout == "phantom":
-        report = importers.import_phantoms(dataset, store=store(), progress=checked, **phantom_options)
+        report = importers.import_phantoms(dataset, store=store(), progress=checked, actor=actor, **phantom_options)
     else:
         files = [(upload.name, upload.getvalue()) for upload in (uploads if isinstance(uploads, list) else [uploads])]
-        report = importers.import_uploads(layout, files, dataset=dataset, store=store(), progress=checked)
+        report = importers.import_uploads(layout, files, dataset=dataset, store=store(), progress=checked, actor=actor)
     progress.progress(1.0, text=f"Done in {time.perf_counter() - started:.1f} s")
     st.session_state["import_report"] = {
         "dataset": report.dataset, "imported": report.imported, "updated": report.updated,
@@ -107,7 +107,7 @@ with import_tab:
         st.session_state.pop("import_report", None)
         progress = st.progress(0.0, text="Starting…")
         with engine_errors("The import"):
-            run_import(layout, uploads, dataset, phantom_options, progress)
+            run_import(layout, uploads, dataset, phantom_options, progress, workspace["actor"])
             st.rerun()  # the sidebar counts and the overview show the new images
     if "import_report" in st.session_state:
         show_import_report(st.session_state["import_report"])
@@ -167,12 +167,11 @@ with overview_tab:
                                  disabled=summary["test_frozen_at"] is not None, key="freeze_test",
                                  help="Later splits never reshuffle a frozen test split.")
             if st.button("Make splits", key="make_splits"):
-                from core.data.datasets import freeze_test, make_splits
+                from core.data.datasets import make_splits
 
                 with engine_errors("Making splits"):
-                    counts = make_splits(chosen, (train, val, test), seed=int(seed), store=store())
-                    if freeze:
-                        freeze_test(chosen, store=store())
+                    counts = make_splits(chosen, (train, val, test), seed=int(seed), store=store(), freeze=freeze,
+                                         actor=workspace["actor"])
                     st.session_state["split_counts"] = (chosen, counts)
                     st.rerun()
             if st.session_state.get("split_counts", (None,))[0] == chosen:

@@ -70,15 +70,68 @@ def frame(title: str) -> dict:
     st.session_state[_SEEN] = True
     st.set_page_config(page_title=f"{title} · CerviCurve", page_icon="🦴", layout="wide")
     show_notice()
+    try:
+        settings.check()
+    except settings.SettingsError as exc:
+        st.error(f"CerviCurve cannot start with these settings. {exc}")
+        st.stop()
     st.title(title)
     state = None
     with engine_errors("Reading the workspace"):
         state = workspace_state()
     if state is None:
         st.stop()  # the page itself would only fail the same way
+    state.update(session())
     sidebar(state)
     demo_panel(state)
     return state
+
+
+# ------------------------------------------------------------------ sign-in (team mode)
+
+_TOKEN = "_cervicurve_session_token"
+
+
+@st.cache_resource(show_spinner=False)
+def _accounts_for(url: str):
+    from core.data.accounts import Accounts
+
+    return Accounts(url)
+
+
+def accounts():
+    return _accounts_for(settings.db_url())
+
+
+def session() -> dict:
+    """``{"actor", "user", "team_mode"}``: who acts on this page. In team mode the page stops at a sign-in form until
+    a user signs in; ``actor`` is the session token that every core action checks (so a role typed into session
+    state grants nothing). In single-user mode ``actor`` is None and core lets the one local user do everything."""
+    team = accounts().team_mode()
+    if not team:
+        return {"actor": None, "user": None, "team_mode": False}
+    token = st.session_state.get(_TOKEN)
+    user = accounts().user_for(token)
+    if user is None:
+        st.session_state.pop(_TOKEN, None)
+        sign_in_form()
+        st.stop()
+    return {"actor": token, "user": user, "team_mode": True}
+
+
+def sign_in_form() -> None:
+    with st.form("sign_in"):
+        st.markdown("#### Sign in")
+        st.caption("This CerviCurve server is shared by a team: sign in with the account an admin gave you.")
+        name = st.text_input("User name", key="sign_in_name")
+        password = st.text_input("Password", type="password", key="sign_in_password")
+        if st.form_submit_button("Sign in", type="primary"):
+            token = accounts().sign_in(name, password)
+            if token is None:  # the same words for an unknown name and a wrong password
+                st.error("Wrong user name or password.")
+            else:
+                st.session_state[_TOKEN] = token
+                st.rerun()
 
 
 def show_notice() -> None:
@@ -172,6 +225,15 @@ def sidebar(state: dict) -> None:
                 st.selectbox(SELECTOR_LABELS[task], list(choices), key=f"choice_{task}",
                              help=f"The promoted {title.lower()} model, or any finished {task} run in this "
                                   "workspace, to compare them on the same films.")
+        if state.get("team_mode"):
+            user = state["user"]
+            st.caption(f"Team mode · signed in as **{user.name}** ({user.role})")
+            if st.button("Sign out", key="sign_out"):
+                accounts().sign_out(state["actor"])
+                st.session_state.pop(_TOKEN, None)
+                st.rerun()
+        else:
+            st.caption("Single-user mode · no sign-in (this server answers on loopback only unless told otherwise)")
         st.subheader("Workspace")
         st.caption(f"{state['images']} images · {len(state['datasets'])} datasets · {len(state['runs'])} runs")
         if state["datasets"]:

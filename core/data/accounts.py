@@ -247,9 +247,9 @@ class Accounts:
         return [dict(r) for r in rows]
 
 
-def authorize(actor: "str | User | None", action: str, target: str = "") -> User:
-    """:meth:`Accounts.authorize` on the workspace's database."""
-    with Accounts() as accounts:
+def authorize(actor: "str | User | None", action: str, target: str = "", url: str | None = None) -> User:
+    """:meth:`Accounts.authorize` on the workspace's database (or ``url``'s)."""
+    with Accounts(url) as accounts:
         return accounts.authorize(actor, action, target)
 
 

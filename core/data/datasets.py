@@ -142,8 +142,11 @@ def _deal(n: int, fractions: Sequence[float]) -> list[int]:
 
 
 def make_splits(dataset: str, fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0, *,
-                store: AnnotationStore | None = None) -> dict[str, dict[str, int]]:
+                store: AnnotationStore | None = None, freeze: bool = False, actor=None) -> dict[str, dict[str, int]]:
     """Assign train/val/test: grouped by patient (no patient in two splits), stratified by class.
+
+    ``freeze`` then freezes the test split. ``actor``: who asks (``core.data.accounts.authorize``; an admin in team
+    mode, anyone in single-user mode).
 
     Each class's patients are shuffled (by ``seed``) and dealt to the splits in proportion to ``fractions``,
     at least one to every split with a share, so every class is in every split: a class needs as many
@@ -153,6 +156,9 @@ def make_splits(dataset: str, fractions: Sequence[float] = (0.7, 0.15, 0.15), se
     When the test split is frozen, its patients keep it and the others are dealt to train and val only
     (by the train and val fractions). Written to the store; returns split -> class -> count.
     """
+    from core.data.accounts import authorize
+
+    authorize(actor, "import", f"split {dataset}", url=store.url if store is not None else None)
     if (len(fractions) != 3 or any(f < 0 for f in fractions) or not np.isclose(sum(fractions), 1.0)
             or fractions[0] <= 0):
         raise DatasetError("fractions are (train, val, test), each >= 0, summing to 1, with train above 0; "
@@ -189,6 +195,8 @@ def make_splits(dataset: str, fractions: Sequence[float] = (0.7, 0.15, 0.15), se
             store.set_splits(assignment)
         except ValueError as error:  # the store's own guard (a patient in two splits, a frozen test changed)
             raise DatasetError(str(error)) from None
+        if freeze and store.test_frozen_at(dataset) is None:
+            store.freeze_test(dataset)
     finally:
         if own:
             store.close()
@@ -309,7 +317,9 @@ def run_split(args: argparse.Namespace) -> int:
         print(f"error: --fractions must be three numbers like 0.7,0.15,0.15, got {args.fractions!r}")
         return 2
     try:
-        counts = make_splits(args.dataset, fractions, seed=args.seed)
+        from core.data.accounts import SHELL
+
+        counts = make_splits(args.dataset, fractions, seed=args.seed, actor=SHELL)
         print(f"splits of {args.dataset!r} (patient-grouped, class-stratified, seed {args.seed}):")
         for split, per_class in counts.items():
             print(f"  {split:<5} " + "  ".join(f"{name} {n}" for name, n in per_class.items()))

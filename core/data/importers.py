@@ -1102,14 +1102,16 @@ def import_archive(kind: str, archive: str | Path | bytes, labels: str | Path | 
 # ---------------------------------------------------------------------------------------------- page uploads
 def import_uploads(kind: str, files: Sequence[tuple[str, bytes]], *, dataset: str,
                    store: AnnotationStore | None = None, progress: ProgressCallback | None = None,
-                   resplit: bool = False) -> ImportReport:
+                   resplit: bool = False, actor=None) -> ImportReport:
     """What an upload widget received: one zip of a ``kind`` layout, or (``dicom``) DICOM files and zips of them.
 
     Files are unpacked into a scratch folder inside the workspace (deleted afterwards, also on failure); two uploads
     with the same name are kept apart; report lines name the uploads, never the scratch folder.
     """
+    from core.data.accounts import authorize
     from core.data.archive import extract_zip
 
+    authorize(actor, "import", f"{kind} upload into {dataset}", url=store.url if store is not None else None)
     if not files:
         raise DatasetError("nothing was uploaded")
     if kind != "dicom":
@@ -1140,10 +1142,12 @@ def import_uploads(kind: str, files: Sequence[tuple[str, bytes]], *, dataset: st
 
 
 def import_phantoms(dataset: str, *, store: AnnotationStore | None = None, progress: ProgressCallback | None = None,
-                    **phantom_options) -> ImportReport:
+                    actor=None, **phantom_options) -> ImportReport:
     """Generate phantoms (``core.data.phantom.write_phantoms`` options) and import them with their full truth."""
+    from core.data.accounts import authorize
     from core.data.phantom import write_phantoms
 
+    authorize(actor, "import", f"phantoms into {dataset}", url=store.url if store is not None else None)
     uploads = settings.home() / "uploads"
     uploads.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="phantoms-", dir=uploads))

@@ -1,0 +1,92 @@
+"""Team mode in the app: a sign-in form, the same answer for a wrong name or password, the mode on show, and roles
+enforced by core even when a page's session state is forged."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.data.accounts import Accounts, PermissionDenied
+from core.data.store import AnnotationStore
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+TOKEN = "_cervicurve_session_token"
+
+
+@pytest.fixture()
+def team(workspace):
+    with Accounts() as accounts:
+        accounts.add_user("ada", "correct horse", "admin")
+        accounts.add_user("ann", "annotator pw", "annotator")
+        yield accounts
+
+
+def opened(page: str = "pages/data.py") -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.switch_page(page).run()
+    return at
+
+
+def sign_in(at: AppTest, name: str, password: str) -> AppTest:
+    at.text_input(key="sign_in_name").input(name)
+    at.text_input(key="sign_in_password").input(password)
+    at.button[0].click().run()
+    return at
+
+
+def test_single_user_mode_says_so_and_asks_for_nobody(workspace):
+    at = opened()
+    assert not at.exception
+    captions = " ".join(c.value for c in at.sidebar.caption)
+    assert "Single-user mode" in captions
+    assert not any(t.key == "sign_in_name" for t in at.text_input)
+
+
+def test_sign_in_answers_a_wrong_name_and_a_wrong_password_alike(team):
+    at = opened()
+    assert not at.exception and [t.key for t in at.text_input] == ["sign_in_name", "sign_in_password"]
+    assert not at.selectbox  # nothing of the page before sign-in
+    wrong_password = [e.value for e in sign_in(at, "ada", "wrong horse").error]
+    wrong_name = [e.value for e in sign_in(opened(), "nobody", "correct horse").error]
+    assert wrong_password == wrong_name == ["Wrong user name or password."]
+    at = sign_in(opened(), "ada", "correct horse")
+    assert not at.exception
+    assert "Team mode · signed in as **ada** (admin)" in " ".join(c.value for c in at.sidebar.caption)
+
+
+def test_a_forged_session_state_grants_nothing(team):
+    """An annotator who writes "admin" into the page's session state still cannot import: core checks the token."""
+    at = sign_in(opened(), "ann", "annotator pw")
+    assert not at.exception
+    for key, value in (("role", "admin"), ("user", "ada"), ("annotator", "ada")):
+        at.session_state[key] = value
+    at.selectbox(key="import_layout").set_value("phantom").run()
+    at.number_input(key="phantom_patients").set_value(2)
+    at.number_input(key="phantom_size").set_value(96)
+    at.button(key="import_button").click().run()
+    assert not at.exception
+    assert any("import: user 'ann' is annotator; it needs admin" in e.value for e in at.error)
+    with AnnotationStore() as store:
+        assert store.count_images() == 0
+    # and a made-up token is no session at all: the sign-in form again
+    at.session_state[TOKEN] = "made-up"
+    at.run()
+    assert [t.key for t in at.text_input] == ["sign_in_name", "sign_in_password"]
+    refused = [r for r in team.audit_log() if not r["allowed"]]
+    assert refused and refused[0]["user_name"] == "ann" and refused[0]["action"] == "import"
+
+
+def test_core_refuses_the_actions_of_a_role_that_lacks_them(team):
+    from core.data import datasets, importers
+
+    annotator = team.sign_in("ann", "annotator pw")
+    with pytest.raises(PermissionDenied, match="needs admin"):
+        importers.import_phantoms("p", actor=annotator, patients=1, size=96)
+    with pytest.raises(PermissionDenied, match="needs admin"):
+        datasets.make_splits("p", actor=annotator)
+    with pytest.raises(PermissionDenied, match="sign in first"):
+        importers.import_phantoms("p", actor=None, patients=1, size=96)
+    admin = team.sign_in("ada", "correct horse")
+    report = importers.import_phantoms("p", actor=admin, patients=3, size=96)
+    assert report.imported == 3
