@@ -65,13 +65,29 @@ def measurements_table(prediction) -> pd.DataFrame | None:
     m = prediction.measurements
     if m is None:
         return None
-    arc = f"{m.arc_depth_px:.1f} px" + (f" ({m.arc_depth_mm:.1f} mm)" if m.arc_depth_mm is not None else "")
     agreement = {True: "agrees", False: "disagrees", None: "—"}[prediction.agreement]
-    rows = [("Cobb C2–C7", f"{m.cobb_c2c7:+.1f}°"), ("Cobb C2–C6", f"{m.cobb_c2c6:+.1f}°"),
-            ("Curvature index (CCI)", f"{m.cci:.1f} %"), ("Arc depth", arc),
-            ("Rule class (Cobb C2–C7)", m.rule_class),
-            ("Network class", f"{prediction.curvature_class} ({agreement})"), ("Patient faces", m.facing)]
+    if m.lowest_level == "C6":  # C7 not seen: only what C2-C6 allow
+        rows = [("Cobb C2–C7", "— (C7 not seen)"), ("Cobb C2–C6", f"{m.cobb_c2c6:+.1f}°"),
+                ("Rule class (Cobb C2–C6)", m.rule_class)]
+    else:
+        arc = f"{m.arc_depth_px:.1f} px" + (f" ({m.arc_depth_mm:.1f} mm)" if m.arc_depth_mm is not None else "")
+        rows = [("Cobb C2–C7", f"{m.cobb_c2c7:+.1f}°"), ("Cobb C2–C6", f"{m.cobb_c2c6:+.1f}°"),
+                ("Curvature index (CCI)", f"{m.cci:.1f} %"), ("Arc depth", arc),
+                ("Rule class (Cobb C2–C7)", m.rule_class)]
+    rows += [("Network class", f"{prediction.curvature_class} ({agreement})"), ("Patient faces", m.facing)]
+    if prediction.evidence:
+        rows.append(("Evidence favours", prediction.evidence))
+    if prediction.missing_landmarks:
+        rows.append(("Points left out (unsure)", str(len(prediction.missing_landmarks))))
     return pd.DataFrame(rows, columns=["measurement", "value"])
+
+
+def unlike_training_warning(prediction) -> str:
+    """The plain warning for a film the models cannot judge (core.evaluation.ood)."""
+    reasons = "; ".join(prediction.ood_reasons)
+    return (f"This film is unlike the films the model was trained on: the class and angle may be wrong "
+            f"(out-of-distribution score {prediction.ood_score:.1f}, over 1 is unlike{': ' + reasons if reasons else ''}). "
+            "The probabilities are not calibrated for this film and are shown capped at 90 %.")
 
 
 def show_result(predictor, name: str, data: bytes, truth: str | None = None) -> None:
@@ -104,12 +120,16 @@ def show_result(predictor, name: str, data: bytes, truth: str | None = None) -> 
         heatmap_column.info("No heatmap for this model.")
 
     with numbers_column:
-        if prediction.low_confidence:
+        if prediction.out_of_distribution:
+            st.warning(unlike_training_warning(prediction), icon="⚠️")
+        elif prediction.low_confidence:
             reason = (" and no ROI box was found, so the whole image was classified"
                       if prediction.box_source == "whole image" else "")
             st.warning(f"Low confidence: the top probability is {probability:.0%}{reason}. "
                        "Read this result with extra care.", icon="⚠️")
         st.plotly_chart(probability_chart(prediction.probabilities, prediction.curvature_class), key="probabilities")
+        if not prediction.calibrated:
+            st.caption("Probabilities not calibrated for this film.")
         table = measurements_table(prediction)
         if table is None and predictor.landmark_model is None:
             st.info("No landmark model is promoted, so there is no angle: train one on the Train page "
@@ -148,7 +168,8 @@ def results_table(results, thumbnails: dict[str, str]) -> pd.DataFrame:
             **{f"p_{c}": round(result.probabilities.get(c, float("nan")), 3) for c in CLASSES},
             "low_confidence": result.low_confidence, "box_source": result.box_source,
             "cobb_c2c7": None if m is None else round(m.cobb_c2c7, 1), "cci": None if m is None else round(m.cci, 1),
-            "rule_class": None if m is None else m.rule_class, "agreement": result.agreement, "error": None,
+            "rule_class": None if m is None else m.rule_class, "agreement": result.agreement,
+            "out_of_distribution": result.out_of_distribution, "ood_score": result.ood_score, "error": None,
         })
     return pd.DataFrame(rows)
 
@@ -177,6 +198,9 @@ def show_batch(predictor, sources: list[tuple[str, bytes]]) -> None:
         **{f"p_{c}": st.column_config.ProgressColumn(f"p({c})", min_value=0.0, max_value=1.0, format="%.2f")
            for c in CLASSES},
         "cobb_c2c7": st.column_config.NumberColumn("Cobb C2–C7 (°)", format="%+.1f"),
+        "out_of_distribution": st.column_config.CheckboxColumn(
+            "unlike training films", help="the class and angle may be wrong; probabilities capped at 90 %"),
+        "ood_score": st.column_config.NumberColumn("OOD score", format="%.2f", help="over 1: unlike the training films"),
     })
     st.download_button("Download the table (CSV)", table.drop(columns=["image"]).to_csv(index=False),
                        file_name="cervicurve_predictions.csv", mime="text/csv", key="csv_download")

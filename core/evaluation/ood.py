@@ -7,9 +7,13 @@ prediction is scored against it and against what the other two models report.
 Components, each a ratio to its own threshold (1.0 = the edge of what the training films look like):
 
 - ``features``: Mahalanobis distance of the classifier's penultimate features to its training crops, divided by
-  the distance that 95 % of held-out validation crops stay under (:class:`FeatureReference`). The covariance
+  the distance that 97.5 % of held-out validation crops stay under (:class:`FeatureReference`). The covariance
   is Ledoit-Wolf shrunk (a few hundred crops, 512 features) and stored as its top principal directions plus one
   residual variance (probabilistic PCA), so the checkpoint carries ~100 kB, not a 512 x 512 matrix.
+- ``image``: the same distance on 22 statistics of the crop itself (:func:`crop_statistics`: intensity quantiles,
+  edge strength, the power spectrum's bands, saturated share). Needed beside the features: a network maps some
+  inputs it never saw (noise, flat images) close to its features' mean, where no feature distance can see them;
+  their pixels are nothing like a radiograph's.
 - ``landmarks``: the share of the 23 landmark heatmaps under the point-confidence threshold, divided by
   ``LANDMARK_MISSING_LIMIT`` (C7 hidden by the shoulders alone is 4/23: well inside).
 - ``detector``: ``NOT_FOUND_RATIO`` when a detector is in the setup and found no cervical spine, else 0.
@@ -23,7 +27,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-QUANTILE = 0.95  # of held-out in-distribution distances: the threshold, so ~5 % of such films are flagged
+# of held-out in-distribution distances: each component's threshold; two components at 2.5 % each keep the
+# union near 5 % of in-distribution films
+QUANTILE = 0.975
 COMPONENTS = 64  # principal directions kept of the shrunk covariance
 LANDMARK_MISSING_LIMIT = 0.5  # more than half the points unsure: the landmark model does not see a spine
 NOT_FOUND_RATIO = 2.0  # a detector that finds no spine: clearly over the edge, whatever the other evidence
@@ -60,7 +66,7 @@ class FeatureReference:
         return np.sqrt(d2 / x.shape[1])
 
     def ratio(self, features) -> np.ndarray:
-        """Distance over the threshold: above 1 is further out than 95 % of held-out in-distribution crops."""
+        """Distance over the threshold: above 1 is further out than ``quantile`` of held-out in-distribution crops."""
         return self.distance(features) / self.threshold
 
     def to_meta(self) -> dict:
@@ -115,6 +121,35 @@ def fit_reference(train_features, val_features, quantile: float = QUANTILE,
     return reference
 
 
+STATISTICS_SIDE = 64  # crops are resampled to this before their statistics: the same at any input size
+_BANDS = (1, 2, 4, 8, 16, 32)  # radial frequency band edges, cycles per crop side
+
+
+def crop_statistics(crops) -> np.ndarray:
+    """``N x 22`` statistics of classifier crops (``N x S x S`` or ``S x S``, [0, 1]): what a radiograph's pixels
+    look like regardless of any network: intensity quantiles, mean, spread, dark and saturated shares, edge
+    strength, local contrast and the power spectrum's share per frequency band."""
+    from scipy import ndimage
+
+    batch = np.asarray(crops, dtype=np.float64)
+    if batch.ndim == 2:
+        batch = batch[None]
+    rows = []
+    radius = np.hypot(*np.meshgrid(np.fft.fftfreq(STATISTICS_SIDE), np.fft.fftfreq(STATISTICS_SIDE))) * STATISTICS_SIDE
+    for crop in batch:
+        image = ndimage.zoom(crop, STATISTICS_SIDE / np.array(crop.shape), order=1)[:STATISTICS_SIDE, :STATISTICS_SIDE]
+        gradient = np.hypot(ndimage.sobel(image, 0), ndimage.sobel(image, 1)) / 8
+        local = np.sqrt(np.maximum(ndimage.uniform_filter(image ** 2, 5) - ndimage.uniform_filter(image, 5) ** 2, 0))
+        power = np.abs(np.fft.fft2(image - image.mean())) ** 2
+        total = max(float(power.sum()), 1e-12)
+        bands = [float(power[(radius >= lo) & (radius < hi)].sum()) / total for lo, hi in zip((0,) + _BANDS, _BANDS)]
+        rows.append([*np.quantile(image, [0.05, 0.25, 0.5, 0.75, 0.95]), image.mean(), image.std(),
+                     float(np.mean(image < 0.02)), float(np.mean(image > 0.98)),
+                     gradient.mean(), *np.quantile(gradient, [0.5, 0.9, 0.99]), local.mean(), local.std(),
+                     *np.log10(np.asarray(bands) + 1e-6), float(np.abs(np.diff(image, axis=1)).mean())])
+    return np.asarray(rows, dtype=np.float64)
+
+
 @dataclass
 class OodResult:
     score: float | None             # the largest component ratio (capped), None when nothing could be scored
@@ -124,7 +159,7 @@ class OodResult:
 
 
 def assess(feature_ratio: float | None, landmark_confidence=None, point_threshold: float | None = None,
-           detector_in_setup: bool = False, box_found: bool = True) -> OodResult:
+           detector_in_setup: bool = False, box_found: bool = True, image_ratio: float | None = None) -> OodResult:
     """Combine the components (see the module docstring) into one score and the plain reasons behind a flag."""
     components: dict[str, float] = {}
     reasons: list[str] = []
@@ -132,7 +167,12 @@ def assess(feature_ratio: float | None, landmark_confidence=None, point_threshol
         components["features"] = float(feature_ratio)
         if feature_ratio > 1:
             reasons.append(f"the classifier's features are {feature_ratio:.1f}x further from its training films "
-                           f"than 95 % of held-out phantom films")
+                           f"than nearly all held-out films")
+    if image_ratio is not None and np.isfinite(image_ratio):
+        components["image"] = float(image_ratio)
+        if image_ratio > 1:
+            reasons.append(f"the crop's pixels (contrast, edges, texture) are {image_ratio:.1f}x further from the "
+                           f"training films' than nearly all held-out films")
     if landmark_confidence is not None and point_threshold is not None:
         confidence = np.asarray(landmark_confidence, dtype=float)
         unsure = float(np.mean(confidence < point_threshold)) if confidence.size else 1.0

@@ -16,8 +16,8 @@ share them and a re-promoted model is picked up. With Grad-CAM asked for, one fo
 probabilities and the map.
 
 Every result carries an out-of-distribution score (``core.evaluation.ood``): the classifier's penultimate features
-(read in that same forward pass) against the reference its training run stored, the landmark heatmaps' confidence
-and whether the detector found a spine. A flagged film is low-confidence, its probabilities are marked as not
+(read in that same forward pass) and the crop's pixel statistics against the references its training run stored,
+the landmark heatmaps' confidence and whether the detector found a spine. A flagged film is low-confidence, its probabilities are marked as not
 calibrated for it and capped at 90 %. Landmarks fail soft: unsure points are dropped and named, and a film whose
 C7 is hidden is measured from C2 to C6.
 """
@@ -181,6 +181,7 @@ class Predictor:
         self.classes = tuple(self.meta["classes"])
         self.quality = self._quality()
         self.ood_reference = ood.FeatureReference.from_meta(self.meta.get("ood_reference"))
+        self.image_reference = ood.FeatureReference.from_meta(self.meta.get("ood_image_reference"))
 
     @staticmethod
     def _optional(task: str, value) -> Path | None:
@@ -308,12 +309,15 @@ class Predictor:
 
         curvature_class = self.classes[index]
         feature_ratio = float(self.ood_reference.ratio(features[0])[0]) if features else None
+        image_ratio = (float(self.image_reference.ratio(ood.crop_statistics(crop[0].numpy()))[0])
+                       if self.image_reference is not None else None)
         if self.ood_reference is None and self.meta.get("kind") != "sklearn":
             notes.append("this classifier carries no out-of-distribution reference (trained before it existed): "
                          "retrain it to learn whether a film is unlike its training films")
         unlike = ood.assess(feature_ratio, landmark_confidence,
                             None if landmark_confidence is None else self.detection_threshold,
-                            detector_in_setup=self.detector is not None, box_found=box_source == "detector")
+                            detector_in_setup=self.detector is not None, box_found=box_source == "detector",
+                            image_ratio=image_ratio)
         if unlike.flagged:
             probabilities = ood.cap_probabilities(probabilities)
         low = (probabilities[curvature_class] < self.threshold or box_source == "whole image" or unlike.flagged)

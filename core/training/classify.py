@@ -494,29 +494,34 @@ def _finish_run(cfg: ClassifyConfig, run_dir: Path, run: RunRecorder, model: nn.
     best["meta"]["temperature"] = temperature
     log.info("temperature %.3f (validation: %d images)", temperature, len(labels))
     run.update(message="fitting the out-of-distribution reference")
-    best["meta"]["ood_reference"] = _ood_reference(cfg, model, splits[cfg.train_split], val_set, runtime)
+    best["meta"].update(_ood_references(cfg, model, splits[cfg.train_split], val_set, runtime))
     run.save("best.pt", best)
     _report_test(cfg, run_dir, run, splits, best["meta"])
 
 
-def _ood_reference(cfg: ClassifyConfig, model: nn.Module, train_samples: Sequence[Sample], val_set: CropDataset,
-                   runtime: Runtime) -> dict | None:
+def _ood_references(cfg: ClassifyConfig, model: nn.Module, train_samples: Sequence[Sample], val_set: CropDataset,
+                    runtime: Runtime) -> dict:
     """The model's own training data as the reference every prediction is scored against (core.evaluation.ood):
-    penultimate features of the un-augmented training crops, threshold from the validation crops."""
+    penultimate features and pixel statistics of the un-augmented training crops, thresholds from validation."""
     from core.evaluation import ood
 
     train_set = CropDataset(train_samples, val_set.size, cfg.roi_margin, None, cfg.cache_mb)
-    train_features = penultimate_features(model, _eval_loader(cfg, train_set, runtime), runtime)
-    val_features = penultimate_features(model, _eval_loader(cfg, val_set, runtime), runtime)
-    try:
-        reference = ood.fit_reference(train_features, val_features)
-    except ood.OodReferenceError as error:
-        log.warning("no out-of-distribution reference: %s", error)
-        return None
-    log.info("out-of-distribution reference: %d training crops, %d features, threshold %.3f (%.0f %% of %d "
-             "validation crops)", len(train_features), train_features.shape[1], reference.threshold,
-             reference.quantile * 100, len(val_features))
-    return reference.to_meta()
+    references = {}
+    for key, describe in (("ood_reference", lambda data: penultimate_features(model, _eval_loader(cfg, data, runtime),
+                                                                              runtime)),
+                          ("ood_image_reference", lambda data: ood.crop_statistics(
+                              np.stack([data[i][0][0].numpy() for i in range(len(data))])))):
+        train, val = describe(train_set), describe(val_set)
+        try:
+            reference = ood.fit_reference(train, val)
+        except ood.OodReferenceError as error:
+            log.warning("no out-of-distribution reference (%s): %s", key, error)
+            continue
+        log.info("out-of-distribution reference (%s): %d training crops, %d values each, threshold %.3f (%.1f %% of "
+                 "%d validation crops)", key, len(train), train.shape[1], reference.threshold,
+                 reference.quantile * 100, len(val))
+        references[key] = reference.to_meta()
+    return references
 
 
 def feature_layer(model: nn.Module) -> nn.Module:
