@@ -20,6 +20,7 @@ import math
 import sys
 import threading
 import time
+import traceback
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -123,6 +124,74 @@ class Film:
                           photometric="MONOCHROME2", original_size=(width, height), meta={"name": self.name})
 
 
+class _Recent:
+    """A small thread-safe LRU (Streamlit sessions and the prefetcher are threads of one process). A value being
+    made is made once: a second caller for the same key waits for the first instead of repeating the work."""
+
+    def __init__(self, size: int):
+        self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
+        self.making: dict[Any, threading.Event] = {}
+
+    def get(self, key, make: Callable[[], Any]):
+        while True:
+            with self.lock:
+                if key in self.items:
+                    self.items.move_to_end(key)
+                    return self.items[key]
+                busy = self.making.get(key)
+                if busy is None:
+                    self.making[key] = threading.Event()
+                    break
+            busy.wait()  # made by another thread; if it failed, the loop makes it here
+        try:
+            value = make()
+            with self.lock:
+                self.items[key] = value
+                while len(self.items) > self.size:
+                    self.items.popitem(last=False)
+            return value
+        finally:
+            with self.lock:
+                self.making.pop(key).set()
+
+
+class _Prefetcher:
+    """One background thread that makes the Explore films one degree either side of the one just shown, with the
+    models' answer on them, so the next slider step usually finds both ready. A newer request replaces the
+    jobs not yet started (only the neighbours of the latest film matter)."""
+
+    def __init__(self):
+        self.lock, self.wake = threading.Lock(), threading.Event()
+        self.jobs: list[Callable[[], Any]] = []
+        self.thread: threading.Thread | None = None
+
+    def want(self, jobs: list[Callable[[], Any]]) -> None:
+        with self.lock:
+            self.jobs = list(jobs)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="cervicurve-teach-prefetch", daemon=True)
+                self.thread.start()
+        self.wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self.wake.wait()
+            with self.lock:
+                self.wake.clear()
+                job = self.jobs.pop(0) if self.jobs else None
+                if self.jobs:
+                    self.wake.set()
+            if job is None:
+                continue
+            try:
+                job()
+            except Exception:  # a prefetch is only a guess; the redraw itself reports any real problem
+                traceback.print_exc(file=sys.stderr)
+
+
+_prefetcher = _Prefetcher()
+
+
 def _seed_for(*keys: int) -> int:
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0] >> 1)
 
@@ -141,8 +210,15 @@ def patient_for(seed: int, c7_hidden: bool) -> int:
                         f"in {_PATIENT_TRIES} tries; pick another seed")
 
 
-@functools.lru_cache(maxsize=48)
+_phantoms = _Recent(48)  # a 512 px phantom is ~0.3 MB
+
+
 def _phantom(seed: int, patient: int, cobb_c2c7: float, facing: str, size: int) -> PhantomCase:
+    return _phantoms.get((seed, patient, cobb_c2c7, facing, size),
+                         lambda: _aimed_phantom(seed, patient, cobb_c2c7, facing, size))
+
+
+def _aimed_phantom(seed: int, patient: int, cobb_c2c7: float, facing: str, size: int) -> PhantomCase:
     """The phantom whose landmarks measure ``cobb_c2c7``: the generator lands within ~0.003° of its aim, which at
     a threshold (10° exactly) would fall on the wrong side, so the aim is corrected on the cheap geometry and
     nudged a millionth of a degree away from zero (thresholds are inclusive on the side away from zero)."""
@@ -381,25 +457,6 @@ class ModelAnswer:
         return None if m is None else m.cobb_c2c7
 
 
-class _Recent:
-    """A small thread-safe LRU (Streamlit sessions are threads of one process)."""
-
-    def __init__(self, size: int):
-        self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
-
-    def get(self, key, make: Callable[[], Any]):
-        with self.lock:
-            if key in self.items:
-                self.items.move_to_end(key)
-                return self.items[key]
-        value = make()
-        with self.lock:
-            self.items[key] = value
-            while len(self.items) > self.size:
-                self.items.popitem(last=False)
-        return value
-
-
 _answers = _Recent(24)  # a prediction holds the film and its map: ~2 MB at 512 px
 
 
@@ -444,8 +501,10 @@ class Exploration:
 
 
 def explore(film_settings: FilmSettings, layers: Sequence[str] = LAYERS,
-            runs: Sequence[str | None] = (None, None, None)) -> Exploration:
-    """One Explore redraw: the film, its measurements and construction, the models' answer and the pictures."""
+            runs: Sequence[str | None] = (None, None, None), prefetch: bool = True) -> Exploration:
+    """One Explore redraw: the film, its measurements and construction, the models' answer and the pictures.
+
+    ``prefetch``: then make the films one degree either side (and the models' answer on them) in the background."""
     unknown = [layer for layer in layers if layer not in LAYERS]
     if unknown:
         raise TeachingError(f"unknown layer {', '.join(unknown)}; choose from {', '.join(LAYERS)}")
@@ -468,7 +527,22 @@ def explore(film_settings: FilmSettings, layers: Sequence[str] = LAYERS,
     picture = draw_exploration(film, cons, layers, model_points)
     heatmap = None if answer is None else report.pictures(answer.prediction)[1]
     lap("drawing")
+    if prefetch:
+        _prefetcher.want([functools.partial(_prepare, neighbour, thresholds, predictor)
+                          for neighbour in _neighbours(film_settings.checked())])
     return Exploration(film_settings.checked(), film, cons, thresholds, picture, answer, missing, heatmap, timings)
+
+
+def _neighbours(film_settings: FilmSettings) -> list[FilmSettings]:
+    low, high = ANGLE_RANGE_DEG
+    return [replace(film_settings, cobb_c2c7=angle) for angle in
+            (film_settings.cobb_c2c7 - 1, film_settings.cobb_c2c7 + 1) if low <= angle <= high]
+
+
+def _prepare(film_settings: FilmSettings, thresholds: RuleThresholds, predictor: pipeline.Predictor | None) -> None:
+    film = phantom_film(film_settings, thresholds)
+    if predictor is not None:
+        model_answer(film, predictor)
 
 
 # ------------------------------------------------------------------------------------ Measure it yourself
