@@ -151,8 +151,9 @@ def main() -> int:
         f"driven by playwright. The angle slider moved 1° at a time from {args.start:+d}° to {args.end:+d}° "
         f"({len(angles) - 1} moves; every move a new phantom), film height 512 px (the page's size), all layers drawn, "
         f"Grad-CAM on. The browser walks the first half back to back and the second half with a "
-        f"{args.pause:g} s pause after each redraw, in which the page has made the next films (prefetch). 1-minute load average {load_before:.1f} before, {load_after:.1f} after (other work on the "
-        "machine slows every number).",
+        f"{args.pause:g} s pause after each redraw, in which the page has made the next films (prefetch). "
+        f"1-minute load average {load_before:.1f} before, {load_after:.1f} after (other work on the machine slows "
+        "every number).",
         "",
         f"Models: {models_of(home)}.",
         "",

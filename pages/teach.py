@@ -50,16 +50,16 @@ def explore_part() -> None:
     low, high = teaching.ANGLE_RANGE_DEG
     with controls:
         st.slider("C2–C7 angle (°, lordosis positive)", int(low), int(high), int(defaults.cobb_c2c7), 1,
-                  key="explore_angle")
-        st.radio("Patient faces", ["right", "left"], horizontal=True, key="explore_facing")
-        st.toggle("C7 hidden by the shoulders", key="explore_c7_hidden")
+                  key="explore_angle", persist_state="session")
+        st.radio("Patient faces", ["right", "left"], horizontal=True, key="explore_facing", persist_state="session")
+        st.toggle("C7 hidden by the shoulders", key="explore_c7_hidden", persist_state="session")
         st.slider("Exposure (stops: + darker, − lighter)", *teaching.EXPOSURE_RANGE_STOPS, 0.0, 0.25,
-                  key="explore_exposure")
-        st.slider("Extra noise", *teaching.NOISE_RANGE, 0.0, 0.01, key="explore_noise")
+                  key="explore_exposure", persist_state="session")
+        st.slider("Extra noise", *teaching.NOISE_RANGE, 0.0, 0.01, key="explore_noise", persist_state="session")
         st.number_input("Film seed (the same settings give the same film)", 0, 2**31 - 1, defaults.seed,
-                        key="explore_seed")
+                        key="explore_seed", persist_state="session")
         layers = st.pills("Draw", list(teaching.LAYERS), selection_mode="multi", default=list(teaching.LAYERS),
-                          format_func=LAYER_LABELS.get, key="explore_layers")
+                          format_func=LAYER_LABELS.get, key="explore_layers", persist_state="session")
     result = None
     with engine_errors("Drawing the film"), st.spinner("Drawing…"):
         result = teaching.explore(film_settings(), layers or (), runs)
@@ -189,7 +189,7 @@ def measure_part() -> None:
 def take_quiz(quizzes) -> None:
     labels = {q.label: q for q in quizzes}
     chosen = labels[st.selectbox("Quiz", list(labels), key="quiz_choice")]
-    student = st.text_input("Your name", key="quiz_student", max_chars=200)
+    student = st.text_input("Your name", key="quiz_student", max_chars=200, persist_state="session")
     films = None
     with engine_errors("Loading the films"), st.spinner("Drawing the films…"):
         films = teaching.quiz_films(chosen)

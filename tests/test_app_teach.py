@@ -63,6 +63,10 @@ def test_a_slider_move_redraws_and_moves_the_measured_angle_as_much(workspace):
     assert at.get("image")[0].proto.imgs[0].url != picture  # a new film was drawn
     at.slider(key="explore_angle").set_value(-4).run()
     assert rule_class(at) == "reversed"
+    # The settings outlive a visit to another part (Measure uses the same phantom).
+    at.radio(key="teach_part").set_value("Self-test").run()
+    at.radio(key="teach_part").set_value("Explore").run()
+    assert at.slider(key="explore_angle").value == -4 and rule_class(at) == "reversed"
     # No model is promoted: the page says so and shows the rest.
     assert any(i.value.startswith("No model is promoted") for i in at.info)
     assert any(c.value.startswith("Redrawn in ") for c in at.caption)

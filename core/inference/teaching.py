@@ -456,8 +456,13 @@ class ModelAnswer:
         m = self.prediction.measurements
         return None if m is None else m.cobb_c2c7
 
+    @functools.cached_property
+    def heatmap(self) -> Image.Image | None:
+        """The Grad-CAM picture, drawn once per answer (a revisited angle reuses it)."""
+        return report.pictures(self.prediction)[1]
 
-_answers = _Recent(24)  # a prediction holds the film and its map: ~2 MB at 512 px
+
+_answers = _Recent(48)  # a prediction holds the film and its map: ~2.5 MB at 512 px, ~120 MB in all
 
 
 def predictor_for(runs: Sequence[str | None] = (None, None, None)) -> tuple[pipeline.Predictor | None, str | None]:
@@ -525,7 +530,7 @@ def explore(film_settings: FilmSettings, layers: Sequence[str] = LAYERS,
     lap("model")
     model_points = None if answer is None else answer.prediction.landmarks
     picture = draw_exploration(film, cons, layers, model_points)
-    heatmap = None if answer is None else report.pictures(answer.prediction)[1]
+    heatmap = None if answer is None else answer.heatmap
     lap("drawing")
     if prefetch:
         _prefetcher.want([functools.partial(_prepare, neighbour, thresholds, predictor)
@@ -542,7 +547,7 @@ def _neighbours(film_settings: FilmSettings) -> list[FilmSettings]:
 def _prepare(film_settings: FilmSettings, thresholds: RuleThresholds, predictor: pipeline.Predictor | None) -> None:
     film = phantom_film(film_settings, thresholds)
     if predictor is not None:
-        model_answer(film, predictor)
+        model_answer(film, predictor).heatmap
 
 
 # ------------------------------------------------------------------------------------ Measure it yourself
