@@ -43,6 +43,24 @@ def pixels_of(image) -> np.ndarray:
     return film(str(path), path.stat().st_mtime)
 
 
+@st.cache_data(max_entries=64, show_spinner=False)
+def _background_jpeg(path: str, modified: float, view: canvas.View, settings_now: canvas.ViewSettings,
+                     lines: tuple) -> bytes:
+    import io
+
+    picture = canvas.background(film(path, modified), view, settings_now, lines)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", quality=92)
+    return buffer.getvalue()
+
+
+def background_jpeg(image, view: canvas.View, settings_now: canvas.ViewSettings, lines: tuple) -> bytes:
+    """The canvas background as JPEG bytes, made once per view: it travels to the browser on every rerun, and a
+    JPEG is a fraction of the PNG's size."""
+    path = settings.home() / image.path
+    return _background_jpeg(str(path), path.stat().st_mtime, view, settings_now, lines)
+
+
 def view_settings() -> canvas.ViewSettings:
     return session.setdefault("label_view", canvas.ViewSettings())
 
@@ -202,17 +220,20 @@ def annotate() -> None:
     st.markdown(f"**Film {position + 1} of {len(queue)}** · image {image.image_id} · patient `{image.patient_id}`"
                 + (f" · uncertainty {item.uncertainty:.2f}" if item and item.uncertainty is not None else "")
                 + (f" · read by {', '.join(item.annotators)}" if item and item.annotators else ""))
+    # Messages come and go inside one container: the elements after it keep their places, so the canvas is not
+    # remounted (a remounted canvas would show the drawing it started from, not the annotation).
+    notices = st.container()
     if item and item.rejection:
-        st.error(f"Your label was {item.rejection}")
+        notices.error(f"Your label was {item.rejection}")
     fix = session.get("label_fix")
     if fix is not None and fix["image_id"] == image.image_id:
-        st.info(f"Fixing {fix['annotator']}'s label {fix['label_id']}: saving accepts your corrected copy.")
+        notices.info(f"Fixing {fix['annotator']}'s label {fix['label_id']}: saving accepts your corrected copy.")
     if "label_flash" in session:
-        st.success(session.pop("label_flash"))
+        notices.success(session.pop("label_flash"))
 
     pending = session.get("label_pending")
     if pending is not None and pending["image_id"] == image.image_id:
-        with st.container(border=True):
+        with notices.container(border=True):
             st.warning("This film has unsaved changes. Save them before moving on?")
             ask = st.columns(3)
             if ask[0].button("Save and go on", type="primary", key="label_pending_save"):
@@ -230,22 +251,22 @@ def annotate() -> None:
     left, right = st.columns([3, 2])
     settings_now = view_settings()
     with left:
-        mode = st.radio("Draw", ["box", "points"], horizontal=True, key="label_mode",
-                        format_func={"box": "C2–C7 box (drag)", "points": "Landmarks (click)"}.get,
-                        help="The canvas toolbar's edit toggle selects, moves and resizes the box and any point.")
-        picture = canvas.background(pixels_of(image), view, settings_now, work.endplate_lines())
-        if view.zoomed:
-            x0, y0, x1, y1 = view.region
-            st.caption(f"Zoomed to the box: x {x0:.0f}–{x1:.0f}, y {y0:.0f}–{y1:.0f} (× {view.scale:.2f}); clicks land "
-                       "in full-image pixels.")
+        top = st.columns([3, 2])
+        mode = top[0].radio("Draw", ["box", "points"], horizontal=True, key="label_mode",
+                            format_func={"box": "C2–C7 box (drag)", "points": "Landmarks (click)"}.get,
+                            help="The canvas toolbar's edit toggle selects, moves and resizes the box and any point.")
+        zoom = top[1].toggle("Zoom to the box", settings_now.zoom, key="label_zoom", disabled=work.roi_box is None,
+                             help="Shows the C2–C7 box region large, for precise points. Draw the box first.")
+        picture = background_jpeg(image, view, settings_now, tuple(work.endplate_lines()))
+        x0, y0, x1, y1 = view.region
+        st.caption(f"Zoomed to the box: x {x0:.0f}–{x1:.0f}, y {y0:.0f}–{y1:.0f} (× {view.scale:.2f}); clicks land "
+                   "in full-image pixels." if view.zoomed else f"Whole film (× {view.scale:.2f}).")
         st_canvas(**canvas.canvas_arguments(work, view, picture, mode, CANVAS))
-        with st.expander("View: brightness, contrast, invert, zoom", expanded=False):
+        with st.expander("View: brightness, contrast, invert", expanded=False):
             window = st.slider("Contrast (window width)", 0.05, 1.0, settings_now.window, 0.05, key="label_window")
             level = st.slider("Brightness (window level)", 0.0, 1.0, settings_now.level, 0.05, key="label_level",
                               help="Higher shows the film darker.")
             invert = st.checkbox("Invert", settings_now.invert, key="label_invert")
-            zoom = st.checkbox("Zoom to the box", settings_now.zoom, key="label_zoom", disabled=work.roi_box is None,
-                               help="Shows the C2–C7 box region large, for precise points. Draw the box first.")
             chosen = canvas.ViewSettings(window, level, invert, zoom)
             if chosen != settings_now:
                 session["label_view"] = chosen  # kept from film to film

@@ -107,7 +107,7 @@ def test_not_visible_undo_and_zoomed_clicks(films):
     assert any("Next point:** C7 top right" in m.value for m in at.markdown)
     at.button(key="label_hidden").click().run()
     # the last two points on the zoomed view: its clicks map back to full-image pixels
-    at.checkbox(key="label_zoom").check().run()
+    at.toggle(key="label_zoom").set_value(True).run()
     work = at.session_state["label_work"][at.session_state["label_queue"][0]]
     zoomed = canvas.zoom_view(work.image_size, work.roi_box)
     key = work.canvas_key("label_canvas", zoomed)

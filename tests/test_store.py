@@ -247,3 +247,45 @@ def test_two_processes_saving_at_once_lose_nothing(workspace, tmp_path):
         current = next(c for c in store.current_labels("shared") if c.image_id == image.image_id)
         assert current.curvature_class == last_ana.curvature_class
         assert current.roi_box == last_ben.roi_box
+
+
+def test_a_schema_2_file_is_upgraded_in_place_keeping_its_history(workspace):
+    """A file written before readings and reviews (schema 2): the new columns and table are added, old rows read
+    back with no provenance, and new readings and reviews go in beside them."""
+    path = workspace / "old.db"
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        for statement in (
+            "CREATE TABLE schema_info (version INTEGER NOT NULL)",
+            "INSERT INTO schema_info VALUES (2)",
+            "CREATE TABLE images (id INTEGER PRIMARY KEY, sha256 VARCHAR(64) NOT NULL, path TEXT NOT NULL, "
+            "width INTEGER NOT NULL, height INTEGER NOT NULL, patient_id VARCHAR(200) NOT NULL, source TEXT NOT NULL, "
+            "dataset VARCHAR(200) NOT NULL, split VARCHAR(10), created_at DATETIME NOT NULL, meta JSON NOT NULL, "
+            "CONSTRAINT uq_image_per_dataset UNIQUE (dataset, sha256))",
+            "CREATE TABLE datasets (dataset VARCHAR(200) PRIMARY KEY, test_frozen_at DATETIME)",
+            "CREATE TABLE labels (id INTEGER PRIMARY KEY, image_id INTEGER NOT NULL REFERENCES images(id), "
+            "annotator VARCHAR(200) NOT NULL, created_at DATETIME NOT NULL, curvature_class VARCHAR(20), "
+            "roi_box JSON, landmarks JSON, note TEXT)",
+            f"INSERT INTO images VALUES (1, '{_sha(1)}', 'images/1.png', 100, 80, 'P1', 'src', 'ds', NULL, "
+            "'2026-01-01 00:00:00', '{}')",
+            "INSERT INTO labels VALUES (1, 1, 'old', '2026-01-01 00:00:00', 'normal', '[1, 2, 30, 40]', NULL, 'kept')",
+        ):
+            conn.exec_driver_sql(statement)
+    engine.dispose()
+
+    store = AnnotationStore(f"sqlite:///{path}")
+    assert store.schema_version() == 3
+    (old,) = store.history(1)
+    assert (old.annotator, old.curvature_class, old.note, old.seconds, old.draft) == ("old", "normal", "kept", None, None)
+    new = store.save_reading(1, annotator="ana", curvature_class="reversed", roi_box=[1, 2, 30, 40], seconds=9.5,
+                             draft={"models": {"classifier": "x"}, "landmarks": np.full((23, 2), np.nan)})
+    store.review(new, reviewer="rev", verdict="accept")
+    assert [r.annotator for r in store.readings("ds")] == ["old", "ana"]
+    (current,) = store.current_labels("ds")
+    assert current.label_id == new and current.curvature_class == "reversed"
+    assert store.label(new).draft["landmarks"][0] == [None, None]
+    assert store.label(new).changes == ["curvature_class", "note"]  # against the label before ana's first reading
+    store.close()
+    again = AnnotationStore(f"sqlite:///{path}")  # a second open finds it current and changes nothing
+    assert again.schema_version() == 3 and len(again.history(1)) == 2
+    again.close()

@@ -349,13 +349,10 @@ class Annotation:
             if len(boxes) > 1:
                 self._redraw()  # keep one box on the canvas
         if len(points) < len(self._circles):
-            # the canvas's own undo or delete removed circles: the last ones drawn
-            for index in self._circles[len(points):]:
-                self.landmarks[index] = np.nan
-                if index in self.placed:
-                    self.placed.remove(index)
-            self._circles = self._circles[:len(points)]
-            changed = True
+            # Circles gone from the canvas (its toolbar's undo or delete, or a canvas drawn afresh by the browser):
+            # points are taken back only with Annotation.undo, so nothing placed is lost here; redraw them.
+            self._redraw()
+            return changed
         for position, (x, y) in enumerate(points):
             if position < len(self._circles):
                 index = self._circles[position]
