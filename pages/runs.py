@@ -109,13 +109,13 @@ def actions(run_dir, info) -> None:
         if st.button(f"Promote to Predict ({target})", key=f"promote_{run_dir.name}", icon=":material/upgrade:",
                      disabled=info.state != "done" or promoted.get(target) == info.run_id):
             with engine_errors("Promoting"):
-                promotion.promote(run_dir)
+                promotion.promote(run_dir, actor=state["actor"])
                 st.rerun()
     with middle.container(border=True):
         sure = st.checkbox("Yes, delete this run's folder", key=f"sure_{run_dir.name}")
         if st.button("Delete run", key=f"delete_{run_dir.name}", icon=":material/delete:", disabled=not sure):
             with engine_errors("Deleting"):
-                launch.delete_run(run_dir)
+                launch.delete_run(run_dir, actor=state["actor"])
                 st.session_state.pop("runs_selected", None)
                 st.rerun()
 
@@ -199,7 +199,7 @@ for task, title in (("classify", "Classifier"), ("detect", "Detector"), ("landma
         if buttons[0].button("Roll back", key=f"rollback_{task}", disabled=not earlier,
                              help=f"Back to {earlier[0]['run_id']}" if earlier else "No earlier promoted model"):
             with engine_errors("Rolling back"):
-                promotion.rollback(task)
+                promotion.rollback(task, actor=state["actor"])
                 st.rerun()
         if task in ("classify", "landmarks") and buttons[1].button("Export to ONNX", key=f"onnx_{task}"):
             from core.inference import onnx_export

@@ -144,7 +144,7 @@ with st.container(border=True):
 if st.button("Start", type="primary", disabled=config is None, key="train_start", icon=":material/play_arrow:",
              help="Fix the fields marked in red first" if config is None else "Train in the background"):
     with engine_errors("Starting the run"):
-        run_dir = launch.start_run(config)
+        run_dir = launch.start_run(config, actor=state["actor"])
         st.session_state.update(train_run=run_dir.name, train_follow=True,
                                 train_estimate=estimate.seconds if estimate else None)
         st.rerun()

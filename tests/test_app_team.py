@@ -90,3 +90,33 @@ def test_core_refuses_the_actions_of_a_role_that_lacks_them(team):
     admin = team.sign_in("ada", "correct horse")
     report = importers.import_phantoms("p", actor=admin, patients=3, size=96)
     assert report.imported == 3
+
+
+def test_run_control_and_promotion_check_the_role_in_core(team, tmp_path):
+    """Starting, cancelling, deleting and promoting runs: refused for an annotator's session, allowed for an admin's
+    and for the shell (the CLI), with every attempt in the audit log."""
+    from core.data.accounts import SHELL
+    from core.runs import launch, layout, promotion, queue
+
+    annotator = team.sign_in("ann", "annotator pw")
+    config = {"task": "classify", "model": "cnn", "dataset": "none", "epochs": 1}
+    for call in (lambda: launch.start_run(config, actor=annotator),
+                 lambda: promotion.rollback("classify", actor=annotator)):
+        with pytest.raises(PermissionDenied, match="needs admin"):
+            call()
+    run_dir = layout.new_run_dir("cnn")
+    (run_dir / layout.CONFIG_FILE).write_text("task: classify\n")
+    layout.write_status(run_dir, {"state": "failed", "message": "test"})
+    for call in (lambda: launch.delete_run(run_dir, actor=annotator),
+                 lambda: launch.cancel_run(run_dir, actor=annotator),
+                 lambda: launch.resume_run(run_dir, actor=annotator),
+                 lambda: promotion.promote(run_dir, actor=annotator),
+                 lambda: queue.move(run_dir, 1, actor=annotator)):
+        with pytest.raises(PermissionDenied):
+            call()
+    assert run_dir.exists()
+    admin = team.sign_in("ada", "correct horse")
+    assert launch.delete_run(run_dir, actor=admin) == run_dir and not run_dir.exists()
+    refused = {r["action"] for r in team.audit_log() if not r["allowed"] and r["user_name"] == "ann"}
+    assert refused == {"start_run", "promote", "delete_run", "cancel_run", "resume_run"}
+    assert launch.cancel_run is not None and SHELL.may("promote")  # the CLI passes SHELL

@@ -103,6 +103,12 @@ def accounts():
     return _accounts_for(settings.db_url())
 
 
+def actor() -> str | None:
+    """The session token core checks for every action (None in single-user mode); core validates it, so a
+    forged value grants nothing."""
+    return st.session_state.get(_TOKEN)
+
+
 def session() -> dict:
     """``{"actor", "user", "team_mode"}``: who acts on this page. In team mode the page stops at a sign-in form until
     a user signs in; ``actor`` is the session token that every core action checks (so a role typed into session
@@ -305,7 +311,7 @@ def demo_panel(state: dict) -> None:
                                       "Full (about 20 min; better models)"], horizontal=True, key="demo_mode")
         if st.button("Build the demo", type="primary", key="build_demo"):
             with engine_errors("Starting the demo"):
-                demo.start_demo(quick=mode.startswith("Quick"))
+                demo.start_demo(quick=mode.startswith("Quick"), actor=actor())
                 time.sleep(0.3)
                 st.rerun()
 

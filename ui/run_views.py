@@ -12,6 +12,7 @@ import streamlit as st
 
 from core.runs import hardware, launch, layout, queue
 from ui import charts
+from ui import frame
 from ui.frame import engine_errors
 
 POLL = "2s"        # a running run's live view re-reads its folder this often (an open tab's only cost)
@@ -137,7 +138,7 @@ def controls(run_dir: Path, status: dict, task: str) -> None:
         label = "Take out of the queue" if queue.is_waiting(status) else "Cancel"
         if st.button(label, key=f"cancel_{key}", icon=":material/stop:"):
             with engine_errors("Cancelling"), st.spinner("Stopping the run…"):
-                launch.cancel_run(run_dir)
+                launch.cancel_run(run_dir, actor=frame.actor())
                 st.rerun(scope="app")
         return
     left, right = st.columns(2)
@@ -145,7 +146,7 @@ def controls(run_dir: Path, status: dict, task: str) -> None:
         if left.button("Resume", key=f"resume_{key}", icon=":material/play_arrow:",
                        help="Continue this run from its last finished epoch, same schedule"):
             with engine_errors("Resuming"):
-                launch.resume_run(run_dir)
+                launch.resume_run(run_dir, actor=frame.actor())
                 st.rerun(scope="app")
     checkpoints = (run_dir / "last.pt", run_dir / "best.pt", run_dir / "ultralytics" / "weights" / "last.pt")
     if task != "compare" and any(path.exists() for path in checkpoints):
@@ -154,7 +155,7 @@ def controls(run_dir: Path, status: dict, task: str) -> None:
             if st.button("Continue as a new run", key=f"continue_{key}", icon=":material/fast_forward:",
                          help="A new run that starts from this run's last checkpoint with a fresh schedule"):
                 with engine_errors("Continuing"):
-                    new = launch.continue_run(run_dir, int(more))
+                    new = launch.continue_run(run_dir, int(more), actor=frame.actor())
                     st.session_state.update(train_run=new.name, train_follow=True)
                     st.rerun(scope="app")
 
@@ -173,11 +174,11 @@ def queue_panel() -> None:
         row[0].markdown(f"{number}. `{run_dir.name}` · waits for {status.get('device')}")
         if number > 1 and row[1].button("Up", key=f"up_{run_dir.name}", help="Move one place up"):
             with engine_errors("Moving"):
-                queue.move(run_dir, number - 1)
+                queue.move(run_dir, number - 1, actor=frame.actor())
                 st.rerun()
         if row[2].button("Cancel", key=f"dequeue_{run_dir.name}"):
             with engine_errors("Cancelling"):
-                launch.cancel_run(run_dir)
+                launch.cancel_run(run_dir, actor=frame.actor())
                 st.rerun()
 
 

@@ -27,16 +27,19 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from core import settings
+from core.data.accounts import SHELL, authorize
 from core.runs import hardware, layout, promotion, queue, reports
 from core.runs.configs import LANDMARK_UNET, ConfigError, read_config_source, resolve_config
 
-def start_run(config: str | Path | Mapping[str, Any], overrides: Sequence[str] = (), *, nproc: int = 1) -> Path:
+def start_run(config: str | Path | Mapping[str, Any], overrides: Sequence[str] = (), *, nproc: int = 1,
+              actor=None) -> Path:
     """Validate a config (file or dict) plus ``key=value`` overrides, then queue it to train in the background.
 
     Returns the run folder at once; a bad config raises ``ConfigError`` here, naming the key, before any process
     starts. The run starts now when its device has a free slot, else it waits in the queue (``core.runs.queue``).
     ``nproc > 1`` launches the same run under torchrun (DDP, classify only).
     """
+    authorize(actor, "start_run", str(config))
     resolved = resolve_config(config, overrides)
     task = resolved.get("task", "classify")
     if nproc > 1 and task != "classify":
@@ -89,8 +92,9 @@ def data_record(config: Mapping[str, Any]) -> dict | None:
             "train_split": config.get("train_split", "train"), "recorded_at": layout.now_iso()}
 
 
-def resume_run(run_dir: str | Path, *, nproc: int = 1) -> Path:
+def resume_run(run_dir: str | Path, *, nproc: int = 1, actor=None) -> Path:
     """Continue an interrupted, cancelled or failed run from its ``last.pt`` (through the queue)."""
+    authorize(actor, "resume_run", str(run_dir))
     run_dir = layout.resolve_run(run_dir)
     status = layout.read_status(run_dir)
     if status.get("state") in ("queued", "running"):
@@ -129,14 +133,15 @@ def continue_config(run_dir: str | Path, epochs: int, changes: Mapping[str, Any]
     return resolve_config(config)
 
 
-def continue_run(run_dir: str | Path, epochs: int, changes: Mapping[str, Any] | None = None) -> Path:
+def continue_run(run_dir: str | Path, epochs: int, changes: Mapping[str, Any] | None = None, *, actor=None) -> Path:
     """Train ``epochs`` more epochs as a new run starting from ``run_dir``'s last checkpoint (queued as usual)."""
-    return start_run(continue_config(run_dir, epochs, changes))
+    return start_run(continue_config(run_dir, epochs, changes), actor=actor)
 
 
-def cancel_run(run_dir: str | Path, timeout: float = 15.0) -> dict:
+def cancel_run(run_dir: str | Path, timeout: float = 15.0, *, actor=None) -> dict:
     """SIGTERM the run's process group (SIGKILL after ``timeout`` s); its status becomes ``cancelled``.
     A run still waiting in the queue is taken out of it."""
+    authorize(actor, "cancel_run", str(run_dir))
     run_dir = layout.resolve_run(run_dir)
     waiting = queue.cancel_waiting(run_dir)
     if waiting is not None:
@@ -177,8 +182,9 @@ def _signal(pid: int, pgid: int | None, sig: int, own_group: bool) -> None:
         pass
 
 
-def delete_run(run_dir: str | Path) -> Path:
+def delete_run(run_dir: str | Path, *, actor=None) -> Path:
     """Remove a run folder; a running or promoted run is refused (cancel it, or promote another, first)."""
+    authorize(actor, "delete_run", str(run_dir))
     run_dir = layout.resolve_run(run_dir)
     status = layout.read_status(run_dir)
     if status.get("state") in ("queued", "running"):
@@ -235,31 +241,31 @@ def run_runs(args: argparse.Namespace) -> int:
         if action == "list":
             return _print_runs(args.json)
         if action == "start":
-            run_dir = start_run(args.config, args.overrides, nproc=args.nproc)
+            run_dir = start_run(args.config, args.overrides, nproc=args.nproc, actor=SHELL)
             print(run_dir)
         elif action == "status":
             _print_status(args.run, args.json)
         elif action == "cancel":
-            print(f"{args.run}: {cancel_run(args.run).get('state')}")
+            print(f"{args.run}: {cancel_run(args.run, actor=SHELL).get('state')}")
         elif action == "resume":
-            print(resume_run(args.run))
+            print(resume_run(args.run, actor=SHELL))
         elif action == "continue":
             changes = read_config_source({}, args.overrides)
-            print(continue_run(args.run, args.epochs, changes))
+            print(continue_run(args.run, args.epochs, changes, actor=SHELL))
         elif action == "delete":
-            print(f"deleted {delete_run(args.run)}")
+            print(f"deleted {delete_run(args.run, actor=SHELL)}")
         elif action == "promote":
             check = promotion.check_against_promoted(args.run)
             if check["warning"]:
                 print(f"warning: {check['warning']}", file=sys.stderr)
-            print(f"promoted {Path(args.run).name} -> {promotion.promote(args.run)}")
+            print(f"promoted {Path(args.run).name} -> {promotion.promote(args.run, actor=SHELL)}")
         elif action == "rollback":
-            record = promotion.rollback(args.task)
+            record = promotion.rollback(args.task, actor=SHELL)
             print(f"{args.task}: back to run {record.get('run_id')} (was {record.get('rolled_back_from')})")
         elif action == "queue":
             _print_queue(args.slots)
         elif action == "move":
-            print("queue: " + ", ".join(queue.move(args.run, args.position)))
+            print("queue: " + ", ".join(queue.move(args.run, args.position, actor=SHELL)))
         elif action == "advance":
             print("\n".join(f"started {d.name}" for d in queue.advance()) or "nothing to start")
         elif action == "hardware":

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from core import settings
+from core.data.accounts import SHELL, authorize
 from core.runs import reports
 from core.runs.hardware import DATA_FILE
 from core.runs.layout import CONFIG_FILE, METRICS_FILE, TEST_REPORT, JobError, now_iso, read_config, read_status, \
@@ -37,8 +38,9 @@ def _best_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
-def promote(run_dir: str | Path, task: str | None = None) -> Path:
+def promote(run_dir: str | Path, task: str | None = None, *, actor=None) -> Path:
     """Copy a run's best checkpoint to ``promoted/<task>/`` (with ``promoted.json``); Predict uses it."""
+    authorize(actor, "promote", str(run_dir))
     run_dir = resolve_run(run_dir)
     config = read_config(run_dir)
     # a comparison's best.pt is its best classifier
@@ -95,8 +97,9 @@ def history(task: str = "classify") -> list[dict]:
     return entries
 
 
-def rollback(task: str = "classify") -> dict:
+def rollback(task: str = "classify", *, actor=None) -> dict:
     """Put the previously promoted model of ``task`` back (the current one is dropped: its run still has it)."""
+    authorize(actor, "promote", f"roll back {task}")
     if task not in PROMOTABLE:
         raise JobError(f"task must be one of {', '.join(PROMOTABLE)}, got {task!r}")
     earlier = history(task)
@@ -211,7 +214,7 @@ def configure_promote(parser: argparse.ArgumentParser) -> None:
 
 def run_promote(args: argparse.Namespace) -> int:
     try:
-        dest = promote(args.run, args.task)
+        dest = promote(args.run, args.task, actor=SHELL)
     except JobError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

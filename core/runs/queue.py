@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from core import settings
+from core.data.accounts import authorize
 from core.runs import layout
 from core.runs.hardware import device_key
 
@@ -107,8 +108,9 @@ def enqueue(run_dir: Path, args: Sequence[str], device: str, nproc: int = 1, **s
                                     launch={"args": list(args), "nproc": int(nproc)})
 
 
-def move(run: str | Path, position: int) -> list[str]:
+def move(run: str | Path, position: int, *, actor=None) -> list[str]:
     """Move a waiting run to ``position`` (1 = next to start); returns the queue's run ids in the new order."""
+    authorize(actor, "start_run", f"queue {run} -> {position}")
     run_dir = layout.resolve_run(run)
     with locked():
         order = [d for d, _ in waiting()]
