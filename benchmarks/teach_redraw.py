@@ -67,11 +67,10 @@ def browser_moves(browser, url: str, angles: list[int], pauses: list[float],
                   screenshot: Path | None) -> tuple[list[float], list[float]]:
     """Seconds from one key press to (the new rule class shown, the rerun finished with its images loaded); before
     the press to ``angles[i + 1]``, a wait of ``pauses[i]`` seconds after the previous redraw finished."""
-    page = browser.new_page(viewport={"width": 1500, "height": 1300})
+    page = browser.new_page(viewport={"width": 1500, "height": 2000})  # tall: the screenshot holds the whole page
     page.goto(f"{url}/teach")
     page.get_by_text(NOTICE).first.wait_for(timeout=60_000)
-    page.locator(f"h4:has-text('Cobb C2–C7 {angles[0]:+.1f}°')").wait_for(timeout=180_000)
-    page.locator("[data-testid='stStatusWidget']").wait_for(state="hidden", timeout=180_000)
+    page.get_by_text(f"Redrawn at {angles[0]:+.1f}°").wait_for(timeout=180_000)
     thumb = page.locator("[data-testid='stSlider']").filter(has_text="C2–C7 angle").locator("input[type='range']")
     if int(thumb.input_value()) != angles[0]:
         raise RuntimeError(f"the slider starts at {thumb.input_value()}, not {angles[0]}")
@@ -83,7 +82,7 @@ def browser_moves(browser, url: str, angles: list[int], pauses: list[float],
         thumb.press("ArrowLeft" if angle < angles[0] else "ArrowRight")
         page.locator(f"h4:has-text('Cobb C2–C7 {angle:+.1f}°')").wait_for(timeout=60_000)
         shown.append(time.perf_counter() - started)
-        page.locator("[data-testid='stStatusWidget']").wait_for(state="hidden", timeout=60_000)
+        page.get_by_text(f"Redrawn at {angle:+.1f}°").wait_for(timeout=60_000)  # the page's last element
         page.wait_for_function("() => [...document.images].every(img => img.complete)")
         done.append(time.perf_counter() - started)
     if screenshot is not None:

@@ -83,7 +83,7 @@ def explore_part() -> None:
                                    None if model is None else model.prediction.curvature_class),
                         key="explore_scale")
         st.dataframe(measurements_frame(truth), hide_index=True, width="stretch")
-    model_column, heatmap_column = st.columns([4, 5], gap="medium")
+    model_column, heatmap_column, _ = st.columns([4, 4, 3], gap="medium")
     with model_column:
         st.markdown("#### The models' answer")
         if model is None:
@@ -105,7 +105,7 @@ def explore_part() -> None:
         heatmap_column.image(report.as_jpeg(result.heatmap), width="stretch",
                              caption=f"Grad-CAM for '{model.prediction.curvature_class}'")
     timings = ", ".join(f"{k} {v:.0f}" for k, v in result.timings_ms.items())
-    st.caption(f"Redrawn in {result.redraw_ms:.0f} ms ({timings})")
+    st.caption(f"Redrawn at {truth.cobb_c2c7:+.1f}° in {result.redraw_ms:.0f} ms ({timings})")  # the page's last line
 
 
 # ------------------------------------------------------------------ 2. Measure it yourself
@@ -227,7 +227,7 @@ def show_score(chosen, student: str, films) -> None:
         st.success("No film missed.")
         return
     st.markdown("#### The films you missed")
-    columns = st.columns(min(4, len(result.missed)))
+    columns = st.columns(4)  # the quiz's thumbnail size, however few were missed
     for index, (item, answer) in enumerate(result.missed):
         angle = "" if item.truth_cobb is None else f" ({item.truth_cobb:+.1f}°)"
         model = f"model: {item.model_class}" if item.model_class else "no model answer"

@@ -69,9 +69,9 @@ def test_a_slider_move_redraws_and_moves_the_measured_angle_as_much(workspace):
     assert at.slider(key="explore_angle").value == -4 and rule_class(at) == "reversed"
     # No model is promoted: the page says so and shows the rest.
     assert any(i.value.startswith("No model is promoted") for i in at.info)
-    assert any(c.value.startswith("Redrawn in ") for c in at.caption)
-    assert set(measured(at)) >= {"Ishihara index (CCI)", "a1 (C3 posterior-inferior corner to the chord)",
-                                 "Arc depth (deepest posterior-line point)", "Rule class"}
+    assert any(c.value.startswith("Redrawn at -4.0° in ") for c in at.caption)
+    assert set(measured(at)) >= {"Ishihara index (CCI)", "a1: C3 corner to the chord", "a4: C6 corner to the chord",
+                                 "Arc depth", "Rule class"}
 
 
 def test_the_models_answer_sits_beside_the_rule(with_model):
