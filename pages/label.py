@@ -123,7 +123,7 @@ def pre_annotate(work: canvas.Annotation) -> None:
     with engine_errors("Pre-annotating with the promoted models"):
         from core.inference import drafts
 
-        draft = drafts.draft_for_image(work.image_id, store=annotation_store)
+        draft = drafts.draft_for_image(work.image_id, annotator_box=work.roi_box, store=annotation_store)
         work.apply_draft(draft.record())
         if draft.notes:
             session["label_flash"] = "Model draft: " + "; ".join(draft.notes)
@@ -302,7 +302,8 @@ def tools(work: canvas.Annotation, image) -> None:
     if row[1].button("Undo last point", key="label_undo", disabled=not work.placed):
         work.undo()
         st.rerun()
-    if row[2].button("Pre-annotate", key="label_draft", help="Fill box, points and class from the promoted models; "
+    if row[2].button("Pre-annotate", key="label_draft", help="Fill box, points and class from the promoted models "
+                                                              "(the points in your box when the detector finds none); "
                                                               "accept or edit. The store records the draft."):
         pre_annotate(work)
         st.rerun()

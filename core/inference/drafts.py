@@ -16,7 +16,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -77,29 +77,41 @@ def _relative(path: Path | None) -> str:
         return str(path)
 
 
-def make_draft(predictor: Predictor, source: Any, name: str | None = None) -> Draft:
+def make_draft(predictor: Predictor, source: Any, name: str | None = None,
+               annotator_box: Sequence[float] | None = None) -> Draft:
     """One film's draft: the pipeline's class, box and points, plus the landmark model's per-point confidence
-    (the pipeline's Prediction does not carry it, so the landmark model reads the same window once more)."""
+    (the pipeline's Prediction does not carry it, so the landmark model reads the same window once more).
+
+    ``annotator_box``: the box the annotator drew. When the detector finds none, the landmark model reads this box
+    instead (the draft's own box stays None: the box is the annotator's, not the model's)."""
     radiograph = source if isinstance(source, Radiograph) else read_image(source, name=name)
     prediction = predictor.predict(radiograph, name=name, cam_method=None)
     box = None if prediction.box_source == "whole image" else [float(v) for v in prediction.roi_box]
-    confidence = None
-    if predictor.landmark_model is not None and prediction.landmarks is not None:
-        located = predictor.landmark_model.locate(radiograph.pixels, box if prediction.box_source == "detector"
-                                                  else None, 0.0)
+    landmarks, confidence, notes = prediction.landmarks, None, list(prediction.notes)
+    model = predictor.landmark_model
+    read_in = box if prediction.box_source == "detector" else None
+    if model is not None and prediction.box_source != "detector" and annotator_box is not None:
+        read_in = [float(v) for v in annotator_box]
+        located = model.locate(radiograph.pixels, read_in, predictor.detection_threshold)
+        landmarks = None if located is None else np.asarray(located[0], dtype=float)
+        notes.append("the landmark model read the box you drew" if located is not None else
+                     "the landmark model found no vertebrae in the box you drew")
+    if model is not None and landmarks is not None:
+        located = model.locate(radiograph.pixels, read_in, 0.0)
         confidence = None if located is None else np.asarray(located[1], dtype=float)
     return Draft(curvature_class=prediction.curvature_class, probabilities=dict(prediction.probabilities),
-                 roi_box=box, landmarks=prediction.landmarks, landmark_confidence=confidence,
+                 roi_box=box, landmarks=landmarks, landmark_confidence=confidence,
                  models={"classifier": _relative(predictor.classifier_path), "detector": _relative(predictor.detector_path),
                          "landmarks": _relative(predictor.landmarks_path)},
-                 notes=list(prediction.notes))
+                 notes=notes)
 
 
 def image_file(image: ImageRecord) -> Path:
     return settings.home() / image.path
 
 
-def draft_for_image(image_id: int, *, predictor: Predictor | None = None, store: AnnotationStore | None = None) -> Draft:
+def draft_for_image(image_id: int, *, annotator_box: Sequence[float] | None = None, predictor: Predictor | None = None,
+                    store: AnnotationStore | None = None) -> Draft:
     own = store is None
     store = store or AnnotationStore()
     try:
@@ -107,7 +119,7 @@ def draft_for_image(image_id: int, *, predictor: Predictor | None = None, store:
     finally:
         if own:
             store.close()
-    return make_draft(predictor or drafter(), image_file(image), name=Path(image.path).name)
+    return make_draft(predictor or drafter(), image_file(image), name=Path(image.path).name, annotator_box=annotator_box)
 
 
 def uncertainty_scores(dataset: str, image_ids: Iterable[int] | None = None, *, predictor: Predictor | None = None,
