@@ -69,7 +69,7 @@ def move_slider_to(page, value: int, expected_class: str) -> None:
 
 def test_the_angle_slider_walks_the_rule_class_through_its_thresholds(browser, served):
     url, _, _, scratch = served
-    page = browser.new_page(viewport={"width": 1500, "height": 1300})
+    page = browser.new_page(viewport={"width": 1500, "height": 2000})
     page.goto(f"{url}/teach")
     page.get_by_text(NOTICE).first.wait_for(timeout=30_000)
     page.locator("h4:has-text('Rule class: normal (Cobb C2–C7 +20.0°)')").wait_for(timeout=90_000)
@@ -118,7 +118,7 @@ def test_four_clicks_on_the_film_give_an_angle_against_the_truth(browser, served
 
 def test_a_five_film_quiz_is_answered_and_scored(browser, served):
     url, _, truths, scratch = served
-    page = browser.new_page(viewport={"width": 1500, "height": 1500})
+    page = browser.new_page(viewport={"width": 1500, "height": 2200})  # the screenshot holds the whole result
     page.goto(f"{url}/teach")
     page.get_by_text(NOTICE).first.wait_for(timeout=30_000)
     page.get_by_text("Self-test").click()

@@ -32,14 +32,14 @@ def rule_scale(thresholds: RuleThresholds, limits: tuple[float, float], truth_de
         figure.add_shape(type="line", x0=value, x1=value, y0=0, y1=1, line=dict(color="#222", width=2))
         figure.add_annotation(x=value, y=1.0, yanchor="bottom", text=f"{value:+g}°", showarrow=False)
     if truth_deg is not None:
-        figure.add_trace(go.Scatter(x=[truth_deg], y=[0.45], mode="markers+text", text=[f"truth {truth_deg:+.1f}°"],
-                                    textposition="bottom center", marker=dict(symbol="triangle-up", size=16, color="#000"),
+        figure.add_trace(go.Scatter(x=[truth_deg], y=[0.5], mode="markers+text", text=[f"truth {truth_deg:+.1f}°"],
+                                    textposition="top center", marker=dict(symbol="triangle-up", size=16, color="#000"),
                                     name="true angle"))
     if model_deg is not None:
         label = f"model {model_deg:+.1f}°" + (f" → {model_class}" if model_class else "")
-        figure.add_trace(go.Scatter(x=[model_deg], y=[0.3], mode="markers+text", text=[label], textposition="bottom center",
+        figure.add_trace(go.Scatter(x=[model_deg], y=[0.32], mode="markers+text", text=[label], textposition="bottom center",
                                     marker=dict(symbol="diamond", size=13, color="#6a3d9a"), name="model's angle"))
-    figure.update_layout(height=150, margin=dict(l=10, r=10, t=24, b=10), showlegend=False,
+    figure.update_layout(height=170, margin=dict(l=10, r=10, t=24, b=10), showlegend=False,
                          xaxis=dict(range=[low, high], title="Cobb C2–C7 (°)", dtick=10),
                          yaxis=dict(range=[0, 1], visible=False))
     return figure
@@ -53,9 +53,9 @@ def measurements_frame(m: Measurements) -> pd.DataFrame:
     mm = m.toyama_mm or [None] * len(m.toyama_px)
     rows = [("Cobb C2–C7 (four-line)", f"{m.cobb_c2c7:+.1f}°"), ("Cobb C2–C6", f"{m.cobb_c2c6:+.1f}°"),
             ("Ishihara index (CCI)", f"{m.cci:+.1f} %")]
-    rows += [(f"a{i} (C{i + 2} posterior-inferior corner to the chord)", length(px, d))
+    rows += [(f"a{i}: C{i + 2} corner to the chord", length(px, d))
              for i, (px, d) in enumerate(zip(m.toyama_px, mm), start=1)]
-    rows += [("Arc depth (deepest posterior-line point)", length(m.arc_depth_px, m.arc_depth_mm)),
+    rows += [("Arc depth", length(m.arc_depth_px, m.arc_depth_mm)),
              ("Rule class", m.rule_class), ("Patient faces", m.facing)]
     return pd.DataFrame(rows, columns=["measurement", "value"])
 
