@@ -212,6 +212,16 @@ def show_batch(predictor, sources: list[tuple[str, bytes]]) -> None:
 
 # ------------------------------------------------------------------ page
 
+def distinct_names(sources: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """Two uploads named IM0001.dcm (two studies) stay two results: the second is "IM0001.dcm (2)"."""
+    seen: dict[str, int] = {}
+    named = []
+    for name, data in sources:
+        seen[name] = seen.get(name, 0) + 1
+        named.append((name if seen[name] == 1 else f"{name} ({seen[name]})", data))
+    return named
+
+
 uploads = st.file_uploader("Lateral cervical radiographs (PNG, JPEG, TIFF or DICOM; one or many)", type=UPLOAD_TYPES,
                            accept_multiple_files=True, key="predict_upload")
 samples = st.container(horizontal=True, vertical_alignment="center")
@@ -222,7 +232,7 @@ for curvature_class in CLASSES:
 
 sources, truth = [], None
 if uploads:
-    sources = [(upload.name, upload.getvalue()) for upload in uploads]
+    sources = distinct_names([(upload.name, upload.getvalue()) for upload in uploads])
 elif st.session_state.get("sample_class"):
     with engine_errors("Generating the sample"):
         name, data, truth = sample_phantom(st.session_state["sample_class"])

@@ -147,6 +147,21 @@ def test_many_files_give_a_table_with_thumbnails_and_a_csv(with_model):
     assert result_heading(at).startswith("b.png: ")
 
 
+def test_two_uploads_with_one_name_stay_two_results_and_a_tiny_image_is_refused(with_model):
+    import io
+
+    from PIL import Image
+
+    tiny = io.BytesIO()
+    Image.new("L", (1, 1), 128).save(tiny, format="PNG")
+    files = [("IM0001.png", phantom_png("normal", seed=5)), ("IM0001.png", phantom_png("reversed", seed=6)),
+             ("dot.png", tiny.getvalue())]
+    at = upload(predict_page(), *files)
+    table = at.dataframe[0].value
+    assert table["file"].tolist() == ["IM0001.png", "IM0001.png (2)", "dot.png"]
+    assert "only 1 x 1 pixels" in table["error"][2]
+
+
 def test_a_sample_phantom_with_its_ground_truth(with_model):
     at = predict_page()
     at.button(key="sample_straightened").click().run()
