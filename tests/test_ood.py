@@ -28,6 +28,8 @@ def test_held_out_in_distribution_features_are_flagged_about_five_percent_and_sh
     narrow, wide = np.r_[np.zeros(39), 4.0], np.r_[4.0, np.zeros(39)]
     assert float(np.mean(reference.ratio(test + narrow) > 1)) > 0.95
     assert float(np.mean(reference.ratio(test + wide) > 1)) < 0.15
+    crossed = ood.fit_reference(train, val, cross_fit=5)  # 400 more held-out rows for the tail
+    assert 0.01 <= float(np.mean(crossed.ratio(test) > 1)) <= 0.05
     again = ood.FeatureReference.from_meta(json.loads(json.dumps(reference.to_meta())))
     assert np.allclose(again.ratio(test[:50]), reference.ratio(test[:50]), rtol=1e-4)
     with pytest.raises(ood.OodReferenceError, match="columns"):

@@ -91,7 +91,8 @@ def test_each_class_gives_a_full_prediction(home, phantom_files):
         # the map lies on the radiograph, in [0, 1], and only where the classifier looked
         assert result.cam.shape == (height, width) and result.cam_method == "gradcam"
         assert result.cam.min() >= 0.0 and result.cam.max() <= 1.0 and result.cam.max() > 0.0
-        cx1, cy1, cx2, cy2 = crop_box(result.roi_box, (width, height), predictor.meta["roi_margin"])
+        # the classifier reads the landmarks' box when every point is sure, else the detector's
+        cx1, cy1, cx2, cy2 = crop_box(result.crop_box, (width, height), predictor.meta["roi_margin"])
         outside = result.cam.copy()
         outside[max(0, int(cy1)):int(np.ceil(cy2)), max(0, int(cx1)):int(np.ceil(cx2))] = 0
         assert outside.max() == 0.0
