@@ -168,24 +168,26 @@ def perturbations() -> dict:
     }
 
 
-def as_radiograph(name: str, image):
-    """Any of the images above as a PNG read through read_image, as an upload would be."""
-    from core.data.imaging import read_image
-
+def png_bytes(image) -> bytes:
+    """Any of the images above as PNG bytes: predicted as an upload is (read, checked, predicted)."""
     if not isinstance(image, Image.Image):
         image = Image.fromarray(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8) if image.dtype != np.uint8
                                 else image)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    return read_image(buffer.getvalue(), name=f"{name}.png")
+    return buffer.getvalue()
 
 
 def score(predictor, name: str, image) -> dict:
-    result = predictor.predict(as_radiograph(name, image), name=name, cam_method=None)
+    try:
+        result = predictor.predict(png_bytes(image), name=f"{name}.png", cam_method=None)
+    except ValueError:  # refused before any model ran (a blank film): never answered, so counted as flagged
+        return {"name": name, "score": None, "flagged": True, "features_flagged": True, "class": None,
+                "top_p": 0.0, "components": {}, "refused": True}
     features = result.ood_components.get("features")
     return {"name": name, "score": result.ood_score, "flagged": result.out_of_distribution,
             "features_flagged": features is not None and features > 1, "class": result.curvature_class,
-            "top_p": max(result.probabilities.values()), "components": result.ood_components}
+            "top_p": max(result.probabilities.values()), "components": result.ood_components, "refused": False}
 
 
 def summary_row(label: str, rows: list[dict]) -> str:
@@ -262,8 +264,15 @@ def main() -> int:
         summary_row("**strongly perturbed phantoms**", all_perturbed),
         *[summary_row(f"&nbsp;&nbsp;{kind}", rows) for kind, rows in perturbed.items()],
         "",
+        "Held-out phantoms over each component's threshold: " + ", ".join(
+            f"{k} {np.mean([r['components'].get(k, 0) > 1 for r in held_out]):.1%}"
+            for k in ("features", "image", "landmarks", "detector")) + ".",
+        "",
         f"Class accuracy on the held-out phantoms: {np.mean([c for c, _ in accuracy]):.2f} overall, "
         f"{np.mean(correct_kept) if correct_kept else float('nan'):.2f} on the {len(correct_kept)} not flagged.",
+        "",
+        "Refused before any model ran (a blank image is no film; counted as flagged): " + (", ".join(
+            r["name"] for r in outside + all_perturbed if r["refused"]) or "none") + ".",
         "",
         "Not-a-neck-film images still under the threshold: " + (", ".join(
             f"{r['name']} ({r['score']:.2f})" for r in outside if not r["flagged"]) or "none") + ".",
