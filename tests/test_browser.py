@@ -104,7 +104,8 @@ def test_empty_workspace_shows_the_notice_and_the_demo_offer(browser, tmp_path):
         menu = page.locator("[data-testid='stSidebarNav']")
         menu.get_by_text("Predict").wait_for(timeout=30_000)
         links = menu.locator("a").all_inner_texts()
-        assert [text.split()[-1] for text in links] == ["Predict", "Data"]  # (after each link's icon name)
+        # (after each link's icon name)
+        assert [text.split()[-1] for text in links] == ["Predict", "Data", "Label", "Train", "Runs", "Teach"]
         page.goto(url)
         page.get_by_text(NOTICE).first.wait_for(timeout=30_000)
         page.get_by_role("button", name="Build the demo").wait_for(timeout=30_000)

@@ -30,7 +30,8 @@ TASKS = {
                   "device": "cpu"},
     "detect": {"task": "detect", "model": "yolov8n.yaml", "dataset": "ph", "epochs": 6, "imgsz": 64, "batch": 4,
                "device": "cpu", "workers": 0},
-    "compare": {"task": "compare", "models": ["cnn", "rnn", "svm"], "dataset": "ph", "epochs": 3,
+    # the slowest model first: the cancel lands while it trains
+    "compare": {"task": "compare", "models": ["s_resnet34", "cnn", "svm"], "dataset": "ph", "epochs": 8,
                 "input_size": 32, "batch_size": 4, "n_boot": 0},
 }
 

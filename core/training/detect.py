@@ -609,7 +609,10 @@ class RoiDetector(_YoloPredictor):
             return None
         best = int(boxes.conf.argmax())
         x1, y1, x2, y2 = (float(v) for v in boxes.xyxy[best].tolist())
-        return [x1 * sx, y1 * sy, x2 * sx, y2 * sy], float(boxes.conf[best])
+        height, width = np.asarray(image).shape[:2]
+        # scaled back from the network's input: keep float rounding from leaving the film (120.00000000000001)
+        return [min(max(x1 * sx, 0.0), width), min(max(y1 * sy, 0.0), height), min(max(x2 * sx, 0.0), width),
+                min(max(y2 * sy, 0.0), height)], float(boxes.conf[best])
 
 
 class LandmarkModel(_YoloPredictor):
