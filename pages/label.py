@@ -74,6 +74,8 @@ def view_for(work: canvas.Annotation) -> canvas.View:
 
 # ------------------------------------------------------------------ who and what
 
+if state["team_mode"]:
+    session["label_annotator"] = state["user"].name  # signed in: no free-typed name
 if "label_annotator" not in session:
     st.write("Choose the name recorded on every label you save in this session.")
     name = st.text_input("Annotator", key="label_annotator_input", placeholder="e.g. your initials")
@@ -174,13 +176,14 @@ def save(work: canvas.Annotation) -> bool:
         if fix is not None and fix["image_id"] == work.image_id:
             labels.review(fix["label_id"], reviewer=annotator, verdict="fix", curvature_class=work.curvature_class,
                           roi_box=work.roi_box, landmarks=work.saved_landmarks(), seconds=round(work.elapsed(), 2),
-                          store=annotation_store)
+                          store=annotation_store, actor=state["actor"])
             session.pop("label_fix")
             session["label_flash"] = f"Fixed and accepted {fix['annotator']}'s label."
         else:
             label_id = labels.save(work.image_id, annotator=annotator, curvature_class=work.curvature_class,
                                    roi_box=work.roi_box, landmarks=work.saved_landmarks(), note=work.note or None,
-                                   seconds=round(work.elapsed(), 2), draft=work.draft, store=annotation_store)
+                                   seconds=round(work.elapsed(), 2), draft=work.draft, store=annotation_store,
+                                   actor=state["actor"])
             session["label_flash"] = f"Saved label {label_id} (image {work.image_id})."
         work.saved()
         saved = True
@@ -294,7 +297,7 @@ def tools(work: canvas.Annotation, image) -> None:
         st.markdown(f"**All {len(LANDMARK_NAMES)} points placed** (or marked not visible).")
     if work.hidden:
         st.caption("Not visible (stored as missing): " + ", ".join(LANDMARK_NAMES[i] for i in sorted(work.hidden)))
-    row = st.columns(3)
+    row = st.columns(4)
     if row[0].button("Not visible", key="label_hidden", disabled=work.next_index is None,
                      help="The next point cannot be seen (e.g. C7 behind the shoulders): stored as missing."):
         work.mark_not_visible()
@@ -302,7 +305,11 @@ def tools(work: canvas.Annotation, image) -> None:
     if row[1].button("Undo last point", key="label_undo", disabled=not work.placed):
         work.undo()
         st.rerun()
-    if row[2].button("Pre-annotate", key="label_draft", help="Fill box, points and class from the promoted models "
+    if row[2].button("Clear points", key="label_clear", disabled=not work.placed,
+                     help="Take every point off (e.g. a poor model draft) and place them afresh."):
+        work.clear_points()
+        st.rerun()
+    if row[3].button("Pre-annotate", key="label_draft", help="Fill box, points and class from the promoted models "
                                                               "(the points in your box when the detector finds none); "
                                                               "accept or edit. The store records the draft."):
         pre_annotate(work)
@@ -372,7 +379,7 @@ def review() -> None:
         if row[0].button("Accept", type="primary", key="label_accept"):
             with engine_errors("Accepting"):
                 labels.review(choice.label_id, reviewer=annotator, verdict="accept", comment=comment or None,
-                              store=annotation_store)
+                              store=annotation_store, actor=state["actor"])
                 st.rerun()
         if row[1].button("Fix", key="label_fix_button", help="Edit the reading on the Annotate canvas; saving "
                                                            "accepts your corrected copy."):
@@ -390,7 +397,7 @@ def review() -> None:
         if row[2].button("Reject", key="label_reject"):
             with engine_errors("Rejecting"):
                 labels.review(choice.label_id, reviewer=annotator, verdict="reject", comment=comment,
-                              store=annotation_store)
+                              store=annotation_store, actor=state["actor"])
                 st.rerun()
 
 

@@ -120,3 +120,23 @@ def test_run_control_and_promotion_check_the_role_in_core(team, tmp_path):
     refused = {r["action"] for r in team.audit_log() if not r["allowed"] and r["user_name"] == "ann"}
     assert refused == {"start_run", "promote", "delete_run", "cancel_run", "resume_run"}
     assert launch.cancel_run is not None and SHELL.may("promote")  # the CLI passes SHELL
+
+
+def test_a_label_is_the_signed_in_users_whatever_name_the_page_sends(team):
+    from core.data import labels
+
+    team.add_user("rui", "reviewer pw", "reviewer")
+    with AnnotationStore() as store:
+        image_id = store.add_image("a.png", sha256="a" * 64, width=64, height=64, patient_id="P1", source="t",
+                                   dataset="d")
+    annotator, reviewer = team.sign_in("ann", "annotator pw"), team.sign_in("rui", "reviewer pw")
+    label_id = labels.save(image_id, annotator="ada", curvature_class="normal", roi_box=[1, 1, 30, 30],
+                           landmarks=None, actor=annotator)
+    with AnnotationStore() as store:
+        [reading] = store.readings(image_id=image_id)
+    assert reading.annotator == "ann"  # not the forged "ada"
+    with pytest.raises(PermissionDenied, match="needs reviewer"):
+        labels.review(label_id, reviewer="ann", verdict="accept", actor=annotator)
+    assert labels.review(label_id, reviewer="ann", verdict="accept", actor=reviewer) > 0
+    with pytest.raises(PermissionDenied, match="sign in first"):
+        labels.save(image_id, annotator="ann", curvature_class="normal", roi_box=None, landmarks=None, actor=None)

@@ -98,11 +98,13 @@ def point_moves(draft_landmarks: Any, landmarks: Any) -> list[float | None]:
 
 def save(image_id: int, *, annotator: str, curvature_class: str | None, roi_box: Sequence[float] | None,
          landmarks: Any, note: str | None = None, seconds: float | None = None,
-         draft: Mapping[str, Any] | None = None, store: AnnotationStore | None = None) -> int:
+         draft: Mapping[str, Any] | None = None, store: AnnotationStore | None = None, actor=None) -> int:
     """Save ``annotator``'s reading as one new history row; returns its label id.
 
     ``draft`` (from ``core.inference.drafts``: ``models``, ``curvature_class``, ``roi_box``, ``landmarks``) records
-    that the reading started from a model draft, and each point's move from it in px."""
+    that the reading started from a model draft, and each point's move from it in px. In team mode the reading is
+    the signed-in user's whatever name the page sends (``actor`` is the session token)."""
+    annotator = _acting_as(actor, "label", annotator, image_id, store)
     moves = None
     if draft is not None and draft.get("landmarks") is not None and landmarks is not None:
         moves = point_moves(draft["landmarks"], landmarks)
@@ -113,11 +115,20 @@ def save(image_id: int, *, annotator: str, curvature_class: str | None, roi_box:
 
 def review(label_id: int, *, reviewer: str, verdict: str, comment: str | None = None,
            curvature_class: str | None = None, roi_box: Sequence[float] | None = None, landmarks: Any = None,
-           seconds: float | None = None, store: AnnotationStore | None = None) -> int:
-    """Accept, fix (edit and accept) or reject a label row with a comment; returns the review id."""
+           seconds: float | None = None, store: AnnotationStore | None = None, actor=None) -> int:
+    """Accept, fix (edit and accept) or reject a label row with a comment; returns the review id (a reviewer's)."""
+    reviewer = _acting_as(actor, "review", reviewer, label_id, store)
     with _opened(store) as opened:
         return opened.review(label_id, reviewer=reviewer, verdict=verdict, comment=comment,
                              curvature_class=curvature_class, roi_box=roi_box, landmarks=landmarks, seconds=seconds)
+
+
+def _acting_as(actor, action: str, name: str, target: int, store: AnnotationStore | None) -> str:
+    """The name recorded: the signed-in user's in team mode (role checked), the page's choice otherwise."""
+    from core.data.accounts import OWNER, SHELL, authorize
+
+    user = authorize(actor, action, f"{action} {target}", url=store.url if store is not None else None)
+    return name if user in (OWNER, SHELL) else user.name
 
 
 # ---------------------------------------------------------------- disagreement

@@ -22,6 +22,7 @@ import numpy as np
 
 from core import settings
 from core.settings import CLASSES
+from core.data.accounts import SHELL
 from core.data import labels
 from core.data.imaging import ImageReadError, Radiograph, read_image
 from core.data.store import AnnotationStore, ImageRecord
@@ -92,10 +93,11 @@ def make_draft(predictor: Predictor, source: Any, name: str | None = None,
     read_in = box if prediction.box_source == "detector" else None
     if model is not None and prediction.box_source != "detector" and annotator_box is not None:
         read_in = [float(v) for v in annotator_box]
-        located = model.locate(radiograph.pixels, read_in, predictor.detection_threshold)
+        # no confidence floor: the annotator asked for points in this box; how sure the model is stays recorded
+        located = model.locate(radiograph.pixels, read_in, 0.0)
         landmarks = None if located is None else np.asarray(located[0], dtype=float)
-        notes.append("the landmark model read the box you drew" if located is not None else
-                     "the landmark model found no vertebrae in the box you drew")
+        if located is not None:
+            notes.append(f"the landmark model read the box you drew (mean confidence {np.mean(located[1]):.2f})")
     if model is not None and landmarks is not None:
         located = model.locate(radiograph.pixels, read_in, 0.0)
         confidence = None if located is None else np.asarray(located[1], dtype=float)
@@ -231,11 +233,11 @@ def run_labels(args: argparse.Namespace) -> int:
                 curvature_class=args.curvature_class or (draft.curvature_class if draft else None),
                 roi_box=_box(args.box) or (draft.roi_box if draft else None),
                 landmarks=landmarks if landmarks is not None else (draft.landmarks if draft else None),
-                note=args.note, draft=None if draft is None else draft.record())
+                note=args.note, draft=None if draft is None else draft.record(), actor=SHELL)
             print(f"saved label {label_id} for image {args.image_id}")
         elif args.action == "review":
             review_id = labels.review(args.label_id, reviewer=args.reviewer, verdict=args.verdict, comment=args.comment,
-                                      curvature_class=args.curvature_class, roi_box=_box(args.box))
+                                      curvature_class=args.curvature_class, roi_box=_box(args.box), actor=SHELL)
             print(f"review {review_id}: label {args.label_id} {args.verdict}")
         elif args.action == "agreement":
             report = team_report(args.dataset)
