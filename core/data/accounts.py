@@ -20,17 +20,14 @@ import hashlib
 import secrets
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Iterator
 
 from sqlalchemy import (Boolean, Column, DateTime, Integer, MetaData, String, Table, Text, func, insert, select,
                         update)
-from sqlalchemy.engine import Connection
 
 from core import settings
-from core.data.store import _make_engine
+from core.data.store import Database
 
 ROLES = ("annotator", "reviewer", "admin")
 # What each role may do; a role includes everything of the roles before it.
@@ -108,33 +105,13 @@ def idle_limit() -> timedelta:
     return timedelta(minutes=settings.session_idle_minutes())
 
 
-class Accounts:
+class Accounts(Database):
     """Users, sessions and the audit log of one annotation database."""
 
     def __init__(self, url: str | None = None):
-        self.url = url or settings.db_url()
-        self._engine = _make_engine(self.url)
+        super().__init__(url)
         with self._write() as conn:
             metadata.create_all(conn)
-
-    def close(self) -> None:
-        self._engine.dispose()
-
-    def __enter__(self) -> "Accounts":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        with self._engine.connect().execution_options(cervicurve_write=True) as conn, conn.begin():
-            yield conn
-
-    @contextmanager
-    def _read(self) -> Iterator[Connection]:
-        with self._engine.connect() as conn, conn.begin():
-            yield conn
 
     # ------------------------------------------------------------------ mode and users
     def team_mode(self) -> bool:

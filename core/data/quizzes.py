@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import csv
 import io
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Iterator, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from sqlalchemy import (
@@ -43,12 +42,11 @@ from sqlalchemy import (
     insert,
     select,
 )
-from sqlalchemy.engine import Connection
 
 from core import settings
 from core.data.measure import LandmarkError, RuleThresholds, classify_cobb, measure_landmarks
 from core.data.phantom import case_landmarks, generate_case
-from core.data.store import AnnotationStore, _make_engine
+from core.data.store import AnnotationStore, Database
 from core.settings import CLASSES
 
 SOURCES = ("phantom", "dataset")
@@ -285,33 +283,13 @@ def film_pixels(quiz: Quiz, item: QuizItem) -> np.ndarray:
 # ---------------------------------------------------------------- the store
 
 
-class QuizStore:
+class QuizStore(Database):
     """Quizzes and answers in the workspace's annotation database."""
 
     def __init__(self, url: str | None = None):
-        self.url = url or settings.db_url()
-        self._engine = _make_engine(self.url)
+        super().__init__(url)
         with self._write() as conn:
             metadata.create_all(conn)
-
-    def close(self) -> None:
-        self._engine.dispose()
-
-    def __enter__(self) -> "QuizStore":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        with self._engine.connect().execution_options(cervicurve_write=True) as conn, conn.begin():
-            yield conn
-
-    @contextmanager
-    def _read(self) -> Iterator[Connection]:
-        with self._engine.connect() as conn, conn.begin():
-            yield conn
 
     # -- writes
 

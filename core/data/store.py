@@ -319,20 +319,18 @@ def _make_engine(url: str) -> Engine:
     return engine
 
 
-class AnnotationStore:
-    """Images and labels of every dataset in the workspace."""
+class Database:
+    """One engine on the annotation database and the transaction discipline every part of it shares (the store,
+    accounts, quizzes): writes one at a time (``_write``), reads in a transaction (``_read``)."""
 
     def __init__(self, url: str | None = None):
         self.url = url or settings.db_url()
         self._engine = _make_engine(self.url)
-        self._ensure_schema()
-
-    # -- lifecycle
 
     def close(self) -> None:
         self._engine.dispose()
 
-    def __enter__(self) -> "AnnotationStore":
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
@@ -347,6 +345,14 @@ class AnnotationStore:
     def _read(self) -> Iterator[Connection]:
         with self._engine.connect() as conn, conn.begin():
             yield conn
+
+
+class AnnotationStore(Database):
+    """Images and labels of every dataset in the workspace."""
+
+    def __init__(self, url: str | None = None):
+        super().__init__(url)
+        self._ensure_schema()
 
     def _ensure_schema(self) -> None:
         with self._write() as conn:
