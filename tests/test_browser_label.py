@@ -105,6 +105,21 @@ class LabelPage:
                 self.page.mouse.click(*self.at(view, x, y))
                 self.text(shown)
 
+    def points_placed(self) -> int:
+        """The page's count of placed points, once the page has settled (two reads a second apart agree)."""
+        def read() -> int:
+            self.wait_idle()
+            caption = self.page.get_by_text("points placed:").first.inner_text()
+            return int(caption.split("points placed: ")[1].split(" ")[0])
+
+        last = read()
+        while True:
+            self.page.wait_for_timeout(1000)
+            now = read()
+            if now == last:
+                return now
+            last = now
+
     def wait_idle(self) -> None:
         self.page.wait_for_timeout(200)
         self.page.locator("[data-testid='stStatusWidget']").wait_for(state="hidden", timeout=60_000)
@@ -190,13 +205,16 @@ def accept_draft(ui: LabelPage, case, number: int, total: int, image_id: int, st
         ui.drag(ui.at(view, x1, y1), ui.at(view, x2, y2))
         ui.wait_idle()
         draft = pre_annotate([round(v, 2) for v in case.roi_box])
+    placed = ui.points_placed()
+    if placed != 23:
+        draft.landmarks = None  # the page's draft brought no points (the page is the truth here)
     off = [] if draft.landmarks is None else [
         k for k, point in enumerate(np.asarray(draft.landmarks, dtype=float))
         if not np.isfinite(point).all() or np.hypot(*(point - case.landmarks[k])) > 2]
     if draft.landmarks is None or len(off) > 6:
         # no points, or a draft too far off to fix one by one (its points crowd each other, so a drag can grab
         # the wrong one): clear them and click all 23, as an annotator would
-        if draft.landmarks is not None:
+        if placed:
             ui.button("label_clear").click()
             ui.text("(1 of 23)")
             ui.wait_idle()
