@@ -320,3 +320,22 @@ def test_a_cancel_that_lands_in_a_finaliser_is_not_lost():
             reached_the_end = True
     assert reached_the_end
     assert signal.getsignal(signal.SIGTERM) is before  # the previous handler is back
+
+
+def test_a_cancel_held_over_a_checkpoint_window_lands_after_it(tmp_path):
+    """Ultralytics writes last.pt before our metrics row; a SIGTERM in that window must wait for the row, so a
+    resume never starts after an epoch that has no row (CI once saw epochs 1, 2, 3, 5, 6)."""
+    import time
+
+    from core.runs import layout
+    from core.runs.recorder import RunCancelled, RunRecorder
+
+    with pytest.raises(RunCancelled), RunRecorder(tmp_path / "run", "detect", ["mAP50"]) as run:
+        run.hold_cancel()
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the handler has run and raised nothing
+        run.append_metrics({"epoch": 4, "mAP50": 0.5})
+        run.release_cancel()  # the held cancel is raised here, and the recorder ends the run as cancelled
+        raise AssertionError("release_cancel() did not raise the held cancel")
+    assert layout.read_status(tmp_path / "run")["state"] == "cancelled"
+    assert [r["epoch"] for r in run.metrics_rows()] == ["4"]

@@ -115,6 +115,17 @@ class RunRecorder:
         if self.cancel is not None:
             self.cancel.check()
 
+    def hold_cancel(self) -> None:
+        """From here until ``release_cancel()`` a SIGTERM is remembered, not raised: for a window in which a
+        trainer we do not own saves its checkpoint before our metrics row, so a cancel cannot fall between them."""
+        if self.cancel is not None:
+            self.cancel.held = True
+
+    def release_cancel(self) -> None:
+        if self.cancel is not None:
+            self.cancel.held = False
+            self.cancel.check()
+
     # ------------------------------------------------------------------ files
     def write_config(self, config: Mapping[str, Any]) -> None:
         if self.active:
@@ -233,6 +244,7 @@ class CancelRequest:
     def __init__(self, exception: type[BaseException]):
         self.exception = exception
         self.requested = False
+        self.held = False  # see RunRecorder.hold_cancel
 
     def check(self) -> None:
         if self.requested:
@@ -255,6 +267,8 @@ def cancel_on_sigterm(exception: type[BaseException] = RunCancelled):
 
     def handler(signum, frame):
         request.requested = True
+        if request.held:
+            return  # raised by release_cancel(), once the window it guards is closed
         while frame is not None:
             if frame.f_code.co_name == "__del__":
                 return  # raising here would only print "Exception ignored"; check() raises it later

@@ -420,9 +420,13 @@ class _EpochRecorder:
 
     def attach(self, yolo) -> None:
         def on_train_epoch_start(trainer):
+            self.run.release_cancel()  # an epoch redone after a NaN never reached on_fit_epoch_end
             self._epoch_started = time.time()
 
         def on_train_epoch_end(trainer):
+            # Ultralytics validates and writes last.pt before on_fit_epoch_end: a cancel in between would resume
+            # after an epoch that has no metrics row (seen in CI: epochs 1, 2, 3, 5, 6)
+            self.run.hold_cancel()
             self._pending_epoch = True
 
         yolo.add_callback("on_train_epoch_start", on_train_epoch_start)
@@ -458,6 +462,7 @@ class _EpochRecorder:
                               message=f"epoch {epoch}/{epochs}: {name} " + ("n/a" if primary is None else f"{primary:.4f}"))
         if self.progress_callback is not None:
             self.progress_callback(epoch, epochs, dict(row))
+        self.run.release_cancel()
 
     def seconds_per_epoch(self) -> float | None:
         """Mean train + validation time of one epoch (setup and the final validation left out)."""
