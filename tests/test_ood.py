@@ -113,10 +113,36 @@ def test_a_finished_run_stores_its_reference_and_a_prediction_is_scored_against_
     record = json.loads(json.dumps(outside.to_json()))
     assert record["out_of_distribution"] is True and record["ood_score"] == outside.ood_score
     assert record["probabilities_calibrated"] is False and record["ood_reasons"]
+    # the Label page's "most uncertain first" counts how unlike the training films a film is, not only the
+    # entropy of probabilities that the flag has already capped
+    from dataclasses import replace
+
+    from core.inference.drafts import make_draft
+
+    draft = make_draft(predictor, noise)
+    assert draft.ood_score == pytest.approx(outside.ood_score) and draft.record()["ood_score"] == pytest.approx(
+        outside.ood_score, abs=1e-4)
+    assert draft.uncertainty > replace(draft, ood_score=None).uncertainty
     # the CAM pass reads the same features as the plain pass
     with_cam = predictor.predict(noise, cam_method="gradcam")
     assert with_cam.ood_components == pytest.approx(outside.ood_components, rel=1e-4)
     assert set(with_cam.probabilities) == set(CLASSES)
+
+
+def test_the_svm_carries_a_reference_on_its_own_hog_features(tiny, tmp_path):
+    from core.inference.pipeline import Predictor
+
+    run_dir = classify.train(configs.load_config(None, FAST + ["model=svm"]))
+    meta = torch.load(run_dir / "best.pt", weights_only=True)["meta"]
+    assert {"ood_reference", "ood_image_reference"} <= set(meta)
+    noise = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (64, 64), dtype=np.uint8)).save(noise)
+    predictor = Predictor(run_dir, detector=False, landmarks=False)
+    inside = predictor.predict(tiny.parent / "tiny-source" / "images" / "P001.png", cam_method=None)
+    outside = predictor.predict(noise, cam_method=None)
+    assert set(outside.ood_components) == {"features", "image"}
+    assert outside.ood_components["features"] > inside.ood_components["features"] and outside.out_of_distribution
+    assert not any("no out-of-distribution reference" in note for note in outside.notes)
 
 
 def test_a_classifier_without_a_reference_says_so(tiny):
@@ -157,6 +183,13 @@ def test_a_hidden_c7_is_left_out_and_c2_to_c6_still_measured():
     record = json.loads(json.dumps(partial.as_dict(), allow_nan=False))  # nan is None: valid JSON
     assert record["cobb_c2c7"] is None and record["cobb_c2c6"] == pytest.approx(full.cobb_c2c6, abs=1e-3)
     assert implausible(partial) is None
+    from types import SimpleNamespace
+
+    from core.inference.report import report_lines
+
+    line = report_lines(SimpleNamespace(measurements=partial, agreement=True, box_source="detector", model="m"),
+                        "")[0]
+    assert line.startswith(f"Cobb C2–C6 {partial.cobb_c2c6:+.1f}° (C7 not seen)") and "nan" not in line  # PNG report
     # any other gap is not measured
     points[5] = np.nan
     with pytest.raises(LandmarkError, match="C3 bottom left"):

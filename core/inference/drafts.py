@@ -38,20 +38,27 @@ class Draft:
     landmark_confidence: np.ndarray | None   # (23,) in [0, 1]
     models: dict[str, str]                   # which models made it (checkpoint paths under the workspace)
     notes: list[str] = field(default_factory=list)
+    ood_score: float | None = None           # the pipeline's out-of-distribution score (1 = its threshold)
 
     @property
     def uncertainty(self) -> float:
-        entropy = class_entropy(self.probabilities)
+        """0 sure .. 1 lost: the mean of the class entropy, the landmarks' unsureness and how unlike the training
+        films this one is (the OOD score over twice its threshold). The entropy alone misses the worst films: the
+        classifier is often most sure on a film unlike any it was trained on."""
+        parts = [class_entropy(self.probabilities)]
         if self.landmark_confidence is not None:
-            return (entropy + 1.0 - float(np.clip(np.mean(self.landmark_confidence), 0, 1))) / 2
-        if self.models.get("landmarks"):  # a landmark model that found no spine is as unsure as it gets
-            return (entropy + 1.0) / 2
-        return entropy
+            parts.append(1.0 - float(np.clip(np.mean(self.landmark_confidence), 0, 1)))
+        elif self.models.get("landmarks"):  # a landmark model that found no spine is as unsure as it gets
+            parts.append(1.0)
+        if self.ood_score is not None:
+            parts.append(float(np.clip(self.ood_score / 2, 0, 1)))
+        return float(np.mean(parts))
 
     def record(self) -> dict:
         """What the store keeps with a reading that started from this draft."""
         return {"models": dict(self.models), "curvature_class": self.curvature_class,
                 "probabilities": {k: round(float(v), 4) for k, v in self.probabilities.items()},
+                "ood_score": None if self.ood_score is None else round(float(self.ood_score), 4),
                 "roi_box": None if self.roi_box is None else [round(float(v), 2) for v in self.roi_box],
                 "landmarks": None if self.landmarks is None else
                 [[None if not math.isfinite(v) else round(float(v), 2) for v in row] for row in self.landmarks.tolist()]}
@@ -105,7 +112,7 @@ def make_draft(predictor: Predictor, source: Any, name: str | None = None,
                  roi_box=box, landmarks=landmarks, landmark_confidence=confidence,
                  models={"classifier": _relative(predictor.classifier_path), "detector": _relative(predictor.detector_path),
                          "landmarks": _relative(predictor.landmarks_path)},
-                 notes=notes)
+                 notes=notes, ood_score=prediction.ood_score)
 
 
 def image_file(image: ImageRecord) -> Path:

@@ -318,10 +318,12 @@ class Predictor:
         lap("cam")
 
         curvature_class = self.classes[index]
+        if self.ood_reference is not None and self.meta.get("kind") == "sklearn":
+            features = [self.model.features(crop.numpy())]  # the SVM's own features: the HOG it classifies
         feature_ratio = float(self.ood_reference.ratio(features[0])[0]) if features else None
         image_ratio = (float(self.image_reference.ratio(ood.crop_statistics(crop[0].numpy()))[0])
                        if self.image_reference is not None else None)
-        if self.ood_reference is None and self.meta.get("kind") != "sklearn":
+        if self.ood_reference is None:
             notes.append("this classifier carries no out-of-distribution reference (trained before it existed): "
                          "retrain it to learn whether a film is unlike its training films")
         unlike = ood.assess(feature_ratio, landmark_confidence,

@@ -125,11 +125,19 @@ def provenance(predictor) -> str:
     return " · ".join(parts)
 
 
+def _angle_text(m) -> str:
+    # C7 hidden behind the shoulders: the angle measured is C2-C6, and the C2-C7 one is not a number
+    if m.lowest_level == "C6":
+        return f"Cobb C2–C6 {m.cobb_c2c6:+.1f}° (C7 not seen)"
+    return f"Cobb C2–C7 {m.cobb_c2c7:+.1f}°"
+
+
 def report_lines(prediction, provenance_line: str, quality: str | None = None, truth: str | None = None) -> list[str]:
     m = prediction.measurements
     return [
-        (f"Cobb C2–C7 {m.cobb_c2c7:+.1f}° (rule class {m.rule_class}, "
-         f"{'agrees' if prediction.agreement else 'disagrees'} with the network); CCI {m.cci:.1f} %"
+        (f"{_angle_text(m)} (rule class {m.rule_class}, "
+         f"{'agrees' if prediction.agreement else 'disagrees'} with the network)"
+         + (f"; CCI {m.cci:.1f} %" if math.isfinite(m.cci) else "")
          if m is not None else "No landmark model or no usable vertebrae: no angle measured."),
         f"ROI box from the {prediction.box_source}; model {prediction.model}"
         + (f", demo quality: {quality}" if quality else ""),

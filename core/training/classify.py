@@ -494,29 +494,32 @@ def _finish_run(cfg: ClassifyConfig, run_dir: Path, run: RunRecorder, model: nn.
     best["meta"]["temperature"] = temperature
     log.info("temperature %.3f (validation: %d images)", temperature, len(labels))
     run.update(message="fitting the out-of-distribution reference")
-    best["meta"].update(_ood_references(cfg, model, splits[cfg.train_split], val_set, runtime))
+    best["meta"].update(_ood_references(
+        cfg, lambda data: penultimate_features(model, _eval_loader(cfg, data, runtime), runtime), 0,
+        splits[cfg.train_split], val_set.samples, val_set.size))
     run.save("best.pt", best)
     _report_test(cfg, run_dir, run, splits, best["meta"])
 
 
-def _ood_references(cfg: ClassifyConfig, model: nn.Module, train_samples: Sequence[Sample], val_set: CropDataset,
-                    runtime: Runtime) -> dict:
+def _ood_references(cfg: ClassifyConfig, features_of: Callable[[CropDataset], np.ndarray], feature_folds: int,
+                    train_samples: Sequence[Sample], val_samples: Sequence[Sample], size: int) -> dict:
     """The model's own training data as the reference every prediction is scored against (core.evaluation.ood):
-    penultimate features and pixel statistics of the un-augmented training crops, thresholds from validation."""
+    its features (``features_of``: a network's penultimate layer, the SVM's HOG) and pixel statistics of the
+    un-augmented training crops, thresholds from validation. ``feature_folds``: cross-fitting for features the
+    model did not learn (0 for a network's: its own training crops are not held-out)."""
     from core.evaluation import ood
 
-    train_set = CropDataset(train_samples, val_set.size, cfg.roi_margin, None, cfg.cache_mb)
+    train_set = CropDataset(train_samples, size, cfg.roi_margin, None, cfg.cache_mb)
     # Thresholds come from validation crops framed as a prediction frames them: the box of predicted landmarks or
     # a detector, a few percent off the true one (measured: 10 % of held-out phantoms over a threshold fitted on
     # true boxes, against 2.5 % meant).
-    framing = RoiJitter(val_set.size, context_inner(cfg.roi_margin), 0.0, 0.05, 0.03)
-    val_framed = CropDataset(val_set.samples, val_set.size, cfg.roi_margin, framing, cfg.cache_mb)
+    framing = RoiJitter(size, context_inner(cfg.roi_margin), 0.0, 0.05, 0.03)
+    val_framed = CropDataset(val_samples, size, cfg.roi_margin, framing, cfg.cache_mb)
     references = {}
     # pixel statistics do not come from the network, so training crops held out by fold count as held-out too
     for key, cross_fit, describe in (
-            ("ood_reference", 0, lambda data: penultimate_features(model, _eval_loader(cfg, data, runtime), runtime)),
-            ("ood_image_reference", 5, lambda data: ood.crop_statistics(
-                np.stack([data[i][0][0].numpy() for i in range(len(data))])))):
+            ("ood_reference", feature_folds, features_of),
+            ("ood_image_reference", 5, lambda data: ood.crop_statistics(_crop_stack(data)))):
         seed_everything(cfg.seed)  # the same framing draws for both references
         train, val = describe(train_set), describe(val_framed)
         try:
@@ -529,6 +532,10 @@ def _ood_references(cfg: ClassifyConfig, model: nn.Module, train_samples: Sequen
                  reference.quantile * 100, len(val))
         references[key] = reference.to_meta()
     return references
+
+
+def _crop_stack(data: CropDataset) -> np.ndarray:
+    return np.stack([data[i][0][0].numpy() for i in range(len(data))])
 
 
 def feature_layer(model: nn.Module) -> nn.Module:
@@ -611,6 +618,11 @@ def _fit_sklearn(cfg: ClassifyConfig, run_dir: Path, run: RunRecorder, items) ->
     meta = _meta(cfg, input_size, {}, run_dir, epoch=1, best_metric=best_metric, best_epoch=1,
                  metrics={k: row[k] for k in ("train_loss", "val_loss", "val_acc", "val_macro_f1")},
                  n_parameters=count_parameters(model))
+    if val_samples:
+        run.update(message="fitting the out-of-distribution reference")
+        # HOG is not learned: training crops held out by fold count as held-out for its threshold
+        meta.update(_ood_references(cfg, lambda data: model.features(_crop_stack(data)), 5, train_samples,
+                                    val_samples, input_size))
     payload = {"state_dict": svm_to_tensors(model), "meta": meta}
     run.save("best.pt", payload)
     run.save("last.pt", payload)
