@@ -23,7 +23,7 @@ from ui.imagery import thumbnail_png
 workspace = frame("Data")
 
 LAYOUTS = {
-    "folder": "Class folders (zip): <class>/<image>, class names such as normal / straight / kyphotic",
+    "folder": "Films (zip): unlabeled, or in class folders <class>/<image> (normal / straight / kyphotic ...)",
     "csv": "CSV manifest + images (zip): path,label,patient_id[,x1,y1,x2,y2][,split]",
     "yolo": "YOLO (zip): data.yaml, images/<split>, labels/<split>",
     "coco": "COCO (zip): annotation JSON + images",

@@ -50,6 +50,11 @@ def test_icc_matches_the_anova_formulas():
     assert icc(ratings, "ICC(1,1)") == pytest.approx(icc1, abs=1e-9)
     assert icc(ratings, "ICC(A,1)") == pytest.approx(icc_a1, abs=1e-9)
     assert icc(ratings[:1]) is None and icc(np.ones((4, 2))) is None
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # two annotators who agree exactly: no 'divide by zero' on the CLI either
+        assert icc(np.array([[10.0, 10.0], [20.0, 20.0], [-5.0, -5.0]])) == 1.0
 
 
 def test_bland_altman_and_landmark_distance():

@@ -88,16 +88,16 @@ def test_folder_import_maps_synonyms_reads_sidecars_and_reports_bad_files(worksp
 
     report = importers.import_folder(src, dataset="tree", store=store)
 
-    assert report.imported == 4
+    assert report.imported == 5
     reasons = dict(report.skipped)
-    assert set(reasons) == {"normal/broken.png", "normal/dup.png", "misc/e.png"}
+    assert set(reasons) == {"normal/broken.png", "normal/dup.png"}
     assert "broken.png" in reasons["normal/broken.png"]
     assert "same image as lordotic/a.png" == reasons["normal/dup.png"]
-    assert "not inside a class folder" in reasons["misc/e.png"]
+    assert any("1 film(s) in no class folder" in note for note in report.notes)  # misc/e.png: to label
 
     by_source = {Path(i.source).name: i for i in store.current_labels("tree")}
     assert {k: v.curvature_class for k, v in by_source.items()} == {
-        "a.png": "normal", "b.png": "straightened", "c.png": "reversed", "d.png": "normal"}
+        "a.png": "normal", "b.png": "straightened", "c.png": "reversed", "d.png": "normal", "e.png": None}
     assert by_source["d.png"].patient_id == "P7" and by_source["a.png"].patient_id == "a"
     stored = workspace / by_source["a.png"].path
     sha = hashlib.sha256(a.read_bytes()).hexdigest()
@@ -106,8 +106,8 @@ def test_folder_import_maps_synonyms_reads_sidecars_and_reports_bad_files(worksp
     assert (by_source["a.png"].width, by_source["a.png"].height) == (96, 128)
 
     again = importers.import_folder(src, dataset="tree", store=store)
-    assert (again.imported, again.updated, again.unchanged) == (0, 0, 4)
-    assert sum(len(store.history(i.image_id)) for i in store.images("tree")) == 4
+    assert (again.imported, again.updated, again.unchanged) == (0, 0, 5)
+    assert sum(len(store.history(i.image_id)) for i in store.images("tree")) == 4  # the unlabeled film has none
 
 
 def test_progress_reports_each_checked_image_then_the_commit(workspace, tmp_path, store):
@@ -115,7 +115,7 @@ def test_progress_reports_each_checked_image_then_the_commit(workspace, tmp_path
     for n, cls in enumerate(["normal", "straight", "kyphotic"]):
         write_png(src / cls / f"p{n}.png", n)
     (src / "normal" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
-    write_png(src / "misc" / "outside.png", 9)  # refused before checking: not counted
+    write_png(src / "misc" / "outside.png", 9)  # checked too: it comes in unlabeled
     calls = []
 
     def progress(done: int, total: int, name: str) -> None:
@@ -124,9 +124,9 @@ def test_progress_reports_each_checked_image_then_the_commit(workspace, tmp_path
 
     report = importers.import_folder(src, dataset="tree", store=store, progress=progress)
 
-    assert report.imported == 3
-    checked = ["kyphotic/p2.png", "normal/broken.png", "normal/p0.png", "straight/p1.png"]
-    assert calls == [(n, 4, name, 0) for n, name in enumerate(checked, start=1)] + [(4, 4, "", 3)]
+    assert report.imported == 4
+    checked = ["kyphotic/p2.png", "misc/outside.png", "normal/broken.png", "normal/p0.png", "straight/p1.png"]
+    assert calls == [(n, 5, name, 0) for n, name in enumerate(checked, start=1)] + [(5, 5, "", 4)]
 
 
 def test_missing_source_is_a_clear_error(workspace, tmp_path):

@@ -386,21 +386,19 @@ def _is_file(path: Path) -> bool:
 def import_folder(src: str | Path, *, dataset: str | None = None, store: AnnotationStore | None = None,
                   annotator: str | None = None,
                   progress: ProgressCallback | None = None, origin: str | None = None) -> ImportReport:
-    """A class-per-folder tree: ``SRC/<class>/**/<image>`` with class names or synonyms as folder names.
+    """A folder of films, classed by folder where it is a class-per-folder tree (``SRC/<class>/**/<image>``, class
+    names or synonyms as folder names). Films in no class folder come in unlabeled, to be labeled on the Label
+    page: that is how a team's own films usually arrive.
 
     A JSON sidecar ``<image stem>.json`` may give ``patient_id`` (else the file stem is the patient) and,
     when it is a Labelme file, the 23 landmarks.
     """
-    src = _require_dir(Path(src), "class folder tree")
+    src = _require_dir(Path(src), "folder of films")
     candidates, skipped = [], []
     for path in _image_files(src):
         name = _relative_name(path, src)
         folders = path.relative_to(src).parts[:-1]
         curvature_class = next((parse_class(f) for f in reversed(folders) if parse_class(f)), None)
-        if curvature_class is None:
-            skipped.append((name, "not inside a class folder (normal, straightened, reversed or a synonym "
-                                  "such as lordotic, straight, kyphotic)"))
-            continue
         cand = _Candidate(file=path, name=name, patient_id=path.stem, curvature_class=curvature_class)
         sidecar = path.with_suffix(".json")
         try:
@@ -411,8 +409,13 @@ def import_folder(src: str | Path, *, dataset: str | None = None, store: Annotat
             skipped.append((name, str(error)))
             continue
         candidates.append(cand)
-    return _run_import(candidates, skipped, source=src, kind="folder", dataset=dataset, store=store,
-                       annotator=annotator, progress=progress, origin=origin)
+    report = _run_import(candidates, skipped, source=src, kind="folder", dataset=dataset, store=store,
+                         annotator=annotator, progress=progress, origin=origin)
+    unlabeled = sum(1 for c in candidates if c.curvature_class is None)
+    if unlabeled:
+        report.notes.append(f"{unlabeled} film(s) in no class folder (normal, straightened, reversed or a synonym "
+                            "such as lordotic, straight, kyphotic) came in unlabeled: label them on the Label page")
+    return report
 
 
 def _apply_sidecar(cand: _Candidate, sidecar: Path) -> None:

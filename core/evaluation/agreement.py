@@ -47,9 +47,13 @@ def icc(ratings: np.ndarray, kind: str = "ICC(1,1)") -> float | None:
         return None
     if np.ptp(ratings) == 0:
         return None  # no variance at all: the ICC is 0/0
+    if np.all(np.ptp(ratings, axis=1) == 0):
+        return 1.0  # every rater gave every image the same value: no error variance, perfect agreement (pingouin: x/0)
     frame = pd.DataFrame([(i, j, v) for i, row in enumerate(ratings) for j, v in enumerate(row)],
                          columns=["image", "rater", "value"])
-    table = pingouin.intraclass_corr(frame, targets="image", raters="rater", ratings="value")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # its F-test intervals divide by a near-zero error term
+        table = pingouin.intraclass_corr(frame, targets="image", raters="rater", ratings="value")
     value = float(table.set_index("Type").loc[kind, "ICC"])
     return value if math.isfinite(value) else None
 
