@@ -2,8 +2,8 @@
 
 The mouse drags each film's C2-C7 box and clicks its 23 landmarks (one film on the zoomed view), picks the class and
 saves; the database must hold box and points within 2 px of the clicks, in full-image pixels. Then the labels are
-exported from the page, a detector, a landmark model and a classifier are trained on them through core runs
-(`python -m core train`), promoted, and more films are labeled starting from their drafts (points off by more than
+exported from the page, a detector, a landmark model and a classifier are trained on them from the Train page,
+promoted, and more films are labeled starting from their drafts (points off by more than
 2 px dragged to place on the canvas in edit mode, or, for a draft off at more than 6 points, cleared and clicked
 afresh). Seconds per film with and without pre-annotation and the distance
 between the draft and the saved points are printed (and written to $CERVICURVE_LABEL_TIMING when set).
@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,9 +26,10 @@ import pytest
 from test_browser import CHROMIUM, CHROMIUM_ARGS, NOTICE, keep_screenshot, start_server, stop_server
 from test_labels import unlabeled_phantoms
 
-ROOT = Path(__file__).resolve().parents[1]
 BY_HAND = int(os.environ.get("CERVICURVE_LABEL_FILMS", "9"))
 WITH_DRAFT = 4
+TASK_OPTIONS = {"detect": "Detect (C2–C7 box)", "landmarks": "Landmarks (23 points)",
+                "classify": "Classify (curvature class)"}
 
 pytestmark = [
     pytest.mark.browser,
@@ -243,17 +243,45 @@ def accept_draft(ui: LabelPage, case, number: int, total: int, image_id: int, st
     return seconds
 
 
-def train(config: str, home: Path, *overrides: str) -> Path:
-    """`python -m core train --config ...` in the foreground; returns the run folder."""
+def train_on_page(page, url: str, task: str, model: str, fields: dict[str, str], extra: tuple[str, ...] = ()) -> Path:
+    """Start a run from the Train page on the labeled films (task, dataset, model, the main fields, other keys),
+    as a user would, and wait until it finishes; returns the run folder."""
     from core.runs import layout
 
-    env = dict(os.environ, CERVICURVE_HOME=str(home), OMP_NUM_THREADS="2", OMP_WAIT_POLICY="PASSIVE")
     before = {run.run_id for run in layout.list_runs()}
-    done = subprocess.run([sys.executable, "-m", "core", "train", "--config", config, "dataset=films", *overrides],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    (run,) = [run for run in layout.list_runs() if run.run_id not in before]
-    return layout.resolve_run(run.run_id)
+    page.goto(f"{url}/train")
+    page.get_by_text(NOTICE).first.wait_for(timeout=60_000)
+    for key, option in (("train_task", TASK_OPTIONS[task]), ("train_dataset", "films"),
+                        ("train_model" if task == "classify" else f"train_model_{task}", model)):
+        page.locator(f".st-key-{key} [role=combobox]").click()
+        page.get_by_role("option", name=re.compile(f"^{re.escape(option)}( —|$)")).click()  # "cnn — ..." too
+        page.wait_for_timeout(600)
+    for label, value in fields.items():
+        box = page.get_by_label(label, exact=True)
+        box.fill(value)
+        box.press("Enter")
+        page.wait_for_timeout(400)
+    if extra:
+        area = page.get_by_label("Other keys (one key=value per line)")
+        area.fill("\n".join(extra))
+        area.press("Control+Enter")
+        page.wait_for_timeout(600)
+    start = page.get_by_role("button", name="Start")
+    start.wait_for(timeout=30_000)
+    assert start.is_enabled(), page.locator("[data-testid='stAlert']").all_inner_texts()
+    start.click()
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        new = [run for run in layout.list_runs() if run.run_id not in before]
+        if new and layout.read_status(new[0].run_dir)["state"] not in ("queued", "running"):
+            break
+        time.sleep(1)
+    (run,) = new
+    run_dir = Path(run.run_dir)
+    status = layout.read_status(run_dir)
+    assert status["state"] == "done", (run_dir / "train.log").read_text()[-3000:]
+    page.get_by_text("Done —").first.wait_for(timeout=60_000)  # the live view says so too
+    return run_dir
 
 
 @pytest.fixture(scope="module")
@@ -315,15 +343,21 @@ def test_label_by_mouse_export_train_and_label_from_drafts(browser, tmp_path, mo
 
         from core.runs import promotion
 
+        # train a detector, a landmark model and a classifier on those labels from the Train page
         started = time.monotonic()
-        detector = train("configs/detect.yaml", home, "epochs=30", "imgsz=128", "batch=8", "device=cpu", "patience=30")
-        landmarks = train("configs/landmarks.yaml", home, "epochs=25", "input_size=64", "batch_size=8", "device=cpu",
-                          "widths=[8,16,24,32,48]", "film=0", "mirror_average=false")
-        classifier = train("configs/classify.yaml", home, "model=cnn", "epochs=3", "input_size=32", "batch_size=8",
-                           "device=cpu", "workers=0", "n_boot=0", "augment=false", "warmup_epochs=0")
+        train_tab = browser.new_page(viewport={"width": 1500, "height": 1300})  # the Label tab keeps its session
+        detector = train_on_page(train_tab, url, "detect", "yolov8n.yaml",
+                                 {"epochs": "30", "imgsz": "128", "batch": "8", "device": "cpu", "patience": "30"})
+        landmarks = train_on_page(train_tab, url, "landmarks", "landmark-unet",
+                                  {"epochs": "25", "input_size": "64", "batch_size": "8", "device": "cpu"},
+                                  ("widths=[8,16,24,32,48]", "film=0", "mirror_average=false"))
+        classifier = train_on_page(train_tab, url, "classify", "cnn",
+                                   {"epochs": "3", "input_size": "32", "batch_size": "8", "device": "cpu",
+                                    "augment": "false", "warmup_epochs": "0"}, ("workers=0", "n_boot=0"))
         for run in (detector, landmarks, classifier):
             promotion.promote(run)
         timing["training_seconds"] = round(time.monotonic() - started, 1)
+        train_tab.close()
 
         # label the rest starting from the promoted models' drafts
         page.locator(".st-key-label_section label").filter(has_text="Annotate").click()
