@@ -38,15 +38,20 @@ def postgres_url():
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def database(request, workspace, monkeypatch) -> str:
-    """The same test on both stores: the workspace's SQLite file, then an empty database on the PostgreSQL server."""
+def database(request, workspace, monkeypatch):
+    """The same test on both stores: the workspace's SQLite file, then a new, empty database of its own on the
+    session's PostgreSQL server (``CERVICURVE_DB`` points at it; dropped afterwards). A test that holds only on
+    SQLite files says so with ``@pytest.mark.parametrize("database", ["sqlite"], indirect=True)``."""
     if request.param == "sqlite":
         from core import settings
 
-        return settings.db_url()
+        yield settings.db_url()
+        return
     import postgres_server
 
-    url = request.getfixturevalue("postgres_url")
-    postgres_server.reset(url)
+    url = postgres_server.create_database(request.getfixturevalue("postgres_url"))
     monkeypatch.setenv("CERVICURVE_DB", url)
-    return url
+    yield url
+    postgres_server.drop_database(url)
+    # Nothing went around CERVICURVE_DB to the workspace's SQLite file.
+    assert not (workspace / "cervicurve.db").exists(), "a SQLite store was opened in a PostgreSQL test"

@@ -46,7 +46,7 @@ def canvas_key(at: AppTest) -> str:
 
 
 @pytest.fixture()
-def films(workspace):
+def films(database, workspace):  # each page test on SQLite, then on PostgreSQL
     return unlabeled_phantoms(workspace, 3)
 
 

@@ -25,9 +25,10 @@ def model_home(tmp_path_factory) -> Path:
 
 
 @pytest.fixture()
-def with_model(model_home, monkeypatch) -> Path:
+def with_model(model_home, monkeypatch, request) -> Path:
     monkeypatch.setenv("CERVICURVE_HOME", str(model_home))
-    monkeypatch.delenv("CERVICURVE_DB", raising=False)
+    if "database" not in request.fixturenames:  # else: its PostgreSQL database, or (sqlite) none set either
+        monkeypatch.delenv("CERVICURVE_DB", raising=False)  # the home's own SQLite file
     return model_home
 
 
@@ -129,6 +130,7 @@ def create_button(at: AppTest):
     return next(button for button in at.button if button.label == "Create the quiz")  # the form's submit button
 
 
+@pytest.mark.usefixtures("database")  # on SQLite, then on PostgreSQL
 def test_a_quiz_set_answered_and_scored(with_model):
     at = teach_page("Self-test")
     assert any(i.value.startswith("No quiz yet") for i in at.info)
@@ -169,6 +171,7 @@ def test_a_quiz_set_answered_and_scored(with_model):
     assert [b.label for b in at.get("download_button")] == ["Download all answers (CSV)"]
 
 
+@pytest.mark.usefixtures("database")  # on SQLite, then on PostgreSQL
 def test_a_bad_quiz_request_is_a_message(workspace):
     at = teach_page("Self-test")
     at.radio(key="quiz_role").set_value("Set a quiz").run()

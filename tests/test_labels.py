@@ -1,4 +1,5 @@
-"""The labeling engine on a real SQLite file: queue filters, active-learning order, readings, review, the CLI."""
+"""The labeling engine on a real SQLite file and on PostgreSQL (the ``database`` fixture): queue filters,
+active-learning order, readings, review, the CLI."""
 from __future__ import annotations
 
 import json
@@ -40,7 +41,7 @@ def unlabeled_phantoms(home: Path, n: int, *, dataset: str = "films", size: int 
 
 
 @pytest.fixture()
-def films(workspace):
+def films(database, workspace):
     cases = unlabeled_phantoms(workspace, 6)
     store = AnnotationStore()
     ids = [image.image_id for image in store.images("films")]

@@ -1,4 +1,5 @@
-"""The annotation store on a real SQLite file: append-only history, carry-forward, validation, concurrency."""
+"""The annotation store on a real SQLite file and on a PostgreSQL database of its own (the ``database`` fixture):
+append-only history, carry-forward, validation, concurrency."""
 from __future__ import annotations
 
 import subprocess
@@ -11,7 +12,10 @@ import numpy as np
 import pytest
 from sqlalchemy import create_engine, func, select, text
 
+from core import settings
 from core.data.store import AnnotationStore, images_table, labels_table
+
+pytestmark = pytest.mark.usefixtures("database")  # every test on SQLite, then on PostgreSQL
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,6 +42,8 @@ def _row_counts(url: str) -> tuple[int, int]:
     return counts
 
 
+# SQLite only: the WAL and busy-timeout pragmas of the workspace's file
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
 def test_file_is_wal_with_busy_timeout_and_versioned(workspace):
     store = AnnotationStore()
     assert store.url.startswith("sqlite:///") and str(workspace) in store.url
@@ -54,7 +60,7 @@ def test_file_is_wal_with_busy_timeout_and_versioned(workspace):
 
 def test_newer_schema_is_refused(workspace):
     AnnotationStore().close()
-    engine = create_engine(f"sqlite:///{workspace / 'cervicurve.db'}")
+    engine = create_engine(settings.db_url())
     with engine.begin() as conn:
         conn.execute(text("UPDATE schema_info SET version = 99"))
     engine.dispose()
@@ -218,7 +224,7 @@ WORKER = textwrap.dedent(
 
 
 def test_two_processes_saving_at_once_lose_nothing(workspace, tmp_path):
-    url = f"sqlite:///{workspace / 'shared.db'}"
+    url = settings.db_url()  # not created yet: both workers may create the schema at once
     script = tmp_path / "worker.py"
     script.write_text(WORKER.format(root=str(ROOT)))
     go = tmp_path / "go"
@@ -249,6 +255,8 @@ def test_two_processes_saving_at_once_lose_nothing(workspace, tmp_path):
         assert current.roi_box == last_ben.roi_box
 
 
+# SQLite only: a file an older CerviCurve wrote, built with SQLite's own DDL
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
 def test_a_schema_2_file_is_upgraded_in_place_keeping_its_history(workspace):
     """A file written before readings and reviews (schema 2): the new columns and table are added, old rows read
     back with no provenance, and new readings and reviews go in beside them."""

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -11,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from sqlalchemy import create_engine, inspect, text
 
 from core import cli
 from core.data import quizzes
 from core.data.measure import measure_landmarks
 from core.data.store import AnnotationStore
 from core.inference import teaching
-from core.settings import CLASSES
+from core.settings import CLASSES, db_url
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 192  # px: small films keep these tests quick
@@ -107,6 +107,7 @@ def answers_for(quiz: quizzes.Quiz, wrong: set[int]) -> dict[int, str]:
             for item in quiz.items}
 
 
+@pytest.mark.usefixtures("database")  # on SQLite, then on PostgreSQL
 def test_a_phantom_quiz_in_the_annotation_database(workspace):
     made = teaching.create_quiz(title="Week 3", teacher="Dr Ortiz", films=5, seed=7)
     assert [item.position for item in made.items] == [1, 2, 3, 4, 5]
@@ -141,14 +142,17 @@ def test_a_phantom_quiz_in_the_annotation_database(workspace):
     assert rows[0] == "quiz_id,student,film,answer,truth,correct,truth_cobb,model_class,answered_at"
     assert len(rows) == 1 + 10  # the newest answer per student and film
 
-    # Append-only: Ben's first answers are still there; the store's own tables sit in the same file.
+    # Append-only: Ben's first answers are still there; the store's own tables sit in the same database.
     assert AnnotationStore().count_images() == 0
-    with sqlite3.connect(workspace / "cervicurve.db") as conn:
-        assert conn.execute("select count(*) from quiz_answers where student = 'Ben'").fetchone()[0] == 10
-        tables = {row[0] for row in conn.execute("select name from sqlite_master where type = 'table'")}
+    engine = create_engine(db_url())
+    with engine.connect() as conn:
+        assert conn.execute(text("select count(*) from quiz_answers where student = 'Ben'")).scalar() == 10
+    tables = set(inspect(engine).get_table_names())
+    engine.dispose()
     assert {"images", "labels", "quizzes", "quiz_items", "quiz_answers"} <= tables
 
 
+@pytest.mark.usefixtures("database")  # on SQLite, then on PostgreSQL
 def test_bad_quiz_requests_say_what_to_fix(workspace):
     made = teaching.create_quiz(title="Q", teacher="T", films=3, seed=1)
     answers = answers_for(made, wrong=set())
@@ -184,6 +188,7 @@ def add_labeled_phantoms(home: Path, dataset: str, count: int) -> None:
                          landmarks=case.landmarks)
 
 
+@pytest.mark.usefixtures("database")  # on SQLite, then on PostgreSQL
 def test_a_dataset_quiz_takes_labeled_images_and_their_labels(workspace):
     add_labeled_phantoms(workspace, "films", 4)
     made = teaching.create_quiz(title="Real films", teacher="T", films=3, seed=2, dataset="films")
@@ -200,6 +205,7 @@ def test_a_dataset_quiz_takes_labeled_images_and_their_labels(workspace):
         teaching.create_quiz(title="Q", teacher="T", films=5, dataset="films")
 
 
+@pytest.mark.usefixtures("database")  # on SQLite, then on PostgreSQL
 def test_two_processes_answering_at_once_both_land(workspace):
     made = teaching.create_quiz(title="Q", teacher="T", films=3, seed=3)
     answers = ",".join(item.truth_class for item in made.items)
@@ -212,6 +218,7 @@ def test_two_processes_answering_at_once_both_land(workspace):
     assert sorted(s.student for s in teaching.quiz_results(made.quiz_id).students) == ["Ana", "Ben"]
 
 
+@pytest.mark.usefixtures("database")  # on SQLite, then on PostgreSQL
 def test_the_quiz_command_creates_answers_and_reports(workspace, tmp_path, capsys):
     assert cli.main(["quiz", "create", "--films", "5", "--seed", "11", "--title", "CLI quiz", "--no-model"]) == 0
     created = capsys.readouterr().out
