@@ -36,7 +36,8 @@ def test_empty_workspace_offers_the_demo(workspace):
     assert text.count("none promoted") == 3  # classifier, detector, landmarks
     assert str(workspace) in text
     assert at.button(key="build_demo").label == "Build the demo"
-    assert [o.split(" ")[0] for o in at.radio(key="demo_mode").options] == ["Quick", "Full"]
+    assert [o.split(" ")[0] for o in at.radio(key="demo_mode").options] == ["Full", "Quick"]  # full is the default
+    assert at.radio(key="demo_mode").value.startswith("Full")
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -94,7 +95,7 @@ def test_a_demo_started_elsewhere_shows_its_progress(workspace, demo_like_proces
 
 def test_build_the_demo_starts_a_background_process(workspace):
     at = run_app()
-    at.radio(key="demo_mode").set_value(at.radio(key="demo_mode").options[0])
+    at.radio(key="demo_mode").set_value(at.radio(key="demo_mode").options[1])  # quick: the faster process
     at.button(key="build_demo").click().run()
     assert not at.exception and not at.error
     pid = int((workspace / "demo.pid").read_text())

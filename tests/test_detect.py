@@ -231,8 +231,12 @@ def test_landmark_model_trains_on_23_points_and_predicts_them(workspace, tmp_pat
     omp_before = os.environ.get("OMP_NUM_THREADS")
     epochs_seen = []
     report = train_landmark_model(data_yaml, workspace / "runs" / "lm-1", epochs=1, imgsz=96, batch=4,
-                                  device="cpu", progress_callback=lambda e, n, row: epochs_seen.append((e, n)))
+                                  device="cpu", progress_callback=lambda e, n, row: epochs_seen.append(
+                                      (e, n, torch.get_num_threads())))
     assert torch.get_num_threads() == 2 and os.environ.get("OMP_NUM_THREADS") == omp_before
+    # and it trained on both: Ultralytics alone would have set cpu_count - 1 threads (one core of two here)
+    assert epochs_seen == [(1, 1, 2)]
+    epochs_seen = [(e, n) for e, n, _ in epochs_seen]
     assert not (tmp_path / "runs").exists()
     assert epochs_seen == [(1, 1)]
 

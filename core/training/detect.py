@@ -209,11 +209,15 @@ def _yolo_session():
     with _IMPORT_LOCK:
         ultralytics = _import_ultralytics()
         from ultralytics.engine import trainer as trainer_module
+        from ultralytics.utils import torch_utils
 
         if _active_sessions == 0:
             _saved.update(threads=_process_threads(), omp=os.environ.get("OMP_NUM_THREADS"),
-                          check_amp=trainer_module.check_amp)
+                          check_amp=trainer_module.check_amp, yolo_threads=torch_utils.NUM_THREADS)
             trainer_module.check_amp = _offline_amp_check
+            # its select_device() sets torch to cpu_count - 1 threads, i.e. one core of two: train and predict
+            # on the threads this process was given instead
+            torch_utils.NUM_THREADS = _saved["threads"]
         _active_sessions += 1
     try:
         yield ultralytics
@@ -224,6 +228,7 @@ def _yolo_session():
             if _active_sessions == 0:
                 _set_omp(_saved["omp"])
                 trainer_module.check_amp = _saved["check_amp"]
+                torch_utils.NUM_THREADS = _saved["yolo_threads"]
 
 
 def resolve_device(device: str | int | None = "auto") -> str:
