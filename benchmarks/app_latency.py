@@ -75,6 +75,17 @@ def upload_to_result(browser, url: str, image: Path) -> tuple[float, float]:
     return elapsed, engine_s
 
 
+def workspace_or_tiny(home: Path | None, scratch: Path) -> Path:
+    """The workspace asked for, or a tiny one in ``scratch`` with a promoted test classifier (no detector or
+    landmarks): shared by the browser benchmarks."""
+    if home is not None:
+        return home
+    from test_app_predict import promote_tiny_classifier
+
+    promote_tiny_classifier(scratch / "workspace")
+    return scratch / "workspace"
+
+
 def models_of(home: Path) -> str:
     parts = []
     for task in ("classify", "detect", "landmarks"):
@@ -101,12 +112,7 @@ def main() -> int:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
-        home = args.home
-        if home is None:
-            from test_app_predict import promote_tiny_classifier
-
-            home = scratch / "workspace"
-            promote_tiny_classifier(home)
+        home = workspace_or_tiny(args.home, scratch)
         images = []
         for number in range(args.repeats + 1):
             path = scratch / f"film_{args.size}px_{number}.png"

@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from app_latency import models_of  # noqa: E402
+from app_latency import models_of, workspace_or_tiny  # noqa: E402
 from test_browser import CHROMIUM, CHROMIUM_ARGS, NOTICE, start_server, stop_server  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "teach_redraw.md"
@@ -116,12 +116,7 @@ def main() -> int:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
-        home = args.home
-        if home is None:
-            from test_app_predict import promote_tiny_classifier
-
-            home = scratch / "workspace"
-            promote_tiny_classifier(home)
+        home = workspace_or_tiny(args.home, scratch)
         os.environ["CERVICURVE_HOME"] = str(home)
         engine = engine_moves(angles, args.pause)
         with sync_playwright() as playwright:

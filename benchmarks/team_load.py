@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
-from app_latency import film, models_of  # noqa: E402
+from app_latency import film, models_of, workspace_or_tiny  # noqa: E402
 from test_browser import CHROMIUM, CHROMIUM_ARGS, NOTICE, start_server, stop_server  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "team_load.md"
@@ -185,12 +185,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
-        home = args.home
-        if home is None:
-            from test_app_predict import promote_tiny_classifier
-
-            home = scratch / "workspace"
-            promote_tiny_classifier(home)
+        home = workspace_or_tiny(args.home, scratch)
         models = models_of(home) + ("" if args.home else " (the tiny test classifier: 32 px, 1 epoch on 9 phantoms)")
         films = make_films(scratch / "films", args.sessions, args.size)
         warm_up = None if args.cold else make_films(scratch / "warm", 1, args.size, first_seed=800)[0]
