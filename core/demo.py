@@ -290,7 +290,8 @@ def _build(profile: DemoProfile, reporter: _Reporter, seed: int) -> dict:
             reporter.say(f"{done}/{total} images")
 
     phantom.write_phantoms(phantoms, profile.patients, profile.images_per_patient, seed=seed, size=profile.image_size,
-                           formats=("csxa",), progress=phantom_progress, overwrite=True)
+                           formats=("csxa",), progress=phantom_progress, overwrite=True,
+                           workers=settings.cpu_threads())
 
     reporter.begin(2, f"CSXA layout -> dataset {DATASET}")
     imported = importers.import_csxa(phantoms / "csxa", dataset=DATASET, annotator="demo")

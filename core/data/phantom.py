@@ -1093,6 +1093,27 @@ def _save_png(path: Path, case: PhantomCase) -> None:
     Image.fromarray(case.image).save(path, dpi=(dpi, dpi), compress_level=PNG_COMPRESS_LEVEL)
 
 
+def _render(job: tuple) -> PhantomCase:
+    case_seed, size, cls, profile, bit_depth, patient_id, patient_seed, image_path, *_ = job
+    case = generate_case(case_seed, size=size, curvature_class=cls, profile=profile, bit_depth=bit_depth,
+                         patient_id=patient_id, patient_seed=patient_seed)
+    _save_png(image_path, case)
+    return case
+
+
+def _rendered(jobs: list[tuple], workers: int):
+    """The cases of ``jobs`` in order, rendered (and their PNGs saved) here or in ``workers`` processes."""
+    if workers <= 1 or len(jobs) < 2 * workers:
+        yield from map(_render, jobs)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: the caller may be a threaded server (Streamlit) or hold torch's thread pool
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield from pool.map(_render, jobs, chunksize=8)
+
+
 def _patient_plan(patients: int, seed: int, sigmoid_fraction: float) -> list[tuple[str, str]]:
     """(curvature class, profile) per patient: classes balanced and shuffled, some sigmoid shapes."""
     rng = np.random.default_rng([seed, 0x91A])
@@ -1129,19 +1150,22 @@ def write_phantoms(
     dicom_photometric: str = "MONOCHROME2",
     val_fraction: float = 0.2,
     overwrite: bool = False,
+    workers: int = 1,
 ) -> dict:
     """Write a phantom set in the "Phantom output" layout of docs/ARCHITECTURE.md; returns a summary.
 
     Always: ``images/<P0001_01>.png``, ``labels.jsonl``, ``manifest.csv``. ``formats`` adds ``csxa``,
     ``yolo`` (train/val split by patient) and ``dicom``. One curvature per patient; its images vary
     pose, exposure, noise and crop. ``progress(done, total, case)`` is called after every image.
+    ``workers`` > 1 renders in that many processes; the set written is the same byte for byte.
     """
     out = Path(out)
     formats = tuple(dict.fromkeys(formats))
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise PhantomError(f"unknown format(s) {', '.join(map(repr, unknown))}; use {', '.join(FORMATS)}")
-    for name, value, low in (("patients", patients, 1), ("images_per_patient", images_per_patient, 1)):
+    for name, value, low in (("patients", patients, 1), ("images_per_patient", images_per_patient, 1),
+                             ("workers", workers, 1)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
             raise PhantomError(f"{name} must be a whole number >= {low}, got {value!r}")
     if patients > 9999:
@@ -1179,27 +1203,23 @@ def write_phantoms(
             (out / "manifest.csv").open("w", newline="", encoding="utf-8") as manifest_file:
         manifest = csv.writer(manifest_file)
         manifest.writerow(["path", "label", "patient_id", "x1", "y1", "x2", "y2"])
-        for p_index, (cls, profile) in enumerate(plan):
-            patient_id = f"P{p_index + 1:04d}"
-            patient_seed = _derived_seed(seed, p_index)
-            classes[cls] += images_per_patient
-            for k in range(images_per_patient):
-                case = generate_case(_derived_seed(seed, p_index, k + 1), size=size, curvature_class=cls,
-                                     profile=profile, bit_depth=bit_depth, patient_id=patient_id,
-                                     patient_seed=patient_seed)
-                name = f"{patient_id}_{k + 1:02d}"
-                image_path = out / "images" / f"{name}.png"
-                _save_png(image_path, case)
-                labels.write(json.dumps(case.as_label(f"images/{name}.png")) + "\n")
-                manifest.writerow([f"images/{name}.png", case.curvature_class, patient_id,
-                                   *(f"{v:.2f}" for v in case.roi_box)])
-                for writer in writers.values():
-                    writer.add(case, name, image_path, p_index, k, p_index in val)
-                facings[case.facing] += 1
-                hidden += case.c7_hidden
-                done += 1
-                if progress is not None:
-                    progress(done, total, case)
+        jobs = [(_derived_seed(seed, p_index, k + 1), size, cls, profile, bit_depth, f"P{p_index + 1:04d}",
+                 _derived_seed(seed, p_index), out / "images" / f"P{p_index + 1:04d}_{k + 1:02d}.png", p_index, k)
+                for p_index, (cls, profile) in enumerate(plan) for k in range(images_per_patient)]
+        for job, case in zip(jobs, _rendered(jobs, workers)):
+            _, _, cls, _, _, _, _, image_path, p_index, k = job
+            name = image_path.stem
+            classes[cls] += 1
+            labels.write(json.dumps(case.as_label(f"images/{name}.png")) + "\n")
+            manifest.writerow([f"images/{name}.png", case.curvature_class, case.patient_id,
+                               *(f"{v:.2f}" for v in case.roi_box)])
+            for writer in writers.values():
+                writer.add(case, name, image_path, p_index, k, p_index in val)
+            facings[case.facing] += 1
+            hidden += case.c7_hidden
+            done += 1
+            if progress is not None:
+                progress(done, total, case)
     files = {"images": total}
     for name, writer in writers.items():
         files[name] = writer.finish()
