@@ -30,6 +30,15 @@ def test_held_out_in_distribution_features_are_flagged_about_five_percent_and_sh
     assert float(np.mean(reference.ratio(test + wide) > 1)) < 0.15
     crossed = ood.fit_reference(train, val, cross_fit=5)  # 400 more held-out rows for the tail
     assert 0.01 <= float(np.mean(crossed.ratio(test) > 1)) <= 0.05
+    # films are framed less exactly at prediction than the training crops: scoring the held-out folds on framed
+    # copies (here: a little noise) widens the threshold so that framed new films are flagged as rarely
+    framed = train + rng.normal(size=train.shape) * scales * 0.3
+    framed_test = test + rng.normal(size=test.shape) * scales * 0.3
+    widened = ood.fit_reference(train, val, cross_fit=5, cross_fit_rows=framed)
+    assert widened.threshold > crossed.threshold
+    assert float(np.mean(widened.ratio(framed_test) > 1)) < float(np.mean(crossed.ratio(framed_test) > 1))
+    with pytest.raises(ood.OodReferenceError, match="cross-fit"):
+        ood.fit_reference(train, val, cross_fit=5, cross_fit_rows=framed[:, :5])
     again = ood.FeatureReference.from_meta(json.loads(json.dumps(reference.to_meta())))
     assert np.allclose(again.ratio(test[:50]), reference.ratio(test[:50]), rtol=1e-4)
     with pytest.raises(ood.OodReferenceError, match="columns"):

@@ -131,6 +131,43 @@ def test_without_detector_and_landmarks_the_whole_image_is_classified_and_flagge
     assert result.to_json()["measurements"] is None
 
 
+def test_a_low_scored_box_counts_only_when_the_landmarks_in_it_are_sure(home, phantom_files, monkeypatch):
+    # A briefly trained detector places the box well but scores it low; one spine per film makes its best box a
+    # candidate, and the landmark model decides. The tiny models score everything under 0.99.
+    from core.inference import pipeline
+
+    predictor = pipeline.Predictor(detection_threshold=0.99)
+    monkeypatch.setattr(pipeline, "SURE_LANDMARKS", 1.01)  # no landmark set is ever sure enough
+    for path, _ in phantom_files.values():
+        result = predictor.predict(path, cam_method=None)
+        assert result.box_source == "whole image" and result.box_confidence is None
+        assert result.landmarks is None and result.measurements is None and result.agreement is None
+        assert any("its best box scored" in note and "did not confirm" in note for note in result.notes)
+        assert not any(note.startswith("the landmark model") for note in result.notes)
+        assert result.out_of_distribution and result.ood_components["detector"] > 1
+    monkeypatch.setattr(pipeline, "SURE_LANDMARKS", -1.0)  # every landmark set is sure
+    monkeypatch.setattr(pipeline, "implausible", lambda measurements: None)  # and its angle believed
+    # a threshold just over the best box's score (it is also the points' threshold: keep it low)
+    scores = [predictor.detector.detect(case.image / 255.0, pipeline.CANDIDATE_FLOOR)[1]
+              for _, case in phantom_files.values()]
+    predictor.detection_threshold = max(scores) + 1e-3
+    measured = 0
+    for path, _ in phantom_files.values():
+        result = predictor.predict(path, cam_method=None)
+        if result.measurements is None:  # tiny landmarks too scattered to measure: nothing to confirm
+            assert result.box_source == "whole image"
+            continue
+        measured += 1
+        assert result.box_source == "detector" and 0.0 < result.box_confidence < predictor.detection_threshold
+        assert result.ood_components["detector"] == 0.0
+        assert not any("found no cervical spine" in note for note in result.notes)
+    # without a landmark model there is nothing to confirm a candidate: the threshold alone decides
+    alone = pipeline.Predictor(landmarks=False, detection_threshold=0.99).predict(phantom_files["normal"][0],
+                                                                                    cam_method=None)
+    assert alone.box_source == "whole image" and "the detector found no cervical spine" in alone.notes
+    assert measured >= 1
+
+
 def test_impossible_angles_from_predicted_points_are_withheld(phantom_files):
     from core.data.measure import measure_landmarks
     from core.inference.pipeline import implausible

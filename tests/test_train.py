@@ -300,26 +300,39 @@ def test_compare_on_a_tiny_set_writes_the_table(tiny):
         compare.fit({"task": "compare", "models": ["alexnet"], "dataset": "tiny"}, tiny / "cmp2")
 
 
-def test_a_cancel_that_lands_in_a_finaliser_is_not_lost():
-    """Python ignores an exception raised in __del__; a SIGTERM handled there must still cancel the block."""
+def test_a_cancel_that_lands_in_a_finaliser_is_not_lost(monkeypatch):
+    """Python ignores an exception raised in __del__ or a weakref callback (SQLAlchemy's, mid-demo); a SIGTERM
+    handled there must still cancel the block, and print no "Exception ignored" traceback."""
     import time
+    import weakref
 
     from core.runs.recorder import RunCancelled, cancel_on_sigterm
 
-    class SignalledWhileCollected:
-        def __del__(self):
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(0.05)  # the handler runs here, inside the finaliser
+    def signalled(*_):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the handler runs here, inside the finaliser
 
-    before = signal.getsignal(signal.SIGTERM)
-    reached_the_end = False
-    with pytest.raises(RunCancelled):
-        with cancel_on_sigterm() as cancel:
-            SignalledWhileCollected()  # collected at once
-            assert cancel.requested
-            reached_the_end = True
-    assert reached_the_end
-    assert signal.getsignal(signal.SIGTERM) is before  # the previous handler is back
+    class SignalledWhileCollected:
+        __del__ = signalled
+
+    class Collected:
+        pass
+
+    ignored = []  # what Python would print as "Exception ignored in ..."
+    monkeypatch.setattr(sys, "unraisablehook", ignored.append)
+    before, hook = signal.getsignal(signal.SIGTERM), sys.unraisablehook
+    # the finalised object is dropped at once; the weakref itself must live for its callback to run
+    for collect in (lambda: SignalledWhileCollected() and None, lambda: weakref.ref(Collected(), signalled)):
+        reached_the_end = False
+        with pytest.raises(RunCancelled):
+            with cancel_on_sigterm() as cancel:
+                kept = collect()  # the object itself is collected at once
+                assert cancel.requested
+                reached_the_end = True
+        del kept
+        assert reached_the_end
+        assert signal.getsignal(signal.SIGTERM) is before  # the previous handler is back
+    assert ignored == [] and sys.unraisablehook is hook
 
 
 def test_a_cancel_held_over_a_checkpoint_window_lands_after_it(tmp_path):

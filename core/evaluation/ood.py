@@ -97,7 +97,7 @@ def _checked(features, what: str, minimum: int) -> np.ndarray:
 
 
 def fit_reference(train_features, val_features, quantile: float = QUANTILE, components: int = COMPONENTS,
-                  cross_fit: int = 0) -> FeatureReference:
+                  cross_fit: int = 0, cross_fit_rows=None) -> FeatureReference:
     """The reference of ``train_features`` (N x D) with its threshold fitted on held-out ``val_features``.
 
     The threshold comes from held-out data, not training: training crops sit closer to their own mean than any
@@ -105,6 +105,8 @@ def fit_reference(train_features, val_features, quantile: float = QUANTILE, comp
     ``cross_fit`` = K > 1 adds each training row's distance to a reference fitted without its fold: more held-out
     rows for the threshold's tail (a 97.5 % quantile of 72 validation crops is nearly their maximum). Only for
     values that do not come from the model the rows trained (pixel statistics, not a network's features).
+    ``cross_fit_rows`` (aligned with ``train_features``): what each held-out fold is scored on instead of its own
+    rows, e.g. the same crops framed as a prediction frames them.
     """
     if not 0.5 <= quantile < 1.0:
         raise OodReferenceError(f"quantile must lie in [0.5, 1), got {quantile}")
@@ -113,9 +115,12 @@ def fit_reference(train_features, val_features, quantile: float = QUANTILE, comp
     reference = _fitted(train, components, quantile, len(val))
     held_out = [reference.distance(val)]
     if cross_fit > 1 and len(train) >= 2 * cross_fit:
+        scored = train if cross_fit_rows is None else _checked(cross_fit_rows, "cross-fit", len(train))
+        if scored.shape != train.shape:
+            raise OodReferenceError(f"cross-fit rows have shape {scored.shape}, the training rows {train.shape}")
         folds = np.arange(len(train)) % cross_fit
         for fold in range(cross_fit):
-            held_out.append(_fitted(train[folds != fold], components, quantile, 0).distance(train[folds == fold]))
+            held_out.append(_fitted(train[folds != fold], components, quantile, 0).distance(scored[folds == fold]))
     reference.threshold = max(float(np.quantile(np.concatenate(held_out), quantile)), 1e-9)
     return reference
 

@@ -48,6 +48,8 @@ from core.data.measure import (LandmarkError, Measurements, RuleThresholds, meas
 
 LOW_CONFIDENCE = 0.6  # top calibrated probability under this is flagged
 DETECTION_THRESHOLD = 0.25  # detector / landmark model confidence below which nothing is found
+CANDIDATE_FLOOR = 0.001  # a detector box under DETECTION_THRESHOLD but over this waits for the landmarks' verdict
+FRAME_AGREEMENT_IOU = 0.5  # a landmark-implied box this far from the detector's is the landmarks' error, not the box's
 # A C2-C7 angle beyond this means the points are wrong, not the spine: adult lordosis rarely passes 60 deg
 # and kyphosis 40 deg. Keypoint confidences do not catch it (an undertrained pose model reports ~0.9 for
 # points 180 deg off), so the angle itself is the check.
@@ -231,15 +233,22 @@ class Predictor:
         lap("read")
 
         box, box_confidence, box_source = None, None, "whole image"
+        # A lateral film holds one cervical spine, so the detector's best box is a candidate even at a low score:
+        # a detector trained briefly often places it well but scores it low (full demo: 5 of 60 held-out films
+        # at 0.007-0.19, IoU 0.75-0.88). With a landmark model to confirm it, such a box counts only when the
+        # landmarks in it are sure (below); without one, the threshold alone decides.
+        provisional = False
         if self.detector is not None:
-            found = self.detector.detect(pixels, self.detection_threshold)
+            confirmable = self.landmark_model is not None and self.landmark_model.needs_box
+            found = self.detector.detect(pixels, CANDIDATE_FLOOR if confirmable else self.detection_threshold)
             if found is not None:
                 box, box_confidence, box_source = _clip_box(found[0], width, height), float(found[1]), "detector"
+                provisional = box_confidence < self.detection_threshold
             else:
                 notes.append("the detector found no cervical spine")
         lap("detect")
 
-        landmarks = measurements = landmark_confidence = None
+        landmarks = measurements = landmark_confidence = found_points = None
         missing: list[str] = []
         if self.landmark_model is not None and self.landmark_model.needs_box and box_source != "detector":
             notes.append("the landmark model reads the detector's crop and there is no box: no measurements")
@@ -249,7 +258,7 @@ class Predictor:
             # every point with its confidence (threshold 0), then only the unsure ones dropped: fail soft
             found = self.landmark_model.locate(pixels, box, 0.0)
             if found is not None:
-                landmark_confidence = np.asarray(found[1], dtype=np.float64)
+                found_points, landmark_confidence = found[0], np.asarray(found[1], dtype=np.float64)
                 landmarks, missing = visible_points(found[0], landmark_confidence, self.detection_threshold)
                 if np.all(np.isfinite(landmarks), axis=1).sum() < 3:
                     landmarks = None
@@ -273,6 +282,13 @@ class Predictor:
                         box, box_source = roi_box_from_landmarks(landmarks, (width, height)), "landmarks"
                     except LandmarkError:
                         pass
+        if provisional and (measurements is None or float(np.mean(landmark_confidence)) < SURE_LANDMARKS):
+            notes = [n for n in notes if not n.startswith("the landmark model")]
+            notes.append(f"the detector found no cervical spine (its best box scored {box_confidence:.2f}, and the "
+                         "landmark model did not confirm it)")
+            box, box_confidence, box_source = None, None, "whole image"
+            landmarks = measurements = landmark_confidence = found_points = None
+            missing = []
         lap("landmarks")
         if box is None:
             box = [0.0, 0.0, float(width), float(height)]
@@ -281,10 +297,11 @@ class Predictor:
         # The classifier reads the box the landmarks imply when every point is sure: training boxes follow that rule
         # (measure.roi_box_from_landmarks), and a detector box a few pixels off frames the crop differently
         # (quick demo: test accuracy 0.97 on such boxes, 0.38 on the detector's at mean IoU 0.63).
+        # With some points unsure (C7 behind the shoulders) the landmark model's own guesses for them still
+        # frame the crop closer to the training boxes than the detector's box does.
         crop_region = None if box_source == "whole image" else box
-        if (box_source == "detector" and landmarks is not None and not missing and measurements is not None
-                and np.all(np.isfinite(landmarks))):
-            crop_region = roi_box_from_landmarks(landmarks, (width, height))
+        if box_source == "detector" and measurements is not None and found_points is not None:
+            crop_region = _landmark_frame(found_points, box, width, height) or box
         input_size, margin = int(self.meta["input_size"]), float(self.meta.get("roi_margin", 0.05))
         crop = crops.classifier_crop(pixels, crop_region, input_size, margin)
         lap("crop")
@@ -478,6 +495,23 @@ def which_evidence(measurements: Measurements, landmark_confidence, missing: lis
                 f"small landmark error changes the rule class (network {probability:.0%})")
     return ("neither clearly: some landmarks are unsure; check them on the picture before trusting the angle or "
             "the class")
+
+
+def _landmark_frame(points, detector_box, width: int, height: int) -> list[float] | None:
+    """The ROI box the landmark model's points imply (unsure ones included: a guess for a hidden C7 still places
+    it), or None when the points are not all finite or disagree with the detector's box."""
+    import torch
+    from torchvision.ops import box_iou
+
+    points = np.asarray(points, dtype=np.float64)
+    if not np.all(np.isfinite(points)):
+        return None
+    try:
+        frame = roi_box_from_landmarks(points, (width, height))
+    except LandmarkError:
+        return None
+    overlap = float(box_iou(torch.tensor([frame]), torch.tensor([list(detector_box)], dtype=torch.float64))[0, 0])
+    return frame if overlap >= FRAME_AGREEMENT_IOU else None
 
 
 def _clip_box(box, width: int, height: int) -> list[float]:

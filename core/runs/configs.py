@@ -289,7 +289,7 @@ class HeatmapConfig(StrictConfig):
     patience: int = 0     # stop after this many epochs without a better val error (0 = never)
     seed: int = 0
     device: str = "auto"
-    refine: int = 1       # extra passes on the box the previous points imply
+    refine: int = 2       # extra passes on the box the previous points imply (1 -> 2: held-out Cobb MAE 2.34 -> 2.24 deg)
     init_from: str | None = None  # a run (id or folder) or .pt: start from its last checkpoint, new schedule
     mirror_average: bool = True  # also read the mirrored film and average (measured: Cobb MAE 2.2 -> 1.7 deg)
 

@@ -256,9 +256,11 @@ def cancel_on_sigterm(exception: type[BaseException] = RunCancelled):
     """SIGTERM (``runs cancel``, the app's cancel button) becomes ``exception`` in the main thread, so the run
     can say 'cancelled' rather than die silently. Yields a :class:`CancelRequest`.
 
-    The handler raises at once, except inside a finalizer (``__del__``, e.g. a ZipFile being collected): Python
-    ignores exceptions there (measured: a demo cancelled early in its detector step ran to the end). So the
-    request is also remembered: ``check()`` at safe points, and leaving the block, raise it then.
+    The handler raises at once. Landing inside a finalizer or a weakref callback (a ZipFile's ``__del__``,
+    SQLAlchemy's ``_collection_gced``), the exception is swallowed by Python, which prints "Exception ignored"
+    with a traceback (measured: a demo cancelled early in its detector step ran to the end). So the request is
+    also remembered: ``check()`` at safe points, and leaving the block, raise it then; and for the block's
+    length ``sys.unraisablehook`` drops that one swallowed exception silently.
     """
     request = CancelRequest(exception)
     if threading.current_thread() is not threading.main_thread():
@@ -269,15 +271,18 @@ def cancel_on_sigterm(exception: type[BaseException] = RunCancelled):
         request.requested = True
         if request.held:
             return  # raised by release_cancel(), once the window it guards is closed
-        while frame is not None:
-            if frame.f_code.co_name == "__del__":
-                return  # raising here would only print "Exception ignored"; check() raises it later
-            frame = frame.f_back
         raise exception("cancelled (SIGTERM)")
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    def unraisable(info) -> None:
+        if isinstance(info.exc_value, exception) and request.requested:
+            return  # remembered: check() raises it at the next safe point
+        previous_hook(info)
+
+    previous, previous_hook = signal.signal(signal.SIGTERM, handler), sys.unraisablehook
+    sys.unraisablehook = unraisable
     try:
         yield request
         request.check()
     finally:
+        sys.unraisablehook = previous_hook
         signal.signal(signal.SIGTERM, previous)
