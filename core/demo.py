@@ -1,17 +1,19 @@
 """``python -m core demo``: a working workspace from nothing — phantom data and the three demo models.
 
-Steps (each printed as ``[k/7] stage: message`` and written to ``$CERVICURVE_HOME/demo_status.json``,
+Steps (each printed as ``[k/6] stage: message`` and written to ``$CERVICURVE_HOME/demo_status.json``,
 ``{stage, step, steps, message, state, quality, pid, elapsed_s, updated_at}`` with ``state`` running | done |
 failed | cancelled, written atomically for the app to poll):
 
-1. write a synthetic phantom set in the CSXA layout (``core.data.phantom.write_phantoms``)
+1. write a synthetic phantom set in the CSXA layout (``core.data.phantom.write_phantoms``, on every core)
 2. import it as dataset ``phantom-demo`` (``core.data.importers.import_csxa``) and make patient-level splits
-3. train the ROI detector (``core.training.detect.fit``, a run folder under ``runs/``)
-4. train the heatmap landmark model on ROI crops (``core.training.landmarks.fit``, a run folder under ``runs/``;
-   YOLO-pose stays selectable in the Train page and CLI, but is far less precise at this budget: see core/landmarks)
-5. train the S-ResNet-34 classifier (``core.training.classify.train``, a run folder under ``runs/``)
-6. promote the three runs (``core.promotion.promote``); each ``promoted.json`` gets ``demo_quality``
-7. check the promoted models on held-out phantoms (new patients): box IoU >= 0.5 rate, Cobb MAE and the
+3. train the ROI detector (``core.training.detect.fit``) in a process of its own while this one trains the heatmap
+   landmark model on ROI crops (``core.training.landmarks.fit``; YOLO-pose stays selectable in the Train page and
+   CLI, but is far less precise at this budget: see core/landmarks); each a run folder under ``runs/``. Neither
+   keeps two cores busy on its own (Ultralytics' small batches run mostly on one), so together they take ~2/3 of
+   the time one after the other
+4. train the S-ResNet-34 classifier (``core.training.classify.train``, a run folder under ``runs/``)
+5. promote the three runs (``core.promotion.promote``); each ``promoted.json`` gets ``demo_quality``
+6. check the promoted models on held-out phantoms (new patients): box IoU >= 0.5 rate, Cobb MAE and the
    share within 5 deg, mean landmark error (px and % of C2-C7), class accuracy -> ``$CERVICURVE_HOME/demo_report.json`` and the classifier's ``promoted.json``
 
 Qualities: ``full`` (default, under 20 min on a 2-core CPU), ``quick`` (under 5 min, weaker models) and
@@ -38,8 +40,8 @@ from core.data.accounts import SHELL
 from core.runs import layout, promotion
 
 DATASET = "phantom-demo"
-STEPS = ("generating phantoms", "importing dataset", "training detector", "training landmark model",
-         "training classifier", "promoting models", "checking on held-out phantoms")
+STEPS = ("generating phantoms", "importing dataset", "training detector and landmark model", "training classifier",
+         "promoting models", "checking on held-out phantoms")
 STATUS_FILE = "demo_status.json"
 REPORT_FILE = "demo_report.json"
 HOLDOUT_SEED = 7_000_003  # held-out patients never share a seed with the training set
@@ -60,7 +62,7 @@ class DemoProfile:
     classifier_epochs: int
     classifier_input: int
     batch: int               # YOLO batch: small, for more optimizer steps per image
-    holdout: int             # held-out images for step 7
+    holdout: int             # held-out images for step 6
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train/val/test by patient
     classifier_batch: int = 16
 
@@ -69,9 +71,11 @@ class DemoProfile:
 # epochs (close_mosaic), and from scratch on these small synthetic sets YOLO learns several times faster without
 # it (measured: pose mAP stayed 0 after 600 mosaic steps, and started rising after ~1000 mosaic-free ones).
 # More images, not more epochs, buy the optimizer steps.
+# full: the landmark model trains beside the detector (step 3), so its epochs are the step's length; at 36 its
+# validation error was still falling (1.57 px, Cobb 2.7 deg) as the cosine schedule ended.
 PROFILES = {
     "full": DemoProfile("full", patients=300, images_per_patient=3, image_size=512, detector_epochs=7,
-                        detector_imgsz=160, landmark_epochs=36, landmark_input=128, classifier_epochs=10,
+                        detector_imgsz=160, landmark_epochs=42, landmark_input=128, classifier_epochs=10,
                         classifier_input=128, batch=4, holdout=60),
     # quick: two films per patient at 320 px rather than one at 384: the detector gets twice the optimizer steps per
     # epoch and every model twice the variety for about the same compute (the 240 x 1 x 384 px profile reached a box
@@ -181,6 +185,7 @@ class _Reporter:
         self.step, self.stage, self.started = 0, "", time.time()
         self.lock = threading.Lock()  # the run watcher reports from its own thread
         self.cancel = None  # the SIGTERM request, checked on every main-thread report
+        self.background: Callable[[], str] | None = None  # what a training in another process is at
 
     def begin(self, step: int, message: str = "") -> None:
         self.step, self.stage = step, STEPS[step - 1]
@@ -189,6 +194,8 @@ class _Reporter:
     def say(self, message: str, state: str = "running") -> None:
         if self.cancel is not None and state == "running" and threading.current_thread() is threading.main_thread():
             self.cancel.check()
+        if self.background is not None and state == "running":
+            message = f"{message}; {self.background()}"
         with self.lock:
             if self.echo:
                 print(f"[{self.step}/{len(STEPS)}] {self.stage}: {message}", flush=True)
@@ -299,17 +306,20 @@ def _build(profile: DemoProfile, reporter: _Reporter, seed: int) -> dict:
     reporter.say(f"{imported.imported} new, {imported.unchanged} unchanged; splits " + ", ".join(
         f"{name} {sum(v.values())}" for name, v in counts.items()))
 
-    detect_run = _train_detector(3, profile, reporter, seed)
-    landmark_run = _train_landmarks(4, profile, reporter, seed)
-    classify_run = _train_classifier(5, profile, reporter, seed)
+    reporter.begin(3, f"detector {profile.detector_epochs} epochs at {profile.detector_imgsz} px, heatmap landmark "
+                      f"model {profile.landmark_epochs} epochs at {profile.landmark_input} px on ROI crops")
+    with _BackgroundDetector(profile, reporter, seed) as detector:
+        landmark_run = _train_landmarks(profile, reporter, seed)
+        detect_run = detector.wait()
+    classify_run = _train_classifier(4, profile, reporter, seed)
 
-    reporter.begin(6)
+    reporter.begin(5)
     for task, run in (("detect", detect_run), ("landmarks", landmark_run), ("classify", classify_run)):
         dest = promotion.promote(run, task, actor=SHELL)  # the demo process was started by an admin
         _annotate_promoted(dest, {"demo_quality": profile.quality, "dataset": DATASET})
         reporter.say(f"{task}: {run.name}")
 
-    reporter.begin(7, f"{profile.holdout} new phantom patients")
+    reporter.begin(6, f"{profile.holdout} new phantom patients")
     report = check_holdout(profile, seed=HOLDOUT_SEED + seed, out=demo_dir / "holdout", reporter=reporter)
     report.update({"quality": profile.quality, "profile": asdict(profile), "seconds": round(time.time() - started, 1),
                    "runs": {"detect": detect_run.name, "landmarks": landmark_run.name, "classify": classify_run.name}})
@@ -329,32 +339,81 @@ def _annotate_promoted(dest: Path, extra: dict) -> None:
     layout.atomic_write_text(path, json.dumps(record, indent=1))
 
 
-def _train_detector(step: int, profile: DemoProfile, reporter: _Reporter, seed: int) -> Path:
+def _detector_config(profile: DemoProfile, seed: int) -> dict:
     from core.training import detect
 
-    epochs, imgsz = profile.detector_epochs, profile.detector_imgsz
-    reporter.begin(step, f"{epochs} epochs at {imgsz} px")
-    config = {"task": "detect", "dataset": DATASET, "model": detect.DEFAULT_DETECT_MODEL, "epochs": epochs,
-              "imgsz": imgsz, "batch": profile.batch, "device": "auto", "seed": seed, "patience": epochs}
-    run_dir = layout.new_run_dir(config["model"], "detect")
-    started = time.time()
-
-    def epoch_done(epoch: int, epochs: int, row: dict) -> None:
-        left = (time.time() - started) / epoch * (epochs - epoch)
-        value = row.get("mAP50_95")
-        reporter.say(f"epoch {epoch}/{epochs}" + (f", val mAP50-95 {float(value):.3f}" if value is not None else "")
-                     + (f", about {left:.0f} s left" if epoch < epochs else ""))
-
-    result = detect.fit(config, run_dir, progress_callback=epoch_done)
-    reporter.say(f"done: {result.split} mAP50-95 {_fmt(result.mAP50_95)}")
-    return run_dir
+    return {"task": "detect", "dataset": DATASET, "model": detect.DEFAULT_DETECT_MODEL,
+            "epochs": profile.detector_epochs, "imgsz": profile.detector_imgsz, "batch": profile.batch,
+            "device": "auto", "seed": seed, "patience": profile.detector_epochs}
 
 
-def _train_landmarks(step: int, profile: DemoProfile, reporter: _Reporter, seed: int) -> Path:
+def _fit_detector(config: dict, run_dir: str) -> None:
+    """The detector process: one run folder. Its status.json says how it ended (SIGTERM: ``cancelled``; an error:
+    ``failed`` with the message, the traceback in its train.log), which the demo reads; so nothing is printed."""
+    from core.runs.recorder import RunCancelled
+    from core.training import detect
+
+    try:
+        detect.fit(config, Path(run_dir))
+    except (RunCancelled, KeyboardInterrupt):
+        sys.exit(130)
+    except Exception:
+        sys.exit(1)
+
+
+class _BackgroundDetector:
+    """The detector's training in a process of its own, watched through its status.json."""
+
+    def __init__(self, profile: DemoProfile, reporter: _Reporter, seed: int):
+        self.config, self.reporter = _detector_config(profile, seed), reporter
+        self.run_dir = layout.new_run_dir(self.config["model"], "detect")
+        self.process = None
+
+    def __enter__(self):
+        import multiprocessing
+
+        # spawn: this process holds torch's thread pool, which a forked child would inherit broken
+        self.process = multiprocessing.get_context("spawn").Process(
+            target=_fit_detector, args=(self.config, str(self.run_dir)), name="demo-detector")
+        self.process.start()
+        self.reporter.background = self.progress
+        return self
+
+    def progress(self) -> str:
+        status = layout.read_status_file(self.run_dir)
+        if status.get("state") == "done":
+            return "detector done"
+        metric = status.get("best_metric")
+        return (f"detector epoch {status.get('epoch') or 0}/{self.config['epochs']}"
+                + (f", mAP50-95 {float(metric):.3f}" if metric is not None else ""))
+
+    def wait(self) -> Path:
+        """The finished run folder; a failed or cancelled detector run ends the demo with its reason."""
+        while self.process.is_alive():
+            self.reporter.say("landmark model done, waiting for the detector")
+            self.process.join(2.0)
+        status = layout.read_status_file(self.run_dir)
+        if status.get("state") != "done":
+            raise ValueError(f"the detector's training ended {status.get('state') or 'without a status'}: "
+                             f"{status.get('message') or f'exit code {self.process.exitcode}'} "
+                             f"(see {self.run_dir / 'train.log'})")
+        self.reporter.say(f"detector: {status.get('message') or 'done'}")
+        return self.run_dir
+
+    def __exit__(self, *exc):
+        self.reporter.background = None
+        if self.process is not None and self.process.is_alive():  # the demo was cancelled or failed
+            self.process.terminate()  # SIGTERM: the run marks itself cancelled
+            self.process.join(60)
+            if self.process.is_alive():
+                self.process.kill()
+                self.process.join()
+
+
+def _train_landmarks(profile: DemoProfile, reporter: _Reporter, seed: int) -> Path:
     from core.training import landmarks
 
     epochs, size = profile.landmark_epochs, profile.landmark_input
-    reporter.begin(step, f"heatmap model, {epochs} epochs at {size} px on ROI crops")
     config = {"task": "landmarks", "model": landmarks.MODEL_NAME, "dataset": DATASET, "epochs": epochs,
               "input_size": size, "seed": seed, "device": "auto"}
     run_dir = layout.new_run_dir(landmarks.MODEL_NAME, "landmarks")
@@ -363,12 +422,12 @@ def _train_landmarks(step: int, profile: DemoProfile, reporter: _Reporter, seed:
     def epoch_done(epoch: int, epochs: int, row: dict) -> None:
         left = (time.time() - started) / epoch * (epochs - epoch)
         cobb = row.get("val_cobb_mae_deg")
-        reporter.say(f"epoch {epoch}/{epochs}, val error {row['val_mean_error_px']:.1f} px"
+        reporter.say(f"landmarks epoch {epoch}/{epochs}, val error {row['val_mean_error_px']:.1f} px"
                      + (f", Cobb MAE {cobb:.1f} deg" if cobb is not None else "")
                      + (f", about {left:.0f} s left" if epoch < epochs else ""))
 
     result = landmarks.fit(config, run_dir, progress_callback=epoch_done)
-    reporter.say(f"done: test error {_fmt(result.get('mean_error_px'), ' px')}, "
+    reporter.say(f"landmarks done: test error {_fmt(result.get('mean_error_px'), ' px')}, "
                  f"Cobb MAE {_fmt(result.get('cobb_mae_deg'), ' deg')}")
     return run_dir
 

@@ -254,7 +254,7 @@ def model_line(info: dict) -> str:
     if info.get("demo_quality"):
         line = f"{name} · demo ({info['demo_quality']}, phantoms only)"
         check = info.get("demo_check") or {}
-        # each model with the held-out number that judges it (the demo's step 7)
+        # each model with the held-out number that judges it (the demo's last step)
         if info.get("task") == "landmarks" and check.get("cobb_mae_deg") is not None:
             line += f" · held-out angle error {float(check['cobb_mae_deg']):.1f}°"
         elif info.get("task") == "detect" and check.get("box_iou50_rate") is not None:
