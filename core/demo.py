@@ -353,6 +353,8 @@ def _fit_detector(config: dict, run_dir: str) -> None:
     from core.runs.recorder import RunCancelled
     from core.training import detect
 
+    # Ultralytics' progress bars would tear the demo's own progress lines apart; its log lines go to train.log
+    sys.stdout = sys.stderr = open(os.devnull, "w", encoding="utf-8")
     try:
         detect.fit(config, Path(run_dir))
     except (RunCancelled, KeyboardInterrupt):
