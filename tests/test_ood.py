@@ -39,6 +39,18 @@ def test_held_out_in_distribution_features_are_flagged_about_five_percent_and_sh
     assert float(np.mean(widened.ratio(framed_test) > 1)) < float(np.mean(crossed.ratio(framed_test) > 1))
     with pytest.raises(ood.OodReferenceError, match="cross-fit"):
         ood.fit_reference(train, val, cross_fit=5, cross_fit_rows=framed[:, :5])
+    # three films per patient, nearly alike: with row folds a patient's other films sit in the fitted folds and its
+    # held-out one looks closer than a new patient's; patient folds keep the threshold where new patients need it
+    patients = rng.normal(size=(100, 40)) * scales
+    films = np.repeat(patients, 3, axis=0) + rng.normal(size=(300, 40)) * scales * 0.2
+    ids = np.repeat([f"P{i}" for i in range(100)], 3)
+    new_patients = rng.normal(size=(2000, 40)) * scales + rng.normal(size=(2000, 40)) * scales * 0.2
+    by_row = ood.fit_reference(films, films[:3], cross_fit=5)
+    by_patient = ood.fit_reference(films, films[:3], cross_fit=5, groups=ids)
+    assert by_patient.threshold > by_row.threshold
+    assert float(np.mean(by_patient.ratio(new_patients) > 1)) < float(np.mean(by_row.ratio(new_patients) > 1))
+    with pytest.raises(ood.OodReferenceError, match="groups"):
+        ood.fit_reference(films, films[:3], cross_fit=5, groups=ids[:10])
     again = ood.FeatureReference.from_meta(json.loads(json.dumps(reference.to_meta())))
     assert np.allclose(again.ratio(test[:50]), reference.ratio(test[:50]), rtol=1e-4)
     with pytest.raises(ood.OodReferenceError, match="columns"):

@@ -527,7 +527,8 @@ def _ood_references(cfg: ClassifyConfig, features_of: Callable[[CropDataset], np
         framed_train = (describe(CropDataset(train_samples, size, cfg.roi_margin, framing, cfg.cache_mb))
                         if cross_fit > 1 else None)
         try:
-            reference = ood.fit_reference(train, val, cross_fit=cross_fit, cross_fit_rows=framed_train)
+            reference = ood.fit_reference(train, val, cross_fit=cross_fit, cross_fit_rows=framed_train,
+                                          groups=[sample.patient_id for sample in train_samples])
         except ood.OodReferenceError as error:
             log.warning("no out-of-distribution reference (%s): %s", key, error)
             continue
