@@ -14,7 +14,7 @@ import streamlit as st
 
 from core.inference import report, teaching
 from core.settings import CLASSES
-from ui.figures import probability_chart
+from ui.figures import probability_bars
 from ui.frame import engine_errors, frame, selected_runs, store
 from ui.imagery import as_pil, thumbnail_png
 from ui.teach_views import canvas_points, confusion_frame, measurements_frame, rule_scale
@@ -94,7 +94,7 @@ def explore_part() -> None:
             verdict = {True: "agrees", False: "disagrees", None: "—"}[model.agrees_with_rule]
             st.markdown(f"Model class: **{p.curvature_class}** ({p.probabilities[p.curvature_class]:.0%}) — "
                         f"**{verdict}** with the rule's **{truth.rule_class}**")
-            st.plotly_chart(probability_chart(p.probabilities, p.curvature_class), key="explore_probabilities")
+            probability_bars(p.probabilities, p.curvature_class)
             if model.cobb_c2c7 is None:
                 st.caption("The models give no angle of their own (no landmark model, or no usable vertebrae).")
             else:

@@ -104,7 +104,11 @@ def test_a_phantom_gives_class_probabilities_heatmap_and_report(with_model):
     assert name == "spine.png" and outcome.split(" ")[0] in CLASSES and outcome.endswith("%)")
     captions = [image.proto.imgs[0].caption for image in at.get("image")]
     assert captions[0].startswith("ROI box") and "Grad-CAM heatmap" in captions[1]
-    assert len(at.get("plotly_chart")) == 1  # the probabilities
+    # the probabilities: one bar per class in the fixed order, the answer's in bold, summing to one
+    bars = at.get("progress")
+    assert [bar.proto.text.split(":")[0].strip("*") for bar in bars] == list(CLASSES)
+    assert [bar.proto.text.startswith("**") for bar in bars] == [c == outcome.split(" ")[0] for c in CLASSES]
+    assert sum(bar.proto.value for bar in bars) == pytest.approx(100, abs=2)
     assert [b.label for b in at.get("download_button")] == ["Download the PNG report"]
     # No landmark model is promoted: the page says why there is no angle instead of a table.
     assert any("no angle" in info.value for info in at.info)

@@ -82,7 +82,10 @@ def test_the_models_answer_sits_beside_the_rule(with_model):
     assert model_class in CLASSES
     expected = "agrees" if model_class == "normal" else "disagrees"
     assert f"**{expected}** with the rule's **normal**" in verdict
-    assert len(at.get("plotly_chart")) == 2  # the rule scale and the probabilities
+    assert len(at.get("plotly_chart")) == 1  # the rule scale
+    bars = at.get("progress")  # the probabilities, the model's class in bold
+    assert [bar.proto.text.split(":")[0].strip("*") for bar in bars] == list(CLASSES)
+    assert [bar.proto.text.startswith("**") for bar in bars] == [c == model_class for c in CLASSES]
     captions = [image.proto.imgs[0].caption for image in at.get("image")]
     assert any(c.startswith("Grad-CAM for") for c in captions)
     assert any("no angle of their own" in c.value for c in at.caption)  # no landmark model promoted

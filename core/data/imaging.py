@@ -550,21 +550,20 @@ def _scale_gray(raw: np.ndarray, bit_depth: int, notes: list[str]) -> np.ndarray
         if finite.size and finite.min() >= 0.0 and finite.max() <= 1.0:
             return np.nan_to_num(values, nan=0.0, posinf=1.0, neginf=0.0)
         return _min_max(values, notes)
-    values = raw.astype(np.float64)
-    if values.min() < 0:
-        return _min_max(values, notes)
-    if raw.dtype.itemsize == 1:
-        return values / 255.0
+    if raw.dtype.itemsize == 1 and not np.issubdtype(raw.dtype, np.signedinteger):
+        return raw.astype(np.float32) / 255.0  # the common 8-bit film: float32 at once (a 2048 px film is 4 M pixels)
+    if int(raw.min()) < 0:
+        return _min_max(raw, notes)
     # 16-bit containers often hold 10-14 bit detector data; scale by the smallest detector range
     # that holds the maximum, so a 12-bit film in a 16-bit PNG is not nearly black.
     stated = bit_depth if bit_depth in _DETECTOR_BITS else 16
-    peak = int(values.max())
+    peak = int(raw.max())
     used = next((b for b in _DETECTOR_BITS if b <= stated and peak <= 2**b - 1), None)
     if used is None:
-        return _min_max(values, notes)
+        return _min_max(raw, notes)
     if used < stated:
         notes.append(f"{stated}-bit image uses {used} bits (max {peak}): scaled by {2**used - 1}")
-    return values / float(2**used - 1)
+    return raw.astype(np.float32) / float(2**used - 1)
 
 
 def _rgb_to_gray(rgb: np.ndarray, notes: list[str]) -> np.ndarray:
@@ -595,10 +594,11 @@ def _min_max(values: np.ndarray, notes: list[str]) -> np.ndarray:
 
 
 def _finish(pixels, bit_depth, spacing, size, notes, meta, label) -> Radiograph:
-    pixels = np.asarray(pixels, dtype=np.float64)
+    pixels = np.array(pixels, dtype=np.float32)  # a copy of our own: cleaned in place below
     if pixels.ndim != 2:
         raise ImageReadError(f"{label}: decoded to a {pixels.ndim}-D array, not a 2-D image")
-    pixels = np.clip(np.nan_to_num(pixels, nan=0.0), 0.0, 1.0).astype(np.float32)
+    np.nan_to_num(pixels, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
+    np.clip(pixels, 0.0, 1.0, out=pixels)
     if pixels.shape != (size[1], size[0]):
         raise ImageReadError(f"{label}: decoded size {pixels.shape[1]} x {pixels.shape[0]} differs from its header")
     if spacing is not None:

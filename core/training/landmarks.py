@@ -12,7 +12,7 @@ window through a random affine map (rotation, per-axis scale, shift, horizontal 
 from a cached context crop, so it sees the box errors a detector makes; then clinical-film artifacts
 (``film``: shoulders, S curve, unsharp masking, low resolution, Poisson-Gaussian noise, borders, text, JPEG;
 ``core.training.crops.film_artifacts``), gamma, contrast and noise.
-Prediction runs twice: on the detector's box, then on the box the first points imply
+Prediction runs on the detector's box, then ``refine`` times (2 by default) on the box the previous points imply
 (``measure.roi_box_from_landmarks``, the rule every ROI box in the project follows), which is the window the
 model was trained on whatever the detector's error. The mirrored film is read the same way and the two
 answers averaged (``mirror_average``).
@@ -145,14 +145,17 @@ class HeatmapLandmarkModel:
         self._lock = threading.Lock()
 
     @torch.no_grad()
-    def _points(self, pixels: np.ndarray, box: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-        context, window = context_crop(pixels, box, self.input_size, self.crop_margin)
+    def _points(self, views: Sequence[tuple[np.ndarray, Sequence[float]]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``(points, confidence)`` for each ``(pixels, box)`` view, read in one forward pass."""
+        contexts, windows = zip(*(context_crop(pixels, box, self.input_size, self.crop_margin) for pixels, box in views))
         scale = _base_scale(self.crop_margin)
-        inputs = _sample(context[None, None], torch.eye(2)[None] * scale, torch.zeros(1, 2), self.input_size)
+        inputs = _sample(torch.stack(contexts)[:, None], torch.eye(2).expand(len(views), 2, 2) * scale,
+                         torch.zeros(len(views), 2), self.input_size)
         with self._lock:
             points, prob = soft_argmax(self.net(_normalise(inputs)))
-        confidence = peak_mass(prob, points)[0].numpy()
-        return _from_unit(points[0].double().numpy() * scale, window), confidence
+        confidence = peak_mass(prob, points).numpy()
+        return [(_from_unit(points[i].double().numpy() * scale, window), confidence[i])
+                for i, window in enumerate(windows)]
 
     def locate(self, pixels: np.ndarray, box: Sequence[float] | None, min_confidence: float = 0.25
                ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -160,38 +163,35 @@ class HeatmapLandmarkModel:
         heatmaps are too diffuse (mean confidence under ``min_confidence``: no spine where the box is).
 
         With ``mirror_average`` the mirrored film is read too and the two answers are averaged: their errors
-        are partly independent, and the result no longer depends on which way the patient faces."""
+        are partly independent, and the result no longer depends on which way the patient faces. Both are read
+        in one batch at every pass (the window, then ``refine`` times the box the previous points imply)."""
         if box is None:
             return None
         pixels = np.asarray(pixels)
-        found = self._locate_once(pixels, box, min_confidence)
-        if found is None or not self.mirror_average:
-            return found
-        width = pixels.shape[1]
-        x1, y1, x2, y2 = (float(v) for v in box)
-        mirrored = self._locate_once(np.ascontiguousarray(pixels[:, ::-1]), [width - x2, y1, width - x1, y2], 0.0)
-        if mirrored is None:
-            return found
-        swap = landmark_flip_index()  # a mirrored "left" corner is the original's "right" one
-        points = mirrored[0][swap]
-        points[:, 0] = width - points[:, 0]
-        return (found[0] + points) / 2, (found[1] + mirrored[1][swap]) / 2
-
-    def _locate_once(self, pixels: np.ndarray, box: Sequence[float], min_confidence: float
-                     ) -> tuple[np.ndarray, np.ndarray] | None:
         height, width = pixels.shape[:2]
-        points, confidence = self._points(pixels, box)
+        x1, y1, x2, y2 = (float(v) for v in box)
+        views = [(pixels, [x1, y1, x2, y2])]
+        if self.mirror_average:
+            views.append((np.ascontiguousarray(pixels[:, ::-1]), [width - x2, y1, width - x1, y2]))
+        found = self._points(views)
         for _ in range(self.refine):
-            if float(confidence.mean()) < min_confidence:
+            if float(found[0][1].mean()) < min_confidence:
                 break
             try:
-                box = roi_box_from_landmarks(points, (width, height))
+                views = [(view, roi_box_from_landmarks(points, (width, height)))
+                         for (view, _), (points, _) in zip(views, found)]
             except LandmarkError:
                 break
-            points, confidence = self._points(pixels, box)
+            found = self._points(views)
+        points, confidence = found[0]
         if float(confidence.mean()) < min_confidence:
             return None
-        return points, confidence
+        if len(found) == 1:
+            return points, confidence
+        swap = landmark_flip_index()  # a mirrored "left" corner is the original's "right" one
+        mirrored = found[1][0][swap]
+        mirrored[:, 0] = width - mirrored[:, 0]
+        return (points + mirrored) / 2, (confidence + found[1][1][swap]) / 2
 
 
 def visible_points(points: np.ndarray, confidence: np.ndarray, min_point_confidence: float = 0.25
