@@ -309,7 +309,7 @@ def demo_panel(state: dict) -> None:
                  "so Predict works at once. Or import your own data on the **Data** page.")
         # Full first: the quick models are too weak to judge the tool by (60 held-out phantoms: class right on 80 %,
         # a box on 83 %, angle off by 4.5 deg on average)
-        mode = st.radio("Demo size", ["Full (about 20 min on a 2-core CPU; the models the README measures)",
+        mode = st.radio("Demo size", ["Full (about 14 min on a 2-core CPU; the models the README measures)",
                                       "Quick (about 5 min; weaker: class right on 8 phantoms in 10, angle off by "
                                       "4.5° on average)"], horizontal=True, key="demo_mode")
         if st.button("Build the demo", type="primary", key="build_demo"):
