@@ -136,7 +136,7 @@ def show_result(predictor, name: str, data: bytes, truth: str | None = None) -> 
                     "or build the demo.")
         elif table is None:
             st.info("The landmark model found no usable vertebrae in this image, so there is no angle.")
-        else:  # a static table: the interactive grid's first draw cost the page ~0.3 s in the browser
+        else:
             st.dataframe(table, hide_index=True, width="stretch")
         st.download_button("Download the PNG report",  # composed only when clicked
                            lambda: report.report_png(prediction, provenance, quality=predictor.quality, truth=truth,

@@ -294,11 +294,10 @@ class Predictor:
             box = [0.0, 0.0, float(width), float(height)]
             notes.append("no ROI box: the whole image was classified (less reliable)")
 
-        # The classifier reads the box the landmarks imply when every point is sure: training boxes follow that rule
+        # The classifier reads the box the landmark model's points imply: training boxes follow that rule
         # (measure.roi_box_from_landmarks), and a detector box a few pixels off frames the crop differently
-        # (quick demo: test accuracy 0.97 on such boxes, 0.38 on the detector's at mean IoU 0.63).
-        # With some points unsure (C7 behind the shoulders) the landmark model's own guesses for them still
-        # frame the crop closer to the training boxes than the detector's box does.
+        # (quick demo: test accuracy 0.97 on such boxes, 0.38 on the detector's at mean IoU 0.63). Unsure points
+        # (C7 behind the shoulders) count with their guessed places: still closer than the detector's box.
         crop_region = None if box_source == "whole image" else box
         if box_source == "detector" and measurements is not None and found_points is not None:
             crop_region = _landmark_frame(found_points, box, width, height) or box

@@ -516,9 +516,8 @@ def _ood_references(cfg: ClassifyConfig, features_of: Callable[[CropDataset], np
     framing = RoiJitter(size, context_inner(cfg.roi_margin), 0.0, 0.05, 0.03)
     val_framed = CropDataset(val_samples, size, cfg.roi_margin, framing, cfg.cache_mb)
     references = {}
-    # Pixel statistics do not come from the network, so training crops held out by fold count as held-out too,
-    # scored framed as the validation crops are (unframed, they sat closer than any prediction's crop: 6.7 % of
-    # 60 held-out phantoms flagged by pixel statistics alone).
+    # Pixel statistics do not come from the network, so training crops held out by patient fold count as held-out
+    # too, scored framed as the validation crops are (a prediction's crop is never framed exactly).
     for key, cross_fit, describe in (
             ("ood_reference", feature_folds, features_of),
             ("ood_image_reference", 5, lambda data: ood.crop_statistics(_crop_stack(data)))):
