@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 LEVELS = ("C3", "C4", "C5", "C6", "C7")
 CORNERS = ("top left", "top right", "bottom left", "bottom right")
@@ -122,6 +123,111 @@ def infer_facing(landmarks) -> str:
     points = _as_landmarks(landmarks)
     c7_mid = points[[_INDEX["C7 bottom left"], _INDEX["C7 bottom right"]]].mean(axis=0)
     return "right" if float(_point(points, "C2 centroid")[0] - c7_mid[0]) >= 0 else "left"
+
+
+# ------------------------------------------------------------------------------------ facing from the film
+# Why not from the landmarks alone: the C2-over-C7 forward lean (``infer_facing``) flips on necks held in extension
+# or leaning back. On 2 of 21 real CSXA films it gave the wrong side (case 0005035: official Cobb +34.4 deg read as
+# -34.4, "reversed"), and a sign error turns a lordotic neck into a kyphotic one.
+#
+# The anatomy: posterior of each vertebral body lie the pedicles, articular pillars and laminae (dense bone,
+# bright); anterior of it a few millimetres of prevertebral soft tissue and then the pharynx or trachea (air, dark).
+# So for C3-C6 ``film_facing_score`` compares the film in a band just beyond each side of the body, along the
+# body's own left-right axis (a tilted neck is followed): the brighter side is posterior, the face on the other.
+# C7 is left out (the shoulders cover it in many films), and so is C2 (the dens and C1 sit behind it). The cue is
+# scored in units of the film's own contrast around the spine; under FACING_MIN_SCORE it is a guess and the lean
+# decides, saying so. Measured: right on the 6 real CSXA dev films (scores 0.47-0.87; the lean is wrong on one)
+# and on 160 phantoms facing either way in flexion and extension (scores >= 0.43).
+FACING_LEVELS = ("C3", "C4", "C5", "C6")
+# The band beside a body, in body widths from its centre: past the cortex (0.5) and before the spinous processes
+# or the far wall of the airway.
+FACING_BAND = (0.65, 1.5)
+FACING_MIN_SCORE = 0.25
+FACING_SOURCES = ("film", "lean", "user")
+
+
+@dataclass(frozen=True)
+class Facing:
+    facing: str          # "left" | "right": the image side the face is on
+    source: str          # "film" (read beside the bodies) | "lean" (C2 over C7: the film was unclear) | "user"
+    score: float | None  # film cue: > 0 the face is on the left; None when not read from the film
+
+    def describe(self) -> str:
+        if self.source == "user":
+            return f"faces {self.facing} (given)"
+        if self.source == "film":
+            return f"faces {self.facing} (read from the film beside C3-C6, strength {abs(self.score):.2f})"
+        return (f"faces {self.facing} (guessed from the C2-over-C7 lean: the film did not show which side the "
+                "airway and the posterior elements are on; set it by hand if wrong)")
+
+
+def _side_means(pixels: np.ndarray, points: np.ndarray) -> list[tuple[float, float]]:
+    """(mean brightness of the band left of the body, right of it) for each level with all four corners."""
+    means = []
+    for level in FACING_LEVELS:
+        corners = points[[_INDEX[f"{level} {c}"] for c in ("top left", "top right", "bottom left", "bottom right")]]
+        if not np.all(np.isfinite(corners)):
+            continue
+        left, right = corners[[0, 2]].mean(axis=0), corners[[1, 3]].mean(axis=0)
+        top, bottom = corners[[0, 1]].mean(axis=0), corners[[2, 3]].mean(axis=0)
+        width, height = float(np.linalg.norm(right - left)), float(np.linalg.norm(bottom - top))
+        if width < 2 or height < 2:
+            continue
+        across = (right - left) / width  # image-left to image-right along the endplates
+        down = (bottom - top) / height
+        centre = corners.mean(axis=0)
+        offsets = np.linspace(*FACING_BAND, 8)[:, None] * width
+        rows = np.linspace(-0.35, 0.35, 7)[None, :] * height
+        sides = []
+        for sign in (-1.0, 1.0):
+            xy = centre + (sign * offsets)[..., None] * across + rows[..., None] * down  # (8, 7, 2)
+            values = ndimage.map_coordinates(pixels, [xy[..., 1].ravel(), xy[..., 0].ravel()], order=1,
+                                             mode="constant", cval=np.nan)
+            inside = ((xy[..., 0] >= 0) & (xy[..., 0] <= pixels.shape[1] - 1) & (xy[..., 1] >= 0)
+                      & (xy[..., 1] <= pixels.shape[0] - 1)).ravel()
+            sides.append(float(np.mean(values[inside])) if inside.mean() > 0.5 else np.nan)
+        means.append((sides[0], sides[1]))
+    return means
+
+
+def film_facing_score(pixels: np.ndarray, landmarks) -> float | None:
+    """> 0: the band right of the bodies is brighter (posterior on the right: the face is on the left); < 0 the
+    reverse; in units of the spine region's interquartile range. None when no level can be read."""
+    pixels = np.asarray(pixels, dtype=np.float32)
+    points = np.asarray(landmarks, dtype=np.float64)
+    if pixels.ndim != 2 or points.shape != (len(LANDMARK_NAMES), 2):
+        return None
+    means = [(a, b) for a, b in _side_means(pixels, points) if np.isfinite(a) and np.isfinite(b)]
+    if not means:
+        return None
+    finite = points[np.all(np.isfinite(points), axis=1)]
+    (x1, y1), (x2, y2) = finite.min(axis=0), finite.max(axis=0)
+    grow = 0.5 * max(x2 - x1, y2 - y1)
+    region = pixels[max(0, int(y1 - grow)):int(y2 + grow) + 1, max(0, int(x1 - grow)):int(x2 + grow) + 1]
+    spread = float(np.subtract(*np.percentile(region, [75, 25]))) if region.size else 0.0
+    difference = float(np.median([right - left for left, right in means]))
+    return difference / max(spread, 1e-3)
+
+
+def read_facing(pixels: np.ndarray | None, landmarks, given: str | None = None) -> Facing:
+    """The patient's facing: ``given`` (the user's) when set, else read from the film, else from the lean."""
+    if given is not None:
+        if given not in ("left", "right"):
+            raise ValueError(f"facing must be 'left' or 'right', not {given!r}")
+        return Facing(given, "user", None)
+    score = None if pixels is None else film_facing_score(pixels, landmarks)
+    if score is not None and abs(score) >= FACING_MIN_SCORE:
+        return Facing("left" if score > 0 else "right", "film", round(score, 3))
+    return Facing(_lean(landmarks), "lean", None if score is None else round(score, 3))
+
+
+def _lean(landmarks) -> str:
+    """``infer_facing``, from C6 when C7 is hidden."""
+    points = np.asarray(landmarks, dtype=np.float64)
+    if np.all(np.isfinite(points[[_INDEX["C7 bottom left"], _INDEX["C7 bottom right"]]])):
+        return infer_facing(points)
+    c6 = points[[_INDEX["C6 bottom left"], _INDEX["C6 bottom right"]]].mean(axis=0)
+    return "right" if float(points[_INDEX["C2 centroid"], 0] - c6[0]) >= 0 else "left"
 
 
 def _endplate_angle(posterior: np.ndarray, anterior: np.ndarray, anterior_sign: float) -> float:
@@ -333,10 +439,28 @@ def write_labelme(path: str | Path, landmarks, image_path: str, image_size: tupl
 def configure_measure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="+", type=Path, help="Labelme JSON files with the 23 CSXA landmarks")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
-    parser.add_argument("--facing", choices=("left", "right"), help="side the face is on (inferred when omitted)")
+    parser.add_argument("--facing", choices=("left", "right"),
+                        help="image side the face is on (default: read from the film the JSON names, beside C3-C6; "
+                             "from the C2-over-C7 lean when the film is absent or unclear)")
     parser.add_argument("--pixel-spacing", type=float, help="mm per pixel, for arc depth in mm")
     parser.add_argument("--normal-min", type=float, help="Cobb C2-C7 at or above which the class is normal")
     parser.add_argument("--reversed-max", type=float, help="Cobb C2-C7 at or below which the class is reversed")
+
+
+def _film_of(json_path: Path, record: LabelmeRecord) -> np.ndarray | None:
+    """The film a Labelme file belongs to (its ``imagePath``, else the same stem beside it), or None."""
+    from core.data.imaging import ImageReadError, read_image
+
+    names = [record.image_path] if record.image_path else []
+    candidates = [json_path.parent / Path(name).name for name in names]
+    candidates += [json_path.with_suffix(suffix) for suffix in (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm")]
+    for candidate in candidates:
+        if candidate.is_file():
+            try:
+                return read_image(candidate).pixels
+            except ImageReadError:
+                return None
+    return None
 
 
 def run_measure(args: argparse.Namespace) -> int:
@@ -349,16 +473,20 @@ def run_measure(args: argparse.Namespace) -> int:
     for path in args.files:
         try:
             record = read_labelme(path)
-            result = measure_landmarks(record.landmarks, args.facing, args.pixel_spacing, thresholds)
+            facing = read_facing(_film_of(path, record), record.landmarks, args.facing)
+            result = measure_landmarks(record.landmarks, facing.facing, args.pixel_spacing, thresholds)
+            if facing.source == "lean":
+                result.notes.append(f"the patient {facing.describe()}")
         except LandmarkError as error:
             failures += 1
             message = str(error) if str(error).startswith(path.name) else f"{path.name}: {error}"
             print(json.dumps({"file": str(path), "error": message}) if args.json else f"{path}: error: {message}")
             continue
-        row = {"file": str(path), **result.as_dict()}
+        row = {"file": str(path), **result.as_dict(), "facing_source": facing.source}
         if args.json:
             print(json.dumps(row))
         else:
             print(f"{path}: Cobb C2-C7 {result.cobb_c2c7:.1f} deg, C2-C6 {result.cobb_c2c6:.1f} deg, "
-                  f"CCI {result.cci:.1f} %, arc depth {result.arc_depth_px:.1f} px -> {result.rule_class}")
+                  f"CCI {result.cci:.1f} %, arc depth {result.arc_depth_px:.1f} px -> {result.rule_class}; "
+                  f"patient {facing.describe()}")
     return 1 if failures else 0

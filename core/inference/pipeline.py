@@ -42,6 +42,7 @@ from core.evaluation import ood
 from core.inference import models
 from core.inference.models import ModelError
 from core.runs import layout, promotion
+from core.data.measure import Facing, read_facing
 from core.data.imaging import ImageReadError, Radiograph, read_image, require_usable
 from core.data.measure import (LandmarkError, Measurements, RuleThresholds, measure_landmarks,
                                roi_box_from_landmarks)
@@ -93,6 +94,7 @@ class Prediction:
     evidence: str | None = None         # when class and angle disagree: which one the evidence favours, and why
     crop_box: list[float] | None = None  # what the classifier read: the landmarks' box when all points are sure,
                                          # else roi_box; None for the whole image
+    facing: Facing | None = None        # which way the patient faces, and how that was known (with landmarks)
 
     @property
     def confidence(self) -> float:
@@ -120,6 +122,8 @@ class Prediction:
             "probabilities_calibrated": bool(self.calibrated),
             "missing_landmarks": list(self.missing_landmarks),
             "evidence": self.evidence,
+            "facing": None if self.facing is None else {"side": self.facing.facing, "source": self.facing.source,
+                                                        "score": self.facing.score},
         }
 
 
@@ -207,8 +211,12 @@ class Predictor:
     def model_name(self) -> str:
         return str(self.meta.get("model", ""))
 
-    def predict(self, source: Any, name: str | None = None, cam_method: str | None = "gradcam") -> Prediction:
-        """Predict one radiograph: a path, bytes, a binary file object or an already read Radiograph."""
+    def predict(self, source: Any, name: str | None = None, cam_method: str | None = "gradcam",
+                facing: str | None = None) -> Prediction:
+        """Predict one radiograph: a path, bytes, a binary file object or an already read Radiograph.
+
+        ``facing`` ("left"/"right"): the side the patient faces, when the user knows it; otherwise it is read from
+        the film beside the vertebral bodies (``core.data.facing``), and only failing that from the neck's lean."""
         from core.training import checkpoints, crops
         from core.inference import explain
 
@@ -248,7 +256,7 @@ class Predictor:
                 notes.append("the detector found no cervical spine")
         lap("detect")
 
-        landmarks = measurements = landmark_confidence = found_points = None
+        landmarks = measurements = landmark_confidence = found_points = facing_found = None
         missing: list[str] = []
         if self.landmark_model is not None and self.landmark_model.needs_box and box_source != "detector":
             notes.append("the landmark model reads the detector's crop and there is no box: no measurements")
@@ -268,9 +276,13 @@ class Predictor:
                 if missing:
                     notes.append(f"the landmark model was unsure of {_describe_points(missing)}: those points are "
                                  "left out")
+                # the facing sets the angle's sign: read beside every point found, unsure ones included
+                facing_found = read_facing(pixels, found_points, facing)
+                if facing_found.source == "lean":
+                    notes.append(f"the patient {facing_found.describe()}")
                 try:
-                    measurements = measure_landmarks(landmarks, pixel_spacing_mm=radiograph.pixel_spacing_mm,
-                                                     partial=True)
+                    measurements = measure_landmarks(landmarks, facing=facing_found.facing,
+                                                     pixel_spacing_mm=radiograph.pixel_spacing_mm, partial=True)
                 except LandmarkError as error:
                     notes.append(f"no measurements: {error}")
                 problem = implausible(measurements)
@@ -287,7 +299,7 @@ class Predictor:
             notes.append(f"the detector found no cervical spine (its best box scored {box_confidence:.2f}, and the "
                          "landmark model did not confirm it)")
             box, box_confidence, box_source = None, None, "whole image"
-            landmarks = measurements = landmark_confidence = found_points = None
+            landmarks = measurements = landmark_confidence = found_points = facing_found = None
             missing = []
         lap("landmarks")
         if box is None:
@@ -362,6 +374,7 @@ class Predictor:
             notes=notes, model=self.model_name, ood_score=unlike.score, out_of_distribution=unlike.flagged,
             ood_components=unlike.components, ood_reasons=unlike.reasons, calibrated=not unlike.flagged,
             missing_landmarks=missing, evidence=evidence, crop_box=crop_region,
+            facing=facing_found if measurements is not None else None,
         )
 
     def _features(self):
@@ -373,7 +386,8 @@ class Predictor:
         return capture_features(self.model)
 
     def predict_many(self, sources: Iterable[Any], progress: Callable[[int, int, str], None] | None = None,
-                     cam_method: str | None = "gradcam") -> Iterator[Prediction | PredictFailure]:
+                     cam_method: str | None = "gradcam", facing: str | None = None
+                     ) -> Iterator[Prediction | PredictFailure]:
         """Predict each source in turn; an unreadable or unusable file becomes a PredictFailure and the batch goes on.
 
         ``sources`` are paths, or ``(name, data)`` pairs (uploads); ``progress(done, total, file)`` is called
@@ -385,7 +399,7 @@ class Predictor:
             if progress is not None:
                 progress(number, len(sources), name)
             try:
-                result = self.predict(data, name=name, cam_method=cam_method)
+                result = self.predict(data, name=name, cam_method=cam_method, facing=facing)
             except (ImageReadError, LandmarkError, ValueError) as error:
                 result = PredictFailure(name, str(error))
             except Exception as error:  # one odd file must not end a batch; the type helps a bug report
@@ -544,6 +558,8 @@ def configure_predict(parser: argparse.ArgumentParser) -> None:
                         help="the one-page PNG report the Predict page downloads (several images: OUT_<image>.png)")
     parser.add_argument("--threshold", type=float, default=LOW_CONFIDENCE,
                         help=f"top probability under which a result is flagged low-confidence (default {LOW_CONFIDENCE})")
+    parser.add_argument("--facing", choices=("left", "right"),
+                        help="the image side the patient faces (default: read from the film beside C3-C6)")
     parser.add_argument("--detection-threshold", type=float, default=DETECTION_THRESHOLD,
                         help=f"confidence a box or landmark set needs to count as found (default {DETECTION_THRESHOLD})")
 
@@ -565,7 +581,7 @@ def run_predict(args: argparse.Namespace) -> int:
               f"detector {'yes' if predictor.detector else 'none'}; landmarks {'yes' if predictor.landmark_model else 'none'}"
               + (f"; demo model ({predictor.quality})" if predictor.quality else ""), file=sys.stderr)
     rows, failures, used_stems = [], 0, set()
-    for result in predictor.predict_many(args.images, cam_method=cam_method):
+    for result in predictor.predict_many(args.images, cam_method=cam_method, facing=args.facing):
         if isinstance(result, PredictFailure):
             failures += 1
             rows.append({"file": result.file, "error": result.reason})
@@ -626,6 +642,8 @@ def _summary(result: Prediction) -> str:
         m = result.measurements
         level, angle = _lowest_angle(m)
         text += f"; Cobb C2-{level} {angle:.1f} deg" + (f", CCI {m.cci:.1f} %" if level == "C7" else "")
+        if result.facing is not None:
+            text += f" (patient {result.facing.describe()})"
         text += f" -> {m.rule_class}"
         if result.agreement is False:
             text += f" (disagrees with the network; favours {result.evidence})"
