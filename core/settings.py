@@ -26,6 +26,13 @@ VARIABLES = {
     "CERVICURVE_REVERSED_MAX_DEG": "Cobb C2-C7 angle (degrees) up to which a curve is reversed: a number such as -4, "
                                    "below CERVICURVE_NORMAL_MIN_DEG",
     "CERVICURVE_PRELOAD": "load the Predict models when the app starts: 1 (default) or 0",
+    # Input budgets: a small hostile file must not take the memory (see README "Security").
+    "CERVICURVE_MAX_IMAGE_MPX": "the largest image read, in megapixels (width x height, read from the header before "
+                                "decoding): a number above 0, default 50",
+    "CERVICURVE_MAX_FILE_MB": "the largest single input read, in MiB: an image file, a zip member, a DICOM's pixel "
+                              "data as declared or inflated: a number above 0, default 256",
+    "CERVICURVE_MAX_ZIP_MB": "the most an uploaded zip may inflate to, all members together, in MiB: a number above "
+                             "0, default 2048",
     "CERVICURVE_SESSION_IDLE_MIN": "minutes a sign-in stays valid without use (team mode): a number above 0, "
                                    "default 60",
 }
@@ -49,6 +56,12 @@ def check() -> None:
                                 f"CERVICURVE_NORMAL_MIN_DEG ({normal:g})")
     except SettingsError as error:
         problems.append(str(error))
+    for name, reader in (("CERVICURVE_MAX_IMAGE_MPX", max_image_pixels), ("CERVICURVE_MAX_FILE_MB", max_file_bytes),
+                         ("CERVICURVE_MAX_ZIP_MB", max_zip_bytes)):
+        try:
+            reader()
+        except SettingsError as error:
+            problems.append(str(error))
     try:
         if session_idle_minutes() <= 0:
             problems.append(str(_bad("CERVICURVE_SESSION_IDLE_MIN", os.environ["CERVICURVE_SESSION_IDLE_MIN"])))
@@ -185,3 +198,27 @@ def _subdir(name: str) -> Path:
     path = home() / name
     path.mkdir(parents=True, exist_ok=True)
     return path
+def max_image_pixels() -> int:
+    """Largest width x height read (default 50 Mpx; a real film is 3-12 Mpx): checked from the header, before
+    anything is decoded, so a 300 KB PNG that declares 10000 x 10000 is refused, not inflated."""
+    return int(_budget("CERVICURVE_MAX_IMAGE_MPX", 50.0) * 1_000_000)
+
+
+def max_file_bytes() -> int:
+    """Largest single input (default 256 MiB): an image file, one zip member, a DICOM's pixel data as its header
+    declares it and as a deflated file inflates."""
+    return int(_budget("CERVICURVE_MAX_FILE_MB", 256.0) * 1024**2)
+
+
+def max_zip_bytes() -> int:
+    """Most an uploaded zip may inflate to in all (default 2 GiB)."""
+    return int(_budget("CERVICURVE_MAX_ZIP_MB", 2048.0) * 1024**2)
+
+
+def _budget(name: str, default: float) -> float:
+    number = env_number(name, default)
+    if number <= 0:
+        raise _bad(name, os.environ[name])
+    return number
+
+

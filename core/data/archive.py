@@ -2,24 +2,40 @@
 
 An upload is untrusted: a member may try to write outside the target folder (``../``, an absolute
 path, a drive letter), be a symlink pointing anywhere, or be a "zip bomb" that declares small sizes
-and inflates to fill the disk. Every member is checked before anything is written, bytes are counted
-again while inflating, and extraction goes to a staging folder that is removed on any refusal, so a
+and inflates to fill the disk. Every member is checked before anything is written (its declared size
+against ``settings.max_file_bytes()``, the total against ``settings.max_zip_bytes()``, its compression
+ratio against ``MAX_RATIO``), members are streamed to disk in chunks with the bytes counted again while
+inflating (never read whole), and extraction goes to a staging folder that is removed on any refusal, so a
 refused archive leaves nothing behind.
+
+Uploads are unpacked into a ``scratch_folder`` under ``<workspace>/uploads``: removed on every exit path,
+and folders a killed process left there are swept before the next one is made.
 """
 from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import stat
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
+
+from core import settings
 
 MAX_MEMBERS = 20_000
-MAX_TOTAL_BYTES = 2 * 1024**3
+MAX_TOTAL_BYTES = 2 * 1024**3  # the default of settings.max_zip_bytes() (CERVICURVE_MAX_ZIP_MB)
+# Deflate tops out near 1000:1 on zeros; images, DICOM and JSON compress 1-20:1. A member over RATIO_FLOOR bytes
+# that claims more than MAX_RATIO:1 is a bomb, refused from its header.
+MAX_RATIO = 100
+RATIO_FLOOR = 1 << 20
 _CHUNK = 1 << 20
+SCRATCH_KINDS = ("import", "upload", "phantoms")
+# <kind>-<pid>-<random> (the pid of the process using it); <kind>-<random> from versions before the pid was kept
+_SCRATCH_NAME = re.compile(rf"({'|'.join(SCRATCH_KINDS)})-(?:(\d+)-)?[A-Za-z0-9_]+")
 # Finder and Explorer litter: never data, and their "._x.png" twins would fail as images.
 _JUNK_DIRS = {"__MACOSX"}
 _JUNK_FILES = {".DS_Store", "Thumbs.db", "desktop.ini"}
@@ -30,13 +46,16 @@ class ArchiveError(ValueError):
 
 
 def extract_zip(source: str | Path | bytes | BinaryIO, dest: str | Path, max_members: int = MAX_MEMBERS,
-                max_total_bytes: int = MAX_TOTAL_BYTES) -> list[Path]:
+                max_total_bytes: int | None = None, max_member_bytes: int | None = None) -> list[Path]:
     """Extract a zip into ``dest`` (created when missing) and return the extracted files, in archive order.
 
     Raises ArchiveError, writing nothing, when the archive is not a zip, is encrypted, has more than
-    ``max_members`` members, inflates to more than ``max_total_bytes``, or holds a member whose path
-    escapes ``dest`` or that is a symlink or other special file.
+    ``max_members`` members, inflates to more than ``max_total_bytes`` (default ``settings.max_zip_bytes()``)
+    or holds a member over ``max_member_bytes`` (default ``settings.max_file_bytes()``) or compressed more than
+    ``MAX_RATIO``:1, or a member whose path escapes ``dest`` or that is a symlink or other special file.
     """
+    max_total_bytes = settings.max_zip_bytes() if max_total_bytes is None else max_total_bytes
+    max_member_bytes = settings.max_file_bytes() if max_member_bytes is None else max_member_bytes
     dest = Path(dest)
     handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
     try:
@@ -44,13 +63,13 @@ def extract_zip(source: str | Path | bytes | BinaryIO, dest: str | Path, max_mem
     except (zipfile.BadZipFile, OSError) as exc:
         raise ArchiveError(f"not a readable zip archive ({exc})") from None
     with archive:
-        members = _checked_members(archive, max_members, max_total_bytes)
+        members = _checked_members(archive, max_members, max_total_bytes, max_member_bytes)
         _check_no_folder_clash(dest, members)
         created = not dest.exists()
         dest.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".extracting-", dir=dest))
         try:
-            _inflate(archive, members, staging, max_total_bytes)
+            _inflate(archive, members, staging, max_total_bytes, max_member_bytes)
         except Exception as exc:
             shutil.rmtree(staging, ignore_errors=True)
             if created:
@@ -66,7 +85,8 @@ def extract_zip(source: str | Path | bytes | BinaryIO, dest: str | Path, max_mem
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def _checked_members(archive: zipfile.ZipFile, max_members: int, max_total_bytes: int) -> list[tuple[zipfile.ZipInfo, str]]:
+def _checked_members(archive: zipfile.ZipFile, max_members: int, max_total_bytes: int,
+                     max_member_bytes: int) -> list[tuple[zipfile.ZipInfo, str]]:
     """Every file member with its safe relative path; directories and OS junk are dropped."""
     infos = archive.infolist()
     if len(infos) > max_members:
@@ -87,6 +107,12 @@ def _checked_members(archive: zipfile.ZipFile, max_members: int, max_total_bytes
             raise ArchiveError(f"{info.filename!r} is encrypted; upload an archive without a password")
         if info.is_dir() or relative is None:
             continue
+        if info.file_size > max_member_bytes:
+            raise ArchiveError(f"{info.filename!r} would inflate to {_size(info.file_size)}, more than the "
+                               f"{_size(max_member_bytes)} allowed for one file (CERVICURVE_MAX_FILE_MB)")
+        if info.file_size > RATIO_FLOOR and info.file_size > MAX_RATIO * max(info.compress_size, 1):
+            raise ArchiveError(f"{info.filename!r} is compressed {info.file_size // max(info.compress_size, 1):,}:1 "
+                               f"(more than {MAX_RATIO}:1): a decompression bomb, not a dataset; refused")
         parts = PurePosixPath(relative).parts
         if parts[0] in _JUNK_DIRS or parts[-1] in _JUNK_FILES:
             continue
@@ -109,7 +135,7 @@ def _safe_relative(name: str) -> str | None:
     return "/".join(parts) or None
 
 
-def _inflate(archive: zipfile.ZipFile, members, staging: Path, max_total_bytes: int) -> None:
+def _inflate(archive: zipfile.ZipFile, members, staging: Path, max_total_bytes: int, max_member_bytes: int) -> None:
     written = 0
     root = staging.resolve()
     for info, relative in members:
@@ -122,10 +148,10 @@ def _inflate(archive: zipfile.ZipFile, members, staging: Path, max_total_bytes: 
             while chunk := src.read(_CHUNK):
                 member_bytes += len(chunk)
                 written += len(chunk)
-                # Declared sizes can lie: count what actually comes out.
-                if member_bytes > info.file_size or written > max_total_bytes:
+                # Declared sizes can lie: count what actually comes out, and stop at the first chunk over.
+                if member_bytes > min(info.file_size, max_member_bytes) or written > max_total_bytes:
                     raise ArchiveError(f"{info.filename!r} inflates past its declared size or the "
-                                       f"{_size(max_total_bytes)} limit; refused")
+                                       f"{_size(min(max_member_bytes, max_total_bytes))} limit; refused")
                 out.write(chunk)
 
 
@@ -157,6 +183,43 @@ def _size(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} bytes"
+
+
+@contextmanager
+def scratch_folder(kind: str) -> Iterator[Path]:
+    """A new private folder ``<workspace>/uploads/<kind>-<pid>-<random>`` for one upload's files, removed when the
+    block ends, exceptions included. Folders that killed processes left behind (kill -9, a power cut: no
+    ``finally`` runs) are swept first, so raw uploads never pile up."""
+    if kind not in SCRATCH_KINDS:
+        raise ValueError(f"unknown scratch kind {kind!r}; expected one of {', '.join(SCRATCH_KINDS)}")
+    uploads = settings.home() / "uploads"
+    uploads.mkdir(parents=True, exist_ok=True)
+    sweep_scratch()
+    scratch = Path(tempfile.mkdtemp(prefix=f"{kind}-{os.getpid()}-", dir=uploads))  # mkdtemp: mode 0700
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def sweep_scratch() -> list[Path]:
+    """Remove the scratch folders under ``<workspace>/uploads`` whose process is gone; returns those removed.
+    A folder of a live process (another import running now, in this process or another) is left alone."""
+    import psutil
+
+    uploads = settings.home() / "uploads"
+    removed = []
+    if not uploads.is_dir():
+        return removed
+    for entry in uploads.iterdir():
+        match = _SCRATCH_NAME.fullmatch(entry.name)
+        if match is None or entry.is_symlink() or not entry.is_dir():
+            continue
+        if match.group(2) is not None and psutil.pid_exists(int(match.group(2))):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
 
 
 def import_source(kind: str, root: str | Path) -> Path:

@@ -13,6 +13,7 @@ acquisition geometry only (Table E.1-1 lists none of it). Of Table E.1-1:
 - "X"/"D" for everything else: removed, dates and times included (no date shifting: nothing dated is kept;
   ``LongitudinalTemporalInformationModified`` says ``REMOVED``);
 - PatientID becomes the salted pseudonym (``patient_pseudonym``), so a patient's films stay grouped.
+- the 128-byte preamble (free for any use, so it may hold anything) is zeroed.
 
 Burned-in annotation is not a tag problem: ``deidentify`` reports what the file states in
 ``Deidentified.burned_in_annotation`` and the importer refuses ``YES`` and flags an unstated value.
@@ -110,6 +111,8 @@ def deidentify(ds, salt: bytes | None = None) -> Deidentified:
     code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "113100", "DCM", "Basic Application Confidentiality Profile"
     ds.DeidentificationMethodCodeSequence = [code]
 
+    # The 128-byte preamble is free for any use (a TIFF header, a name, malware): written out as zeros.
+    ds.preamble = b"\0" * 128
     meta = FileMetaDataset()  # rebuilt: the old one may name the sending station (SourceApplicationEntityTitle)
     meta.MediaStorageSOPClassUID = ds.get("SOPClassUID") or _SECONDARY_CAPTURE
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID

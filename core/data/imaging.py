@@ -16,6 +16,8 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image
 
+from core import settings
+
 # Luma weights (ITU-R BT.601, the ones Pillow's convert("L") uses) for colour -> grayscale.
 _LUMA = np.array([0.299, 0.587, 0.114])
 # 72 and 96 dpi are software defaults, not a measured detector pitch.
@@ -74,14 +76,16 @@ class Radiograph:
 def read_image(
     source: str | Path | bytes | BinaryIO,
     name: str | None = None,
-    max_pixels: int = 100_000_000,
+    max_pixels: int | None = None,
 ) -> Radiograph:
     """Read a PNG, JPEG, TIFF or DICOM radiograph from a path, bytes or a binary file object.
 
     ``name`` labels the data in messages (an upload's file name) and allows a preamble-less DICOM
-    when it ends in ``.dcm``. Images over ``max_pixels`` (width x height) are refused from their
-    header, before any decoding.
+    when it ends in ``.dcm``. Images over ``max_pixels`` (width x height; default
+    ``settings.max_image_pixels()``) are refused from their header, before any decoding; files, and a DICOM's
+    pixel data as declared or inflated, over ``settings.max_file_bytes()`` likewise.
     """
+    max_pixels = settings.max_image_pixels() if max_pixels is None else int(max_pixels)
     data, label = _load_bytes(source, name)
     if not data:
         raise ImageReadError(f"{label}: the file is empty")
@@ -129,12 +133,17 @@ def to_pil(radiograph: Radiograph) -> Image.Image:
 
 
 def _load_bytes(source: Any, name: str | None) -> tuple[bytes, str]:
+    limit = settings.max_file_bytes()
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return bytes(source), name or "the uploaded data"
+        label = name or "the uploaded data"
+        check_file_size(label, len(source), limit)
+        return bytes(source), label
     if isinstance(source, (str, Path)):
         path = Path(source)
         label = name or str(path)
         try:
+            if path.is_file():  # sized before reading: a 1 GB file is refused, not loaded
+                check_file_size(label, path.stat().st_size, limit)
             return path.read_bytes(), label
         except FileNotFoundError:
             raise ImageReadError(f"{label}: no such file") from None
@@ -144,11 +153,24 @@ def _load_bytes(source: Any, name: str | None) -> tuple[bytes, str]:
             raise ImageReadError(f"{label}: cannot be opened ({exc.strerror or exc})") from None
     if hasattr(source, "read"):
         label = name or str(getattr(source, "name", "") or "the uploaded data")
-        data = source.read()
+        data = source.read(limit + 1)  # one byte over the budget is enough to refuse
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise ImageReadError(f"{label}: was opened in text mode; open it in binary mode ('rb')")
+        check_file_size(label, len(data), limit)
         return bytes(data), label
     raise ImageReadError(f"cannot read an image from a {type(source).__name__}; give a path, bytes or a binary file")
+
+
+def check_file_size(label: str, size: int, limit: int | None = None) -> None:
+    """ImageReadError when a file of ``size`` bytes is over the input budget (``settings.max_file_bytes()``)."""
+    limit = settings.max_file_bytes() if limit is None else limit
+    if size > limit:
+        raise ImageReadError(f"{label}: the file is {_mib(size)}, over the {_mib(limit)} limit for one input "
+                             "(CERVICURVE_MAX_FILE_MB); refused before reading")
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1024**2:,.1f} MiB"
 
 
 def _sniff(data: bytes) -> str | None:
@@ -224,11 +246,11 @@ def _pillow_pixels(image: Image.Image, kind: str, data: bytes, notes: list[str])
         return pixels, bit_depth, photometric
     if mode in ("LA", "La"):
         _note_alpha(np.asarray(image.getchannel("A")), notes)
-        return np.asarray(image.getchannel("L"), dtype=np.float64) / 255.0, 8, photometric
+        return np.asarray(image.getchannel("L"), dtype=np.float32) / np.float32(255.0), 8, photometric
     if "A" in image.getbands() or "transparency" in image.info:
         rgba = image.convert("RGBA")
         _note_alpha(np.asarray(rgba.getchannel("A")), notes)
-    rgb = np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
+    rgb = np.asarray(image.convert("RGB"))  # uint8: scaled once, in float32, by _rgb_to_gray
     bit_depth = 8
     if kind == "png" and len(data) > 25 and data[24] == 16:  # IHDR bit depth: Pillow keeps 8 of 16
         bit_depth = 16
@@ -236,7 +258,7 @@ def _pillow_pixels(image: Image.Image, kind: str, data: bytes, notes: list[str])
         bit_depth = int(_first(image.tag_v2.get(258), 8))
     if bit_depth > 8:
         notes.append(f"{bit_depth}-bit colour {kind.upper()} read at 8 bits per channel")
-    return _rgb_to_gray(rgb, notes), bit_depth, photometric
+    return _rgb_to_gray(rgb, notes, scale=255.0), bit_depth, photometric
 
 
 def _read_tiff_with_tifffile(data: bytes, label: str, max_pixels: int, pillow_error: Exception) -> Radiograph:
@@ -334,7 +356,9 @@ def _read_dicom(data: bytes, label: str, max_pixels: int, forced: bool) -> Radio
     from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder, pixel_array
 
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=forced)
+        ds = read_dicom_dataset(data, label, force=forced, max_pixels=max_pixels)
+    except ImageReadError:
+        raise
     except Exception as exc:  # pydicom raises many types on malformed input
         what = "is not a readable DICOM file" if forced else "is a damaged or truncated DICOM file"
         raise ImageReadError(f"{label}: {what} ({exc})") from None
@@ -384,12 +408,12 @@ def _read_dicom(data: bytes, label: str, max_pixels: int, forced: bool) -> Radio
         if photometric == "PALETTE COLOR":
             colour = apply_color_lut(raw, ds)
             depth = 16 if colour.dtype.itemsize > 1 else 8
-            pixels = _rgb_to_gray(colour.astype(np.float64) / (2**depth - 1), notes)
+            pixels = _rgb_to_gray(colour, notes, scale=2**depth - 1)
             meta["display"] = "palette"
         elif raw.ndim == 3:
             # pydicom returns YBR as RGB already; colour has no modality LUT or window.
             depth = int(ds.get("BitsStored", 8) or 8)
-            pixels = _rgb_to_gray(raw.astype(np.float64) / (2**depth - 1), notes)
+            pixels = _rgb_to_gray(raw, notes, scale=2**depth - 1)
             meta["display"] = "colour"
         else:
             values = apply_modality_lut(raw, ds)
@@ -405,6 +429,106 @@ def _read_dicom(data: bytes, label: str, max_pixels: int, forced: bool) -> Radio
     spacing = _dicom_spacing(ds, notes)
     bit_depth = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 8)
     return _finish(pixels, bit_depth, spacing, (columns, rows), notes, meta, label)
+
+
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+_PIXEL_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)  # FloatPixelData, DoubleFloatPixelData, PixelData
+_HEADER_PEEK = 1 << 20  # inflated bytes parsed for Rows/Columns/frames before inflating the rest
+_INFLATE_CHUNK = 8 << 20
+
+
+def read_dicom_dataset(data: bytes, label: str, *, force: bool = False, max_pixels: int | None = None,
+                       max_bytes: int | None = None):
+    """A pydicom dataset from a DICOM file's bytes, with the input budgets applied before the pixel data is
+    decoded: width x height over ``max_pixels`` (``settings.max_image_pixels()``) or pixel data over
+    ``max_bytes`` (``settings.max_file_bytes()``: Rows x Columns x frames x samples x BitsAllocated as the header
+    declares it, or as a deflated file inflates) is an ImageReadError. Other parse errors are pydicom's own.
+
+    pydicom inflates a Deflated Explicit VR file whole in ``dcmread`` (1 MB can inflate to GBs), so such a file is
+    inflated here instead: its header first, checked, then the rest in chunks up to the budget.
+    """
+    import pydicom
+
+    max_pixels = settings.max_image_pixels() if max_pixels is None else max_pixels
+    max_bytes = settings.max_file_bytes() if max_bytes is None else max_bytes
+    check_file_size(label, len(data), max_bytes)
+    if data[128:132] == b"DICM":
+        from pydicom.filereader import _read_file_meta_info, read_preamble
+
+        handle = io.BytesIO(data)
+        try:
+            preamble = read_preamble(handle, False)
+            meta = _read_file_meta_info(handle)
+        except Exception:
+            meta = None  # dcmread below gives the error a person can read
+        if meta is not None and meta.get("TransferSyntaxUID") == _DEFLATED:
+            return _read_deflated(data, handle.tell(), preamble, meta, label, max_pixels, max_bytes)
+    ds = pydicom.dcmread(io.BytesIO(data), force=force)
+    check_dicom_budget(ds, label, max_pixels, max_bytes)
+    return ds
+
+
+def _read_deflated(data: bytes, start: int, preamble, meta, label: str, max_pixels: int, max_bytes: int):
+    import zlib
+
+    from pydicom.dataset import FileDataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import read_dataset
+
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        chunks = [inflater.decompress(memoryview(data)[start:], _HEADER_PEEK)]
+    except zlib.error as exc:
+        raise ImageReadError(f"{label}: the deflated DICOM data is corrupt ({exc})") from None
+    try:  # the header comes before the pixel data: refuse what it declares before inflating the rest
+        header = read_dataset(DicomBytesIO(chunks[0]), False, True, stop_when=lambda tag, vr, length: tag in _PIXEL_TAGS)
+    except Exception:
+        header = None  # cut mid-element, or damaged: the byte cap below still holds
+    if header is not None:
+        check_dicom_budget(header, label, max_pixels, max_bytes)
+    inflated = len(chunks[0])
+    while not inflater.eof:
+        try:
+            chunk = inflater.decompress(inflater.unconsumed_tail, _INFLATE_CHUNK)
+        except zlib.error as exc:
+            raise ImageReadError(f"{label}: the deflated DICOM data is corrupt ({exc})") from None
+        if not chunk and not inflater.unconsumed_tail:
+            break  # truncated: pydicom reports what is missing
+        inflated += len(chunk)
+        if inflated > max_bytes + _HEADER_PEEK:
+            raise ImageReadError(f"{label}: the deflated DICOM inflates past {_mib(max_bytes)} "
+                                 "(CERVICURVE_MAX_FILE_MB); refused (possible decompression bomb)")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    del chunks
+    dataset = read_dataset(DicomBytesIO(body), False, True)
+    del body
+    ds = FileDataset(label, dataset, preamble, meta, False, True)
+    ds.set_original_encoding(False, True, dataset._character_set)
+    check_dicom_budget(ds, label, max_pixels, max_bytes)
+    return ds
+
+
+def check_dicom_budget(ds, label: str, max_pixels: int | None = None, max_bytes: int | None = None) -> None:
+    """ImageReadError when the header's Rows x Columns is over ``max_pixels`` or the pixel data it declares
+    (x frames x samples x BitsAllocated) over ``max_bytes``; read from the header only, nothing decoded. A header
+    too broken to compute is left to the reader's own checks."""
+    max_pixels = settings.max_image_pixels() if max_pixels is None else max_pixels
+    max_bytes = settings.max_file_bytes() if max_bytes is None else max_bytes
+    try:
+        rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+        samples = max(1, int(ds.get("SamplesPerPixel") or 1))
+        bits = max(1, int(ds.get("BitsAllocated") or 8))
+    except (TypeError, ValueError):
+        return
+    if rows <= 0 or columns <= 0:
+        return
+    _check_size(label, columns, rows, max_pixels)
+    declared = rows * columns * _nr_frames(ds) * samples * bits // 8
+    if declared > max_bytes:
+        raise ImageReadError(f"{label}: the DICOM declares {_mib(declared)} of pixel data ({columns} x {rows}, "
+                             f"{_nr_frames(ds)} frames, {bits} bits), over the {_mib(max_bytes)} limit "
+                             "(CERVICURVE_MAX_FILE_MB); refused before decoding")
 
 
 def dicom_summary(dataset) -> dict:
@@ -487,7 +611,7 @@ def _apply_voi(values: np.ndarray, ds, notes: list[str]) -> tuple[np.ndarray, st
         if np.issubdtype(values.dtype, np.floating) and np.all(values == np.round(values)):
             values = values.astype(np.int64)  # a VOI LUT indexes by stored integer values
         try:
-            out = apply_voi_lut(values, ds).astype(np.float64)
+            out = apply_voi_lut(values, ds).astype(np.float32, copy=False)
             if has_lut:
                 lut = np.asarray(ds.VOILUTSequence[0].LUTData, dtype=np.float64)
                 low, high = float(lut.min()), float(lut.max())
@@ -498,7 +622,9 @@ def _apply_voi(values: np.ndarray, ds, notes: list[str]) -> tuple[np.ndarray, st
                     low, high = apply_voi_lut(np.array([-1e15, 1e15]), ds).astype(np.float64)
                 how = f"window C={_json_value(ds.WindowCenter)} W={_json_value(ds.WindowWidth)}"
             if high != low and np.isfinite(low) and np.isfinite(high):
-                return (out - low) / (high - low), how
+                out -= np.float32(low)
+                out /= np.float32(high - low)
+                return out, how
         except Exception as exc:
             notes.append(f"the file's VOI window/LUT is invalid ({exc}): min-max scaling used")
             return _min_max(values, notes), "min-max"
@@ -543,9 +669,9 @@ def _first(value, default):
 def _scale_gray(raw: np.ndarray, bit_depth: int, notes: list[str]) -> np.ndarray:
     """Stored values to [0, 1]: by the integer range in use, min-max for signed or float data."""
     if raw.dtype == bool:
-        return raw.astype(np.float64)
+        return raw.astype(np.float32)
     if np.issubdtype(raw.dtype, np.floating):
-        values = raw.astype(np.float64)
+        values = raw.astype(np.float32)
         finite = values[np.isfinite(values)]
         if finite.size and finite.min() >= 0.0 and finite.max() <= 1.0:
             return np.nan_to_num(values, nan=0.0, posinf=1.0, neginf=0.0)
@@ -566,12 +692,17 @@ def _scale_gray(raw: np.ndarray, bit_depth: int, notes: list[str]) -> np.ndarray
     return raw.astype(np.float32) / float(2**used - 1)
 
 
-def _rgb_to_gray(rgb: np.ndarray, notes: list[str]) -> np.ndarray:
+def _rgb_to_gray(rgb: np.ndarray, notes: list[str], scale: float = 1.0) -> np.ndarray:
+    """Luma of an RGB array divided by ``scale``, in float32 one channel at a time: a float64 H x W x 3 copy of a
+    50 Mpx film would be 1.2 GB."""
     rgb = rgb[..., :3]
     if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]):
-        return rgb[..., 0]
+        return rgb[..., 0].astype(np.float32) / np.float32(scale)
     notes.append("colour image converted to grayscale")
-    return rgb @ _LUMA
+    gray = np.zeros(rgb.shape[:-1], dtype=np.float32)
+    for channel, weight in enumerate(_LUMA):
+        gray += rgb[..., channel].astype(np.float32) * np.float32(weight / scale)
+    return gray
 
 
 def _note_alpha(alpha: np.ndarray, notes: list[str]) -> None:
@@ -580,17 +711,21 @@ def _note_alpha(alpha: np.ndarray, notes: list[str]) -> None:
 
 
 def _min_max(values: np.ndarray, notes: list[str]) -> np.ndarray:
-    values = np.asarray(values, dtype=np.float64)
+    values = np.asarray(values)
     finite = np.isfinite(values)
     if not finite.any():
         notes.append("image holds no finite values: shown black")
-        return np.zeros(values.shape)
+        return np.zeros(values.shape, dtype=np.float32)
     low, high = float(values[finite].min()), float(values[finite].max())
     if high == low:
         notes.append("image has a single value everywhere")
-        return np.zeros(values.shape)
-    out = (values - low) / (high - low)
-    return np.where(finite, out, 0.0)
+        return np.zeros(values.shape, dtype=np.float32)
+    # One float32 copy, scaled in place (never float64): the 0..1 image is what is kept.
+    out = values.astype(np.float32)
+    out -= np.float32(low)
+    out /= np.float32(high - low)
+    out[~finite] = 0.0
+    return out
 
 
 def _finish(pixels, bit_depth, spacing, size, notes, meta, label) -> Radiograph:

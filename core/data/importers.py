@@ -28,8 +28,6 @@ import io
 import json
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -39,7 +37,7 @@ import numpy as np
 from core import settings
 from core.data.datasets import IMAGE_SUFFIXES, DatasetError, parse_class
 from core.data.deid import deidentify
-from core.data.imaging import read_image, require_usable
+from core.data.imaging import ImageReadError, read_image, require_usable
 from core.settings import CLASSES
 from core.data.store import SPLITS, AnnotationStore, validate_box, validate_class, validate_landmarks
 
@@ -111,17 +109,22 @@ def _commit(candidates: list[_Candidate], report: ImportReport, store: Annotatio
             report.skipped.append((cand.name, str(error)))
         if progress is not None:
             progress(done, len(candidates), cand.name)
+    converted = sum(1 for item in ready if item.candidate.meta.get("deidentified") and item.candidate.prepare is None)
+    if converted:
+        report.notes.append(f"{converted} DICOM files were de-identified as python -m core import dicom does; each "
+                            "one's patient is the pseudonym of its DICOM PatientID, not a file name or manifest id")
     _patient_splits(ready, report, store, resplit)
     unstated = sum(1 for item in ready if item.candidate.meta.get("burned_in_annotation") == "not stated")
     if unstated:
         report.notes.append(f"{unstated} DICOM files do not state BurnedInAnnotation: look at their pixels for "
                             "names or dates before sharing them")
 
-    created_files: list[Path] = []
+    sweep_partial_images(store)
+    staged: list[tuple[Path, Path]] = []  # (partial file, final name), renamed once the rows are committed
     created_dirs: list[Path] = []
     home = settings.home()
     try:
-        stored_paths = [_store_file(item, created_files, created_dirs) for item in ready]
+        stored_paths = [_stage_file(item, staged, created_dirs) for item in ready]
         with store.batch() as batch:
             splits: dict[int, str] = {}
             for item, stored in zip(ready, stored_paths):
@@ -148,14 +151,18 @@ def _commit(candidates: list[_Candidate], report: ImportReport, store: Annotatio
             batch.set_splits(splits)  # once: the store checks one split per patient over the whole dataset
     except BaseException:
         # Nothing was committed: take back the files this import added to the images folder.
-        for path in created_files:
-            path.unlink(missing_ok=True)
+        for partial, _final in staged:
+            partial.unlink(missing_ok=True)
         for folder in reversed(created_dirs):
             try:
                 folder.rmdir()
             except OSError:
                 pass
         raise
+    # Committed: the files take their final names now. A kill before the commit leaves only *.<pid>.part files
+    # (swept by the next import); a kill between commit and here is finished by that sweep.
+    for partial, final in staged:
+        os.replace(partial, final)
     if progress is not None:
         progress(len(candidates), len(candidates), "")
     return report
@@ -165,10 +172,11 @@ def _checked(cand: _Candidate, seen: dict[str, str]) -> _Ready:
     """Read and validate one candidate; ValueError with the reason when it cannot be imported."""
     if cand.prepare is not None:
         cand.prepare()
-    try:
-        data = cand.data if cand.data is not None else cand.file.read_bytes()
-    except OSError as error:
-        raise ValueError(f"cannot read the file ({error.strerror or error})") from None
+    data = cand.data if cand.data is not None else _read_input(cand.file)
+    if cand.data is None and _is_dicom(data, cand.file.name):
+        # Whatever importer found it: a DICOM is stored only as its de-identified copy, under its pseudonym.
+        _deidentify_candidate(cand, data, settings.pseudonym_salt())
+        data = cand.data
     sha = hashlib.sha256(data).hexdigest()
     if sha in seen:
         raise ValueError(f"same image as {seen[sha]}")
@@ -180,6 +188,22 @@ def _checked(cand: _Candidate, seen: dict[str, str]) -> _Ready:
     # The stored name says what the content is, whatever the original extension claimed.
     suffix = cand.suffix or _FORMAT_SUFFIX.get(radiograph.meta.get("format"), cand.file.suffix.lower() or ".img")
     return _Ready(cand, sha, width, height, suffix)
+
+
+def _read_input(path: Path) -> bytes:
+    """A file's bytes, sized first: a file over ``settings.max_file_bytes()`` is refused, not loaded."""
+    from core.data.imaging import check_file_size
+
+    try:
+        check_file_size(path.name, path.stat().st_size)
+        return path.read_bytes()
+    except OSError as error:
+        raise ValueError(f"cannot read the file ({error.strerror or error})") from None
+
+
+def _is_dicom(data: bytes, name: str) -> bool:
+    """As ``read_image`` tells it: the DICM marker, or a .dcm/.dicom name (a DICOM without its preamble)."""
+    return data[128:132] == b"DICM" or name.lower().endswith((".dcm", ".dicom"))
 
 
 def _validate_candidate(cand: _Candidate, width: int, height: int) -> None:
@@ -244,7 +268,9 @@ def _patient_splits(ready: list[_Ready], report: ImportReport, store: Annotation
         item.candidate.split = chosen.get(patient, known.get(patient))
 
 
-def _store_file(item: _Ready, created_files: list[Path], created_dirs: list[Path]) -> Path:
+def _stage_file(item: _Ready, staged: list[tuple[Path, Path]], created_dirs: list[Path]) -> Path:
+    """Write an image as ``<final name>.<pid>.part`` and return its final path; ``_commit`` renames it after the
+    rows are committed, so a killed import leaves no file under a final name that no row knows."""
     folder = settings.images_dir() / item.sha256[:2]
     dest = folder / f"{item.sha256}{item.suffix}"
     if dest.exists():
@@ -252,15 +278,40 @@ def _store_file(item: _Ready, created_files: list[Path], created_dirs: list[Path
     if not folder.exists():
         folder.mkdir(parents=True)
         created_dirs.append(folder)
-    data = item.candidate.data if item.candidate.data is not None else item.candidate.file.read_bytes()
+    data = item.candidate.data if item.candidate.data is not None else _read_input(item.candidate.file)
     if hashlib.sha256(data).hexdigest() != item.sha256:
         raise DatasetError(f"{item.candidate.name} changed while it was being imported; import again")
-    partial = dest.with_name(dest.name + ".part")
-    created_files.append(partial)
+    partial = dest.with_name(f"{dest.name}.{os.getpid()}.part")
+    staged.append((partial, dest))
     partial.write_bytes(data)
-    os.replace(partial, dest)  # a reader never sees half a file under the final name
-    created_files.append(dest)
     return dest
+
+
+def sweep_partial_images(store: AnnotationStore) -> list[Path]:
+    """Finish or remove the ``*.part`` image files of imports whose process is gone (a kill -9, a power cut):
+    renamed into place when a committed row names the final file, deleted otherwise. Files of running imports
+    (their pid alive) are left alone. Returns the files deleted."""
+    import psutil
+
+    dead: list[tuple[Path, Path]] = []  # (partial, final)
+    for partial in settings.images_dir().glob("*/*.part"):
+        final_name, pid, _ = (["", "", ""] + partial.name.rsplit(".", 2))[-3:]  # "<sha>.<ext>", "<pid>", "part"
+        if not pid.isdigit():  # "<sha>.<ext>.part": left by a version that kept no pid, always stale
+            dead.append((partial, partial.with_name(partial.name[:-len(".part")])))
+        elif not psutil.pid_exists(int(pid)):
+            dead.append((partial, partial.with_name(final_name)))
+    if not dead:
+        return []
+    home = settings.home()
+    known = {image.path for image in store.images()}
+    removed = []
+    for partial, final in dead:
+        if not final.exists() and final.relative_to(home).as_posix() in known:
+            os.replace(partial, final)
+        else:
+            partial.unlink(missing_ok=True)
+            removed.append(partial)
+    return removed
 
 
 def _same_label(current, cand: _Candidate) -> bool:
@@ -573,12 +624,14 @@ def import_yolo(src: str | Path, *, dataset: str | None = None, store: Annotatio
     """
     import yaml
 
+    from core.data import safe_yaml
+
     src = Path(src)
     yaml_path = src if src.is_file() else src / "data.yaml"
     if not yaml_path.is_file():
         raise DatasetError(f"no data.yaml in {src}")
     try:
-        config = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
+        config = safe_yaml.load(yaml_path.read_text(encoding="utf-8"))  # no aliases: a 334-byte bomb is refused
     except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as error:
         raise DatasetError(f"cannot read {yaml_path}: {error}") from None
     config = {} if config is None else config
@@ -953,10 +1006,9 @@ def import_dicom(src: str | Path, labels: str | Path | None = None, *, dataset: 
     for path in files:
         name = _relative_name(path, src)
         row = by_key.get(name) or by_key.get(path.stem) or {}
-        # The original file name may carry a name or a date: the store keeps a pseudonymous source.
-        source = "dicom:" + hmac.new(salt, name.encode(errors="replace"), hashlib.sha256).hexdigest()[:16]
+        # The source is set pseudonymous by _deidentify_candidate: the file name may carry a name or a date.
         cand = _Candidate(file=path, name=name, patient_id="", curvature_class=row.get("class"),
-                          roi_box=row.get("box"), split=row.get("split"), suffix=".dcm", source=source,
+                          roi_box=row.get("box"), split=row.get("split"), suffix=".dcm",
                           meta={"deidentified": True})
         # Reading and de-identifying is the slow part: it runs while _commit checks (and reports progress).
         cand.prepare = lambda cand=cand: _deidentified_copy(cand, salt)
@@ -968,28 +1020,39 @@ def import_dicom(src: str | Path, labels: str | Path | None = None, *, dataset: 
 def _deidentified_copy(cand: _Candidate, salt: bytes) -> None:
     """Read ``cand.file`` as DICOM and put its de-identified bytes and patient pseudonym on ``cand``;
     ValueError with the reason for a file that cannot or must not be stored."""
-    import pydicom
+    _deidentify_candidate(cand, _read_input(cand.file), salt)
+
+
+def _deidentify_candidate(cand: _Candidate, data: bytes, salt: bytes) -> None:
+    """De-identify DICOM ``data`` onto ``cand``: its bytes, patient pseudonym, a pseudonymous source (the file name
+    may name the patient) and ``.dcm``; ValueError with the reason for a file that cannot or must not be stored."""
+    from core.data.imaging import ImageReadError, read_dicom_dataset
 
     path = cand.file
     try:
-        # A .dcm without the 128-byte preamble is still DICOM; anything else must carry the marker.
-        ds = pydicom.dcmread(path, force=path.suffix.lower() in (".dcm", ".dicom"))
+        # A .dcm without the 128-byte preamble is still DICOM; anything else must carry the marker. The budgets
+        # (pixels, declared and inflated bytes) apply before any pixel data is touched.
+        ds = read_dicom_dataset(data, path.name, force=path.suffix.lower() in (".dcm", ".dicom"))
         burned = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
         has_pixels = "PixelData" in ds
+    except ImageReadError:
+        raise
     except Exception as error:  # pydicom raises many types for a damaged file, also when reading an element
         raise ValueError(f"not a readable DICOM file ({' '.join(str(error).split())[:200]})") from None
     if burned == "YES":
         raise ValueError("BurnedInAnnotation is YES: the pixels may show who the patient is; "
                          "remove the annotation before importing")
     if not has_pixels:
-        raise ValueError("no image in this DICOM file (no PixelData)")
+        raise ValueError("this DICOM holds no image: no pixel data (no PixelData element)")
     buffer = io.BytesIO()
     try:
         done = deidentify(ds, salt)
         ds.save_as(buffer, enforce_file_format=True)
     except Exception as error:  # pydicom raises several types for a dataset it cannot encode
         raise ValueError(f"cannot write the de-identified copy ({' '.join(str(error).split())[:200]})") from None
-    cand.data, cand.patient_id = buffer.getvalue(), done.pseudonym
+    cand.data, cand.patient_id, cand.suffix = buffer.getvalue(), done.pseudonym, ".dcm"
+    cand.source = "dicom:" + hmac.new(salt, cand.name.encode(errors="replace"), hashlib.sha256).hexdigest()[:16]
+    cand.meta["deidentified"] = True
     cand.meta["burned_in_annotation"] = done.burned_in_annotation
 
 
@@ -1071,7 +1134,7 @@ def import_archive(kind: str, archive: str | Path | bytes, labels: str | Path | 
     also on failure. ``dataset`` defaults to the archive's name without ``.zip``; stored sources and the
     report say ``<name>.zip/<path inside>``. Raises ``core.data.archive.ArchiveError`` for a refused archive.
     """
-    from core.data.archive import extract_zip, import_source
+    from core.data.archive import extract_zip, import_source, scratch_folder
 
     if isinstance(archive, (bytes, bytearray)):
         if not name:
@@ -1081,10 +1144,7 @@ def import_archive(kind: str, archive: str | Path | bytes, labels: str | Path | 
         if not archive.is_file():
             raise DatasetError(f"archive {archive} not found")
         name = name or archive.name
-    uploads = settings.home() / "uploads"
-    uploads.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="import-", dir=uploads))
-    try:
+    with scratch_folder("import") as scratch:
         extract_zip(archive, scratch)
         root = import_source(kind, scratch)
         folder = root if root.is_dir() else root.parent
@@ -1098,8 +1158,6 @@ def import_archive(kind: str, archive: str | Path | bytes, labels: str | Path | 
 
         report.skipped = [(plain(file), plain(reason)) for file, reason in report.skipped]
         return report
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------- page uploads
@@ -1112,7 +1170,7 @@ def import_uploads(kind: str, files: Sequence[tuple[str, bytes]], *, dataset: st
     with the same name are kept apart; report lines name the uploads, never the scratch folder.
     """
     from core.data.accounts import authorize
-    from core.data.archive import extract_zip
+    from core.data.archive import extract_zip, scratch_folder
 
     authorize(actor, "import", f"{kind} upload into {dataset}", url=store.url if store is not None else None)
     if not files:
@@ -1123,10 +1181,7 @@ def import_uploads(kind: str, files: Sequence[tuple[str, bytes]], *, dataset: st
         name, data = files[0]
         return import_archive(kind, data, name=Path(name).name, dataset=dataset, store=store, progress=progress,
                               resplit=resplit)
-    uploads = settings.home() / "uploads"
-    uploads.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="upload-", dir=uploads))
-    try:
+    with scratch_folder("upload") as scratch:
         for number, (name, data) in enumerate(files, start=1):
             # IM0001.dcm from two studies: the second gets a folder of its own
             name = Path(name).name or f"upload-{number}"
@@ -1140,21 +1195,17 @@ def import_uploads(kind: str, files: Sequence[tuple[str, bytes]], *, dataset: st
         report.skipped = [(file.replace(f"{scratch}/", ""), reason.replace(f"{scratch}/", ""))
                           for file, reason in report.skipped]
         return report
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def import_phantoms(dataset: str, *, store: AnnotationStore | None = None, progress: ProgressCallback | None = None,
                     actor=None, **phantom_options) -> ImportReport:
     """Generate phantoms (``core.data.phantom.write_phantoms`` options) and import them with their full truth."""
     from core.data.accounts import authorize
+    from core.data.archive import scratch_folder
     from core.data.phantom import write_phantoms
 
     authorize(actor, "import", f"phantoms into {dataset}", url=store.url if store is not None else None)
-    uploads = settings.home() / "uploads"
-    uploads.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="phantoms-", dir=uploads))
-    try:
+    with scratch_folder("phantoms") as scratch:
         def generated(done: int, total: int, case) -> None:
             if progress is not None:
                 progress(done, total, f"phantom {done}/{total}")
@@ -1162,5 +1213,3 @@ def import_phantoms(dataset: str, *, store: AnnotationStore | None = None, progr
         # The CSXA layout carries class, landmarks (hence the box) and patient: everything a phantom knows.
         write_phantoms(scratch, formats=("csxa",), progress=generated, **phantom_options)
         return import_csxa(scratch / "csxa", dataset=dataset, store=store, progress=progress)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)

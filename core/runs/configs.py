@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import yaml
 
+from core.data import safe_yaml
 from core.data.measure import LANDMARK_CROP_MARGIN
 
 TASKS = ("classify", "detect", "landmarks", "compare")
@@ -248,7 +249,7 @@ def to_plain(value: Any) -> Any:
 
 def _parse_value(text: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return safe_yaml.load(text)  # no aliases in user YAML (an alias bomb)
     except yaml.YAMLError:
         return text
 
@@ -427,7 +428,7 @@ def read_config_source(source: str | Path | Mapping[str, Any] | None = None, ove
         if not path.is_file():
             raise ConfigError(f"config file '{path}' does not exist")
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            data = safe_yaml.load(path.read_text(encoding="utf-8")) or {}  # no aliases: an alias bomb is refused
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
         if not isinstance(data, dict):

@@ -64,6 +64,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 
 from core import settings
+from core.data import safe_yaml
 from core.runs import layout
 from core.runs.configs import YOLO_DEFAULT_MODEL, YoloConfig
 from core.runs.recorder import RunRecorder, log
@@ -292,7 +293,7 @@ def _load_dataset_yaml(data_yaml: str | Path) -> tuple[dict, Path]:
     if not path.is_file():
         raise FileNotFoundError(f"dataset description {path} not found (expected a YOLO data.yaml)")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_yaml.load(path.read_text(encoding="utf-8"))  # a user's data.yaml: no aliases (alias bomb)
     except yaml.YAMLError as exc:
         raise ValueError(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
