@@ -63,8 +63,11 @@ class ClassifyConfig(StrictConfig):
     model: str = "s_resnet34"
     model_options: dict = field(default_factory=dict)
     weights_path: str | None = None
-    init_from: str | None = None  # a run (id or folder) or .pt: start from its last checkpoint, new schedule
+    init_from: str | None = None  # promoted, a run (id or folder) or .pt: start from its weights, new schedule
     dataset: str = "default"
+    mix_with: str = "auto"  # fine-tuning: also train on this dataset (auto: the start model's, if another; none)
+    mix_share: float = 0.5  # the dataset's own films' share of each epoch when mixing
+    mix_limit: int = 300  # at most this many films of mix_with (seeded pick) per split
     train_split: str = "train"
     val_split: str = "val"
     test_split: str = "test"
@@ -131,16 +134,39 @@ class ClassifyConfig(StrictConfig):
         if self.weights_path and not Path(self.weights_path).expanduser().is_file():
             raise ConfigError(f"weights_path '{self.weights_path}' is not a file (weights are never downloaded: "
                               "point it at a local torchvision or CerviCurve .pt file)")
+        _check_mix(self)
         if self.init_from:
             if self.model == "svm":
                 raise ConfigError("init_from: an SVM is fitted in one go and cannot continue from a checkpoint")
-            init_checkpoint(self.init_from)
+            init_checkpoint(self.init_from, "classify")
 
 
-def init_checkpoint(source: str) -> Path:
-    """The checkpoint ``init_from`` names: a .pt file, or a run's last.pt (best.pt when last.pt was dropped)."""
+PROMOTED = "promoted"  # init_from: promoted = the model Predict uses for the run's task
+MIX_AUTO = "auto"
+
+
+def _check_mix(config: Any) -> None:
+    if not 0 < config.mix_share <= 1:
+        raise ConfigError(f"mix_share must be above 0 and at most 1 (the share of the dataset's own films in an "
+                          f"epoch), got {config.mix_share}")
+    if config.mix_limit < 1:
+        raise ConfigError(f"mix_limit must be >= 1, got {config.mix_limit}")
+    if config.mix_with == config.dataset:
+        raise ConfigError(f"mix_with names the run's own dataset {config.dataset!r}: name another, auto or null")
+
+
+def init_checkpoint(source: str, task: str) -> Path:
+    """The checkpoint ``init_from`` names: ``promoted`` (the task's promoted model), a .pt file, or a run's last.pt
+    (best.pt when last.pt was dropped)."""
+    from core import settings
     from core.runs import layout
 
+    if source == PROMOTED:
+        promoted = settings.promoted_dir() / task / "best.pt"
+        if not promoted.is_file():
+            raise ConfigError(f"init_from: promoted: no {task} model is promoted in this workspace; build the demo "
+                              "(python -m core demo) or promote a run first")
+        return promoted
     path = Path(source).expanduser()
     if path.is_file():
         return path
@@ -291,7 +317,10 @@ class HeatmapConfig(StrictConfig):
     seed: int = 0
     device: str = "auto"
     refine: int = 2       # extra passes on the box the previous points imply (1 -> 2: held-out Cobb MAE 2.34 -> 2.24 deg)
-    init_from: str | None = None  # a run (id or folder) or .pt: start from its last checkpoint, new schedule
+    init_from: str | None = None  # promoted, a run (id or folder) or .pt: start from its weights, new schedule
+    mix_with: str = "auto"  # fine-tuning: also train on this dataset (auto: the start model's, if another; none)
+    mix_share: float = 0.5  # the dataset's own films' share of each epoch when mixing
+    mix_limit: int = 300  # at most this many films of mix_with (seeded pick) per split
     mirror_average: bool = True  # also read the mirrored film and average (measured: Cobb MAE 2.2 -> 1.7 deg)
 
     def validate(self) -> None:
@@ -309,8 +338,9 @@ class HeatmapConfig(StrictConfig):
             raise ConfigError(f"roi_margin must be between 0 and 0.25, got {self.roi_margin}")
         if len(self.widths) != 5 or min(self.widths) < 1:
             raise ConfigError(f"widths needs 5 positive channel counts (one per encoder stage), got {self.widths}")
+        _check_mix(self)
         if self.init_from:
-            init_checkpoint(self.init_from)
+            init_checkpoint(self.init_from, "landmarks")
 
 
 YOLO_DEFAULT_MODEL = {"detect": "yolov8n.yaml", "landmarks": "yolov8n-pose.yaml"}

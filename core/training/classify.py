@@ -37,6 +37,7 @@ from core.training.crops import (NORMALISATION, CropDataset, DistributedWeighted
                                  context_inner, load_crops, load_split, normalise, to_samples, train_augmentation)
 from core.training.devices import pick_device
 from core.training.schedule import warmup_cosine
+from core.training.finetune import training_mix
 from core.runs.configs import ClassifyConfig, ConfigError, init_checkpoint, to_plain
 from core.runs.recorder import RunRecorder
 
@@ -157,8 +158,8 @@ def build_classifier(cfg: ClassifyConfig, input_size: int) -> nn.Module:
         state = torch.load(Path(cfg.weights_path).expanduser(), map_location="cpu", weights_only=True)["state_dict"]
         missing, unexpected = model.load_state_dict(state, strict=False)
         log.info("started from %s (missing %d, unexpected %d keys)", cfg.weights_path, len(missing), len(unexpected))
-    if cfg.init_from:  # continue an earlier run as a new one: its weights, this config's fresh schedule
-        source = init_checkpoint(cfg.init_from)
+    if cfg.init_from:  # continue an earlier run (or the promoted model) as a new one: its weights, a fresh schedule
+        source = init_checkpoint(cfg.init_from, "classify")
         model.load_state_dict(torch.load(source, map_location="cpu", weights_only=True)["state_dict"])
         log.info("started from the weights of %s", source)
     return model
@@ -351,7 +352,12 @@ def _splits(cfg: ClassifyConfig, items: Mapping[str, Sequence[Any]] | None) -> d
     names = (cfg.train_split, cfg.val_split, cfg.test_split)
     if items is not None:
         return {name: to_samples(items.get(name, ())) for name in names}
-    return {name: load_split(cfg, name) for name in names}
+    # the store's splits, with another dataset's films mixed in when fine-tuning (core.training.finetune)
+    mix = training_mix(cfg, "classify", names)
+    splits = {name: to_samples(mix.splits[name]) for name in names}
+    train = splits[cfg.train_split]
+    splits[cfg.train_split] = train[:mix.team_train] * mix.repeat + train[mix.team_train:]
+    return splits
 
 
 def _fit_torch(cfg: ClassifyConfig, run_dir: Path, run: RunRecorder, runtime: Runtime,

@@ -278,10 +278,15 @@ class CropDataset(Dataset):
         self.extra = CONTEXT_EXTRA if augment is not None else 0.0
         self.inner = context_inner(margin) if augment is not None else 1.0
         self.base_size = int(round(size / self.inner))
-        needed = len(self.samples) * self.base_size ** 2 * 2
+        # a film repeated in the list (a fine-tuning mix repeats the team's few films) is read and cached once
+        distinct: dict[tuple, int] = {}
+        for index, sample in enumerate(self.samples):
+            distinct.setdefault((str(sample.path), tuple(sample.roi_box or ())), index)
+        needed = len(distinct) * self.base_size ** 2 * 2
         self.cache: list[torch.Tensor] | None = None
         if needed <= cache_mb * 2 ** 20:
-            self.cache = [self._load(i).to(torch.float16) for i in range(len(self.samples))]
+            loaded = {key: self._load(index).to(torch.float16) for key, index in distinct.items()}
+            self.cache = [loaded[(str(sample.path), tuple(sample.roi_box or ()))] for sample in self.samples]
 
     def _load(self, index: int) -> torch.Tensor:
         from core.data.imaging import read_image

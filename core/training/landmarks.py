@@ -41,6 +41,7 @@ from core.runs.configs import LANDMARK_UNET, ConfigError, HeatmapConfig, init_ch
 from core.runs.recorder import RunRecorder
 from core.training.crops import film_artifacts
 from core.training.devices import pick_device
+from core.training.finetune import Mix, training_mix
 from core.training.schedule import warmup_cosine
 from core.data.exports import crop_window, landmark_crop_window
 from core.data.measure import (LANDMARK_NAMES, LandmarkError, landmark_errors, landmark_flip_index,
@@ -219,9 +220,9 @@ def _load_split(cfg: HeatmapConfig, split: str, items=None) -> _Split:
     from core.data.datasets import training_items
     from core.data.imaging import ImageReadError, read_image
 
-    records = items if items is not None else training_items(cfg.dataset, split)
+    records = items if items is not None else training_items(cfg.dataset, split, need_class=False)
     contexts, points, truth, windows = [], [], [], []
-    for item in records:
+    for item in _distinct(records):
         if item.landmarks is None:
             continue
         landmarks = np.asarray(item.landmarks, dtype=np.float64)
@@ -242,6 +243,25 @@ def _load_split(cfg: HeatmapConfig, split: str, items=None) -> _Split:
     if not contexts:
         return _Split(torch.zeros(0, 1, 1, 1), torch.zeros(0, len(LANDMARK_NAMES), 2), [], [])
     return _Split(torch.stack(contexts), torch.stack(points), truth, windows)
+
+
+def _distinct(records) -> list:
+    """Each film once: a fine-tuning pool repeats films by index, never by reading them again."""
+    seen, out = set(), []
+    for item in records:
+        if str(item.path) not in seen:
+            seen.add(str(item.path))
+            out.append(item)
+    return out
+
+
+def _concat(a: _Split, b: _Split) -> _Split:
+    if not a.truth:
+        return b
+    if not b.truth:
+        return a
+    return _Split(torch.cat([a.contexts, b.contexts]), torch.cat([a.points, b.points]), a.truth + b.truth,
+                  a.windows + b.windows)
 
 
 def _augment(cfg: HeatmapConfig, n: int, generator: torch.Generator):
@@ -342,8 +362,8 @@ def fit(config: Mapping[str, Any] | HeatmapConfig, run_dir: str | Path, *, resum
         progress_callback: ProgressCallback | None = None, items: Mapping[str, Sequence[Any]] | None = None) -> dict:
     """Train the heatmap landmark model into ``run_dir``; returns the test report (also test_report.json).
 
-    ``items`` maps split names to TrainingItem-like records (tests); without it the store's patient-level splits of
-    ``config.dataset`` are used. ``resume`` continues from last.pt. A bad dataset ends the run as failed
+    ``items`` maps split names to TrainingItem-like records (tests), or is a fine-tuning :class:`Mix`; without it the
+    store's patient-level splits of ``config.dataset`` are used, mixed with ``mix_with``'s when fine-tuning. ``resume`` continues from last.pt. A bad dataset ends the run as failed
     (LandmarkTrainingError), SIGTERM as cancelled (RunCancelled); status.json says which.
     """
     cfg = config if isinstance(config, HeatmapConfig) else HeatmapConfig.from_dict(config)
@@ -358,7 +378,19 @@ def _fit(cfg: HeatmapConfig, run: RunRecorder, progress_callback, items, resume:
     if device.type == "cpu":
         torch.set_num_threads(settings.cpu_threads())
     started = time.time()
-    splits = {name: _load_split(cfg, name, None if items is None else items.get(name, [])) for name in ("train", "val")}
+    repeat, mixed, records = 1, None, items
+    if items is None or isinstance(items, Mix):  # fine-tuning: another dataset's films mixed in
+        mix = items if isinstance(items, Mix) else training_mix(cfg, "landmarks", ("train", "val"), need_class=False)
+        repeat, mixed = mix.repeat, mix.splits["train"][mix.team_train:]
+        records = {**mix.splits, "train": mix.splits["train"][:mix.team_train]}
+    splits = {name: _load_split(cfg, name, records.get(name, [])) for name in ("train", "val")}
+    team_train = len(splits["train"].truth)
+    if mixed:
+        if team_train == 0:
+            raise LandmarkTrainingError(f"dataset {cfg.dataset!r} has no training film with all "
+                                        f"{len(LANDMARK_NAMES)} landmarks to fine-tune on (split it first: python -m "
+                                        f"core split --dataset {cfg.dataset} --no-stratify)")
+        splits["train"] = _concat(splits["train"], _load_split(cfg, "train", mixed))
     if len(splits["train"].truth) == 0:
         raise LandmarkTrainingError(f"dataset {cfg.dataset!r} has no training image with all "
                                     f"{len(LANDMARK_NAMES)} landmarks")
@@ -370,13 +402,15 @@ def _fit(cfg: HeatmapConfig, run: RunRecorder, progress_callback, items, resume:
 
     torch.manual_seed(cfg.seed)
     net = LandmarkUNet(len(LANDMARK_NAMES), tuple(cfg.widths)).to(device)
-    if cfg.init_from:  # continue an earlier run as a new one: its weights, this config's fresh schedule
-        source = init_checkpoint(cfg.init_from)
+    if cfg.init_from:  # continue an earlier run (or the promoted model) as a new one: its weights, a fresh schedule
+        source = init_checkpoint(cfg.init_from, "landmarks")
         net.load_state_dict(torch.load(source, map_location="cpu", weights_only=True)["state_dict"])
         log.info("started from the weights of %s", source)
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     train_split = splits["train"]
-    n = len(train_split.truth)
+    # each of the team's films `repeat` times an epoch (fine-tuning mix), every other film once
+    pool = torch.cat([torch.arange(team_train).repeat(repeat), torch.arange(team_train, len(train_split.truth))])
+    n = len(pool)
     steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
     total_steps = steps_per_epoch * cfg.epochs
     scheduler = warmup_cosine(optimizer, min(50, total_steps // 10), total_steps)
@@ -395,7 +429,7 @@ def _fit(cfg: HeatmapConfig, run: RunRecorder, progress_callback, items, resume:
         epoch_started = time.time()
         net.train()
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # resumable: same batches again
-        order = torch.randperm(n, generator=generator)
+        order = pool[torch.randperm(n, generator=generator)]
         losses = []
         lr = optimizer.param_groups[0]["lr"]
         for step in range(steps_per_epoch):
@@ -435,7 +469,8 @@ def _fit(cfg: HeatmapConfig, run: RunRecorder, progress_callback, items, resume:
             break
 
     run.update(message="evaluating on the test split", eta_s=None)
-    report = evaluate(run_dir, items=None if items is None else items.get("test", []))
+    report = evaluate(run_dir, items=None if items is None else
+                      (items.splits if isinstance(items, Mix) else items).get("test", []))
     report["seconds"] = round(time.time() - started, 1)
     run.write_json(layout.TEST_REPORT, report)
     run.done(f"done: test error {report['mean_error_px']:.2f} px, Cobb MAE {report['cobb_mae_deg']:.2f} deg"
@@ -452,7 +487,7 @@ def evaluate(run_dir: str | Path, split: str = "test", items: Sequence[Any] | No
     cfg = HeatmapConfig.from_dict(model.meta["config"])
     from core.data.datasets import training_items
 
-    records = items if items is not None else training_items(cfg.dataset, split)
+    records = items if items is not None else training_items(cfg.dataset, split, need_class=False)
     pairs, missed = [], 0
     for item in records:
         if item.landmarks is None:
