@@ -48,7 +48,7 @@ class DatasetError(ValueError):
 @dataclass
 class TrainingItem:
     path: Path  # absolute
-    label: int  # index into CLASSES
+    label: int | None  # index into CLASSES; None only with need_class=False
     roi_box: list[float] | None
     landmarks: np.ndarray | None
     patient_id: str
@@ -142,8 +142,12 @@ def _deal(n: int, fractions: Sequence[float]) -> list[int]:
 
 
 def make_splits(dataset: str, fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0, *,
-                store: AnnotationStore | None = None, freeze: bool = False, actor=None) -> dict[str, dict[str, int]]:
+                store: AnnotationStore | None = None, freeze: bool = False, actor=None,
+                stratify: bool = True) -> dict[str, dict[str, int]]:
     """Assign train/val/test: grouped by patient (no patient in two splits), stratified by class.
+
+    ``stratify=False`` deals every patient, with a class or not, as one group: a team's few films labeled for
+    landmarks (CSXA's sheet leaves many grades blank) cannot give every class a patient in every split.
 
     ``freeze`` then freezes the test split. ``actor``: who asks (``core.data.accounts.authorize``; an admin in team
     mode, anyone in single-user mode).
@@ -173,14 +177,21 @@ def make_splits(dataset: str, fractions: Sequence[float] = (0.7, 0.15, 0.15), se
             frozen_test = {item.patient_id for item in items if item.split == "test"}
             fractions = [fractions[0] / (fractions[0] + fractions[1]), fractions[1] / (fractions[0] + fractions[1]), 0.0]
         used = [name for name, f in zip(SPLITS, fractions) if f > 0]
-        labeled = [item for item in items if item.curvature_class is not None and item.patient_id not in frozen_test]
+        labeled = [item for item in items if (item.curvature_class is not None or not stratify)
+                   and item.patient_id not in frozen_test]
         if not labeled:
             raise DatasetError(f"dataset {dataset!r} has no labeled images to split"
                                + (" outside its frozen test split" if frozen_test else ""))
-        strata = _patients_by_class(labeled)
-        _require_patients(strata, len(used), f"a {'/'.join(used)} split",
-                          f"A class needs one patient in each of {', '.join(used)}: label more patients"
-                          + (", or set the val or test fraction to 0." if len(used) == 3 else "."))
+        if stratify:
+            strata = _patients_by_class(labeled)
+            _require_patients(strata, len(used), f"a {'/'.join(used)} split",
+                              f"A class needs one patient in each of {', '.join(used)}: label more patients"
+                              + (", or set the val or test fraction to 0" if len(used) == 3 else "")
+                              + ", or split by patient alone (--no-stratify) for a landmark set.")
+        else:
+            strata = {"all": sorted({item.patient_id for item in labeled})}
+            if len(strata["all"]) < len(used):
+                raise DatasetError(f"too few patients for a {'/'.join(used)} split: {len(strata['all'])}")
         rng = np.random.default_rng(seed)
         patient_split: dict[str, str] = {}
         for patients in strata.values():
@@ -270,8 +281,9 @@ def check_splits(dataset: str, *, store: AnnotationStore | None = None) -> Split
 
 
 def training_items(dataset: str, split: str | None = None, *, image_ids: Iterable[int] | None = None,
-                   store: AnnotationStore | None = None) -> list[TrainingItem]:
-    """Labeled images for the trainer and the evaluator; ``image_ids`` picks a fold.
+                   store: AnnotationStore | None = None, need_class: bool = True) -> list[TrainingItem]:
+    """Labeled images for the trainer and the evaluator; ``image_ids`` picks a fold. ``need_class=False`` keeps
+    images without a class too (a landmark or box set: CSXA leaves many grades blank).
 
     DatasetError when a patient of the dataset is in two splits (training on it would leak into the
     test). With a ``split``, images without one are left out, never trained on silently: a warning on the
@@ -289,7 +301,7 @@ def training_items(dataset: str, split: str | None = None, *, image_ids: Iterabl
                     "give them one with: python -m core split --dataset %s", check.unsplit, dataset, split, dataset)
     out = []
     for item in items:
-        if item.curvature_class is None or (wanted is not None and item.image_id not in wanted):
+        if (need_class and item.curvature_class is None) or (wanted is not None and item.image_id not in wanted):
             continue
         if split is not None and item.split != split:
             continue
@@ -308,6 +320,9 @@ def configure_split(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--folds", type=int, help="also show K patient-grouped folds over train+val")
     parser.add_argument("--freeze-test", action="store_true",
                         help="freeze the test split after splitting: later splits never reshuffle it")
+    parser.add_argument("--no-stratify", action="store_true",
+                        help="deal patients by the fractions alone, ignoring class (a few films labeled for "
+                             "landmarks, or with grades missing)")
 
 
 def run_split(args: argparse.Namespace) -> int:
@@ -319,8 +334,9 @@ def run_split(args: argparse.Namespace) -> int:
     try:
         from core.data.accounts import SHELL
 
-        counts = make_splits(args.dataset, fractions, seed=args.seed, actor=SHELL)
-        print(f"splits of {args.dataset!r} (patient-grouped, class-stratified, seed {args.seed}):")
+        counts = make_splits(args.dataset, fractions, seed=args.seed, actor=SHELL, stratify=not args.no_stratify)
+        print(f"splits of {args.dataset!r} (patient-grouped, "
+              f"{'class-stratified, ' if not args.no_stratify else ''}seed {args.seed}):")
         for split, per_class in counts.items():
             print(f"  {split:<5} " + "  ".join(f"{name} {n}" for name, n in per_class.items()))
         with AnnotationStore() as store:

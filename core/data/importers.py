@@ -833,7 +833,7 @@ def import_coco(src: str | Path, labels: str | Path | None = None, *, dataset: s
                        annotator=annotator, progress=progress, origin=origin, resplit=resplit)
 
 
-def _read_csxa_sheet(path: Path) -> dict[int, dict]:
+def read_csxa_sheet(path: Path) -> dict[int, dict]:
     """Case number -> {grade, age, sex} from ``datasets.xlsx`` (Sheet1) or the same as CSV.
 
     The header row is found by its ``Number`` cell (CSXA puts a title row above it).
@@ -854,7 +854,8 @@ def _read_csxa_sheet(path: Path) -> dict[int, dict]:
         raise DatasetError(f"{path.name}: no header row with a 'Number' column in its first 10 rows")
     header = [str(v).strip() for v in table.iloc[header_row].tolist()]
     number_col = next(i for i, h in enumerate(header) if h.lower() == "number")
-    curve_col = next((i for i, h in enumerate(header) if h.lower().startswith(CSXA_CURVATURE_HEADER)), None)
+    # "Curvature: 1.Lordotic, ..." in the published sheet, "Cervical curvature status: 1. Normal; ..." in others
+    curve_col = next((i for i, h in enumerate(header) if CSXA_CURVATURE_HEADER in h.lower()), None)
     if curve_col is None:
         raise DatasetError(f"{path.name}: no column headed 'Curvature: 1.Lordotic, 2.Straight, ...'")
     extra = {key: next((i for i, h in enumerate(header) if h.lower().startswith(key)), None) for key in ("age", "sex")}
@@ -914,7 +915,7 @@ def import_csxa(src: str | Path, sheet: str | Path | None = None, *, sigmoid: st
     ``sigmoid="measure"`` classed by the Cobb rule on their landmarks. The ROI box comes from the
     landmarks; the patient is the case number.
     """
-    from core.data.measure import LandmarkError, measure_landmarks
+    from core.data.measure import LandmarkError, measure_landmarks, read_facing
 
     if sigmoid not in ("skip", "measure"):
         raise DatasetError(f"sigmoid must be 'skip' or 'measure', got {sigmoid!r}")
@@ -924,7 +925,7 @@ def import_csxa(src: str | Path, sheet: str | Path | None = None, *, sigmoid: st
         if not found:
             raise DatasetError(f"no datasets.xlsx or datasets.csv under {src}; pass the sheet with --labels")
         sheet = found[0]
-    cases = _read_csxa_sheet(Path(sheet))
+    cases = read_csxa_sheet(Path(sheet))
     image_dir = next((p for p in [src / "datasets-PNG", *sorted(src.rglob("datasets-PNG"))] if p.is_dir()), src)
     labelme = {}
     for json_path in sorted(src.rglob("*.json")):
@@ -954,7 +955,10 @@ def import_csxa(src: str | Path, sheet: str | Path | None = None, *, sigmoid: st
         grade = case["grade"]
         meta = {"csxa": {"number": number, "curvature_grade": grade,
                          **{k: case[k] for k in ("age", "sex") if case.get(k) is not None}}}
-        if grade in CSXA_GRADES:
+        if grade is None and landmarks is not None:
+            # no grade in the sheet: the landmarks still teach the detector and the landmark model
+            curvature_class = None
+        elif grade in CSXA_GRADES:
             curvature_class = CSXA_GRADES[grade]
         elif grade in (3, 4) and sigmoid == "skip":
             skipped.append((name, f"sigmoid curvature (grade {grade}) is not one of the three classes; "
@@ -965,8 +969,9 @@ def import_csxa(src: str | Path, sheet: str | Path | None = None, *, sigmoid: st
                 skipped.append((name, f"sigmoid curvature (grade {grade}) needs landmarks to be measured; none found"))
                 continue
             try:
-                curvature_class = measure_landmarks(landmarks).rule_class
-            except LandmarkError as error:
+                facing = read_facing(read_image(path).pixels, landmarks).facing  # the lean flips on some necks
+                curvature_class = measure_landmarks(landmarks, facing=facing).rule_class
+            except (LandmarkError, ImageReadError) as error:
                 skipped.append((name, f"sigmoid curvature (grade {grade}) cannot be measured: {error}"))
                 continue
             meta["csxa"]["class_from"] = "cobb rule"
