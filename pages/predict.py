@@ -83,11 +83,15 @@ def measurements_table(prediction) -> pd.DataFrame | None:
 
 
 def unlike_training_warning(prediction) -> str:
-    """The plain warning for a film the models cannot judge (core.evaluation.ood)."""
+    """The plain warning for a film the models cannot judge (core.evaluation.ood), and what to do next."""
     reasons = "; ".join(prediction.ood_reasons)
-    return (f"This film is unlike the films the model was trained on: the class and angle may be wrong "
-            f"(out-of-distribution score {prediction.ood_score:.1f}, over 1 is unlike{': ' + reasons if reasons else ''}). "
-            "The probabilities are not calibrated for this film and are shown capped at 90 %.")
+    lead = {"angle": "Its landmarks are sure, so the measured angle and its rule class lead; the network's class "
+                     "below is not calibrated for it (capped at 90 %). Check the points on the picture.",
+            "none": "Its landmarks are not sure enough to measure either, so no class is given: read the film "
+                    "yourself, or label a few films like it and fine-tune (README, Real films)."}
+    return (f"This film is unlike the films the models were trained on (out-of-distribution score "
+            f"{prediction.ood_score:.1f}, over 1 is unlike{': ' + reasons if reasons else ''}). "
+            + lead.get(prediction.lead, "The probabilities are not calibrated for this film (capped at 90 %)."))
 
 
 def show_result(predictor, name: str, data: bytes, truth: str | None = None) -> None:
@@ -102,7 +106,14 @@ def show_result(predictor, name: str, data: bytes, truth: str | None = None) -> 
         prediction = predict_cached(predictor, name, data, method)
     probability = prediction.probabilities[prediction.curvature_class]
     provenance = report.provenance(predictor)
-    st.subheader(f"{name}: {prediction.curvature_class} ({probability:.0%})")
+    if prediction.lead == "angle":  # a film unlike the training films: the measured angle is the evidence
+        m = prediction.measurements
+        angle = m.cobb_c2c6 if m.lowest_level == "C6" else m.cobb_c2c7
+        st.subheader(f"{name}: {m.rule_class} by its measured angle (Cobb C2–{m.lowest_level} {angle:+.1f}°)")
+    elif prediction.lead == "none":
+        st.subheader(f"{name}: not judged — check this film by eye")
+    else:
+        st.subheader(f"{name}: {prediction.curvature_class} ({probability:.0%})")
     if truth:
         st.caption(truth)
 
@@ -164,7 +175,9 @@ def results_table(results, thumbnails: dict[str, str]) -> pd.DataFrame:
             continue
         m = result.measurements
         rows.append({
-            "image": thumbnails.get(result.file), "file": result.file, "class": result.curvature_class,
+            "image": thumbnails.get(result.file), "file": result.file,
+            "class": {"angle": f"{m.rule_class} (by angle)" if m else None, "none": "not judged"}.get(
+                result.lead, result.curvature_class),
             **{f"p_{c}": round(result.probabilities.get(c, float("nan")), 3) for c in CLASSES},
             "low_confidence": result.low_confidence, "box_source": result.box_source,
             "cobb_c2c7": None if m is None else round(m.cobb_c2c7, 1), "cci": None if m is None else round(m.cci, 1),

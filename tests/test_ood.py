@@ -250,9 +250,47 @@ def test_the_predict_page_warns_on_a_film_unlike_the_training_films(tmp_path, mo
 
     at = upload(predict_page(), ("noise.png", noise_png(0)))
     assert not at.error
-    assert any("unlike the films the model was trained on: the class and angle may be wrong" in w.value
+    assert any("unlike the films the models were trained on" in w.value and "no class is given" in w.value
                for w in at.warning)
+    # no landmarks to measure either: the page leads with no class at all, not the capped network answer
+    assert any(h.value == "noise.png: not judged — check this film by eye" for h in at.subheader)
     assert any(c.value == "Probabilities not calibrated for this film." for c in at.caption)
     at = upload(predict_page(), ("a.png", noise_png(1)), ("b.png", noise_png(2)))
     table = at.dataframe[0].value
     assert table["out_of_distribution"].tolist() == [True, True] and (table["ood_score"] > 1).all()
+    assert table["class"].tolist() == ["not judged", "not judged"]
+
+
+def test_a_flagged_film_with_sure_landmarks_leads_with_its_angle_and_the_report_says_so():
+    """A real film the classifier has never seen the like of, but whose points are sure: the measured angle and
+    its rule class are the result (title, JSON, PNG report), never the classifier's capped 90 %."""
+    from core.data.imaging import Radiograph
+    from core.data.measure import measure_landmarks
+    from core.data.phantom import generate_case
+    from core.inference import report
+    from core.inference.pipeline import Prediction, choose_lead
+
+    case = generate_case(4, size=256, cobb_c2c7=25.0)
+    m = measure_landmarks(case.landmarks, facing=case.facing)
+    sure, unsure = np.full(23, 0.9), np.full(23, 0.3)
+    assert choose_lead(False, m, [], sure) == "network"
+    assert choose_lead(True, m, [], sure) == "angle"
+    assert choose_lead(True, m, [], unsure) == "none"
+    assert choose_lead(True, m, ["C7 top left"], sure) == "none"
+    assert choose_lead(True, None, [], None) == "none"
+
+    film = Radiograph(pixels=case.image.astype(np.float32) / 255, source_bit_depth=8, pixel_spacing_mm=None,
+                      photometric="MONOCHROME2", original_size=(case.width, case.height))
+    result = Prediction(file="real.png", curvature_class="straightened",
+                        probabilities={"normal": 0.05, "straightened": 0.9, "reversed": 0.05}, roi_box=case.roi_box,
+                        box_confidence=0.8, box_source="detector", low_confidence=True, cam=None, cam_method=None,
+                        landmarks=case.landmarks, measurements=m, agreement=False, radiograph=film, timings={},
+                        ood_score=2.4, out_of_distribution=True, calibrated=False, lead="angle")
+    assert result.headline.startswith(f"normal by its measured angle (Cobb C2-C7 {m.cobb_c2c7:+.1f} deg")
+    assert result.to_json()["lead"] == "angle"
+    shown, text = report.report_text(result, "models")
+    assert shown == "normal" and text[0].startswith("Result: normal by its measured angle")
+    assert any("Unlike the films the models were trained on (out-of-distribution score 2.4" in t for t in text)
+    assert report.report_png(result, "models").startswith(b"\x89PNG")
+    none = Prediction(**{**result.__dict__, "lead": "none"})
+    assert report.report_text(none, "models")[0] is None

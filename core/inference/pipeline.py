@@ -60,6 +60,7 @@ PLAUSIBLE_COBB_DEG = 80.0
 ANGLE_MARGIN_DEG = 3.0
 SURE_LANDMARKS = 0.5  # mean heatmap confidence of a set of points the angle can rest on
 STAGES = ("read", "detect", "landmarks", "crop", "classify", "cam")
+LEADS = ("network", "angle", "none")
 BOX_SOURCES = ("detector", "landmarks", "whole image")
 
 
@@ -95,6 +96,21 @@ class Prediction:
     crop_box: list[float] | None = None  # what the classifier read: the landmarks' box when all points are sure,
                                          # else roi_box; None for the whole image
     facing: Facing | None = None        # which way the patient faces, and how that was known (with landmarks)
+    lead: str = "network"               # what the result leads with (LEADS): the network's class; on a film unlike
+                                        # the training films the measured angle when its landmarks are sure, or
+                                        # nothing ("none": these models cannot judge this film)
+
+    @property
+    def headline(self) -> str:
+        """One line for a title or a report: the class the evidence supports, and on what it rests."""
+        if self.lead == "angle":
+            level, angle = _lowest_angle(self.measurements)
+            return (f"{self.measurements.rule_class} by its measured angle (Cobb C2-{level} {angle:+.1f} deg; "
+                    "the film is unlike the training films, so the network's class is not the evidence)")
+        if self.lead == "none":
+            return ("not judged: the film is unlike the training films and its landmarks are not sure enough to "
+                    "measure; check it by eye")
+        return f"{self.curvature_class} ({self.confidence:.0%}" + (", low confidence)" if self.low_confidence else ")")
 
     @property
     def confidence(self) -> float:
@@ -124,6 +140,8 @@ class Prediction:
             "evidence": self.evidence,
             "facing": None if self.facing is None else {"side": self.facing.facing, "source": self.facing.source,
                                                         "score": self.facing.score},
+            "lead": self.lead,
+            "headline": self.headline,
         }
 
 
@@ -362,6 +380,7 @@ class Predictor:
             probabilities = ood.cap_probabilities(probabilities)
         low = (probabilities[curvature_class] < self.threshold or box_source == "whole image" or unlike.flagged)
         agreement = None if measurements is None else measurements.rule_class == curvature_class
+        lead = choose_lead(unlike.flagged, measurements, missing, landmark_confidence)
         evidence = None
         if agreement is False:
             evidence = which_evidence(measurements, landmark_confidence, missing, probabilities[curvature_class],
@@ -374,7 +393,7 @@ class Predictor:
             notes=notes, model=self.model_name, ood_score=unlike.score, out_of_distribution=unlike.flagged,
             ood_components=unlike.components, ood_reasons=unlike.reasons, calibrated=not unlike.flagged,
             missing_landmarks=missing, evidence=evidence, crop_box=crop_region,
-            facing=facing_found if measurements is not None else None,
+            facing=facing_found if measurements is not None else None, lead=lead,
         )
 
     def _features(self):
@@ -489,6 +508,17 @@ def _describe_points(names: list[str]) -> str:
     return ", ".join(parts)
 
 
+def choose_lead(flagged: bool, measurements: Measurements | None, missing: list[str], landmark_confidence) -> str:
+    """What a result leads with (``LEADS``). On a film unlike the training films the classifier's answer is not
+    evidence, but landmarks that are all sure still give an angle to measure: it leads then; otherwise nothing
+    does ("none": no confident answer on a film the models cannot judge)."""
+    if not flagged:
+        return "network"
+    sure = (measurements is not None and not missing and landmark_confidence is not None
+            and float(np.mean(landmark_confidence)) >= SURE_LANDMARKS)
+    return "angle" if sure else "none"
+
+
 def which_evidence(measurements: Measurements, landmark_confidence, missing: list[str], probability: float,
                    flagged: bool) -> str:
     """When the network's class and the angle's rule class differ, which the evidence favours and why."""
@@ -538,7 +568,7 @@ def predict(source: Any, name: str | None = None, cam_method: str | None = "grad
 
 
 # ------------------------------------------------------------------------------------ CLI
-CSV_COLUMNS = ("file", "class", "p_normal", "p_straightened", "p_reversed", "x1", "y1", "x2", "y2",
+CSV_COLUMNS = ("file", "lead", "headline", "class", "p_normal", "p_straightened", "p_reversed", "x1", "y1", "x2", "y2",
                "box_confidence", "box_source", "low_confidence", "cobb_c2c7", "cci", "rule_class", "agreement",
                "ood_score", "out_of_distribution", "cam", "error")
 
@@ -620,7 +650,7 @@ def _unique_stem(stem: str, used: set[str]) -> str:
 def _csv_row(result: Prediction, cam_path: Path | None) -> dict:
     m = result.measurements
     return {
-        "file": result.file, "class": result.curvature_class,
+        "file": result.file, "lead": result.lead, "headline": result.headline, "class": result.curvature_class,
         **{f"p_{c}": round(result.probabilities.get(c, math.nan), 4) for c in ("normal", "straightened", "reversed")},
         **dict(zip(("x1", "y1", "x2", "y2"), (round(v, 1) for v in result.roi_box))),
         "box_confidence": "" if result.box_confidence is None else round(result.box_confidence, 4),
@@ -636,7 +666,8 @@ def _csv_row(result: Prediction, cam_path: Path | None) -> dict:
 
 
 def _summary(result: Prediction) -> str:
-    text = (f"{result.file}: {result.curvature_class} (p={result.confidence:.2f}); box from {result.box_source}"
+    text = (f"{result.file}: {result.headline}; network {result.curvature_class} (p={result.confidence:.2f}); "
+            f"box from {result.box_source}"
             + (f" ({result.box_confidence:.2f})" if result.box_confidence is not None else ""))
     if result.measurements is not None:
         m = result.measurements

@@ -152,11 +152,34 @@ def report_png(prediction, provenance_line: str, *, quality: str | None = None, 
 
     ``images``: the two pictures when the caller has drawn them already (the page has)."""
     radiograph, heatmap = images if images is not None else pictures(prediction, alpha)
-    return _compose(radiograph, heatmap, f"CerviCurve — {prediction.file}", prediction.curvature_class,
-                    prediction.probabilities, report_lines(prediction, provenance_line, quality, truth))
+    shown, lines = report_text(prediction, provenance_line, quality, truth)
+    return _compose(radiograph, heatmap, f"CerviCurve — {prediction.file}", shown, prediction.probabilities, lines)
 
 
-def _compose(radiograph: Image.Image, heatmap: Image.Image | None, title: str, curvature_class: str,
+def report_text(prediction, provenance_line: str, quality: str | None = None, truth: str | None = None
+                ) -> tuple[str | None, list[str]]:
+    """(the class the report shows, or None for "not judged"; its lines). On a film unlike the training films the
+    warning travels with the picture, and the class shown is the angle's or none, never the network's capped one."""
+    lines = report_lines(prediction, provenance_line, quality, truth)
+    if prediction.lead == "network":
+        return prediction.curvature_class, lines
+    lines = [f"Result: {prediction.headline}", *_wrapped(unlike_text(prediction)), *lines]
+    return (prediction.measurements.rule_class if prediction.lead == "angle" else None), lines
+
+
+def unlike_text(prediction) -> str:
+    score = "" if prediction.ood_score is None else f" (out-of-distribution score {prediction.ood_score:.1f}, over 1 is unlike)"
+    return (f"Unlike the films the models were trained on{score}: the network's probabilities below are capped at "
+            "90 % and not calibrated for it.")
+
+
+def _wrapped(text: str, width: int = 95) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width)
+
+
+def _compose(radiograph: Image.Image, heatmap: Image.Image | None, title: str, curvature_class: str | None,
              probabilities: Mapping[str, float], lines: Sequence[str]) -> bytes:
     panel_h = 720
     panels = [radiograph] + ([heatmap] if heatmap is not None else [])
@@ -172,8 +195,8 @@ def _compose(radiograph: Image.Image, heatmap: Image.Image | None, title: str, c
         page.paste(panel, (x, 64))
         x += panel.width + gap
     y = 64 + panel_h + 16
-    draw.rectangle([margin, y + 6, margin + 24, y + 30], fill=CLASS_COLOURS.get(curvature_class, "#000"))
-    draw.text((margin + 34, y), f"Class: {curvature_class}", fill="black", font=_font(30))
+    draw.rectangle([margin, y + 6, margin + 24, y + 30], fill=CLASS_COLOURS.get(curvature_class, "#bbb"))
+    draw.text((margin + 34, y), f"Class: {curvature_class or 'not judged (see below)'}", fill="black", font=_font(30))
     y += 44
     bar_w = width - 2 * margin - 200
     for name in CLASSES:
