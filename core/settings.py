@@ -35,6 +35,14 @@ VARIABLES = {
                              "0, default 2048",
     "CERVICURVE_SESSION_IDLE_MIN": "minutes a sign-in stays valid without use (team mode): a number above 0, "
                                    "default 60",
+    "CERVICURVE_SESSION_MAX_HOURS": "hours a sign-in lasts at most, however busy (team mode): a number above 0, "
+                                    "default 12",
+    "CERVICURVE_SIGNIN_FAILURES": "failed sign-ins to one account name before it is locked (team mode): a whole "
+                                  "number from 1 up, default 5",
+    "CERVICURVE_SIGNIN_LOCKOUT_S": "seconds the first lockout lasts, doubled by each further failure up to an hour "
+                                   "(team mode): a number above 0, default 30",
+    "CERVICURVE_SIGNIN_CONCURRENT": "sign-ins checked at once per server process, each holding 64 MiB of argon2 "
+                                    "memory (team mode): a whole number from 1 up, default 4",
 }
 
 
@@ -62,11 +70,19 @@ def check() -> None:
             reader()
         except SettingsError as error:
             problems.append(str(error))
-    try:
-        if session_idle_minutes() <= 0:
-            problems.append(str(_bad("CERVICURVE_SESSION_IDLE_MIN", os.environ["CERVICURVE_SESSION_IDLE_MIN"])))
-    except SettingsError as error:
-        problems.append(str(error))
+    for name, reader in (("CERVICURVE_SESSION_IDLE_MIN", session_idle_minutes),
+                         ("CERVICURVE_SESSION_MAX_HOURS", session_max_hours),
+                         ("CERVICURVE_SIGNIN_LOCKOUT_S", sign_in_lockout_s)):
+        try:
+            if reader() <= 0:
+                problems.append(str(_bad(name, os.environ[name])))
+        except SettingsError as error:
+            problems.append(str(error))
+    for reader in (sign_in_failures, sign_in_concurrent):
+        try:
+            reader()
+        except SettingsError as error:
+            problems.append(str(error))
     if problems:
         raise SettingsError("bad settings:\n  " + "\n  ".join(problems))
 
@@ -92,6 +108,35 @@ def env_number(name: str, default: float) -> float:
 def session_idle_minutes() -> float:
     """How long a team-mode sign-in lasts without use."""
     return env_number("CERVICURVE_SESSION_IDLE_MIN", 60.0)
+
+
+def session_max_hours() -> float:
+    """How long a team-mode sign-in lasts at most, in use or not (a stolen token stops working by then)."""
+    return env_number("CERVICURVE_SESSION_MAX_HOURS", 12.0)
+
+
+def sign_in_lockout_s() -> float:
+    """Seconds of the first lockout after CERVICURVE_SIGNIN_FAILURES failed sign-ins."""
+    return env_number("CERVICURVE_SIGNIN_LOCKOUT_S", 30.0)
+
+
+def sign_in_failures() -> int:
+    """Failed sign-ins to one account name before it is locked."""
+    return _whole("CERVICURVE_SIGNIN_FAILURES", 5)
+
+
+def sign_in_concurrent() -> int:
+    """Sign-ins whose password hash is checked at once in one process (argon2 takes 64 MiB for each)."""
+    return _whole("CERVICURVE_SIGNIN_CONCURRENT", 4)
+
+
+def _whole(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise _bad(name, value)
+    return int(value)
 
 
 def rule_thresholds_deg() -> tuple[float, float]:

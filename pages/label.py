@@ -481,7 +481,7 @@ def export() -> None:
     if st.button("Export", type="primary", key="label_export"):
         out = settings.home() / "exports" / f"{dataset}-{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
         with engine_errors("Exporting"):
-            report = labels.export(kind, dataset, out, store=annotation_store)
+            report = labels.export(kind, dataset, out, store=annotation_store, actor=state["actor"])
             st.success(report.format())
     st.divider()
     st.write("Train a model on the current labels (reviewed ones first, else the newest).")

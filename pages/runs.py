@@ -75,7 +75,7 @@ def analysis_detail(run_dir, task: str) -> None:
         from core.inference import run_analysis
 
         with engine_errors("Analysing"), st.spinner("Running the model on the test split…"):
-            saved = run_analysis.analyse(run_dir, "test")
+            saved = run_analysis.analyse(run_dir, "test", actor=state["actor"])
     if not saved:
         return
     if saved.get("task") == "landmarks":
@@ -205,6 +205,6 @@ for task, title in (("classify", "Classifier"), ("detect", "Detector"), ("landma
             from core.inference import onnx_export
 
             with engine_errors("Exporting to ONNX"), st.spinner("Exporting and checking against torch…"):
-                done = onnx_export.export_promoted(task)
+                done = onnx_export.export_promoted(task, actor=state["actor"])
                 st.success(f"{done['path']} · onnxruntime vs torch max abs difference {done['max_abs_diff']:.2e} "
                            f"on a {done['input_shape']} input")

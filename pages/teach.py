@@ -189,7 +189,11 @@ def measure_part() -> None:
 def take_quiz(quizzes) -> None:
     labels = {q.label: q for q in quizzes}
     chosen = labels[st.selectbox("Quiz", list(labels), key="quiz_choice")]
-    student = st.text_input("Your name", key="quiz_student", max_chars=200, persist_state="session")
+    if state["team_mode"]:  # the answers are the signed-in user's (core refuses another name)
+        student = state["user"].name
+        st.caption(f"Answering as **{student}**")
+    else:
+        student = st.text_input("Your name", key="quiz_student", max_chars=200, persist_state="session")
     films = None
     with engine_errors("Loading the films"), st.spinner("Drawing the films…"):
         films = teaching.quiz_films(chosen)
@@ -207,7 +211,7 @@ def take_quiz(quizzes) -> None:
                                               key=f"quiz_{chosen.quiz_id}_answer_{item.position}")
     if st.button("Submit my answers", type="primary", key="quiz_submit"):
         with engine_errors("Submitting"):
-            teaching.submit_answers(chosen.quiz_id, student, answers)
+            teaching.submit_answers(chosen.quiz_id, student, answers, actor=state["actor"])
             st.session_state["quiz_scored"] = (chosen.quiz_id, student)
     scored = st.session_state.get("quiz_scored")
     if scored and scored[0] == chosen.quiz_id:
@@ -239,7 +243,11 @@ def show_score(chosen, student: str, films) -> None:
 def set_quiz() -> None:
     with st.form("quiz_form"):
         title = st.text_input("Title", "Curvature quiz", key="quiz_title")
-        teacher = st.text_input("Teacher", key="quiz_teacher")
+        if state["team_mode"]:
+            teacher = state["user"].name
+            st.caption(f"Teacher: **{teacher}**")
+        else:
+            teacher = st.text_input("Teacher", key="quiz_teacher")
         films = st.number_input("Films", 1, 50, 5, key="quiz_films")
         source = st.radio("Films from", ["Phantoms", "A labeled dataset"], horizontal=True, key="quiz_source")
         dataset = st.selectbox("Dataset (for a dataset quiz)", state["datasets"], key="quiz_dataset")
@@ -253,7 +261,7 @@ def set_quiz() -> None:
         with engine_errors("Creating the quiz"), st.spinner("Drawing the films and asking the models…"):
             made = teaching.create_quiz(title=title, teacher=teacher, films=int(films), seed=int(seed),
                                         dataset=dataset if source == "A labeled dataset" else None,
-                                        show_angle=show_angle, runs=runs)
+                                        show_angle=show_angle, runs=runs, actor=state["actor"])
         if made is not None:
             st.success(f"Created {made.label}. Students pick it under **Take a quiz**.")
 

@@ -125,19 +125,37 @@ def session() -> dict:
     return {"actor": token, "user": user, "team_mode": True}
 
 
+_PASSWORD = "sign_in_password"
+_SIGN_IN_ANSWER = "_cervicurve_sign_in_answer"
+
+
 def sign_in_form() -> None:
-    with st.form("sign_in"):
+    from core.data.accounts import SignInRefused
+
+    answer = st.session_state.pop(_SIGN_IN_ANSWER, None)
+    # clear_on_submit: the browser forgets the typed password once it is sent
+    with st.form("sign_in", clear_on_submit=True):
         st.markdown("#### Sign in")
         st.caption("This CerviCurve server is shared by a team: sign in with the account an admin gave you.")
         name = st.text_input("User name", key="sign_in_name")
-        password = st.text_input("Password", type="password", key="sign_in_password")
-        if st.form_submit_button("Sign in", type="primary"):
-            token = accounts().sign_in(name, password)
-            if token is None:  # the same words for an unknown name and a wrong password
-                st.error("Wrong user name or password.")
-            else:
-                st.session_state[_TOKEN] = token
-                st.rerun()
+        password = st.text_input("Password", type="password", key=_PASSWORD)
+        submitted = st.form_submit_button("Sign in", type="primary")
+    if answer:
+        st.error(answer)
+    if not submitted:
+        return
+    # and the server forgets it too: session state outlives the run. The rerun below draws the form empty.
+    st.session_state.pop(_PASSWORD, None)
+    try:
+        token = accounts().sign_in(name, password)
+    except SignInRefused as exc:  # locked after failures, or too many sign-ins at once: it says when to retry
+        token, st.session_state[_SIGN_IN_ANSWER] = None, f"Sign-in refused: {exc}."
+    del password
+    if token is not None:
+        st.session_state[_TOKEN] = token
+    elif _SIGN_IN_ANSWER not in st.session_state:  # the same words for an unknown name and a wrong password
+        st.session_state[_SIGN_IN_ANSWER] = "Wrong user name or password."
+    st.rerun()
 
 
 def show_notice() -> None:

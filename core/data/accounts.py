@@ -8,9 +8,16 @@ The shell is trusted (whoever can run ``python -m core`` owns the workspace file
 :data:`SHELL`.
 
 Passwords are argon2id hashes (argon2-cffi); a wrong password is answered after the same hash work whether or not
-the user exists, and after a fixed delay. Session tokens are random, stored only as SHA-256, and expire after
-``CERVICURVE_SESSION_IDLE_MIN`` minutes without use (default 60). Every admin action is written to ``audit``.
-The tables live in the annotation database (SQLite or PostgreSQL), beside the store's.
+the user exists, and after a fixed delay. After ``CERVICURVE_SIGNIN_FAILURES`` failures in a row (default 5) an
+account name is locked for ``CERVICURVE_SIGNIN_LOCKOUT_S`` seconds (default 30), doubled by each further failure up
+to an hour; the count lives in the database, so it holds across server processes and restarts, and it is kept for
+unknown names too (a lockout says nothing about whether an account exists). At most ``CERVICURVE_SIGNIN_CONCURRENT``
+sign-ins are hashed at once per process (default 4; argon2 holds 64 MiB for each): one more is refused, not queued.
+Session tokens are random, stored only as SHA-256, and expire after ``CERVICURVE_SESSION_IDLE_MIN`` minutes without
+use (default 60) and ``CERVICURVE_SESSION_MAX_HOURS`` hours after sign-in whatever the use (default 12).
+Every admin action and every refused one is written to ``audit``, a table that the database itself keeps
+append-only (a trigger refuses UPDATE and DELETE on SQLite and PostgreSQL). The tables live in the annotation
+database (SQLite or PostgreSQL), beside the store's.
 """
 from __future__ import annotations
 
@@ -19,12 +26,14 @@ import getpass
 import hashlib
 import secrets
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import (Boolean, Column, DateTime, Integer, MetaData, String, Table, Text, func, insert, select,
                         update)
+from sqlalchemy.engine import Connection
 
 from core import settings
 from core.data.store import Database
@@ -37,9 +46,20 @@ PERMISSIONS = {
     "import": "admin", "delete_data": "admin",
     "start_run": "admin", "cancel_run": "admin", "resume_run": "admin", "delete_run": "admin",
     "promote": "admin", "manage_users": "admin",
+    # writes of the Teach page: a quiz is set by a reviewer (a senior reader), answered by anyone signed in
+    "create_quiz": "reviewer", "answer_quiz": "annotator",
+    # files written on the server: dataset exports, the ONNX copy of a promoted model, a run's analysis
+    "export": "admin", "export_model": "admin", "analyse": "admin",
 }
 WRONG_PASSWORD_DELAY_S = 0.5
+LOCKOUT_MAX_S = 3600.0  # the doubling stops here: an attacker still gets only ~24 guesses a day per account
+# How long a sign-in waits for a free hashing slot before it is refused (short: a burst of honest sign-ins waits,
+# a flood does not pile up memory or threads)
+SIGN_IN_WAIT_S = 2.0
+NO_SESSION = "(no session)"  # the audit's user name for an action tried without a live session
 _DUMMY_HASH: str | None = None
+_HASHING: threading.BoundedSemaphore | None = None
+_HASHING_LOCK = threading.Lock()
 
 metadata = MetaData()
 users = Table(
@@ -68,6 +88,30 @@ audit = Table(
     Column("target", Text, nullable=False, default=""),
     Column("allowed", Boolean, nullable=False),
 )
+# Failed sign-ins in a row per account name (known or not), and until when it is locked.
+sign_in_failures = Table(
+    "sign_in_failures", metadata,
+    Column("user_name", String(64), primary_key=True),
+    Column("failures", Integer, nullable=False, default=0),
+    Column("locked_until", DateTime(timezone=True), nullable=True),
+    Column("last_failure", DateTime(timezone=True), nullable=True),
+)
+
+# The database refuses to change or remove audit rows, whoever connects (not only this code).
+_AUDIT_MESSAGE = "the audit table is append-only"
+_SQLITE_AUDIT_TRIGGERS = tuple(
+    f"CREATE TRIGGER IF NOT EXISTS audit_append_only_{verb.lower()} BEFORE {verb} ON audit "
+    f"BEGIN SELECT RAISE(ABORT, '{_AUDIT_MESSAGE}'); END" for verb in ("UPDATE", "DELETE"))
+_POSTGRES_AUDIT_TRIGGERS = (
+    "CREATE OR REPLACE FUNCTION cervicurve_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+    f"$$ BEGIN RAISE EXCEPTION '{_AUDIT_MESSAGE}'; END $$",
+    "DROP TRIGGER IF EXISTS audit_append_only ON audit",
+    "CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit "
+    "FOR EACH ROW EXECUTE FUNCTION cervicurve_audit_append_only()",
+    "DROP TRIGGER IF EXISTS audit_no_truncate ON audit",
+    "CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit "
+    "FOR EACH STATEMENT EXECUTE FUNCTION cervicurve_audit_append_only()",
+)
 
 
 class AccountError(ValueError):
@@ -76,6 +120,11 @@ class AccountError(ValueError):
 
 class PermissionDenied(PermissionError):
     """The signed-in user's role does not allow the action (or the session is missing or expired)."""
+
+
+class SignInRefused(PermissionDenied):
+    """A sign-in not even checked: the account name is locked after failures, or too many sign-ins are hashed at
+    once. The message says which, and when to try again."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +154,18 @@ def idle_limit() -> timedelta:
     return timedelta(minutes=settings.session_idle_minutes())
 
 
+def lifetime_limit() -> timedelta:
+    return timedelta(hours=settings.session_max_hours())
+
+
+def lockout_for(failures: int) -> timedelta:
+    """How long an account is locked after ``failures`` failed sign-ins in a row (zero below the threshold)."""
+    over = failures - settings.sign_in_failures()
+    if over < 0:
+        return timedelta(0)
+    return timedelta(seconds=min(LOCKOUT_MAX_S, settings.sign_in_lockout_s() * 2.0 ** min(over, 32)))
+
+
 class Accounts(Database):
     """Users, sessions and the audit log of one annotation database."""
 
@@ -112,6 +173,8 @@ class Accounts(Database):
         super().__init__(url)
         with self._write() as conn:
             metadata.create_all(conn)
+            # every opening re-creates the triggers when missing, so an older database is upgraded in place
+            _ensure_audit_triggers(conn)
 
     # ------------------------------------------------------------------ mode and users
     def team_mode(self) -> bool:
@@ -157,25 +220,77 @@ class Accounts(Database):
 
     # ------------------------------------------------------------------ sessions
     def sign_in(self, name: str, password: str) -> str | None:
-        """A session token, or None. Wrong name and wrong password cost the same hash work and the same delay."""
+        """A session token, or None. Wrong name and wrong password cost the same hash work and the same delay.
+
+        SignInRefused, before any hash work, while the name is locked out or when every hashing slot is taken."""
         from argon2.exceptions import InvalidHashError, VerificationError
 
-        with self._read() as conn:
-            row = conn.execute(select(users).where(users.c.name == (name or "").strip())).mappings().first()
-        stored = row["password_hash"] if row else _dummy_hash()
+        name = (name or "").strip()
+        key = name[:64]  # the failure count's key; no account name is longer
+        if not _hashing_slots().acquire(timeout=SIGN_IN_WAIT_S):
+            raise SignInRefused("too many sign-ins at once on this server: try again in a moment")
         try:
-            _hasher().verify(stored, password or "")
-            good = row is not None and not row["disabled"]
-        except (VerificationError, InvalidHashError):
-            good = False
+            # counted before the hash is checked: parallel tries cannot slip past the limit while others are hashed
+            locked, failures = self._count_failure(key)
+            with self._read() as conn:
+                row = conn.execute(select(users).where(users.c.name == name)).mappings().first()
+            stored = row["password_hash"] if row else _dummy_hash()
+            try:
+                _hasher().verify(stored, password or "")
+                good = row is not None and not row["disabled"]
+            except (VerificationError, InvalidHashError):
+                good = False
+        finally:
+            _hashing_slots().release()
         if not good:
+            if locked:
+                self.record(key, "sign_in", f"locked for {locked.total_seconds():g} s after {failures} failures",
+                            allowed=False)
             time.sleep(WRONG_PASSWORD_DELAY_S)
             return None
         token = secrets.token_urlsafe(32)
         with self._write() as conn:
+            conn.execute(update(sign_in_failures).where(sign_in_failures.c.user_name == key)
+                         .values(failures=0, locked_until=None))
             conn.execute(insert(sessions).values(token_sha256=_digest(token), user_name=row["name"], created_at=_now(),
                                                  last_seen=_now(), ended=False))
         return token
+
+    def _count_failure(self, key: str) -> tuple[timedelta, int]:
+        """Refuse a locked name (SignInRefused); otherwise count this try as a failure (a success resets it) and lock
+        the name once the count reaches the limit; returns (the lock, the count). One write transaction: processes
+        count on the same row."""
+        now = _now()
+        with self._write() as conn:
+            row = conn.execute(select(sign_in_failures).where(sign_in_failures.c.user_name == key)).mappings().first()
+            if row is not None and row["locked_until"] is not None and _aware(row["locked_until"]) > now:
+                wait = (_aware(row["locked_until"]) - now).total_seconds()
+                raise SignInRefused(f"too many failed sign-ins for {key!r}: try again in {max(1, round(wait))} s "
+                                    "(or ask an admin: python -m core users unlock NAME)")
+            failures = (row["failures"] if row is not None else 0) + 1
+            locked = lockout_for(failures)
+            values = {"failures": failures, "last_failure": now, "locked_until": now + locked if locked else None}
+            if row is None:
+                conn.execute(insert(sign_in_failures).values(user_name=key, **values))
+            else:
+                conn.execute(update(sign_in_failures).where(sign_in_failures.c.user_name == key).values(**values))
+        return locked, failures
+
+    def unlock(self, name: str) -> None:
+        """Clear an account name's failure count (an admin's answer to a user locked out)."""
+        with self._write() as conn:
+            conn.execute(update(sign_in_failures).where(sign_in_failures.c.user_name == name)
+                         .values(failures=0, locked_until=None))
+
+    def lockout(self, name: str) -> dict | None:
+        """``{"failures", "locked_until"}`` of an account name, None when it has no failure on record."""
+        with self._read() as conn:
+            row = conn.execute(select(sign_in_failures.c.failures, sign_in_failures.c.locked_until)
+                               .where(sign_in_failures.c.user_name == name)).mappings().first()
+        if row is None:
+            return None
+        return {"failures": row["failures"],
+                "locked_until": None if row["locked_until"] is None else _aware(row["locked_until"])}
 
     def sign_out(self, token: str | None) -> None:
         if token:
@@ -188,10 +303,14 @@ class Accounts(Database):
             return None
         with self._write() as conn:
             row = conn.execute(
-                select(sessions.c.last_seen, sessions.c.ended, users.c.name, users.c.role, users.c.disabled)
+                select(sessions.c.created_at, sessions.c.last_seen, sessions.c.ended, users.c.name, users.c.role,
+                       users.c.disabled)
                 .join(users, users.c.name == sessions.c.user_name)
                 .where(sessions.c.token_sha256 == _digest(token))).mappings().first()
             if row is None or row["ended"] or row["disabled"] or _now() - _aware(row["last_seen"]) > idle_limit():
+                return None
+            if _now() - _aware(row["created_at"]) > lifetime_limit():  # however busy: a leaked token dies too
+                conn.execute(update(sessions).where(sessions.c.token_sha256 == _digest(token)).values(ended=True))
                 return None
             conn.execute(update(sessions).where(sessions.c.token_sha256 == _digest(token)).values(last_seen=_now()))
         return User(row["name"], row["role"])
@@ -207,16 +326,20 @@ class Accounts(Database):
         else:
             user = self.user_for(actor if isinstance(actor, str) else None)
             if user is None:
+                self.record(NO_SESSION, action, target, allowed=False)
                 raise PermissionDenied(f"{action}: sign in first (no live session)")
         allowed = user.may(action)
         if PERMISSIONS.get(action, "admin") == "admin" or not allowed:
-            with self._write() as conn:
-                conn.execute(insert(audit).values(at=_now(), user_name=user.name, action=action, target=str(target),
-                                                  allowed=allowed))
+            self.record(user.name, action, target, allowed=allowed)
         if not allowed:
             raise PermissionDenied(f"{action}: user {user.name!r} is {user.role}; it needs "
                                    f"{PERMISSIONS.get(action, 'admin')}")
         return user
+
+    def record(self, user_name: str, action: str, target: str = "", *, allowed: bool) -> None:
+        """Append one audit row (a refusal decided outside :meth:`authorize`, e.g. reviewing one's own reading)."""
+        with self._write() as conn:
+            _audit(conn, user_name, action, target, allowed)
 
     def audit_log(self, limit: int = 100) -> list[dict]:
         with self._read() as conn:
@@ -228,6 +351,32 @@ def authorize(actor: "str | User | None", action: str, target: str = "", url: st
     """:meth:`Accounts.authorize` on the workspace's database (or ``url``'s)."""
     with Accounts(url) as accounts:
         return accounts.authorize(actor, action, target)
+
+
+def _ensure_audit_triggers(conn: Connection) -> None:
+    if conn.dialect.name == "sqlite":
+        for statement in _SQLITE_AUDIT_TRIGGERS:
+            conn.exec_driver_sql(statement)
+    elif conn.dialect.name == "postgresql":
+        present = {row[0] for row in conn.exec_driver_sql(
+            "SELECT tgname FROM pg_trigger WHERE tgrelid = 'audit'::regclass")}
+        if not {"audit_append_only", "audit_no_truncate"} <= present:  # DDL only when missing: it locks the table
+            for statement in _POSTGRES_AUDIT_TRIGGERS:
+                conn.exec_driver_sql(statement)
+
+
+def _audit(conn: Connection, user_name: str, action: str, target: str, allowed: bool) -> None:
+    conn.execute(insert(audit).values(at=_now(), user_name=str(user_name)[:64], action=str(action)[:32],
+                                      target=str(target), allowed=bool(allowed)))
+
+
+def _hashing_slots() -> threading.BoundedSemaphore:
+    """The process-wide cap on sign-ins hashed at once (made on first use, sized from the setting)."""
+    global _HASHING
+    with _HASHING_LOCK:
+        if _HASHING is None:
+            _HASHING = threading.BoundedSemaphore(settings.sign_in_concurrent())
+        return _HASHING
 
 
 def _hasher():
@@ -259,6 +408,8 @@ def configure_users(parser: argparse.ArgumentParser) -> None:
     role.add_argument("role", choices=ROLES)
     off = sub.add_parser("disable", help="stop a user signing in (their sessions end)")
     off.add_argument("name")
+    unlock = sub.add_parser("unlock", help="clear a name's failed sign-ins (it may sign in again at once)")
+    unlock.add_argument("name")
     sub.add_parser("audit", help="the latest admin actions")
 
 
@@ -283,6 +434,10 @@ def run_users(args: argparse.Namespace) -> int:
                 accounts.disable(args.name)
                 accounts.authorize(SHELL, "manage_users", f"disable {args.name}")
                 print(f"{args.name} is disabled")
+            elif args.action == "unlock":
+                accounts.unlock(args.name)
+                accounts.authorize(SHELL, "manage_users", f"unlock {args.name}")
+                print(f"{args.name} may sign in again")
             elif args.action == "audit":
                 for row in accounts.audit_log():
                     print(f"{row['at']:%Y-%m-%d %H:%M:%S} {row['user_name']:<16} {row['action']:<12} "

@@ -116,9 +116,19 @@ def save(image_id: int, *, annotator: str, curvature_class: str | None, roi_box:
 def review(label_id: int, *, reviewer: str, verdict: str, comment: str | None = None,
            curvature_class: str | None = None, roi_box: Sequence[float] | None = None, landmarks: Any = None,
            seconds: float | None = None, store: AnnotationStore | None = None, actor=None) -> int:
-    """Accept, fix (edit and accept) or reject a label row with a comment; returns the review id (a reviewer's)."""
+    """Accept, fix (edit and accept) or reject a label row with a comment; returns the review id (a reviewer's).
+
+    A review is a second person's check: nobody reviews a reading of their own (PermissionDenied, audited)."""
+    from core.data.accounts import Accounts, PermissionDenied
+
     reviewer = _acting_as(actor, "review", reviewer, label_id, store)
     with _opened(store) as opened:
+        reading = opened.label(label_id)
+        if reading.annotator == reviewer:
+            with Accounts(opened.url) as accounts:
+                accounts.record(reviewer, "review", f"review {label_id}: own reading", allowed=False)
+            raise PermissionDenied(f"review: label {label_id} is {reviewer}'s own reading; another reviewer "
+                                   "checks it")
         return opened.review(label_id, reviewer=reviewer, verdict=verdict, comment=comment,
                              curvature_class=curvature_class, roi_box=roi_box, landmarks=landmarks, seconds=seconds)
 
@@ -284,12 +294,15 @@ def annotator_stats(readings: Sequence[Reading]) -> list[AnnotatorStats]:
 EXPORT_KINDS = ("yolo-detect", "yolo-pose", "coco", "csv", "labelme", "folder")
 
 
-def export(kind: str, dataset: str, out: str | Path, *, store: AnnotationStore | None = None):
-    """The Label page's export buttons (``core.data.exports``); returns its ExportReport."""
+def export(kind: str, dataset: str, out: str | Path, *, store: AnnotationStore | None = None, actor=None):
+    """The Label page's export buttons (``core.data.exports``); returns its ExportReport. ``actor``: who asks (an
+    admin in team mode: an export writes every label, and the films, to a folder on the server)."""
     from core.data import exports
+    from core.data.accounts import authorize
 
     if kind not in EXPORT_KINDS:
         raise ValueError(f"unknown export {kind!r}; expected one of {', '.join(EXPORT_KINDS)}")
+    authorize(actor, "export", f"{kind} {dataset} -> {out}", url=store.url if store is not None else None)
     if kind.startswith("yolo"):
         return exports.export_yolo(dataset, out, task="detect" if kind == "yolo-detect" else "landmarks", store=store)
     return {"coco": exports.export_coco, "csv": exports.export_csv, "labelme": exports.export_labelme,

@@ -294,8 +294,10 @@ class QuizStore(Database):
     # -- writes
 
     def create(self, *, title: str, teacher: str, source: str, seed: int, items: Sequence[QuizItem],
-               dataset: str | None = None, show_angle: bool = False, film_size: int = FILM_SIZE) -> int:
-        """Store a quiz and its films in one transaction; returns the quiz id."""
+               dataset: str | None = None, show_angle: bool = False, film_size: int = FILM_SIZE, actor=None) -> int:
+        """Store a quiz and its films in one transaction; returns the quiz id. In team mode ``actor`` (the session
+        token) must be a reviewer's or an admin's, and the teacher recorded is that user."""
+        teacher = self._acting_as(actor, "create_quiz", teacher, f"quiz {title!r}")
         if source not in SOURCES:
             raise QuizError(f"a quiz's films come from {' or '.join(SOURCES)}, not {source!r}")
         if not items:
@@ -309,10 +311,11 @@ class QuizStore(Database):
                 {k: v for k, v in vars(item).items() if k != "item_id"} | {"quiz_id": quiz_id} for item in items])
         return int(quiz_id)
 
-    def answer(self, quiz_id: int, student: str, answers: Mapping[int, str]) -> datetime:
-        """Append one submission (every film's class, by position); returns its time."""
+    def answer(self, quiz_id: int, student: str | None, answers: Mapping[int, str], actor=None) -> datetime:
+        """Append one submission (every film's class, by position); returns its time. In team mode the answers are
+        the signed-in user's: another student's name is refused (and audited), none means the user's own."""
         quiz = self.quiz(quiz_id)
-        student = clean_name(student)
+        student = self._acting_as(actor, "answer_quiz", student, f"quiz {quiz.quiz_id}")
         missing = [item.position for item in quiz.items if not answers.get(item.position)]
         if missing:
             raise QuizError("answer every film first (missing: " + ", ".join(map(str, missing)) + ")")
@@ -325,6 +328,36 @@ class QuizStore(Database):
                 {"quiz_id": quiz.quiz_id, "item_id": item.item_id, "student": student,
                  "answer": answers[item.position], "answered_at": now} for item in quiz.items])
         return now
+
+    def student_for(self, actor, student: str | None) -> str:
+        """The name :meth:`answer` records for ``actor``: the signed-in user's in team mode, else ``student``."""
+        from core.data.accounts import SHELL, Accounts
+
+        if actor is not SHELL and isinstance(actor, str):
+            with Accounts(self.url) as accounts:
+                user = accounts.user_for(actor)
+            if user is not None:
+                return user.name
+        return clean_name(student)
+
+    def teacher_for(self, actor, teacher: str | None) -> str:
+        """The teacher a new quiz records, checked before its films are drawn (PermissionDenied otherwise)."""
+        return self._acting_as(actor, "create_quiz", teacher, "new quiz")
+
+    def _acting_as(self, actor, action: str, name: str | None, target: str) -> str:
+        """The name recorded: the page's (cleaned) in single-user mode and from the shell, the signed-in user's in
+        team mode, where naming anyone else is refused."""
+        from core.data.accounts import OWNER, SHELL, Accounts, PermissionDenied, authorize
+
+        user = authorize(actor, action, target, url=self.url)
+        if user in (OWNER, SHELL):
+            return clean_name(name)
+        given = " ".join(str(name or "").split())
+        if given and given != user.name:
+            with Accounts(self.url) as accounts:
+                accounts.record(user.name, action, f"{target} as {given[:NAME_MAX]!r}", allowed=False)
+            raise PermissionDenied(f"{action}: signed in as {user.name!r}, you cannot act as {given!r}")
+        return user.name
 
     # -- reads
 

@@ -250,7 +250,7 @@ def run_labels(args: argparse.Namespace) -> int:
             report = team_report(args.dataset)
             print(json.dumps(report.as_dict(), default=str) if args.json else report.format())
         elif args.action == "export":
-            print(labels.export(args.kind, args.dataset, args.out).format())
+            print(labels.export(args.kind, args.dataset, args.out, actor=SHELL).format())
     except (ValueError, KeyError, OSError) as error:  # ModelMissing, DatasetError, LandmarkError are ValueErrors
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"error: {message}", file=sys.stderr)

@@ -79,13 +79,17 @@ def _wrapped(task: str, checkpoint: Path) -> tuple[nn.Module, int, str]:
     raise OnnxExportError(f"task must be classify or landmarks, got {task!r}")
 
 
-def export_promoted(task: str, out: str | Path | None = None, seed: int = 0) -> dict:
-    """Export the promoted ``task`` model; returns ``{path, max_abs_diff, input_shape, ...}``.
+def export_promoted(task: str, out: str | Path | None = None, seed: int = 0, *, actor=None) -> dict:
+    """Export the promoted ``task`` model; returns ``{path, max_abs_diff, input_shape, ...}``. ``actor``: who asks
+    (``core.data.accounts.authorize``: an admin in team mode; it writes a file on the server).
 
     Raises OnnxExportError when nothing is promoted, the model cannot be exported, or onnxruntime's output differs
     from torch's by more than 1e-3 (the file is kept so it can be inspected)."""
     import onnxruntime
 
+    from core.data.accounts import authorize
+
+    authorize(actor, "export_model", f"onnx {task}" + (f" -> {out}" if out else ""))
     checkpoint = promotion.promoted_model(task)
     if checkpoint is None:
         raise OnnxExportError(f"no {task} model is promoted: promote a run first (python -m core runs promote RUN)")
@@ -120,8 +124,10 @@ def configure_onnx(parser: argparse.ArgumentParser) -> None:
 
 
 def run_onnx(args: argparse.Namespace) -> int:
+    from core.data.accounts import SHELL
+
     try:
-        result = export_promoted(args.task, args.out)
+        result = export_promoted(args.task, args.out, actor=SHELL)
     except (OnnxExportError, JobError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -92,8 +92,12 @@ def detector_analysis(run_dir: Path, config: dict, split: str) -> dict:
             "found_at_iou50": float((values >= 0.5).mean()) if len(values) else None}
 
 
-def analyse(run: str | Path, split: str = "test") -> dict:
-    """The analysis of a finished landmark or detector run on ``split``; also written to ``<split>_analysis.json``."""
+def analyse(run: str | Path, split: str = "test", *, actor=None) -> dict:
+    """The analysis of a finished landmark or detector run on ``split``; also written to ``<split>_analysis.json``.
+    ``actor``: who asks (``core.data.accounts.authorize``: an admin in team mode; it writes into the run folder)."""
+    from core.data.accounts import authorize
+
+    authorize(actor, "analyse", f"{run} {split}")
     run_dir = layout.resolve_run(run)
     config = run_config(run_dir)
     if not (run_dir / "best.pt").exists():
@@ -115,8 +119,10 @@ def configure_analyse(parser: argparse.ArgumentParser) -> None:
 
 
 def run_analyse(args: argparse.Namespace) -> int:
+    from core.data.accounts import SHELL
+
     try:
-        result = analyse(args.run, args.split)
+        result = analyse(args.run, args.split, actor=SHELL)
     except (ConfigError, layout.JobError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -617,11 +617,12 @@ def _store() -> quizzes.QuizStore:
 
 def create_quiz(*, title: str, teacher: str, films: int, seed: int = 0, dataset: str | None = None,
                 show_angle: bool = False, with_model: bool = True,
-                runs: Sequence[str | None] = (None, None, None)) -> quizzes.Quiz:
+                runs: Sequence[str | None] = (None, None, None), actor=None) -> quizzes.Quiz:
     """A quiz of ``films`` phantoms of ``seed`` (or labeled images of ``dataset``); each film carries the models'
-    answer when a classifier is promoted."""
+    answer when a classifier is promoted. ``actor``: the session token (team mode: a reviewer's or an admin's)."""
     from core.data.store import AnnotationStore
 
+    teacher = _store().teacher_for(actor, teacher)  # before the films are drawn
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**31:
         raise TeachingError(f"the quiz seed must be a whole number from 0 to {2**31 - 1}, not {seed!r}")
     if dataset:
@@ -641,7 +642,7 @@ def create_quiz(*, title: str, teacher: str, films: int, seed: int = 0, dataset:
                                             predictor.model_name))
         items = answered
     quiz_id = _store().create(title=title, teacher=teacher, source=source, seed=seed, items=items, dataset=dataset,
-                              show_angle=show_angle)
+                              show_angle=show_angle, actor=actor)
     return _store().quiz(quiz_id)
 
 
@@ -673,10 +674,12 @@ def quiz_films(the_quiz: quizzes.Quiz) -> list[np.ndarray]:
                        item.truth_class, the_quiz.film_size) for item in the_quiz.items]
 
 
-def submit_answers(quiz_id: int, student: str, answers: Mapping[int, str]) -> quizzes.StudentResult:
-    """Store a student's answers and return their score, confusion matrix and missed films."""
-    _store().answer(quiz_id, student, answers)
-    return _store().results(quiz_id).student(student)
+def submit_answers(quiz_id: int, student: str | None, answers: Mapping[int, str],
+                   actor=None) -> quizzes.StudentResult:
+    """Store a student's answers and return their score, confusion matrix and missed films (team mode: the
+    signed-in user's, ``actor`` being the session token)."""
+    _store().answer(quiz_id, student, answers, actor=actor)
+    return _store().results(quiz_id).student(_store().student_for(actor, student))
 
 
 def quiz_results(quiz_id: int) -> quizzes.QuizResults:
@@ -708,10 +711,13 @@ def configure_quiz(parser: argparse.ArgumentParser) -> None:
 
 
 def run_quiz(args: argparse.Namespace) -> int:
+    from core.data.accounts import SHELL
+
     try:
         if args.action == "create":
             made = create_quiz(title=args.title, teacher=args.teacher, films=args.films, seed=args.seed,
-                               dataset=args.dataset, show_angle=args.show_angle, with_model=not args.no_model)
+                               dataset=args.dataset, show_angle=args.show_angle, with_model=not args.no_model,
+                               actor=SHELL)
             print(f"quiz {made.quiz_id}: {made.label}")
             for item in made.items:
                 model = f"model {item.model_class}" if item.model_class else "no model answer"
@@ -722,7 +728,7 @@ def run_quiz(args: argparse.Namespace) -> int:
                 print(f"{listed.label} · created {listed.created_at:%Y-%m-%d %H:%M} UTC")
         elif args.action == "answer":
             given = [a.strip() for a in args.answers.split(",")]
-            result = submit_answers(args.quiz, args.student, dict(enumerate(given, start=1)))
+            result = submit_answers(args.quiz, args.student, dict(enumerate(given, start=1)), actor=SHELL)
             print(f"{result.student}: {result.correct}/{result.total} correct")
         else:
             _print_results(quiz_results(args.quiz), args.csv_path, args.json)
