@@ -122,7 +122,7 @@ def actions(run_dir, info) -> None:
 
 def one_run(run_id: str) -> None:
     info = next(r for r in runs if r.run_id == run_id)
-    run_dir = layout.resolve_run(run_id)
+    run_dir = layout.run_path(run_id)
     data = reports.data_record(run_dir)
     row = rows[rows["run"] == run_id].iloc[0]
     st.markdown(f"### {run_id}")
@@ -150,7 +150,7 @@ def one_run(run_id: str) -> None:
 
 # ------------------------------------------------------------------ several runs
 def several(run_ids: list[str]) -> None:
-    run_dirs = [layout.resolve_run(r) for r in run_ids]
+    run_dirs = [layout.run_path(r) for r in run_ids]
     result = reports.comparison(run_dirs)
     st.markdown(f"### {len(run_ids)} runs side by side")
     curves = result["curves"]

@@ -9,6 +9,9 @@ here (a subprocess does the training), so starting a run never loads torch.
 
 Every start and resume goes through the queue (``core.runs.queue``): a run waits while its device is busy and starts
 by itself when a slot frees. Each ``runs`` command advances the queue too.
+
+Every verb here takes a run id, or the path of a run folder directly under the workspace's ``runs/``
+(``layout.run_path``): nothing else, so no verb reaches ``runs/`` itself, the workspace or a folder elsewhere.
 """
 from __future__ import annotations
 
@@ -95,7 +98,7 @@ def data_record(config: Mapping[str, Any]) -> dict | None:
 def resume_run(run_dir: str | Path, *, nproc: int = 1, actor=None) -> Path:
     """Continue an interrupted, cancelled or failed run from its ``last.pt`` (through the queue)."""
     authorize(actor, "resume_run", str(run_dir))
-    run_dir = layout.resolve_run(run_dir)
+    run_dir = layout.run_path(run_dir)
     status = layout.read_status(run_dir)
     if status.get("state") in ("queued", "running"):
         raise layout.JobError(f"run {run_dir.name} is still {status['state']} (pid {status.get('pid')})")
@@ -113,7 +116,7 @@ def resume_run(run_dir: str | Path, *, nproc: int = 1, actor=None) -> Path:
 def continue_config(run_dir: str | Path, epochs: int, changes: Mapping[str, Any] | None = None) -> dict:
     """A new run's config: the old run's, started from its last checkpoint, for ``epochs`` more epochs with a
     fresh schedule (warm-up and decay over the new epochs). ``changes`` overrides other keys (e.g. lr)."""
-    run_dir = layout.resolve_run(run_dir)
+    run_dir = layout.run_path(run_dir)
     config = layout.read_config(run_dir)
     task = config.get("task", "classify")
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
@@ -142,7 +145,7 @@ def cancel_run(run_dir: str | Path, timeout: float = 15.0, *, actor=None) -> dic
     """SIGTERM the run's process group (SIGKILL after ``timeout`` s); its status becomes ``cancelled``.
     A run still waiting in the queue is taken out of it."""
     authorize(actor, "cancel_run", str(run_dir))
-    run_dir = layout.resolve_run(run_dir)
+    run_dir = layout.run_path(run_dir)
     waiting = queue.cancel_waiting(run_dir)
     if waiting is not None:
         return waiting
@@ -185,7 +188,7 @@ def _signal(pid: int, pgid: int | None, sig: int, own_group: bool) -> None:
 def delete_run(run_dir: str | Path, *, actor=None) -> Path:
     """Remove a run folder; a running or promoted run is refused (cancel it, or promote another, first)."""
     authorize(actor, "delete_run", str(run_dir))
-    run_dir = layout.resolve_run(run_dir)
+    run_dir = layout.run_path(run_dir)
     status = layout.read_status(run_dir)
     if status.get("state") in ("queued", "running"):
         raise layout.JobError(f"run {run_dir.name} is {status['state']}: cancel it before deleting it")
@@ -293,7 +296,7 @@ def _print_queue(slots: int | None) -> None:
 
 
 def _print_show(run: str, as_json: bool) -> None:
-    run_dir = layout.resolve_run(run)
+    run_dir = layout.run_path(run)
     task = layout.read_config(run_dir).get("task", "classify")
     shown = {"run": run_dir.name, "task": task, "status": layout.read_status(run_dir),
              "headline": reports.headline(run_dir, task), "data": reports.data_record(run_dir)}
@@ -314,7 +317,7 @@ def _print_show(run: str, as_json: bool) -> None:
 
 
 def _print_compare(runs: Sequence[str]) -> None:
-    run_dirs = [layout.resolve_run(r) for r in runs]
+    run_dirs = [layout.run_path(r) for r in runs]
     result = reports.comparison(run_dirs)
     print("config keys that differ:" if result["differing"] else "the configs are the same")
     for key, values in result["differing"].items():
@@ -343,7 +346,7 @@ def _print_runs(as_json: bool) -> int:
 
 
 def _print_status(run: str, as_json: bool) -> None:
-    run_dir = layout.resolve_run(run)
+    run_dir = layout.run_path(run)
     status = layout.read_status(run_dir)
     metrics = layout.read_metrics(run_dir)
     last = {k: v for k, v in metrics.iloc[-1].to_dict().items() if v == v} if len(metrics) else {}

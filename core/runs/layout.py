@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -61,24 +62,63 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+# What new_run_dir names a run: <yyyymmdd>-<hhmmss>-<task>-<model>-<4 hex>. A run id from a page, the CLI or a
+# status file is only ever a folder name of this form, so "", "..", "/etc" or "a/../../b" can never name a run.
+RUN_ID = re.compile(r"\d{8}-\d{6}-[a-z]+-[\w-]{1,100}-[0-9a-f]{4}")
+
+
 def new_run_dir(model: str, task: str = "classify") -> Path:
     """A fresh, empty run folder ``runs/<time>-<task>-<model>-<random>`` (sortable by start time)."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    safe_model = "".join(c if c.isalnum() or c in "_-" else "_" for c in Path(str(model)).stem)
+    safe_model = "".join(c if c.isalnum() or c in "_-" else "_" for c in Path(str(model)).stem)[:100] or "model"
     run_dir = settings.runs_dir() / f"{stamp}-{task}-{safe_model}-{secrets.token_hex(2)}"
     run_dir.mkdir(parents=True, exist_ok=False)
     return run_dir
 
 
+def run_path(run: str | Path) -> Path:
+    """The run folder ``run`` names, for anything that changes or deletes a run (cancel, resume, delete, promote,
+    queue moves) and for every run id a page passes: a run id, or the path of a folder that is a direct child of
+    the workspace's ``runs/`` with a run id's name. Anything else is refused (JobError), so no verb can reach a
+    folder outside ``runs/``, ``runs/`` itself or the workspace."""
+    text = str(run)
+    root = settings.runs_dir().resolve()
+    path = Path(text)
+    name = text
+    if text and (path.is_absolute() or len(path.parts) > 1):
+        # normpath, not resolve: "runs/<id>/.." must not turn into a name, and a symlink is refused below
+        absolute = Path(os.path.normpath(path.absolute()))
+        if absolute.parent.resolve() != root:
+            raise JobError(f"no run {_shown(text)}: a run is a folder directly under {root}")
+        name = absolute.name
+    check_run_id(name)
+    run_dir = root / name
+    if run_dir.is_symlink() or not run_dir.is_dir():
+        raise JobError(f"no run {name!r} in {root}; `python -m core runs` lists them")
+    return run_dir
+
+
+def check_run_id(run_id: str) -> str:
+    """``run_id`` when it has the form new_run_dir gives run ids, else JobError (one line)."""
+    if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
+        raise JobError(f"no run {_shown(run_id)}: a run id looks like <date>-<time>-<task>-<model>-<4 hex>, "
+                       "as `python -m core runs` lists them")
+    return run_id
+
+
+def _shown(value: Any) -> str:
+    text = repr(str(value))
+    return text if len(text) <= 80 else text[:77] + "...'"
+
+
 def resolve_run(run: str | Path) -> Path:
-    """A run folder from a path or a run id (folder name under the workspace's runs/)."""
+    """A run folder to read (status, metrics, evaluate, predict --model, init_from): a run id under the workspace's
+    runs/ (checked as :func:`run_path` checks it), or the path of any folder holding a run's files (a run copied
+    from elsewhere, a test's folder). Whatever changes or deletes a run goes through :func:`run_path` instead."""
     path = Path(run)
-    if path.is_dir() and ((path / CONFIG_FILE).exists() or (path / STATUS_FILE).exists()):
+    if str(run) and path.is_dir() and ((path / CONFIG_FILE).exists() or (path / STATUS_FILE).exists()):
         return path.resolve()
-    candidate = settings.runs_dir() / str(run)
-    if candidate.is_dir():
-        return candidate
-    raise JobError(f"no run '{run}' (looked at {path} and {candidate}); `python -m core runs` lists them")
+    return run_path(run)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

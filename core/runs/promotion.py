@@ -20,7 +20,7 @@ from core.data.accounts import SHELL, authorize
 from core.runs import reports
 from core.runs.hardware import DATA_FILE
 from core.runs.layout import CONFIG_FILE, METRICS_FILE, TEST_REPORT, JobError, now_iso, read_config, read_status, \
-    read_status_file, resolve_run
+    read_status_file, resolve_run, run_path
 
 PROMOTED_FILE = "promoted.json"
 CARD_FILE = "model_card.json"
@@ -41,7 +41,7 @@ def _best_checkpoint(run_dir: Path) -> Path | None:
 def promote(run_dir: str | Path, task: str | None = None, *, actor=None) -> Path:
     """Copy a run's best checkpoint to ``promoted/<task>/`` (with ``promoted.json``); Predict uses it."""
     authorize(actor, "promote", str(run_dir))
-    run_dir = resolve_run(run_dir)
+    run_dir = run_path(run_dir)  # only a run under runs/ is copied to Predict
     config = read_config(run_dir)
     # a comparison's best.pt is its best classifier
     task = task or {"compare": "classify"}.get(config.get("task"), config.get("task")) or "classify"
