@@ -7,9 +7,7 @@ The page only moves files: every import, split and export is a ``core.data.impor
 from __future__ import annotations
 
 import re
-import shutil
 import time
-from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +15,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core import settings
+from core.data.store import check_dataset_name
 from ui.frame import engine_errors, frame, store
 from ui.imagery import thumbnail_png
 
@@ -39,7 +38,7 @@ def default_name(uploads, layout: str) -> str:
         return "phantoms"
     if uploads:
         first = uploads[0] if isinstance(uploads, list) else uploads
-        return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(first.name).stem) or "dataset"
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(first.name).stem).lstrip(".")[:100] or "dataset"
     return ""
 
 
@@ -107,6 +106,7 @@ with import_tab:
         st.session_state.pop("import_report", None)
         progress = st.progress(0.0, text="Starting…")
         with engine_errors("The import"):
+            check_dataset_name(dataset)  # before any file is read
             run_import(layout, uploads, dataset, phantom_options, progress, workspace["actor"])
             st.rerun()  # the sidebar counts and the overview show the new images
     if "import_report" in st.session_state:
@@ -192,7 +192,7 @@ with overview_tab:
 # ------------------------------------------------------------------ export
 
 EXPORTS = {"folder": "Class folders", "csv": "CSV manifest + images", "yolo": "YOLO detection",
-           "yolo-landmarks": "YOLO pose (23 landmarks)", "coco": "COCO"}
+           "yolo-landmarks": "YOLO pose (23 landmarks)", "coco": "COCO", "labelme": "CSXA-style Labelme JSON"}
 
 with export_tab:
     names = store().datasets()
@@ -205,18 +205,10 @@ with export_tab:
         if st.button("Prepare the zip", key="export_button"):
             from core.data import exports
 
-            stamp = f"{datetime.now():%Y%m%d-%H%M%S}"
-            out = settings.exports_dir() / f"{chosen}-{kind}-{stamp}"
             with engine_errors("The export"):
                 with st.spinner("Exporting…"):
-                    if kind.startswith("yolo"):
-                        report = exports.export_yolo(chosen, out, "landmarks" if kind == "yolo-landmarks" else "detect",
-                                                     store=store())
-                    else:
-                        report = getattr(exports, f"export_{kind}")(chosen, out, store=store())
-                    archive = Path(shutil.make_archive(str(out), "zip", root_dir=out))
-                    shutil.rmtree(out, ignore_errors=True)
-                st.session_state["export_ready"] = (str(archive), report.format().replace(str(out), archive.name))
+                    archive, report = exports.export_archive(kind, chosen, store=store(), actor=workspace["actor"])
+                st.session_state["export_ready"] = (str(archive), report.format().replace(str(report.out), archive.name))
         if "export_ready" in st.session_state:
             archive, summary_text = st.session_state["export_ready"]
             if Path(archive).exists():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +20,9 @@ import numpy as np
 from core.data.datasets import SPINE_NAME, DatasetError, image_path, labeled_images
 from core.data.imaging import ImageReadError, read_image, to_uint8
 from core.data.measure import LANDMARK_CROP_MARGIN, landmark_flip_index
+from core import settings
 from core.settings import CLASSES
-from core.data.store import AnnotationStore, LabeledImage
+from core.data.store import AnnotationStore, LabeledImage, check_dataset_name
 
 # A landmark export cropped to the ROI widens the box by this fraction of its width/height on each side,
 # so a detector box that is a little off still holds every landmark (the ROI box of
@@ -52,6 +54,35 @@ def _export_dir(out: str | Path) -> Path:
 
 def _stem(item: LabeledImage) -> str:
     return f"{item.image_id:06d}"
+
+
+def _items(dataset: str, store: AnnotationStore | None) -> list[LabeledImage]:
+    check_dataset_name(dataset)  # a name that was imported before names were checked is refused here too
+    return labeled_images(dataset, store)
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula (=HYPERLINK(...), +cmd|..., @SUM(...));
+# tab and CR too (OWASP "CSV injection"). A number such as -3.2 is data, not a formula, and stays as it is.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text: a text cell starting with ``= + - @``, tab or CR gets a leading ``'``
+    (OWASP); numbers, and text that is a plain number, are kept."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START) and not _NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
+class SafeCsvWriter:
+    """``csv.writer`` whose rows go through :func:`spreadsheet_safe`: every CSV CerviCurve writes for people."""
+
+    def __init__(self, handle, **options):
+        self._writer = csv.writer(handle, **options)
+
+    def writerow(self, row: Sequence[Any]) -> Any:
+        return self._writer.writerow([spreadsheet_safe(v) for v in row])
 
 
 def _write_png(pixels: np.ndarray, path: Path, max_side: int | None = None) -> None:
@@ -134,7 +165,7 @@ def export_yolo(dataset: str, out: str | Path, task: str = "detect", *, store: A
         raise DatasetError(f"roi_margin is a fraction of the box size per side, 0 to 1; got {roi_margin}")
     if max_side is not None and int(max_side) < 1:
         raise DatasetError(f"max_side must be a positive number of pixels, got {max_side}")
-    items = labeled_images(dataset, store)
+    items = _items(dataset, store)
     out = _export_dir(out)
     report = ExportReport(out=out)
     for item in items:
@@ -205,7 +236,7 @@ def export_yolo(dataset: str, out: str | Path, task: str = "detect", *, store: A
 def export_folder(dataset: str, out: str | Path, *, store: AnnotationStore | None = None) -> ExportReport:
     """Class-per-folder ROI crops: ``OUT/<class>/<id>.png`` (whole image when it has no box) + a
     ``<id>.json`` sidecar with patient_id, so ``import folder`` reads it back with its patients."""
-    items = labeled_images(dataset, store)
+    items = _items(dataset, store)
     out = _export_dir(out)
     report = ExportReport(out=out)
     for item in items:
@@ -233,12 +264,12 @@ def export_folder(dataset: str, out: str | Path, *, store: AnnotationStore | Non
 
 def export_csv(dataset: str, out: str | Path, *, store: AnnotationStore | None = None) -> ExportReport:
     """``OUT/manifest.csv`` (path,label,patient_id,x1,y1,x2,y2,split) + the stored files, unchanged, in ``OUT/images``."""
-    items = labeled_images(dataset, store)
+    items = _items(dataset, store)
     out = _export_dir(out)
     report = ExportReport(out=out)
     (out / "images").mkdir()
     with (out / "manifest.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
+        writer = SafeCsvWriter(handle)
         writer.writerow(["path", "label", "patient_id", "x1", "y1", "x2", "y2", "split"])
         for item in items:
             relative = f"images/{_stem(item)}{Path(item.path).suffix}"
@@ -254,7 +285,7 @@ def export_coco(dataset: str, out: str | Path, *, store: AnnotationStore | None 
     for a box without a class), keypoints the 23 landmarks."""
     from core.data.measure import LANDMARK_NAMES
 
-    items = labeled_images(dataset, store)
+    items = _items(dataset, store)
     out = _export_dir(out)
     report = ExportReport(out=out)
     categories = [{"id": i + 1, "name": name, "supercategory": SPINE_NAME, "keypoints": list(LANDMARK_NAMES),
@@ -296,13 +327,13 @@ def export_labelme(dataset: str, out: str | Path, *, store: AnnotationStore | No
     from core.data.measure import write_labelme
 
     grades = {"normal": 1, "straightened": 2, "reversed": 5}
-    items = labeled_images(dataset, store)
+    items = _items(dataset, store)
     out = _export_dir(out)
     report = ExportReport(out=out)
     folder = out / "datasets-PNG"
     folder.mkdir()
     with (out / "datasets.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
+        writer = SafeCsvWriter(handle)
         writer.writerow(["Number", "patient_id", "split", "curvature_class",
                          "Curvature: 1.Lordotic, 2.Straight, 3.Sigmoid1, 4.Sigmoid2, 5.Kyphotic", "x1", "y1", "x2", "y2"])
         for item in items:
@@ -325,6 +356,37 @@ def export_labelme(dataset: str, out: str | Path, *, store: AnnotationStore | No
     return report
 
 
+# ---------------------------------------------------------------- the Data page's export
+
+# What the Data page offers: kind -> (export function, YOLO task)
+ARCHIVE_KINDS = {"folder": (export_folder, None), "csv": (export_csv, None), "yolo": (export_yolo, "detect"),
+                 "yolo-landmarks": (export_yolo, "landmarks"), "coco": (export_coco, None),
+                 "labelme": (export_labelme, None)}
+
+
+def export_archive(kind: str, dataset: str, *, store: AnnotationStore | None = None,
+                   actor=None) -> tuple[Path, ExportReport]:
+    """Export ``dataset`` as a zip in the workspace's ``exports/`` (the folder it was made in is removed); returns
+    the zip and the report. Patients' images leave the app this way: an admin's action in team mode
+    (``core.data.accounts.authorize``, audited), anyone's in single-user mode."""
+    from datetime import datetime
+
+    from core.data.accounts import authorize
+
+    if kind not in ARCHIVE_KINDS:
+        raise DatasetError(f"unknown export kind {kind!r}; expected one of {', '.join(ARCHIVE_KINDS)}")
+    authorize(actor, "export", f"{kind} export of dataset {dataset!r}", url=store.url if store is not None else None)
+    check_dataset_name(dataset)  # the name becomes the zip's name: never a path
+    export, task = ARCHIVE_KINDS[kind]
+    out = settings.exports_dir() / f"{dataset}-{kind}-{datetime.now():%Y%m%d-%H%M%S}"
+    try:
+        report = export(dataset, out, store=store) if task is None else export(dataset, out, task, store=store)
+        archive = Path(shutil.make_archive(str(out), "zip", root_dir=out))
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return archive, report
+
+
 # ---------------------------------------------------------------- CLI
 
 EXPORTERS = ("folder", "csv", "yolo", "coco", "labelme")
@@ -342,14 +404,18 @@ def configure_export(parser: argparse.ArgumentParser) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from core.data.accounts import SHELL, authorize
+
     try:
+        check_dataset_name(args.dataset)
+        authorize(SHELL, "export", f"{args.kind} export of dataset {args.dataset!r} to {args.out}")
         if args.kind == "yolo":
             report = export_yolo(args.dataset, args.out, task=args.task, max_side=args.max_side, crop=args.crop,
                                  roi_margin=args.roi_margin)
         else:
             report = {"folder": export_folder, "csv": export_csv, "coco": export_coco,
                       "labelme": export_labelme}[args.kind](args.dataset, args.out)
-    except DatasetError as error:
+    except ValueError as error:  # DatasetError, a refused dataset name, an unreadable sheet
         print(f"error: {error}")
         return 2
     print(report.format())

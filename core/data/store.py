@@ -23,6 +23,8 @@ row, else the newest row not rejected; an image whose only rows were rejected ha
 from __future__ import annotations
 
 import math
+import os
+import re
 import sqlite3
 import time
 from collections import Counter
@@ -207,6 +209,20 @@ class LabeledImage(ImageRecord):
 # ---------------------------------------------------------------- validation
 
 
+# A dataset name ends up in folder and file names (exports, YOLO copies): a plain name, never a path.
+DATASET_NAME = re.compile(r"[A-Za-z0-9_-]([A-Za-z0-9_. -]{0,98}[A-Za-z0-9_.-])?")
+
+
+def check_dataset_name(name: Any) -> str:
+    """``name`` when it is a plain dataset name (letters, digits, ``-``, ``_``, ``.`` and inner spaces, not starting
+    with ``.``, at most 100 characters), else ValueError in one line. Import and export check every name here."""
+    if not isinstance(name, str) or not DATASET_NAME.fullmatch(name):
+        shown = repr(str(name)) if len(str(name)) <= 60 else repr(str(name)[:57] + "...")
+        raise ValueError(f"dataset name {shown} refused: use 1 to 100 letters, digits, '-', '_', '.' or inner "
+                         "spaces, not starting with '.' (e.g. films-2024)")
+    return name
+
+
 def validate_class(curvature_class: str) -> str:
     if curvature_class not in CLASSES:
         raise ValueError(f"unknown curvature class {curvature_class!r}; expected one of {', '.join(CLASSES)}")
@@ -283,12 +299,27 @@ def _use_wal(cursor) -> None:
             time.sleep(0.05)
 
 
+def _create_private(database: str | None) -> None:
+    """Create a new SQLite file 0600 before SQLite does (it would make it 0644): it holds password hashes and
+    patient ids. SQLite gives its -wal and -shm files the database file's mode."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = os.path.abspath(database)
+    if not os.path.exists(path) and os.path.isdir(os.path.dirname(path)):
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:  # another process made it first
+            pass
+
+
 # Any number; all CerviCurve writers on one PostgreSQL database take this transaction lock.
 PG_WRITE_LOCK = 727_274
 
 
 def _make_engine(url: str) -> Engine:
     engine = create_engine(url)
+    if engine.dialect.name == "sqlite":
+        _create_private(engine.url.database)
     if engine.dialect.name == "postgresql":
         @event.listens_for(engine, "begin")
         def _on_pg_begin(conn: Connection):
@@ -577,8 +608,7 @@ class StoreBatch:
             raise ValueError(f"image size must be positive, got {width} x {height}")
         if not str(patient_id).strip():
             raise ValueError("patient_id must not be empty (patient-grouped splits depend on it)")
-        if not str(dataset).strip():
-            raise ValueError("dataset name must not be empty")
+        check_dataset_name(dataset)  # every importer writes through here
         existing = self.find_image(dataset, sha256)
         if existing is not None:
             return existing
