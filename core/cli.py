@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import pickle
+import sqlite3
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -53,4 +55,43 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m core {command}", description=COMMANDS[command][1])
     getattr(module, f"configure_{command}")(parser)
     args = parser.parse_args(rest)
-    return int(getattr(module, f"run_{command}")(args) or 0)
+    try:
+        return int(getattr(module, f"run_{command}")(args) or 0)
+    except Exception as exc:
+        line = refusal_line(exc)
+        if line is None:
+            raise  # a bug: its traceback is what a developer needs
+        print(f"error: {line}", file=sys.stderr)
+        return 2
+
+
+def refusal_line(exc: BaseException) -> str | None:
+    """One line for a failure that is the input's fault, not a bug, whatever command met it: a database file that is
+    not a database (or a server that refuses us), a checkpoint refused because it holds pickled code. None otherwise.
+
+    Handled here, once, rather than in each command: every command that opens the store would need the same lines.
+    The modules are looked up, not imported, so ``measure`` and ``phantom`` still start without them.
+    """
+    sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")
+    if isinstance(exc, sqlite3.DatabaseError) or (sqlalchemy_exc and isinstance(exc, sqlalchemy_exc.SQLAlchemyError)):
+        from core import settings
+
+        reason = getattr(exc, "orig", None) or exc
+        where = settings.db_url()
+        if sqlalchemy_exc:
+            from sqlalchemy.engine import make_url
+
+            where = make_url(where).render_as_string(hide_password=True)
+        return (f"the annotation database {where} cannot be used ({_one_line(reason)}); check CERVICURVE_DB and "
+                "CERVICURVE_HOME, or restore the database from a backup")
+    if isinstance(exc, pickle.UnpicklingError):  # torch.load(weights_only=True) refusing a pickled object
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = next((line for line in lines if "Unsupported" in line or "global" in line.lower()), None)
+        return ("checkpoint refused: it is not plain tensors and numbers (CerviCurve never unpickles code)"
+                + (f": {detail[:200]}" if detail else ""))
+    return None
+
+
+def _one_line(value: object) -> str:
+    text = " ".join(str(value).split())
+    return text if len(text) <= 200 else text[:197] + "..."

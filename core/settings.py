@@ -146,10 +146,19 @@ def rule_thresholds_deg() -> tuple[float, float]:
 
 
 def home() -> Path:
-    """The workspace folder, created on first use."""
+    """The workspace folder, created on first use (0700). From then on this process creates files 0600 and folders
+    0700: the workspace holds patients' images and password hashes, which no other local user may read."""
+    _private_umask()
     path = Path(os.environ.get("CERVICURVE_HOME") or "workspace").expanduser().resolve()
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path
+
+
+def _private_umask() -> None:
+    # Straight to 0o077, never through 0: a thread that writes a file meanwhile never gets a looser mode.
+    old = os.umask(0o077)
+    if old & ~0o077:
+        os.umask(old | 0o077)
 
 
 def _checked_home() -> Path:
