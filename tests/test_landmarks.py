@@ -106,7 +106,7 @@ def test_cli_trains_a_run_folder_that_the_pipeline_can_load(home, tmp_path):
 
     config = tmp_path / "landmarks.yaml"
     config.write_text(yaml.safe_dump(tiny_config()))
-    run_dir = tmp_path / "run"
+    run_dir = home / "runs" / "20250101-000000-landmarks-landmark-unet-0001"  # promote takes a run under runs/ only
     env = {**os.environ, "CERVICURVE_HOME": str(home), "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-m", "core", "train", "--config", str(config), "--run-dir", str(run_dir)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
