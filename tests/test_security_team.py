@@ -387,3 +387,61 @@ def test_a_refused_admin_action_without_a_session_is_audited(team, workspace):
     assert ("(no session)", "start_run") in refused and ("(no session)", "import") in refused
     listing = cli(workspace, "users", "audit").stdout
     assert "(no session)" in listing and "REFUSED" in listing
+
+
+def test_the_teach_page_in_team_mode_sets_and_answers_as_the_signed_in_user(team):
+    """On the page: an annotator cannot set a quiz; a reviewer's quiz records the reviewer; the annotator answers as
+    themself (no name to type) and a student name forged into session state is not used."""
+    from core.data import quizzes
+
+    def teach_as(name: str, password: str) -> AppTest:
+        at = AppTest.from_file(APP, default_timeout=60).run()
+        at.switch_page("pages/teach.py").run()
+        at.text_input(key="sign_in_name").input(name)
+        at.text_input(key="sign_in_password").input(password)
+        at.button[0].click().run()
+        at.radio(key="teach_part").set_value("Self-test").run()
+        assert not at.exception
+        return at
+
+    def create(at: AppTest) -> AppTest:
+        at.radio(key="quiz_role").set_value("Set a quiz").run()
+        assert not any(t.key == "quiz_teacher" for t in at.text_input)  # the teacher is the signed-in user
+        at.number_input(key="quiz_films").set_value(2)
+        next(b for b in at.button if b.label == "Create the quiz").click().run()
+        assert not at.exception
+        return at
+
+    annotator = create(teach_as("ann", "annotator pw"))
+    assert any("create_quiz: user 'ann' is annotator; it needs reviewer" in e.value for e in annotator.error)
+    reviewer = create(teach_as("rui", "reviewer pw"))
+    assert reviewer.success and "by rui" in reviewer.success[0].value
+
+    at = teach_as("ann", "annotator pw")
+    assert not any(t.key == "quiz_student" for t in at.text_input)
+    made = quizzes.QuizStore().quiz(1)
+    for item in made.items:
+        at.session_state[f"quiz_1_answer_{item.position}"] = item.truth_class
+    at.session_state["quiz_student"] = "rita"  # forged: there is no such field in team mode
+    at.button(key="quiz_submit").click().run()
+    assert not at.exception and not at.error
+    assert any(m.value == "### Score: 2/2 (100%)" for m in at.markdown)
+    with quizzes.QuizStore() as store:
+        assert [s.student for s in store.results(1).students] == ["ann"]
+
+
+def test_bad_team_settings_are_named_at_start(workspace, monkeypatch):
+    from core import settings
+
+    bad = {"CERVICURVE_SIGNIN_FAILURES": "0", "CERVICURVE_SIGNIN_LOCKOUT_S": "-1",
+           "CERVICURVE_SIGNIN_CONCURRENT": "many", "CERVICURVE_SESSION_MAX_HOURS": "0"}
+    for name, value in bad.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(settings.SettingsError) as refused:
+        settings.check()
+    assert all(f"{name}={value!r}" in str(refused.value) for name, value in bad.items())
+    for name in bad:
+        monkeypatch.delenv(name)
+    settings.check()
+    assert (settings.sign_in_failures(), settings.sign_in_lockout_s(), settings.sign_in_concurrent(),
+            settings.session_max_hours()) == (5, 30.0, 4, 12.0)
