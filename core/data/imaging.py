@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -194,7 +195,9 @@ _GRAY_MODES = {"1", "L", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
 
 def _read_with_pillow(data: bytes, label: str, kind: str, max_pixels: int) -> Radiograph:
     try:
-        image = Image.open(io.BytesIO(data), formats=[_PIL_FORMAT[kind]])
+        with warnings.catch_warnings():  # Pillow's own bomb warning: our budget below decides, in one line
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=[_PIL_FORMAT[kind]])
     except Image.DecompressionBombError as exc:
         raise ImageReadError(f"{label}: refused as a possible decompression bomb ({exc})") from None
     except Exception as exc:  # Pillow raises many types on malformed headers
@@ -434,7 +437,7 @@ def _read_dicom(data: bytes, label: str, max_pixels: int, forced: bool) -> Radio
 _DEFLATED = "1.2.840.10008.1.2.1.99"
 _PIXEL_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)  # FloatPixelData, DoubleFloatPixelData, PixelData
 _HEADER_PEEK = 1 << 20  # inflated bytes parsed for Rows/Columns/frames before inflating the rest
-_INFLATE_CHUNK = 8 << 20
+_INFLATE_CHUNK = 1 << 20
 
 
 def read_dicom_dataset(data: bytes, label: str, *, force: bool = False, max_pixels: int | None = None,
@@ -480,12 +483,19 @@ def _read_deflated(data: bytes, start: int, preamble, meta, label: str, max_pixe
         chunks = [inflater.decompress(memoryview(data)[start:], _HEADER_PEEK)]
     except zlib.error as exc:
         raise ImageReadError(f"{label}: the deflated DICOM data is corrupt ({exc})") from None
+    limit, why = max_bytes + _HEADER_PEEK, f"past {_mib(max_bytes)} (CERVICURVE_MAX_FILE_MB)"
+    head = DicomBytesIO(chunks[0])
     try:  # the header comes before the pixel data: refuse what it declares before inflating the rest
-        header = read_dataset(DicomBytesIO(chunks[0]), False, True, stop_when=lambda tag, vr, length: tag in _PIXEL_TAGS)
+        header = read_dataset(head, False, True, stop_when=lambda tag, vr, length: tag in _PIXEL_TAGS)
     except Exception:
-        header = None  # cut mid-element, or damaged: the byte cap below still holds
+        header = None  # cut mid-element, or damaged: the byte cap above still holds
     if header is not None:
-        check_dicom_budget(header, label, max_pixels, max_bytes)
+        declared = check_dicom_budget(header, label, max_pixels, max_bytes)
+        if declared is not None and head.tell() < len(chunks[0]):  # stopped at the pixel data: its offset is known
+            # Deflated pixel data is native, so it is exactly what the header says; a little room for trailing
+            # elements (padding, signatures). A file that lies about its size stops here, not at the budget.
+            limit = min(limit, head.tell() + declared + _HEADER_PEEK)
+            why = f"to more than its header declares ({_mib(declared)} of pixel data)"
     inflated = len(chunks[0])
     while not inflater.eof:
         try:
@@ -495,9 +505,8 @@ def _read_deflated(data: bytes, start: int, preamble, meta, label: str, max_pixe
         if not chunk and not inflater.unconsumed_tail:
             break  # truncated: pydicom reports what is missing
         inflated += len(chunk)
-        if inflated > max_bytes + _HEADER_PEEK:
-            raise ImageReadError(f"{label}: the deflated DICOM inflates past {_mib(max_bytes)} "
-                                 "(CERVICURVE_MAX_FILE_MB); refused (possible decompression bomb)")
+        if inflated > limit:
+            raise ImageReadError(f"{label}: the deflated DICOM inflates {why}; refused (possible decompression bomb)")
         chunks.append(chunk)
     body = b"".join(chunks)
     del chunks
@@ -509,10 +518,10 @@ def _read_deflated(data: bytes, start: int, preamble, meta, label: str, max_pixe
     return ds
 
 
-def check_dicom_budget(ds, label: str, max_pixels: int | None = None, max_bytes: int | None = None) -> None:
+def check_dicom_budget(ds, label: str, max_pixels: int | None = None, max_bytes: int | None = None) -> int | None:
     """ImageReadError when the header's Rows x Columns is over ``max_pixels`` or the pixel data it declares
-    (x frames x samples x BitsAllocated) over ``max_bytes``; read from the header only, nothing decoded. A header
-    too broken to compute is left to the reader's own checks."""
+    (x frames x samples x BitsAllocated) over ``max_bytes``; read from the header only, nothing decoded. Returns
+    the declared pixel bytes; None for a header too broken to compute (left to the reader's own checks)."""
     max_pixels = settings.max_image_pixels() if max_pixels is None else max_pixels
     max_bytes = settings.max_file_bytes() if max_bytes is None else max_bytes
     try:
@@ -520,15 +529,16 @@ def check_dicom_budget(ds, label: str, max_pixels: int | None = None, max_bytes:
         samples = max(1, int(ds.get("SamplesPerPixel") or 1))
         bits = max(1, int(ds.get("BitsAllocated") or 8))
     except (TypeError, ValueError):
-        return
+        return None
     if rows <= 0 or columns <= 0:
-        return
+        return None
     _check_size(label, columns, rows, max_pixels)
     declared = rows * columns * _nr_frames(ds) * samples * bits // 8
     if declared > max_bytes:
         raise ImageReadError(f"{label}: the DICOM declares {_mib(declared)} of pixel data ({columns} x {rows}, "
                              f"{_nr_frames(ds)} frames, {bits} bits), over the {_mib(max_bytes)} limit "
                              "(CERVICURVE_MAX_FILE_MB); refused before decoding")
+    return declared
 
 
 def dicom_summary(dataset) -> dict:
