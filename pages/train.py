@@ -16,11 +16,12 @@ from core.data.datasets import SPLITS
 from core.runs import hardware, launch
 from core.runs.configs import ConfigError, config_class, read_config_source, resolve_config
 from models.registry import MODELS
-from ui.frame import engine_errors, frame, store
+from ui.frame import engine_errors, frame, promoted_info, store
 from ui.run_views import hardware_panel, live_view, queue_panel
 
 TASK_LABELS = {"classify": "Classify (curvature class)", "detect": "Detect (C2–C7 box)",
                "landmarks": "Landmarks (23 points)", "compare": "Compare / ablation (the study's models)"}
+FINE_TUNABLE = ("classify", "landmarks")  # init_from: promoted (core.training.finetune)
 LANDMARK_MODELS = ("landmark-unet", "yolov8n-pose.yaml", "yolo11n-pose.yaml")
 DETECT_MODELS = ("yolov8n.yaml", "yolo11n.yaml", "yolov3-tinyu.yaml", "yolov3u.yaml")
 # The main knobs per config class, in form order; every other key goes in "Other keys".
@@ -86,6 +87,16 @@ with left:
             model = st.selectbox("Model", LANDMARK_MODELS if task == "landmarks" else DETECT_MODELS,
                                  key=f"train_model_{task}")
         base["model"] = model
+        promoted = promoted_info(task) if task in FINE_TUNABLE else None
+        if promoted and promoted.get("model") in (None, model):
+            start = st.radio("Start from", ["scratch", "the promoted model: fine-tune on this dataset"],
+                             horizontal=True, key=f"train_init_{task}")
+            if start != "scratch":
+                base["init_from"] = "promoted"
+                st.caption(f"Starts from the promoted {task} model (run {promoted.get('run_id', '?')}); the films it "
+                           "learned from are mixed into each epoch (mix_with, mix_share), so your films teach their "
+                           "look without the rest being forgotten. A few epochs at a lower lr are usually enough: "
+                           "see the README, Real films.")
 
 with right:
     summary = None

@@ -71,17 +71,17 @@ def team_home(tmp_path_factory):
         done = _core(home, "runs", "promote", run_dir.name)
         assert done.returncode == 0, done.stdout + done.stderr
     _films_folder(home.parent / "films")
+    done = _core(home, "import", "csxa", str(home.parent / "films" / "csxa"), "--dataset", "films")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "6 imported" in done.stdout, done.stdout  # the three without a grade come in for their landmarks
+    refused = _core(home, "split", "--dataset", "films")
+    assert refused.returncode == 2 and "--no-stratify" in refused.stdout  # 3 classes of 1 patient each
+    done = _core(home, "split", "--dataset", "films", "--fractions", "0.67,0.33,0", "--no-stratify")
+    assert done.returncode == 0, done.stdout + done.stderr
     return home
 
 
 def test_films_with_blank_grades_import_and_split_by_patient(team_home, monkeypatch):
-    done = _core(team_home, "import", "csxa", str(team_home.parent / "films" / "csxa"), "--dataset", "films")
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "6 imported" in done.stdout, done.stdout  # the three without a grade come in for their landmarks
-    refused = _core(team_home, "split", "--dataset", "films")
-    assert refused.returncode == 2 and "--no-stratify" in refused.stdout
-    done = _core(team_home, "split", "--dataset", "films", "--fractions", "0.67,0.33,0", "--no-stratify")
-    assert done.returncode == 0, done.stdout + done.stderr
     monkeypatch.setenv("CERVICURVE_HOME", str(team_home))
     from core.data.store import AnnotationStore
 
@@ -133,3 +133,28 @@ def test_bad_fine_tune_settings_are_refused_by_name(team_home, tmp_path):
     refused = _core(team_home, "train", "--config", "configs/landmarks.yaml", "dataset=films", "mix_with=films")
     assert refused.returncode != 0 and "mix_with" in (refused.stdout + refused.stderr)
     assert "Traceback" not in refused.stderr
+
+
+def test_the_train_page_offers_to_fine_tune_the_promoted_model(team_home, monkeypatch):
+    import yaml
+    from streamlit.testing.v1 import AppTest
+
+    from core.runs import layout
+    from test_jobs import wait_for
+
+    monkeypatch.setenv("CERVICURVE_HOME", str(team_home))
+    monkeypatch.setenv("CERVICURVE_THREADS", "1")
+    at = AppTest.from_file(str(ROOT / "pages" / "train.py"), default_timeout=60).run()
+    at.selectbox(key="train_task").set_value("landmarks").run()
+    at.selectbox(key="train_dataset").set_value("films").run()
+    at.radio(key="train_init_landmarks").set_value("the promoted model: fine-tune on this dataset").run()
+    for name, value in {"epochs": "1", "input_size": "64", "batch_size": "4", "device": "cpu"}.items():
+        at.text_input(key=f"train_HeatmapConfig_{name}").set_value(value).run()
+    at.text_area(key="train_extra_HeatmapConfig").set_value("widths=[8,8,16,16,16]\nmix_limit=5\nrefine=0").run()
+    assert not at.exception and not at.error
+    at.button(key="train_start").click().run()
+    run_dir = team_home / "runs" / at.session_state["train_run"]
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["init_from"] == "promoted"
+    assert wait_for(lambda: layout.read_status(run_dir).get("state") in ("done", "failed"), 300)
+    assert layout.read_status(run_dir)["state"] == "done", (run_dir / "train.log").read_text()
+    assert "fine-tuning mix: 4 films of 'films'" in (run_dir / "train.log").read_text()

@@ -313,8 +313,6 @@ class Executes:
         return (Path.touch, (self.marker,))
 
 
-@pytest.mark.xfail(strict=True, reason="the refusal's text is built in core/training/checkpoints.py (torch's "
-                                       "multi-line message) and classify's init_from load; the lead's files")
 def test_a_pickled_checkpoint_is_refused_in_one_line(workspace, tmp_path):
     import torch
 
@@ -326,6 +324,10 @@ def test_a_pickled_checkpoint_is_refused_in_one_line(workspace, tmp_path):
     try:
         line = one_line_refusal(cli(workspace, "predict", str(film), "--model", str(evil)))
         assert "refused" in line or "not a CerviCurve checkpoint" in line
+        for config in ("classify", "landmarks"):  # as a starting point for training
+            line = one_line_refusal(cli(workspace, "train", "--config", f"configs/{config}.yaml",
+                                        f"init_from={evil}", "device=cpu"))
+            assert "refused" in line and "pickled code" in line, line
     finally:
         assert not marker.exists()
 

@@ -81,6 +81,10 @@ class RunRecorder:
             if isinstance(error, (RunCancelled, KeyboardInterrupt)):
                 log.info("cancelled")
                 self.update(state="cancelled", message="cancelled by user", eta_s=None)
+            elif isinstance(error, ValueError):  # a refused config or dataset (ConfigError...): one line says it,
+                # in train.log; on a terminal the command's own "error: ..." line is that one line
+                log.error("run failed: %s", error, extra={"file_only": True})
+                self.update(state="failed", message=str(error), eta_s=None)
             elif error is not None:
                 log.error("run failed", exc_info=(kind, error, tb))
                 self.update(state="failed", message=f"{type(error).__name__}: {error}", eta_s=None)
@@ -216,6 +220,7 @@ def run_logging(run_dir: Path, active: bool):
         if not _stderr_is(log_path):
             stream = logging.StreamHandler(sys.stderr)
             stream.setFormatter(logging.Formatter("%(message)s"))
+            stream.addFilter(lambda record: not getattr(record, "file_only", False))
             handlers.append(stream)
     for handler in handlers:
         log.addHandler(handler)

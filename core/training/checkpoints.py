@@ -40,7 +40,11 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"{path} is not a CerviCurve checkpoint (weights_only load failed: {exc})") from None
+        # torch's own message runs to a dozen lines of advice about unpickling; one line says what matters
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights_only" in str(exc) or "Unpickl" in type(exc).__name__:
+            reason = "it holds pickled code, which is never loaded"
+        raise ValueError(f"{path} is refused: not a CerviCurve checkpoint ({reason})") from None
     if not isinstance(data, dict) or "state_dict" not in data or "meta" not in data:
         raise ValueError(f"{path} is not a CerviCurve checkpoint (no state_dict/meta)")
     return data

@@ -32,7 +32,8 @@ from torch.utils.data import DataLoader, Sampler
 
 from core import settings
 from core.runs import layout
-from core.training.checkpoints import classify_crops, load_classifier, state_dict_of, svm_to_tensors
+from core.training.checkpoints import (classify_crops, load_checkpoint, load_classifier, state_dict_of,
+                                      svm_to_tensors)
 from core.training.crops import (NORMALISATION, CropDataset, DistributedWeightedSampler, RoiJitter, Sample,
                                  context_inner, load_crops, load_split, normalise, to_samples, train_augmentation)
 from core.training.devices import pick_device
@@ -160,7 +161,14 @@ def build_classifier(cfg: ClassifyConfig, input_size: int) -> nn.Module:
         log.info("started from %s (missing %d, unexpected %d keys)", cfg.weights_path, len(missing), len(unexpected))
     if cfg.init_from:  # continue an earlier run (or the promoted model) as a new one: its weights, a fresh schedule
         source = init_checkpoint(cfg.init_from, "classify")
-        model.load_state_dict(torch.load(source, map_location="cpu", weights_only=True)["state_dict"])
+        try:
+            start = load_checkpoint(source)
+        except (ValueError, FileNotFoundError) as error:
+            raise ConfigError(f"init_from: {error}") from None
+        if start.get("meta", {}).get("model") not in (None, cfg.model):
+            raise ConfigError(f"init_from {cfg.init_from}: that model is a {start['meta']['model']}, this run trains "
+                              f"a {cfg.model}; set model={start['meta']['model']} to fine-tune it")
+        model.load_state_dict(start["state_dict"])
         log.info("started from the weights of %s", source)
     return model
 

@@ -47,7 +47,10 @@ def mix_source(config: Any, task: str) -> str | None:
         return None
     from core.training.checkpoints import load_checkpoint
 
-    meta = load_checkpoint(init_checkpoint(config.init_from, task)).get("meta", {})
+    try:
+        meta = load_checkpoint(init_checkpoint(config.init_from, task)).get("meta", {})
+    except (ValueError, FileNotFoundError) as error:
+        raise ConfigError(f"init_from: {error}") from None
     source = meta.get("dataset") or (meta.get("config") or {}).get("dataset")
     return source if source and source != config.dataset else None
 
@@ -71,8 +74,8 @@ def training_mix(config: Any, task: str, splits: Sequence[str] = ("train", "val"
             raise ConfigError(f"dataset '{dataset}', split '{split}': {error}") from None
 
     train_name, val_name = splits[0], splits[1]
+    source = mix_source(config, task)  # first: a start checkpoint that cannot be read is the first thing to say
     own = {name: items(config.dataset, name) for name in splits}
-    source = mix_source(config, task)
     if source is None:
         return Mix(config.dataset, None, own, len(own[train_name]), 1, config.dataset)
     mixed_train = _pick(items(source, "train"), config.mix_limit, config.seed)

@@ -404,7 +404,12 @@ def _fit(cfg: HeatmapConfig, run: RunRecorder, progress_callback, items, resume:
     net = LandmarkUNet(len(LANDMARK_NAMES), tuple(cfg.widths)).to(device)
     if cfg.init_from:  # continue an earlier run (or the promoted model) as a new one: its weights, a fresh schedule
         source = init_checkpoint(cfg.init_from, "landmarks")
-        net.load_state_dict(torch.load(source, map_location="cpu", weights_only=True)["state_dict"])
+        from core.training.checkpoints import load_checkpoint
+
+        try:
+            net.load_state_dict(load_checkpoint(source)["state_dict"])
+        except (ValueError, FileNotFoundError) as error:
+            raise LandmarkTrainingError(f"init_from: {error}") from None
         log.info("started from the weights of %s", source)
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     train_split = splits["train"]
