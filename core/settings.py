@@ -56,6 +56,12 @@ def check() -> None:
             reader()
         except SettingsError as error:
             problems.append(str(error))
+    for name, reader in (("CERVICURVE_MAX_IMAGE_MPX", max_image_pixels), ("CERVICURVE_MAX_FILE_MB", max_file_bytes),
+                         ("CERVICURVE_MAX_ZIP_MB", max_zip_bytes)):
+        try:
+            reader()
+        except SettingsError as error:
+            problems.append(str(error))
     try:
         normal, reversed_ = rule_thresholds_deg()
         if os.environ.get("CERVICURVE_NORMAL_MIN_DEG") or os.environ.get("CERVICURVE_REVERSED_MAX_DEG"):
@@ -64,12 +70,6 @@ def check() -> None:
                                 f"CERVICURVE_NORMAL_MIN_DEG ({normal:g})")
     except SettingsError as error:
         problems.append(str(error))
-    for name, reader in (("CERVICURVE_MAX_IMAGE_MPX", max_image_pixels), ("CERVICURVE_MAX_FILE_MB", max_file_bytes),
-                         ("CERVICURVE_MAX_ZIP_MB", max_zip_bytes)):
-        try:
-            reader()
-        except SettingsError as error:
-            problems.append(str(error))
     for name, reader in (("CERVICURVE_SESSION_IDLE_MIN", session_idle_minutes),
                          ("CERVICURVE_SESSION_MAX_HOURS", session_max_hours),
                          ("CERVICURVE_SIGNIN_LOCKOUT_S", sign_in_lockout_s)):
@@ -226,6 +226,30 @@ def tool_config_dir() -> Path:
     return _subdir("config")
 
 
+def max_image_pixels() -> int:
+    """Largest width x height read (default 50 Mpx; a real film is 3-12 Mpx): checked from the header, before
+    anything is decoded, so a 300 KB PNG that declares 10000 x 10000 is refused, not inflated."""
+    return int(_budget("CERVICURVE_MAX_IMAGE_MPX", 50.0) * 1_000_000)
+
+
+def max_file_bytes() -> int:
+    """Largest single input (default 256 MiB): an image file, one zip member, a DICOM's pixel data as its header
+    declares it and as a deflated file inflates."""
+    return int(_budget("CERVICURVE_MAX_FILE_MB", 256.0) * 1024**2)
+
+
+def max_zip_bytes() -> int:
+    """Most an uploaded zip may inflate to in all (default 2 GiB)."""
+    return int(_budget("CERVICURVE_MAX_ZIP_MB", 2048.0) * 1024**2)
+
+
+def _budget(name: str, default: float) -> float:
+    number = env_number(name, default)
+    if number <= 0:
+        raise _bad(name, os.environ[name])
+    return number
+
+
 def pseudonym_salt() -> bytes:
     """Salt for DICOM patient pseudonyms: stable per workspace, secret to it.
 
@@ -252,27 +276,3 @@ def _subdir(name: str) -> Path:
     path = home() / name
     path.mkdir(parents=True, exist_ok=True)
     return path
-def max_image_pixels() -> int:
-    """Largest width x height read (default 50 Mpx; a real film is 3-12 Mpx): checked from the header, before
-    anything is decoded, so a 300 KB PNG that declares 10000 x 10000 is refused, not inflated."""
-    return int(_budget("CERVICURVE_MAX_IMAGE_MPX", 50.0) * 1_000_000)
-
-
-def max_file_bytes() -> int:
-    """Largest single input (default 256 MiB): an image file, one zip member, a DICOM's pixel data as its header
-    declares it and as a deflated file inflates."""
-    return int(_budget("CERVICURVE_MAX_FILE_MB", 256.0) * 1024**2)
-
-
-def max_zip_bytes() -> int:
-    """Most an uploaded zip may inflate to in all (default 2 GiB)."""
-    return int(_budget("CERVICURVE_MAX_ZIP_MB", 2048.0) * 1024**2)
-
-
-def _budget(name: str, default: float) -> float:
-    number = env_number(name, default)
-    if number <= 0:
-        raise _bad(name, os.environ[name])
-    return number
-
-
