@@ -12,6 +12,7 @@ import hashlib
 import pandas as pd
 import streamlit as st
 
+from core.data.exports import spreadsheet_safe
 from core.inference import pipeline, report
 from core.settings import CLASSES
 from ui.figures import probability_bars
@@ -215,7 +216,8 @@ def show_batch(predictor, sources: list[tuple[str, bytes]]) -> None:
             "unlike training films", help="the class and angle may be wrong; probabilities capped at 90 %"),
         "ood_score": st.column_config.NumberColumn("OOD score", format="%.2f", help="over 1: unlike the training films"),
     })
-    st.download_button("Download the table (CSV)", table.drop(columns=["image"]).to_csv(index=False),
+    st.download_button("Download the table (CSV)",
+                       table.drop(columns=["image"]).map(spreadsheet_safe).to_csv(index=False),
                        file_name="cervicurve_predictions.csv", mime="text/csv", key="csv_download")
     if len(done):
         chosen = st.selectbox("Show one result in detail", list(done["file"]), key="detail_choice")

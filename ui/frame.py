@@ -200,9 +200,16 @@ def engine_errors(action: str) -> Iterator[None]:
 
 @st.cache_resource(show_spinner=False)
 def _store_for(url: str):
+    from core.data.archive import sweep_scratch
+    from core.data.importers import sweep_partial_images
     from core.data.store import AnnotationStore
 
-    return AnnotationStore(url)
+    store = AnnotationStore(url)
+    # once per server process and database: raw uploads and half-written images a killed import left behind go
+    # at start, not only at the next import
+    sweep_scratch()
+    sweep_partial_images(store)
+    return store
 
 
 def store():

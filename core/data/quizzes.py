@@ -44,6 +44,7 @@ from sqlalchemy import (
 )
 
 from core import settings
+from core.data.exports import spreadsheet_safe
 from core.data.measure import LandmarkError, RuleThresholds, classify_cobb, measure_landmarks
 from core.data.phantom import case_landmarks, generate_case
 from core.data.store import AnnotationStore, Database
@@ -189,8 +190,9 @@ class QuizResults:
         writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         for row in self.answers:
-            writer.writerow({**row, "quiz_id": self.quiz.quiz_id, "film": row["position"],
-                             "answered_at": row["answered_at"].isoformat(timespec="seconds")})
+            cells = {**row, "quiz_id": self.quiz.quiz_id, "film": row["position"],
+                     "answered_at": row["answered_at"].isoformat(timespec="seconds")}
+            writer.writerow({k: spreadsheet_safe(v) for k, v in cells.items()})  # student names are typed text
         return buffer.getvalue()
 
 

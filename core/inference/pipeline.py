@@ -43,6 +43,7 @@ from core.inference import models
 from core.inference.models import ModelError
 from core.runs import layout, promotion
 from core.data.measure import Facing, read_facing
+from core.data.exports import spreadsheet_safe
 from core.data.imaging import ImageReadError, Radiograph, read_image, require_usable
 from core.data.measure import (LandmarkError, Measurements, RuleThresholds, measure_landmarks,
                                roi_box_from_landmarks)
@@ -634,7 +635,8 @@ def run_predict(args: argparse.Namespace) -> int:
         with open(args.out / "predictions.csv", "w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
             writer.writeheader()
-            writer.writerows({k: row.get(k, "") for k in CSV_COLUMNS} for row in rows)
+            # file names and notes are user text: never a formula in the spreadsheet that opens this
+            writer.writerows({k: spreadsheet_safe(row.get(k, "")) for k in CSV_COLUMNS} for row in rows)
     return 1 if failures else 0
 
 
