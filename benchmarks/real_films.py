@@ -98,6 +98,7 @@ def evaluate_film(predictor, image: Path, json_path: Path, grade: int | None, fa
     seconds = time.perf_counter() - started
     errors = point_errors_pct(result.landmarks, truth)
     m = result.measurements
+    facing_found = getattr(result, "facing", None)  # older engines signed every angle by the lean alone
     cobb = m.cobb_c2c7 if m is not None and math.isfinite(m.cobb_c2c7) else None
     row = {
         "film": image.stem, "grade": grade, "true_class": GRADE_CLASS.get(grade), "truth_cobb": round(truth_cobb, 2),
@@ -107,8 +108,8 @@ def evaluate_film(predictor, image: Path, json_path: Path, grade: int | None, fa
         "points_dropped": int(np.isnan(errors).sum()),
         "pred_cobb": None if cobb is None else round(cobb, 2),
         "cobb_error": None if cobb is None else round(cobb - truth_cobb, 2),
-        "pred_facing": None if result.facing is None else result.facing.facing,
-        "facing_source": None if result.facing is None else result.facing.source,
+        "pred_facing": facing_found.facing if facing_found else (m.facing if m is not None else None),
+        "facing_source": facing_found.source if facing_found else ("lean" if m is not None else None),
         "rule_class": None if m is None else m.rule_class, "network_class": result.curvature_class,
         "confidence": round(result.confidence, 3), "ood": bool(result.out_of_distribution),
         "ood_score": None if result.ood_score is None else round(float(result.ood_score), 3),

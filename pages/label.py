@@ -318,11 +318,13 @@ def tools(work: canvas.Annotation, image) -> None:
     if work.draft is not None:
         st.caption("Started from a model draft: the store will record how far you move each point.")
 
-    check = labels.rule_check(work.curvature_class, work.saved_landmarks())
+    check = labels.rule_check(work.curvature_class, work.saved_landmarks(), film=pixels_of(image))
     metrics = st.columns(3)
     metrics[0].metric("Cobb C2–C7", "—" if check.cobb_c2c7 is None else f"{check.cobb_c2c7:+.1f}°")
     metrics[1].metric("CCI", "—" if check.cci is None else f"{check.cci:.1f} %")
     metrics[2].metric("Rule class", check.rule_class or "—")
+    if check.facing is not None:
+        st.caption(f"The patient {check.facing.describe()}.")
     st.write("**Curvature class**" + (f" — suggested from the points: *{check.rule_class}*" if check.rule_class else ""))
     buttons = st.columns(3)
     for column, name in zip(buttons, CLASSES):
@@ -362,7 +364,7 @@ def review() -> None:
                                                       f"{by_id[i].curvature_class or 'no class'}"
                                                       + (f" · {by_id[i].status}" if by_id[i].status else ""))]
     image = annotation_store.image(choice.image_id)
-    check = labels.rule_check(choice.curvature_class, choice.landmarks)
+    check = labels.rule_check(choice.curvature_class, choice.landmarks, film=pixels_of(image))
     picture = canvas.background(pixels_of(image), canvas.full_view((image.width, image.height)), view_settings(),
                                 readings=[(choice.roi_box, choice.landmarks, canvas.POINT_COLOUR)])
     columns = st.columns([3, 2])

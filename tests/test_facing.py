@@ -69,6 +69,31 @@ def test_a_neck_leaning_back_keeps_its_lordosis():
     assert measure_landmarks(points, facing=found.facing).cobb_c2c7 == pytest.approx(case.cobb_c2c7, abs=0.01)
 
 
+def _leaning_back(seed: int = 5, cobb: float = 35.0):
+    """A left-facing lordotic phantom rotated so C2 sits behind C7: the lean alone calls it right-facing."""
+    from scipy import ndimage
+
+    case = generate_case(seed, size=256, cobb_c2c7=cobb, facing="left")
+    pixels = _pixels(case)
+    angle = -25.0
+    rotated = ndimage.rotate(pixels, angle, reshape=False, order=1, mode="nearest")
+    h, w = pixels.shape
+    theta = np.radians(angle)
+    rot = np.array([[np.cos(theta), np.sin(theta)], [-np.sin(theta), np.cos(theta)]])
+    return case, rotated, (case.landmarks - [w / 2, h / 2]) @ rot.T + [w / 2, h / 2]
+
+
+def test_the_label_page_measure_signs_a_reading_by_the_film():
+    """The Label page's live angle and rule class (labels.rule_check) read the facing from the film it shows."""
+    from core.data import labels
+
+    case, film, points = _leaning_back()
+    check = labels.rule_check("normal", points, film=film)
+    assert check.facing.facing == "left" and check.facing.source == "film"
+    assert check.cobb_c2c7 == pytest.approx(case.cobb_c2c7, abs=0.01) and not check.contradicts
+    assert labels.rule_check("normal", points).cobb_c2c7 == pytest.approx(-case.cobb_c2c7, abs=0.01)  # the lean
+
+
 def test_the_users_facing_wins_and_a_blank_film_falls_back_on_the_lean():
     case = generate_case(2, size=256, cobb_c2c7=20.0, facing="right")
     assert read_facing(_pixels(case), case.landmarks, "left") == read_facing(None, case.landmarks, "left")

@@ -17,7 +17,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from core.data.measure import LANDMARK_NAMES, LandmarkError, RuleThresholds, measure_landmarks
+from core.data.measure import LANDMARK_NAMES, Facing, LandmarkError, RuleThresholds, measure_landmarks, read_facing
 from core.data.store import AnnotationStore, Reading, validate_landmarks
 from core.settings import CLASSES
 
@@ -58,15 +58,21 @@ class RuleCheck:
     rule_class: str | None
     contradicts: bool
     message: str | None
+    facing: Facing | None = None  # how the angle was signed, when a film was given
 
 
-def rule_check(curvature_class: str | None, landmarks: Any, thresholds: RuleThresholds | None = None) -> RuleCheck:
+def rule_check(curvature_class: str | None, landmarks: Any, thresholds: RuleThresholds | None = None,
+               film: np.ndarray | None = None) -> RuleCheck:
     """Cobb C2-C7, CCI and the rule class from the points (``core.data.measure``): once all 23 are placed, or all
-    but C7's (hidden behind the shoulders: the rule then reads Cobb C2-C6); None before that."""
+    but C7's (hidden behind the shoulders: the rule then reads Cobb C2-C6); None before that. With the ``film``'s
+    pixels the angle is signed by the facing read from it (``measure.read_facing``), else by the neck's lean."""
     if landmarks is None:
         return RuleCheck(None, None, None, False, None)
     try:
-        measured = measure_landmarks(validate_landmarks(landmarks), thresholds=thresholds, partial=True)
+        points = validate_landmarks(landmarks)
+        facing = read_facing(film, points) if film is not None else None
+        measured = measure_landmarks(points, facing=None if facing is None else facing.facing, thresholds=thresholds,
+                                     partial=True)
     except (LandmarkError, ValueError):
         return RuleCheck(None, None, None, False, None)
     cobb = float(measured.cobb_c2c7) if math.isfinite(measured.cobb_c2c7) else None
@@ -78,7 +84,7 @@ def rule_check(curvature_class: str | None, landmarks: Any, thresholds: RuleThre
         angle = f"C2–C7 angle {cobb:+.1f}°" if cobb is not None else f"C2–C6 angle {measured.cobb_c2c6:+.1f}°"
         message = (f"The chosen class '{curvature_class}' contradicts the measured {angle} (rule class "
                    f"'{rule}'). Saving is allowed: say why in the note if you keep it.")
-    return RuleCheck(cobb, cci, rule, contradicts, message)
+    return RuleCheck(cobb, cci, rule, contradicts, message, facing)
 
 
 def cobb_of(landmarks: Any) -> float | None:
