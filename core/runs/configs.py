@@ -322,6 +322,7 @@ class HeatmapConfig(StrictConfig):
     mix_share: float = 0.5  # the dataset's own films' share of each epoch when mixing
     mix_limit: int = 300  # at most this many films of mix_with (seeded pick) per split
     mirror_average: bool = True  # also read the mirrored film and average (measured: Cobb MAE 2.2 -> 1.7 deg)
+    equalise: bool = True  # map each window through its ROI's histogram (real films: point error 6.0 -> 2.6 %)
 
     def validate(self) -> None:
         if self.task != "landmarks" or self.model != LANDMARK_UNET:

@@ -74,11 +74,30 @@ def _base_scale(roi_margin: float) -> float:
     return (1 + 2 * roi_margin) / (1 + 2 * CONTEXT_MARGIN)
 
 
-def context_crop(pixels: np.ndarray, box: Sequence[float], input_size: int, roi_margin: float
-                 ) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
-    """``(crop (C, C) float32, window)``: the context window around ``box`` at the model's reading scale."""
+def equalise(crop: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """``crop`` mapped through the cumulative histogram of ``region`` (the ROI box): every film's spine then spans
+    the same grey levels. Real films differ in exposure curve, window/level and edge enhancement far more than the
+    augmentation models; with the ROI equalised the full-demo model's median point error on the 6 real CSXA dev
+    films fell from 6.0 to 2.6 % of C2-C7 (true boxes), and on 20 phantoms it went from 0.48 to 0.51 %."""
+    region = region[np.isfinite(region)]
+    if region.size < 16 or float(np.ptp(region)) == 0.0:
+        return crop
+    levels = np.quantile(region, np.linspace(0.0, 1.0, 257))
+    return np.interp(crop, levels, np.linspace(0.0, 1.0, 257)).astype(np.float32)
+
+
+def context_crop(pixels: np.ndarray, box: Sequence[float], input_size: int, roi_margin: float,
+                 equalised: bool = False) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """``(crop (C, C) float32, window)``: the context window around ``box`` at the model's reading scale
+    (``equalised``: by the box's own histogram, :func:`equalise`)."""
     window = landmark_crop_window(box, CONTEXT_MARGIN)
-    crop = torch.from_numpy(np.ascontiguousarray(crop_window(np.asarray(pixels, dtype=np.float32), window)))
+    pixels = np.asarray(pixels, dtype=np.float32)
+    crop = crop_window(pixels, window)
+    if equalised:
+        height, width = pixels.shape[:2]
+        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        crop = equalise(crop, pixels[max(0, y1):min(height, y2), max(0, x1):min(width, x2)])
+    crop = torch.from_numpy(np.ascontiguousarray(crop))
     side = _context_size(input_size, roi_margin)
     # antialiased: a 2048 px film shrinks ~10x here; plain bilinear would alias the trabecular texture
     resized = F.interpolate(crop[None, None], size=(side, side), mode="bilinear", align_corners=False, antialias=True)
@@ -143,12 +162,14 @@ class HeatmapLandmarkModel:
         self.crop_margin = float(meta["roi_margin"])
         self.refine = int(meta.get("refine", 1))
         self.mirror_average = bool(meta.get("mirror_average", True))
+        self.equalised = bool(meta.get("equalise", False))  # checkpoints from before equalising read raw windows
         self._lock = threading.Lock()
 
     @torch.no_grad()
     def _points(self, views: Sequence[tuple[np.ndarray, Sequence[float]]]) -> list[tuple[np.ndarray, np.ndarray]]:
         """``(points, confidence)`` for each ``(pixels, box)`` view, read in one forward pass."""
-        contexts, windows = zip(*(context_crop(pixels, box, self.input_size, self.crop_margin) for pixels, box in views))
+        contexts, windows = zip(*(context_crop(pixels, box, self.input_size, self.crop_margin, self.equalised)
+                                  for pixels, box in views))
         scale = _base_scale(self.crop_margin)
         inputs = _sample(torch.stack(contexts)[:, None], torch.eye(2).expand(len(views), 2, 2) * scale,
                          torch.zeros(len(views), 2), self.input_size)
@@ -235,7 +256,7 @@ def _load_split(cfg: HeatmapConfig, split: str, items=None) -> _Split:
             continue
         height, width = pixels.shape
         box = item.roi_box or roi_box_from_landmarks(landmarks, (width, height))
-        context, window = context_crop(pixels, box, cfg.input_size, cfg.roi_margin)
+        context, window = context_crop(pixels, box, cfg.input_size, cfg.roi_margin, cfg.equalise)
         contexts.append(context[None])
         points.append(torch.from_numpy(_to_unit(landmarks, window)).float())
         truth.append(landmarks)
@@ -353,7 +374,7 @@ def _predict_split(net, split: _Split, cfg: HeatmapConfig, device: torch.device,
 def _meta(cfg: HeatmapConfig, extra: Mapping[str, Any] | None = None) -> dict:
     return {"format": FORMAT, "model": MODEL_NAME, "task": "landmarks", "input_size": cfg.input_size,
             "roi_margin": cfg.roi_margin, "crop": "roi", "widths": list(cfg.widths), "refine": cfg.refine,
-            "mirror_average": cfg.mirror_average,
+            "mirror_average": cfg.mirror_average, "equalise": cfg.equalise,
             "landmark_names": list(LANDMARK_NAMES), "dataset": cfg.dataset, "config": cfg.to_dict(),
             "saved_at": layout.now_iso(), **(extra or {})}
 
