@@ -117,10 +117,23 @@ def test_landmarks_fine_tune_from_the_promoted_model_mixes_the_phantoms_in(team_
     assert info["run_id"] == run_dir.name
 
 
-def test_classifier_fine_tune_mixes_the_phantoms_in(team_home):
+def test_classifier_fine_tune_mixes_the_phantoms_in_and_its_ood_reference_holds_every_team_film(team_home,
+                                                                                                 monkeypatch):
     run_dir = _train(team_home, "classify", "dataset=films", "init_from=promoted", *TINY_CLASSIFIER, "mix_limit=6")
     log = (run_dir / "train.log").read_text()
     assert "fine-tuning mix:" in log and "with 6 of 'ph'" in log
+    monkeypatch.setenv("CERVICURVE_HOME", str(team_home))
+    import torch
+
+    from core.data.store import AnnotationStore
+
+    with AnnotationStore() as store:
+        train = [item for item in store.current_labels("films") if item.split == "train"]
+    labeled = [item for item in train if item.curvature_class]
+    repeat = max(1, round(6 / len(labeled)))
+    meta = torch.load(run_dir / "best.pt", weights_only=True)["meta"]
+    # the films without a class are not trained on, but the reference of how films look holds them too
+    assert meta["ood_image_reference"]["n_train"] == len(labeled) * repeat + 6 + (len(train) - len(labeled))
 
 
 def test_bad_fine_tune_settings_are_refused_by_name(team_home, tmp_path):

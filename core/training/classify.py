@@ -356,6 +356,9 @@ def _shared_run_dir(run_dir: str | Path | None, cfg: ClassifyConfig, runtime: Ru
     return Path(path)
 
 
+REFERENCE_ONLY = "reference only"  # films in the out-of-distribution reference, never trained on (no class)
+
+
 def _splits(cfg: ClassifyConfig, items: Mapping[str, Sequence[Any]] | None) -> dict[str, list[Sample]]:
     names = (cfg.train_split, cfg.val_split, cfg.test_split)
     if items is not None:
@@ -365,6 +368,14 @@ def _splits(cfg: ClassifyConfig, items: Mapping[str, Sequence[Any]] | None) -> d
     splits = {name: to_samples(mix.splits[name]) for name in names}
     train = splits[cfg.train_split]
     splits[cfg.train_split] = train[:mix.team_train] * mix.repeat + train[mix.team_train:]
+    # The out-of-distribution reference is about how films look, not their class: the team's training films
+    # without a class (a landmark set, CSXA's blank grades) count there too, so films like them are not flagged.
+    from core.data.datasets import training_items
+
+    unlabeled = [item for item in training_items(cfg.dataset, cfg.train_split, need_class=False) if item.label is None]
+    splits[REFERENCE_ONLY] = [Sample(path=str(item.path), label=-1, roi_box=item.roi_box,
+                                     patient_id=str(item.patient_id), image_id=str(item.image_id))
+                              for item in unlabeled]
     return splits
 
 
@@ -510,7 +521,7 @@ def _finish_run(cfg: ClassifyConfig, run_dir: Path, run: RunRecorder, model: nn.
     run.update(message="fitting the out-of-distribution reference")
     best["meta"].update(_ood_references(
         cfg, lambda data: penultimate_features(model, _eval_loader(cfg, data, runtime), runtime), 0,
-        splits[cfg.train_split], val_set.samples, val_set.size))
+        splits[cfg.train_split] + splits.get(REFERENCE_ONLY, []), val_set.samples, val_set.size))
     run.save("best.pt", best)
     _report_test(cfg, run_dir, run, splits, best["meta"])
 
