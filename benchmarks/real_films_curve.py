@@ -1,17 +1,20 @@
-"""How many of your own films to label: a leave-one-out learning curve of landmark fine-tuning on real films.
+"""How many of your own films to label: a leave-one-out learning curve of fine-tuning on real films.
 
     CERVICURVE_HOME=/tmp/ws .venv/bin/python benchmarks/real_films_curve.py DIR [--ks 0,1,3,5] [--epochs 8]
 
 For each film of DIR (films with Labelme landmarks, CSXA layout) left out in turn, and each k: k of the other films
-(a seeded pick) fine-tune the promoted landmark model exactly as ``runs start --config configs/landmarks.yaml
-dataset=<films> init_from=promoted`` does (``core.training.finetune``: the team's films repeated to half of each
-epoch, mixed with up to ``--mix-limit`` films of the dataset the promoted model learned from, the best epoch chosen on
-that dataset's val films, since the left-out film is the test). Then Predict (promoted detector and classifier, the
-fine-tuned landmark model) reads the left-out film; k = 0 is the promoted model itself. Per k: the median point error
-in % of C2-C7 and the share of left-out films whose C2-C7 angle is within 5 deg of the official one, with intervals;
-and, as pre-annotation drafts, how many of the 23 points would need moving (more than 2 % of C2-C7 off, or not
-placed) against placing all 23 by hand.
-Writes ``real_films_curve.md``, ``.json`` and the chart ``real_films_curve.png`` to ``--out``.
+(a seeded pick) are imported as a dataset of their own (train split; the left-out film is its test split) and the
+promoted landmark model is fine-tuned on them exactly as the README's command does (``core train`` with
+``init_from=promoted``: ``core.training.finetune`` repeats the team's films to half of each epoch and mixes in up to
+``--mix-limit`` films of the dataset the promoted model learned from, choosing the best epoch on that dataset's val
+films, since the left-out film is the test). For the largest k the classifier is fine-tuned the same way too
+(``--classifier-epochs``), so the out-of-distribution reference includes the team's films. Then Predict (promoted
+detector; the fine-tuned models) reads the left-out film; k = 0 is the promoted models themselves.
+Per k: the median point error in % of C2-C7, the share of left-out films whose C2-C7 angle is within 5 deg of the
+official one, with intervals, the share flagged out-of-distribution, and as pre-annotation drafts how many of the
+23 points would need moving (more than 2 % of C2-C7 off, or not placed) against placing all 23 by hand.
+Writes ``real_films_<label>.md``, ``.json`` and the chart ``real_films_<label>.png`` to ``--out``; the workspace
+keeps the fold datasets (``loo-...``) and runs.
 """
 from __future__ import annotations
 
@@ -19,10 +22,10 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,46 +39,38 @@ import real_films  # noqa: E402  (the per-film measurements are the zero-shot be
 DRAFT_TOLERANCE_PCT = 2.0  # a draft point further off than this (of C2-C7) is one the annotator moves
 
 
-@dataclass
-class Film:
-    path: Path
-    label: None
-    roi_box: list
-    landmarks: np.ndarray
-    patient_id: str
-    image_id: int
-    json_path: Path
+def fold_dataset(folder: Path, team: list[tuple[Path, Path]], test: tuple[Path, Path], name: str) -> str:
+    """The team's films (train) and the left-out one (test) imported as dataset ``name``, as a team would."""
+    from core.data.importers import import_csxa
+    from core.data.store import AnnotationStore
+
+    with tempfile.TemporaryDirectory(prefix="fold-") as scratch:
+        root = Path(scratch) / "datasets-PNG"
+        root.mkdir()
+        for image, labels in [*team, test]:
+            shutil.copy2(image, root / image.name)
+            shutil.copy2(labels, root / labels.name)
+        sheet = next((p for n in ("datasets.xlsx", "datasets.csv") for p in sorted(folder.rglob(n))), None)
+        if sheet is not None:
+            shutil.copy2(sheet, Path(scratch) / sheet.name)
+        import_csxa(Path(scratch), dataset=name, sigmoid="measure")
+    stems = {image.stem for image, _ in team}
+    with AnnotationStore() as store:  # a CSXA film's source is the file it came from
+        store.set_splits({record.image_id: "train" if Path(record.source).stem in stems else "test"
+                          for record in store.images(name)})
+    return name
 
 
-def load_films(folder: Path) -> list[Film]:
-    from core.data.imaging import read_image
-    from core.data.measure import read_labelme, roi_box_from_landmarks
+def core_train(*args: str) -> Path:
+    """``python -m core train ...`` as a user runs it; its run folder."""
+    import subprocess
 
-    out = []
-    for number, (image, json_path) in enumerate(real_films.films(folder)):
-        truth = read_labelme(json_path).landmarks
-        width, height = read_image(image).original_size
-        out.append(Film(image, None, roi_box_from_landmarks(truth, (width, height)), truth, image.stem, number,
-                        json_path))
-    return out
-
-
-def fine_tune(team: list[Film], test: Film, mixed_train: list, mixed_val: list, args, run_dir: Path) -> Path:
-    from core.runs.configs import HeatmapConfig
-    from core.training import landmarks
-    from core.training.checkpoints import load_checkpoint
-    from core.training.finetune import mix_films
-
-    promoted = Path(os.environ["CERVICURVE_HOME"]) / "promoted" / "landmarks" / "best.pt"
-    base = dict(load_checkpoint(promoted)["meta"]["config"])
-    base.update(dataset="films", init_from=str(promoted), epochs=args.epochs, lr=args.lr, seed=args.seed,
-                rotate_deg=args.rotate, scale=args.scale, shift=args.shift, film=args.film, patience=0,
-                mix_limit=args.mix_limit, mix_share=args.share)
-    config = HeatmapConfig.from_dict(base)
-    mix = mix_films("films", {"train": team, "val": [], "test": [test]}, args.mix_dataset, mixed_train, mixed_val,
-                    config.mix_share)
-    landmarks.fit(config, run_dir, items=mix)
-    return run_dir / "best.pt"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-m", "core", "train", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"core train {' '.join(args)} failed: {done.stderr.strip().splitlines()[-1:]}")
+    return Path(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -85,52 +80,49 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--mix-limit", type=int, default=150)
-    parser.add_argument("--share", type=float, default=0.5)
-    parser.add_argument("--rotate", type=float, default=12.0)
-    parser.add_argument("--scale", type=float, default=0.2)
-    parser.add_argument("--shift", type=float, default=0.12)
-    parser.add_argument("--film", type=float, default=0.5)
+    parser.add_argument("--classifier-epochs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--mix-dataset", default="phantom-demo")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--label", default="curve")
     args = parser.parse_args()
 
-    from core.data.datasets import training_items
     from core.inference.pipeline import Predictor
 
     ks = [int(k) for k in args.ks.split(",")]
-    films = load_films(args.folder)
+    films = real_films.films(args.folder)
     grades = real_films.grades(args.folder)
-    rng = np.random.default_rng(args.seed)
-    mixed_train = real_films_pick(training_items(args.mix_dataset, "train", need_class=False), args.mix_limit, rng)
-    mixed_val = real_films_pick(training_items(args.mix_dataset, "val", need_class=False), args.mix_limit // 4, rng)
     started = time.time()
     results: dict[int, list[dict]] = {}
-    with tempfile.TemporaryDirectory(prefix="curve-") as scratch:
-        for k in ks:
-            rows = []
-            for index, test in enumerate(films):
-                others = [f for f in films if f is not test]
-                if k > len(others):
-                    continue
-                pick = np.random.default_rng([args.seed, k, index]).choice(len(others), size=k, replace=False)
-                team = [others[i] for i in sorted(pick)]
-                if k == 0:
-                    predictor = Predictor()
-                else:
-                    t0 = time.time()
-                    weights = fine_tune(team, test, mixed_train, mixed_val, args, Path(scratch) / f"k{k}-{test.patient_id}")
-                    print(f"k={k} left out {test.patient_id}: fine-tuned in {time.time() - t0:.0f} s", flush=True)
-                    predictor = Predictor(landmarks=weights)
-                row, drawing = real_films.evaluate_film(predictor, test.path, test.json_path,
-                                                        grades.get(test.path.stem), "film")
-                errors = real_films.point_errors_pct(drawing["predicted"], test.landmarks)
-                row.update(k=k, trained_on=[f.patient_id for f in team],
-                           points_to_move=int(np.sum(~(errors <= DRAFT_TOLERANCE_PCT))))
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-            results[k] = rows
+    for k in ks:
+        rows = []
+        for index, test in enumerate(films):
+            others = [f for f in films if f is not test]
+            if k > len(others):
+                continue
+            pick = np.random.default_rng([args.seed, k, index]).choice(len(others), size=k, replace=False)
+            team = [others[i] for i in sorted(pick)]
+            models = {}
+            if k > 0:
+                t0 = time.time()
+                dataset = fold_dataset(args.folder, team, test, f"loo-k{k}-{test[0].stem}")
+                models["landmarks"] = core_train(
+                    "--config", "configs/landmarks.yaml", f"dataset={dataset}", "init_from=promoted",
+                    f"epochs={args.epochs}", f"lr={args.lr}", f"mix_limit={args.mix_limit}", f"seed={args.seed}")
+                if k == max(ks) and args.classifier_epochs > 0:
+                    models["classifier"] = core_train(
+                        "--config", "configs/classify.yaml", f"dataset={dataset}", "init_from=promoted",
+                        "model=s_resnet34", f"epochs={args.classifier_epochs}", "lr=0.0002", "warmup_epochs=0",
+                        f"mix_limit={args.mix_limit}", "n_boot=50", "input_size=128", f"seed={args.seed}")
+                print(f"k={k} left out {test[0].stem}: fine-tuned in {time.time() - t0:.0f} s", flush=True)
+            predictor = Predictor(models.get("classifier"), None, models.get("landmarks"))
+            row, drawing = real_films.evaluate_film(predictor, test[0], test[1], grades.get(test[0].stem), "film")
+            errors = real_films.point_errors_pct(drawing["predicted"], drawing["truth"])
+            row.update(k=k, trained_on=[image.stem for image, _ in team],
+                       classifier="fine-tuned" if "classifier" in models else "promoted",
+                       points_to_move=int(np.sum(~(errors <= DRAFT_TOLERANCE_PCT))))
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        results[k] = rows
     summary = {k: curve_point(rows) for k, rows in results.items()}
     info = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
             "seconds": round(time.time() - started), "args": {k: str(v) for k, v in vars(args).items()},
@@ -142,12 +134,6 @@ def main() -> None:
     chart(summary, stem.with_suffix(".png"))
     stem.with_suffix(".md").write_text(markdown(summary, info), encoding="utf-8")
     print(markdown(summary, info))
-
-
-def real_films_pick(items: list, limit: int, rng: np.random.Generator) -> list:
-    if len(items) <= limit:
-        return items
-    return [items[i] for i in np.sort(rng.choice(len(items), size=limit, replace=False))]
 
 
 def curve_point(rows: list[dict]) -> dict:
