@@ -148,6 +148,7 @@ def summarise(rows: list[dict]) -> dict:
         "cobb_abs_error_median": median_ci(cobb),
         "cobb_within_5deg": share_ci(sum(e <= 5 for e in cobb), len(rows)),  # a film with no angle counts as a miss
         "films_with_angle": len(cobb),
+        "films_with_points": sum(r["point_error_pct"] is not None for r in rows),
         "box_iou_median": median_ci([r["box_iou"] for r in rows]),
         "box_iou_at_least_0.5": share_ci(sum(r["box_iou"] >= 0.5 for r in rows), len(rows)),
         "facing_right": share_ci(sum(r["pred_facing"] == r["truth_facing"] for r in rows if r["pred_facing"]),
@@ -257,7 +258,8 @@ def markdown(summary: dict, rows: list[dict]) -> str:
             f"Models: {models}.\n\n"
             "Films: Cervical Spine X-ray Atlas (Ran et al., Sci Data 2024, doi 10.1038/s41597-024-03383-0), "
             "official landmarks and grades. Medians with 95 % bootstrap intervals, shares with Wilson intervals.\n\n"
-            f"- median point error: {_fmt(s['point_error_pct_median'], ' % of C2-C7')}\n"
+            f"- median point error: {_fmt(s['point_error_pct_median'], ' % of C2-C7')} on "
+            f"{s.get('films_with_points', s['films'])} films with points\n"
             f"- median |Cobb error|: {_fmt(s['cobb_abs_error_median'], ' deg')} on {s['films_with_angle']} films "
             f"with an angle\n"
             f"- angle within 5 deg: {_fmt(s['cobb_within_5deg'], pct=True)} (a film with no angle counts as a miss)\n"
