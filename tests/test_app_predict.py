@@ -101,13 +101,21 @@ def test_a_phantom_gives_class_probabilities_heatmap_and_report(with_model):
     at = upload(predict_page(), ("spine.png", phantom_png("reversed", seed=3)))
     assert not at.error
     name, _, outcome = result_heading(at).partition(": ")
-    assert name == "spine.png" and outcome.split(" ")[0] in CLASSES and outcome.endswith("%)")
+    # this one-epoch model may find the phantom unlike its six training films; with no landmark model to measure
+    # an angle, the page then gives no class at all rather than the network's capped answer
+    judged = outcome != "not judged — check this film by eye"
+    assert name == "spine.png"
+    if judged:
+        assert outcome.split(" ")[0] in CLASSES and outcome.endswith("%)")
+    else:
+        assert any("no class is given" in warning.value for warning in at.warning)
     captions = [image.proto.imgs[0].caption for image in at.get("image")]
     assert captions[0].startswith("ROI box") and "Grad-CAM heatmap" in captions[1]
-    # the probabilities: one bar per class in the fixed order, the answer's in bold, summing to one
+    # the probabilities: one bar per class in the fixed order, the network's answer in bold, summing to one
     bars = at.get("progress")
     assert [bar.proto.text.split(":")[0].strip("*") for bar in bars] == list(CLASSES)
-    assert [bar.proto.text.startswith("**") for bar in bars] == [c == outcome.split(" ")[0] for c in CLASSES]
+    bold = [bar.proto.text.startswith("**") for bar in bars]
+    assert sum(bold) == 1 and (not judged or bold == [c == outcome.split(" ")[0] for c in CLASSES])
     assert sum(bar.proto.value for bar in bars) == pytest.approx(100, abs=2)
     assert [b.label for b in at.get("download_button")] == ["Download the PNG report"]
     # No landmark model is promoted: the page says why there is no angle instead of a table.
@@ -141,7 +149,7 @@ def test_many_files_give_a_table_with_thumbnails_and_a_csv(with_model):
     table = at.dataframe[0].value
     assert table["file"].tolist() == ["a.png", "b.png", "broken.tif"]
     assert table["image"][0].startswith("data:image/png;base64,") and pd.isna(table["image"][2])
-    assert set(table["class"][:2]) <= set(CLASSES)
+    assert set(table["class"][:2]) <= set(CLASSES) | {"not judged"}  # see the single-film test
     assert np.allclose(table[[f"p_{c}" for c in CLASSES]][:2].sum(axis=1), 1.0, atol=0.01)
     assert "broken.tif" in table["error"][2]
     assert len(at.error) == 1 and at.error[0].value.startswith("1 of 3 files could not be analysed")

@@ -257,8 +257,8 @@ def test_svm_classifies_a_tiny_phantom_set():
             labels.append(settings.CLASSES.index(case.curvature_class))
         return images, np.array(labels)
 
-    images, labels = crops(range(36))
+    images, labels = crops(range(60))
     test_images, test_labels = crops(range(100, 115))
     svm = build_model("svm").fit(images, labels)
-    # chance is 1/3; 13 of 15 right on this set when written
+    # chance is 1/3; 13 of 15 right on v2 phantoms from 36 films; v3 (wedged bodies) needs 60 for 12 of 15
     assert (svm.predict(test_images) == test_labels).mean() >= 0.7

@@ -183,7 +183,7 @@ def test_a_classifier_without_a_reference_says_so(tiny):
 
 # ------------------------------------------------------------------------------------------ landmarks that fail soft
 def test_a_hidden_c7_is_left_out_and_c2_to_c6_still_measured():
-    from core.data.measure import LandmarkError, measure_landmarks
+    from core.data.measure import LandmarkError, measure_landmarks, read_facing
     from core.data.phantom import generate_case
     from core.inference.pipeline import _describe_points, implausible
     from core.training.landmarks import visible_points
@@ -196,11 +196,15 @@ def test_a_hidden_c7_is_left_out_and_c2_to_c6_still_measured():
     assert _describe_points(missing) == "C7 (all 4 points)"
     with pytest.raises(LandmarkError, match="C7"):
         measure_landmarks(points, facing=case.facing)  # a full measurement still needs every point
-    partial = measure_landmarks(points, partial=True)
+    # signed by the facing read from the film (C3-C6 are enough), as Predict does
+    facing = read_facing(case.image.astype(np.float32) / 255, points).facing
+    partial = measure_landmarks(points, facing=facing, partial=True)
     full = measure_landmarks(case.landmarks, facing=case.facing)
     assert partial.lowest_level == "C6" and partial.facing == case.facing
     assert partial.cobb_c2c6 == pytest.approx(full.cobb_c2c6) and np.isnan(partial.cobb_c2c7)
     assert partial.rule_class == "normal" and any("C2-C6 only" in note for note in partial.notes)
+    # without the film, C2's lean over C6 decides, and says so
+    assert any("facing inferred" in note for note in measure_landmarks(points, partial=True).notes)
     record = json.loads(json.dumps(partial.as_dict(), allow_nan=False))  # nan is None: valid JSON
     assert record["cobb_c2c7"] is None and record["cobb_c2c6"] == pytest.approx(full.cobb_c2c6, abs=1e-3)
     assert implausible(partial) is None

@@ -24,7 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DESIGN_KEYS = {"file", "class", "probabilities", "box", "box_confidence", "low_confidence", "measurements", "cam",
                # how unlike the training films an image is (core.evaluation.ood), and what that changes
                "ood_score", "out_of_distribution", "ood_components", "ood_reasons", "probabilities_calibrated",
-               "missing_landmarks", "evidence"}
+               "missing_landmarks", "evidence",
+               # which way the patient faces and how that was known; what the result leads with, in one line
+               "facing", "lead", "headline"}
 SIZE = 192
 
 

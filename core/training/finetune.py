@@ -52,7 +52,12 @@ def mix_source(config: Any, task: str) -> str | None:
     except (ValueError, FileNotFoundError) as error:
         raise ConfigError(f"init_from: {error}") from None
     source = meta.get("dataset") or (meta.get("config") or {}).get("dataset")
-    return source if source and source != config.dataset else None
+    if source and source != config.dataset:
+        return source
+    # the start model was itself fine-tuned on this dataset: mix in what it was mixed with (its config records the
+    # dataset ``auto`` resolved to), so a second round still keeps the phantoms
+    chained = (meta.get("config") or {}).get("mix_with")
+    return chained if chained and chained not in (MIX_AUTO, "none", config.dataset) else None
 
 
 def _pick(items: Sequence[Any], limit: int, seed: int) -> list:
@@ -75,6 +80,7 @@ def training_mix(config: Any, task: str, splits: Sequence[str] = ("train", "val"
 
     train_name, val_name = splits[0], splits[1]
     source = mix_source(config, task)  # first: a start checkpoint that cannot be read is the first thing to say
+    config.mix_with = source or "none"  # the checkpoints' config records what "auto" became
     own = {name: items(config.dataset, name) for name in splits}
     if source is None:
         return Mix(config.dataset, None, own, len(own[train_name]), 1, config.dataset)
