@@ -119,7 +119,9 @@ def test_landmarks_fine_tune_from_the_promoted_model_mixes_the_phantoms_in(team_
 
 def test_classifier_fine_tune_mixes_the_phantoms_in_and_its_ood_reference_holds_every_team_film(team_home,
                                                                                                  monkeypatch):
-    run_dir = _train(team_home, "classify", "dataset=films", "init_from=promoted", *TINY_CLASSIFIER, "mix_limit=6")
+    # no input_size given: the start model's (32) is kept, as S-ResNet's weight matrices need
+    overrides = [o for o in TINY_CLASSIFIER if not o.startswith("input_size=")]
+    run_dir = _train(team_home, "classify", "dataset=films", "init_from=promoted", *overrides, "mix_limit=6")
     log = (run_dir / "train.log").read_text()
     assert "fine-tuning mix:" in log and "with 6 of 'ph'" in log
     monkeypatch.setenv("CERVICURVE_HOME", str(team_home))
@@ -132,6 +134,7 @@ def test_classifier_fine_tune_mixes_the_phantoms_in_and_its_ood_reference_holds_
     labeled = [item for item in train if item.curvature_class]
     repeat = max(1, round(6 / len(labeled)))
     meta = torch.load(run_dir / "best.pt", weights_only=True)["meta"]
+    assert meta["input_size"] == 32
     # the films without a class are not trained on, but the reference of how films look holds them too
     assert meta["ood_image_reference"]["n_train"] == len(labeled) * repeat + 6 + (len(train) - len(labeled))
 

@@ -598,21 +598,32 @@ def configure_predict(parser: argparse.ArgumentParser) -> None:
 def run_predict(args: argparse.Namespace) -> int:
     from core.inference import report
 
-    try:
-        predictor = Predictor(args.model, args.detector, args.landmarks, threshold=args.threshold,
-                              detection_threshold=args.detection_threshold)
-    except ModelError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     cam_method = None if args.cam == "none" else args.cam
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-    if not args.json:
-        print(f"classifier {predictor.model_name} ({predictor.classifier_path}); "
-              f"detector {'yes' if predictor.detector else 'none'}; landmarks {'yes' if predictor.landmark_model else 'none'}"
-              + (f"; demo model ({predictor.quality})" if predictor.quality else ""), file=sys.stderr)
+    predictor = None
     rows, failures, used_stems = [], 0, set()
-    for result in predictor.predict_many(args.images, cam_method=cam_method, facing=args.facing):
+    for path in args.images:
+        # Each file is read (and its size budgets checked) before any model loads: a batch of hostile or broken
+        # files is refused in one line each without torch and three models in memory (~1 GB here).
+        try:
+            radiograph = require_usable(read_image(path, name=path), path)
+        except ImageReadError as error:
+            result = PredictFailure(path, str(error))
+        else:
+            if predictor is None:
+                try:
+                    predictor = Predictor(args.model, args.detector, args.landmarks, threshold=args.threshold,
+                                          detection_threshold=args.detection_threshold)
+                except ModelError as error:
+                    print(f"error: {error}", file=sys.stderr)
+                    return 2
+                if not args.json:
+                    print(f"classifier {predictor.model_name} ({predictor.classifier_path}); detector "
+                          f"{'yes' if predictor.detector else 'none'}; landmarks "
+                          f"{'yes' if predictor.landmark_model else 'none'}"
+                          + (f"; demo model ({predictor.quality})" if predictor.quality else ""), file=sys.stderr)
+            result = next(predictor.predict_many([(path, radiograph)], cam_method=cam_method, facing=args.facing))
         if isinstance(result, PredictFailure):
             failures += 1
             rows.append({"file": result.file, "error": result.reason})

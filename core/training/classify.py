@@ -120,7 +120,14 @@ def model_spec(name: str):
 
 
 def _input_size(cfg: ClassifyConfig) -> int:
-    return int(cfg.input_size or model_spec(cfg.model).default_input_size)
+    """The crop side: the config's, else (fine-tuning) the start model's, else the model's default."""
+    if cfg.input_size:
+        return int(cfg.input_size)
+    if cfg.init_from:  # S-ResNet's weight matrices are sized for the crop the start model was trained on
+        meta = load_checkpoint(init_checkpoint(cfg.init_from, "classify")).get("meta", {})
+        if meta.get("input_size"):
+            return int(meta["input_size"])
+    return int(model_spec(cfg.model).default_input_size)
 
 
 def _builder_options(cfg: ClassifyConfig, input_size: int) -> dict:
