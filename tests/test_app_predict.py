@@ -230,7 +230,13 @@ def test_once_drawn_the_page_loads_the_model_in_the_background(with_model):
         "deadline = time.monotonic() + 120\n"
         "while time.monotonic() < deadline and not loaded():\n"
         "    time.sleep(0.2)\n"
-        "print(loaded())\n")
+        "print(loaded())\n"
+        # let the preload thread finish its warm-up: a process leaving while torch works in a daemon thread can
+        # abort in C++ ('terminate called without an active exception', seen on a busy machine)
+        "import threading\n"
+        "for thread in threading.enumerate():\n"
+        "    if thread.name == 'cervicurve-preload':\n"
+        "        thread.join(120)\n")
     assert loaded == "1"
 
 

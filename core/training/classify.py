@@ -364,6 +364,7 @@ def _shared_run_dir(run_dir: str | Path | None, cfg: ClassifyConfig, runtime: Ru
 
 
 REFERENCE_ONLY = "reference only"  # films in the out-of-distribution reference, never trained on (no class)
+MIXED_WITH = "mixed with"  # the dataset a fine-tuning run mixed in (a name, not a split)
 
 
 def _splits(cfg: ClassifyConfig, items: Mapping[str, Sequence[Any]] | None) -> dict[str, list[Sample]]:
@@ -380,6 +381,7 @@ def _splits(cfg: ClassifyConfig, items: Mapping[str, Sequence[Any]] | None) -> d
     from core.data.datasets import training_items
 
     unlabeled = [item for item in training_items(cfg.dataset, cfg.train_split, need_class=False) if item.label is None]
+    splits[MIXED_WITH] = mix.mixed_with
     splits[REFERENCE_ONLY] = [Sample(path=str(item.path), label=-1, roi_box=item.roi_box,
                                      patient_id=str(item.patient_id), image_id=str(item.image_id))
                               for item in unlabeled]
@@ -389,6 +391,7 @@ def _splits(cfg: ClassifyConfig, items: Mapping[str, Sequence[Any]] | None) -> d
 def _fit_torch(cfg: ClassifyConfig, run_dir: Path, run: RunRecorder, runtime: Runtime,
                items: Mapping[str, Sequence[Any]] | None, resume: bool) -> None:
     splits = _splits(cfg, items)
+    mixed_with = splits.pop(MIXED_WITH, None)
     train_samples, val_samples = splits[cfg.train_split], splits[cfg.val_split]
     if not train_samples:
         raise ConfigError(f"split '{cfg.train_split}' of dataset '{cfg.dataset}' has no labelled images")
@@ -475,7 +478,7 @@ def _fit_torch(cfg: ClassifyConfig, run_dir: Path, run: RunRecorder, runtime: Ru
                    "val_macro_f1": val_f1, "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3)}
             metrics = {k: row[k] for k in ("train_loss", "val_loss", "val_acc", "val_macro_f1")}
             meta = _meta(cfg, input_size, options, run_dir, epoch=epoch, metrics=metrics, n_parameters=n_params,
-                         best_metric=best_metric, best_epoch=best_epoch)
+                         best_metric=best_metric, best_epoch=best_epoch, mixed_with=mixed_with)
             state_dict = state_dict_of(model)
             if improved:
                 run.save("best.pt", {"state_dict": state_dict, "meta": meta})
@@ -627,6 +630,7 @@ def _fit_sklearn(cfg: ClassifyConfig, run_dir: Path, run: RunRecorder, items) ->
     from sklearn.metrics import log_loss
 
     splits = _splits(cfg, items)
+    splits.pop(MIXED_WITH, None)  # an SVM is never fine-tuned (refused by its config)
     train_samples, val_samples = splits[cfg.train_split], splits[cfg.val_split]
     if not train_samples:
         raise ConfigError(f"split '{cfg.train_split}' of dataset '{cfg.dataset}' has no labelled images")

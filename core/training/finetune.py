@@ -54,10 +54,10 @@ def mix_source(config: Any, task: str) -> str | None:
     source = meta.get("dataset") or (meta.get("config") or {}).get("dataset")
     if source and source != config.dataset:
         return source
-    # the start model was itself fine-tuned on this dataset: mix in what it was mixed with (its config records the
-    # dataset ``auto`` resolved to), so a second round still keeps the phantoms
-    chained = (meta.get("config") or {}).get("mix_with")
-    return chained if chained and chained not in (MIX_AUTO, "none", config.dataset) else None
+    # the start model was itself fine-tuned on this dataset: mix in what it was mixed with (its checkpoint records
+    # what ``auto`` became), so a second round still keeps the phantoms
+    chained = meta.get("mixed_with")
+    return chained if chained and chained != config.dataset else None
 
 
 def _pick(items: Sequence[Any], limit: int, seed: int) -> list:
@@ -80,7 +80,6 @@ def training_mix(config: Any, task: str, splits: Sequence[str] = ("train", "val"
 
     train_name, val_name = splits[0], splits[1]
     source = mix_source(config, task)  # first: a start checkpoint that cannot be read is the first thing to say
-    config.mix_with = source or "none"  # the checkpoints' config records what "auto" became
     own = {name: items(config.dataset, name) for name in splits}
     if source is None:
         return Mix(config.dataset, None, own, len(own[train_name]), 1, config.dataset)

@@ -399,10 +399,10 @@ def _fit(cfg: HeatmapConfig, run: RunRecorder, progress_callback, items, resume:
     if device.type == "cpu":
         torch.set_num_threads(settings.cpu_threads())
     started = time.time()
-    repeat, mixed, records = 1, None, items
+    repeat, mixed, records, mixed_with = 1, None, items, None
     if items is None or isinstance(items, Mix):  # fine-tuning: another dataset's films mixed in
         mix = items if isinstance(items, Mix) else training_mix(cfg, "landmarks", ("train", "val"), need_class=False)
-        repeat, mixed = mix.repeat, mix.splits["train"][mix.team_train:]
+        repeat, mixed, mixed_with = mix.repeat, mix.splits["train"][mix.team_train:], mix.mixed_with
         records = {**mix.splits, "train": mix.splits["train"][:mix.team_train]}
     splits = {name: _load_split(cfg, name, records.get(name, [])) for name in ("train", "val")}
     team_train = len(splits["train"].truth)
@@ -475,13 +475,15 @@ def _fit(cfg: HeatmapConfig, run: RunRecorder, progress_callback, items, resume:
         improved = best is None or val["mean_error_px"] < best
         if improved:
             best, best_epoch = val["mean_error_px"], epoch
-            run.save("best.pt", {"state_dict": net.state_dict(), "meta": _meta(cfg, {"epoch": epoch, "val": val})})
+            run.save("best.pt", {"state_dict": net.state_dict(),
+                                 "meta": _meta(cfg, {"epoch": epoch, "val": val, "mixed_with": mixed_with})})
         stop = bool(cfg.patience and epoch - best_epoch >= cfg.patience)
         # metrics row before last.pt: a crash between the two redoes the epoch and the resume drops the row
         run.append_metrics(row)
         run.save("last.pt", {"state_dict": net.state_dict(), "optimizer": optimizer.state_dict(),
                              "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best,
-                             "best_epoch": best_epoch, "meta": _meta(cfg, {"epoch": epoch, "val": val})})
+                             "best_epoch": best_epoch,
+                             "meta": _meta(cfg, {"epoch": epoch, "val": val, "mixed_with": mixed_with})})
         message = (f"epoch {epoch}/{cfg.epochs}: val error {val['mean_error_px']:.2f} px, Cobb MAE "
                    f"{val['cobb_mae_deg']:.2f} deg" if val["cobb_mae_deg"] is not None else
                    f"epoch {epoch}/{cfg.epochs}: val error {val['mean_error_px']:.2f} px")
