@@ -355,7 +355,6 @@ def _spacing_from_dpi(dpi, notes: list[str]) -> tuple[float, float] | None:
 
 
 def _read_dicom(data: bytes, label: str, max_pixels: int, forced: bool) -> Radiograph:
-    import pydicom
     from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder, pixel_array
 
     try:
