@@ -33,6 +33,8 @@ VARIABLES = {
                               "data as declared or inflated: a number above 0, default 256",
     "CERVICURVE_MAX_ZIP_MB": "the most an uploaded zip may inflate to, all members together, in MiB: a number above "
                              "0, default 2048",
+    "CERVICURVE_CROP_CACHE_MB": "disk kept for decoded training crops (workspace cache/crops), in MiB: a number "
+                                "above 0, default 4096",
     "CERVICURVE_SESSION_IDLE_MIN": "minutes a sign-in stays valid without use (team mode): a number above 0, "
                                    "default 60",
     "CERVICURVE_SESSION_MAX_HOURS": "hours a sign-in lasts at most, however busy (team mode): a number above 0, "
@@ -241,6 +243,16 @@ def max_file_bytes() -> int:
 def max_zip_bytes() -> int:
     """Most an uploaded zip may inflate to in all (default 2 GiB)."""
     return int(_budget("CERVICURVE_MAX_ZIP_MB", 2048.0) * 1024**2)
+
+
+def crop_cache_bytes() -> int:
+    """Most disk the decoded-crop cache may hold (default 4 GiB: about 80,000 crops at 224 px); past it crops are
+    still made, in memory only."""
+    return int(_budget("CERVICURVE_CROP_CACHE_MB", 4096.0) * 1024**2)
+
+
+def crop_cache_dir() -> Path:
+    return _subdir("cache") / "crops"
 
 
 def _budget(name: str, default: float) -> float:

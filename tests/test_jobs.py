@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -115,3 +116,43 @@ def test_unknown_runs_are_clear_errors(tiny):
     empty = layout.new_run_dir("cnn")
     with pytest.raises(layout.JobError, match="no best checkpoint"):
         promotion.promote(empty)
+
+
+def test_a_comparison_killed_mid_model_resumes_that_model_where_it_stopped(tiny):
+    """compare --full runs for hours on a CPU: a kill (end of a session, a reboot) loses at most the epoch in
+    flight, not the model. The member run resumes from its last.pt and records every epoch once."""
+    epochs = 8
+    run_dir = launch.start_run({"task": "compare", "models": ["svm", "cnn"], "dataset": "tiny", "epochs": epochs,
+                                "input_size": 64, "batch_size": 4, "n_boot": 20})
+    started = run_dir / "entries" / "02.started"  # the second model (cnn) has its member run
+
+    def cnn_member_epochs():
+        if not started.exists():
+            return 0
+        member = json.loads(started.read_text())["run_dirs"][0]
+        return len(layout.read_metrics(member)) if (Path(member) / layout.METRICS_FILE).exists() else 0
+
+    wait_for(lambda: cnn_member_epochs() >= 2)
+    pid = layout.read_status(run_dir)["pid"]
+    os.killpg(os.getpgid(pid), signal.SIGKILL)
+    wait_for(lambda: not alive(pid))
+    member = json.loads(started.read_text())["run_dirs"][0]
+    done_before = len(layout.read_metrics(member))
+    assert done_before < epochs, "killed too late to test a resume"
+
+    launch.resume_run(run_dir)
+    wait_for(lambda: layout.read_status(run_dir)["state"] in ("done", "failed"), timeout=300)
+    assert layout.read_status(run_dir)["state"] == "done", (run_dir / "train.log").read_text()
+    log = (run_dir / "train.log").read_text()
+    assert f"resuming {Path(member).name}" in log
+    assert list(layout.read_metrics(member)["epoch"]) == list(range(1, epochs + 1))
+    rows = compare_rows(run_dir)
+    assert [r["model"] for r in rows] == ["svm", "cnn"] and rows[1]["run_dirs"] == member
+    assert not (Path(member) / "last.pt").exists()
+
+
+def compare_rows(run_dir):
+    import csv
+
+    with open(run_dir / "compare.csv", newline="") as handle:
+        return list(csv.DictReader(handle))

@@ -61,10 +61,13 @@ QUICK_EPOCHS = {"s_resnet34": 25, "resnet34": 25, "resnet152": 12, "densenet121"
 # ...and a training-time cap per model (time_limit_s), so a busy machine still finishes inside 15 minutes
 # (the caps sum to under 8 minutes; phantoms, imports and scoring take about 2 more).
 QUICK_TIME_S = {"s_resnet34": 90, "resnet34": 90, "resnet152": 100, "densenet121": 90, "cnn": 45, "rnn": 45}
-# --full: the same 240-patient phantom benchmark, 128 px, and no time cap: every model trains until its validation
-# macro-F1 has not improved for FULL_PATIENCE epochs (FULL_EPOCHS is only a ceiling), so none stops at chance level
-# because a clock ran out. Repeatable on CPU (no time caps).
-FULL_INPUT_SIZE = 128
+# --full: the same 240-patient phantom benchmark and no time cap: every model (the study's seven and the other
+# S-ResNet-34 variants) trains until its validation macro-F1 has not improved for FULL_PATIENCE epochs (FULL_EPOCHS is
+# only a ceiling), so none stops at chance level because a clock ran out. Repeatable (no time caps). The input size
+# is the device's profile: 96 px on a CPU (ResNet-152 at 5.5 img/s on 2 cores: 128 px would take ~8 h for the table),
+# the study's 224 px on a GPU.
+FULL_INPUT_SIZE = {"cpu": 96, "cuda": 224}
+FULL_VARIANTS = ("channel", "spatial", "gated")
 FULL_EPOCHS = 150
 FULL_PATIENCE = 12
 STUDY_REPORTED = "Liang et al. 2025 report for S-ResNet-34: ACC 90.94 %, F1 85.27 %, recall 85.36 % (240 patients)."
@@ -190,6 +193,13 @@ def inference_ms(model: Any, meta: dict, crops, repeats: int = 20) -> float:
     return float(statistics.median(times))
 
 
+def full_input_size(device: str = "auto") -> int:
+    """The --full profile's crop side on the device that will train: 224 px on CUDA, 96 px otherwise."""
+    from core.training.devices import pick_device
+
+    return FULL_INPUT_SIZE["cuda" if pick_device(device).type == "cuda" else "cpu"]
+
+
 def _train_config(model: str, options: dict, dataset: str, epochs: int | None, input_size: int | None,
                   seed: int, n_boot: int, quick: bool, batch_size: int | None, full: bool = False) -> dict:
     config = {"model": model, "model_options": dict(options), "dataset": dataset, "seed": seed, "n_boot": n_boot}
@@ -197,7 +207,7 @@ def _train_config(model: str, options: dict, dataset: str, epochs: int | None, i
         config.update(input_size=QUICK_INPUT_SIZE, epochs=QUICK_EPOCHS.get(model, 10), batch_size=16, lr=0.001,
                       time_limit_s=QUICK_TIME_S.get(model, 0.0), aug_hflip=True)  # phantoms face either way
     if full:
-        config.update(input_size=FULL_INPUT_SIZE, epochs=FULL_EPOCHS, patience=FULL_PATIENCE, batch_size=16,
+        config.update(input_size=full_input_size(), epochs=FULL_EPOCHS, patience=FULL_PATIENCE, batch_size=16,
                       lr=0.001, time_limit_s=0.0, aug_hflip=True)
     if epochs is not None:
         config["epochs"] = epochs
@@ -208,8 +218,22 @@ def _train_config(model: str, options: dict, dataset: str, epochs: int | None, i
     return config
 
 
-def run_entry(entry: Entry, plan_list: list[dict[str, list]], config: dict, n_boot: int, seed: int) -> Entry:
-    """Train ``entry`` on every plan, pool its test predictions and score them."""
+def _epoch_seconds(member: Path) -> float:
+    """Training seconds a member run has recorded (metrics.csv), for a member resumed by another process."""
+    table = member / layout.METRICS_FILE
+    if not table.exists():
+        return 0.0
+    with open(table, newline="", encoding="utf-8") as handle:
+        return float(sum(float(row.get("seconds") or 0) for row in csv.DictReader(handle)))
+
+
+def run_entry(entry: Entry, plan_list: list[dict[str, list]], config: dict, n_boot: int, seed: int,
+              progress: Path | None = None) -> Entry:
+    """Train ``entry`` on every plan, pool its test predictions and score them.
+
+    ``progress``: a JSON file naming the member runs started so far. A comparison stopped mid-model resumes there:
+    a finished member is read back, an unfinished one resumes from its ``last.pt`` (the epoch it reached).
+    """
     from core.evaluation import metrics
     from core.training import classify
     from core.training.checkpoints import load_classifier
@@ -217,15 +241,33 @@ def run_entry(entry: Entry, plan_list: list[dict[str, list]], config: dict, n_bo
     from core.runs.configs import ClassifyConfig
 
     cfg = ClassifyConfig.from_dict(config)
+    started_members = json.loads(progress.read_text())["run_dirs"] if progress and progress.exists() else []
     pooled_true, pooled_probs, pooled_patients = [], [], []
     for number, plan in enumerate(plan_list, start=1):
         fold = f" fold {number}/{len(plan_list)}" if len(plan_list) > 1 else ""
-        print(f"- {entry.label}{fold}: training {cfg.epochs} epoch(s) on {len(plan['train'])} images", flush=True)
-        started = time.perf_counter()
-        run_dir = classify.train(cfg, items=plan)
-        entry.train_seconds += time.perf_counter() - started
+        member = Path(started_members[number - 1]) if number <= len(started_members) else None
+        if member is not None and (member / "test_report.json").exists():
+            print(f"- {entry.label}{fold}: finished before the resume ({member.name})", flush=True)
+            entry.train_seconds += _epoch_seconds(member)
+        else:
+            if member is None:
+                member = layout.new_run_dir(cfg.model, "classify")
+                started_members.append(str(member))
+                if progress is not None:
+                    layout.atomic_write_text(progress, json.dumps({"label": entry.label, "run_dirs": started_members}))
+                print(f"- {entry.label}{fold}: training up to {cfg.epochs} epoch(s) on {len(plan['train'])} images",
+                      flush=True)
+                resume = False
+            else:
+                print(f"- {entry.label}{fold}: resuming {member.name}", flush=True)
+                entry.train_seconds += _epoch_seconds(member)
+                resume = True
+            started = time.perf_counter()
+            classify.train(cfg, run_dir=member, items=plan, resume=resume)
+            entry.train_seconds += time.perf_counter() - started
+        run_dir = member
         entry.run_dirs.append(str(run_dir))
-        (run_dir / "last.pt").unlink(missing_ok=True)  # 3x the weights (optimizer state); not resumed
+        (run_dir / "last.pt").unlink(missing_ok=True)  # 3x the weights (optimizer state); the member is finished
         status = json.loads((run_dir / "status.json").read_text())
         entry.epochs_run.append(int(status.get("epoch") or 0))
         report = json.loads((run_dir / "test_report.json").read_text())
@@ -328,7 +370,10 @@ ENTRIES_DIR = "entries"  # one JSON per finished model: a resumed comparison ski
 def _entries(cfg: CompareConfig) -> list[Entry]:
     if cfg.ablation:
         return [Entry(name, dict(opts)) for name, opts in ABLATION]
-    return [Entry(name) for name in (cfg.models or STUDY_MODELS)]
+    entries = [Entry(name) for name in (cfg.models or STUDY_MODELS)]
+    if cfg.full and not cfg.models:  # the full table also answers the ablation: which weight matrix earns its place
+        entries += [Entry("s_resnet34", {"variant": variant}) for variant in FULL_VARIANTS]
+    return entries
 
 
 def fit(config: Mapping[str, Any] | CompareConfig, run_dir: str | Path, *, resume: bool = False) -> Path:
@@ -367,7 +412,8 @@ def fit(config: Mapping[str, Any] | CompareConfig, run_dir: str | Path, *, resum
                 run.update(message=f"training {entry.label} ({number}/{len(entries)})")
                 config_dict = _train_config(entry.model, entry.options, dataset, cfg.epochs, cfg.input_size, cfg.seed,
                                             cfg.n_boot, cfg.quick, cfg.batch_size, cfg.full)
-                run_entry(entry, plan_list, config_dict, cfg.n_boot, cfg.seed)
+                run_entry(entry, plan_list, config_dict, cfg.n_boot, cfg.seed,
+                          progress=saved / f"{number:02d}.started")
                 row = {"epoch": number, "split": "test" if not cfg.folds else "out-of-fold", "model": entry.label,
                        "seconds": round(entry.train_seconds, 1),
                        **{m: _score(entry, m)["value"] for m in COLUMNS if m != "model"}}
@@ -412,7 +458,7 @@ def _write_tables(cfg: CompareConfig, entries: list[Entry], plan_list, dataset: 
         "title": "ablation: S-ResNet-34 variants vs ResNet-34" if cfg.ablation else "the study's models",
         "dataset": dataset, "evaluation": evaluation, "seed": cfg.seed, "bootstrap resamples": cfg.n_boot,
         "mode": "quick (phantoms, small inputs, few epochs: a smoke test, not a result)" if cfg.quick else
-                (f"full ({FULL_INPUT_SIZE} px, early stopping after {FULL_PATIENCE} epochs without a better val "
+                (f"full ({cfg.input_size or full_input_size()} px, early stopping after {FULL_PATIENCE} epochs without a better val "
                  f"macro-F1, at most {FULL_EPOCHS} epochs, no time cap)" if cfg.full else "custom"),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
                    f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}",
@@ -453,8 +499,9 @@ def configure_compare(parser: argparse.ArgumentParser) -> None:
                         help=f"phantom dataset ({QUICK_PATIENTS} patients) if missing, {QUICK_INPUT_SIZE} px inputs, "
                              "few epochs: ~10 min on 2 CPU cores")
     parser.add_argument("--full", action="store_true",
-                        help=f"the same phantom benchmark at {FULL_INPUT_SIZE} px, every model to its early-stopping "
-                             "point (no time cap)")
+                        help="the same phantom benchmark, every model and S-ResNet-34 variant to its early-stopping "
+                             f"point (no time cap); {FULL_INPUT_SIZE['cpu']} px on a CPU, {FULL_INPUT_SIZE['cuda']} px "
+                             "on a GPU")
     parser.add_argument("--models", help=f"comma-separated subset of: {', '.join(STUDY_MODELS)}")
     parser.add_argument("--folds", type=int, help="K-fold cross-validation instead of the train/val/test split")
     parser.add_argument("--dataset", help=f"dataset name (default: default, or {QUICK_DATASET} with --quick)")

@@ -267,12 +267,15 @@ def context_inner(margin: float) -> float:
 class CropDataset(Dataset):
     """ROI crops of samples; with ``augment`` set, each item is a fresh augmentation of a cached context.
 
-    Crops (float16) are cached in memory when they fit in ``cache_mb``; otherwise every access reads the file.
+    Crops are decoded once (``core.training.crop_cache``: uint8 files in the workspace, shared by every run) and
+    held in memory as uint8 when they fit in ``cache_mb``; with ``cache_mb`` 0 every access reads the file.
     Returns ``(crop 1 x S x S in [0, 1], label)``; normalisation happens on the device.
     """
 
     def __init__(self, samples: Sequence[Sample], size: int, margin: float,
                  augment: nn.Module | None = None, cache_mb: int = 2048):
+        from core.training.crop_cache import CropCache, crop_key
+
         self.samples, self.size, self.margin, self.augment = list(samples), size, margin, augment
         # with augmentation, cache a wider context so rotation/jitter see real pixels, not padding
         self.extra = CONTEXT_EXTRA if augment is not None else 0.0
@@ -282,11 +285,15 @@ class CropDataset(Dataset):
         distinct: dict[tuple, int] = {}
         for index, sample in enumerate(self.samples):
             distinct.setdefault((str(sample.path), tuple(sample.roi_box or ())), index)
-        needed = len(distinct) * self.base_size ** 2 * 2
         self.cache: list[torch.Tensor] | None = None
-        if needed <= cache_mb * 2 ** 20:
-            loaded = {key: self._load(index).to(torch.float16) for key, index in distinct.items()}
+        if cache_mb > 0 and len(distinct) * self.base_size ** 2 <= cache_mb * 2 ** 20:
+            disk = CropCache()
+            loaded = {key: disk.get(crop_key(key[0], key[1], self.base_size, self.margin + self.extra),
+                                    self.base_size, lambda index=index: self._load(index))
+                      for key, index in distinct.items()}
             self.cache = [loaded[(str(sample.path), tuple(sample.roi_box or ()))] for sample in self.samples]
+            if disk.misses:
+                log.info("crops: %d made and cached, %d read from the crop cache", disk.misses, disk.hits)
 
     def _load(self, index: int) -> torch.Tensor:
         from core.data.imaging import read_image
@@ -301,7 +308,7 @@ class CropDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int):
-        base = self.cache[index].float() if self.cache is not None else self._load(index)
+        base = self.cache[index].float().div_(255.0) if self.cache is not None else self._load(index)
         crop = self.augment(base) if self.augment is not None else base
         return crop.clamp(0.0, 1.0), self.samples[index].label
 
