@@ -26,6 +26,7 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.data import phantom  # noqa: E402
+from core.data.phantom.cases import _plan  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "phantom_speed.md"
 
@@ -43,7 +44,7 @@ def timed(fn, *args, **kwargs):
 
 def stages(seed: int, size: int) -> dict[str, float]:
     """Seconds per stage of one phantom, via the module's own stage functions."""
-    plan_s, plan = timed(phantom._plan, seed, size, None, None, None, None, None, None)
+    plan_s, plan = timed(_plan, seed, size, None, None, None, None, None, None)
     rng = np.random.default_rng([seed, 0xC8])
     att_s, att = timed(phantom.attenuation, plan.anatomy, plan.view, rng)
     exp_s, image = timed(phantom.expose, att, plan.view, rng)

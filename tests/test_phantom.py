@@ -274,7 +274,7 @@ def test_contact_sheet_has_a_tile_per_class_and_facing(tmp_path):
 def test_views_carry_the_look_of_clinical_films():
     """Across views: burned-in text, borders, top/bottom collimation, strong unsharp masking, film curves, JPEG,
     cross-table backboards and landscape frames all occur; each image stays byte-identical for its seed."""
-    from core.data.phantom import _plan
+    from core.data.phantom.cases import _plan
 
     params = [_plan(seed, 256, None, None, None, None, None, None).view for seed in range(80)]
     looks = {
