@@ -104,31 +104,9 @@ def write_phantoms(
     """
     out = Path(out)
     formats = tuple(dict.fromkeys(formats))
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown:
-        raise PhantomError(f"unknown format(s) {', '.join(map(repr, unknown))}; use {', '.join(FORMATS)}")
-    for name, value, low in (("patients", patients, 1), ("images_per_patient", images_per_patient, 1),
-                             ("workers", workers, 1)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-            raise PhantomError(f"{name} must be a whole number >= {low}, got {value!r}")
-    if patients > 9999:
-        raise PhantomError("at most 9999 patients per set (CSXA case numbers have four digits)")
-    size = _check_size(size)
-    if bit_depth not in (8, 16):
-        raise PhantomError(f"bit_depth must be 8 or 16, got {bit_depth!r}")
-    if not 0.0 <= sigmoid_fraction <= 1.0 or not 0.0 <= val_fraction < 1.0:
-        raise PhantomError("sigmoid_fraction must lie in [0, 1] and val_fraction in [0, 1)")
-    if dicom_photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise PhantomError(f"dicom_photometric must be MONOCHROME1 or MONOCHROME2, not {dicom_photometric!r}")
-    if out.exists() and not out.is_dir():
-        raise PhantomError(f"{out} exists and is not a folder")
-    written = ("images", "labels.jsonl", "manifest.csv") + FORMATS
-    stale = [out / name for name in written if (out / name).exists()]
-    if stale and not overwrite:
-        raise PhantomError(f"{out} already holds a phantom set ({stale[0].name}); choose another folder, "
-                           "or overwrite it (--overwrite)")
-    for path in stale:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    size = _check_request(formats, patients, images_per_patient, workers, size, bit_depth, sigmoid_fraction,
+                          val_fraction, dicom_photometric)
+    _clear_folder(out, overwrite)
     (out / "images").mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()
@@ -172,6 +150,41 @@ def write_phantoms(
         "formats": list(formats), "files": files, "size": size, "bit_depth": bit_depth, "seed": seed,
         "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def _check_request(formats, patients, images_per_patient, workers, size, bit_depth, sigmoid_fraction, val_fraction,
+                   dicom_photometric) -> int:
+    """PhantomError for an impossible set, before anything is written; returns the checked size."""
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise PhantomError(f"unknown format(s) {', '.join(map(repr, unknown))}; use {', '.join(FORMATS)}")
+    for name, value, low in (("patients", patients, 1), ("images_per_patient", images_per_patient, 1),
+                             ("workers", workers, 1)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+            raise PhantomError(f"{name} must be a whole number >= {low}, got {value!r}")
+    if patients > 9999:
+        raise PhantomError("at most 9999 patients per set (CSXA case numbers have four digits)")
+    size = _check_size(size)
+    if bit_depth not in (8, 16):
+        raise PhantomError(f"bit_depth must be 8 or 16, got {bit_depth!r}")
+    if not 0.0 <= sigmoid_fraction <= 1.0 or not 0.0 <= val_fraction < 1.0:
+        raise PhantomError("sigmoid_fraction must lie in [0, 1] and val_fraction in [0, 1)")
+    if dicom_photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise PhantomError(f"dicom_photometric must be MONOCHROME1 or MONOCHROME2, not {dicom_photometric!r}")
+    return size
+
+
+def _clear_folder(out: Path, overwrite: bool) -> None:
+    """Refuse a folder that already holds a set unless ``overwrite``; then remove what a set writes (only that)."""
+    if out.exists() and not out.is_dir():
+        raise PhantomError(f"{out} exists and is not a folder")
+    written = ("images", "labels.jsonl", "manifest.csv") + FORMATS
+    stale = [out / name for name in written if (out / name).exists()]
+    if stale and not overwrite:
+        raise PhantomError(f"{out} already holds a phantom set ({stale[0].name}); choose another folder, "
+                           "or overwrite it (--overwrite)")
+    for path in stale:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 class _CsxaWriter:
