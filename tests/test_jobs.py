@@ -156,3 +156,25 @@ def compare_rows(run_dir):
 
     with open(run_dir / "compare.csv", newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def test_checkpoints_are_written_together_after_the_first_epoch_then_at_most_every_interval_and_at_the_end(workspace):
+    import torch
+
+    from core.runs.recorder import RunRecorder
+
+    run_dir = workspace / "runs" / "20260101-000000-classify-cnn-0000"
+    with RunRecorder(run_dir, "classify") as run:
+        run.checkpoint_every_s = 3600.0  # only the first and the final epoch pass the interval here
+
+        def epoch(n, improved, final=False):
+            run.save_epoch(lambda: {"epoch": n}, best={"epoch": n} if improved else None, final=final)
+            return (torch.load(run_dir / "last.pt")["epoch"],
+                    torch.load(run_dir / "best.pt")["epoch"] if (run_dir / "best.pt").exists() else None)
+
+        assert epoch(1, improved=True) == (1, 1)
+        assert epoch(2, improved=True) == (1, 1)  # held: best.pt and last.pt stay a pair from epoch 1
+        assert epoch(3, improved=False) == (1, 1)
+        assert epoch(4, improved=False, final=True) == (4, 2)  # the held best of epoch 2 lands with the last
+        run.checkpoint_every_s = 0.0
+        assert epoch(5, improved=False) == (5, 2)

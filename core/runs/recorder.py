@@ -1,8 +1,9 @@
 """One run-folder writer for every task: status with heartbeat, metrics.csv, train.log, checkpoints, SIGTERM.
 
 A trainer does its work inside ``with RunRecorder(run_dir, task, columns) as run:`` and calls
-``run.append_metrics(row)``, ``run.save("last.pt", ...)`` and ``run.epoch_status(...)`` per epoch (in that
-order: a crash between the row and last.pt redoes the epoch, and the resume drops the row), ``run.save(...)`` for checkpoints and ``run.done(...)`` at the end. Whatever
+``run.append_metrics(row)``, ``run.save_epoch(...)`` (best.pt and last.pt) and ``run.epoch_status(...)`` per epoch
+(in that order: a crash between the row and last.pt redoes the epoch, and the resume drops the row),
+``run.save(...)`` for other checkpoints and ``run.done(...)`` at the end. Whatever
 goes wrong inside the block ends the run the same way for every task: SIGTERM (``runs cancel``) -> ``cancelled``;
 any exception, setup errors included (device, DDP, data) -> ``failed`` with the message in status.json and the
 traceback in train.log. Under DDP only rank 0 writes (``active=False`` elsewhere).
@@ -21,7 +22,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
@@ -30,6 +31,12 @@ from core.runs.configs import to_plain
 
 # Every trainer logs here; inside a RunRecorder it goes to the run's train.log.
 log = logging.getLogger("cervicurve.run")
+
+
+# last.pt (and a pending best.pt) are written at most this often, and always after the first and the last epoch:
+# ResNet-152's last.pt with its AdamW state is 700 MB, ~1.2 s to write, more than a whole epoch on a GPU. A crash
+# or cancel costs at most this much training; the resume redoes those epochs and drops their rows.
+CHECKPOINT_EVERY_S = 30.0
 
 
 class RunCancelled(Exception):
@@ -60,6 +67,9 @@ class RunRecorder:
         self._stop_beat = threading.Event()
         self._exit = contextlib.ExitStack()
         self.cancel: CancelRequest | None = None
+        self.checkpoint_every_s = CHECKPOINT_EVERY_S
+        self._pending_best: dict | None = None
+        self._checkpointed_at: float | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> "RunRecorder":
@@ -139,6 +149,21 @@ class RunRecorder:
     def save(self, name: str, payload: dict) -> None:
         if self.active:
             save_checkpoint(self.run_dir / name, payload)
+
+    def save_epoch(self, last: Callable[[], dict], best: dict | None = None, final: bool = False) -> None:
+        """An epoch's checkpoints: ``best`` (its payload when the epoch improved, weights copied) is held until
+        ``last()`` is written with it, after the first epoch, then at most every ``checkpoint_every_s``, and always
+        when ``final``; so best.pt and last.pt on disk always belong to the same moment."""
+        if best is not None:
+            self._pending_best = best
+        now = time.monotonic()
+        if not (final or self._checkpointed_at is None or now - self._checkpointed_at >= self.checkpoint_every_s):
+            return
+        if self._pending_best is not None:
+            self.save("best.pt", self._pending_best)
+            self._pending_best = None
+        self.save("last.pt", last())
+        self._checkpointed_at = time.monotonic()
 
     def write_json(self, name: str, data: Any) -> None:
         if self.active:

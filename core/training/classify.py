@@ -481,17 +481,15 @@ def _fit_torch(cfg: ClassifyConfig, run_dir: Path, run: RunRecorder, runtime: Ru
             metrics = {k: row[k] for k in ("train_loss", "val_loss", "val_acc", "val_macro_f1")}
             meta = _meta(cfg, input_size, options, run_dir, epoch=epoch, metrics=metrics, n_parameters=n_params,
                          best_metric=best_metric, best_epoch=best_epoch, mixed_with=mixed_with)
-            state_dict = state_dict_of(model)
-            if improved:
-                run.save("best.pt", {"state_dict": state_dict, "meta": meta})
+            ending = stop[0] or epoch >= cfg.epochs
             # metrics row before last.pt: a crash between the two redoes the epoch and the resume drops the row
             run.append_metrics(row)
-            run.save("last.pt", {
-                "state_dict": state_dict, "meta": meta, "optimizer": optimizer.state_dict(),
+            run.save_epoch(lambda: {
+                "state_dict": state_dict_of(model), "meta": meta, "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else {},
                 "best_metric": best_metric, "best_epoch": best_epoch, "epochs_since_best": since_best,
-                "finished": stop[0] or epoch >= cfg.epochs,
-            })
+                "finished": ending,
+            }, best={"state_dict": state_dict_of(model), "meta": meta} if improved else None, final=ending)
             run.epoch_status(epoch, cfg.epochs, seconds, best_metric=best_metric, finished=stop[0], message=(
                 f"epoch {epoch}/{cfg.epochs}  train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  val_acc "
                 f"{val_acc:.3f}  val_macro_f1 {val_f1:.3f}  lr {row['lr']:.2e}  {seconds:.1f}s"

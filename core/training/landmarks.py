@@ -43,6 +43,7 @@ from core.training.crops import film_artifacts
 from core.training.devices import pick_device
 from core.training.finetune import Mix, training_mix
 from core.training.schedule import warmup_cosine
+from core.training.checkpoints import state_dict_of
 from core.data.exports import crop_window, landmark_crop_window
 from core.data.measure import (LANDMARK_NAMES, LandmarkError, landmark_errors, landmark_flip_index,
                           roi_box_from_landmarks)
@@ -475,20 +476,20 @@ def _fit(cfg: HeatmapConfig, run: RunRecorder, progress_callback, items, resume:
         improved = best is None or val["mean_error_px"] < best
         if improved:
             best, best_epoch = val["mean_error_px"], epoch
-            run.save("best.pt", {"state_dict": net.state_dict(),
-                                 "meta": _meta(cfg, {"epoch": epoch, "val": val, "mixed_with": mixed_with})})
         stop = bool(cfg.patience and epoch - best_epoch >= cfg.patience)
+        meta = _meta(cfg, {"epoch": epoch, "val": val, "mixed_with": mixed_with})
         # metrics row before last.pt: a crash between the two redoes the epoch and the resume drops the row
         run.append_metrics(row)
-        run.save("last.pt", {"state_dict": net.state_dict(), "optimizer": optimizer.state_dict(),
-                             "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best,
-                             "best_epoch": best_epoch,
-                             "meta": _meta(cfg, {"epoch": epoch, "val": val, "mixed_with": mixed_with})})
+        run.save_epoch(lambda: {"state_dict": net.state_dict(), "optimizer": optimizer.state_dict(),
+                                "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best,
+                                "best_epoch": best_epoch, "meta": meta},
+                       best={"state_dict": state_dict_of(net), "meta": meta} if improved else None,
+                       final=stop or epoch == cfg.epochs)
         message = (f"epoch {epoch}/{cfg.epochs}: val error {val['mean_error_px']:.2f} px, Cobb MAE "
                    f"{val['cobb_mae_deg']:.2f} deg" if val["cobb_mae_deg"] is not None else
                    f"epoch {epoch}/{cfg.epochs}: val error {val['mean_error_px']:.2f} px")
         run.epoch_status(epoch, cfg.epochs, seconds, best_metric=best, message=message, finished=stop)
-        run.check_cancel()  # after last.pt: a resume continues from this epoch
+        run.check_cancel()  # after the checkpoints: a resume continues from the last one written
         if progress_callback is not None:
             progress_callback(epoch, cfg.epochs, row)
         if stop:
