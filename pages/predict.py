@@ -1,4 +1,8 @@
-"""Predict: upload radiographs (or try a phantom) and see the class, why (Grad-CAM) and the angle.
+"""Predict: upload radiographs (or try a phantom) and see the verdict, why (Grad-CAM) and the angle.
+
+One verdict per film (``Prediction.verdict``, decided in core): the title, the batch table's first column, the CSV
+and the PNG report say the same thing; a film the models cannot judge says so, with what to do next, and nothing
+is drawn (landmarks, endplates, heatmap) that the verdict does not rest on.
 
 Thin: reading, detection, landmarks, classification and Grad-CAM are one ``core.inference.pipeline.Predictor``
 call (the same as ``python -m core predict``); the pictures, the PNG report and the models line are
@@ -63,10 +67,10 @@ def sample_phantom(curvature_class: str) -> tuple[str, bytes, str]:
 
 
 def measurements_table(prediction) -> pd.DataFrame | None:
-    m = prediction.measurements
-    if m is None:
+    """The angle and indices, only where the verdict shows them (never a withheld angle)."""
+    m, verdict = prediction.measurements, prediction.verdict
+    if m is None or not verdict.angle_shown:
         return None
-    agreement = {True: "agrees", False: "disagrees", None: "—"}[prediction.agreement]
     if m.lowest_level == "C6":  # C7 not seen: only what C2-C6 allow
         rows = [("Cobb C2–C7", "— (C7 not seen)"), ("Cobb C2–C6", f"{m.cobb_c2c6:+.1f}°"),
                 ("Rule class (Cobb C2–C6)", m.rule_class)]
@@ -75,28 +79,38 @@ def measurements_table(prediction) -> pd.DataFrame | None:
         rows = [("Cobb C2–C7", f"{m.cobb_c2c7:+.1f}°"), ("Cobb C2–C6", f"{m.cobb_c2c6:+.1f}°"),
                 ("Curvature index (CCI)", f"{m.cci:.1f} %"), ("Arc depth", arc),
                 ("Rule class (Cobb C2–C7)", m.rule_class)]
-    rows += [("Network class", f"{prediction.curvature_class} ({agreement})"), ("Patient faces", m.facing)]
-    if prediction.evidence:
+    if verdict.lead == "network":
+        agreement = {True: "agrees", False: "disagrees", None: "—"}[prediction.agreement]
+        rows.append(("Network class", f"{prediction.curvature_class} ({agreement})"))
+    else:  # the angle is the result: the network's class is not evidence on this film
+        rows.append(("Network class", f"{prediction.curvature_class} (not used for this film)"))
+    rows.append(("Patient faces", m.facing))
+    if prediction.evidence and verdict.lead == "network":
         rows.append(("Evidence favours", prediction.evidence))
     if prediction.missing_landmarks:
         rows.append(("Points left out (unsure)", str(len(prediction.missing_landmarks))))
     return pd.DataFrame(rows, columns=["measurement", "value"])
 
 
-def unlike_training_warning(prediction) -> str:
-    """The plain warning for a film the models cannot judge (core.evaluation.ood), and what to do next."""
-    reasons = "; ".join(prediction.ood_reasons)
-    lead = {"angle": "Its landmarks are sure, so the measured angle and its rule class lead; the network's class "
-                     "below is not calibrated for it (capped at 90 %). Check the points on the picture.",
-            "none": "Its landmarks are not sure enough to measure either, so no class is given: read the film "
-                    "yourself, or label a few films like it and fine-tune (README, Real films)."}
-    return (f"This film is unlike the films the models were trained on (out-of-distribution score "
-            f"{prediction.ood_score:.1f}, over 1 is unlike{': ' + reasons if reasons else ''}). "
-            + lead.get(prediction.lead, "The probabilities are not calibrated for this film (capped at 90 %)."))
+def verdict_warning(verdict) -> str:
+    """The verdict's plain warning and what to do next (core.inference.pipeline.verdict_of words both)."""
+    return verdict.why + (f"\n\n**What to do:** {verdict.advice}" if verdict.advice else "")
+
+
+def unlike_details(prediction) -> None:
+    """The numbers behind "unlike the training films", for those who want them (the JSON has the same)."""
+    st.write(f"Out-of-distribution score **{prediction.ood_score:.2f}** (over 1: unlike the films the models were "
+             "trained on; each part below is a ratio to its own limit).")
+    names = {"features": "classifier features", "image": "pixel statistics", "landmarks": "unsure landmarks",
+             "detector": "detector found no spine"}
+    st.dataframe(pd.DataFrame([(names.get(k, k), v) for k, v in prediction.ood_components.items()],
+                              columns=["part", "ratio"]), hide_index=True)
+    for reason in prediction.ood_reasons:
+        st.caption(f"• {reason}")
 
 
 def show_result(predictor, name: str, data: bytes, truth: str | None = None) -> None:
-    """Radiograph | heatmap (with its method and opacity) | class, probabilities, measurements, report."""
+    """The verdict (title, warning, what to do) | radiograph | heatmap | numbers and report, all from one verdict."""
     from core.inference.explain import CAM_METHODS
 
     method_column, opacity_column, _ = st.columns([5, 5, 4], gap="medium")
@@ -105,51 +119,52 @@ def show_result(predictor, name: str, data: bytes, truth: str | None = None) -> 
     alpha = opacity_column.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="cam_alpha")
     with st.spinner(f"Analysing {name}…"):
         prediction = predict_cached(predictor, name, data, method)
-    probability = prediction.probabilities[prediction.curvature_class]
+    verdict = prediction.verdict
     provenance = report.provenance(predictor)
-    if prediction.lead == "angle":  # a film unlike the training films: the measured angle is the evidence
-        m = prediction.measurements
-        angle = m.cobb_c2c6 if m.lowest_level == "C6" else m.cobb_c2c7
-        st.subheader(f"{name}: {m.rule_class} by its measured angle (Cobb C2–{m.lowest_level} {angle:+.1f}°)")
-    elif prediction.lead == "none":
-        st.subheader(f"{name}: not judged — check this film by eye")
-    else:
-        st.subheader(f"{name}: {prediction.curvature_class} ({probability:.0%})")
+    st.subheader(f"{name}: {verdict.title}")
     if truth:
         st.caption(truth)
+    if verdict.warns:  # across the page, under the title: the first thing read after it
+        st.warning(verdict_warning(verdict), icon="⚠️")
+    if prediction.out_of_distribution or verdict.lead != "network":
+        with st.expander("Details: how unlike the training films, and the network's own answer"):
+            if prediction.ood_score is not None:
+                unlike_details(prediction)
+            if verdict.lead != "network":
+                st.write("The network's own answer (**not the result** for this film):")
+                probability_bars(prediction.probabilities)
+            if not prediction.calibrated:
+                st.caption("Probabilities not calibrated for this film.")
 
-    pictures = report.pictures(prediction, alpha)  # at display size; JPEG-encoded once, here
+    pictures = report.pictures(prediction, alpha, evidence_only=True)  # at display size; JPEG-encoded once, here
     annotated, heatmap = pictures
     image_column, heatmap_column, numbers_column = st.columns([5, 5, 4], gap="medium")
-    image_column.image(report.as_jpeg(annotated), caption="ROI box, landmarks and the C2/C7 endplates",
-                       width="stretch")
+    drawn = "ROI box, landmarks and the C2/C7 endplates" if verdict.angle_shown and prediction.landmarks is not None \
+        else "ROI box" + ("" if prediction.box_source == "detector" else f" ({prediction.box_source})") + \
+        " — no landmarks drawn"
+    image_column.image(report.as_jpeg(annotated), caption=drawn, width="stretch")
     if heatmap is not None:
         heatmap_column.image(report.as_jpeg(heatmap), caption=f"{CAM_LABELS.get(method, method)} heatmap for "
                                                               f"'{prediction.curvature_class}'", width="stretch")
         if float(prediction.cam.max()) < 0.05:
             heatmap_column.caption("The map is flat for this image: no region stands out to the model.")
+    elif prediction.cam is not None:
+        heatmap_column.info("No heatmap: the network's class is not the result for this film, so a map of where it "
+                            "looked is no evidence.")
     else:
         heatmap_column.info("No heatmap for this model.")
 
     with numbers_column:
-        if prediction.out_of_distribution:
-            st.warning(unlike_training_warning(prediction), icon="⚠️")
-        elif prediction.low_confidence:
-            reason = (" and no ROI box was found, so the whole image was classified"
-                      if prediction.box_source == "whole image" else "")
-            st.warning(f"Low confidence: the top probability is {probability:.0%}{reason}. "
-                       "Read this result with extra care.", icon="⚠️")
-        probability_bars(prediction.probabilities, prediction.curvature_class)
-        if not prediction.calibrated:
-            st.caption("Probabilities not calibrated for this film.")
+        if verdict.lead == "network":
+            probability_bars(prediction.probabilities, prediction.curvature_class)
         table = measurements_table(prediction)
-        if table is None and predictor.landmark_model is None:
+        if table is not None:
+            st.dataframe(table, hide_index=True, width="stretch")
+        elif prediction.measurements is None and predictor.landmark_model is None:
             st.info("No landmark model is promoted, so there is no angle: train one on the Train page "
                     "or build the demo.")
-        elif table is None:
-            st.info("The landmark model found no usable vertebrae in this image, so there is no angle.")
         else:
-            st.dataframe(table, hide_index=True, width="stretch")
+            st.info(verdict.angle_note or "No angle.")
         st.download_button("Download the PNG report",  # composed only when clicked
                            lambda: report.report_png(prediction, provenance, quality=predictor.quality, truth=truth,
                                                      images=pictures),
@@ -169,21 +184,26 @@ def show_result(predictor, name: str, data: bytes, truth: str | None = None) -> 
 
 
 def results_table(results, thumbnails: dict[str, str]) -> pd.DataFrame:
+    """One row per file, the verdict first (the page title's words); the angle only where the verdict shows it."""
     rows = []
     for result in results:
         if hasattr(result, "reason"):  # PredictFailure
-            rows.append({"image": None, "file": result.file, "class": None, "error": result.reason})
+            rows.append({"verdict": "could not be read", "file": result.file, "image": None, "class": None,
+                         "error": result.reason})
             continue
-        m = result.measurements
+        verdict = result.verdict
+        m = result.measurements if verdict.angle_shown else None
         rows.append({
-            "image": thumbnails.get(result.file), "file": result.file,
-            "class": {"angle": f"{m.rule_class} (by angle)" if m else None, "none": "not judged"}.get(
-                result.lead, result.curvature_class),
+            "verdict": verdict.title, "file": result.file, "image": thumbnails.get(result.file),
+            "class": {"angle": f"{verdict.curvature_class} (by angle)", "none": "not judged"}.get(
+                verdict.lead, verdict.curvature_class),
             **{f"p_{c}": round(result.probabilities.get(c, float("nan")), 3) for c in CLASSES},
             "low_confidence": result.low_confidence, "box_source": result.box_source,
             "cobb_c2c7": None if m is None else round(m.cobb_c2c7, 1), "cci": None if m is None else round(m.cci, 1),
-            "rule_class": None if m is None else m.rule_class, "agreement": result.agreement,
-            "out_of_distribution": result.out_of_distribution, "ood_score": result.ood_score, "error": None,
+            "rule_class": None if m is None else m.rule_class,
+            "agreement": result.agreement if m is not None and verdict.lead == "network" else None,
+            "out_of_distribution": result.out_of_distribution, "ood_score": result.ood_score,
+            "why": verdict.why, "error": None,
         })
     return pd.DataFrame(rows)
 
@@ -200,20 +220,28 @@ def show_batch(predictor, sources: list[tuple[str, bytes]]) -> None:
         results = list(predictor.predict_many(sources, progress=step, cam_method=None))
         progress.empty()
         thumbnails = {r.file: thumbnail_uri(r.radiograph.pixels, 96) for r in results if hasattr(r, "radiograph")}
-        st.session_state["batch"] = cached = (key, results_table(results, thumbnails))
-    table = cached[1]
+        advice = next((r.verdict.advice for r in results if hasattr(r, "verdict") and not r.verdict.judged), None)
+        st.session_state["batch"] = cached = (key, results_table(results, thumbnails),
+                                              pipeline.batch_summary(results), advice)
+    _, table, summary, advice = cached
     failed = table[table["error"].notna()]
     if len(failed):  # the reasons already start with the file name
         st.error(f"{len(failed)} of {len(table)} files could not be analysed: " + "; ".join(failed["error"]))
     done = table[table["error"].isna()]
-    st.subheader(f"{len(done)} results")
-    st.dataframe(table, hide_index=True, width="stretch", key="results_table", column_config={
+    st.markdown(f"**{summary}**")
+    if advice:
+        st.caption(f"Not judged: {advice}")
+    shown = [c for c in table.columns if c != "why"]  # the CSV keeps it; the table's first column says enough
+    st.dataframe(table, hide_index=True, width="stretch", key="results_table", column_order=shown, column_config={
+        "verdict": st.column_config.TextColumn("verdict", width="large", pinned=True,
+                                               help="the result, as the page title and the PNG report say it"),
+        "file": st.column_config.TextColumn("file", pinned=True),
         "image": st.column_config.ImageColumn("image", width="small"),
-        **{f"p_{c}": st.column_config.ProgressColumn(f"p({c})", min_value=0.0, max_value=1.0, format="%.2f")
+        **{f"p_{c}": st.column_config.ProgressColumn(f"network p({c})", min_value=0.0, max_value=1.0, format="%.2f")
            for c in CLASSES},
         "cobb_c2c7": st.column_config.NumberColumn("Cobb C2–C7 (°)", format="%+.1f"),
         "out_of_distribution": st.column_config.CheckboxColumn(
-            "unlike training films", help="the class and angle may be wrong; probabilities capped at 90 %"),
+            "unlike training films", help="the network's class is not used; probabilities capped at 90 %"),
         "ood_score": st.column_config.NumberColumn("OOD score", format="%.2f", help="over 1: unlike the training films"),
     })
     st.download_button("Download the table (CSV)",

@@ -20,6 +20,12 @@ Every result carries an out-of-distribution score (``core.evaluation.ood``): the
 the landmark heatmaps' confidence and whether the detector found a spine. A flagged film is low-confidence, its probabilities are marked as not
 calibrated for it and capped at 90 %. Landmarks fail soft: unsure points are dropped and named, and a film whose
 C7 is hidden is measured from C2 to C6.
+
+Every result has one :class:`Verdict` (``Prediction.verdict``, computed by :func:`verdict_of` from the result's own
+fields): the class it gives or "not judged", the line every output leads with (page title, batch table, CSV, JSON,
+PNG report), why in plain words, what to do next, and whether the angle with its landmarks and the heatmap may be
+shown as evidence. A film the detector finds no spine in gets no class at all, and a flagged film's angle is shown
+only when its landmarks are all sure.
 """
 from __future__ import annotations
 
@@ -100,29 +106,32 @@ class Prediction:
     lead: str = "network"               # what the result leads with (LEADS): the network's class; on a film unlike
                                         # the training films the measured angle when its landmarks are sure, or
                                         # nothing ("none": these models cannot judge this film)
+    spine_found: bool | None = None     # did the detector find a cervical spine; None: no detector in the setup
+    angle_missing: str | None = None    # when there are no measurements: why, in plain words
+
+    @property
+    def verdict(self) -> "Verdict":
+        """The one result every output carries (see :func:`verdict_of`)."""
+        return verdict_of(self)
 
     @property
     def headline(self) -> str:
-        """One line for a title or a report: the class the evidence supports, and on what it rests."""
-        if self.lead == "angle":
-            level, angle = _lowest_angle(self.measurements)
-            return (f"{self.measurements.rule_class} by its measured angle (Cobb C2-{level} {angle:+.1f} deg; "
-                    "the film is unlike the training films, so the network's class is not the evidence)")
-        if self.lead == "none":
-            return ("not judged: the film is unlike the training films and its landmarks are not sure enough to "
-                    "measure; check it by eye")
-        return f"{self.curvature_class} ({self.confidence:.0%}" + (", low confidence)" if self.low_confidence else ")")
+        """One line for a title, a table row or a report: the verdict's title."""
+        return self.verdict.title
 
     @property
     def confidence(self) -> float:
         return float(max(self.probabilities.values()))
 
     def to_json(self, cam_path: str | Path | None = None) -> dict:
-        """The ``predict --json`` object of DESIGN.md."""
+        """The ``predict --json`` object of DESIGN.md. ``class`` and ``probabilities`` are the network's own answer;
+        ``verdict`` is the result (``verdict.class`` None: not judged), the same as the page, table and report."""
+        verdict = self.verdict
         measurements = None
         if self.measurements is not None:
             measurements = self.measurements.as_dict()
             measurements["agrees_with_class"] = self.agreement
+            measurements["withheld"] = not verdict.angle_shown  # not shown anywhere: not sure enough to rest on
         return {
             "file": self.file,
             "class": self.curvature_class,
@@ -142,7 +151,8 @@ class Prediction:
             "facing": None if self.facing is None else {"side": self.facing.facing, "source": self.facing.source,
                                                         "score": self.facing.score},
             "lead": self.lead,
-            "headline": self.headline,
+            "headline": verdict.title,
+            "verdict": verdict.to_json(),
         }
 
 
@@ -277,8 +287,12 @@ class Predictor:
 
         landmarks = measurements = landmark_confidence = found_points = facing_found = None
         missing: list[str] = []
+        angle_missing = None if self.landmark_model is not None else "no landmark model is in use"
         if self.landmark_model is not None and self.landmark_model.needs_box and box_source != "detector":
             notes.append("the landmark model reads the detector's crop and there is no box: no measurements")
+            angle_missing = ("the landmark model reads the area the detector finds, and it found none"
+                             if self.detector is not None else
+                             "the landmark model needs a detector's box, and no detector is in use")
         elif self.landmark_model is not None:
             from core.training.landmarks import visible_points
 
@@ -291,6 +305,7 @@ class Predictor:
                     landmarks = None
             if landmarks is None:
                 notes.append("the landmark model found no vertebrae: no measurements")
+                angle_missing = "the landmark model found no vertebrae"
             else:
                 if missing:
                     notes.append(f"the landmark model was unsure of {_describe_points(missing)}: those points are "
@@ -304,9 +319,11 @@ class Predictor:
                                                      pixel_spacing_mm=radiograph.pixel_spacing_mm, partial=True)
                 except LandmarkError as error:
                     notes.append(f"no measurements: {error}")
+                    angle_missing = f"the points found are not enough to measure ({error})"
                 problem = implausible(measurements)
                 if problem:
                     notes.append(f"no measurements: {problem}")
+                    angle_missing = problem
                     measurements = None
                 if box is None:
                     try:
@@ -320,6 +337,7 @@ class Predictor:
             box, box_confidence, box_source = None, None, "whole image"
             landmarks = measurements = landmark_confidence = found_points = facing_found = None
             missing = []
+            angle_missing = "the detector found no cervical spine to place the landmarks on"
         lap("landmarks")
         if box is None:
             box = [0.0, 0.0, float(width), float(height)]
@@ -381,7 +399,9 @@ class Predictor:
             probabilities = ood.cap_probabilities(probabilities)
         low = (probabilities[curvature_class] < self.threshold or box_source == "whole image" or unlike.flagged)
         agreement = None if measurements is None else measurements.rule_class == curvature_class
-        lead = choose_lead(unlike.flagged, measurements, missing, landmark_confidence)
+        # a detector in the setup that found no spine (its box unconfirmed counts as none): no class is given
+        spine_found = None if self.detector is None else box_source == "detector"
+        lead = choose_lead(unlike.flagged, measurements, missing, landmark_confidence, spine_found)
         evidence = None
         if agreement is False:
             evidence = which_evidence(measurements, landmark_confidence, missing, probabilities[curvature_class],
@@ -394,7 +414,8 @@ class Predictor:
             notes=notes, model=self.model_name, ood_score=unlike.score, out_of_distribution=unlike.flagged,
             ood_components=unlike.components, ood_reasons=unlike.reasons, calibrated=not unlike.flagged,
             missing_landmarks=missing, evidence=evidence, crop_box=crop_region,
-            facing=facing_found if measurements is not None else None, lead=lead,
+            facing=facing_found if measurements is not None else None, lead=lead, spine_found=spine_found,
+            angle_missing=None if measurements is not None else angle_missing,
         )
 
     def _features(self):
@@ -509,15 +530,160 @@ def _describe_points(names: list[str]) -> str:
     return ", ".join(parts)
 
 
-def choose_lead(flagged: bool, measurements: Measurements | None, missing: list[str], landmark_confidence) -> str:
+def choose_lead(flagged: bool, measurements: Measurements | None, missing: list[str], landmark_confidence,
+                spine_found: bool | None = None) -> str:
     """What a result leads with (``LEADS``). On a film unlike the training films the classifier's answer is not
     evidence, but landmarks that are all sure still give an angle to measure: it leads then; otherwise nothing
-    does ("none": no confident answer on a film the models cannot judge)."""
+    does ("none": no confident answer on a film the models cannot judge). When the setup's detector found no
+    cervical spine (``spine_found`` False) nothing is judged, whatever else there is: the class is withheld, not
+    only capped."""
+    if spine_found is False:
+        return "none"
     if not flagged:
         return "network"
     sure = (measurements is not None and not missing and landmark_confidence is not None
             and float(np.mean(landmark_confidence)) >= SURE_LANDMARKS)
     return "angle" if sure else "none"
+
+
+# ------------------------------------------------------------------------------------ the verdict
+# What makes a film unlike the training films, in words a reader of films uses (core.evaluation.ood's components;
+# the numbers stay in ood_components / ood_reasons and the page's details), in the order a person checks them.
+PLAIN_REASONS = (
+    ("detector", "the detector found no cervical spine in it"),
+    ("landmarks", "the landmark model could not place most of the vertebral corners"),
+    ("image", "its contrast, edges and texture differ from theirs"),
+    ("features", "the classifier has seen no films like it"),
+)
+UNLIKE = "unlike the training films"
+NO_SPINE = "no cervical spine found"
+ADVICE_MEASURE = ("measure its angle by hand: import the film on the Data page and place its landmarks on the Label "
+                  "page, which measures the angle as you place them.")
+ADVICE_FINETUNE = ("If your films often look like this, label some films like it and fine-tune from the promoted "
+                   "model on the Train page.")
+NOT_JUDGED_TITLE = "not judged — check this film by eye"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The one result of a prediction, as every output shows it (page, batch table, CSV, JSON, PNG report)."""
+
+    lead: str                     # LEADS: what the result rests on
+    curvature_class: str | None   # the class given: the network's, or the measured angle's rule class; None: not judged
+    title: str                    # the one line: "normal (84%)", "normal by its measured angle (...)", "not judged — ..."
+    status: str                   # "judged" | "judged by its measured angle" | "not judged"
+    reason: str                   # why not judged by the network: UNLIKE | NO_SPINE | "" (judged by it)
+    why: str                      # plain words: why the result is what it is ("" for a plain confident answer)
+    advice: str                   # plain words: what to do next ("" when nothing needs doing)
+    angle_shown: bool             # the angle, its landmarks and endplate lines are shown (drawn, reported)
+    angle_note: str | None        # when they are not: why, in plain words
+    heatmap_shown: bool           # the network's heatmap is evidence for the class given
+    low_confidence: bool = False
+
+    @property
+    def judged(self) -> bool:
+        return self.curvature_class is not None
+
+    @property
+    def warns(self) -> bool:
+        """Whether the result needs a warning beside it (not judged, judged by the angle, or low confidence)."""
+        return bool(self.why) and (self.lead != "network" or self.low_confidence)
+
+    @property
+    def flag(self) -> str:
+        """The status with its reason: "not judged (unlike the training films)"; the batch summary counts these."""
+        return f"{self.status} ({self.reason})" if self.reason else self.status
+
+    def to_json(self) -> dict:
+        return {"title": self.title, "class": self.curvature_class, "judged": self.judged, "status": self.status,
+                "reason": self.reason or None, "lead": self.lead, "why": self.why, "advice": self.advice,
+                "angle_shown": self.angle_shown, "angle_note": self.angle_note, "heatmap_shown": self.heatmap_shown,
+                "low_confidence": self.low_confidence}
+
+
+def plain_reasons(components: dict[str, float]) -> list[str]:
+    """The OOD components over their threshold, in plain words (``PLAIN_REASONS``)."""
+    return [text for name, text in PLAIN_REASONS if float(components.get(name, 0.0) or 0.0) > 1.0]
+
+
+def angle_text(measurements: Measurements) -> str:
+    """"Cobb C2-C7 +25.7 deg" (or C2-C6 when C7 was not seen): the angle the rule class comes from."""
+    level, angle = _lowest_angle(measurements)
+    return f"Cobb C2-{level} {angle:+.1f} deg"
+
+
+def verdict_of(prediction: "Prediction") -> Verdict:
+    """The verdict of a prediction, from its own fields: the one place the result's words are decided."""
+    m, lead = prediction.measurements, prediction.lead
+    spine_missing = prediction.spine_found is False
+    reasons = plain_reasons(prediction.ood_components)
+    if spine_missing and "the detector found no cervical spine in it" not in reasons:
+        reasons.insert(0, "the detector found no cervical spine in it")
+    unlike = "This film is unlike the films the models were trained on" + (f" ({'; '.join(reasons)})" if reasons
+                                                                            else "")
+    if m is None:
+        missing = prediction.angle_missing or "no landmark model, or no usable vertebrae"
+        angle_note = f"No angle: {missing}."
+    else:
+        angle_note = None
+    if lead == "angle" and m is not None:
+        return Verdict(
+            lead, m.rule_class, f"{m.rule_class} by its measured angle ({angle_text(m)})",
+            "judged by its measured angle", UNLIKE,
+            f"{unlike}, so the network's class is not used. Every landmark is sure, so the result is the class of the "
+            f"measured angle ({angle_text(m)}).",
+            "Check that the dots sit on the vertebral corners before relying on the angle, or " + ADVICE_MEASURE
+            + " " + ADVICE_FINETUNE,
+            True, None, False, True)
+    if lead != "network" or spine_missing:
+        if m is not None:
+            angle_note = ("The landmarks and their angle are withheld: " + (
+                "the detector found no cervical spine, so they may lie on something else." if spine_missing else
+                "on a film unlike the training films they are not all sure enough to rest on."))
+        if spine_missing:
+            why = (f"The detector found no cervical spine in this image, so no class is given. It may not be a "
+                   f"lateral neck film, or it is unlike the films the models were trained on"
+                   + (f" ({'; '.join(reasons[1:])})" if len(reasons) > 1 else "") + ".")
+            advice = "Check that this is a lateral cervical radiograph. If it is, read it yourself, or "
+        else:
+            why = f"{unlike}, so no class is given." + (
+                " Its landmarks are not all sure, so no angle is given either." if m is not None else
+                " There is no measured angle to go on either.")
+            advice = "Read the film yourself, or "
+        return Verdict("none", None, NOT_JUDGED_TITLE, "not judged", NO_SPINE if spine_missing else UNLIKE, why,
+                       advice + ADVICE_MEASURE + " " + ADVICE_FINETUNE, False, angle_note, False, True)
+    cls, probability = prediction.curvature_class, prediction.confidence
+    title = f"{cls} ({probability:.0%}" + (", low confidence)" if prediction.low_confidence else ")")
+    why = advice = ""
+    if prediction.low_confidence:
+        why = (f"No box around the cervical spine was found, so the network read the whole image (less reliable); "
+               f"its top probability is {probability:.0%}." if prediction.box_source == "whole image" else
+               f"Low confidence: the network's top probability is only {probability:.0%}.")
+        advice = "Read this result with extra care and check it against the film."
+    return Verdict("network", cls, title, "judged", "", why, advice, m is not None, angle_note,
+                   prediction.cam is not None, bool(prediction.low_confidence))
+
+
+def batch_summary(results: Iterable["Prediction | PredictFailure"]) -> str:
+    """One line over a batch: "3 films: 1 judged, 2 not judged (unlike the training films)"."""
+    results = list(results)
+    counts: dict[str, int] = {}
+    low = failed = 0
+    for result in results:
+        if isinstance(result, PredictFailure):
+            failed += 1
+            continue
+        verdict = result.verdict
+        counts[verdict.flag] = counts.get(verdict.flag, 0) + 1
+        low += verdict.lead == "network" and verdict.low_confidence
+    order = ["judged", f"judged by its measured angle ({UNLIKE})", f"not judged ({UNLIKE})", f"not judged ({NO_SPINE})"]
+    parts = []
+    for flag in sorted(counts, key=lambda f: order.index(f) if f in order else len(order)):
+        parts.append(f"{counts[flag]} {flag}" + (f" ({low} with low confidence)" if flag == "judged" and low else ""))
+    if failed:
+        parts.append(f"{failed} could not be read")
+    total = len(results)
+    return f"{total} film{'s' if total != 1 else ''}: " + (", ".join(parts) if parts else "none")
 
 
 def which_evidence(measurements: Measurements, landmark_confidence, missing: list[str], probability: float,
@@ -569,9 +735,11 @@ def predict(source: Any, name: str | None = None, cam_method: str | None = "grad
 
 
 # ------------------------------------------------------------------------------------ CLI
-CSV_COLUMNS = ("file", "lead", "headline", "class", "p_normal", "p_straightened", "p_reversed", "x1", "y1", "x2", "y2",
-               "box_confidence", "box_source", "low_confidence", "cobb_c2c7", "cci", "rule_class", "agreement",
-               "ood_score", "out_of_distribution", "cam", "error")
+# The verdict first (what the page's table and title, the JSON and the PNG report say), then the evidence. ``class``
+# and ``p_*`` are the network's own answer, as in the JSON; the angle columns stay empty where the verdict withholds it.
+CSV_COLUMNS = ("file", "verdict", "judged", "verdict_class", "status", "lead", "class", "p_normal", "p_straightened",
+               "p_reversed", "x1", "y1", "x2", "y2", "box_confidence", "box_source", "low_confidence", "cobb_c2c7",
+               "cci", "rule_class", "agreement", "ood_score", "out_of_distribution", "why", "cam", "error")
 
 
 def configure_predict(parser: argparse.ArgumentParser) -> None:
@@ -602,7 +770,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
     predictor = None
-    rows, failures, used_stems = [], 0, set()
+    rows, failures, used_stems, rows_results = [], 0, set(), []
     for path in args.images:
         # Each file is read (and its size budgets checked) before any model loads: a batch of hostile or broken
         # files is refused in one line each without torch and three models in memory (~1 GB here).
@@ -624,6 +792,7 @@ def run_predict(args: argparse.Namespace) -> int:
                           f"{'yes' if predictor.landmark_model else 'none'}"
                           + (f"; demo model ({predictor.quality})" if predictor.quality else ""), file=sys.stderr)
             result = next(predictor.predict_many([(path, radiograph)], cam_method=cam_method, facing=args.facing))
+        rows_results.append(result)
         if isinstance(result, PredictFailure):
             failures += 1
             rows.append({"file": result.file, "error": result.reason})
@@ -632,7 +801,7 @@ def run_predict(args: argparse.Namespace) -> int:
             continue
         cam_path = None
         stem = _unique_stem(Path(result.file).stem, used_stems)
-        if args.out and result.cam is not None:
+        if args.out and result.verdict.heatmap_shown:  # no map for a class that is not given
             cam_path = args.out / f"{stem}_cam.png"
             report.write_overlay(result, cam_path)
         if args.report:
@@ -642,6 +811,8 @@ def run_predict(args: argparse.Namespace) -> int:
             target.write_bytes(report.report_png(result, report.provenance(predictor), quality=predictor.quality))
         rows.append(_csv_row(result, cam_path))
         print(json.dumps(result.to_json(cam_path)) if args.json else _summary(result), flush=True)
+    if len(args.images) > 1 and not args.json:
+        print(batch_summary(rows_results), file=sys.stderr)
     if args.out:
         with open(args.out / "predictions.csv", "w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
@@ -661,9 +832,12 @@ def _unique_stem(stem: str, used: set[str]) -> str:
 
 
 def _csv_row(result: Prediction, cam_path: Path | None) -> dict:
-    m = result.measurements
+    verdict = result.verdict
+    m = result.measurements if verdict.angle_shown else None
     return {
-        "file": result.file, "lead": result.lead, "headline": result.headline, "class": result.curvature_class,
+        "file": result.file, "verdict": verdict.title, "judged": verdict.judged,
+        "verdict_class": verdict.curvature_class or "", "status": verdict.flag, "lead": verdict.lead,
+        "class": result.curvature_class,
         **{f"p_{c}": round(result.probabilities.get(c, math.nan), 4) for c in ("normal", "straightened", "reversed")},
         **dict(zip(("x1", "y1", "x2", "y2"), (round(v, 1) for v in result.roi_box))),
         "box_confidence": "" if result.box_confidence is None else round(result.box_confidence, 4),
@@ -673,27 +847,33 @@ def _csv_row(result: Prediction, cam_path: Path | None) -> dict:
         "rule_class": "" if m is None else m.rule_class,
         "agreement": "" if result.agreement is None else result.agreement,
         "ood_score": "" if result.ood_score is None else result.ood_score,
-        "out_of_distribution": result.out_of_distribution,
+        "out_of_distribution": result.out_of_distribution, "why": verdict.why,
         "cam": "" if cam_path is None else str(cam_path), "error": "",
     }
 
 
 def _summary(result: Prediction) -> str:
-    text = (f"{result.file}: {result.headline}; network {result.curvature_class} (p={result.confidence:.2f}); "
-            f"box from {result.box_source}"
-            + (f" ({result.box_confidence:.2f})" if result.box_confidence is not None else ""))
-    if result.measurements is not None:
+    """One line per film on the terminal: the verdict first, why, the evidence it rests on, then what to do."""
+    verdict = result.verdict
+    parts = [f"{result.file}: {verdict.title}"]
+    if verdict.warns:
+        parts.append(verdict.why)
+    parts.append(f"network {result.curvature_class} (p={result.confidence:.2f}"
+                 + (", not the result" if verdict.lead != "network" else "") + f"), box from {result.box_source}"
+                 + (f" ({result.box_confidence:.2f})" if result.box_confidence is not None else ""))
+    if result.measurements is not None and verdict.angle_shown:
         m = result.measurements
-        level, angle = _lowest_angle(m)
-        text += f"; Cobb C2-{level} {angle:.1f} deg" + (f", CCI {m.cci:.1f} %" if level == "C7" else "")
+        angle = f"{angle_text(m)}" + (f", CCI {m.cci:.1f} %" if m.lowest_level == "C7" else "")
         if result.facing is not None:
-            text += f" (patient {result.facing.describe()})"
-        text += f" -> {m.rule_class}"
-        if result.agreement is False:
-            text += f" (disagrees with the network; favours {result.evidence})"
-    if result.out_of_distribution:
-        text += (f"; OUT OF DISTRIBUTION (score {result.ood_score:.2f}): unlike the training films, the class and "
-                 "angle may be wrong")
-    if result.low_confidence:
-        text += "; LOW CONFIDENCE"
-    return text
+            angle += f" (patient {result.facing.describe()})"
+        angle += f" -> {m.rule_class}"
+        if result.agreement is False and verdict.lead == "network":
+            angle += f" (disagrees with the network; favours {result.evidence})"
+        parts.append(angle)
+    elif verdict.angle_note:
+        parts.append(verdict.angle_note)
+    if result.ood_score is not None and result.out_of_distribution:
+        parts.append(f"out-of-distribution score {result.ood_score:.2f}")
+    if verdict.advice:
+        parts.append(f"what to do: {verdict.advice}")
+    return "; ".join(part.rstrip(".") for part in parts)
