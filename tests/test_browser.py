@@ -38,12 +38,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(home: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
-    """`streamlit run app.py` on a free loopback port, in its own process group; returns once it answers."""
+def start_server(home: Path, log_path: Path, launcher: tuple[str, ...] = ("streamlit", "run", "app.py")
+                 ) -> tuple[subprocess.Popen, str]:
+    """`streamlit run app.py` (or ``launcher``: ``("ui.serve",)``, the README's command) on a free loopback port, in
+    its own process group; returns once it answers."""
     port = free_port()
     env = dict(os.environ, CERVICURVE_HOME=str(home), OMP_NUM_THREADS="2")
     env.pop("CERVICURVE_DB", None)
-    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+    command = [sys.executable, "-m", *launcher, "--server.port", str(port),
                "--server.headless", "true", "--server.address", "127.0.0.1",
                "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
     log = open(log_path, "wb")
@@ -142,3 +144,29 @@ def test_upload_a_phantom_and_see_class_and_heatmap(browser, tmp_path):
         keep_screenshot(shot, "predict_result.png")
     finally:
         stop_server(server)
+
+
+def test_the_readme_launcher_loads_the_models_before_any_page_opens(browser, tmp_path):
+    """`python -m ui.serve`: the promoted models load as the server starts, so the first upload does not wait for
+    torch and the models (benchmarks/app_latency.py times it)."""
+    home = tmp_path / "workspace"
+    promote_tiny_classifier(home)
+    radiograph = tmp_path / "spine.png"
+    radiograph.write_bytes(phantom_png("normal", seed=5, size=256))
+    log = tmp_path / "server.log"
+    server, url = start_server(home, log, launcher=("ui.serve",))
+    try:
+        deadline = time.monotonic() + 120
+        while "the promoted models are loaded" not in log.read_text(errors="replace"):
+            assert time.monotonic() < deadline, log.read_text(errors="replace")[-2000:]
+            assert server.poll() is None, log.read_text(errors="replace")[-2000:]
+            time.sleep(0.2)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        page.get_by_text(NOTICE).first.wait_for(timeout=30_000)
+        page.locator("input[type='file']").first.set_input_files(str(radiograph))
+        page.get_by_text("spine.png").first.wait_for(timeout=60_000)
+        assert "Traceback" not in log.read_text(errors="replace")
+    finally:
+        stop_server(server)
+
