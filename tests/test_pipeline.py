@@ -25,8 +25,9 @@ DESIGN_KEYS = {"file", "class", "probabilities", "box", "box_confidence", "low_c
                # how unlike the training films an image is (core.evaluation.ood), and what that changes
                "ood_score", "out_of_distribution", "ood_components", "ood_reasons", "probabilities_calibrated",
                "missing_landmarks", "evidence",
-               # which way the patient faces and how that was known; what the result leads with, in one line
-               "facing", "lead", "headline"}
+               # which way the patient faces and how that was known; what the result leads with, in one line;
+               # the verdict every output carries (class given or None, why, what to do, what may be shown)
+               "facing", "lead", "headline", "verdict"}
 SIZE = 192
 
 
@@ -114,6 +115,11 @@ def test_each_class_gives_a_full_prediction(home, phantom_files):
         record = json.loads(json.dumps(result.to_json()))  # plain JSON types only
         assert set(record) == DESIGN_KEYS
         assert record["class"] == result.curvature_class and record["file"] == str(path)
+        assert record["headline"] == record["verdict"]["title"] == result.verdict.title
+        # the tiny models flag these phantoms: the class given is the angle's or none, never the capped network's
+        if result.out_of_distribution:
+            assert record["verdict"]["class"] in (None, getattr(result.measurements, "rule_class", None))
+            assert not record["verdict"]["heatmap_shown"]
         assert len(record["box"]) == 4 and record["cam"] is None
         if result.measurements is not None:
             assert {"cobb_c2c7", "cci", "rule_class", "agrees_with_class"} <= set(record["measurements"])
@@ -284,13 +290,20 @@ def test_cli_batch_reports_the_corrupt_file_and_predicts_the_rest(home, phantom_
     assert set(records[1]) == {"file", "error"} and "corrupt.png" in records[1]["error"]
     for record, source in ((records[0], first), (records[2], last)):
         assert set(record) == DESIGN_KEYS and record["class"] in CLASSES
-        overlay = Image.open(record["cam"])
-        assert Path(record["cam"]).parent == out and overlay.mode == "RGB"
-        assert overlay.size == Image.open(source).size
+        if record["verdict"]["heatmap_shown"]:  # the map is written only as evidence for the class given
+            overlay = Image.open(record["cam"])
+            assert Path(record["cam"]).parent == out and overlay.mode == "RGB"
+            assert overlay.size == Image.open(source).size
+        else:  # the tiny detector finds no spine at the default threshold: no class, so no map
+            assert record["cam"] is None and not (out / f"{source.stem}_cam.png").exists()
     with open(out / "predictions.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [r["file"] for r in rows] == [str(first), str(corrupt), str(last)]
     assert rows[1]["error"] and not rows[0]["error"] and rows[0]["class"] == records[0]["class"]
+    assert list(rows[0])[:2] == ["file", "verdict"]
+    for row, record in ((rows[0], records[0]), (rows[2], records[2])):
+        assert row["verdict"] == record["headline"] == record["verdict"]["title"]
+        assert row["judged"] == str(record["verdict"]["judged"]) and row["why"] == record["verdict"]["why"]
     assert float(rows[2]["p_" + records[2]["class"]]) == pytest.approx(records[2]["probabilities"][records[2]["class"]],
                                                                        abs=1e-3)
 
@@ -341,3 +354,33 @@ def test_preload_loads_each_model_once_while_a_request_waits_for_it(home, phanto
     thread.join(timeout=300)
     assert result.curvature_class in CLASSES
     assert models.CACHE.loads - before == 3  # classifier, detector, landmarks: each loaded once, not twice
+
+
+def test_a_screenshot_is_not_judged_and_nothing_is_drawn_on_it(home, tmp_path):
+    """Not a film (flat panels, a banner, text): no class, no landmarks, endplates or heatmap, whether the detector
+    finds nothing (the default threshold) or is made to answer with its best box (threshold 0)."""
+    from test_verdict import colour_pixels, screenshot_png
+
+    from core.inference import report
+    from core.inference.pipeline import NOT_JUDGED_TITLE, Predictor
+
+    shot = tmp_path / "shot.png"
+    shot.write_bytes(screenshot_png())
+    for threshold in (None, 0.0):
+        predictor = Predictor() if threshold is None else Predictor(detection_threshold=threshold)
+        result = predictor.predict(shot)
+        verdict = result.verdict
+        assert result.out_of_distribution and verdict.lead == "none" and verdict.title == NOT_JUDGED_TITLE
+        assert verdict.curvature_class is None and not verdict.angle_shown and not verdict.heatmap_shown
+        assert "no class is given" in verdict.why and "Label page" in verdict.advice
+        if threshold is None:
+            assert result.spine_found is False and verdict.why.startswith("The detector found no cervical spine")
+        annotated, heatmap = report.pictures(result, evidence_only=True)
+        assert heatmap is None
+        assert colour_pixels(annotated, report.LANDMARK_COLOUR) == colour_pixels(annotated, report.ENDPLATE_COLOUR) == 0
+        shown, lines = report.report_text(result, report.provenance(predictor))
+        assert shown is None and lines[0] == f"Result: {NOT_JUDGED_TITLE}"
+        assert not any("Cobb" in line or "agrees" in line for line in lines)
+        record = json.loads(json.dumps(result.to_json()))
+        assert record["verdict"]["class"] is None and record["headline"] == NOT_JUDGED_TITLE
+        assert record["measurements"] is None or record["measurements"]["withheld"] is True
