@@ -178,8 +178,10 @@ def importer_layout(kind: str, root: Path) -> Path:
 
 @pytest.mark.parametrize("kind", ["folder", "csv", "yolo", "coco", "csxa"])
 def test_every_importer_stores_a_dicom_only_de_identified(workspace, tmp_path, store, kind):
+    from core.data.importers.dispatch import _import_kind
+
     source = importer_layout(kind, tmp_path / kind)
-    report = importers._import_kind(kind, source, None, dataset=kind, store=store)
+    report = _import_kind(kind, source, None, dataset=kind, store=store)
     assert report.imported == 1, report.format()
     assert_deidentified(workspace, store, kind)
 
