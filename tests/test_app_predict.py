@@ -80,6 +80,32 @@ def with_model(model_home, monkeypatch) -> Path:
     return model_home
 
 
+@pytest.fixture(scope="module")
+def judged_home(model_home, tmp_path_factory) -> Path:
+    """The tiny classifier as a checkpoint from before out-of-distribution references existed (the same weights,
+    its meta without them): nothing flags a film then, so the network's class is the verdict. The one-epoch model
+    finds every film unlike its six phantoms otherwise, and the page's judged path would go untested."""
+    import shutil
+
+    import torch
+
+    home = tmp_path_factory.mktemp("judged") / "workspace"
+    shutil.copytree(model_home / "promoted", home / "promoted")
+    path = home / "promoted" / "classify" / "best.pt"
+    checkpoint = torch.load(path, weights_only=True)
+    for key in ("ood_reference", "ood_image_reference"):
+        checkpoint["meta"].pop(key)
+    torch.save(checkpoint, path)
+    return home
+
+
+@pytest.fixture()
+def with_judging_model(judged_home, monkeypatch) -> Path:
+    monkeypatch.setenv("CERVICURVE_HOME", str(judged_home))
+    monkeypatch.delenv("CERVICURVE_DB", raising=False)
+    return judged_home
+
+
 def predict_page() -> AppTest:
     at = AppTest.from_file(APP, default_timeout=60).run()  # Predict is the default page
     assert not at.exception
@@ -105,17 +131,20 @@ def test_a_phantom_gives_class_probabilities_heatmap_and_report(with_model):
     # an angle, the page then gives no class at all rather than the network's capped answer
     judged = outcome != "not judged — check this film by eye"
     assert name == "spine.png"
+    captions = [image.proto.imgs[0].caption for image in at.get("image")]
+    assert captions[0].startswith("ROI box")
+    bars = at.get("progress")
+    bold = [bar.proto.text.startswith("**") for bar in bars]
     if judged:
         assert outcome.split(" ")[0] in CLASSES and outcome.endswith("%)")
-    else:
-        assert any("no class is given" in warning.value for warning in at.warning)
-    captions = [image.proto.imgs[0].caption for image in at.get("image")]
-    assert captions[0].startswith("ROI box") and "Grad-CAM heatmap" in captions[1]
-    # the probabilities: one bar per class in the fixed order, the network's answer in bold, summing to one
-    bars = at.get("progress")
+        assert "Grad-CAM heatmap" in captions[1]
+        assert bold == [c == outcome.split(" ")[0] for c in CLASSES]  # the network's answer in bold
+    else:  # no class: no heatmap as its evidence, no bar marked as the answer, and the page says what to do
+        assert any("no class is given" in w.value and "**What to do:**" in w.value for w in at.warning)
+        assert len(captions) == 1 and not any(bold)
+        assert any(i.value.startswith("No heatmap: the network's class is not the result") for i in at.info)
+    # the probabilities: one bar per class in the fixed order, summing to one
     assert [bar.proto.text.split(":")[0].strip("*") for bar in bars] == list(CLASSES)
-    bold = [bar.proto.text.startswith("**") for bar in bars]
-    assert sum(bold) == 1 and (not judged or bold == [c == outcome.split(" ")[0] for c in CLASSES])
     assert sum(bar.proto.value for bar in bars) == pytest.approx(100, abs=2)
     assert [b.label for b in at.get("download_button")] == ["Download the PNG report"]
     # No landmark model is promoted: the page says why there is no angle instead of a table.
@@ -124,7 +153,22 @@ def test_a_phantom_gives_class_probabilities_heatmap_and_report(with_model):
     assert any(c.value.startswith("**Classifier:** cnn · run") for c in at.sidebar.caption)
 
 
-def test_heatmap_method_and_opacity_change_the_heatmap_only(with_model):
+def test_a_film_the_models_judge_shows_its_class_with_its_heatmap(with_judging_model):
+    at = upload(predict_page(), ("spine.png", phantom_png("normal", seed=4)))
+    assert not at.error
+    name, _, outcome = result_heading(at).partition(": ")
+    network = outcome.split(" ")[0]
+    # no detector: the whole image is read, which the title and the warning say (judged, with low confidence)
+    assert name == "spine.png" and network in CLASSES and outcome.endswith("%, low confidence)")
+    assert [w.value for w in at.warning if "whole image" in w.value and "**What to do:**" in w.value]
+    captions = [image.proto.imgs[0].caption for image in at.get("image")]
+    assert captions == ["ROI box (whole image) — no landmarks drawn", f"Grad-CAM heatmap for '{network}'"]
+    assert [bar.proto.text.startswith("**") for bar in at.get("progress")] == [c == network for c in CLASSES]
+    assert not at.expander or not any(e.label.startswith("Details: how unlike") for e in at.expander)
+    assert any("carries no out-of-distribution reference" in c.value for c in at.caption)  # and the page says so
+
+
+def test_heatmap_method_and_opacity_change_the_heatmap_only(with_judging_model):
     at = upload(predict_page(), ("spine.png", phantom_png("normal", seed=4)))
     heading = result_heading(at)
     at.selectbox(key="cam_method").set_value("eigencam").run()
@@ -148,6 +192,15 @@ def test_many_files_give_a_table_with_thumbnails_and_a_csv(with_model):
     at = upload(predict_page(), *files)
     table = at.dataframe[0].value
     assert table["file"].tolist() == ["a.png", "b.png", "broken.tif"]
+    # the verdict comes first, in the words of the page's title; a summary line counts them above the table
+    assert table.columns[0] == "verdict" and table["verdict"][2] == "could not be read"
+    assert all(v == "not judged — check this film by eye" or v.split(" ")[0] in CLASSES for v in table["verdict"][:2])
+    judged = sum(v != "not judged — check this film by eye" for v in table["verdict"][:2])
+    summary = f"**3 films: " + ", ".join(
+        part for part in (f"{judged} judged" if judged else "",
+                          f"{2 - judged} not judged (unlike the training films)" if judged < 2 else "",
+                          "1 could not be read") if part) + "**"
+    assert summary in [m.value for m in at.markdown]
     assert table["image"][0].startswith("data:image/png;base64,") and pd.isna(table["image"][2])
     assert set(table["class"][:2]) <= set(CLASSES) | {"not judged"}  # see the single-film test
     assert np.allclose(table[[f"p_{c}" for c in CLASSES]][:2].sum(axis=1), 1.0, atol=0.01)
@@ -240,11 +293,12 @@ def test_once_drawn_the_page_loads_the_model_in_the_background(with_model):
     assert loaded == "1"
 
 
-def test_figures_draw_the_endplates_at_the_landmarks_and_the_report_is_a_png(with_model):
+def test_figures_draw_the_endplates_at_the_landmarks_and_the_report_is_a_png(with_judging_model, tmp_path):
     from core.data.measure import LANDMARK_NAMES
     from core.data.phantom import generate_case
     from core.inference.pipeline import Predictor
-    from core.inference.report import ENDPLATE_COLOUR, annotated_radiograph, pictures, provenance, report_png
+    from core.inference.report import (ENDPLATE_COLOUR, annotated_radiograph, pictures, provenance, report_png,
+                                       write_overlay)
 
     case = generate_case(8, size=256, curvature_class="normal")
     drawn = np.asarray(annotated_radiograph(case.image, case.roi_box, case.landmarks, "box"))
@@ -261,6 +315,11 @@ def test_figures_draw_the_endplates_at_the_landmarks_and_the_report_is_a_png(wit
     assert report.format == "PNG" and report.width > 2 * 720 * radiograph.width / radiograph.height
     assert heatmap is not None and heatmap.size == radiograph.size
     assert report.getpixel((5, report.height - 5)) == (255, 243, 205)  # the notice band at the bottom
+    # the class is given (no reference flags the film): its map is evidence, and `predict --out` writes it full size
+    assert prediction.verdict.judged and prediction.verdict.heatmap_shown
+    write_overlay(prediction, tmp_path / "cam.png")
+    overlay = Image.open(tmp_path / "cam.png")
+    assert overlay.mode == "RGB" and overlay.size == prediction.radiograph.original_size
 
 
 @pytest.fixture(scope="module")
