@@ -1,32 +1,31 @@
-"""Label: a queue of films, box + 23 landmarks + class on the canvas, pre-annotation, review, team agreement, export.
+"""Label: a queue of films, box + 23 landmarks + class in the browser, pre-annotation, review, team agreement, export.
 
 Each action is one core call (``core.data.labels``, ``core.inference.drafts``, ``core.evaluation.agreement``), and
-each is also ``python -m core labels ...``. The drawing lives in ``ui.canvas.Annotation`` objects kept per image in
-session state; the canvas only edits them.
+each is also ``python -m core labels ...``. The film is edited in the keypoints component (``ui.canvas.keypoints``):
+clicks, drags, undo, zoom and window/level stay in the browser, and the component sends the whole film once, when
+the annotator saves or moves on. ``ui.label_workflow`` holds the rules (the reading, the queue, what a message
+does); this page only wires them to widgets and the store.
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
 import numpy as np
 import streamlit as st
-from streamlit_drawable_canvas import st_canvas
-from streamlit_shortcuts import add_shortcuts
 
 from core import settings
 from core.data import labels
 from core.data.imaging import read_image
-from core.data.measure import LANDMARK_NAMES
 from core.settings import CLASSES
-from ui import canvas
-from ui.frame import engine_errors, frame, store
+from ui import canvas, label_workflow
+from ui.frame import ENGINE_ERRORS, engine_errors, frame, store
+from ui.label_workflow import Annotation, LabelQueue
 
 ROOT = Path(__file__).resolve().parents[1]
-CANVAS = "label_canvas"
+KEYPOINTS = "label_keypoints"
 SECTIONS = ("Annotate", "Review", "Team", "Export")
-SHORTCUTS = {"label_save": "alt+s", "label_next": "alt+n", "label_previous": "alt+p",
-             "label_class_normal": "alt+1", "label_class_straightened": "alt+2", "label_class_reversed": "alt+3"}
 
 state = frame("Label")
 session = st.session_state
@@ -43,33 +42,21 @@ def pixels_of(image) -> np.ndarray:
     return film(str(path), path.stat().st_mtime)
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
-def _background_jpeg(path: str, modified: float, view: canvas.View, settings_now: canvas.ViewSettings,
-                     lines: tuple) -> bytes:
-    import io
-
-    picture = canvas.background(film(path, modified), view, settings_now, lines)
-    buffer = io.BytesIO()
-    picture.save(buffer, format="JPEG", quality=92)
-    return buffer.getvalue()
+@st.cache_data(max_entries=8, show_spinner=False)
+def _film_for_browser(path: str, modified: float) -> tuple[str, str]:
+    url, _size = canvas.film_data_url(film(path, modified))
+    return url, hashlib.sha1(f"{path}:{modified}".encode()).hexdigest()[:16]
 
 
-def background_jpeg(image, view: canvas.View, settings_now: canvas.ViewSettings, lines: tuple) -> bytes:
-    """The canvas background as JPEG bytes, made once per view: it travels to the browser on every rerun, and a
-    JPEG is a fraction of the PNG's size."""
+def film_for_browser(image) -> tuple[str, str]:
+    """(data URL, a key naming it): the film as the component gets it, made once per file."""
     path = settings.home() / image.path
-    return _background_jpeg(str(path), path.stat().st_mtime, view, settings_now, lines)
+    return _film_for_browser(str(path), path.stat().st_mtime)
 
 
 def view_settings() -> canvas.ViewSettings:
+    """Brightness/contrast from the component's sliders (sent with each of its messages), kept from film to film."""
     return session.setdefault("label_view", canvas.ViewSettings())
-
-
-def view_for(work: canvas.Annotation) -> canvas.View:
-    size = work.image_size
-    if view_settings().zoom and work.roi_box is not None:
-        return canvas.zoom_view(size, work.roi_box)
-    return canvas.full_view(size)
 
 
 # ------------------------------------------------------------------ who and what
@@ -101,7 +88,13 @@ annotation_store = store()
 # ------------------------------------------------------------------ annotate
 
 
-def work_for(image) -> canvas.Annotation:
+def flash(text: str | None, kind: str = "success") -> None:
+    """A line shown above the film on the next drawing of the Annotate section."""
+    if text:
+        session.setdefault("label_flash", []).append((kind, text))
+
+
+def work_for(image) -> Annotation:
     """This session's annotation of ``image``: kept from earlier visits, else the annotator's saved reading, else a
     model draft (when asked for), else empty."""
     works = session.setdefault("label_work", {})
@@ -110,25 +103,64 @@ def work_for(image) -> canvas.Annotation:
     mine = [r for r in annotation_store.readings(image_id=image.image_id) if r.annotator == annotator]
     if mine:
         reading = mine[-1]
-        work = canvas.Annotation.from_reading(image.image_id, (image.width, image.height),
-                                              curvature_class=reading.curvature_class, roi_box=reading.roi_box,
-                                              landmarks=reading.landmarks, note=reading.note)
+        work = Annotation.from_reading(image.image_id, (image.width, image.height),
+                                       curvature_class=reading.curvature_class, roi_box=reading.roi_box,
+                                       landmarks=reading.landmarks, note=reading.note)
     else:
-        work = canvas.Annotation(image.image_id, (image.width, image.height))
+        work = Annotation(image.image_id, (image.width, image.height))
         if session.get("label_auto_draft"):
-            pre_annotate(work)
+            with engine_errors("Pre-annotating with the promoted models"):
+                flash(pre_annotate(work), "info")
     works[image.image_id] = work
     return work
 
 
-def pre_annotate(work: canvas.Annotation) -> None:
-    with engine_errors("Pre-annotating with the promoted models"):
-        from core.inference import drafts
+def pre_annotate(work: Annotation) -> str:
+    """Fill the film from the promoted models (the landmark model reads the annotator's box when there is one)."""
+    from core.inference import drafts
 
-        draft = drafts.draft_for_image(work.image_id, annotator_box=work.roi_box, store=annotation_store)
-        work.apply_draft(draft.record())
-        if draft.notes:
-            session["label_flash"] = "Model draft: " + "; ".join(draft.notes)
+    draft = drafts.draft_for_image(work.image_id, annotator_box=work.roi_box, store=annotation_store)
+    work.apply_draft(draft.record())
+    return "Model draft" + (": " + "; ".join(draft.notes) if draft.notes else " applied: check every point.")
+
+
+def save_reading(work: Annotation) -> tuple[int, str]:
+    """Store the reading (or, when fixing someone's label from Review, the corrected copy); returns (id, line)."""
+    fix = session.get("label_fix")
+    if fix is not None and fix["image_id"] == work.image_id:
+        saved = labels.review(fix["label_id"], reviewer=annotator, verdict="fix", curvature_class=work.curvature_class,
+                              roi_box=work.roi_box, landmarks=work.saved_landmarks(), seconds=round(work.elapsed(), 2),
+                              store=annotation_store, actor=state["actor"])
+        session.pop("label_fix")
+        text = f"Fixed and accepted {fix['annotator']}'s label."
+    else:
+        saved = labels.save(work.image_id, annotator=annotator, curvature_class=work.curvature_class,
+                            roi_box=work.roi_box, landmarks=work.saved_landmarks(), note=work.note or None,
+                            seconds=round(work.elapsed(), 2), draft=work.draft, store=annotation_store,
+                            actor=state["actor"])
+        text = f"Saved label {saved} (image {work.image_id})."
+    check = labels.rule_check(work.curvature_class, work.saved_landmarks(),
+                              film=pixels_of(annotation_store.image(work.image_id)))
+    if check.contradicts:
+        flash(f"Image {work.image_id}: {check.message}", "warning")
+    return saved, text
+
+
+def open_queue(dataset_name: str) -> None:
+    """Opening a dataset: show a queue with films in it (the annotator's queue first), and say when that is not the
+    one asked for. Sets the Queue widget's value before it is drawn."""
+    if session.get("label_opened") == dataset_name:
+        return
+    session["label_opened"] = dataset_name
+    wanted = session.get("label_filter", label_workflow.OPENING_QUEUES[0])
+    order = (wanted,) + tuple(name for name in label_workflow.OPENING_QUEUES if name != wanted)
+    chosen = None
+    with engine_errors("Reading the queue"):
+        chosen, _items, note = label_workflow.opening_queue(
+            lambda name: labels.queue(dataset_name, annotator, name, store=annotation_store), labels.FILTERS, order)
+        flash(note, "info")
+    if chosen is not None:
+        session["label_filter"] = chosen
 
 
 def build_queue(filter_name: str, uncertain: bool) -> None:
@@ -139,211 +171,141 @@ def build_queue(filter_name: str, uncertain: bool) -> None:
                 from core.inference import drafts
 
                 scores = drafts.uncertainty_scores(dataset, store=annotation_store)
+    session["label_queue"] = LabelQueue([])
     with engine_errors("Reading the queue"):
         items = labels.queue(dataset, annotator, filter_name, scores=scores, store=annotation_store)
-        session["label_queue"] = [item.image_id for item in items]
+        session["label_queue"] = LabelQueue([item.image_id for item in items])
         session["label_queue_items"] = {item.image_id: item for item in items}
-        session["label_position"] = 0
 
 
-def move(step: int, skip: bool = False) -> None:
-    """Go ``step`` places through the queue; ``skip`` also sends the current film to the end of it."""
-    queue = session["label_queue"]
-    position = session.get("label_position", 0)
-    current = session["label_work"].get(queue[position]) if queue else None
-    if current is not None:
-        current.leave()
-    if skip and queue:
-        queue.append(queue.pop(position))
-        step = 0 if position < len(queue) - 1 else -position
-    session["label_position"] = max(0, min(len(queue) - 1, position + step))
-    session.pop("label_pending", None)
-
-
-def request_move(work: canvas.Annotation, step: int, skip: bool = False) -> None:
-    """Move on, unless the film has unsaved edits: then ask first (never drop them silently)."""
-    if work.dirty:
-        session["label_pending"] = {"step": step, "skip": skip, "image_id": work.image_id}
-    else:
-        move(step, skip)
-    st.rerun()
-
-
-def save(work: canvas.Annotation) -> bool:
-    saved = False
-    with engine_errors("Saving the label"):
-        fix = session.get("label_fix")
-        if fix is not None and fix["image_id"] == work.image_id:
-            labels.review(fix["label_id"], reviewer=annotator, verdict="fix", curvature_class=work.curvature_class,
-                          roi_box=work.roi_box, landmarks=work.saved_landmarks(), seconds=round(work.elapsed(), 2),
-                          store=annotation_store, actor=state["actor"])
-            session.pop("label_fix")
-            session["label_flash"] = f"Fixed and accepted {fix['annotator']}'s label."
-        else:
-            label_id = labels.save(work.image_id, annotator=annotator, curvature_class=work.curvature_class,
-                                   roi_box=work.roi_box, landmarks=work.saved_landmarks(), note=work.note or None,
-                                   seconds=round(work.elapsed(), 2), draft=work.draft, store=annotation_store,
-                                   actor=state["actor"])
-            session["label_flash"] = f"Saved label {label_id} (image {work.image_id})."
-        work.saved()
-        saved = True
-    return saved
+def take_message(queue: LabelQueue) -> None:
+    """The component's newest message (save, move, draft), carried out before anything is drawn."""
+    value = session.get(KEYPOINTS)
+    try:
+        message = label_workflow.read_message(value, session.get("label_ack"))
+    except (ValueError, TypeError) as exc:
+        session["label_ack"] = value.get("nonce")
+        session["label_notice"] = {"text": f"Not understood: {exc}", "kind": "error"}
+        return
+    if message is None:
+        return
+    session["label_ack"] = message.nonce
+    sliders = value.get("view")
+    if isinstance(sliders, dict):
+        try:
+            session["label_view"] = canvas.ViewSettings.from_sliders(**{k: sliders[k] for k in
+                                                                        ("brightness", "contrast", "invert")})
+        except (KeyError, TypeError, ValueError):
+            pass
+    if message.edit.get("facing") in label_workflow.FACINGS:
+        session["label_facing"] = message.edit["facing"]
+    works = session.setdefault("label_work", {})
+    if message.image_id in works and f"label_note_{message.image_id}" in session:
+        works[message.image_id].set_note(session[f"label_note_{message.image_id}"])  # typed, not yet sent
+    outcome = None
+    with engine_errors("Labeling"):
+        outcome = label_workflow.handle(message, works, queue, classes=CLASSES, save=save_reading,
+                                        draft=pre_annotate, errors=ENGINE_ERRORS)
+    if outcome is None:
+        session["label_notice"] = {"text": "That failed: the reason is shown above the film.", "kind": "error"}
+        return
+    if outcome.error:
+        flash(outcome.error, "error")
+        session["label_notice"] = {"text": outcome.error, "kind": "error"}
+        return
+    flash(outcome.flash, "info" if message.action == "draft" else "success")
+    session["label_notice"] = {"text": outcome.flash or "Done.", "kind": "ok"}
 
 
 def annotate() -> None:
-    controls = st.columns([2, 2, 1])
+    open_queue(dataset)
+    controls = st.columns([3, 3, 2], vertical_alignment="bottom")
     filter_name = controls[0].selectbox("Queue", list(labels.FILTERS), format_func=labels.FILTERS.get,
                                         key="label_filter")
-    uncertain = controls[1].toggle("Most uncertain first (promoted models)", key="label_uncertain",
+    uncertain = controls[1].toggle("Uncertain first", key="label_uncertain",
                                    help="Active learning: the films the promoted classifier and landmark model are "
                                         "least sure about come first.")
-    refresh = controls[2].button("Refresh queue", key="label_refresh")
-    queue_key = (dataset, filter_name, uncertain, annotator)
-    if refresh or session.get("label_queue_key") != queue_key or "label_queue" not in session:
-        session["label_queue_key"] = queue_key
+    refresh = controls[2].button("Refresh", key="label_refresh", help="Read the queue again from the database.")
+    wanted = (dataset, filter_name, uncertain, annotator)
+    queue = session.get("label_queue")
+    if session.get("label_queue_wanted") == "fix":  # Review's Fix made a queue of one film: keep it
+        session["label_queue_wanted"] = wanted
+    if refresh or not isinstance(queue, LabelQueue) or session.get("label_queue_wanted") != wanted:
+        session["label_queue_wanted"] = wanted
         build_queue(filter_name, uncertain)
+        queue = session["label_queue"]
+    # Everything that comes and goes sits inside this one container: the component after it keeps its place (a
+    # remounted component would start again from Python's copy of the film).
+    notices = st.container()
+    with notices:
+        take_message(queue)
     done = labels.progress(dataset, store=annotation_store)
-    st.progress(done.fraction, text=f"{done.labeled} / {done.total} labeled · "
-                + " · ".join(f"{name} {count}" for name, count in done.per_class.items()))
-    queue = session.get("label_queue") or []
-    if not queue:
-        st.info(f"Nothing in the queue “{labels.FILTERS[filter_name]}”. Choose another queue or refresh.")
+    notices.progress(done.fraction, text=f"{done.labeled} / {done.total} labeled · "
+                     + " · ".join(f"{name} {count}" for name, count in done.per_class.items()))
+    for kind, text in session.pop("label_flash", []):
+        getattr(notices, kind)(text)
+    if queue.current is None:
+        notices.info(f"Nothing in the queue “{labels.FILTERS[filter_name]}”. Choose another queue or refresh.")
         return
-    position = min(session.get("label_position", 0), len(queue) - 1)
-    image = annotation_store.image(queue[position])
+    image = annotation_store.image(queue.current)
     work = work_for(image)
     work.touch()
-    view = view_for(work)
-    raw = canvas.canvas_state(session, work, view, CANVAS)
-    if raw is not None:
-        work.sync(raw, view)
-        view = view_for(work)  # a first box drawn can turn the zoom on
-
-    item = session["label_queue_items"].get(image.image_id)
-    st.markdown(f"**Film {position + 1} of {len(queue)}** · image {image.image_id} · patient `{image.patient_id}`"
-                + (f" · uncertainty {item.uncertainty:.2f}" if item and item.uncertainty is not None else "")
-                + (f" · read by {', '.join(item.annotators)}" if item and item.annotators else ""))
-    # Messages come and go inside one container: the elements after it keep their places, so the canvas is not
-    # remounted (a remounted canvas would show the drawing it started from, not the annotation).
-    notices = st.container()
+    if f"label_note_{image.image_id}" in session:  # a note typed: an unsaved change before the component is drawn
+        work.set_note(session[f"label_note_{image.image_id}"])
+    item = session.get("label_queue_items", {}).get(image.image_id)
+    notices.markdown(f"**Film {queue.position + 1} of {len(queue.ids)}** · image {image.image_id} · patient "
+                     f"`{image.patient_id}`"
+                     + (f" · uncertainty {item.uncertainty:.2f}" if item and item.uncertainty is not None else "")
+                     + (f" · read by {', '.join(item.annotators)}" if item and item.annotators else ""))
     if item and item.rejection:
         notices.error(f"Your label was {item.rejection}")
     fix = session.get("label_fix")
     if fix is not None and fix["image_id"] == image.image_id:
         notices.info(f"Fixing {fix['annotator']}'s label {fix['label_id']}: saving accepts your corrected copy.")
-    if "label_flash" in session:
-        notices.success(session.pop("label_flash"))
-
-    pending = session.get("label_pending")
-    if pending is not None and pending["image_id"] == image.image_id:
-        with notices.container(border=True):
-            st.warning("This film has unsaved changes. Save them before moving on?")
-            ask = st.columns(3)
-            if ask[0].button("Save and go on", type="primary", key="label_pending_save"):
-                if save(work):
-                    move(pending["step"], pending["skip"])
-                st.rerun()
-            if ask[1].button("Discard changes and go on", key="label_pending_discard"):
-                session["label_work"].pop(image.image_id, None)
-                move(pending["step"], pending["skip"])
-                st.rerun()
-            if ask[2].button("Stay on this film", key="label_pending_stay"):
-                session.pop("label_pending")
-                st.rerun()
-
-    left, right = st.columns([3, 2])
-    settings_now = view_settings()
-    with left:
-        top = st.columns([3, 2])
-        mode = top[0].radio("Draw", ["box", "points"], horizontal=True, key="label_mode",
-                            format_func={"box": "C2–C7 box (drag)", "points": "Landmarks (click)"}.get,
-                            help="The canvas toolbar's edit toggle selects, moves and resizes the box and any point.")
-        zoom = top[1].toggle("Zoom to the box", settings_now.zoom, key="label_zoom", disabled=work.roi_box is None,
-                             help="Shows the C2–C7 box region large, for precise points. Draw the box first.")
-        picture = background_jpeg(image, view, settings_now, tuple(work.endplate_lines()))
-        x0, y0, x1, y1 = view.region
-        st.caption(f"Zoomed to the box: x {x0:.0f}–{x1:.0f}, y {y0:.0f}–{y1:.0f} (× {view.scale:.2f}); clicks land "
-                   "in full-image pixels." if view.zoomed else f"Whole film (× {view.scale:.2f}).")
-        st_canvas(**canvas.canvas_arguments(work, view, picture, mode, CANVAS))
-        with st.expander("View: brightness, contrast, invert", expanded=False):
-            window = st.slider("Contrast (window width)", 0.05, 1.0, settings_now.window, 0.05, key="label_window")
-            level = st.slider("Brightness (window level)", 0.0, 1.0, settings_now.level, 0.05, key="label_level",
-                              help="Higher shows the film darker.")
-            invert = st.checkbox("Invert", settings_now.invert, key="label_invert")
-            chosen = canvas.ViewSettings(window, level, invert, zoom)
-            if chosen != settings_now:
-                session["label_view"] = chosen  # kept from film to film
-                st.rerun()
-
-    with right:
-        tools(work, image)
-
-    nav = st.columns(4)
-    if nav[0].button("← Previous", key="label_previous", disabled=position == 0):
-        request_move(work, -1)
-    if nav[1].button("Next →", key="label_next", disabled=position >= len(queue) - 1):
-        request_move(work, 1)
-    if nav[2].button("Skip (later)", key="label_skip", disabled=len(queue) < 2):
-        request_move(work, 1, skip=True)
-    add_shortcuts(**SHORTCUTS)
-    nav[3].caption("Keys: Alt+S save · Alt+N next · Alt+P previous · Alt+1/2/3 class")
-
-
-def tools(work: canvas.Annotation, image) -> None:
-    placed = len(work.placed)
-    if work.next_name is not None:
-        st.markdown(f"**Next point:** {work.next_name} ({placed + 1} of {len(LANDMARK_NAMES)})")
-    else:
-        st.markdown(f"**All {len(LANDMARK_NAMES)} points placed** (or marked not visible).")
-    if work.hidden:
-        st.caption("Not visible (stored as missing): " + ", ".join(LANDMARK_NAMES[i] for i in sorted(work.hidden)))
-    row = st.columns(4)
-    if row[0].button("Not visible", key="label_hidden", disabled=work.next_index is None,
-                     help="The next point cannot be seen (e.g. C7 behind the shoulders): stored as missing."):
-        work.mark_not_visible()
-        st.rerun()
-    if row[1].button("Undo last point", key="label_undo", disabled=not work.placed):
-        work.undo()
-        st.rerun()
-    if row[2].button("Clear points", key="label_clear", disabled=not work.placed,
-                     help="Take every point off (e.g. a poor model draft) and place them afresh."):
-        work.clear_points()
-        st.rerun()
-    if row[3].button("Pre-annotate", key="label_draft", help="Fill box, points and class from the promoted models "
-                                                              "(the points in your box when the detector finds none); "
-                                                              "accept or edit. The store records the draft."):
-        pre_annotate(work)
-        st.rerun()
-    st.toggle("Start each new film from the models' draft", key="label_auto_draft")
-    if work.draft is not None:
-        st.caption("Started from a model draft: the store will record how far you move each point.")
 
     check = labels.rule_check(work.curvature_class, work.saved_landmarks(), film=pixels_of(image))
-    metrics = st.columns(3)
+    picture, picture_key = film_for_browser(image)
+    facing = check.facing.facing if check.facing is not None else session.get("label_facing")
+    with st.container(key="label_keypoints_box"):
+        canvas.keypoints(
+            key=KEYPOINTS, film=picture, film_key=picture_key, image_size=work.image_size,
+            state=label_workflow.component_state(work, facing),
+            names={side: label_workflow.point_names(side) for side in label_workflow.FACINGS},
+            sides=[label_workflow.image_side(i) for i in range(label_workflow.N_POINTS)],
+            colours=label_workflow.point_colours(),
+            vertebrae=[label_workflow.vertebra_of(i) for i in range(label_workflow.N_POINTS)],
+            diagram=label_workflow.diagram_points(), classes=CLASSES,
+            suggested=check.rule_class,
+            nav={"can_previous": queue.position > 0, "can_next": not queue.at_end, "can_skip": len(queue.ids) > 1},
+            view=view_settings().sliders(), ack=session.get("label_ack"), notice=session.pop("label_notice", None))
+    tools(work, image, check)
+
+
+def tools(work: Annotation, image, check) -> None:
+    """Below the film: what the saved points measure, the note, drafts for new films, the film's state."""
+    metrics = st.columns(4)
     metrics[0].metric("Cobb C2–C7", "—" if check.cobb_c2c7 is None else f"{check.cobb_c2c7:+.1f}°")
     metrics[1].metric("CCI", "—" if check.cci is None else f"{check.cci:.1f} %")
-    metrics[2].metric("Rule class", check.rule_class or "—")
-    if check.facing is not None:
-        st.caption(f"The patient {check.facing.describe()}.")
-    st.write("**Curvature class**" + (f" — suggested from the points: *{check.rule_class}*" if check.rule_class else ""))
-    buttons = st.columns(3)
-    for column, name in zip(buttons, CLASSES):
-        label = name.capitalize() + (" (suggested)" if name == check.rule_class else "")
-        if column.button(label, key=f"label_class_{name}", type="primary" if work.curvature_class == name else "secondary"):
-            work.choose_class(name)
-            st.rerun()
+    metrics[2].metric("Rule class", check.rule_class or "—",
+                      help="From the points as last saved or drafted; ★ marks it among the class buttons.")
+    metrics[3].caption("Measured from the points as last saved or drafted."
+                       + (f" The patient {check.facing.describe()}." if check.facing is not None else ""))
     if check.contradicts:
         st.warning(check.message, icon="⚠️")
-    note = st.text_input("Note", work.note, key=f"label_note_{image.image_id}")
-    if note != work.note:
-        work.note = note
-        work.dirty = True
+    row = st.columns([3, 2], vertical_alignment="bottom")
+    note = row[0].text_input("Note", work.note, key=f"label_note_{image.image_id}",
+                             help="Saved with the label, e.g. why a class contradicts the measured angle.")
+    work.set_note(note)
+    row[1].toggle("Draft new films", key="label_auto_draft",
+                  help="Start each new film from the promoted models' draft (box, points, class); the store records "
+                       "how far you move each point.")
+    if work.draft is not None:
+        st.caption("Started from a model draft: the store will record how far you move each point.")
     box = "—" if work.roi_box is None else ", ".join(f"{v:.0f}" for v in work.roi_box)
-    st.caption(f"Box (image px): {box} · points placed: {len(work.placed_points)} · "
-               f"{'unsaved changes' if work.dirty else 'saved'} · {work.elapsed():.0f} s on this film")
-    if st.button("Save", type="primary", key="label_save"):
-        save(work)
-        st.rerun()
+    st.caption(f"Saved box (image px): {box} · points: {len(work.placed_points)} · hidden: {len(work.hidden)} · "
+               f"{'unsaved changes' if work.dirty else 'saved'} · {work.elapsed():.0f} s on this film · keys in the "
+               "film: Z undo, H hidden, B box, P points, +/− zoom, 0 fit, X to box, 1/2/3 class, S save, "
+               "Enter save & next")
 
 
 # ------------------------------------------------------------------ review
@@ -377,26 +339,26 @@ def review() -> None:
         if choice.status:
             st.caption(f"{choice.status} by {choice.reviewer}" + (f": {choice.review_comment}" if choice.review_comment else ""))
         comment = st.text_input("Comment (needed to reject)", key="label_review_comment")
-        row = st.columns(3)
-        if row[0].button("Accept", type="primary", key="label_accept"):
+        row = st.container(horizontal=True)  # content-wide buttons that wrap: no label cut in a narrow column
+        if row.button("Accept", type="primary", key="label_accept"):
             with engine_errors("Accepting"):
                 labels.review(choice.label_id, reviewer=annotator, verdict="accept", comment=comment or None,
                               store=annotation_store, actor=state["actor"])
                 st.rerun()
-        if row[1].button("Fix", key="label_fix_button", help="Edit the reading on the Annotate canvas; saving "
+        if row.button("Fix", key="label_fix_button", help="Edit the reading on the Annotate canvas; saving "
                                                            "accepts your corrected copy."):
             session["label_fix"] = {"label_id": choice.label_id, "image_id": choice.image_id,
                                     "annotator": choice.annotator}
-            session.setdefault("label_work", {})[choice.image_id] = canvas.Annotation.from_reading(
+            session.setdefault("label_work", {})[choice.image_id] = Annotation.from_reading(
                 choice.image_id, (image.width, image.height), curvature_class=choice.curvature_class,
                 roi_box=choice.roi_box, landmarks=choice.landmarks, note=choice.note)
-            session["label_queue"] = [choice.image_id]
+            # a queue of this one film, until the annotator picks a queue or refreshes
+            session["label_queue"] = LabelQueue([choice.image_id], key=("fix", choice.label_id))
             session["label_queue_items"] = {}
-            session["label_position"] = 0
-            session["label_queue_key"] = ("fix", choice.label_id)
+            session["label_queue_wanted"] = "fix"
             session["label_goto"] = "Annotate"
             st.rerun()
-        if row[2].button("Reject", key="label_reject"):
+        if row.button("Reject", key="label_reject"):
             with engine_errors("Rejecting"):
                 labels.review(choice.label_id, reviewer=annotator, verdict="reject", comment=comment,
                               store=annotation_store, actor=state["actor"])
@@ -435,15 +397,18 @@ def team() -> None:
     def shown(value, digits=2):
         return "n/a" if value is None else f"{value:.{digits}f}"
 
-    cards = st.columns(4)
-    cards[0].metric("Class: weighted kappa", shown(a.kappa), help="Quadratic-weighted Cohen's kappa (scikit-learn)")
+    cards = st.columns(4)  # short labels (a narrow column cuts long ones), the full names in the help
+    cards[0].metric("Class kappa", shown(a.kappa), help="Class: quadratic-weighted Cohen's kappa (scikit-learn)")
     cards[0].caption(f"n = {a.kappa_n} pairs")
-    cards[1].metric(f"C2–C7 angle: {a.icc_kind or 'ICC'}", shown(a.icc), help="Intraclass correlation (pingouin)")
+    cards[1].metric("Angle ICC", shown(a.icc), help=f"C2–C7 angle: intraclass correlation {a.icc_kind or ''} "
+                                                    "(pingouin)")
     cards[1].caption(f"n = {a.icc_n} films")
     ba = a.bland_altman
-    cards[2].metric("Angle bias (Bland–Altman)", "n/a" if ba is None else f"{ba.bias:+.1f}°")
+    cards[2].metric("Angle bias", "n/a" if ba is None else f"{ba.bias:+.1f}°",
+                    help="C2–C7 angle: Bland–Altman bias, first reading minus second")
     cards[2].caption("n/a" if ba is None else f"limits {ba.lower:+.1f}° to {ba.upper:+.1f}° · n = {ba.n} pairs")
-    cards[3].metric("Landmark distance", "n/a" if a.landmark_px is None else f"{a.landmark_px:.1f} px")
+    cards[3].metric("Point distance", "n/a" if a.landmark_px is None else f"{a.landmark_px:.1f} px",
+                    help="Mean distance between two readings' landmarks")
     cards[3].caption(f"n = {a.landmark_px_n} pairs" + ("" if a.landmark_mm is None else
                                                         f" · {a.landmark_mm:.2f} mm (n = {a.landmark_mm_n})"))
     if ba is not None:

@@ -1,15 +1,17 @@
 """The Label page in a real browser: `streamlit run app.py` + Debian's chromium driven by playwright.
 
-The mouse drags each film's C2-C7 box and clicks its 23 landmarks (one film on the zoomed view), picks the class and
-saves; the database must hold box and points within 2 px of the clicks, in full-image pixels. Then the labels are
-exported from the page, a detector, a landmark model and a classifier are trained on them from the Train page,
-promoted, and more films are labeled starting from their drafts (points off by more than
-2 px dragged to place on the canvas in edit mode, or, for a draft off at more than 6 points, cleared and clicked
-afresh). Seconds per film with and without pre-annotation and the distance
-between the draft and the saved points are printed (and written to $CERVICURVE_LABEL_TIMING when set).
+The film is edited in the keypoints component (ui/components/keypoints): the mouse drags each film's C2-C7 box and
+clicks its 23 landmarks in the component, picks the class there and presses "Save & next" — one server round trip
+per film. The database must hold the clicked points in full-image pixels. Seconds and mouse actions (clicks, drags,
+key presses) per film are printed (and written to $CERVICURVE_LABEL_TIMING when set); the film before the component
+took 68 s and 29 clicks (a user test with streamlit-drawable-canvas: a server round trip per click).
 
-CERVICURVE_LABEL_FILMS sets how many films are labeled by hand (default 9: the splits need 3 patients per class; the
-README's numbers come from 20).
+- test_label_films_by_mouse: films by hand (CERVICURVE_LABEL_FILMS, default 4), then one film that uses the rest of
+  the component (zoom, window/level, a click outside the box questioned, undo, reset, a point dragged, the
+  unsaved-changes question next to the buttons); then the page at 1024 and 1400 px wide: no control's text cut, the
+  component inside its column.
+- test_label_export_train_and_label_from_drafts: 9 films by hand, export, a detector, a landmark model and a
+  classifier trained from the Train page, and films labeled from their drafts (points dragged into place).
 """
 from __future__ import annotations
 
@@ -26,8 +28,10 @@ import pytest
 from test_browser import CHROMIUM, CHROMIUM_ARGS, NOTICE, keep_screenshot, start_server, stop_server
 from test_labels import unlabeled_phantoms
 
-BY_HAND = int(os.environ.get("CERVICURVE_LABEL_FILMS", "9"))
+BY_HAND = int(os.environ.get("CERVICURVE_LABEL_FILMS", "4"))
+FOR_TRAINING = 9  # the splits need 3 patients per class
 WITH_DRAFT = 4
+BEFORE = {"seconds_first_film": 68.0, "actions_first_film": 29}  # the user test, streamlit-drawable-canvas
 TASK_OPTIONS = {"detect": "Detect (C2–C7 box)", "landmarks": "Landmarks (23 points)",
                 "classify": "Classify (curvature class)"}
 
@@ -37,18 +41,27 @@ pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed (apt-get install chromium)"),
 ]
 
+# Every control (button, widget label) with a text that does not fit: a cut text is wider than the box that shows
+# it (scrollWidth > clientWidth). Boxes a few pixels wide are screen-reader-only parts, not text shown.
+CUT_TEXTS = """root => [...root.querySelectorAll('button, [data-testid="stWidgetLabel"], label')]
+    .filter(control => control.offsetParent !== null)
+    .filter(control => [control, ...control.querySelectorAll('*')].some(
+        e => e.clientWidth > 2 && e.scrollWidth > e.clientWidth + 1))
+    .map(control => control.innerText.trim() || control.getAttribute('aria-label') || control.id)"""
+
 
 class LabelPage:
-    """The page's controls, found by their widget keys (Streamlit puts ``st-key-<key>`` on each)."""
+    """The page and its keypoints component; every mouse action and key press made through it is counted."""
 
     def __init__(self, page):
         self.page = page
+        self.frame = page.frame_locator("iframe[title*='keypoints']")
+        self.actions = 0
+
+    # -- the page around the component
 
     def button(self, key: str):
         return self.page.locator(f".st-key-{key} button").first
-
-    def canvas(self):
-        return self.page.locator("canvas.upper-canvas").first
 
     def text(self, text: str, timeout: float = 30_000):
         try:
@@ -59,31 +72,46 @@ class LabelPage:
                                      full_page=True)
             raise
 
-    def canvas_origin(self, view) -> tuple[float, float, float]:
-        self.canvas().wait_for(state="visible", timeout=30_000)  # a canvas drawn afresh may be mounting
-        box = self.canvas().bounding_box()
-        return box["x"], box["y"], box["width"] / view.size[0]
+    def wait_idle(self) -> None:
+        self.page.locator("[data-testid='stStatusWidget']").wait_for(state="hidden", timeout=60_000)
 
-    def at(self, view, x: float, y: float) -> tuple[float, float]:
-        """Screen position of image pixel (x, y) on the canvas showing ``view``."""
-        left, top, css = self.canvas_origin(view)
-        cx, cy = view.to_canvas(x, y)
-        # a box clipped to the film's edge ends on the canvas's last pixel, not past it
-        cx, cy = min(max(cx, 0.0), view.size[0] - 0.5), min(max(cy, 0.0), view.size[1] - 0.5)
-        return left + cx * css, top + cy * css
+    # -- the component
 
-    def mode(self, name: str) -> None:
-        option = self.page.locator(".st-key-label_mode label").filter(has_text=name).first
-        if option.locator("input").is_checked():
-            return
-        option.click()
-        self.wait_idle()
-        self.page.wait_for_timeout(700)  # the canvas takes the new tool once the rerun reaches it
+    def kp(self, selector: str):
+        return self.frame.locator(selector).first
 
-    def choose(self, curvature_class: str) -> None:
-        self.button(f"label_class_{curvature_class}").click()
-        self.page.locator(f".st-key-label_class_{curvature_class} [data-testid='stBaseButton-primary']").wait_for(
-            timeout=30_000)
+    def wait_film(self, image_id: int | None = None, timeout: float = 60_000) -> None:
+        """The component shows ``image_id`` (any film when None), its film loaded, no answer pending."""
+        which = "" if image_id is None else f"[data-image-id='{image_id}']"
+        self.kp(f"#app[data-ready='1'][data-busy='0']{which}").wait_for(timeout=timeout)
+
+    def wait_answer(self) -> None:
+        """Python has answered the component's last message."""
+        self.kp("#app[data-busy='0']").wait_for(timeout=60_000)
+
+    def state(self, name: str) -> str:
+        return self.kp("#app").get_attribute(f"data-{name}")
+
+    def show_film(self) -> None:
+        """Scroll so the component's toolbar is at the top of the window (the film below it is then on screen)."""
+        self.kp("#toolbar").evaluate("e => e.scrollIntoView({block: 'start'})")
+
+    def mapping(self):
+        """image (x, y) -> screen position on the view, from the component's own zoom and pan."""
+        view = self.kp("#view")
+        box = view.bounding_box()
+        scale, tx, ty = (float(view.get_attribute(f"data-{k}")) for k in ("scale", "tx", "ty"))
+        viewport = self.page.viewport_size
+        assert box["y"] >= 0 and box["y"] + box["height"] <= viewport["height"], "the film is not on screen"
+
+        def at(x: float, y: float) -> tuple[float, float]:
+            return box["x"] + x * scale + tx, box["y"] + y * scale + ty
+
+        return at, scale
+
+    def click(self, position) -> None:
+        self.page.mouse.click(*position)
+        self.actions += 1
 
     def drag(self, start, end) -> None:
         mouse = self.page.mouse
@@ -92,155 +120,296 @@ class LabelPage:
         mouse.move((start[0] + end[0]) / 2, (start[1] + end[1]) / 2, steps=4)
         mouse.move(*end, steps=4)
         mouse.up()
+        self.actions += 1
 
-    def place_points(self, view, points, first: int = 0) -> None:
-        for k, (x, y) in enumerate(points, start=first):
-            shown = f"({k + 2} of 23)" if k + 1 < 23 else "All 23 points placed"
-            self.page.mouse.click(*self.at(view, x, y))
-            # wait for the page to take the point in before the next click; a click that landed while a freshly
-            # drawn canvas was still starting up is made again
-            try:
-                self.page.get_by_text(shown).first.wait_for(timeout=10_000)
-            except Exception:
-                self.page.mouse.click(*self.at(view, x, y))
-                self.text(shown)
+    def press(self, selector: str) -> None:
+        self.kp(selector).click()
+        self.actions += 1
 
-    def points_placed(self) -> int:
-        """The page's count of placed points, once the page has settled (two reads a second apart agree)."""
-        def read() -> int:
-            self.wait_idle()
-            caption = self.page.get_by_text("points placed:").first.inner_text()
-            return int(caption.split("points placed: ")[1].split(" ")[0])
-
-        last = read()
-        while True:
-            self.page.wait_for_timeout(1000)
-            now = read()
-            if now == last:
-                return now
-            last = now
-
-    def wait_idle(self) -> None:
-        self.page.wait_for_timeout(200)
-        self.page.locator("[data-testid='stStatusWidget']").wait_for(state="hidden", timeout=60_000)
+    def key(self, key: str) -> None:
+        self.page.keyboard.press(key)
+        self.actions += 1
 
 
-def screen_view(case, zoom_box=None):
-    from ui import canvas
-
-    size = (case.width, case.height)
-    return canvas.zoom_view(size, zoom_box) if zoom_box is not None else canvas.full_view(size)
+def stored(store, image_id: int):
+    (reading,) = [r for r in store.readings("films") if r.image_id == image_id and r.annotator == "ana"]
+    return reading
 
 
-def label_by_hand(ui: LabelPage, case, number: int, total: int, zoom: bool, shot: Path | None = None) -> float:
-    """Box, 23 points, class, save; returns the seconds from the film appearing to the save confirmed."""
-    ui.text(f"Film {number} of {total}")
-    ui.wait_idle()
-    start = time.monotonic()
-    view = screen_view(case)
-    ui.mode("C2–C7 box")
+def label_by_hand(ui: LabelPage, case, image_id: int, next_id: int | None) -> dict:
+    """Box (one drag), 23 clicks, the class, Save & next, all in the component. Returns seconds (film on screen
+    to the next film on screen: the save is in the database by then), mouse actions, and where the points were
+    clicked in image pixels (as far as the screen can say: the view's scale)."""
+    ui.wait_film(image_id)
+    ui.show_film()
+    start, before = time.monotonic(), ui.actions
+    at, scale = ui.mapping()
     x1, y1, x2, y2 = case.roi_box
-    ui.drag(ui.at(view, x1, y1), ui.at(view, x2, y2))
-    ui.text("Box (image px): " + f"{x1:.0f}"[:1])
+    ui.drag(at(x1, y1), at(x2, y2))
+    assert ui.state("mode") == "points"  # a box drawn: the next click places point 1
+    for x, y in case.landmarks:
+        ui.click(at(x, y))
+    assert ui.state("placed") == "23"
+    ui.press(f"#class-{case.curvature_class}")
+    ui.press("#save-next")
+    ui.wait_film(next_id) if next_id is not None else ui.wait_answer()
+    return {"seconds": time.monotonic() - start, "actions": ui.actions - before, "scale": scale}
+
+
+def open_label_page(browser, url: str, width: int, height: int, first_film: int) -> LabelPage:
+    page = browser.new_page(viewport={"width": width, "height": height})
+    ui = LabelPage(page)
+    page.goto(f"{url}/label")
+    page.get_by_text(NOTICE).first.wait_for(timeout=60_000)
+    page.get_by_label("Annotator").fill("ana")
+    ui.button("label_start").click()
+    ui.wait_film(first_film)
+    return ui
+
+
+def cut_texts(ui: LabelPage) -> list[str]:
     ui.wait_idle()
-    ui.mode("Landmarks")
+    ui.page.wait_for_timeout(300)  # a last layout pass after the page settles (fonts, the component's height)
+    return ui.page.evaluate(CUT_TEXTS, ui.page.locator("body").element_handle())
+
+
+def check_fit(ui: LabelPage, width: int) -> None:
+    """No control's text cut, on the page or in the component; the component inside its column, nothing in it
+    wider than it; the film's view inside the component."""
+    cut = cut_texts(ui)
+    frame = ui.page.locator("iframe[title*='keypoints']")
+    cut += ui.kp("body").evaluate(CUT_TEXTS)
+    assert not cut, f"text cut at {width} px: {cut}"
+    column = ui.page.locator(".st-key-label_keypoints_box").bounding_box()
+    outer = frame.bounding_box()
+    assert outer["x"] >= column["x"] - 0.5 and outer["x"] + outer["width"] <= column["x"] + column["width"] + 0.5
+    scroll, client = ui.kp("body").evaluate("b => [document.documentElement.scrollWidth, "
+                                            "document.documentElement.clientWidth]")
+    assert scroll <= client, f"the component is wider than its frame at {width} px: {scroll} > {client}"
+    view = ui.kp("#view").bounding_box()
+    assert view["x"] >= outer["x"] and view["x"] + view["width"] <= outer["x"] + outer["width"] + 0.5
+    side = ui.kp("#side").bounding_box()
+    assert side["x"] + side["width"] <= outer["x"] + outer["width"] + 0.5
+
+
+def use_the_rest(ui: LabelPage, case, image_id: int, store, shot: Path | None) -> None:
+    """One film through the component's other tools; what is saved must still be the clicked points."""
+    ui.wait_film(image_id)
+    ui.show_film()
+    at, scale = ui.mapping()
+    x1, y1, x2, y2 = case.roi_box
+    ui.drag(at(x1, y1), at(x2, y2))
+
+    # a click outside the box (the skull) is questioned; Cancel drops it
+    ui.click(at(x1 + (x2 - x1) / 2, max(1.0, y1 / 3)))
+    ui.kp("#confirm").wait_for(state="visible", timeout=5_000)
+    assert "Outside the C2–C7 box" in ui.kp("#confirm-text").inner_text()
+    ui.press("#confirm-cancel")
+    assert ui.state("placed") == "0"
+
+    # brightness up makes the film brighter
+    mean = "() => { const c = document.getElementById('view'); const d = c.getContext('2d').getImageData(" \
+           "0, 0, c.width, c.height).data; let s = 0; for (let i = 0; i < d.length; i += 4) s += d[i]; " \
+           "return s / (d.length / 4); }"
+    dark = ui.kp("#view").evaluate(f"c => ({mean})()")
+    ui.kp("#brightness").focus()
+    ui.page.keyboard.press("End")  # the slider's top: brightness 100
+    bright = ui.kp("#view").evaluate(f"c => ({mean})()")
+    assert bright > dark + 5, (dark, bright)
+    ui.kp("#view-reset").click()
+
+    # "To box" fills the view with the box; + and the wheel zoom further, a right-button drag pans
+    ui.press("#zoom-box")
+    at, fitted = ui.mapping()
+    view = ui.kp("#view").bounding_box()
+    (bx1, by1), (bx2, by2) = at(x1, y1), at(x2, y2)
+    assert bx1 >= view["x"] - 0.5 and by1 >= view["y"] - 0.5 and bx2 <= view["x"] + view["width"] + 0.5 \
+        and by2 <= view["y"] + view["height"] + 0.5
+    assert max((bx2 - bx1) / view["width"], (by2 - by1) / view["height"]) > 0.85
+    ui.press("#zoom-in")
+    _at, zoomed = ui.mapping()
+    assert zoomed == pytest.approx(1.5 * fitted, rel=1e-3)
+    ui.page.mouse.move(view["x"] + view["width"] / 2, view["y"] + view["height"] / 2)
+    ui.page.mouse.wheel(0, -200)
+    ui.page.wait_for_function("s => Number(document.querySelector('iframe[title*=keypoints]').contentDocument"
+                              ".getElementById('view').dataset.scale) > s", arg=zoomed * 1.1, timeout=5_000)
+    at, zoomed = ui.mapping()
+    assert zoomed > 1.8 * scale, (scale, zoomed)
+
+    def on_screen(x: float, y: float):
+        """Pan (right-button drag) until image point (x, y) is well inside the view; its screen position."""
+        nonlocal at
+        px, py = at(x, y)
+        cx, cy = view["x"] + view["width"] / 2, view["y"] + view["height"] / 2
+        if abs(px - cx) > 0.4 * view["width"] or abs(py - cy) > 0.4 * view["height"]:
+            mouse = ui.page.mouse
+            mouse.move(cx, cy)
+            mouse.down(button="right")
+            mouse.move(cx - (px - cx) / 2, cy - (py - cy) / 2, steps=3)
+            mouse.move(cx - (px - cx), cy - (py - cy), steps=3)
+            mouse.up(button="right")
+            ui.actions += 1
+            at, _ = ui.mapping()
+            px, py = at(x, y)
+        return px, py
+
     points = case.landmarks
-    if zoom:
-        ui.page.locator(".st-key-label_zoom label").first.click()
-        ui.text("Zoomed to the box")
-        ui.wait_idle()
-        view = screen_view(case, zoom_box=[round(v, 2) for v in case.roi_box])  # the box as the page keeps it
-        ui.page.wait_for_function(  # the zoomed canvas is a new one: wait until it is up at its own size
-            "w => [...document.querySelectorAll('*')].some(e => e.shadowRoot && [...e.shadowRoot.querySelectorAll("
-            "'canvas.upper-canvas')].some(c => Math.abs(c.width - w) <= 1))", arg=view.size[0], timeout=30_000)
-        ui.page.wait_for_timeout(500)
-    ui.place_points(view, points[:12])
+    for x, y in points[:12]:
+        ui.click(on_screen(x, y))
+    assert ui.state("placed") == "12"
     if shot is not None:
-        ui.wait_idle()
-        ui.page.screenshot(path=str(shot), full_page=True)
-    ui.place_points(view, points[12:], first=12)
-    if zoom:
-        ui.page.locator(".st-key-label_zoom label").first.click()  # back to the whole film
-        ui.wait_idle()
-    ui.choose(case.curvature_class)
-    ui.button("label_save").click()
-    ui.text("Saved label")
-    seconds = time.monotonic() - start
-    if number < total:
-        ui.button("label_next").click()
-    return seconds
+        ui.page.screenshot(path=str(shot))
+    ui.press("#undo")
+    assert ui.state("placed") == "11"
+    ui.press("#reset")
+    assert ui.state("placed") == "0"
+    ui.press("#undo")  # Reset is undone too
+    assert ui.state("placed") == "11"
+    # the 12th point placed a little off, then dragged to its place
+    off = points[11] + [3.0, 2.0]
+    ui.click(on_screen(*off))
+    ui.drag(on_screen(*off), on_screen(*points[11]))
+    for x, y in points[12:21]:
+        ui.click(on_screen(x, y))
+    ui.key("h")  # C7's lower corners "behind the shoulders": not visible
+    ui.key("h")
+    assert ui.state("placed") == "21" and ui.state("hidden") == "2"
+
+    # another film with unsaved changes (the last film: back to the one before): the question comes up next to the
+    # buttons, and Stay keeps everything
+    ui.press("#previous")
+    question = ui.kp("#question")
+    question.wait_for(state="visible", timeout=5_000)
+    asked, nav = question.bounding_box(), ui.kp("#nav").bounding_box()
+    assert 0 <= nav["y"] - (asked["y"] + asked["height"]) <= 40, (asked, nav)
+    assert asked["y"] + asked["height"] <= ui.page.viewport_size["height"]
+    ui.press("#question-stay")
+    assert ui.state("placed") == "21"
+    ui.press("#zoom-fit")
+    ui.press(f"#class-{case.curvature_class}")
+    ui.press("#save")
+    ui.wait_answer()
+    ui.text(f"(image {image_id})")
+    reading = stored(store, image_id)
+    expected = case.landmarks.copy()
+    expected[21:] = np.nan
+    assert np.allclose(reading.landmarks, expected, atol=0.6 / zoomed + 0.01, equal_nan=True)
+    assert reading.curvature_class == case.curvature_class
 
 
-def accept_draft(ui: LabelPage, case, number: int, total: int, image_id: int, store) -> float:
-    """A film pre-annotated by the models: when the detector found no box, draw it and pre-annotate again (the
-    landmark model then reads your box); drag every point more than 2 px off to its place (edit mode), or place them
-    when there are none; choose the class; save. Returns the seconds, less the time this test spends computing
-    the same draft to know where the page's points are."""
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def test_label_films_by_mouse(browser, tmp_path, monkeypatch):
+    home = tmp_path / "workspace"
+    home.mkdir()
+    monkeypatch.setenv("CERVICURVE_HOME", str(home))
+    cases = unlabeled_phantoms(home, BY_HAND + 1, size=256)
+    from core.data.store import AnnotationStore
+
+    store = AnnotationStore()
+    ids = [image.image_id for image in store.images("films")]
+    server, url = start_server(home, tmp_path / "server.log")
+    timing: dict = {"before": BEFORE}
+    try:
+        ui = open_label_page(browser, url, 1400, 1300, ids[0])
+        films = [label_by_hand(ui, case, image_id, ids[n + 1])
+                 for n, (case, image_id) in enumerate(zip(cases[:BY_HAND], ids))]
+        for case, image_id, film in zip(cases, ids, films):
+            reading = stored(store, image_id)
+            # the clicked points, in image pixels: within what one screen pixel is on the film
+            assert np.abs(reading.landmarks - case.landmarks).max() <= 0.6 / film["scale"] + 0.01, image_id
+            assert np.abs(np.asarray(reading.roi_box) - case.roi_box).max() <= 0.6 / film["scale"] + 0.01
+            assert reading.curvature_class == case.curvature_class and reading.seconds is not None
+        timing.update(seconds_per_film=[round(f["seconds"], 2) for f in films],
+                      actions_per_film=[f["actions"] for f in films],
+                      seconds_first_film=round(films[0]["seconds"], 2), actions_first_film=films[0]["actions"],
+                      median_seconds=round(statistics.median(f["seconds"] for f in films), 2))
+        shot = tmp_path / "label_annotating.png"
+        use_the_rest(ui, cases[BY_HAND], ids[BY_HAND], store, shot)
+        keep_screenshot(shot, "label_annotating.png")
+        ui.page.close()
+
+        for image_id, case in zip(ids, cases):  # a second reader: Review and Team have something to show
+            store.save_reading(image_id, annotator="ben", roi_box=case.roi_box, curvature_class=case.curvature_class,
+                               landmarks=case.landmarks + 1.0, seconds=40.0)
+
+        for width in (1024, 1400):  # the page on a laptop and on a desktop screen, sidebar open
+            ui = open_label_page(browser, url, width, 900, ids[0])
+            ui.page.locator(".st-key-label_filter [role=combobox]").click()
+            ui.page.get_by_role("option", name="All images").click()
+            ui.wait_film()
+            check_fit(ui, width)
+            for section, shown in (("Review", "Comment (needed to reject)"), ("Team", "Agreement on"),
+                                   ("Export", "Format")):
+                ui.page.locator(".st-key-label_section label").filter(has_text=section).click()
+                ui.text(shown)
+                assert not cut_texts(ui), (section, width, cut_texts(ui))
+            ui.page.close()
+    finally:
+        stop_server(server)
+    print(json.dumps(timing))
+    if os.environ.get("CERVICURVE_LABEL_TIMING"):
+        Path(os.environ["CERVICURVE_LABEL_TIMING"]).write_text(json.dumps(timing, indent=1))
+    assert timing["seconds_first_film"] < BEFORE["seconds_first_film"]
+    assert timing["actions_first_film"] < BEFORE["actions_first_film"]
+
+
+def accept_draft(ui: LabelPage, case, image_id: int, next_id: int | None, store) -> float:
+    """A film pre-annotated by the models: when the detector found no box, draw it and ask for a draft again (the
+    landmark model then reads your box); drag every point more than 2 px off to its place, or, for a draft off at
+    more than 6 points, Reset and click all 23; choose the class; Save & next. Returns the seconds, less the time
+    this test spends computing the same draft to know where the component's points are."""
     from core.inference import drafts
 
-    ui.text(f"Film {number} of {total}")
-    ui.wait_idle()
+    ui.wait_film(image_id)
+    ui.show_film()
     start, overhead = time.monotonic(), 0.0
-    view = screen_view(case)
+    at, _scale = ui.mapping()
 
-    def pre_annotate(box=None):
+    def computed(box=None):
         nonlocal overhead
-        ui.button("label_draft").click()
-        ui.text("Started from a model draft")
-        ui.wait_idle()
-        ui.page.wait_for_timeout(700)  # the canvas is drawn afresh from the draft
         clock = time.monotonic()
         draft = drafts.draft_for_image(image_id, annotator_box=box, store=store)
         overhead += time.monotonic() - clock
         return draft
 
-    draft = pre_annotate() if ui.page.get_by_text("Started from a model draft").count() == 0 else None
-    if draft is None:
-        clock = time.monotonic()
-        draft = drafts.draft_for_image(image_id, store=store)
-        overhead += time.monotonic() - clock
+    if ui.state("placed") == "0" and ui.state("hidden") == "0":  # the page's draft brought nothing yet
+        ui.press("#draft")
+        ui.wait_answer()
+    draft = computed()
     if draft.roi_box is None:
-        ui.mode("C2–C7 box")
+        ui.press("#mode-box")
         x1, y1, x2, y2 = case.roi_box
-        ui.drag(ui.at(view, x1, y1), ui.at(view, x2, y2))
-        ui.wait_idle()
-        draft = pre_annotate([round(v, 2) for v in case.roi_box])
-    placed = ui.points_placed()
-    if placed != 23:
-        draft.landmarks = None  # the page's draft brought no points (the page is the truth here)
-    off = [] if draft.landmarks is None else [
-        k for k, point in enumerate(np.asarray(draft.landmarks, dtype=float))
-        if not np.isfinite(point).all() or np.hypot(*(point - case.landmarks[k])) > 2]
-    if draft.landmarks is None or len(off) > 6:
-        # no points, or a draft too far off to fix one by one (its points crowd each other, so a drag can grab
-        # the wrong one): clear them and click all 23, as an annotator would
-        if placed:
-            ui.button("label_clear").click()
-            ui.text("(1 of 23)")
-            ui.wait_idle()
-            ui.page.wait_for_timeout(700)
-        ui.mode("Landmarks")
-        ui.place_points(view, case.landmarks)
+        ui.drag(at(x1, y1), at(x2, y2))
+        ui.press("#draft")
+        ui.wait_answer()
+        draft = computed([round(v, 2) for v in case.roi_box])
+    placed = int(ui.state("placed"))
+    points = None if draft.landmarks is None or placed + int(ui.state("hidden")) != 23 else \
+        np.asarray(draft.landmarks, dtype=float)
+    off = [] if points is None else [k for k in range(23) if not np.isfinite(points[k]).all()
+                                     or np.hypot(*(points[k] - case.landmarks[k])) > 2]
+    if points is None or len(off) > 6 or any(not np.isfinite(points[k]).all() for k in off):
+        if placed or int(ui.state("hidden")):
+            ui.press("#reset")
+        ui.press("#mode-points")
+        for x, y in case.landmarks:
+            ui.click(at(x, y))
     else:
-        edit = ui.page.locator("button[aria-label='Edit']").first
-        points = np.asarray(draft.landmarks, dtype=float)
-        for k in reversed(range(23)):  # where draft points overlap, the canvas grabs the last drawn: move it first
-            point = points[k]
-            if np.isfinite(point).all() and np.hypot(*(point - case.landmarks[k])) > 2:
-                ui.canvas().wait_for(state="visible", timeout=30_000)
-                if edit.get_attribute("aria-pressed") != "true":  # a canvas drawn afresh starts with editing off
-                    edit.click()
-                ui.drag(ui.at(view, *point), ui.at(view, *case.landmarks[k]))
-                ui.wait_idle()
-        if edit.get_attribute("aria-pressed") == "true":
-            edit.click()
-    ui.choose(case.curvature_class)
-    ui.button("label_save").click()
-    ui.text("Saved label")
-    seconds = time.monotonic() - start - overhead
-    if number < total:
-        ui.button("label_next").click()
-    return seconds
+        for k in reversed(off):  # where draft points coincide, the later one is grabbed: move it first
+            ui.drag(at(*points[k]), at(*case.landmarks[k]))
+    ui.press(f"#class-{case.curvature_class}")
+    ui.press("#save-next")
+    ui.wait_film(next_id) if next_id is not None else ui.wait_answer()
+    return time.monotonic() - start - overhead
 
 
 def train_on_page(page, url: str, task: str, model: str, fields: dict[str, str], extra: tuple[str, ...] = ()) -> Path:
@@ -284,50 +453,30 @@ def train_on_page(page, url: str, task: str, model: str, fields: dict[str, str],
     return run_dir
 
 
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-def test_label_by_mouse_export_train_and_label_from_drafts(browser, tmp_path, monkeypatch):
+def test_label_export_train_and_label_from_drafts(browser, tmp_path, monkeypatch):
     home = tmp_path / "workspace"
     home.mkdir()
     monkeypatch.setenv("CERVICURVE_HOME", str(home))
-    cases = unlabeled_phantoms(home, BY_HAND + WITH_DRAFT, size=128)
+    cases = unlabeled_phantoms(home, FOR_TRAINING + WITH_DRAFT, size=128)
     from core.data.store import AnnotationStore
 
     store = AnnotationStore()
     ids = [image.image_id for image in store.images("films")]
     server, url = start_server(home, tmp_path / "server.log")
-    timing: dict = {"films_by_hand": BY_HAND, "films_with_draft": WITH_DRAFT}
+    timing: dict = {"films_by_hand": FOR_TRAINING, "films_with_draft": WITH_DRAFT}
     try:
-        page = browser.new_page(viewport={"width": 1500, "height": 1700})  # the whole canvas on screen
-        ui = LabelPage(page)
-        page.goto(f"{url}/label")
-        page.get_by_text(NOTICE).first.wait_for(timeout=30_000)
-        page.get_by_label("Annotator").fill("ana")
-        ui.button("label_start").click()
-        ui.text(f"Film 1 of {len(cases)}", timeout=60_000)
-
-        by_hand = []
-        for n, case in enumerate(cases[:BY_HAND]):
-            shot = tmp_path / "label_annotating.png" if n == 1 else None
-            by_hand.append(label_by_hand(ui, case, n + 1, len(cases), zoom=(n == 0), shot=shot))
-        keep_screenshot(tmp_path / "label_annotating.png", "label_annotating.png")
-
+        ui = open_label_page(browser, url, 1500, 1300, ids[0])
+        page = ui.page
+        by_hand = [label_by_hand(ui, case, image_id, ids[n + 1])
+                   for n, (case, image_id) in enumerate(zip(cases[:FOR_TRAINING], ids))]
         readings = {r.image_id: r for r in store.readings("films")}
-        assert len(readings) == BY_HAND
-        for image_id, case in zip(ids[:BY_HAND], cases):
+        assert len(readings) == FOR_TRAINING
+        for image_id, case in zip(ids[:FOR_TRAINING], cases):
             reading = readings[image_id]
-            assert np.abs(np.asarray(reading.roi_box) - case.roi_box).max() <= 2.0, (image_id, reading.roi_box)
-            assert np.abs(reading.landmarks - case.landmarks).max() <= 2.0, image_id
+            assert np.abs(np.asarray(reading.roi_box) - case.roi_box).max() <= 0.5, (image_id, reading.roi_box)
+            assert np.abs(reading.landmarks - case.landmarks).max() <= 0.5, image_id
             assert reading.curvature_class == case.curvature_class and reading.annotator == "ana"
-        timing["seconds_by_hand"] = [round(s, 2) for s in by_hand]
+        timing["seconds_by_hand"] = [round(f["seconds"], 2) for f in by_hand]
 
         # export from the page, then train on the labels through core runs
         page.locator(".st-key-label_section label").filter(has_text="Export").click()
@@ -363,17 +512,19 @@ def test_label_by_mouse_export_train_and_label_from_drafts(browser, tmp_path, mo
         page.locator(".st-key-label_section label").filter(has_text="Annotate").click()
         ui.wait_idle()
         page.locator(".st-key-label_auto_draft label").first.click()
-        ui.button("label_refresh").click()
         ui.wait_idle()
-        with_draft = []
+        page.locator(".st-key-label_filter [role=combobox]").click()
+        page.get_by_role("option", name="Unlabeled").click()
+        ui.button("label_refresh").click()
         queue = [i for i in ids if i not in readings]
-        for n, image_id in enumerate(queue):
-            with_draft.append(accept_draft(ui, cases[ids.index(image_id)], n + 1, len(queue), image_id, store))
+        with_draft = [accept_draft(ui, cases[ids.index(image_id)], image_id,
+                                   queue[n + 1] if n + 1 < len(queue) else None, store)
+                      for n, image_id in enumerate(queue)]
         drafted = [r for r in store.readings("films") if r.from_draft]
         assert len(drafted) == WITH_DRAFT
         for reading in drafted:
             case = cases[ids.index(reading.image_id)]
-            assert np.abs(reading.landmarks - case.landmarks).max() <= 2.0
+            assert np.abs(reading.landmarks - case.landmarks).max() <= 0.5
         moves = [m for r in drafted for m in (r.point_moves_px or []) if m is not None]
         timing["seconds_with_draft"] = [round(s, 2) for s in with_draft]
         timing["draft_point_move_px_mean"] = round(float(np.mean(moves)), 2) if moves else None
@@ -391,7 +542,8 @@ def test_label_by_mouse_export_train_and_label_from_drafts(browser, tmp_path, mo
         ui.text("Agreement on 6 films")
         ui.wait_idle()
         page.locator(".js-plotly-plot .main-svg").first.wait_for(timeout=30_000)
-        page.wait_for_timeout(2000)  # the chart and the tables draw after the page settles
+        page.wait_for_function("() => document.querySelectorAll('[data-testid=stDataFrame]').length >= 2",
+                               timeout=30_000)
         team_shot = tmp_path / "label_team.png"
         page.screenshot(path=str(team_shot), full_page=True)
         keep_screenshot(team_shot, "label_team.png")
@@ -400,6 +552,3 @@ def test_label_by_mouse_export_train_and_label_from_drafts(browser, tmp_path, mo
     timing["median_seconds_by_hand"] = round(statistics.median(timing["seconds_by_hand"]), 2)
     timing["median_seconds_with_draft"] = round(statistics.median(timing["seconds_with_draft"]), 2)
     print(json.dumps(timing))
-    if os.environ.get("CERVICURVE_LABEL_TIMING"):
-        Path(os.environ["CERVICURVE_LABEL_TIMING"]).write_text(json.dumps(timing, indent=1))
-
