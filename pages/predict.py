@@ -184,7 +184,8 @@ def show_result(predictor, name: str, data: bytes, truth: str | None = None) -> 
 
 
 def results_table(results, thumbnails: dict[str, str]) -> pd.DataFrame:
-    """One row per file, the verdict first (the page title's words); the angle only where the verdict shows it."""
+    """One row per file, the verdict first (the page title's words); the angle and the network's probabilities only
+    where the verdict rests on them."""
     rows = []
     for result in results:
         if hasattr(result, "reason"):  # PredictFailure
@@ -197,7 +198,10 @@ def results_table(results, thumbnails: dict[str, str]) -> pd.DataFrame:
             "verdict": verdict.title, "file": result.file, "image": thumbnails.get(result.file),
             "class": {"angle": f"{verdict.curvature_class} (by angle)", "none": "not judged"}.get(
                 verdict.lead, verdict.curvature_class),
-            **{f"p_{c}": round(result.probabilities.get(c, float("nan")), 3) for c in CLASSES},
+            # the network's probabilities only where its class is the result: "not judged" beside "normal 0.90" reads
+            # as normal (the single result's details and predict --json keep them)
+            **{f"p_{c}": round(result.probabilities.get(c, float("nan")), 3) if verdict.lead == "network" else None
+               for c in CLASSES},
             "low_confidence": result.low_confidence, "box_source": result.box_source,
             "cobb_c2c7": None if m is None else round(m.cobb_c2c7, 1), "cci": None if m is None else round(m.cci, 1),
             "rule_class": None if m is None else m.rule_class,

@@ -281,6 +281,7 @@ def test_flagged_films_get_one_verdict_on_the_page_in_the_table_csv_json_and_rep
     assert list(table.columns[:2]) == ["verdict", "file"]
     assert dict(zip(table["file"], table["verdict"])) == {name: v.title for name, v in verdicts.items()}
     assert table["class"].tolist() == ["not judged"] * 3
+    assert table[["p_normal", "p_straightened", "p_reversed"]].isna().all().all()  # no "normal 0.90" beside them
     summary = batch_summary(predictions.values())
     assert summary == "3 films: 3 not judged (unlike the training films)"
     assert any(m.value == f"**{summary}**" for m in at.markdown)
