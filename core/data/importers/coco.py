@@ -63,7 +63,32 @@ def import_coco(src: str | Path, labels: str | Path | None = None, *, dataset: s
     several annotations keeps the largest box. ``patient_id``, ``split`` and ``curvature_class`` on an image
     entry are CerviCurve's additions (COCO has no image-level label); other COCO files simply lack them.
     """
-    src = Path(src)
+    json_path, image_root, coco = _read_coco(Path(src), labels)
+    skipped: list[tuple[str, str]] = []
+    categories, by_image = _index_annotations(coco, skipped)
+    candidates = []
+    for number, entry in enumerate(coco["images"]):
+        if not isinstance(entry, dict) or not isinstance(entry.get("file_name"), str) or not entry["file_name"]:
+            skipped.append((f"images[{number}]", f"an image needs a file_name, got {_short(entry)}"))
+            continue
+        file_name = entry["file_name"]
+        path = next((p for p in (image_root / file_name, image_root / "images" / file_name) if _is_file(p)), None)
+        if path is not None and _outside(path, image_root, origin):
+            skipped.append((file_name, "the path leads outside the uploaded folder"))
+            continue
+        if path is None:
+            skipped.append((file_name, "file not found"))
+            continue
+        try:
+            candidates.append(_coco_candidate(path, entry, by_image, categories))
+        except ValueError as error:
+            skipped.append((file_name, str(error)))
+    return _run_import(candidates, skipped, source=Path(json_path), kind="coco", dataset=dataset, store=store,
+                       annotator=annotator, progress=progress, origin=origin, resplit=resplit)
+
+
+def _read_coco(src: Path, labels: str | Path | None) -> tuple[Path, Path, dict]:
+    """(annotation JSON, image folder, its content); DatasetError when there is no usable COCO file."""
     if src.is_file():
         json_path, image_root = src, src.parent
     else:
@@ -82,52 +107,40 @@ def import_coco(src: str | Path, labels: str | Path | None = None, *, dataset: s
     annotations, raw_categories = coco.get("annotations") or [], coco.get("categories") or []
     if not isinstance(annotations, list) or not isinstance(raw_categories, list):
         raise DatasetError(f"{Path(json_path).name}: 'annotations' and 'categories' must be lists")
+    return json_path, image_root, coco
 
-    skipped: list[tuple[str, str]] = []
+
+def _index_annotations(coco: dict, skipped: list[tuple[str, str]]) -> tuple[dict[Any, str], dict[Any, list[dict]]]:
+    """(category id -> name, image id -> its annotations with a box); entries without an id go to ``skipped``."""
     categories: dict[Any, str] = {}
-    for number, category in enumerate(raw_categories):
+    for number, category in enumerate(coco.get("categories") or []):
         key = _coco_key(category.get("id")) if isinstance(category, dict) else None
         if key is None:
             skipped.append((f"categories[{number}]", f"a category needs an id, got {_short(category)}"))
         else:
             categories[key] = str(category.get("name") or "")
     by_image: dict[Any, list[dict]] = {}
-    for number, ann in enumerate(annotations):
+    for number, ann in enumerate(coco.get("annotations") or []):
         key = _coco_key(ann.get("image_id")) if isinstance(ann, dict) else None
         if key is None:
             skipped.append((f"annotations[{number}]", f"an annotation needs an image_id, got {_short(ann)}"))
         elif ann.get("bbox"):
             by_image.setdefault(key, []).append(ann)
-    candidates = []
-    for number, entry in enumerate(coco["images"]):
-        if not isinstance(entry, dict) or not isinstance(entry.get("file_name"), str) or not entry["file_name"]:
-            skipped.append((f"images[{number}]", f"an image needs a file_name, got {_short(entry)}"))
-            continue
-        file_name = entry["file_name"]
-        path = next((p for p in (image_root / file_name, image_root / "images" / file_name) if _is_file(p)), None)
-        if path is not None and _outside(path, image_root, origin):
-            skipped.append((file_name, "the path leads outside the uploaded folder"))
-            continue
-        if path is None:
-            skipped.append((file_name, "file not found"))
-            continue
-        try:
-            patient_id = _patient(entry.get("patient_id")) or _patient(path.stem, "the file name") or "unnamed"
-            split = entry.get("split")
-            if split is not None and (not isinstance(split, str) or split not in SPLITS):
-                raise ValueError(f"unknown split {_short(split)}; expected one of {', '.join(SPLITS)}")
-            label = entry.get("curvature_class")
-            if label is not None and (not isinstance(label, str) or label and parse_class(label) is None):
-                raise ValueError(f"unknown curvature_class {_short(label)}; expected one of {', '.join(CLASSES)}")
-            cand = _Candidate(file=path, name=file_name, patient_id=patient_id, split=split,
-                              curvature_class=parse_class(label or ""))
-            anns = by_image.get(_coco_key(entry.get("id")), []) if _coco_key(entry.get("id")) is not None else []
-            if anns:
-                _coco_annotation(cand, anns, categories)
-        except ValueError as error:
-            skipped.append((file_name, str(error)))
-            continue
-        candidates.append(cand)
-    return _run_import(candidates, skipped, source=Path(json_path), kind="coco", dataset=dataset, store=store,
-                       annotator=annotator, progress=progress, origin=origin, resplit=resplit)
+    return categories, by_image
 
+
+def _coco_candidate(path: Path, entry: dict, by_image: dict, categories: dict) -> _Candidate:
+    """One image entry with CerviCurve's image-level fields and its annotations; ValueError with the reason."""
+    patient_id = _patient(entry.get("patient_id")) or _patient(path.stem, "the file name") or "unnamed"
+    split = entry.get("split")
+    if split is not None and (not isinstance(split, str) or split not in SPLITS):
+        raise ValueError(f"unknown split {_short(split)}; expected one of {', '.join(SPLITS)}")
+    label = entry.get("curvature_class")
+    if label is not None and (not isinstance(label, str) or label and parse_class(label) is None):
+        raise ValueError(f"unknown curvature_class {_short(label)}; expected one of {', '.join(CLASSES)}")
+    cand = _Candidate(file=path, name=entry["file_name"], patient_id=patient_id, split=split,
+                      curvature_class=parse_class(label or ""))
+    anns = by_image.get(_coco_key(entry.get("id")), []) if _coco_key(entry.get("id")) is not None else []
+    if anns:
+        _coco_annotation(cand, anns, categories)
+    return cand

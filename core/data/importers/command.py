@@ -50,4 +50,3 @@ def run_import(args: argparse.Namespace) -> int:
     print(report.format())
     # Non-zero only when nothing at all came in: a bad entry among good ones is reported and skipped.
     return 1 if report.imported + report.updated + report.unchanged == 0 else 0
-

@@ -59,22 +59,9 @@ class _Ready:
     suffix: str
 
 
-
 def _commit(candidates: list[_Candidate], report: ImportReport, store: AnnotationStore, annotator: str,
             progress: ProgressCallback | None = None, resplit: bool = False) -> ImportReport:
-    ready: list[_Ready] = []
-    seen: dict[str, str] = {}
-    for done, cand in enumerate(candidates, start=1):
-        try:
-            ready.append(_checked(cand, seen))
-        except ValueError as error:  # ImageReadError included: the file is skipped with the reason
-            report.skipped.append((cand.name, str(error)))
-        if progress is not None:
-            progress(done, len(candidates), cand.name)
-    converted = sum(1 for item in ready if item.candidate.meta.get("deidentified") and item.candidate.prepare is None)
-    if converted:
-        report.notes.append(f"{converted} DICOM files were de-identified as python -m core import dicom does; each "
-                            "one's patient is the pseudonym of its DICOM PatientID, not a file name or manifest id")
+    ready = _check_all(candidates, report, progress)
     _patient_splits(ready, report, store, resplit)
     unstated = sum(1 for item in ready if item.candidate.meta.get("burned_in_annotation") == "not stated")
     if unstated:
@@ -88,29 +75,7 @@ def _commit(candidates: list[_Candidate], report: ImportReport, store: Annotatio
     try:
         stored_paths = [_stage_file(item, staged, created_dirs) for item in ready]
         with store.batch() as batch:
-            splits: dict[int, str] = {}
-            for item, stored in zip(ready, stored_paths):
-                cand = item.candidate
-                existing = batch.find_image(report.dataset, item.sha256)
-                image_id = batch.add_image(
-                    stored.relative_to(home).as_posix(), sha256=item.sha256, width=item.width, height=item.height,
-                    patient_id=cand.patient_id, source=cand.source or str(cand.file), dataset=report.dataset,
-                    meta=cand.meta,
-                )
-                has_label = any(v is not None for v in (cand.curvature_class, cand.roi_box, cand.landmarks))
-                changed = has_label and not _same_label(batch.current(image_id), cand)
-                if changed:
-                    batch.save_label(image_id, annotator=annotator, curvature_class=cand.curvature_class,
-                                     roi_box=cand.roi_box, landmarks=cand.landmarks)
-                if cand.split is not None:
-                    splits[image_id] = cand.split
-                if existing is None:
-                    report.imported += 1
-                elif changed:
-                    report.updated += 1
-                else:
-                    report.unchanged += 1
-            batch.set_splits(splits)  # once: the store checks one split per patient over the whole dataset
+            _add_rows(batch, ready, stored_paths, home, report, annotator)
     except BaseException:
         # Nothing was committed: take back the files this import added to the images folder.
         for partial, _final in staged:
@@ -128,6 +93,53 @@ def _commit(candidates: list[_Candidate], report: ImportReport, store: Annotatio
     if progress is not None:
         progress(len(candidates), len(candidates), "")
     return report
+
+
+def _check_all(candidates: list[_Candidate], report: ImportReport,
+               progress: ProgressCallback | None) -> list[_Ready]:
+    """Every candidate read and validated (the slow part, with progress); a failing one is skipped with its reason."""
+    ready: list[_Ready] = []
+    seen: dict[str, str] = {}
+    for done, cand in enumerate(candidates, start=1):
+        try:
+            ready.append(_checked(cand, seen))
+        except ValueError as error:  # ImageReadError included: the file is skipped with the reason
+            report.skipped.append((cand.name, str(error)))
+        if progress is not None:
+            progress(done, len(candidates), cand.name)
+    converted = sum(1 for item in ready if item.candidate.meta.get("deidentified") and item.candidate.prepare is None)
+    if converted:
+        report.notes.append(f"{converted} DICOM files were de-identified as python -m core import dicom does; each "
+                            "one's patient is the pseudonym of its DICOM PatientID, not a file name or manifest id")
+    return ready
+
+
+def _add_rows(batch, ready: list[_Ready], stored_paths: list[Path], home: Path, report: ImportReport,
+              annotator: str) -> None:
+    """The image rows, a label row where the label is new or changed, and the splits, in the open transaction."""
+    splits: dict[int, str] = {}
+    for item, stored in zip(ready, stored_paths):
+        cand = item.candidate
+        existing = batch.find_image(report.dataset, item.sha256)
+        image_id = batch.add_image(
+            stored.relative_to(home).as_posix(), sha256=item.sha256, width=item.width, height=item.height,
+            patient_id=cand.patient_id, source=cand.source or str(cand.file), dataset=report.dataset,
+            meta=cand.meta,
+        )
+        has_label = any(v is not None for v in (cand.curvature_class, cand.roi_box, cand.landmarks))
+        changed = has_label and not _same_label(batch.current(image_id), cand)
+        if changed:
+            batch.save_label(image_id, annotator=annotator, curvature_class=cand.curvature_class,
+                             roi_box=cand.roi_box, landmarks=cand.landmarks)
+        if cand.split is not None:
+            splits[image_id] = cand.split
+        if existing is None:
+            report.imported += 1
+        elif changed:
+            report.updated += 1
+        else:
+            report.unchanged += 1
+    batch.set_splits(splits)  # once: the store checks one split per patient over the whole dataset
 
 
 def _checked(cand: _Candidate, seen: dict[str, str]) -> _Ready:
@@ -318,4 +330,3 @@ def _run_import(candidates: list[_Candidate], skipped: list[tuple[str, str]], *,
 def _default_dataset(source: Path) -> str:
     folder = source if source.is_dir() else source.parent
     return folder.name or "default"
-

@@ -89,4 +89,3 @@ def import_csv(csv_path: str | Path, *, dataset: str | None = None, store: Annot
                                      curvature_class=row["class"], roi_box=row["box"], split=row["split"]))
     return _run_import(candidates, skipped, source=csv_path, kind="csv", dataset=dataset, store=store,
                        annotator=annotator, progress=progress, origin=origin, resplit=resplit)
-

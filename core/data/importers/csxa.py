@@ -106,8 +106,6 @@ def import_csxa(src: str | Path, sheet: str | Path | None = None, *, sigmoid: st
     ``sigmoid="measure"`` classed by the Cobb rule on their landmarks. The ROI box comes from the
     landmarks; the patient is the case number.
     """
-    from core.data.measure import LandmarkError, measure_landmarks, read_facing
-
     if sigmoid not in ("skip", "measure"):
         raise DatasetError(f"sigmoid must be 'skip' or 'measure', got {sigmoid!r}")
     src = _require_dir(Path(src), "CSXA folder")
@@ -127,14 +125,8 @@ def import_csxa(src: str | Path, sheet: str | Path | None = None, *, sigmoid: st
         name = _relative_name(path, src)
         number = csxa_case_number(path.stem, cases)
         if number is None:
-            match = re.match(r"\d+", path.stem)
-            run = match.group() if match else ""
-            reason = ("file name does not start with a case number" if not run else
-                      f"case {int(run[:4])} is not in {Path(sheet).name} (nor case {int(run)})" if len(run) > 4 else
-                      f"case {int(run)} is not in {Path(sheet).name}")
-            skipped.append((name, reason))
+            skipped.append((name, _no_case_reason(path.stem, Path(sheet).name)))
             continue
-        case = cases[number]
         json_path = path.with_suffix(".json") if path.with_suffix(".json").is_file() else labelme.get(path.stem)
         landmarks = None
         if json_path is not None:
@@ -143,33 +135,52 @@ def import_csxa(src: str | Path, sheet: str | Path | None = None, *, sigmoid: st
             except ValueError as error:
                 skipped.append((name, str(error)))
                 continue
-        grade = case["grade"]
-        meta = {"csxa": {"number": number, "curvature_grade": grade,
-                         **{k: case[k] for k in ("age", "sex") if case.get(k) is not None}}}
-        if grade is None and landmarks is not None:
-            # no grade in the sheet: the landmarks still teach the detector and the landmark model
-            curvature_class = None
-        elif grade in CSXA_GRADES:
-            curvature_class = CSXA_GRADES[grade]
-        elif grade in (3, 4) and sigmoid == "skip":
-            skipped.append((name, f"sigmoid curvature (grade {grade}) is not one of the three classes; "
-                                  "import with sigmoid='measure' to class it by its Cobb angle"))
-            continue
-        elif grade in (3, 4):
-            if landmarks is None:
-                skipped.append((name, f"sigmoid curvature (grade {grade}) needs landmarks to be measured; none found"))
-                continue
-            try:
-                facing = read_facing(read_image(path).pixels, landmarks).facing  # the lean flips on some necks
-                curvature_class = measure_landmarks(landmarks, facing=facing).rule_class
-            except (LandmarkError, ImageReadError) as error:
-                skipped.append((name, f"sigmoid curvature (grade {grade}) cannot be measured: {error}"))
-                continue
-            meta["csxa"]["class_from"] = "cobb rule"
+        found = _graded_candidate(path, name, number, cases[number], landmarks, sigmoid)
+        if isinstance(found, str):
+            skipped.append((name, found))
         else:
-            skipped.append((name, f"curvature grade {grade!r} in the sheet is not 1-5"))
-            continue
-        candidates.append(_Candidate(file=path, name=name, patient_id=f"{number:04d}", curvature_class=curvature_class,
-                                     landmarks=landmarks, box_from_landmarks=True, meta=meta))
+            candidates.append(found)
     return _run_import(candidates, skipped, source=src, kind="csxa", dataset=dataset, store=store,
                        annotator=annotator, progress=progress, origin=origin)
+
+
+def _no_case_reason(stem: str, sheet_name: str) -> str:
+    """Why a file name gives no case number of the sheet."""
+    match = re.match(r"\d+", stem)
+    run = match.group() if match else ""
+    return ("file name does not start with a case number" if not run else
+            f"case {int(run[:4])} is not in {sheet_name} (nor case {int(run)})" if len(run) > 4 else
+            f"case {int(run)} is not in {sheet_name}")
+
+
+def _graded_candidate(path: Path, name: str, number: int, case: dict, landmarks, sigmoid: str) -> _Candidate | str:
+    """The candidate for a case's image with its class from the sheet's grade, or the reason it is skipped.
+
+    A reason, not a ValueError: only these reasons skip a file; any other error (a bad threshold setting met while
+    measuring a sigmoid neck) still stops the import."""
+    from core.data.measure import LandmarkError, measure_landmarks, read_facing
+
+    grade = case["grade"]
+    meta = {"csxa": {"number": number, "curvature_grade": grade,
+                     **{k: case[k] for k in ("age", "sex") if case.get(k) is not None}}}
+    if grade is None and landmarks is not None:
+        # no grade in the sheet: the landmarks still teach the detector and the landmark model
+        curvature_class = None
+    elif grade in CSXA_GRADES:
+        curvature_class = CSXA_GRADES[grade]
+    elif grade in (3, 4) and sigmoid == "skip":
+        return (f"sigmoid curvature (grade {grade}) is not one of the three classes; "
+                "import with sigmoid='measure' to class it by its Cobb angle")
+    elif grade in (3, 4):
+        if landmarks is None:
+            return f"sigmoid curvature (grade {grade}) needs landmarks to be measured; none found"
+        try:
+            facing = read_facing(read_image(path).pixels, landmarks).facing  # the lean flips on some necks
+            curvature_class = measure_landmarks(landmarks, facing=facing).rule_class
+        except (LandmarkError, ImageReadError) as error:
+            return f"sigmoid curvature (grade {grade}) cannot be measured: {error}"
+        meta["csxa"]["class_from"] = "cobb rule"
+    else:
+        return f"curvature grade {grade!r} in the sheet is not 1-5"
+    return _Candidate(file=path, name=name, patient_id=f"{number:04d}", curvature_class=curvature_class,
+                      landmarks=landmarks, box_from_landmarks=True, meta=meta)

@@ -70,4 +70,3 @@ def import_archive(kind: str, archive: str | Path | bytes, labels: str | Path | 
 
         report.skipped = [(plain(file), plain(reason)) for file, reason in report.skipped]
         return report
-

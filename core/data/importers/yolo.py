@@ -81,11 +81,35 @@ def import_yolo(src: str | Path, *, dataset: str | None = None, store: Annotatio
     landmarks. When the set's class names are curvature classes, the class too. YOLO has no patient
     field: the file stem is the patient.
     """
+    yaml_path, config = _read_data_yaml(Path(src))
+    root = yaml_path.parent
+    base = Path(str(config.get("path") or root))
+    base = base if base.is_absolute() else root / base
+    if not _is_dir(base) or _outside(base, root, origin):
+        base = root  # a set moved from another machine
+    names = _yolo_names(config.get("names"), yaml_path)
+
+    skipped: list[tuple[str, str]] = []
+    images = _listed_images(config, base, yaml_path, origin, skipped)
+    if not images:
+        images = {path.resolve(): None for path in _image_files(base / "images")}
+    candidates = []
+    for path, split in sorted(images.items()):
+        name = _relative_name(path, base.resolve())
+        try:
+            candidates.append(_yolo_candidate(path, name, split, names))
+        except ValueError as error:
+            skipped.append((name, str(error)))
+    return _run_import(candidates, skipped, source=yaml_path.parent, kind="yolo", dataset=dataset, store=store,
+                       annotator=annotator, progress=progress, origin=origin, resplit=resplit)
+
+
+def _read_data_yaml(src: Path) -> tuple[Path, dict]:
+    """``data.yaml`` (``src`` itself or in the folder ``src``) as a mapping; DatasetError when it is not one."""
     import yaml
 
     from core.data import safe_yaml
 
-    src = Path(src)
     yaml_path = src if src.is_file() else src / "data.yaml"
     if not yaml_path.is_file():
         raise DatasetError(f"no data.yaml in {src}")
@@ -97,15 +121,15 @@ def import_yolo(src: str | Path, *, dataset: str | None = None, store: Annotatio
     if not isinstance(config, dict):
         raise DatasetError(f"{yaml_path.name} must be a mapping (path:, train:, val:, names:), "
                            f"not a {type(config).__name__}")
-    root = yaml_path.parent
-    base = Path(str(config.get("path") or root))
-    base = base if base.is_absolute() else root / base
-    if not _is_dir(base) or _outside(base, root, origin):
-        base = root  # a set moved from another machine
-    names = _yolo_names(config.get("names"), yaml_path)
+    return yaml_path, config
 
+
+def _listed_images(config: dict, base: Path, yaml_path: Path, origin: str | None,
+                   skipped: list[tuple[str, str]]) -> dict[Path, str | None]:
+    """Image -> split for what data.yaml's train/val/test name (folders or list files); the first split naming an
+    image keeps it. Entries leading outside an upload, or unreadable lists, go to ``skipped``."""
+    root = yaml_path.parent
     images: dict[Path, str | None] = {}
-    skipped: list[tuple[str, str]] = []
     for split in ("train", "val", "test"):
         entries = config.get(split)
         for entry in entries if isinstance(entries, list) else [entries] if entries else []:
@@ -129,36 +153,28 @@ def import_yolo(src: str | Path, *, dataset: str | None = None, store: Annotatio
                     skipped.append((_short(str(path)), "leads outside the uploaded folder"))
                 elif _is_file(path):
                     images.setdefault(path.resolve(), split)
-    if not images:
-        images = {path.resolve(): None for path in _image_files(base / "images")}
-    candidates = []
-    for path, split in sorted(images.items()):
-        name = _relative_name(path, base.resolve())
-        try:
-            patient_id = _patient(path.stem, "the file name") or "unnamed"
-            objects = _yolo_objects(_yolo_label_path(path)) if _is_file(_yolo_label_path(path)) else []
-        except ValueError as error:
-            skipped.append((name, str(error)))
-            continue
-        cand = _Candidate(file=path, name=name, patient_id=patient_id, split=split)
-        if objects:
-            label_file = _yolo_label_path(path)
-            obj = max(objects, key=lambda o: o[3] * o[4])
-            cand.meta["yolo"] = {"boxes_in_file": len(objects), "class_id": int(obj[0])}
-            cand.curvature_class = parse_class(names.get(int(obj[0]), ""))
-            cand.roi_box = list(obj[1:5])  # normalised: made pixels by _validate_candidate once the size is known
-            cand.normalised = True
-            keypoints = obj[5:]
-            if len(keypoints) in (23 * 3, 23 * 2):
-                step = len(keypoints) // 23
-                points = np.array(keypoints, dtype=float).reshape(23, step)
-                if step == 3:
-                    points[points[:, 2] <= 0, :2] = np.nan
-                cand.landmarks = points[:, :2]  # normalised too
-            elif keypoints:
-                skipped.append((name, f"{label_file.name}: {len(keypoints)} keypoint values; expected 23 x 3"))
-                continue
-        candidates.append(cand)
-    return _run_import(candidates, skipped, source=yaml_path.parent, kind="yolo", dataset=dataset, store=store,
-                       annotator=annotator, progress=progress, origin=origin, resplit=resplit)
+    return images
 
+
+def _yolo_candidate(path: Path, name: str, split: str | None, names: dict[int, str]) -> _Candidate:
+    """One image with its label file's largest box (and 23 keypoints, if any); ValueError with the reason."""
+    patient_id = _patient(path.stem, "the file name") or "unnamed"
+    objects = _yolo_objects(_yolo_label_path(path)) if _is_file(_yolo_label_path(path)) else []
+    cand = _Candidate(file=path, name=name, patient_id=patient_id, split=split)
+    if objects:
+        label_file = _yolo_label_path(path)
+        obj = max(objects, key=lambda o: o[3] * o[4])
+        cand.meta["yolo"] = {"boxes_in_file": len(objects), "class_id": int(obj[0])}
+        cand.curvature_class = parse_class(names.get(int(obj[0]), ""))
+        cand.roi_box = list(obj[1:5])  # normalised: made pixels by _validate_candidate once the size is known
+        cand.normalised = True
+        keypoints = obj[5:]
+        if len(keypoints) in (23 * 3, 23 * 2):
+            step = len(keypoints) // 23
+            points = np.array(keypoints, dtype=float).reshape(23, step)
+            if step == 3:
+                points[points[:, 2] <= 0, :2] = np.nan
+            cand.landmarks = points[:, :2]  # normalised too
+        elif keypoints:
+            raise ValueError(f"{label_file.name}: {len(keypoints)} keypoint values; expected 23 x 3")
+    return cand

@@ -295,4 +295,3 @@ def _jpeg_artifacts(image: np.ndarray, quality: int) -> np.ndarray:
     Image.fromarray(eight).save(buffer, format="JPEG", quality=int(quality))
     decoded = np.asarray(Image.open(io.BytesIO(buffer.getvalue())), np.float32)
     return np.clip(image + (decoded - eight.astype(np.float32)) / 255.0, 0, 1).astype(np.float32)
-
