@@ -196,7 +196,7 @@ def test_many_files_give_a_table_with_thumbnails_and_a_csv(with_model):
     assert table.columns[0] == "verdict" and table["verdict"][2] == "could not be read"
     assert all(v == "not judged — check this film by eye" or v.split(" ")[0] in CLASSES for v in table["verdict"][:2])
     judged = sum(v != "not judged — check this film by eye" for v in table["verdict"][:2])
-    summary = f"**3 films: " + ", ".join(
+    summary = "**3 films: " + ", ".join(
         part for part in (f"{judged} judged" if judged else "",
                           f"{2 - judged} not judged (unlike the training films)" if judged < 2 else "",
                           "1 could not be read") if part) + "**"

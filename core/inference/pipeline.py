@@ -549,8 +549,9 @@ def choose_lead(flagged: bool, measurements: Measurements | None, missing: list[
 # ------------------------------------------------------------------------------------ the verdict
 # What makes a film unlike the training films, in words a reader of films uses (core.evaluation.ood's components;
 # the numbers stay in ood_components / ood_reasons and the page's details), in the order a person checks them.
+NO_SPINE_REASON = "the detector found no cervical spine in it"
 PLAIN_REASONS = (
-    ("detector", "the detector found no cervical spine in it"),
+    ("detector", NO_SPINE_REASON),
     ("landmarks", "the landmark model could not place most of the vertebral corners"),
     ("image", "its contrast, edges and texture differ from theirs"),
     ("features", "the classifier has seen no films like it"),
@@ -570,7 +571,7 @@ class Verdict:
 
     lead: str                     # LEADS: what the result rests on
     curvature_class: str | None   # the class given: the network's, or the measured angle's rule class; None: not judged
-    title: str                    # the one line: "normal (84%)", "normal by its measured angle (...)", "not judged — ..."
+    title: str                    # the one line: "normal (84%)", "normal by its measured angle (...)", "not judged ..."
     status: str                   # "judged" | "judged by its measured angle" | "not judged"
     reason: str                   # why not judged by the network: UNLIKE | NO_SPINE | "" (judged by it)
     why: str                      # plain words: why the result is what it is ("" for a plain confident answer)
@@ -596,9 +597,9 @@ class Verdict:
 
     def to_json(self) -> dict:
         return {"title": self.title, "class": self.curvature_class, "judged": self.judged, "status": self.status,
-                "reason": self.reason or None, "lead": self.lead, "why": self.why, "advice": self.advice,
-                "angle_shown": self.angle_shown, "angle_note": self.angle_note, "heatmap_shown": self.heatmap_shown,
-                "low_confidence": self.low_confidence}
+                "reason": self.reason or None, "flag": self.flag, "lead": self.lead, "why": self.why,
+                "advice": self.advice, "angle_shown": self.angle_shown, "angle_note": self.angle_note,
+                "heatmap_shown": self.heatmap_shown, "low_confidence": self.low_confidence}
 
 
 def plain_reasons(components: dict[str, float]) -> list[str]:
@@ -617,8 +618,8 @@ def verdict_of(prediction: "Prediction") -> Verdict:
     m, lead = prediction.measurements, prediction.lead
     spine_missing = prediction.spine_found is False
     reasons = plain_reasons(prediction.ood_components)
-    if spine_missing and "the detector found no cervical spine in it" not in reasons:
-        reasons.insert(0, "the detector found no cervical spine in it")
+    if spine_missing and NO_SPINE_REASON not in reasons:
+        reasons.insert(0, NO_SPINE_REASON)
     unlike = "This film is unlike the films the models were trained on" + (f" ({'; '.join(reasons)})" if reasons
                                                                             else "")
     if m is None:
@@ -639,11 +640,12 @@ def verdict_of(prediction: "Prediction") -> Verdict:
         if m is not None:
             angle_note = ("The landmarks and their angle are withheld: " + (
                 "the detector found no cervical spine, so they may lie on something else." if spine_missing else
-                "on a film unlike the training films they are not all sure enough to rest on."))
+                "on a film unlike the training films, some of them are too unsure to rest on."))
         if spine_missing:
-            why = (f"The detector found no cervical spine in this image, so no class is given. It may not be a "
-                   f"lateral neck film, or it is unlike the films the models were trained on"
-                   + (f" ({'; '.join(reasons[1:])})" if len(reasons) > 1 else "") + ".")
+            why = ("The detector found no cervical spine in this image, so no class is given. It may not be a "
+                   "lateral neck film, or it is unlike the films the models were trained on"
+                   + (f" ({'; '.join(others)})" if (others := [r for r in reasons if r != NO_SPINE_REASON]) else "")
+                   + ".")
             advice = "Check that this is a lateral cervical radiograph. If it is, read it yourself, or "
         else:
             why = f"{unlike}, so no class is given." + (
@@ -656,8 +658,9 @@ def verdict_of(prediction: "Prediction") -> Verdict:
     title = f"{cls} ({probability:.0%}" + (", low confidence)" if prediction.low_confidence else ")")
     why = advice = ""
     if prediction.low_confidence:
-        why = (f"No box around the cervical spine was found, so the network read the whole image (less reliable); "
-               f"its top probability is {probability:.0%}." if prediction.box_source == "whole image" else
+        found = "No detector is in use" if prediction.spine_found is None else "No box around the spine was found"
+        why = (f"{found}, so the network read the whole image (less reliable); its top probability is "
+               f"{probability:.0%}." if prediction.box_source == "whole image" else
                f"Low confidence: the network's top probability is only {probability:.0%}.")
         advice = "Read this result with extra care and check it against the film."
     return Verdict("network", cls, title, "judged", "", why, advice, m is not None, angle_note,

@@ -12,7 +12,7 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -251,7 +251,8 @@ def report_layout(parts: dict, width: int, margin: int = 24) -> dict:
     """The report's text wrapped to the page: {"title", "warning", "lines"} as lists of lines that fit ``width``."""
     inner = width - 2 * margin
     return {"title": wrap_to_width(parts["title"], _font(RESULT_SIZE), inner - 34),
-            "warning": [line for text in parts["warning"] for line in wrap_to_width(text, _font(TEXT_SIZE), inner - 20)],
+            "warning": [line for text in parts["warning"]
+                        for line in wrap_to_width(text, _font(TEXT_SIZE), inner - 20)],
             "lines": [line for text in parts["lines"] for line in wrap_to_width(text, _font(TEXT_SIZE), inner)]}
 
 
