@@ -8,11 +8,11 @@ failed | cancelled, written atomically for the app to poll):
 2. import it as dataset ``phantom-demo`` (``core.data.importers.import_csxa``) and make patient-level splits
 3. train the ROI detector (``core.training.detect.fit``) in a process of its own while this one trains the heatmap
    landmark model on ROI crops (``core.training.landmarks.fit``; YOLO-pose stays selectable in the Train page and
-   CLI, but is far less precise at this budget: see core/landmarks); each a run folder under ``runs/``. Neither
+   CLI, but is far less precise at this budget: see core/training/landmarks.py); each a run folder under ``runs/``. Neither
    keeps two cores busy on its own (Ultralytics' small batches run mostly on one), so together they take ~2/3 of
    the time one after the other
 4. train the S-ResNet-34 classifier (``core.training.classify.train``, a run folder under ``runs/``)
-5. promote the three runs (``core.promotion.promote``); each ``promoted.json`` gets ``demo_quality``
+5. promote the three runs (``core.runs.promotion.promote``); each ``promoted.json`` gets ``demo_quality``
 6. check the promoted models on held-out phantoms (new patients): box IoU >= 0.5 rate, Cobb MAE and the
    share within 5 deg, mean landmark error (px and % of C2-C7), class accuracy -> ``$CERVICURVE_HOME/demo_report.json`` and the classifier's ``promoted.json``
 

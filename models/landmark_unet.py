@@ -3,7 +3,7 @@
 Why heatmaps: a Cobb angle hangs on endplate corners a few pixels apart, so the points must be right to about
 1 % of the C2-C7 length. Heatmaps keep the image's geometry in the output (each cell votes for "here"), which
 trains to that precision from scratch in minutes on a CPU, where direct coordinate regression (YOLO-pose) does
-not (measured in core/landmarks.py). Soft-argmax (the probability-weighted mean of the cell centres, also
+not (measured in core/training/landmarks.py). Soft-argmax (the probability-weighted mean of the cell centres, also
 called integral regression) gives sub-cell coordinates and is differentiable, so the loss is on the points.
 """
 from __future__ import annotations

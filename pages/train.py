@@ -1,6 +1,6 @@
 """Train: pick a task, data, model(s) and the main hyper-parameters, start a background run, watch it learn.
 
-Thin: each field is checked by its task's config class (``core.runs.configs.resolve_config``); Start is one
+Thin: each field is checked by its task's config class (``core.runs.registry.resolve_config``); Start is one
 ``core.runs.launch.start_run`` call (the same as ``python -m core runs start``), which queues the run when its
 device is busy. The live view (``ui.run_views``) reads the run folder on each poll, so nothing is lost when the
 tab closes, the page reloads or the server restarts.
@@ -14,14 +14,15 @@ import streamlit as st
 
 from core.data.datasets import SPLITS
 from core.runs import hardware, launch
-from core.runs.configs import ConfigError, config_class, read_config_source, resolve_config
+from core.runs import registry
+from core.runs.configs import ConfigError, read_config_source
+from core.runs.registry import config_class, resolve_config
 from models.registry import MODELS
 from ui.frame import engine_errors, frame, promoted_info, store
 from ui.run_views import hardware_panel, live_view, queue_panel
 
 TASK_LABELS = {"classify": "Classify (curvature class)", "detect": "Detect (C2–C7 box)",
                "landmarks": "Landmarks (23 points)", "compare": "Compare / ablation (the study's models)"}
-FINE_TUNABLE = ("classify", "landmarks")  # init_from: promoted (core.training.finetune)
 LANDMARK_MODELS = ("landmark-unet", "yolov8n-pose.yaml", "yolo11n-pose.yaml")
 DETECT_MODELS = ("yolov8n.yaml", "yolo11n.yaml", "yolov3-tinyu.yaml", "yolov3u.yaml")
 # The main knobs per config class, in form order; every other key goes in "Other keys".
@@ -87,7 +88,7 @@ with left:
             model = st.selectbox("Model", LANDMARK_MODELS if task == "landmarks" else DETECT_MODELS,
                                  key=f"train_model_{task}")
         base["model"] = model
-        promoted = promoted_info(task) if task in FINE_TUNABLE else None
+        promoted = promoted_info(task) if task in registry.FINE_TUNABLE else None
         if promoted and promoted.get("model") in (None, model):
             start = st.radio("Start from", ["scratch", "the promoted model: fine-tune on this dataset"],
                              horizontal=True, key=f"train_init_{task}")

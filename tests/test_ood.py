@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from core.evaluation import ood
-from core.runs import configs
+from core.runs import configs, registry
 from core.settings import CLASSES
 from core.training import checkpoints, classify
 from test_train import FAST, import_tiny
@@ -111,7 +111,7 @@ def tiny(workspace, monkeypatch):
 def test_a_finished_run_stores_its_reference_and_a_prediction_is_scored_against_it(tiny, tmp_path):
     from core.inference.pipeline import Predictor
 
-    run_dir = classify.train(configs.load_config(None, FAST + ["epochs=2"]))
+    run_dir = classify.train(registry.load_config(None, FAST + ["epochs=2"]))
     meta = torch.load(run_dir / "best.pt", weights_only=True)["meta"]
     reference = ood.FeatureReference.from_meta(meta["ood_reference"])
     # the cnn's penultimate layer (its last linear layer's input), fitted on the 18 training crops
@@ -153,7 +153,7 @@ def test_a_finished_run_stores_its_reference_and_a_prediction_is_scored_against_
 def test_the_svm_carries_a_reference_on_its_own_hog_features(tiny, tmp_path):
     from core.inference.pipeline import Predictor
 
-    run_dir = classify.train(configs.load_config(None, FAST + ["model=svm"]))
+    run_dir = classify.train(registry.load_config(None, FAST + ["model=svm"]))
     meta = torch.load(run_dir / "best.pt", weights_only=True)["meta"]
     assert {"ood_reference", "ood_image_reference"} <= set(meta)
     noise = tmp_path / "noise.png"
@@ -169,7 +169,7 @@ def test_the_svm_carries_a_reference_on_its_own_hog_features(tiny, tmp_path):
 def test_a_classifier_without_a_reference_says_so(tiny):
     from core.inference.pipeline import Predictor
 
-    run_dir = classify.train(configs.load_config(None, FAST + ["epochs=1"]))
+    run_dir = classify.train(registry.load_config(None, FAST + ["epochs=1"]))
     checkpoint = torch.load(run_dir / "best.pt", weights_only=True)
     for key in ("ood_reference", "ood_image_reference"):  # as a checkpoint trained before the references existed
         del checkpoint["meta"][key]

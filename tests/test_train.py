@@ -18,7 +18,7 @@ import yaml
 from PIL import Image
 
 from core.training import checkpoints, classify
-from core.runs import configs, layout
+from core.runs import configs, layout, registry
 from core.cli import main as cli_main
 from core.training.crops import NORMALISATION, classifier_crop
 from core.runs.layout import COMMON_COLUMNS
@@ -85,7 +85,7 @@ def subprocess_env(workspace: Path) -> dict:
 
 # ---------------------------------------------------------------------------------------------- config
 def test_yaml_defaults_are_the_dataclass_defaults():
-    assert configs.load_config(configs.DEFAULT_CONFIG) == configs.ClassifyConfig()
+    assert registry.load_config(configs.DEFAULT_CONFIG) == configs.ClassifyConfig()
 
 
 @pytest.mark.parametrize("override, words", [
@@ -103,7 +103,7 @@ def test_yaml_defaults_are_the_dataclass_defaults():
 ])
 def test_bad_config_values_name_the_key_and_what_is_allowed(override, words):
     with pytest.raises(configs.ConfigError) as caught:
-        configs.load_config(configs.DEFAULT_CONFIG, [override])
+        registry.load_config(configs.DEFAULT_CONFIG, [override])
     for word in words:
         assert word in str(caught.value)
 
@@ -111,20 +111,20 @@ def test_bad_config_values_name_the_key_and_what_is_allowed(override, words):
 def test_overrides_are_typed_by_the_dataclass(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("model: resnet34\nepochs: 4\n")
-    cfg = configs.load_config(config, ["epochs=5", "lr=1e-3", "augment=false", "input_size=null",
+    cfg = registry.load_config(config, ["epochs=5", "lr=1e-3", "augment=false", "input_size=null",
                                          "model=s_resnet34", "model_options.variant=channel", "amp=true"])
     assert (cfg.epochs, cfg.lr, cfg.augment, cfg.input_size) == (5, 0.001, False, None)
     assert cfg.model_options == {"variant": "channel"} and cfg.amp is True
     with pytest.raises(configs.ConfigError, match="does not exist"):
-        configs.load_config(tmp_path / "missing.yaml")
+        registry.load_config(tmp_path / "missing.yaml")
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(configs.ConfigError, match="mapping"):
-        configs.load_config(tmp_path / "list.yaml")
+        registry.load_config(tmp_path / "list.yaml")
 
 
 def test_every_task_has_a_strict_config():
     """Each task's config class fills its defaults and refuses unknown keys and wrong types, naming them."""
-    data = configs.resolve_config({"task": "detect", "model": "yolov8n.yaml", "imgsz": 96, "dataset": "d"}, ["epochs=2"])
+    data = registry.resolve_config({"task": "detect", "model": "yolov8n.yaml", "imgsz": 96, "dataset": "d"}, ["epochs=2"])
     assert data["task"] == "detect" and data["imgsz"] == 96 and data["epochs"] == 2 and data["patience"] == 50
     for config, words in (
             ({"task": "detect", "dataset": "d", "epoch": 5}, ["unknown config key 'epoch'", "did you mean 'epochs'"]),
@@ -136,7 +136,7 @@ def test_every_task_has_a_strict_config():
             ({"task": "compare", "folds": 1}, ["folds needs at least 2"]),
             ({"task": "segment"}, ["task 'segment' is not one of"])):
         with pytest.raises(configs.ConfigError) as caught:
-            configs.resolve_config(config)
+            registry.resolve_config(config)
         for word in words:
             assert word in str(caught.value), (config, str(caught.value))
 
@@ -145,20 +145,20 @@ def test_every_task_has_a_strict_config():
                                         ("detect.yaml", "detect"), ("compare.yaml", "compare")])
 def test_each_shipped_config_shows_its_class_defaults(name, task):
     shipped = yaml.safe_load((ROOT / "configs" / name).read_text())
-    parsed = configs.parse_config(shipped)
-    assert parsed.task == task and parsed == configs.config_class(shipped)(**{
+    parsed = registry.parse_config(shipped)
+    assert parsed.task == task and parsed == registry.config_class(shipped)(**{
         k: v for k, v in shipped.items() if k in ("task", "model", "dataset")})
 
 
 def test_bad_model_option_is_a_config_error(tiny):
-    cfg = configs.load_config(None, FAST + ["model_options.depth=3", "epochs=1"])
+    cfg = registry.load_config(None, FAST + ["model_options.depth=3", "epochs=1"])
     with pytest.raises(configs.ConfigError, match="depth"):
         classify.train(cfg)
 
 
 # ---------------------------------------------------------------------------------------------- a run
 def test_a_run_writes_every_file_and_checkpoints_load_weights_only(tiny):
-    cfg = configs.load_config(configs.DEFAULT_CONFIG, FAST + ["epochs=2"])
+    cfg = registry.load_config(configs.DEFAULT_CONFIG, FAST + ["epochs=2"])
     run_dir = classify.train(cfg)
 
     for name in ("config.yaml", "metrics.csv", "status.json", "train.log", "last.pt", "best.pt", "test_report.json"):
@@ -195,7 +195,7 @@ def test_a_run_writes_every_file_and_checkpoints_load_weights_only(tiny):
 
 
 def test_the_same_seed_gives_the_same_metrics_and_another_seed_does_not(tiny):
-    runs = [classify.train(configs.load_config(None, FAST + ["epochs=2", f"seed={seed}"])) for seed in (7, 7, 8)]
+    runs = [classify.train(registry.load_config(None, FAST + ["epochs=2", f"seed={seed}"])) for seed in (7, 7, 8)]
     first, again, other = (metric_rows(r) for r in runs)
     assert first == again
     assert first != other
@@ -233,12 +233,12 @@ def test_resume_after_sigkill_mid_epoch_completes_every_epoch_once(tiny):
     assert (run_dir / "test_report.json").exists()
 
     # the resumed run draws the same shuffles and augmentations as one that never stopped
-    straight = classify.train(configs.load_config(config))
+    straight = classify.train(registry.load_config(config))
     assert metric_rows(straight) == rows
 
 
 def test_time_limit_stops_a_run_after_the_epoch_that_uses_it_up(tiny):
-    run_dir = classify.train(configs.load_config(None, FAST + ["epochs=4", "time_limit_s=0.001"]))
+    run_dir = classify.train(registry.load_config(None, FAST + ["epochs=4", "time_limit_s=0.001"]))
     assert [r["epoch"] for r in metric_rows(run_dir)] == ["1"]
     status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "done" and status["epoch"] == 1
@@ -246,7 +246,7 @@ def test_time_limit_stops_a_run_after_the_epoch_that_uses_it_up(tiny):
 
 
 def test_evaluate_command_scores_another_split(tiny, capsys):
-    run_dir = classify.train(configs.load_config(None, FAST + ["epochs=1"]))
+    run_dir = classify.train(registry.load_config(None, FAST + ["epochs=1"]))
     assert cli_main(["evaluate", str(run_dir), "--split", "val", "--n-boot", "20"]) == 0
     report = json.loads((run_dir / "val_report.json").read_text())
     assert report["split"] == "val" and report["n_images"] == 6
@@ -261,7 +261,7 @@ def test_train_command_rejects_a_bad_config_before_training(tiny, capsys):
 
 
 def test_svm_run_uses_the_same_folder_and_checkpoint_format(tiny):
-    run_dir = classify.train(configs.load_config(None, ["model=svm", "input_size=64", "dataset=tiny", "n_boot=50"]))
+    run_dir = classify.train(registry.load_config(None, ["model=svm", "input_size=64", "dataset=tiny", "n_boot=50"]))
     status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "done" and status["epochs"] == 1
     assert [r["epoch"] for r in metric_rows(run_dir)] == ["1"]

@@ -21,13 +21,13 @@ from typing import Iterator
 import streamlit as st
 
 from core import demo, settings
+from core.runs import registry
 from core.inference.report import NOTICE as NOTICE_PLAIN
 
 NOTICE = ("**Research and teaching use only — not a diagnosis.** CerviCurve's outputs are not validated for "
           "clinical decisions; a qualified clinician must read every radiograph.")
-TASKS = (("classify", "Classifier"), ("detect", "Detector"), ("landmarks", "Landmarks"))
-SELECTOR_LABELS = {"classify": "Classifier used by Predict", "detect": "Detector used by Predict",
-                   "landmarks": "Landmark model used by Predict"}
+# The models Predict uses, in its order (core.runs.registry): (task, the word people see)
+TASKS = tuple((name, registry.TASKS[name].title) for name in registry.PROMOTABLE)
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -253,8 +253,8 @@ def sidebar(state: dict) -> None:
             choices = run_choices(task, state)
             # the classifier choice is always shown; the others once there is a run besides the promoted one
             if choices and (task == "classify" or any(run is not None for run in choices.values())):
-                st.selectbox(SELECTOR_LABELS[task], list(choices), key=f"choice_{task}",
-                             help=f"The promoted {title.lower()} model, or any finished {task} run in this "
+                st.selectbox(f"{title} used by Predict", list(choices), key=f"choice_{task}",
+                             help=f"The promoted {title.lower()}, or any finished {task} run in this "
                                   "workspace, to compare them on the same films.")
         if state.get("team_mode"):
             user = state["user"]

@@ -1,6 +1,7 @@
 """Run configs of every task, strict and torch-free: what `runs start` checks before any process starts.
 
-Defaults < YAML file (or dict) < ``key=value`` overrides. Each task has one config class (``config_class``):
+Defaults < YAML file (or dict) < ``key=value`` overrides. Each task has one config class, named in its entry of
+``core.runs.registry`` (which also parses a config into the right class):
 ``classify`` -> :class:`ClassifyConfig`, ``detect`` -> :class:`YoloConfig`, ``landmarks`` -> :class:`HeatmapConfig`
 (``model: landmark-unet``) or :class:`YoloConfig` (a YOLO-pose yaml or .pt), ``compare`` -> :class:`CompareConfig`.
 Every class refuses an unknown key (naming it, with the closest known one) and a value of the wrong type.
@@ -21,7 +22,6 @@ import yaml
 from core.data import safe_yaml
 from core.data.measure import LANDMARK_CROP_MARGIN
 
-TASKS = ("classify", "detect", "landmarks", "compare")
 CLASS_WEIGHTING = ("balanced", "none", "sampler")
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "classify.yaml"
 
@@ -426,28 +426,6 @@ class CompareConfig(StrictConfig):
         _check_minimum(self, n_boot=0)
 
 
-def config_class(data: Mapping[str, Any]) -> type[StrictConfig]:
-    """The config class of a config's task (and, for landmarks, its model)."""
-    task = data.get("task", "classify")
-    if task == "classify":
-        return ClassifyConfig
-    if task == "detect":
-        return YoloConfig
-    if task == "landmarks":
-        return HeatmapConfig if str(data.get("model") or LANDMARK_UNET).strip().lower() == LANDMARK_UNET else YoloConfig
-    if task == "compare":
-        return CompareConfig
-    raise ConfigError(f"task '{task}' is not one of: {', '.join(TASKS)}")
-
-
-def parse_config(data: Mapping[str, Any]) -> StrictConfig:
-    """A validated config object of the right class for ``data``'s task."""
-    data = dict(data)
-    if data.get("task", "classify") == "landmarks":
-        data.setdefault("model", LANDMARK_UNET)
-    return config_class(data).from_dict(data)
-
-
 def read_config_source(source: str | Path | Mapping[str, Any] | None = None, overrides: Sequence[str] = ()) -> dict:
     """Defaults < YAML file (or dict) < ``key=value`` overrides, before validation."""
     if source is None:
@@ -481,13 +459,3 @@ def read_config_source(source: str | Path | Mapping[str, Any] | None = None, ove
         else:
             data[key] = value
     return data
-
-
-def resolve_config(source: str | Path | Mapping[str, Any] | None = None, overrides: Sequence[str] = ()) -> dict:
-    """The validated config of any task as a plain dict (what a run folder's config.yaml holds)."""
-    return parse_config(read_config_source(source, overrides)).to_dict()
-
-
-def load_config(source: str | Path | Mapping[str, Any] | None = None, overrides: Sequence[str] = ()) -> StrictConfig:
-    """The validated config object (its task's class) of a file or dict plus ``key=value`` overrides."""
-    return parse_config(read_config_source(source, overrides))

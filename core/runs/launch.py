@@ -31,8 +31,9 @@ import yaml
 
 from core import settings
 from core.data.accounts import SHELL, authorize
-from core.runs import hardware, layout, promotion, queue, reports
-from core.runs.configs import LANDMARK_UNET, ConfigError, read_config_source, resolve_config
+from core.runs import hardware, layout, promotion, queue, registry, reports
+from core.runs.configs import ConfigError, read_config_source
+from core.runs.registry import resolve_config
 
 def start_run(config: str | Path | Mapping[str, Any], overrides: Sequence[str] = (), *, nproc: int = 1,
               actor=None) -> Path:
@@ -45,8 +46,9 @@ def start_run(config: str | Path | Mapping[str, Any], overrides: Sequence[str] =
     authorize(actor, "start_run", str(config))
     resolved = resolve_config(config, overrides)
     task = resolved.get("task", "classify")
-    if nproc > 1 and task != "classify":
-        raise ConfigError(f"only classify runs train with DDP (nproc {nproc}); {task} runs use one device")
+    if nproc > 1 and not registry.spec(task).distributed:
+        raise ConfigError(f"only {', '.join(n for n, s in registry.TASKS.items() if s.distributed)} runs train with "
+                          f"DDP (nproc {nproc}); {task} runs use one device")
     run_dir = layout.new_run_dir(resolved.get("model") or task, task)
     (run_dir / layout.CONFIG_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
     data = data_record(resolved)
@@ -121,9 +123,10 @@ def continue_config(run_dir: str | Path, epochs: int, changes: Mapping[str, Any]
     task = config.get("task", "classify")
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
         raise ConfigError(f"epochs to continue for must be a whole number >= 1, got {epochs!r}")
-    if task == "compare":
-        raise ConfigError("a comparison cannot be continued: start a new one with more epochs")
-    if task == "classify" or (task == "landmarks" and config.get("model", LANDMARK_UNET) == LANDMARK_UNET):
+    spec = registry.spec(task)
+    if not spec.continuable:
+        raise ConfigError(f"a {spec.title.lower()} run cannot be continued: start a new one with more epochs")
+    if spec.trainer(config).continues_from == "checkpoint":
         if not any((run_dir / name).exists() for name in ("last.pt", "best.pt")):
             raise layout.JobError(f"run {run_dir.name} has no checkpoint (last.pt) to continue from")
         config.update(init_from=str(run_dir))
@@ -192,7 +195,7 @@ def delete_run(run_dir: str | Path, *, actor=None) -> Path:
     status = layout.read_status(run_dir)
     if status.get("state") in ("queued", "running"):
         raise layout.JobError(f"run {run_dir.name} is {status['state']}: cancel it before deleting it")
-    for task in ("classify", "detect", "landmarks"):
+    for task in registry.PROMOTABLE:
         info = promotion.promoted_info(task)
         if info and info.get("run_id") == run_dir.name:
             raise layout.JobError(f"run {run_dir.name} is the promoted {task} model: promote another run first")
@@ -232,7 +235,7 @@ def configure_runs(parser: argparse.ArgumentParser) -> None:
     compare = sub.add_parser("compare", help="several runs side by side: differing config keys, study-layout table")
     compare.add_argument("runs", nargs="+", metavar="RUN")
     rollback = sub.add_parser("rollback", help="put the previously promoted model of a task back")
-    rollback.add_argument("--task", default="classify", choices=promotion.PROMOTABLE)
+    rollback.add_argument("--task", default="classify", choices=registry.PROMOTABLE)
     parser.set_defaults(json=False)
 
 

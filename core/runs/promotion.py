@@ -17,7 +17,7 @@ from pathlib import Path
 
 from core import settings
 from core.data.accounts import SHELL, authorize
-from core.runs import reports
+from core.runs import registry, reports
 from core.runs.hardware import DATA_FILE
 from core.runs.layout import CONFIG_FILE, METRICS_FILE, TEST_REPORT, JobError, now_iso, read_config, read_status, \
     read_status_file, resolve_run, run_path
@@ -25,7 +25,6 @@ from core.runs.layout import CONFIG_FILE, METRICS_FILE, TEST_REPORT, JobError, n
 PROMOTED_FILE = "promoted.json"
 CARD_FILE = "model_card.json"
 CARD_TEXT = "MODEL_CARD.md"
-PROMOTABLE = ("classify", "detect", "landmarks")
 HISTORY_DIR = ".history"
 KEPT_HISTORY = 5  # previously promoted models kept per task for rollback
 
@@ -43,9 +42,8 @@ def promote(run_dir: str | Path, task: str | None = None, *, actor=None) -> Path
     authorize(actor, "promote", str(run_dir))
     run_dir = run_path(run_dir)  # only a run under runs/ is copied to Predict
     config = read_config(run_dir)
-    # a comparison's best.pt is its best classifier
-    task = task or {"compare": "classify"}.get(config.get("task"), config.get("task")) or "classify"
-    if task not in PROMOTABLE:
+    task = task or registry.task_of(config).model_task
+    if task not in registry.PROMOTABLE:
         raise JobError(f"a {task} run has no model for Predict")
     checkpoint = _best_checkpoint(run_dir)
     if checkpoint is None:
@@ -100,8 +98,8 @@ def history(task: str = "classify") -> list[dict]:
 def rollback(task: str = "classify", *, actor=None) -> dict:
     """Put the previously promoted model of ``task`` back (the current one is dropped: its run still has it)."""
     authorize(actor, "promote", f"roll back {task}")
-    if task not in PROMOTABLE:
-        raise JobError(f"task must be one of {', '.join(PROMOTABLE)}, got {task!r}")
+    if task not in registry.PROMOTABLE:
+        raise JobError(f"task must be one of {', '.join(registry.PROMOTABLE)}, got {task!r}")
     earlier = history(task)
     if not earlier:
         raise JobError(f"no earlier promoted {task} model to roll back to")
@@ -169,8 +167,8 @@ def check_against_promoted(run_dir: str | Path, task: str | None = None) -> dict
     measured on the same test split (same labels fingerprint of that split). ``warning`` is None when all is well."""
     run_dir = resolve_run(run_dir)
     config = read_config(run_dir)
-    task = task or {"compare": "classify"}.get(config.get("task"), config.get("task")) or "classify"
-    current = promoted_info(task) if task in PROMOTABLE else None
+    task = task or registry.task_of(config).model_task
+    current = promoted_info(task) if task in registry.PROMOTABLE else None
     candidate = reports.headline(run_dir, config.get("task"))
     result = {"task": task, "promoted_run": (current or {}).get("run_id"), "candidate": candidate,
               "promoted": None, "same_test_split": None, "worse": None, "warning": None}
@@ -208,7 +206,7 @@ def promoted_info(task: str = "classify") -> dict | None:
 
 def configure_promote(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", help="run folder or run id")
-    parser.add_argument("--task", choices=PROMOTABLE, default=None,
+    parser.add_argument("--task", choices=registry.PROMOTABLE, default=None,
                         help="default: the run's own task")
 
 

@@ -1,9 +1,9 @@
-"""The task registry: every task trains, evaluates and loads the same way (`python -m core train` / `evaluate`).
+"""`python -m core train` / `evaluate`: every task trains, evaluates and loads the same way.
 
-A task is a module with ``fit(config, run_dir, resume=...)``, ``evaluate(run_dir, split)`` and ``load(path)``;
-its config class lives in ``core.runs.configs`` (torch-free, checked before any process starts). The run folder is
-written by ``core.runs.recorder.RunRecorder`` inside ``fit``, so every task leaves the same files. Modules are
-imported only when their task runs: a classifier run never imports ultralytics.
+The tasks and their modules are declared in ``core.runs.registry``; a task's module has ``fit(config, run_dir,
+resume=...)``, ``evaluate(run_dir, split)`` and ``load(path)``. The run folder is written by
+``core.runs.recorder.RunRecorder`` inside ``fit``, so every task leaves the same files. Modules are imported only
+when their task runs: a classifier run never imports ultralytics.
 """
 from __future__ import annotations
 
@@ -14,23 +14,24 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
-from core.runs import layout
-from core.runs.configs import ConfigError, HeatmapConfig, parse_config, read_config_source
+from core.runs import layout, registry
+from core.runs.configs import ConfigError, read_config_source
 from core.runs.recorder import RunCancelled
 
 
 @dataclass(frozen=True)
 class Task:
+    """A config's task (``core.runs.registry``) with the module that trains it, imported on first use."""
+
     name: str
     module: str          # implements fit / evaluate / load
-    description: str
 
     def implementation(self):
         return importlib.import_module(self.module)
 
-    def fit(self, config, run_dir: Path, resume: bool = False) -> Any:
+    def fit(self, config, run_dir: Path | None, resume: bool = False) -> Any:
         return self.implementation().fit(config, run_dir, resume=resume)
 
     def evaluate(self, run_dir: Path, split: str = "test", **options: Any) -> dict:
@@ -40,28 +41,15 @@ class Task:
         return self.implementation().load(path)
 
 
-TASKS: dict[str, Task] = {
-    "classify": Task("classify", "core.training.classify", "curvature class: S-ResNet-34 and the study's models"),
-    "detect": Task("detect", "core.training.detect", "C2-C7 ROI box: YOLO detector"),
-    "landmarks": Task("landmarks", "core.training.landmarks", "the 23 CSXA landmarks: heatmap U-Net"),
-    "landmarks-yolo": Task("landmarks", "core.training.detect", "the 23 CSXA landmarks: YOLO-pose"),
-    "compare": Task("compare", "core.training.compare", "the study's models on the same splits"),
-}
-
-
-def task_for(config: dict) -> Task:
+def task_for(config: Mapping[str, Any]) -> Task:
     """The task that trains a (validated) config: landmark configs go by their model."""
-    name = config.get("task", "classify")
-    if name == "landmarks" and config.get("model") != HeatmapConfig.model:
-        return TASKS["landmarks-yolo"]
-    if name not in TASKS:
-        raise ConfigError(f"task '{name}' is not one of: {', '.join(sorted({t.name for t in TASKS.values()}))}")
-    return TASKS[name]
+    spec = registry.task_of(config)
+    return Task(spec.name, spec.trainer(config).module)
 
 
 def run_config(run_dir: str | Path) -> dict:
     """A run folder's config, validated again (a hand-edited config.yaml is refused here, not mid-run)."""
-    return parse_config(layout.read_config(layout.resolve_run(run_dir))).to_dict()
+    return registry.parse_config(layout.read_config(layout.resolve_run(run_dir))).to_dict()
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -84,15 +72,13 @@ def run_train(args: argparse.Namespace) -> int:
             run_dir = Path(args.run_dir) if args.run_dir else None
         else:
             raise ConfigError("give --config FILE.yaml (see configs/) or --resume RUN")
-        config = parse_config(read_config_source(source, args.overrides))
+        config = registry.parse_config(read_config_source(source, args.overrides))
         task = task_for(config.to_dict())
         if run_dir is None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
             run_dir = layout.new_run_dir(getattr(config, "model", None) or task.name, task.name)
-        if task.name == "classify":
-            result = task.implementation().train(config, run_dir, resume=bool(args.resume))
+        result = task.fit(config, run_dir, resume=bool(args.resume))
+        if run_dir is None:  # under torchrun rank 0 made the folder; classify.fit returns it
             run_dir = Path(result)
-        else:
-            task.fit(config, run_dir, resume=bool(args.resume))
     except (ConfigError, layout.JobError) as exc:
         # refused before training began: a background run's folder must not stay "queued"
         if run_dir is not None and (Path(run_dir) / layout.STATUS_FILE).exists():
