@@ -132,11 +132,16 @@ def test_upload_a_phantom_and_see_class_and_heatmap(browser, tmp_path):
         page.locator("input[type='file']").first.set_input_files(str(radiograph))
         heading = page.get_by_text("spine.png: ").first
         heading.wait_for(timeout=90_000)  # the first prediction imports torch and loads the model
-        assert heading.inner_text().split(": ")[1].split(" ")[0] in ("normal", "straightened", "reversed")
-        heatmap = page.locator("img[alt*='heatmap' i], [data-testid='stImage']:has-text('heatmap') img").first
-        heatmap.wait_for(timeout=30_000)
-        page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=heatmap.element_handle())
-        assert heatmap.bounding_box()["width"] > 100
+        verdict = heading.inner_text().split(": ", 1)[1]
+        # the tiny test model flags films unlike its 64 px training set: then it says so and shows no class
+        assert verdict.split(" ")[0] in ("normal", "straightened", "reversed") or verdict.startswith("not judged")
+        film = page.locator("[data-testid='stImage'] img").first
+        film.wait_for(timeout=30_000)
+        page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=film.element_handle())
+        assert film.bounding_box()["width"] > 100
+        if not verdict.startswith("not judged"):
+            heatmap = page.locator("img[alt*='heatmap' i], [data-testid='stImage']:has-text('heatmap') img").first
+            heatmap.wait_for(timeout=30_000)
         page.wait_for_timeout(500)  # let the chart finish drawing before the picture
         shot = tmp_path / "predict_result.png"
         page.screenshot(path=str(shot), full_page=True)
