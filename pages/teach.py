@@ -76,36 +76,48 @@ def explore_part() -> None:
         st.markdown(f"#### Rule class: **{truth.rule_class}** (Cobb C2–C7 {truth.cobb_c2c7:+.1f}°)")
         t = result.thresholds
         st.caption(f"Rule on Cobb C2–C7: normal ≥ {t.normal_min_deg:g}°, reversed ≤ {t.reversed_max_deg:g}°, "
-                   "straightened between (settings CERVICURVE_NORMAL_MIN_DEG / CERVICURVE_REVERSED_MAX_DEG).")
+                   "straightened between (the thresholds this workspace is set to).")
         model = result.model
         st.plotly_chart(rule_scale(t, teaching.ANGLE_RANGE_DEG, truth.cobb_c2c7,
                                    None if model is None else model.cobb_c2c7,
-                                   None if model is None else model.prediction.curvature_class),
+                                   None if model is None else model.curvature_class),
                         key="explore_scale")
         st.dataframe(measurements_frame(truth), hide_index=True, width="stretch")
     model_column, heatmap_column, _ = st.columns([4, 4, 3], gap="medium")
     with model_column:
         st.markdown("#### The models' answer")
         if model is None:
-            st.info(f"No model is promoted, so there is no model answer ({result.model_missing}). "
+            st.info("No model is promoted, so there is no model answer. "
                     "The film and its measurements above are complete without one.")
         else:
-            p = model.prediction
-            verdict = {True: "agrees", False: "disagrees", None: "—"}[model.agrees_with_rule]
-            st.markdown(f"Model class: **{p.curvature_class}** ({p.probabilities[p.curvature_class]:.0%}) — "
-                        f"**{verdict}** with the rule's **{truth.rule_class}**")
-            probability_bars(p.probabilities, p.curvature_class)
-            if model.cobb_c2c7 is None:
-                st.caption("The models give no angle of their own (no landmark model, or no usable vertebrae).")
-            else:
-                st.markdown(f"Model's own angle: **{model.cobb_c2c7:+.1f}°** (truth {truth.cobb_c2c7:+.1f}°, "
-                            f"off by {model.cobb_c2c7 - truth.cobb_c2c7:+.1f}°)")
-            st.caption("Models: " + model.provenance)
+            models_answer(model, truth)
     if model is not None and result.heatmap is not None:
         heatmap_column.image(report.as_jpeg(result.heatmap), width="stretch",
-                             caption=f"Grad-CAM for '{model.prediction.curvature_class}'")
+                             caption=f"Grad-CAM heatmap for '{model.curvature_class}'")
+    elif model is not None and model.prediction.cam is not None:
+        heatmap_column.info("No heatmap: the network's class is not the models' answer on this film, so a map of "
+                            "where it looked is no evidence.")
     timings = ", ".join(f"{k} {v:.0f}" for k, v in result.timings_ms.items())
     st.caption(f"Redrawn at {truth.cobb_c2c7:+.1f}° in {result.redraw_ms:.0f} ms ({timings})")  # the page's last line
+
+
+def models_answer(model: teaching.ModelAnswer, truth) -> None:
+    """The models' answer as Predict gives it (one verdict): its class beside the rule's, or "not judged" and why;
+    the network's probabilities only where its class is the answer."""
+    verdict = model.verdict
+    relation = {True: "It **agrees** with", False: "It **disagrees** with", None: "No class to set beside"}[
+        model.agrees_with_rule]
+    st.markdown(f"Model's answer: **{verdict.title}**. {relation} the rule's **{truth.rule_class}**.")
+    if verdict.warns:
+        st.warning(verdict.why, icon="⚠️")
+    if verdict.lead == "network":
+        probability_bars(model.prediction.probabilities, verdict.curvature_class)
+    if model.cobb_c2c7 is None:
+        st.caption(model.angle_missing)
+    else:
+        st.markdown(f"Model's own angle: **{model.cobb_c2c7:+.1f}°** (truth {truth.cobb_c2c7:+.1f}°, "
+                    f"off by {model.cobb_c2c7 - truth.cobb_c2c7:+.1f}°)")
+    st.caption("Models: " + model.provenance)
 
 
 # ------------------------------------------------------------------ 2. Measure it yourself
@@ -127,7 +139,7 @@ def point_canvas(film: teaching.Film) -> list[tuple[float, float]]:
 
 
 def measure_part() -> None:
-    source = st.radio("Film", ["The Explore phantom", "An image of a dataset"], horizontal=True,
+    source = st.radio("Film", ["The Explore phantom", "A film of a dataset"], horizontal=True,
                       key="measure_source")
     film = None
     with engine_errors("Loading the film"):
@@ -138,17 +150,18 @@ def measure_part() -> None:
             st.info("No dataset in this workspace yet: import one on the Data page, or use the Explore phantom.")
         else:
             dataset = st.selectbox("Dataset", state["datasets"], key="measure_dataset")
-            images = {f"{i.image_id}: {i.path.rsplit('/', 1)[-1]}" + (f" ({i.curvature_class})" if i.curvature_class else ""):
-                      i.image_id for i in store().current_labels(dataset)}
-            choice = st.selectbox("Image", list(images), key="measure_image")
-            film = teaching.dataset_film(images[choice], store())
+            films = {f"{i.image_id}: {i.path.rsplit('/', 1)[-1]}"
+                     + (f" ({i.curvature_class})" if i.curvature_class else ""): i.image_id
+                     for i in store().current_labels(dataset)}
+            choice = st.selectbox("Which film", list(films), key="measure_image")
+            film = teaching.dataset_film(films[choice], store())
     if film is None:
         return
     for note in film.notes:
         st.caption(f"Note: {note}")
     facing = film.facing
     if facing is None:
-        facing = st.radio("Patient faces (this image has no landmarks to tell)", ["right", "left"], horizontal=True,
+        facing = st.radio("Patient faces (this film has no landmarks to tell)", ["right", "left"], horizontal=True,
                           key="measure_facing")
     canvas_column, result_column = st.columns([5, 5], gap="medium")
     with canvas_column:
@@ -184,6 +197,12 @@ def measure_part() -> None:
 
 
 # ------------------------------------------------------------------ 3. Self-test
+# Who sees what: a student sees their own answers only; the class's answers are for the quiz's teacher — in team
+# mode a reviewer or an admin (the role is checked in core), in single-user mode whoever gives the quiz's teacher
+# key (shown once, when the quiz is set). A name typed on a shared page proves nothing, so a student's own result
+# there is the one their browser session submitted, kept in session state, never looked up by name.
+
+_SCORED = "quiz_scored"  # (quiz id, StudentResult) of this session's last submission
 
 
 def take_quiz(quizzes) -> None:
@@ -211,19 +230,21 @@ def take_quiz(quizzes) -> None:
                                               key=f"quiz_{chosen.quiz_id}_answer_{item.position}")
     if st.button("Submit my answers", type="primary", key="quiz_submit"):
         with engine_errors("Submitting"):
-            teaching.submit_answers(chosen.quiz_id, student, answers, actor=state["actor"])
-            st.session_state["quiz_scored"] = (chosen.quiz_id, student)
-    scored = st.session_state.get("quiz_scored")
-    if scored and scored[0] == chosen.quiz_id:
-        show_score(chosen, scored[1], films)
+            scored = teaching.submit_answers(chosen.quiz_id, student, answers, actor=state["actor"])
+            st.session_state[_SCORED] = (chosen.quiz_id, scored)
+    show_own_score(chosen, films)
 
 
-def show_score(chosen, student: str, films) -> None:
-    result = None
-    with engine_errors("Scoring"):
-        result = teaching.quiz_results(chosen.quiz_id).student(student)
-    if result is None:
-        return
+def show_own_score(chosen, films) -> bool:
+    """This session's own result for the quiz, when it submitted one; returns whether there was one."""
+    scored = st.session_state.get(_SCORED)
+    if not scored or scored[0] != chosen.quiz_id:
+        return False
+    show_score(scored[1], films)
+    return True
+
+
+def show_score(result, films) -> None:
     st.markdown(f"### Score: {result.correct}/{result.total} ({result.score:.0%})")
     st.caption(f"{result.student}, answered {result.answered_at:%Y-%m-%d %H:%M} UTC")
     st.dataframe(confusion_frame(result.confusion), width="stretch", key="quiz_confusion")
@@ -234,7 +255,8 @@ def show_score(chosen, student: str, films) -> None:
     columns = st.columns(4)  # the quiz's thumbnail size, however few were missed
     for index, (item, answer) in enumerate(result.missed):
         angle = "" if item.truth_cobb is None else f" ({item.truth_cobb:+.1f}°)"
-        model = f"model: {item.model_class}" if item.model_class else "no model answer"
+        said = teaching.model_said(item)
+        model = f"model: {said}" if item.model_name else said
         columns[index % len(columns)].image(thumbnail_png(films[item.position - 1], 320), width="stretch",
                                             caption=f"Film {item.position}: you said {answer}; truth "
                                                     f"{item.truth_class}{angle}; {model}")
@@ -251,7 +273,7 @@ def set_quiz() -> None:
         films = st.number_input("Films", 1, 50, 5, key="quiz_films")
         source = st.radio("Films from", ["Phantoms", "A labeled dataset"], horizontal=True, key="quiz_source")
         dataset = st.selectbox("Dataset (for a dataset quiz)", state["datasets"], key="quiz_dataset")
-        seed = st.number_input("Seed (which phantoms or images)", 0, 2**31 - 1, 0, key="quiz_seed")
+        seed = st.number_input("Seed (which phantoms or films)", 0, 2**31 - 1, 0, key="quiz_seed")
         show_angle = st.checkbox("Show each film's true angle", key="quiz_show_angle")
         submitted = st.form_submit_button("Create the quiz", type="primary")
     if submitted and source == "A labeled dataset" and not dataset:
@@ -264,15 +286,27 @@ def set_quiz() -> None:
                                         show_angle=show_angle, runs=runs, actor=state["actor"])
         if made is not None:
             st.success(f"Created {made.label}. Students pick it under **Take a quiz**.")
+            if made.teacher_key:
+                st.info(f"Teacher key of this quiz: **{made.teacher_key}**. Note it now: it is shown only once, and "
+                        "**Class results** shows the class's answers only to whoever gives it (students see their "
+                        f"own). A lost key is replaced from the shell: `python -m core quiz key {made.quiz_id}`.")
 
 
 def class_results(quizzes) -> None:
     labels = {q.label: q for q in quizzes}
     chosen = labels[st.selectbox("Quiz", list(labels), key="results_choice")]
+    key = None
+    if not state["team_mode"]:
+        key = st.text_input("Teacher key (shown when the quiz was set)", type="password", key="results_key",
+                            help="Only the quiz's teacher sees every student's answers; without the key you see "
+                                 "your own.")
     results = None
     with engine_errors("Reading the results"):
-        results = teaching.quiz_results(chosen.quiz_id)
+        results = teaching.class_results(chosen.quiz_id, actor=state["actor"], teacher_key=key)
     if results is None:
+        return
+    if not results.everyone:
+        own_results(chosen, results)
         return
     if not results.students:
         st.info("No answers to this quiz yet.")
@@ -284,11 +318,34 @@ def class_results(quizzes) -> None:
                  hide_index=True, width="stretch", key="results_students",
                  column_config={"score": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="percent")})
     st.markdown("#### Per film")
-    st.dataframe(pd.DataFrame(results.per_film()), hide_index=True, width="stretch", key="results_films",
+    per_film = [{**row, "model": teaching.model_said(item)} for row, item in zip(results.per_film(), chosen.items)]
+    st.dataframe(pd.DataFrame(per_film), hide_index=True, width="stretch", key="results_films",
                  column_config={"correct_rate": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0,
                                                                                 format="percent")})
     st.download_button("Download all answers (CSV)", results.csv(), file_name=f"quiz_{chosen.quiz_id}_answers.csv",
                        mime="text/csv", key="results_csv")
+
+
+def own_results(chosen, results) -> None:
+    """A student's view of the results: their own answers, never a classmate's."""
+    if state["team_mode"]:
+        st.caption("The class's answers are for its teachers (reviewers and admins). Your own:")
+        if not results.students:
+            st.info("You have not answered this quiz yet: answer it under **Take a quiz**.")
+            return
+        films = None
+        with engine_errors("Loading the films"):
+            films = teaching.quiz_films(chosen)
+        if films is not None:
+            show_score(results.students[0], films)
+        return
+    st.caption("The class's answers are for the quiz's teacher, who gives its teacher key above. Without it you see "
+               "only the answers this browser session submitted.")
+    films = None
+    with engine_errors("Loading the films"):
+        films = teaching.quiz_films(chosen)
+    if films is not None and not show_own_score(chosen, films):
+        st.info("This session has not answered this quiz yet: answer it under **Take a quiz**.")
 
 
 def self_test_part() -> None:
@@ -300,7 +357,7 @@ def self_test_part() -> None:
     with engine_errors("Reading the quizzes"):
         quizzes = teaching.list_quizzes()
     if not quizzes:
-        st.info("No quiz yet: a teacher sets one under **Set a quiz** (or `python -m core quiz create`).")
+        st.info("No quiz yet: a teacher sets one under **Set a quiz**.")
     elif role == "Take a quiz":
         take_quiz(quizzes)
     else:

@@ -1,5 +1,7 @@
 """Teach page through AppTest: Explore redraws on a slider move, four canvas points are measured, a quiz is set,
-answered through session state and scored, with and without a (tiny, really trained) promoted classifier."""
+answered through session state and scored, with and without a (tiny, really trained) promoted classifier. The models'
+answer is Predict's verdict (a film they do not judge gets no class and no heatmap); a student sees only their own
+quiz answers, the quiz's teacher everyone's; nothing a student sees names an environment variable."""
 from __future__ import annotations
 
 import hashlib
@@ -30,6 +32,32 @@ def with_model(model_home, monkeypatch, request) -> Path:
     if "database" not in request.fixturenames:  # else: its PostgreSQL database, or (sqlite) none set either
         monkeypatch.delenv("CERVICURVE_DB", raising=False)  # the home's own SQLite file
     return model_home
+
+
+@pytest.fixture(scope="module")
+def judged_home(model_home, tmp_path_factory) -> Path:
+    """The tiny classifier as a checkpoint from before out-of-distribution references existed (same weights, its meta
+    without them): nothing flags a film then, so the network's class is the verdict. With them, the one-epoch model
+    finds every Explore phantom unlike its six training phantoms, and the judged path would go untested."""
+    import shutil
+
+    import torch
+
+    home = tmp_path_factory.mktemp("teach_judged") / "workspace"
+    shutil.copytree(model_home / "promoted", home / "promoted")
+    path = home / "promoted" / "classify" / "best.pt"
+    checkpoint = torch.load(path, weights_only=True)
+    for key in ("ood_reference", "ood_image_reference"):
+        checkpoint["meta"].pop(key)
+    torch.save(checkpoint, path)
+    return home
+
+
+@pytest.fixture()
+def with_judging_model(judged_home, monkeypatch) -> Path:
+    monkeypatch.setenv("CERVICURVE_HOME", str(judged_home))
+    monkeypatch.delenv("CERVICURVE_DB", raising=False)
+    return judged_home
 
 
 def teach_page(part: str = "Explore") -> AppTest:
@@ -75,20 +103,89 @@ def test_a_slider_move_redraws_and_moves_the_measured_angle_as_much(workspace):
                                  "Arc depth", "Rule class"}
 
 
-def test_the_models_answer_sits_beside_the_rule(with_model):
+def image_captions(at: AppTest) -> list[str]:
+    return [image.proto.imgs[0].caption for image in at.get("image")]
+
+
+def models_answer(at: AppTest) -> str:
+    return next(m.value for m in at.markdown if m.value.startswith("Model's answer:"))
+
+
+def test_a_film_the_models_do_not_judge_gets_no_class_and_no_heatmap(with_model):
+    """The tiny model finds the Explore phantom unlike its training films: Predict gives no class for such a film, and
+    neither does Teach — no class, no probabilities as an answer, no heatmap, and the reason."""
     at = teach_page()
-    verdict = next(m.value for m in at.markdown if m.value.startswith("Model class:"))
-    model_class = verdict.split("**")[1]
+    film = teaching.phantom_film(teaching.FilmSettings())
+    predictor, _ = teaching.predictor_for()
+    verdict = teaching.model_answer(film, predictor).verdict
+    assert not verdict.judged  # the premise: Predict would not judge this film either
+    assert models_answer(at) == ("Model's answer: **not judged — check this film by eye**. No class to set beside "
+                                 "the rule's **normal**.")
+    assert any("unlike the films the models were trained on" in w.value for w in at.warning)
+    assert not at.get("progress")  # no probability bars
+    assert not any(c.startswith("Grad-CAM") for c in image_captions(at))
+    assert any(i.value.startswith("No heatmap: the network's class is not the models' answer") for i in at.info)
+    assert not any(cls in models_answer(at) for cls in ("straightened", "reversed"))
+    assert any("no angle of their own" in c.value for c in at.caption)  # no landmark model promoted
+
+
+def test_a_judged_film_shows_its_class_beside_the_rule_with_its_heatmap(with_judging_model):
+    at = teach_page()
+    answer = models_answer(at)
+    model_class = answer.split("**")[1].split(" (")[0]
     assert model_class in CLASSES
     expected = "agrees" if model_class == "normal" else "disagrees"
-    assert f"**{expected}** with the rule's **normal**" in verdict
+    assert re.fullmatch(rf"Model's answer: \*\*{model_class} \(\d+%(, low confidence)?\)\*\*\. It \*\*{expected}\*\* "
+                        r"with the rule's \*\*normal\*\*\.", answer), answer
     assert len(at.get("plotly_chart")) == 1  # the rule scale
     bars = at.get("progress")  # the probabilities, the model's class in bold
     assert [bar.proto.text.split(":")[0].strip("*") for bar in bars] == list(CLASSES)
     assert [bar.proto.text.startswith("**") for bar in bars] == [c == model_class for c in CLASSES]
-    captions = [image.proto.imgs[0].caption for image in at.get("image")]
-    assert any(c.startswith("Grad-CAM for") for c in captions)
+    assert f"Grad-CAM heatmap for '{model_class}'" in image_captions(at)
     assert any("no angle of their own" in c.value for c in at.caption)  # no landmark model promoted
+
+
+def page_text(at: AppTest) -> str:
+    """Every element's message, labels, help and data as the browser receives them (main area and sidebar)."""
+    texts = []
+
+    def walk(node) -> None:
+        proto = getattr(node, "proto", None)
+        if proto is not None:
+            texts.append(str(proto))
+        for child in getattr(node, "children", {}).values():
+            walk(child)
+
+    walk(at._tree)
+    return "\n".join(texts)
+
+
+def test_nothing_a_student_sees_names_an_environment_variable(with_model, tmp_path, monkeypatch):
+    """Every part of the page a student opens, with a model and a quiz: no CERVICURVE_ setting names (the rule's
+    caption named its two thresholds' variables)."""
+    monkeypatch.setenv("CERVICURVE_DB", f"sqlite:///{tmp_path}/own.db")  # its quiz stays out of the shared home
+    made = teaching.create_quiz(title="Names", teacher="T", films=2, seed=1)
+    at = teach_page()
+    seen = [page_text(at)]
+    assert "Rule on Cobb C2–C7" in seen[0]
+    at.radio(key="teach_part").set_value("Measure it yourself").run()
+    film = teaching.phantom_film(teaching.FilmSettings())
+    place(at, film, teaching.truth_endplates(film.landmarks))
+    seen.append(page_text(at))
+    assert "Your angle" in seen[-1]
+    at.radio(key="teach_part").set_value("Self-test").run()
+    at.text_input(key="quiz_student").input("Zofia")
+    for item in made.items:
+        at.session_state[f"quiz_{made.quiz_id}_answer_{item.position}"] = item.truth_class
+    at.button(key="quiz_submit").click().run()
+    assert not at.exception and not at.error
+    seen.append(page_text(at))
+    assert "Score: 2/2" in seen[-1]
+    at.radio(key="quiz_role").set_value("Class results").run()
+    seen.append(page_text(at))
+    assert not at.exception and not at.error
+    for part, text in zip(("Explore", "Measure", "Take a quiz", "Class results"), seen):
+        assert "CERVICURVE_" not in text, part
 
 
 def canvas_key(at: AppTest, film: teaching.Film) -> str:
@@ -145,8 +242,11 @@ def test_a_quiz_set_answered_and_scored(with_model):
     create_button(at).click().run()
     assert not at.exception and not at.error
     assert at.success[0].value.startswith("Created #1 Week 1 (5 films, phantoms, by Dr Ortiz)")
+    key = teacher_key(at)
     made = teaching.quiz(1)
-    assert all(item.model_class in CLASSES for item in made.items)  # the model's answer, frozen at creation
+    # The models' answer, frozen at creation, is their verdict: the tiny model judges none of these phantoms.
+    assert all(item.model_name and item.model_class is None for item in made.items)
+    assert {teaching.model_said(item) for item in made.items} == {"not judged"}
 
     at.radio(key="quiz_role").set_value("Take a quiz").run()
     assert len(at.get("image")) == 5
@@ -164,14 +264,110 @@ def test_a_quiz_set_answered_and_scored(with_model):
     assert int(confusion.to_numpy().trace()) == 3 and int(confusion.to_numpy().sum()) == 5
     missed = [image.proto.imgs[0].caption for image in at.get("image")[5:]]
     assert [re.match(r"Film (\d)", c).group(1) for c in missed] == ["2", "4"]
-    assert all("truth" in c and "model: " in c for c in missed)
+    assert all("truth" in c and c.endswith("; model: not judged") for c in missed)
 
     at.radio(key="quiz_role").set_value("Class results").run()
+    assert not at.get("download_button")  # without the teacher key: this session's own answers only
+    assert any(m.value == "### Score: 3/5 (60%)" for m in at.markdown)
+    at.text_input(key="results_key").input(key.lower().replace("-", " ")).run()  # typed loosely, still the key
+    assert not at.exception and not at.error
     students = at.dataframe[0].value
     assert students[["student", "correct", "films"]].values.tolist() == [["Ana", 3, 5]]
     films = at.dataframe[1].value
     assert films["correct"].tolist() == [1, 0, 1, 0, 1]
+    assert films["model"].tolist() == ["not judged"] * 5
     assert [b.label for b in at.get("download_button")] == ["Download all answers (CSV)"]
+
+
+def teacher_key(at: AppTest) -> str:
+    """The teacher key the page shows once, when the quiz is set (single-user mode)."""
+    shown = next(i.value for i in at.info if i.value.startswith("Teacher key of this quiz"))
+    return re.search(r"\*\*([A-Z0-9]{4}-[A-Z0-9]{4}-[A-Z0-9]{4})\*\*", shown).group(1)
+
+
+def answer_as(at: AppTest, name: str, quiz) -> AppTest:
+    """Answer every film right as ``name`` on the Take a quiz view."""
+    at.radio(key="quiz_role").set_value("Take a quiz").run()
+    at.text_input(key="quiz_student").input(name)
+    for item in quiz.items:
+        at.session_state[f"quiz_{quiz.quiz_id}_answer_{item.position}"] = item.truth_class
+    at.button(key="quiz_submit").click().run()
+    assert not at.exception and not at.error
+    return at
+
+
+def test_in_single_user_mode_a_student_sees_their_own_answers_and_only_the_teacher_sees_the_class(workspace):
+    """Single-user mode: no sign-in, so a name proves nothing. Before: any student opened Class results and read
+    every classmate's answers. Now a student sees the answers their own session submitted; the class's, only with the
+    quiz's teacher key (shown once, to whoever set the quiz)."""
+    teacher = teach_page("Self-test")
+    teacher.radio(key="quiz_role").set_value("Set a quiz").run()
+    teacher.text_input(key="quiz_teacher").input("Dr Ortiz")
+    teacher.number_input(key="quiz_films").set_value(3)
+    create_button(teacher).click().run()
+    key = teacher_key(teacher)
+    made = teaching.quiz(1)
+
+    answer_as(teach_page("Self-test"), "Zofia", made)
+    bruno = answer_as(teach_page("Self-test"), "Bruno", made)
+    bruno.radio(key="quiz_role").set_value("Class results").run()
+    assert not bruno.exception and not bruno.error
+    text = page_text(bruno)
+    assert "Bruno" in text and "Zofia" not in text  # their own, and no classmate's, anywhere on the page
+    assert not bruno.get("download_button")
+    assert any("The class's answers are for the quiz's teacher" in c.value for c in bruno.caption)
+    # a classmate's name typed as the student changes nothing: the view never looks answers up by name
+    bruno.session_state["quiz_student"] = "Zofia"
+    bruno.run()
+    assert "Zofia" not in page_text(bruno)
+    bruno.text_input(key="results_key").input("ABCD-EFGH-JKMN").run()
+    assert [e.value for e in bruno.error] == ["Reading the results failed: that is not the teacher key of quiz 1"]
+    assert "Zofia" not in page_text(bruno)
+
+    teacher.radio(key="quiz_role").set_value("Class results").run()
+    assert not teacher.get("dataframe")  # the teacher too needs the key: the page cannot tell who sits at it
+    teacher.text_input(key="results_key").input(key).run()
+    assert not teacher.exception and not teacher.error
+    assert sorted(teacher.dataframe[0].value["student"]) == ["Bruno", "Zofia"]
+    assert [b.label for b in teacher.get("download_button")] == ["Download all answers (CSV)"]
+
+
+def test_in_team_mode_class_results_are_for_reviewers_and_a_student_sees_their_own(workspace):
+    from core.data.accounts import Accounts
+
+    with Accounts() as accounts:
+        accounts.add_user("rui", "reviewer pw", "reviewer")
+        accounts.add_user("ann", "annotator pw", "annotator")
+        accounts.add_user("bob", "annotator pw", "annotator")
+        rui = accounts.sign_in("rui", "reviewer pw")
+    made = teaching.create_quiz(title="Team quiz", teacher=None, films=2, seed=4, actor=rui)
+    assert made.teacher_key is None  # team mode: the role decides, there is no key
+
+    def teach_as(name: str, password: str) -> AppTest:
+        at = AppTest.from_file(APP, default_timeout=60).run()
+        at.switch_page("pages/teach.py").run()
+        at.text_input(key="sign_in_name").input(name)
+        at.text_input(key="sign_in_password").input(password)
+        at.button[0].click().run()
+        at.radio(key="teach_part").set_value("Self-test").run()
+        assert not at.exception and not at.error
+        return at
+
+    for name in ("ann", "bob"):
+        at = teach_as(name, "annotator pw")
+        for item in made.items:
+            at.session_state[f"quiz_{made.quiz_id}_answer_{item.position}"] = item.truth_class
+        at.button(key="quiz_submit").click().run()
+        assert not at.exception and not at.error
+    ann = teach_as("ann", "annotator pw")  # a new session: nothing of the submission kept in it
+    ann.radio(key="quiz_role").set_value("Class results").run()
+    assert not ann.exception and not ann.error
+    assert not any(t.key == "results_key" for t in ann.text_input)
+    assert any(m.value == "### Score: 2/2 (100%)" for m in ann.markdown)  # her own, read back by her account
+    assert "bob" not in page_text(ann) and not ann.get("download_button")
+    reviewer = teach_as("rui", "reviewer pw")
+    reviewer.radio(key="quiz_role").set_value("Class results").run()
+    assert sorted(reviewer.dataframe[0].value["student"]) == ["ann", "bob"]
 
 
 @pytest.mark.usefixtures("database")  # on SQLite, then on PostgreSQL

@@ -1,4 +1,5 @@
-"""Quizzes for the Teach page: a teacher sets N films, students answer each film's class, everyone sees scores.
+"""Quizzes for the Teach page: a teacher sets N films, students answer each film's class; each student sees their own
+score, and only the quiz's teacher sees the whole class's answers (:meth:`QuizStore.results_for`).
 
 The tables live in the annotation database (the same SQLite file or server as ``core.data.store``), on an engine
 built the store's way: WAL and a busy timeout on SQLite, and writes that take the write lock first
@@ -8,10 +9,13 @@ They are created on first use (``create_all`` only adds missing tables; the stor
 ``quizzes``       one row per quiz: title, teacher, created_at, source ("phantom" | "dataset"), seed, dataset,
                   show_angle, film_size
 ``quiz_items``    the films, in order: a phantom seed or a store image, the truth frozen at creation
-                  (class, Cobb C2–C7, facing) and the promoted models' answer at creation (class, probabilities,
-                  own angle, model name)
+                  (class, Cobb C2–C7, facing) and the promoted models' answer at creation (the class their
+                  verdict gives, None for a film they do not judge; probabilities, own angle, model name)
 ``quiz_answers``  append-only: one row per film per submission, with the student's name and the time; a student's
                   score counts their newest answer to each film, and every earlier one stays.
+``quiz_keys``     single-user mode: the sha256 of each quiz's teacher key (the key itself is shown once, when the
+                  quiz is set, or printed by ``python -m core quiz key N``). A name typed on a shared page proves
+                  nothing, so the key is what makes someone the quiz's teacher there; in team mode the role does.
 
 A film is never stored: a phantom item is redrawn from its seed (byte-identical), a dataset item is read from the
 workspace path it had at creation.
@@ -19,8 +23,11 @@ workspace path it had at creation.
 from __future__ import annotations
 
 import csv
+import hashlib
+import hmac
 import io
-from dataclasses import dataclass, field
+import secrets
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Mapping, Sequence
 
@@ -38,6 +45,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    delete,
     func,
     insert,
     select,
@@ -83,7 +91,7 @@ quiz_items_table = Table(
     Column("truth_class", String(20), nullable=False),
     Column("truth_cobb", Float),  # None for a dataset image without landmarks
     Column("facing", String(5)),
-    Column("model_class", String(20)),  # None when no classifier was promoted at creation
+    Column("model_class", String(20)),  # None: no classifier at creation, or (model_name set) the film not judged
     Column("model_probabilities", JSON),
     Column("model_cobb", Float),
     Column("model_name", String(200)),
@@ -100,6 +108,17 @@ quiz_answers_table = Table(
     Column("answer", String(20), nullable=False),
     Column("answered_at", DateTime(timezone=True), nullable=False),
 )
+
+quiz_keys_table = Table(
+    "quiz_keys",
+    metadata,
+    Column("quiz_id", Integer, ForeignKey("quizzes.id"), primary_key=True),
+    Column("key_sha256", String(64), nullable=False),
+    Column("issued_at", DateTime(timezone=True), nullable=False),
+)
+# A teacher key: 12 characters of an alphabet without look-alikes (0/O, 1/I/L, U/V), ~58 bits, typed as XXXX-XXXX-XXXX
+KEY_ALPHABET = "ABCDEFGHJKMNPQRSTWXYZ23456789"
+KEY_LENGTH = 12
 
 
 class QuizError(ValueError):
@@ -121,7 +140,7 @@ class QuizItem:
     model_name: str | None = None
     item_id: int | None = None  # set once stored
 
-    def with_model(self, curvature_class: str, probabilities: Mapping[str, float], cobb: float | None,
+    def with_model(self, curvature_class: str | None, probabilities: Mapping[str, float], cobb: float | None,
                    name: str) -> "QuizItem":
         return QuizItem(**{**vars(self), "model_class": curvature_class,
                            "model_probabilities": {k: float(v) for k, v in probabilities.items()},
@@ -140,6 +159,8 @@ class Quiz:
     show_angle: bool
     film_size: int
     items: tuple[QuizItem, ...] = ()
+    # The teacher key in clear, only on the Quiz returned at creation (single-user mode); only its hash is stored
+    teacher_key: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def label(self) -> str:
@@ -166,6 +187,13 @@ class QuizResults:
     quiz: Quiz
     students: list[StudentResult] = field(default_factory=list)
     answers: list[dict] = field(default_factory=list)  # newest answer per (student, film): the CSV rows
+    everyone: bool = True  # False: only the viewer's own answers (:meth:`QuizStore.results_for`)
+
+    def only(self, name: str | None) -> "QuizResults":
+        """The same results cut down to one student's answers (none when ``name`` is None)."""
+        return replace(self, students=[s for s in self.students if name is not None and s.student == name],
+                       answers=[row for row in self.answers if name is not None and row["student"] == name],
+                       everyone=False)
 
     def per_film(self) -> list[dict]:
         """Each film: how many answered it, how many were right, and the commonest wrong answer."""
@@ -204,6 +232,18 @@ def clean_name(name: str) -> str:
     if len(cleaned) > NAME_MAX:
         raise QuizError(f"a name is at most {NAME_MAX} characters")
     return cleaned
+
+
+def new_teacher_key() -> str:
+    """A fresh teacher key, ``XXXX-XXXX-XXXX``."""
+    key = "".join(secrets.choice(KEY_ALPHABET) for _ in range(KEY_LENGTH))
+    return "-".join(key[i:i + 4] for i in range(0, KEY_LENGTH, 4))
+
+
+def _key_digest(key: str) -> str:
+    """The stored form of a key: typed in any case, with or without its dashes and spaces."""
+    typed = "".join(ch for ch in str(key or "").upper() if ch.isalnum())
+    return hashlib.sha256(typed.encode("ascii", "replace")).hexdigest()
 
 
 def _utc(value: datetime) -> datetime:
@@ -296,9 +336,12 @@ class QuizStore(Database):
     # -- writes
 
     def create(self, *, title: str, teacher: str, source: str, seed: int, items: Sequence[QuizItem],
-               dataset: str | None = None, show_angle: bool = False, film_size: int = FILM_SIZE, actor=None) -> int:
+               dataset: str | None = None, show_angle: bool = False, film_size: int = FILM_SIZE, actor=None,
+               teacher_key: str | None = None) -> int:
         """Store a quiz and its films in one transaction; returns the quiz id. In team mode ``actor`` (the session
-        token) must be a reviewer's or an admin's, and the teacher recorded is that user."""
+        token) must be a reviewer's or an admin's, and the teacher recorded is that user. ``teacher_key``
+        (:func:`new_teacher_key`): its hash is stored with the quiz, and whoever gives it sees the class's answers
+        in single-user mode."""
         teacher = self._acting_as(actor, "create_quiz", teacher, f"quiz {title!r}")
         if source not in SOURCES:
             raise QuizError(f"a quiz's films come from {' or '.join(SOURCES)}, not {source!r}")
@@ -311,7 +354,32 @@ class QuizStore(Database):
                 film_size=int(film_size))).inserted_primary_key[0]
             conn.execute(insert(quiz_items_table), [
                 {k: v for k, v in vars(item).items() if k != "item_id"} | {"quiz_id": quiz_id} for item in items])
+            if teacher_key:
+                conn.execute(insert(quiz_keys_table).values(quiz_id=quiz_id, key_sha256=_key_digest(teacher_key),
+                                                            issued_at=datetime.now(timezone.utc)))
         return int(quiz_id)
+
+    def issue_teacher_key(self, quiz_id: int, actor=None) -> str:
+        """A new teacher key for a quiz (the old one stops working); from the shell only (``python -m core quiz key
+        N``): on a shared single-user page anyone could ask, and the key is what tells the teacher apart there."""
+        from core.data.accounts import SHELL, PermissionDenied
+
+        quiz = self.quiz(quiz_id)
+        if actor is not SHELL:
+            raise PermissionDenied(f"a new teacher key for quiz {quiz.quiz_id} is issued from the shell: "
+                                   f"python -m core quiz key {quiz.quiz_id}")
+        key = new_teacher_key()
+        with self._write() as conn:
+            conn.execute(delete(quiz_keys_table).where(quiz_keys_table.c.quiz_id == quiz.quiz_id))
+            conn.execute(insert(quiz_keys_table).values(quiz_id=quiz.quiz_id, key_sha256=_key_digest(key),
+                                                        issued_at=datetime.now(timezone.utc)))
+        return key
+
+    def team_mode(self) -> bool:
+        from core.data.accounts import Accounts
+
+        with Accounts(self.url) as accounts:
+            return accounts.team_mode()
 
     def answer(self, quiz_id: int, student: str | None, answers: Mapping[int, str], actor=None) -> datetime:
         """Append one submission (every film's class, by position); returns its time. In team mode the answers are
@@ -386,8 +454,36 @@ class QuizStore(Database):
             raise QuizError(f"no quiz {quiz_id} in this workspace")
         return _quiz(row, [_item(r) for r in items])
 
+    def results_for(self, quiz_id: int, actor=None, teacher_key: str | None = None) -> QuizResults:
+        """What ``actor`` may see of a quiz's answers. Everyone's (``everyone`` True) for the quiz's teacher: the
+        shell; in team mode a user who may set quizzes (reviewer, admin); in single-user mode whoever gives the
+        quiz's teacher key. Anyone else sees only their own: in team mode the signed-in user's answers; in
+        single-user mode none (a name typed on a shared page proves nothing: the page shows the answers its own
+        session submitted). A wrong key is a QuizError, not a quiet empty answer."""
+        from core.data.accounts import OWNER, SHELL, authorize
+
+        quiz = self.quiz(quiz_id)
+        if actor is SHELL:
+            return self.results(quiz.quiz_id)
+        user = authorize(actor, "answer_quiz", f"results of quiz {quiz.quiz_id}", url=self.url)
+        if user is not OWNER:  # team mode: the role decides, a key is not asked for
+            everyone = self.results(quiz.quiz_id)
+            return everyone if user.may("create_quiz") else everyone.only(user.name)
+        if not teacher_key or not str(teacher_key).strip():
+            return QuizResults(quiz, everyone=False)
+        with self._read() as conn:
+            stored = conn.execute(select(quiz_keys_table.c.key_sha256)
+                                  .where(quiz_keys_table.c.quiz_id == quiz.quiz_id)).scalar()
+        if stored is None:
+            raise QuizError(f"quiz {quiz.quiz_id} has no teacher key (it was set before quizzes had one); its teacher "
+                            f"gets one from the shell: python -m core quiz key {quiz.quiz_id}")
+        if not hmac.compare_digest(stored, _key_digest(teacher_key)):
+            raise QuizError(f"that is not the teacher key of quiz {quiz.quiz_id}")
+        return self.results(quiz.quiz_id)
+
     def results(self, quiz_id: int) -> QuizResults:
-        """Scores from each student's newest answer to each film (earlier answers stay in the table)."""
+        """Scores from each student's newest answer to each film (earlier answers stay in the table): everyone's,
+        unchecked (the engine, the shell and tests); a page asks :meth:`results_for`."""
         quiz = self.quiz(quiz_id)
         newest = (select(func.max(quiz_answers_table.c.id).label("id"))
                   .where(quiz_answers_table.c.quiz_id == quiz.quiz_id)

@@ -37,7 +37,6 @@ from core.data.measure import (
     LandmarkError,
     Measurements,
     RuleThresholds,
-    classify_cobb,
     measure_landmarks,
 )
 from core.data.phantom import PhantomCase, case_landmarks, generate_case
@@ -271,7 +270,7 @@ def dataset_film(image_id: int, store=None) -> Film:
     try:
         image = labeled[int(image_id)]
     except (KeyError, TypeError, ValueError):
-        raise TeachingError(f"no image {image_id!r} in this workspace") from None
+        raise TeachingError(f"no film {image_id!r} in this workspace") from None
     radiograph = read_image(settings.home() / image.path)
     film = Film(name=Path(image.path).name, pixels=radiograph.pixels, key=("image", image.image_id, image.sha256),
                 truth_class=image.curvature_class, notes=list(radiograph.notes),
@@ -283,7 +282,7 @@ def dataset_film(image_id: int, store=None) -> Film:
         except LandmarkError as error:
             film.notes.append(f"no true angle: {error}")
     else:
-        film.notes.append("this image has no landmarks, so there is no true angle")
+        film.notes.append("this film has no landmarks, so there is no true angle")
     return film
 
 
@@ -447,19 +446,48 @@ def draw_exploration(film: Film, cons: Construction | None, layers: Sequence[str
 
 @dataclass
 class ModelAnswer:
+    """The models' answer on a film, as Predict gives it: one verdict (``pipeline.verdict_of``) decides the class
+    shown, whether the angle and the models' landmarks are shown, and whether the heatmap is evidence."""
+
     prediction: pipeline.Prediction
     provenance: str
-    agrees_with_rule: bool | None  # network class == the rule class of the true angle (None without a truth)
+    agrees_with_rule: bool | None  # the verdict's class == the film's true class (None: no truth, or not judged)
+
+    @property
+    def verdict(self) -> pipeline.Verdict:
+        return self.prediction.verdict
+
+    @property
+    def curvature_class(self) -> str | None:
+        """The class the verdict gives (the network's, or its measured angle's); None: not judged."""
+        return self.verdict.curvature_class
 
     @property
     def cobb_c2c7(self) -> float | None:
+        """The models' own angle, where the verdict shows it (never a withheld one)."""
         m = self.prediction.measurements
-        return None if m is None else m.cobb_c2c7
+        return None if m is None or not self.verdict.angle_shown else m.cobb_c2c7
+
+    @property
+    def landmarks(self) -> np.ndarray | None:
+        """The models' 23 points, where the verdict shows the angle they give."""
+        return self.prediction.landmarks if self.verdict.angle_shown else None
+
+    @property
+    def angle_missing(self) -> str | None:
+        """Why there is no model angle, one sentence in plain words (None when there is one)."""
+        if self.cobb_c2c7 is not None:
+            return None
+        if self.prediction.measurements is not None:  # measured, but the verdict withholds it
+            return self.verdict.angle_note or "The models' angle is withheld on this film."
+        why = self.prediction.angle_missing or "no landmark model, or no usable vertebrae"
+        return f"The models give no angle of their own: {why.rstrip('.')}."
 
     @functools.cached_property
     def heatmap(self) -> Image.Image | None:
-        """The Grad-CAM picture, drawn once per answer (a revisited angle reuses it)."""
-        return report.pictures(self.prediction)[1]
+        """The Grad-CAM picture where it explains the class the verdict gives (as on Predict), drawn once per answer
+        (a revisited angle reuses it); None for a film the models do not judge by the network's class."""
+        return report.pictures(self.prediction, evidence_only=True)[1]
 
 
 _answers = _Recent(48)  # a prediction holds the film and its map: ~2.5 MB at 512 px, ~120 MB in all
@@ -479,7 +507,8 @@ def model_answer(film: Film, predictor: pipeline.Predictor) -> ModelAnswer:
 
     def run() -> ModelAnswer:
         prediction = predictor.predict(film.radiograph(), name=film.name)
-        agrees = None if film.truth_class is None else prediction.curvature_class == film.truth_class
+        given = prediction.verdict.curvature_class
+        agrees = None if film.truth_class is None or given is None else given == film.truth_class
         return ModelAnswer(prediction, report.provenance(predictor), agrees)
 
     return _answers.get((film.key, files), run)
@@ -528,7 +557,7 @@ def explore(film_settings: FilmSettings, layers: Sequence[str] = LAYERS,
     predictor, missing = predictor_for(runs)
     answer = None if predictor is None else model_answer(film, predictor)
     lap("model")
-    model_points = None if answer is None else answer.prediction.landmarks
+    model_points = None if answer is None else answer.landmarks
     picture = draw_exploration(film, cons, layers, model_points)
     heatmap = None if answer is None else answer.heatmap
     lap("drawing")
@@ -581,11 +610,11 @@ def measure_attempt(film: Film, points, facing: str | None = None,
     model_cobb = model_points = None
     if predictor is not None:
         answer = model_answer(film, predictor)
-        model_points, model_cobb = answer.prediction.landmarks, answer.cobb_c2c7
+        model_points, model_cobb = answer.landmarks, answer.cobb_c2c7
         if predictor.landmark_model is None:
             missing = "no landmark model is promoted, so the models give no angle"
         elif model_cobb is None:
-            missing = "the landmark model found no usable vertebrae on this film"
+            missing = answer.angle_missing
             model_points = None
     image = _rgb(film.pixels)
     draw = ImageDraw.Draw(image)
@@ -637,13 +666,24 @@ def create_quiz(*, title: str, teacher: str, films: int, seed: int = 0, dataset:
             film = Film(name=f"film {item.position}", pixels=_as_float(quizzes.film_pixels(draft, item)),
                         key=("quiz-item", source, item.phantom_seed, item.image_id))
             prediction = predictor.predict(film.radiograph(), name=film.name, cam_method=None)
-            cobb = None if prediction.measurements is None else prediction.measurements.cobb_c2c7
-            answered.append(item.with_model(prediction.curvature_class, prediction.probabilities, cobb,
+            verdict = prediction.verdict  # the class Predict would give: None for a film it does not judge
+            m = prediction.measurements
+            cobb = None if m is None or not verdict.angle_shown else m.cobb_c2c7
+            answered.append(item.with_model(verdict.curvature_class, prediction.probabilities, cobb,
                                             predictor.model_name))
         items = answered
+    # single-user mode: the key that makes its holder this quiz's teacher on a shared page (team mode: the role)
+    key = None if _store().team_mode() else quizzes.new_teacher_key()
     quiz_id = _store().create(title=title, teacher=teacher, source=source, seed=seed, items=items, dataset=dataset,
-                              show_angle=show_angle, actor=actor)
-    return _store().quiz(quiz_id)
+                              show_angle=show_angle, actor=actor, teacher_key=key)
+    return replace(_store().quiz(quiz_id), teacher_key=key)
+
+
+def model_said(item: quizzes.QuizItem) -> str:
+    """The models' answer frozen into a quiz film, in words: its class, "not judged", or "no model answer"."""
+    if item.model_class:
+        return item.model_class
+    return "not judged" if item.model_name else "no model answer"
 
 
 def _as_float(pixels: np.ndarray) -> np.ndarray:
@@ -683,7 +723,19 @@ def submit_answers(quiz_id: int, student: str | None, answers: Mapping[int, str]
 
 
 def quiz_results(quiz_id: int) -> quizzes.QuizResults:
+    """Everyone's answers, unchecked: the shell and the engine's own use. A page asks :func:`class_results`."""
     return _store().results(quiz_id)
+
+
+def class_results(quiz_id: int, actor=None, teacher_key: str | None = None) -> quizzes.QuizResults:
+    """What the page's viewer may see of a quiz's answers (``QuizStore.results_for``): everyone's for its teacher
+    (team mode: a reviewer or an admin; single-user mode: whoever gives the quiz's teacher key), else their own."""
+    return _store().results_for(quiz_id, actor=actor, teacher_key=teacher_key)
+
+
+def new_teacher_key(quiz_id: int, actor=None) -> str:
+    """A new teacher key for a quiz, from the shell only (``python -m core quiz key N``)."""
+    return _store().issue_teacher_key(quiz_id, actor=actor)
 
 
 # ------------------------------------------------------------------------------------ CLI
@@ -700,6 +752,8 @@ def configure_quiz(parser: argparse.ArgumentParser) -> None:
     create.add_argument("--teacher", default="teacher")
     create.add_argument("--no-model", action="store_true", help="do not record the promoted models' answers")
     sub.add_parser("list", help="the quizzes of this workspace")
+    key = sub.add_parser("key", help="a new teacher key for a quiz (the Teach page's class results ask for it)")
+    key.add_argument("quiz", type=int)
     answer = sub.add_parser("answer", help="answer a quiz as a student")
     answer.add_argument("quiz", type=int)
     answer.add_argument("--student", required=True)
@@ -720,9 +774,14 @@ def run_quiz(args: argparse.Namespace) -> int:
                                actor=SHELL)
             print(f"quiz {made.quiz_id}: {made.label}")
             for item in made.items:
-                model = f"model {item.model_class}" if item.model_class else "no model answer"
+                model = f"model {model_said(item)}" if item.model_name else "no model answer"
                 angle = "" if item.truth_cobb is None else f" ({item.truth_cobb:+.1f}°)"
                 print(f"  film {item.position}: {item.truth_class}{angle}, {model}")
+            if made.teacher_key:
+                print(f"teacher key: {made.teacher_key} (the Teach page shows the class's answers to whoever gives it)")
+        elif args.action == "key":
+            key = new_teacher_key(args.quiz, actor=SHELL)
+            print(f"teacher key of quiz {args.quiz}: {key} (the earlier one no longer works)")
         elif args.action == "list":
             for listed in list_quizzes():
                 print(f"{listed.label} · created {listed.created_at:%Y-%m-%d %H:%M} UTC")
@@ -757,6 +816,6 @@ def _print_results(results: quizzes.QuizResults, csv_path: str | None, as_json: 
     for film in results.per_film():
         rate = "—" if film["correct_rate"] is None else f"{film['correct_rate']:.0%}"
         print(f"  film {film['film']} ({film['truth']}): {film['correct']}/{film['answers']} right ({rate}); "
-              f"model {film['model'] or '—'}")
+              f"model {model_said(results.quiz.items[film['film'] - 1])}")
     if csv_path:
         print(f"answers written to {csv_path}")
