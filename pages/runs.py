@@ -2,14 +2,17 @@
 
 Thin: the table, details and comparison are ``core.runs.reports`` reads (``python -m core runs list|show|compare``);
 promote, roll back, delete, analyse and ONNX export are one core call each (``runs promote|rollback|delete``,
-``python -m core analyse``, ``python -m core onnx``).
+``python -m core analyse``, ``python -m core onnx``). Promoting a model that scores worse than the promoted one,
+and rolling back, each ask for a confirmation that says what will happen; the model card and the ONNX file are
+downloads. Metric names are ``reports.metric_name``'s, run states ``reports.run_state``'s (as on the Train page).
 """
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
-from core.runs import launch, layout, promotion, reports
+from core import settings
+from core.runs import launch, layout, promotion, registry, reports
 from ui import charts
 from ui.frame import engine_errors, frame
 from ui.run_views import format_seconds, live_view
@@ -23,6 +26,7 @@ promoted = {task: info["run_id"] for task, info in state["models"].items() if in
 
 # ------------------------------------------------------------------ the table, with filters
 rows = pd.DataFrame(reports.run_rows(runs, promoted))
+rows["task"] = rows["task"].map(lambda name: registry.TASKS[name].title if name in registry.TASKS else name)
 filters = st.columns([2, 2, 3])
 tasks = filters[0].multiselect("Task", sorted(rows["task"].unique()), key="runs_tasks")
 states = filters[1].multiselect("State", sorted(rows["state"].unique()), key="runs_states")
@@ -52,7 +56,8 @@ def classifier_detail(run_dir) -> None:
         st.caption("No test report with predictions yet (it is written when the run ends, if its test split has images).")
         return
     st.caption(f"Test split: {detail['n_images']} images of {detail['n_patients']} patients")
-    st.dataframe(pd.DataFrame([detail["metrics"]]).T.rename(columns={0: "point [95 % interval]"}), width="stretch")
+    scores = {reports.metric_name(key): value for key, value in detail["metrics"].items()}
+    st.dataframe(pd.DataFrame([scores]).T.rename(columns={0: "point [95 % interval]"}), width="stretch")
     columns = st.columns(3)
     columns[0].plotly_chart(charts.confusion(detail["confusion"], detail["classes"]), key=f"cm_{run_dir.name}")
     if detail["roc"]:
@@ -66,7 +71,8 @@ def classifier_detail(run_dir) -> None:
 def analysis_detail(run_dir, task: str) -> None:
     report = reports.test_report(run_dir)
     if report:
-        scalars = {k: v for k, v in report.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        scalars = {reports.metric_name(k): v for k, v in report.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
         st.dataframe(pd.DataFrame([scalars]), hide_index=True, width="stretch")
     saved = reports.read_json(run_dir / "test_analysis.json")
     if st.button("Analyse the test split" if not saved else "Analyse again", key=f"analyse_{run_dir.name}",
@@ -96,21 +102,27 @@ def analysis_detail(run_dir, task: str) -> None:
 def actions(run_dir, info) -> None:
     st.markdown("##### Actions")
     left, middle = st.columns(2)
-    target = {"compare": "classify"}.get(info.task, info.task)
+    target = registry.spec(info.task).model_task
     with left.container(border=True):
         check = None
         with engine_errors("Comparing with the promoted model"):
             check = promotion.check_against_promoted(run_dir)
+        confirm = promotion.worse_confirmation(check) if check else None
         if check and check["warning"]:
             st.warning(f"Worse than the promoted model: {check['warning']}")
         elif check and check["promoted"] and check["worse"] is False:
             st.caption(f"Better than or equal to the promoted {check['promoted_run']} "
-                       f"({reports.format_score(check['promoted'])}).")
-        if st.button(f"Promote to Predict ({target})", key=f"promote_{run_dir.name}", icon=":material/upgrade:",
-                     disabled=info.state != "done" or promoted.get(target) == info.run_id):
-            with engine_errors("Promoting"):
-                promotion.promote(run_dir, actor=state["actor"])
-                st.rerun()
+                       f"({check['promoted']['name']} {reports.format_score(check['promoted'])}).")
+        confirmed = confirm is None or st.checkbox(confirm, key=f"promote_anyway_{run_dir.name}")
+        if target and st.button(f"Promote to Predict ({registry.TASKS[target].title.lower()})",
+                                key=f"promote_{run_dir.name}", icon=":material/upgrade:",
+                                disabled=info.state != "done" or promoted.get(target) == info.run_id or not confirmed):
+            if not confirmed:  # a click that reached the server anyway: nothing happens without the tick
+                st.error("Not promoted: tick the box above first, it says what promoting this run replaces.")
+            else:
+                with engine_errors("Promoting"):
+                    promotion.promote(run_dir, actor=state["actor"])
+                    st.rerun()
     with middle.container(border=True):
         sure = st.checkbox("Yes, delete this run's folder", key=f"sure_{run_dir.name}")
         if st.button("Delete run", key=f"delete_{run_dir.name}", icon=":material/delete:", disabled=not sure):
@@ -126,11 +138,12 @@ def one_run(run_id: str) -> None:
     data = reports.data_record(run_dir)
     row = rows[rows["run"] == run_id].iloc[0]
     st.markdown(f"### {run_id}")
-    st.caption(f"{info.task} · {info.model} · dataset {row['dataset'] or '–'} · labels {data.get('fingerprint', 'not recorded')}"
-               f" · {info.state} · {format_seconds(row['duration s']) if row['duration s'] == row['duration s'] else '–'}"
+    st.caption(f"{row['task']} · {info.model} · dataset {row['dataset'] or '–'} · labels "
+               f"{data.get('fingerprint', 'not recorded')} · {row['state']} · "
+               f"{format_seconds(row['duration s']) if row['duration s'] == row['duration s'] else '–'}"
                f" · {row['device'] or 'device not recorded'}")
     if info.state in ("queued", "running"):
-        live_view(run_id)
+        live_view(run_id, row["state"])
         return
     figures = charts.run_curves(layout.read_metrics(run_dir), info.task)
     columns = st.columns(max(1, min(3, len(figures))))
@@ -143,7 +156,7 @@ def one_run(run_id: str) -> None:
     elif info.task == "compare":
         table = reports.test_report(run_dir).get("models") or {}
         if table:
-            st.dataframe(pd.DataFrame({model: {k: reports.format_score(v) for k, v in scores.items()}
+            st.dataframe(pd.DataFrame({model: {reports.metric_name(k): reports.format_score(v) for k, v in scores.items()}
                                        for model, scores in table.items()}).T, width="stretch")
     actions(run_dir, info)
 
@@ -178,33 +191,73 @@ elif len(selected) > 1:
     several(selected)
 
 # ------------------------------------------------------------------ promoted models
+ONNX_TASKS = ("classify", "landmarks")  # the promoted models core.inference.onnx_export can export
+
+
+def demoted(markdown: str) -> str:
+    """A card's headings three levels down, so it sits inside the page's own headings."""
+    return "\n".join("###" + line if line.startswith("#") else line for line in markdown.splitlines())
+
+
+def onnx_panel(task: str, info: dict) -> None:
+    """Export the promoted model to ONNX (checked against torch), then offer the file as a download."""
+    folder = settings.promoted_dir() / task
+    # onnx_export.ONNX_FILE and the check record beside it (that module imports torch: only imported to export)
+    exported, record = folder / "model.onnx", reports.read_json(folder / "model.json")
+    difference = record.get("max_abs_diff")
+    checked = isinstance(difference, (int, float)) and difference <= 1e-3
+    if exported.is_file() and record.get("run_id") == info.get("run_id") and checked:
+        st.download_button("Download ONNX", exported.read_bytes(), key=f"onnx_download_{task}", on_click="ignore",
+                           file_name=f"cervicurve-{task}-{info.get('run_id')}.onnx", mime="application/octet-stream",
+                           icon=":material/download:",
+                           help="The promoted model as ONNX (opset {opset}), for onnxruntime and other tools".format(
+                               opset=record.get("opset", "?")))
+        st.caption(f"Checked against torch: max abs difference {difference:.2e} on a "
+                   f"{record.get('input_shape')} input · {exported.stat().st_size / 2 ** 20:.1f} MiB")
+        return
+    if st.button("Export to ONNX", key=f"onnx_{task}", icon=":material/output:",
+                 help="Convert the promoted model to ONNX and check onnxruntime's output against torch's"):
+        from core.inference import onnx_export
+
+        with engine_errors("Exporting to ONNX"), st.spinner("Exporting and checking against torch…"):
+            onnx_export.export_promoted(task, actor=state["actor"])
+            st.rerun()
+
+
 st.subheader("Models Predict uses")
-for task, title in (("classify", "Classifier"), ("detect", "Detector"), ("landmarks", "Landmarks")):
+for task in registry.PROMOTABLE:
+    title = registry.TASKS[task].title
     info = state["models"][task]
     with st.container(border=True):
         if info is None:
             st.caption(f"**{title}:** none promoted")
             continue
         card = promotion.promoted_card(task) or {}
-        st.markdown(f"**{title}:** {info.get('model')} from run `{info.get('run_id')}`, promoted "
-                    f"{info.get('promoted_at')}" + (f" (rolled back from {info['rolled_back_from']})"
-                                                    if info.get("rolled_back_from") else ""))
+        promoted_at = promotion.when(info.get("promoted_at"))
+        st.markdown(f"**{title}:** {info.get('model')} from run `{info.get('run_id')}`"
+                    + (f", promoted {promoted_at}" if promoted_at else "")
+                    + (f" (rolled back from {info['rolled_back_from']})" if info.get("rolled_back_from") else ""))
         if card:
-            st.caption(f"Labels {card.get('labels_fingerprint')} · test {card.get('test_split')} split "
-                       f"({card.get('test_images')} images) · headline "
-                       f"{(card.get('headline') or {}).get('name', '')} {reports.format_score(card.get('headline'))}"
-                       f" · device {card.get('device')}")
-        buttons = st.columns(3)
-        earlier = promotion.history(task)
-        if buttons[0].button("Roll back", key=f"rollback_{task}", disabled=not earlier,
-                             help=f"Back to {earlier[0]['run_id']}" if earlier else "No earlier promoted model"):
-            with engine_errors("Rolling back"):
-                promotion.rollback(task, actor=state["actor"])
-                st.rerun()
-        if task in ("classify", "landmarks") and buttons[1].button("Export to ONNX", key=f"onnx_{task}"):
-            from core.inference import onnx_export
-
-            with engine_errors("Exporting to ONNX"), st.spinner("Exporting and checking against torch…"):
-                done = onnx_export.export_promoted(task, actor=state["actor"])
-                st.success(f"{done['path']} · onnxruntime vs torch max abs difference {done['max_abs_diff']:.2e} "
-                           f"on a {done['input_shape']} input")
+            st.caption(promotion.card_summary(card))
+            text = promotion.card_markdown(card)
+            with st.expander("Model card"):
+                st.markdown(demoted(text))
+            st.download_button("Download the model card", text.encode("utf-8"), key=f"card_download_{task}",
+                               on_click="ignore",
+                               file_name=f"MODEL_CARD-{task}-{info.get('run_id')}.md", mime="text/markdown",
+                               icon=":material/download:")
+        left, right = st.columns(2)
+        with left:
+            back = promotion.rollback_confirmation(task)
+            sure = back is not None and st.checkbox(back, key=f"rollback_sure_{task}")
+            if st.button("Roll back", key=f"rollback_{task}", disabled=not sure, icon=":material/undo:",
+                         help="Tick the box above first" if back else "No earlier promoted model"):
+                if not sure:
+                    st.error("Not rolled back: tick the box above first, it says which model comes back.")
+                else:
+                    with engine_errors("Rolling back"):
+                        promotion.rollback(task, actor=state["actor"])
+                        st.rerun()
+        if task in ONNX_TASKS:
+            with right:
+                onnx_panel(task, info)

@@ -1,45 +1,38 @@
 """Train: pick a task, data, model(s) and the main hyper-parameters, start a background run, watch it learn.
 
-Thin: each field is checked by its task's config class (``core.runs.registry.resolve_config``); Start is one
+Thin: each setting is the widget its config type calls for, with a plain label, help and default
+(``ui.run_views.setting_input``), and is checked by its task's config class (``core.runs.registry.resolve_config``)
+with the message beside the field; the config keys underneath are unchanged. Start is one
 ``core.runs.launch.start_run`` call (the same as ``python -m core runs start``), which queues the run when its
 device is busy. The live view (``ui.run_views``) reads the run folder on each poll, so nothing is lost when the
 tab closes, the page reloads or the server restarts.
 """
 from __future__ import annotations
 
-from dataclasses import MISSING, fields
-
 import pandas as pd
 import streamlit as st
 
 from core.data.datasets import SPLITS
-from core.runs import hardware, launch
+from core.runs import hardware, launch, reports
 from core.runs import registry
 from core.runs.configs import ConfigError, read_config_source
 from core.runs.registry import config_class, resolve_config
 from models.registry import MODELS
 from ui.frame import engine_errors, frame, promoted_info, store
-from ui.run_views import hardware_panel, live_view, queue_panel
+from ui.run_views import hardware_panel, live_view, queue_panel, setting_input
 
-TASK_LABELS = {"classify": "Classify (curvature class)", "detect": "Detect (C2–C7 box)",
-               "landmarks": "Landmarks (23 points)", "compare": "Compare / ablation (the study's models)"}
 LANDMARK_MODELS = ("landmark-unet", "yolov8n-pose.yaml", "yolo11n-pose.yaml")
 DETECT_MODELS = ("yolov8n.yaml", "yolo11n.yaml", "yolov3-tinyu.yaml", "yolov3u.yaml")
 # The main knobs per config class, in form order; every other key goes in "Other keys".
 MAIN_FIELDS = {
     "ClassifyConfig": ("epochs", "batch_size", "lr", "input_size", "patience", "weight_decay", "warmup_epochs",
-                       "time_limit_s", "class_weighting", "augment", "device", "seed"),
+                       "time_limit_s", "class_weighting", "augment", "device", "amp", "seed"),
     "HeatmapConfig": ("epochs", "batch_size", "lr", "input_size", "patience", "weight_decay", "device", "seed"),
     "YoloConfig": ("epochs", "imgsz", "batch", "patience", "device", "seed"),
     "CompareConfig": ("epochs", "input_size", "batch_size", "folds", "n_boot", "seed"),
 }
 
 state = frame("Train")
-
-
-def default_text(field) -> str:
-    value = field.default if field.default is not MISSING else field.default_factory()
-    return "" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def field_error(base: dict, key: str, text: str) -> str | None:
@@ -54,7 +47,8 @@ def field_error(base: dict, key: str, text: str) -> str | None:
 # ------------------------------------------------------------------ what to train
 left, right = st.columns([3, 2])
 with left:
-    task = st.selectbox("Task", list(TASK_LABELS), format_func=TASK_LABELS.get, key="train_task")
+    task = st.selectbox("Task", list(registry.TASKS), key="train_task",
+                        format_func=lambda name: f"{registry.TASKS[name].title}: {registry.TASKS[name].description}")
     datasets = state["datasets"]
     if not datasets and task != "compare":
         st.info("No dataset yet: import one on the **Data** page, or build the demo from the sidebar's offer.")
@@ -81,9 +75,9 @@ with left:
             model = st.selectbox("Model", list(MODELS), key="train_model",
                                  format_func=lambda m: f"{m} — {MODELS[m].description}")
             split_columns = st.columns(3)
-            for column, key in zip(split_columns, ("train_split", "val_split", "test_split")):
-                base[key] = column.selectbox(key.replace("_", " "), SPLITS, index=SPLITS.index(key.split("_")[0]),
-                                             key=f"train_{key}")
+            for column, key, label in zip(split_columns, ("train_split", "val_split", "test_split"),
+                                          ("Train on split", "Validate on split", "Test on split")):
+                base[key] = column.selectbox(label, SPLITS, index=SPLITS.index(key.split("_")[0]), key=f"train_{key}")
         else:
             model = st.selectbox("Model", LANDMARK_MODELS if task == "landmarks" else DETECT_MODELS,
                                  key=f"train_model_{task}")
@@ -120,23 +114,30 @@ try:
 except ConfigError as exc:
     st.error(str(exc))
     st.stop()
-defaults = {f.name: f for f in fields(config_type)}
-st.subheader("Hyper-parameters")
-st.caption(f"Defaults are those of configs/{ {'compare': 'compare', 'detect': 'detect'}.get(task, task) }.yaml; "
-           "each value is checked as you type.")
+st.subheader("Settings")
+st.caption("Each value is checked by the run's config as you change it; hover over a field's ⓘ for what it does and "
+           "its default.")
+# what "default" means for the settings that may be left to the model or the profile
+DEFAULT_WORDS = {"input_size": (f"the model's own size ({MODELS[base['model']].default_input_size} px for "
+                                f"{base['model']})" if base.get("model") in MODELS else "the profile's own size"),
+                 "epochs": "the profile's own number", "batch_size": "the profile's own number",
+                 "folds": "one train/validation/test split"}
 values: dict[str, str] = {}
 errors: dict[str, str] = {}
 grid = st.columns(4)
 for index, name in enumerate(MAIN_FIELDS[config_type.__name__]):
     with grid[index % 4]:
-        text = st.text_input(name, value=default_text(defaults[name]), key=f"train_{config_type.__name__}_{name}")
+        text = setting_input(config_type, name, key=f"train_{config_type.__name__}_{name}",
+                             default_words=DEFAULT_WORDS.get(name, ""))
         values[name] = text
         problem = field_error(base, name, text)
         if problem:
             errors[name] = problem
             st.error(problem, icon=":material/error:")
-extra = st.text_area("Other keys (one key=value per line)", key=f"train_extra_{config_type.__name__}",
-                     placeholder="e.g. aug_hflip=true", height=80)
+extra = st.text_area("Other settings (advanced: one config key=value per line)",
+                     key=f"train_extra_{config_type.__name__}", placeholder="e.g. aug_hflip=true", height=80,
+                     help=f"Any key of configs/{task}.yaml that is not above, e.g. aug_rotation_deg=5 or "
+                          "label_smoothing=0.1; the file says what each does.")
 overrides = [f"{k}={v}" for k, v in values.items()] + [line.strip() for line in extra.splitlines() if line.strip()]
 config, problem = None, None
 try:
@@ -152,13 +153,12 @@ with st.container(border=True):
     if config is not None and task != "compare":
         train_images = (summary or {}).get("splits", {}).get(config.get("train_split", "train"))
         estimate = hardware.estimate_epoch(config, train_images)
-    hardware_panel(hardware.snapshot(), estimate, (config or {}).get("epochs"))
+    hardware_panel(hardware.snapshot(), estimate, (config or {}).get("epochs"), task)
 if st.button("Start", type="primary", disabled=config is None, key="train_start", icon=":material/play_arrow:",
              help="Fix the fields marked in red first" if config is None else "Train in the background"):
     with engine_errors("Starting the run"):
         run_dir = launch.start_run(config, actor=state["actor"])
-        st.session_state.update(train_run=run_dir.name, train_follow=True,
-                                train_estimate=estimate.seconds if estimate else None)
+        st.session_state.update(train_run=run_dir.name, train_follow=True)
         st.rerun()
 
 with st.expander("Queue", expanded=True):
@@ -171,13 +171,14 @@ if not runs:
     st.caption("No run yet in this workspace.")
     st.stop()
 ids = [r.run_id for r in runs]
+labels = {run_id: state.label for run_id, state in reports.run_states(runs).items()}  # as the Runs table words them
 active = [r.run_id for r in runs if r.state in ("queued", "running")]
 chosen = st.session_state.get("train_run")
 default = chosen if chosen in ids else (active[0] if active else ids[0])
 if st.session_state.pop("train_follow", False) and chosen in ids:
     st.session_state["train_watch"] = chosen  # a run just started here: watch it
 watched = st.selectbox("Run", ids, index=ids.index(default), key="train_watch",
-                       format_func=lambda rid: f"{rid} ({next(r.state for r in runs if r.run_id == rid)})")
+                       format_func=lambda rid: f"{rid} — {labels[rid]}")
 if watched != chosen:
     st.session_state["train_run"] = watched
-live_view(watched, st.session_state.get("train_estimate") if watched == chosen else None)
+live_view(watched, labels[watched])

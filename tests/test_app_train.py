@@ -1,20 +1,28 @@
 """Train page through AppTest with real background runs (tiny CNN, 32 px, a 30-image store dataset).
 
 The lifecycle test drives the page the way a user does: start -> progress -> cancel -> resume -> done ->
-continue as a new run -> promote both in turn (Runs page) -> Predict names the model -> roll back.
+continue as a new run -> promote both in turn (Runs page) -> Predict names the model -> roll back. The settings are
+widgets of their config type (checkbox, number box with bounds, choice list, "default"-or-number box) with plain
+labels, checked by the task's config class; a run's state reads the same in the chooser, the live view and the Runs
+table, and a time estimate from earlier runs is shown before Start and before a run's first epoch ends.
 """
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
+from streamlit.testing.v1.errors import AppTestError
 
-from core.runs import hardware, layout
+from core.runs import hardware, launch, layout, registry
+from core.runs.configs import ClassifyConfig, CompareConfig, HeatmapConfig, YoloConfig
+from ui.run_views import SETTINGS, setting_for
 from test_jobs import wait_for
 from test_train import import_tiny
 
@@ -22,7 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAIN = str(ROOT / "pages" / "train.py")
 RUNS = str(ROOT / "pages" / "runs.py")
 APP = str(ROOT / "app.py")
-TINY = {"epochs": "40", "batch_size": "4", "input_size": "32", "warmup_epochs": "0", "patience": "0"}
+TINY = {"epochs": 40, "batch_size": 4, "input_size": "32", "warmup_epochs": 0, "patience": 0}
+FAST = {"model": "cnn", "dataset": "tiny", "input_size": 32, "batch_size": 4, "n_boot": 20, "warmup_epochs": 0,
+        "patience": 0}
 
 
 @pytest.fixture()
@@ -38,10 +48,20 @@ def page(path: str = TRAIN) -> AppTest:
     return at
 
 
-def fill(at: AppTest, model: str = "cnn", **values: str) -> AppTest:
+def widget(at: AppTest, name: str, config: str = "ClassifyConfig"):
+    """The settings widget of config key ``name``, whatever kind it is."""
+    key = f"train_{config}_{name}"
+    for kind in ("number_input", "text_input", "checkbox", "selectbox"):
+        found = [w for w in at.get(kind) if w.key == key]
+        if found:
+            return found[0]
+    raise KeyError(key)
+
+
+def fill(at: AppTest, model: str = "cnn", **values) -> AppTest:
     at.selectbox(key="train_model").set_value(model).run()
     for name, value in {**TINY, **values}.items():
-        at.text_input(key=f"train_ClassifyConfig_{name}").set_value(value).run()
+        widget(at, name).set_value(int(value) if isinstance(widget(at, name).value, int) else value).run()
     at.text_area(key="train_extra_ClassifyConfig").set_value("n_boot=20").run()
     assert not at.exception
     return at
@@ -52,14 +72,58 @@ def texts(at: AppTest) -> str:
     return "\n".join(str(p) for p in parts)
 
 
+def test_each_setting_is_the_widget_of_its_type_with_plain_words(tiny):
+    at = page()
+    kinds = {name: widget(at, name).type for name in ("epochs", "lr", "input_size", "augment", "device",
+                                                      "class_weighting", "amp")}
+    assert kinds == {"epochs": "number_input", "lr": "number_input", "input_size": "text_input",
+                     "augment": "checkbox", "device": "selectbox", "class_weighting": "selectbox", "amp": "selectbox"}
+    epochs, augment = widget(at, "epochs"), widget(at, "augment")
+    assert (epochs.label, epochs.value, epochs.min, epochs.max) == ("Epochs", 30, 1, 10_000)
+    assert "passes over the training films" in epochs.help and epochs.help.endswith("Default: 30.")
+    assert (augment.label, augment.value) == ("Augment training films", True) and "Default: on." in augment.help
+    assert widget(at, "input_size").value == "default" and "224 px for s_resnet34" in widget(at, "input_size").help
+    assert widget(at, "device").options[:2] == ["auto (a GPU if there is one, else the CPU)", "CPU"]
+    assert widget(at, "class_weighting").options == ["weigh the loss by class rarity", "draw rare classes more often",
+                                                     "no correction"]
+    # no label is a raw config key
+    labels = [w.label for kind in ("number_input", "text_input", "checkbox", "selectbox") for w in at.get(kind)
+              if w.key and w.key.startswith("train_ClassifyConfig_")]
+    assert labels and not [label for label in labels if "_" in label or label.islower()]
+    # a changed value names its default beside the field
+    augment.uncheck().run()
+    assert "default: on" in texts(at) and not at.error
+
+
+@pytest.mark.parametrize("config_class,base", [
+    (ClassifyConfig, {"task": "classify", "dataset": "tiny"}), (HeatmapConfig, {"task": "landmarks"}),
+    (YoloConfig, {"task": "detect", "dataset": "tiny", "model": "yolov8n.yaml"}), (CompareConfig, {"task": "compare"})])
+def test_every_widget_bound_is_a_value_the_config_accepts(config_class, base):
+    # the number boxes stop at their bounds; the config class stays the judge, so each bound must pass it
+    checked = []
+    for name in (f.name for f in fields(config_class)):
+        spec = setting_for(config_class, name)
+        for bound in (spec.low, spec.high):
+            if bound is not None:
+                registry.resolve_config(base, [f"{name}={bound}"])
+                checked.append(name)
+    assert len(set(checked)) >= 4, checked
+
+
 def test_each_field_is_checked_and_start_waits_for_a_valid_config(tiny):
     at = page()
     assert "**tiny**: 30 images of 30 patients" in texts(at)  # the dataset's size and class balance
     assert not at.button(key="train_start").disabled  # the defaults are valid
-    at.text_input(key="train_ClassifyConfig_epochs").set_value("ten").run()
-    assert [e.value for e in at.error] == ["epochs must be a whole number, got 'ten'"]
+    widget(at, "input_size").set_value("ten").run()
+    assert [e.value for e in at.error] == ["input_size must be a whole number, got 'ten'"]
     assert at.button(key="train_start").disabled
-    at.text_input(key="train_ClassifyConfig_epochs").set_value("3").run()
+    with pytest.raises(AppTestError):  # a disabled Start cannot be pressed
+        at.button(key="train_start").click().run()
+    widget(at, "input_size").set_value("8").run()
+    assert at.error[0].value.startswith("input_size must be between 16 and 2048 px") and at.button(key="train_start").disabled
+    widget(at, "input_size").set_value("default").run()
+    assert not at.error and not at.button(key="train_start").disabled
+    widget(at, "epochs").set_value(3).run()
     at.text_area(key="train_extra_ClassifyConfig").set_value("aug_rotaton_deg=5").run()
     assert "did you mean 'aug_rotation_deg'" in at.error[0].value and at.button(key="train_start").disabled
     at.text_area(key="train_extra_ClassifyConfig").set_value("aug_rotation_deg=5").run()
@@ -67,6 +131,7 @@ def test_each_field_is_checked_and_start_waits_for_a_valid_config(tiny):
     # this machine has no CUDA GPU: the panel names the CPU and its cores, and there is no estimate yet
     assert "No CUDA GPU: CPU" in texts(at) and f"{os.cpu_count()} cores" in texts(at)
     assert "no earlier classify s_resnet34 at 224 px on cpu run" in texts(at)
+    assert "then a short final step: calibration on validation" in texts(at)  # announced before Start
     assert list(settings_runs(tiny)) == []  # nothing started
 
 
@@ -126,15 +191,70 @@ def test_lifecycle_start_cancel_resume_finish_continue_promote_predict_rollback(
     runs = page(RUNS)
     for promoted in (run_dir, second):
         runs.multiselect(key="runs_selected").set_value([promoted.name]).run()
+        if any(c.key == f"promote_anyway_{promoted.name}" for c in runs.checkbox):  # scores worse: confirm first
+            runs.checkbox(key=f"promote_anyway_{promoted.name}").check().run()
         runs.button(key=f"promote_{promoted.name}").click().run()
         assert not runs.exception and not runs.error
         predict = page(APP)  # Predict (the default page) names the model it uses
         assert any(c.value.startswith(f"**Classifier:** cnn · run {promoted.name}") for c in predict.sidebar.caption)
     runs.run()
+    runs.checkbox(key="rollback_sure_classify").check().run()
     runs.button(key="rollback_classify").click().run()
     assert not runs.error
     predict = page(APP)
     assert any(c.value.startswith(f"**Classifier:** cnn · run {run_dir.name}") for c in predict.sidebar.caption)
+
+
+def chooser_words(at: AppTest, run_id: str) -> str:
+    """The state words the run chooser shows beside ``run_id``."""
+    chooser = at.selectbox(key="train_watch")
+    [option] = [o for o in chooser.options if o.startswith(run_id)]
+    return option.removeprefix(f"{run_id} — ")
+
+
+def progress_text(at: AppTest) -> str:
+    [bar] = at.get("progress")
+    return bar.proto.text
+
+
+def test_one_state_everywhere_and_a_time_estimate_before_the_first_epoch(tiny):
+    # an earlier finished run here gives the time estimate for the same model, size and device
+    earlier = launch.start_run(dict(FAST, epochs=2))
+    wait_for(lambda: layout.read_status(earlier)["state"] in ("done", "failed"), timeout=300)
+    assert layout.read_status(earlier)["state"] == "done"
+
+    at = fill(page(), epochs=500)
+    assert "per epoch**, so about" in texts(at) and "Estimated from this workspace: median of 2 epochs" in texts(at)
+    running = start(at)
+    poll_page(at, lambda at: chooser_words(at, running.name) == "running" and at.get("plotly_chart"))
+    # the chooser, the banner and the bar say the same, from the same status read
+    banner = next(s.value for s in at.success if s.value.startswith("**Running**"))
+    assert banner == "**Running** on cpu — training"  # no epoch number that could disagree with the bar
+    done, total = map(int, re.match(r"(\d+) of (\d+) epochs done", progress_text(at)).groups())
+    assert total == 500 and done >= 1 and "left (from its epochs so far" in progress_text(at)
+    assert "After the last epoch comes a short final step (calibration on validation" in texts(at)
+
+    # one run per device: the next one waits in the queue, its first epoch not begun: the estimate stands in
+    waiting = launch.start_run(dict(FAST, epochs=7))
+    at.run()
+    assert chooser_words(at, waiting.name) == "waiting in the queue"
+    at.selectbox(key="train_watch").set_value(waiting.name).run()
+    assert any(i.value.startswith("**Waiting in the queue** for cpu since") for i in at.info)
+    assert re.match(r"0 of 7 epochs done · about .+ in all, estimated before its first epoch from [12] earlier run",
+                    progress_text(at)), progress_text(at)
+
+    # the Runs table words them the same
+    runs = page(RUNS)
+    table = runs.dataframe[0].value.set_index("run")
+    assert table.loc[running.name, "state"] == "running" and table.loc[waiting.name, "state"] == "waiting in the queue"
+    assert table.loc[earlier.name, "state"] == "done" and table.loc[earlier.name, "val metric"] == "validation macro-F1"
+
+    at.button(key=f"cancel_{waiting.name}").click().run()  # "Take out of the queue"
+    at.selectbox(key="train_watch").set_value(running.name).run()
+    at.button(key=f"cancel_{running.name}").click().run()
+    assert [layout.read_status(r)["state"] for r in (waiting, running)] == ["cancelled", "cancelled"]
+    assert chooser_words(at, running.name) == "cancelled"
+    assert any(w.value == "**Cancelled** by user" for w in at.warning)  # not "Cancelled — cancelled by user"
 
 
 def test_a_run_started_by_one_app_process_is_seen_and_cancelled_by_a_new_one(tiny):
@@ -165,6 +285,7 @@ def test_a_dead_run_shows_as_dead_never_as_running(tiny):
     dead.wait()
     layout.write_status(run_dir, {"state": "running", "pid": dead.pid, "epoch": 2, "epochs": 10, "task": "classify"})
     at = page()
-    assert any(e.value.startswith("**Dead**") for e in at.error)
+    assert any(e.value.startswith("**Interrupted** — the training process is gone") for e in at.error)
+    assert at.selectbox(key="train_watch").options == [f"{run_dir.name} — interrupted"]
     assert not any("Running" in s.value for s in at.success)
     assert at.button(key=f"resume_{run_dir.name}")  # offered instead of Cancel

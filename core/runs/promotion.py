@@ -9,6 +9,7 @@ model it replaces in ``promoted/.history/<task>/``, so :func:`rollback` can put 
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import json
 import os
 import shutil
@@ -140,21 +141,120 @@ def model_card(run_dir: Path, task: str, record: dict) -> dict:
 def write_model_card(folder: Path, run_dir: Path, task: str, record: dict) -> dict:
     card = model_card(run_dir, task, record)
     (folder / CARD_FILE).write_text(json.dumps(card, indent=1, default=str), encoding="utf-8")
-    lines = [f"# Model card: {card['model']} ({task})", "",
-             f"- run: `{card['run_id']}`, promoted {card['promoted_at']}, trained until {card['trained_until']}",
-             f"- device: {card['device']}",
-             f"- data: dataset `{card['dataset']}`, labels fingerprint `{card['labels_fingerprint']}`",
-             f"- intended use: {card['intended_use']}", "", "## Splits", ""]
-    for split, counts in card["splits"].items():
-        classes = ", ".join(f"{k} {v}" for k, v in (counts.get("classes") or {}).items())
-        lines.append(f"- {split}: {counts.get('images')} images, {counts.get('patients')} patients ({classes})")
-    lines += ["", f"## Test metrics ({card['test_split']} split, {card['test_images']} images, "
-                  f"{card['test_patients']} patients; {card['interval']} interval)", ""]
-    lines += [f"- {name}: {reports.format_score(score)}" for name, score in card["test_metrics"].items()]
-    lines += ["", "## Config", "", "```yaml"]
-    lines += [f"{k}: {json.dumps(v, default=str)}" for k, v in card["config"].items()] + ["```", ""]
-    (folder / CARD_TEXT).write_text("\n".join(lines), encoding="utf-8")
+    (folder / CARD_TEXT).write_text(card_markdown(card), encoding="utf-8")
     return card
+
+
+def when(text: object) -> str | None:
+    """An ISO time as people read it (``2026-12-07 04:39 UTC``); None when there is none."""
+    if not text:
+        return None
+    try:
+        moment = _dt.datetime.fromisoformat(str(text))
+    except ValueError:
+        return str(text)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(_dt.timezone.utc)
+        return f"{moment:%Y-%m-%d %H:%M} UTC"
+    return f"{moment:%Y-%m-%d %H:%M}"
+
+
+def _count(number: object, noun: str) -> str | None:
+    return None if number in (None, "") else f"{number} {noun}"
+
+
+def _joined(*parts: str | None, sep: str = ", ") -> str:
+    return sep.join(p for p in parts if p)
+
+
+def _task_title(task: str | None) -> str:
+    return registry.TASKS[task].title if task in registry.TASKS else str(task or "model")
+
+
+def scored_on(card: dict) -> str:
+    """``the test split: 60 images of 60 patients`` (only the parts the card knows)."""
+    split = card.get("test_split")
+    counts = _joined(_count(card.get("test_images"), "images"),
+                     _count(card.get("test_patients"), "patients"), sep=" of ")
+    where = f"the {split} split" if split else "the test split"
+    return f"{where}: {counts}" if counts else where
+
+
+def interval_words(card: dict) -> str:
+    interval = str(card.get("interval") or "none")
+    if interval.lower() == "none":
+        return "no intervals (a single score per metric)"
+    return f"intervals: {interval.replace('%', ' %')} bootstrap over patients"
+
+
+def card_markdown(card: dict) -> str:
+    """The model card as Markdown (``MODEL_CARD.md``; the Runs page shows and offers the same text)."""
+    title = _task_title(card.get("task"))
+    run = _joined(f"`{card.get('run_id')}`", _joined(
+        f"promoted {when(card.get('promoted_at'))}" if card.get("promoted_at") else None,
+        f"trained until {when(card.get('trained_until'))}" if card.get("trained_until") else None))
+    data = _joined(f"dataset `{card['dataset']}`" if card.get("dataset") else None,
+                   f"labels fingerprint `{card.get('labels_fingerprint')}`" if card.get("labels_fingerprint") else None)
+    lines = [f"# Model card: {card.get('model') or 'model'} ({title.lower()})", "",
+             f"- **Run:** {run}",
+             f"- **Trained on:** {card.get('device') or 'not recorded'}"]
+    if data:
+        lines.append(f"- **Data:** {data}")
+    lines += [f"- **Intended use:** {card.get('intended_use') or 'research and teaching only, not a diagnosis'}", ""]
+    splits = card.get("splits") or {}
+    if splits:
+        lines += ["## Splits", "", "| split | images | patients | classes |", "| --- | ---: | ---: | --- |"]
+        for split, counts in splits.items():
+            classes = ", ".join(f"{k} {v}" for k, v in (counts.get("classes") or {}).items()) or "–"
+            lines.append(f"| {split} | {counts.get('images', '–')} | {counts.get('patients', '–')} | {classes} |")
+        lines.append("")
+    lines += ["## Test scores", ""]
+    scores = card.get("test_metrics") or {}
+    if scores:
+        lines += [f"Scored once, at the end of training, on {scored_on(card)}; {interval_words(card)}.", "",
+                  "| metric | score" + (" [interval]" if str(card.get("interval") or "none").lower() != "none" else "")
+                  + " |", "| --- | --- |"]
+        lines += [f"| {reports.metric_name(name)} | {reports.format_score(score)} |" for name, score in scores.items()]
+    else:
+        lines.append("No test report: the run's test split was empty or the run predates test reports.")
+    lines += ["", "## Config", "", "```yaml"]
+    lines += [f"{k}: {json.dumps(v, default=str)}" for k, v in (card.get("config") or {}).items()] + ["```", ""]
+    return "\n".join(lines)
+
+
+def card_summary(card: dict) -> str:
+    """One line for the Runs page: labels, where it was scored, the headline score, the device."""
+    headline = card.get("headline") or {}
+    score = (f"{reports.metric_name(headline['name'])} {reports.format_score(headline)}"
+             if headline.get("name") and headline.get("value") is not None else "no test score")
+    labels = card.get("labels_fingerprint")
+    return _joined(f"labels {labels}" if labels and not str(labels).startswith("not recorded") else "labels not recorded",
+                   f"scored on {scored_on(card)}" if card.get("test_metrics") else None, score,
+                   f"trained on {card['device']}" if card.get("device") else None, sep=" · ")
+
+
+def worse_confirmation(check: dict) -> str | None:
+    """What promoting a worse run means, in one line for its confirmation box; None when it is not worse."""
+    if not check.get("worse"):
+        return None
+    ours, theirs = check["candidate"], check["promoted"]
+    sign = "<" if ours.get("higher_is_better", True) else ">"
+    where = {True: "", False: ", scored on a different test split",
+             None: "; the test splits could not be compared"}[check.get("same_test_split")]
+    return (f"Promote although {ours['name']} {ours['value']:.3f} {sign} {theirs['value']:.3f} of the promoted run "
+            f"{check.get('promoted_run')}{where}")
+
+
+def rollback_confirmation(task: str) -> str | None:
+    """What rolling ``task`` back does, in one line for its confirmation box; None when there is nothing to roll back to."""
+    earlier = history(task)
+    if not earlier:
+        return None
+    back, current = earlier[0], promoted_info(task) or {}
+    promoted_at = when(back.get("promoted_at"))
+    return (f"Put back run {back.get('run_id')} ({back.get('model')}"
+            + (f", promoted {promoted_at}" if promoted_at else "") + ") for Predict's "
+            f"{_task_title(task).lower()}, in place of run {current.get('run_id') or 'the current one'}")
 
 
 def promoted_card(task: str = "classify") -> dict | None:

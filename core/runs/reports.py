@@ -3,17 +3,22 @@
 * :func:`run_rows` -- one row per run of every task: task, model, dataset, label fingerprint, state, the test
   split's headline score with its 95 % interval, duration, device.
 * :func:`headline` -- a run's main test score (classify: macro-F1 with its patient-bootstrap interval; landmarks:
-  mean point error; detect: mAP50-95; compare: its best model's macro-F1).
+  mean landmark error; detect: box mAP50-95; compare: its best model's macro-F1).
 * :func:`classification_detail` -- confusion matrix, one-vs-rest ROC curves, reliability diagram and per-class
   table from a classifier's ``test_report.json`` (its per-image predictions).
 * :func:`comparison` -- several runs side by side: the config keys that differ (only those), and a metrics table in
   the study's layout with the published S-ResNet-34 row as a reference.
+* :func:`metric_name` -- the one mapping from metric keys to the words people read (``macro_f1`` -> ``macro-F1``).
+* :func:`run_state` -- one run's state in the words every view shows (Train page chooser and live view, Runs table),
+  all derived from the same status fields.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import json
 import math
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,6 +37,140 @@ STUDY_METRICS = (("mean_one_vs_rest_accuracy", "ACC (mean one-vs-rest)"), ("macr
                  ("expected_calibration_error", "ECE"))
 # Config keys that say nothing about how a run trained (where it ran, how it was scored afterwards).
 INCIDENTAL_KEYS = ("workers", "cache_mb", "n_boot", "device")
+
+# ---------------------------------------------------------------------------------------------- words people read
+# Metric keys (test reports, metrics.csv columns, status "metric" strings) -> the name shown on every page and card.
+METRIC_NAMES = {
+    "macro_f1": "macro-F1", "accuracy": "accuracy", "mean_one_vs_rest_accuracy": "mean one-vs-rest accuracy",
+    "macro_precision": "macro precision", "macro_recall": "macro recall", "macro_roc_auc": "macro ROC-AUC",
+    "quadratic_kappa": "quadratic-weighted kappa", "expected_calibration_error": "calibration error (ECE)",
+    "negative_log_likelihood": "log loss (NLL)",
+    "mean_error_px": "mean landmark error (px)", "mean_error_pct_c2c7": "mean landmark error (% of C2-C7)",
+    "cobb_mae_deg": "C2-C7 angle error (deg)", "mean_iou": "mean box IoU", "found_at_iou50": "boxes found (IoU >= 0.5)",
+    "precision": "box precision", "recall": "box recall", "mAP50": "box mAP50", "mAP50_95": "box mAP50-95",
+    "pose_precision": "pose precision", "pose_recall": "pose recall", "pose_mAP50": "pose mAP50",
+    "pose_mAP50_95": "pose mAP50-95", "fitness": "YOLO fitness",
+    "train_loss": "training loss", "val_loss": "validation loss", "val_acc": "validation accuracy",
+    "val_macro_f1": "validation macro-F1", "lr": "learning rate", "seconds": "seconds", "images": "images",
+    "missed": "films without an answer", "n_images": "images", "n_patients": "patients",
+    # the status files' "metric" strings, as the trainers write them
+    "val macro-F1": "validation macro-F1", "val mean landmark error (px)": "validation mean landmark error (px)",
+    "mAP50-95": "box mAP50-95", "best macro-F1": "best macro-F1",
+}
+
+
+def metric_name(key: str) -> str:
+    """The plain name of a metric key (``val_`` columns read "validation ..."); unknown keys lose their underscores."""
+    key = str(key)
+    if key in METRIC_NAMES:
+        return METRIC_NAMES[key]
+    if key.startswith("val_") and key[4:] in METRIC_NAMES:
+        return f"validation {METRIC_NAMES[key[4:]]}"
+    return key.replace("_", " ")
+
+
+# What a run does after its last epoch, before it is done: announced while it trains (classify: _finish_run).
+FINAL_STEPS = ("calibrating on validation", "fitting the out-of-distribution reference", "evaluating on the test split",
+               "measuring landmark errors")
+FINAL_STEP_NOTE = {"classify": "calibration on validation, the out-of-distribution reference and the test report",
+                   "compare": "the comparison tables and the best model's files"}
+_EPOCH_MESSAGE = re.compile(r"^epoch \d+/\d+\b")
+_COUNTER = re.compile(r"\s*\(\d+/\d+\)$")
+
+
+def final_step_note(task: str) -> str:
+    """The words for the step after the last epoch (a few seconds to a minute)."""
+    return FINAL_STEP_NOTE.get(task, "the test report")
+
+
+@dataclass(frozen=True)
+class RunState:
+    """One run's state as people read it; every field comes from one status.json read."""
+
+    state: str          # as read: queued, running, done, failed, cancelled or interrupted
+    label: str          # the few words every view shows: "waiting in the queue", "starting", "running", "done", ...
+    detail: str         # what it is doing now, or how it ended ("" when there is nothing more to say)
+    epoch: int          # finished epochs (models, for a comparison)
+    epochs: int
+    unit: str           # "epochs", or "models" for a comparison
+    final_step: bool    # running the step after the last epoch
+    device: str = ""
+
+    @property
+    def headline(self) -> str:
+        """``Running on cpu — training``, ``Done — test macro-F1 0.812``, ``Cancelled by user``."""
+        text = self.label[:1].upper() + self.label[1:]
+        if self.state == "running" and self.device:
+            text += f" on {self.device}"
+        if self.detail:
+            text += (" " if self.detail.startswith(("by ", "for ", "while ")) else " — ") + self.detail
+        return text
+
+    @property
+    def progress(self) -> str:
+        """``4 of 6 epochs done``: the same two status fields the bar is drawn from."""
+        if self.epochs <= 0:
+            return "not started" if self.epoch <= 0 else f"{self.epoch} {self.unit} done"
+        text = f"{self.epoch} of {self.epochs} {self.unit} done"
+        if self.epoch < self.epochs and (self.state == "done" or self.final_step):
+            text += " (stopped early)"
+        return text
+
+    @property
+    def fraction(self) -> float:
+        if self.state == "done":
+            return 1.0
+        return 0.0 if self.epochs <= 0 else max(0.0, min(1.0, self.epoch / self.epochs))
+
+
+def _after(message: str, word: str) -> str:
+    """``message`` without a leading repeat of ``word`` ("cancelled by user" under Cancelled -> "by user")."""
+    if message.lower().startswith(word):
+        message = message[len(word):].lstrip(" :;,.-\u2014")
+        if message.startswith("(") and message.endswith(")"):
+            message = message[1:-1]
+    return message
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def run_state(status: dict, task: str | None = None) -> RunState:
+    """The words for a status as :func:`core.runs.layout.read_status` gives it (``interrupted`` derived)."""
+    state = str(status.get("state") or "queued")
+    task = task or str(status.get("task") or "classify")
+    message = str(status.get("message") or "").strip()
+    epoch, epochs = _int(status.get("epoch")), _int(status.get("epochs"))
+    device = str(status.get("device") or "")
+    final = False
+    if state == "queued" and status.get("queued_at") and not status.get("pid"):
+        label = "waiting in the queue"
+        detail = f"for {device or 'its device'}" + (" (to resume)" if "resume" in message else "")
+    elif state == "queued":
+        label, detail = "starting", _after(_after(message, "starting"), "waiting")
+        detail = "" if detail == "no status.json yet" else detail
+    elif state == "running":
+        label = "running"
+        if _EPOCH_MESSAGE.match(message):
+            detail = "training"
+        elif message in FINAL_STEPS:
+            final, detail = True, f"final step: {message}"
+        else:
+            detail = _COUNTER.sub("", _after(message, "running"))
+            detail = "" if detail == "starting" else detail
+    elif state == layout.INTERRUPTED:
+        label = "interrupted"
+        detail = message.removesuffix("; resume to continue")
+    else:
+        label = state
+        detail = _after(message, state)
+        if state == "failed":
+            detail = _after(detail, "run failed")
+    return RunState(state, label, detail, epoch, epochs, "models" if task == "compare" else "epochs", final, device)
 
 
 def read_json(path: Path) -> dict:
@@ -65,17 +204,17 @@ def headline(run_dir: str | Path, task: str | None = None) -> dict | None:
         return None
     task = task or layout.read_config(run_dir).get("task", "classify")
     if task == "classify":
-        score, name, higher = _score((report.get("metrics") or {}).get("macro_f1")), "macro-F1", True
+        score, name, higher = _score((report.get("metrics") or {}).get("macro_f1")), metric_name("macro_f1"), True
     elif task == "compare":
         models = report.get("models") or {}
         best = models.get(report.get("best")) or {}
-        score, name, higher = _score(best.get("macro_f1")), f"macro-F1 of {report.get('best')}", True
+        score, name, higher = _score(best.get("macro_f1")), f"{metric_name('macro_f1')} of {report.get('best')}", True
     elif task == "landmarks" and "mean_error_px" in report:
-        score, name, higher = _score(report.get("mean_error_px")), "mean point error px", False
+        score, name, higher = _score(report.get("mean_error_px")), metric_name("mean_error_px"), False
     elif task == "landmarks":
-        score, name, higher = _score(report.get("pose_mAP50_95")), "pose mAP50-95", True
+        score, name, higher = _score(report.get("pose_mAP50_95")), metric_name("pose_mAP50_95"), True
     else:
-        score, name, higher = _score(report.get("mAP50_95")), "mAP50-95", True
+        score, name, higher = _score(report.get("mAP50_95")), metric_name("mAP50_95"), True
     if score["value"] is None:
         return None
     return {"name": name, "higher_is_better": higher, "split": report.get("split", "test"), **score}
@@ -115,6 +254,12 @@ def duration_s(run_dir: str | Path, status: dict | None = None) -> float | None:
     return total or None
 
 
+def run_states(runs: Sequence[layout.RunInfo]) -> dict[str, RunState]:
+    """run id -> :class:`RunState` of runs as ``layout.list_runs`` read them (the run chooser's words)."""
+    return {info.run_id: run_state({**layout.read_status_file(Path(info.run_dir)), "state": info.state}, info.task)
+            for info in runs}
+
+
 def run_rows(runs: Sequence[layout.RunInfo] | None = None, promoted: dict[str, str] | None = None) -> list[dict]:
     """One row per run (newest first) for the Runs table; ``promoted`` maps task -> promoted run id."""
     rows = []
@@ -125,10 +270,11 @@ def run_rows(runs: Sequence[layout.RunInfo] | None = None, promoted: dict[str, s
         status["state"] = info.state
         data = data_record(run_dir)
         score = headline(run_dir, info.task)
+        state = run_state(status, info.task)  # the same words as run_states
         rows.append({
             "run": info.run_id, "task": info.task, "model": info.model, "dataset": info.dataset or data.get("dataset", ""),
-            "labels": data.get("fingerprint", ""), "state": info.state, "epoch": f"{info.epoch}/{info.epochs}",
-            "best val": info.best_metric, "val metric": info.metric,
+            "labels": data.get("fingerprint", ""), "state": state.label, "epoch": f"{state.epoch}/{state.epochs}",
+            "best val": info.best_metric, "val metric": metric_name(info.metric) if info.metric else "",
             "test score": format_score(score), "test metric": score["name"] if score else "",
             "duration s": None if (d := duration_s(run_dir, status)) is None else round(d),
             "device": status.get("device") or "",
