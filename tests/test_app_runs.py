@@ -1,10 +1,17 @@
-"""Runs page through AppTest on two real finished runs (tiny CNNs trained by `runs start` on a store dataset)."""
+"""Runs page through AppTest on two real finished runs (tiny CNNs trained by `runs start` on a store dataset).
+
+Promoting a run that scores worse than the promoted model, and rolling back, each need a tick that says what will
+happen; the model card and the ONNX file come as downloads whose bytes are the files' own (read back from the
+media store AppTest's runtime serves downloads from)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
+from streamlit.testing.v1.errors import AppTestError
 
 from core import settings
 from core.runs import launch, layout, promotion
@@ -27,13 +34,42 @@ def two_runs(workspace, monkeypatch):
     return first, second
 
 
+@pytest.fixture()
+def downloads(monkeypatch):
+    """The media stores AppTest creates, newest last: a download button's URL names its file in one of them."""
+    stores: list[MemoryMediaFileStorage] = []
+    original = MemoryMediaFileStorage.__init__
+
+    def keep(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        stores.append(self)
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "__init__", keep)
+    return stores
+
+
+def download(at: AppTest, stores, key: str) -> tuple[str, bytes]:
+    """(file name, bytes) a download button hands the browser."""
+    [button] = [b for b in at.get("download_button") if b.key == key]
+    media = stores[-1].get_file(Path(button.proto.url).name)
+    return media.filename, media.content
+
+
+def make_worse(run_dir: Path, macro_f1: float = 0.1) -> None:
+    """The run's test report says macro-F1 ``macro_f1`` (a run clearly worse than any that learned something)."""
+    path = run_dir / layout.TEST_REPORT
+    report = json.loads(path.read_text())
+    report["metrics"]["macro_f1"] = {"value": macro_f1, "low": 0.0, "high": 0.2}
+    path.write_text(json.dumps(report))
+
+
 def runs_page() -> AppTest:
     at = AppTest.from_file(RUNS, default_timeout=60).run()
     assert not at.exception, at.exception
     return at
 
 
-def test_table_detail_comparison_promotion_card_deletion_rollback_and_onnx(two_runs):
+def test_table_detail_comparison_promotion_card_deletion_rollback_and_onnx(two_runs, downloads):
     first, second = two_runs
     at = runs_page()
     table = at.dataframe[0].value
@@ -66,17 +102,36 @@ def test_table_detail_comparison_promotion_card_deletion_rollback_and_onnx(two_r
     study = next(df.value for df in at.dataframe if "ACC (mean one-vs-rest)" in df.value.columns)
     assert list(study["run"])[-1] == "Liang et al. 2025 (published)" and study["ACC (mean one-vs-rest)"].iloc[-1] == "0.909"
 
-    # promote the first (a model card beside it), then the second: warned when it is worse on the same split
+    # promote the first (a model card beside it, shown as Markdown and offered as a download)
     at.multiselect(key="runs_selected").set_value([first.name]).run()
+    assert not any(c.key == f"promote_anyway_{first.name}" for c in at.checkbox)  # nothing promoted: no question
     at.button(key=f"promote_{first.name}").click().run()
     card = json.loads((settings.promoted_dir() / "classify" / "model_card.json").read_text())
     assert card["run_id"] == first.name and card["labels_fingerprint"] == fingerprint and card["device"] == "cpu"
     assert card["test_metrics"]["macro_f1"]["low"] is not None and card["config"]["lr"] == RUN.get("lr", 0.0003)
-    assert "## Test metrics" in (settings.promoted_dir() / "classify" / "MODEL_CARD.md").read_text()
+    card_text = (settings.promoted_dir() / "classify" / "MODEL_CARD.md").read_text()
+    assert "## Test scores" in card_text and "| macro-F1 | " in card_text
+    assert "on the test split: 6 images of 6 patients" in card_text
+    assert "None" not in card_text and "test test" not in card_text and "(classify)" not in card_text
+    name, data = download(at, downloads, "card_download_classify")
+    assert data == card_text.encode() and name == f"MODEL_CARD-classify-{first.name}.md"
+    shown = texts(at)
+    assert "#### Model card: cnn (classifier)" in shown and "None" not in shown and "test test" not in shown
+    assert "scored on the test split: 6 images of 6 patients · macro-F1 " in shown
+
+    # the second, made clearly worse on the same test split: no promotion without the tick that says so
+    make_worse(second)
     check = promotion.check_against_promoted(second)
-    assert check["same_test_split"] is True and check["worse"] is not None
+    assert check["same_test_split"] is True and check["worse"] is True
     at.multiselect(key="runs_selected").set_value([second.name]).run()
-    assert any(w.value.startswith("Worse than the promoted model") for w in at.warning) == check["worse"]
+    assert any(w.value.startswith("Worse than the promoted model") for w in at.warning)
+    first_f1 = check["promoted"]["value"]
+    confirm = at.checkbox(key=f"promote_anyway_{second.name}")
+    assert confirm.label == f"Promote although macro-F1 0.100 < {first_f1:.3f} of the promoted run {first.name}"
+    assert at.button(key=f"promote_{second.name}").disabled
+    with pytest.raises(AppTestError):
+        at.button(key=f"promote_{second.name}").click().run()
+    assert promotion.promoted_info("classify")["run_id"] == first.name
 
     # a promoted run cannot be deleted; another one can, after confirming
     at.multiselect(key="runs_selected").set_value([first.name]).run()
@@ -85,16 +140,32 @@ def test_table_detail_comparison_promotion_card_deletion_rollback_and_onnx(two_r
     assert "is the promoted classify model" in at.error[0].value and first.exists()
     at.multiselect(key="runs_selected").set_value([second.name]).run()
     assert at.button(key=f"delete_{second.name}").disabled  # not confirmed yet
+    at.checkbox(key=f"promote_anyway_{second.name}").check().run()
     at.button(key=f"promote_{second.name}").click().run()
+    assert not at.error and promotion.promoted_info("classify")["run_id"] == second.name
+
+    # rolling back names the model that comes back, and waits for the tick
+    assert at.button(key="rollback_classify").disabled
+    with pytest.raises(AppTestError):
+        at.button(key="rollback_classify").click().run()
+    assert promotion.promoted_info("classify")["run_id"] == second.name
+    sure = at.checkbox(key="rollback_sure_classify")
+    assert sure.label.startswith(f"Put back run {first.name} (cnn, promoted ") and sure.label.endswith(
+        f"for Predict's classifier, in place of run {second.name}")
+    sure.check().run()
     at.button(key="rollback_classify").click().run()
     assert promotion.promoted_info("classify")["run_id"] == first.name
     assert "rolled back from" in texts(at)
 
+    # ONNX: exported, checked against torch, then a download of the file's bytes (no server path on the page)
     at.button(key="onnx_classify").click().run()
     assert not at.error
-    exported = next(s.value for s in at.success if "model.onnx" in s.value)
-    assert "max abs difference" in exported
-    assert json.loads((settings.promoted_dir() / "classify" / "model.json").read_text())["max_abs_diff"] < 1e-4
+    exported = settings.promoted_dir() / "classify" / "model.onnx"
+    assert json.loads(exported.with_suffix(".json").read_text())["max_abs_diff"] < 1e-4
+    name, data = download(at, downloads, "onnx_download_classify")
+    assert data == exported.read_bytes() and name == f"cervicurve-classify-{first.name}.onnx"
+    assert "Checked against torch: max abs difference" in texts(at)
+    assert str(settings.promoted_dir()) not in texts(at) + "".join(s.value for s in at.success)
 
     at.multiselect(key="runs_selected").set_value([second.name]).run()
     at.checkbox(key=f"sure_{second.name}").check().run()
