@@ -22,10 +22,10 @@ from ui.imagery import thumbnail_png
 workspace = frame("Data")
 
 LAYOUTS = {
-    "folder": "Films (zip): unlabeled, or in class folders <class>/<image> (normal / straight / kyphotic ...)",
-    "csv": "CSV manifest + images (zip): path,label,patient_id[,x1,y1,x2,y2][,split]",
+    "folder": "Films (zip): unlabeled, or in class folders <class>/<file> (normal / straight / kyphotic ...)",
+    "csv": "CSV manifest + films (zip): path,label,patient_id[,x1,y1,x2,y2][,split]",
     "yolo": "YOLO (zip): data.yaml, images/<split>, labels/<split>",
-    "coco": "COCO (zip): annotation JSON + images",
+    "coco": "COCO (zip): annotation JSON + films",
     "csxa": "CSXA (zip): datasets-PNG/, Labelme JSON, datasets.xlsx",
     "dicom": "DICOM files (or a zip of them), de-identified on import",
     "phantom": "Generate synthetic phantoms (with class, box and landmarks)",
@@ -91,15 +91,15 @@ with import_tab:
         columns = st.columns(4)
         phantom_options = {
             "patients": int(columns[0].number_input("Patients", 1, 2000, 30, key="phantom_patients")),
-            "images_per_patient": int(columns[1].number_input("Images per patient", 1, 10, 1, key="phantom_ipp")),
-            "size": int(columns[2].number_input("Image height (px)", 128, 2048, 512, step=64, key="phantom_size")),
+            "images_per_patient": int(columns[1].number_input("Films per patient", 1, 10, 1, key="phantom_ipp")),
+            "size": int(columns[2].number_input("Film height (px)", 128, 2048, 512, step=64, key="phantom_size")),
             "seed": int(columns[3].number_input("Seed", 0, 2**31 - 1, 0, key="phantom_seed")),
         }
     else:
         uploads = st.file_uploader("Zip archive", type=["zip"], key=f"zip_upload_{layout}")
     suggested = default_name(uploads, layout)
     dataset = st.text_input("Dataset name", placeholder=suggested or "name of the dataset", key=f"dataset_name_{layout}",
-                            help="Images of one dataset are split and trained on together. "
+                            help="The films of one dataset are split and trained on together. "
                                  "Left empty: the upload's name.").strip() or suggested
     ready = bool(dataset) and (layout == "phantom" or bool(uploads))
     if st.button("Import", type="primary", disabled=not ready, key="import_button"):
@@ -131,7 +131,7 @@ def class_balance_chart(summary: dict) -> go.Figure:
     figure = go.Figure(go.Bar(x=list(counts), y=list(counts.values()), text=list(counts.values()),
                               marker_color=[CLASS_COLOURS[name] for name in counts]))
     figure.update_layout(height=260, margin=dict(l=10, r=10, t=30, b=10), title="Class balance",
-                         yaxis_title="images")
+                         yaxis_title="films")
     return figure
 
 
@@ -145,16 +145,16 @@ with overview_tab:
         chosen = st.selectbox("Dataset", names, key="overview_choice")
         summary = store().summary(chosen)
         metrics = st.columns(5)
-        metrics[0].metric("Images", summary["images"])
+        metrics[0].metric("Films", summary["images"])
         metrics[1].metric("Patients", summary["patients"])
-        metrics[2].metric("Labelled class", summary["images"] - summary["unlabeled"])
+        metrics[2].metric("Labeled class", summary["images"] - summary["unlabeled"])
         metrics[3].metric("Boxes", summary["boxes"])
         metrics[4].metric("Landmarks", summary["landmarks"])
         chart_column, split_column = st.columns([3, 2])
         chart_column.plotly_chart(class_balance_chart(summary), key="class_balance")
         with split_column:
             st.write("**Splits** (grouped by patient, stratified by class)")
-            st.dataframe(pd.DataFrame([summary["splits"]], index=["images"]), width="stretch")
+            st.dataframe(pd.DataFrame([summary["splits"]], index=["films"]), width="stretch")
             fractions = st.columns(3)
             train = fractions[0].number_input("train", 0.0, 1.0, 0.7, 0.05, key="split_train")
             val = fractions[1].number_input("val", 0.0, 1.0, 0.15, 0.05, key="split_val")
@@ -178,7 +178,7 @@ with overview_tab:
                 st.dataframe(pd.DataFrame(st.session_state["split_counts"][1]).T, width="stretch")
 
         items = store().current_labels(chosen)
-        st.write(f"**Images** (first {min(len(items), 24)} of {len(items)})")
+        st.write(f"**Films** (first {min(len(items), 24)} of {len(items)})")
         shown = items[:24]
         for start in range(0, len(shown), 8):
             for column, item in zip(st.columns(8), shown[start:start + 8]):
@@ -191,7 +191,7 @@ with overview_tab:
 
 # ------------------------------------------------------------------ export
 
-EXPORTS = {"folder": "Class folders", "csv": "CSV manifest + images", "yolo": "YOLO detection",
+EXPORTS = {"folder": "Class folders", "csv": "CSV manifest + films", "yolo": "YOLO detection",
            "yolo-landmarks": "YOLO pose (23 landmarks)", "coco": "COCO", "labelme": "CSXA-style Labelme JSON"}
 
 with export_tab:

@@ -170,3 +170,69 @@ def test_a_recycled_pid_is_not_a_running_demo(workspace):
     finally:
         other.kill()
         other.wait()
+
+
+def finished_run(task: str, model: str, dataset: str, report: dict, best_metric: float) -> Path:
+    """A done run folder as a trainer leaves it (config, status, test report, a best.pt the sidebar never opens;
+    the tests keep Predict, the first page, from loading it in the background)."""
+    from core.runs import layout
+
+    run_dir = layout.new_run_dir(model, task)
+    (run_dir / layout.CONFIG_FILE).write_text(json.dumps({"task": task, "model": model, "dataset": dataset}))
+    layout.write_status(run_dir, {"state": "done", "task": task, "model": model, "best_metric": best_metric,
+                                  "epoch": 3, "epochs": 3})
+    (run_dir / "best.pt").write_bytes(b"weights the sidebar does not read")
+    (run_dir / layout.TEST_REPORT).write_text(json.dumps(report))
+    return run_dir
+
+
+def sidebar_line(at: AppTest, title: str):
+    return next(c for c in at.sidebar.caption if c.value.startswith(f"**{title}:**"))
+
+
+def test_each_model_line_gives_the_runs_pages_headline_and_what_it_was_measured_on(workspace, monkeypatch):
+    """Before: "held-out accuracy 1.00" for a classifier measured on phantoms, and a detector described three ways
+    (boxes found 100 %, mAP50-95 0.524 on Runs, best val 0.508 in the help). Now one number per model, the Runs
+    page's headline test score, and the films it was measured on: phantoms are said to be synthetic."""
+    from core.runs import promotion, reports
+
+    monkeypatch.setenv("CERVICURVE_PRELOAD", "0")
+    classifier = finished_run("classify", "s_resnet34", "phantom-demo",
+                              {"split": "test", "metrics": {"macro_f1": {"value": 1.0, "low": 1.0, "high": 1.0},
+                                                            "accuracy": {"value": 1.0}}}, 0.97)
+    detector = finished_run("detect", "yolov8n.yaml", "clinic", {"split": "test", "mAP50_95": 0.524, "mAP50": 0.99},
+                            0.508)
+    promotion.promote(classifier)
+    promotion.promote(detector)
+    record = workspace / "promoted" / "classify" / promotion.PROMOTED_FILE  # what the demo adds to its models
+    record.write_text(json.dumps({**json.loads(record.read_text()), "demo_quality": "full", "dataset": "phantom-demo",
+                                  "demo_check": {"class_accuracy": 1.0, "box_iou50_rate": 1.0}}))
+    at = run_app()
+
+    line = sidebar_line(at, "Classifier")
+    runs_headline = reports.headline(classifier)  # what the Runs page shows for the run
+    assert line.value == (f"**Classifier:** s_resnet34 · demo (full) · held-out phantoms: class score "
+                          f"({runs_headline['name']}) 1.000 (synthetic, not real films)")
+    assert "Measured on held-out phantoms" in line.proto.help and "synthetic" in line.proto.help
+    assert "accuracy 1.00" not in line.value  # the demo's own check is not a second number
+
+    line = sidebar_line(at, "Detector")
+    runs_headline = reports.headline(detector)
+    assert f"held-out films of clinic: box score ({runs_headline['name']}) 0.524" in line.value
+    assert "synthetic" not in line.value
+    for other in ("0.508", "held-out boxes found", "100%", "best val"):  # one description: no val score, no demo check
+        assert other not in line.value and other not in line.proto.help
+    assert "Measured on held-out films of clinic" in line.proto.help
+    assert sidebar_line(at, "Landmark model").value == "**Landmark model:** none promoted"
+
+
+def test_a_model_without_a_test_score_says_so(workspace, monkeypatch):
+    from core.runs import promotion
+
+    monkeypatch.setenv("CERVICURVE_PRELOAD", "0")
+    run_dir = finished_run("detect", "yolov8n.yaml", "clinic", {}, 0.4)
+    (run_dir / "test_report.json").unlink()  # a run whose test split was empty
+    promotion.promote(run_dir)
+    line = sidebar_line(run_app(), "Detector")
+    assert line.value.endswith("· no held-out test score (its run had no test films)")
+    assert "0.4" not in line.value and "0.4" not in line.proto.help

@@ -80,14 +80,14 @@ def roc(curves: dict) -> go.Figure:
 
 
 def reliability(bins: Sequence[dict]) -> go.Figure:
-    """Accuracy against confidence per bin (the diagonal is perfect calibration); marker size = images."""
+    """Accuracy against confidence per bin (the diagonal is perfect calibration); marker size = films."""
     figure = go.Figure()
     figure.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="#999"),
                                 name="perfectly calibrated"))
     figure.add_trace(go.Scatter(x=[b["confidence"] for b in bins], y=[b["accuracy"] for b in bins],
                                 mode="lines+markers", name="model",
                                 marker=dict(size=[6 + min(20, b["images"]) for b in bins]),
-                                text=[f"{b['images']} images" for b in bins]))
+                                text=[f"{b['images']} films" for b in bins]))
     figure.update_layout(title="Reliability diagram (test)", height=320, margin=dict(l=10, r=10, t=40, b=10),
                          xaxis_title="confidence (top class)", yaxis_title="accuracy",
                          xaxis_range=[0, 1], yaxis_range=[0, 1])
@@ -128,19 +128,19 @@ def per_landmark(rows: Sequence[dict]) -> go.Figure:
 
 
 def bland_altman(data: dict) -> go.Figure:
-    """Predicted minus labelled C2–C7 angle against their mean, with the bias and the 95 % limits of agreement."""
-    figure = go.Figure(go.Scatter(x=data["mean_deg"], y=data["difference_deg"], mode="markers", name="images"))
+    """Predicted minus labeled C2–C7 angle against their mean, with the bias and the 95 % limits of agreement."""
+    figure = go.Figure(go.Scatter(x=data["mean_deg"], y=data["difference_deg"], mode="markers", name="films"))
     for value, label, dash in ((data["bias_deg"], "bias", "solid"), (data["lower_deg"], "-1.96 SD", "dash"),
                                (data["upper_deg"], "+1.96 SD", "dash")):
         figure.add_hline(y=value, line_dash=dash, annotation_text=f"{label} {value:+.1f}°")
     figure.update_layout(title="Bland–Altman: C2–C7 Cobb angle", height=320, margin=dict(l=10, r=10, t=40, b=10),
-                         xaxis_title="mean of predicted and labelled (°)", yaxis_title="predicted − labelled (°)")
+                         xaxis_title="mean of predicted and labeled (°)", yaxis_title="predicted − labeled (°)")
     return figure
 
 
 def iou_histogram(values: Sequence[float]) -> go.Figure:
     figure = go.Figure(go.Histogram(x=list(values), xbins=dict(start=0, end=1.0001, size=0.05)))
     figure.add_vline(x=0.5, line_dash="dash", annotation_text="IoU 0.5")
-    figure.update_layout(title="IoU of the best box with the labelled box", height=300,
-                         margin=dict(l=10, r=10, t=40, b=10), xaxis_title="IoU", yaxis_title="images")
+    figure.update_layout(title="IoU of the best box with the labeled box", height=300,
+                         margin=dict(l=10, r=10, t=40, b=10), xaxis_title="IoU", yaxis_title="films")
     return figure

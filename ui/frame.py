@@ -11,6 +11,7 @@ inside the function that needs it.
 """
 from __future__ import annotations
 
+import functools
 import sys
 import time
 import traceback
@@ -25,7 +26,7 @@ from core.runs import registry
 from core.inference.report import NOTICE as NOTICE_PLAIN
 
 NOTICE = ("**Research and teaching use only — not a diagnosis.** CerviCurve's outputs are not validated for "
-          "clinical decisions; a qualified clinician must read every radiograph.")
+          "clinical decisions; a qualified clinician must read every film.")
 # The models Predict uses, in its order (core.runs.registry): (task, the word people see)
 TASKS = tuple((name, registry.TASKS[name].title) for name in registry.PROMOTABLE)
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,7 +189,8 @@ def engine_errors(action: str) -> Iterator[None]:
 
         where = make_url(settings.db_url()).render_as_string(hide_password=True)
         st.error(f"{action} failed: the annotation database {where} cannot be used "
-                 f"({getattr(exc, 'orig', None) or exc}). Check CERVICURVE_DB / CERVICURVE_HOME.")
+                 f"({getattr(exc, 'orig', None) or exc}). Ask whoever runs this server to check its database "
+                 "and workspace settings.")
     except Exception as exc:  # a bug, not bad input: keep the page alive, log the details
         traceback.print_exc(file=sys.stderr)
         st.error(f"{action} failed with an unexpected {type(exc).__name__}: {exc}. "
@@ -247,8 +249,7 @@ def sidebar(state: dict) -> None:
             if info is None:
                 st.caption(f"**{title}:** none promoted")
             else:
-                st.caption(f"**{title}:** {model_line(info)}", help=f"Run {info.get('run_id')}, promoted "
-                           f"{info.get('promoted_at', '')}; best validation score {info.get('best_metric')}")
+                st.caption(f"**{title}:** {model_line(info)}", help=model_help(info))
         for task, title in TASKS:
             choices = run_choices(task, state)
             # the classifier choice is always shown; the others once there is a run besides the promoted one
@@ -273,24 +274,87 @@ def sidebar(state: dict) -> None:
         st.caption(NOTICE_PLAIN)
 
 
+# The Runs page's headline test score of each model (core.runs.reports.headline, which names it): a plain gloss
+# for the jargon ones, and what the number means (the sidebar line's help). Keyed by (task, higher is better): a
+# landmark model is scored by its mean error in pixels (heatmap) or by pose mAP50-95 (YOLO-pose).
+SCORE_WORDS = {
+    ("classify", True): ("class score",
+                         "macro-F1 is the F1 score of each class (normal, straightened, reversed) averaged, from 0 to "
+                         "1; 1 = every film classed right."),
+    ("detect", True): ("box score",
+                       "mAP50-95 says how well the ROI boxes found overlap the labeled ones, averaged over overlap "
+                       "thresholds from 50 % to 95 %, from 0 to 1; higher is better."),
+    ("landmarks", True): ("landmark score",
+                          "pose mAP50-95 says how closely the 23 landmarks found match the labeled ones, averaged "
+                          "over strict to loose tolerances, from 0 to 1; higher is better."),
+    ("landmarks", False): (None,
+                           "The mean distance between the 23 landmarks found and the labeled ones, in pixels of the "
+                           "film; lower is better."),
+}
+SYNTHETIC = "synthetic, not real films"
+
+
+def promoted_score(info: dict) -> tuple[dict | None, str, bool]:
+    """``(headline, what it was measured on, on phantoms)`` of a promoted model: the Runs page's headline test score
+    (``core.runs.reports.headline`` of the promoted copy of the run) and its held-out films in words."""
+    from core.runs import layout, reports
+
+    task = str(info.get("task") or "classify")
+    folder = settings.promoted_dir() / task
+    report = folder / layout.TEST_REPORT
+    stat = report.stat() if report.exists() else None
+    score = _headline(str(folder), task, stat and (stat.st_mtime_ns, stat.st_size))
+    config = layout.read_config(folder) if (folder / layout.CONFIG_FILE).exists() else {}
+    dataset = reports.data_record(folder).get("dataset") or config.get("dataset") or info.get("dataset")
+    phantoms = bool(info.get("demo_quality") or config.get("quick") or config.get("full"))
+    split = (score or {}).get("split") or "test"
+    where = "held-out phantoms" if phantoms else (f"held-out films of {dataset}" if dataset else "held-out films")
+    if split != "test":
+        where += f" ({split} split)"
+    return score, where, phantoms
+
+
+@functools.lru_cache(maxsize=16)
+def _headline(folder: str, task: str, version) -> dict | None:
+    """reports.headline, read again only when the test report changes (the sidebar draws on every rerun)."""
+    from core.runs import layout, reports
+
+    config_task = layout.read_config(folder).get("task", task) if (Path(folder) / layout.CONFIG_FILE).exists() else task
+    return None if version is None else reports.headline(folder, config_task)
+
+
 def model_line(info: dict) -> str:
-    """``s_resnet34 · demo (quick, phantoms only) · held-out accuracy 0.83``: enough to judge the model in use."""
+    """``s_resnet34 · demo (full) · held-out phantoms: class score (macro-F1) 0.981 (synthetic, not real films)``:
+    one number per model — the Runs page's headline test score — named in plain words, with what it was measured
+    on."""
     name = str(info.get("model") or "model").removesuffix(".yaml").removesuffix(".pt")
-    if info.get("demo_quality"):
-        line = f"{name} · demo ({info['demo_quality']}, phantoms only)"
-        check = info.get("demo_check") or {}
-        # each model with the held-out number that judges it (the demo's last step)
-        if info.get("task") == "landmarks" and check.get("cobb_mae_deg") is not None:
-            line += f" · held-out angle error {float(check['cobb_mae_deg']):.1f}°"
-        elif info.get("task") == "detect" and check.get("box_iou50_rate") is not None:
-            line += f" · held-out boxes found {float(check['box_iou50_rate']):.0%}"
-        elif check.get("class_accuracy") is not None:
-            line += f" · held-out accuracy {float(check['class_accuracy']):.2f}"
-        return line
-    line = f"{name} · run {info.get('run_id', '?')}"
-    if info.get("best_metric") is not None:
-        line += f" · best val {float(info['best_metric']):.2f}"
-    return line
+    line = f"{name} · " + (f"demo ({info['demo_quality']})" if info.get("demo_quality") else
+                           f"run {info.get('run_id', '?')}")
+    score, where, phantoms = promoted_score(info)
+    if not score or score.get("value") is None:
+        return f"{line} · no held-out test score (its run had no test films)"
+    higher = bool(score.get("higher_is_better", True))
+    gloss = SCORE_WORDS.get((info.get("task"), higher), (None, ""))[0]
+    value = float(score["value"])
+    number = f"{value:.3f}" if higher else f"{value:.2f}"
+    named = f"{gloss} ({score['name']})" if gloss else score["name"]
+    return f"{line} · {where}: {named} {number}" + (f" ({SYNTHETIC})" if phantoms else "")
+
+
+def model_help(info: dict) -> str:
+    """The sidebar line's help: what the number means, what it was measured on, which run."""
+    score, where, phantoms = promoted_score(info)
+    parts = [f"Run {info.get('run_id')}, promoted {info.get('promoted_at', '')}."]
+    if score and score.get("value") is not None:
+        parts.append(SCORE_WORDS.get((info.get("task"), bool(score.get("higher_is_better", True))),
+                                     (None, ""))[1])
+        parts.append(f"Measured on {where}: films kept out of its training, the same score the Runs page shows.")
+        if phantoms:
+            parts.append("Phantoms are synthetic films drawn by CerviCurve: a score on them says little about how "
+                         "the model does on real films.")
+    else:
+        parts.append("Its run had no held-out test films, so there is no score to judge it by.")
+    return " ".join(parts)
 
 
 def run_choices(task: str, state: dict) -> dict[str, str | None]:
@@ -330,7 +394,7 @@ def demo_panel(state: dict) -> None:
             reason = status.get("message") or "the process ended without a message"
             st.error(f"The last demo build did not finish: {reason}. Its log is `{settings.home() / demo.LOG_FILE}`.")
         st.markdown("#### This workspace is empty" if workspace_is_empty(state) else "#### Build the demo")
-        st.write("Build the demo: synthetic lateral radiographs (phantoms) and small models trained on them, "
+        st.write("Build the demo: synthetic lateral neck films (phantoms) and small models trained on them, "
                  "so Predict works at once. Or import your own data on the **Data** page.")
         # Full first: the quick models are too weak to judge the tool by (60 held-out phantoms: class right on 85 %,
         # angle off by 3.5 deg on average, against 98 % and 1.7 deg for the full ones)
