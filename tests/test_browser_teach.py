@@ -73,17 +73,19 @@ def test_the_angle_slider_walks_the_rule_class_through_its_thresholds(browser, s
     page.goto(f"{url}/teach")
     page.get_by_text(NOTICE).first.wait_for(timeout=30_000)
     page.locator("h4:has-text('Rule class: normal (Cobb C2–C7 +20.0°)')").wait_for(timeout=90_000)
-    page.get_by_text("Model class:").wait_for(timeout=90_000)  # the first answer imports torch
+    page.get_by_text("Model's answer:").wait_for(timeout=90_000)  # the first answer imports torch
     # +20 -> -10: normal down to the 10° threshold, straightened below it, reversed from -4° down.
     for value, expected in ((10, "normal"), (9, "straightened"), (-3, "straightened"), (-4, "reversed"),
                             (-10, "reversed")):
         move_slider_to(page, value, expected)
         # Elements of the new run replace the old ones one by one: wait for this run's verdict.
-        answer = page.locator("p:has-text('Model class:')").filter(has_text=f"with the rule's {expected}")
+        answer = page.locator("p:has-text(\"Model's answer:\")").filter(has_text=f"the rule's {expected}.")
         answer.wait_for(timeout=60_000)
         verdict = answer.first.inner_text()
-        assert re.search(rf"Model class: ({'|'.join(CLASSES)}) \(\d+%\) — (agrees|disagrees) with the rule's "
-                         rf"{expected}", verdict), verdict
+        # Predict's verdict: a class beside the rule's, or (a film unlike the training films) no class at all
+        assert re.fullmatch(rf"Model's answer: (({'|'.join(CLASSES)}) \(\d+%[^)]*\)\. It (agrees|disagrees) with|"
+                            rf"not judged — check this film by eye\. No class to set beside) the rule's {expected}\.",
+                            verdict), verdict
     page.wait_for_timeout(500)  # let the charts finish drawing before the picture
     shot = scratch / "teach_explore.png"
     page.screenshot(path=str(shot), full_page=True)
