@@ -17,6 +17,7 @@ LAYERS = (
     ("data", ("core.data",)),
     ("evaluation", ("core.evaluation",)),
     ("runs", ("core.runs",)),
+    ("engine", ("core.engine",)),
     ("training", ("core.training",)),
     ("inference", ("core.inference",)),
     ("app", ("core.demo", "core.cli", "core.__main__")),

@@ -164,8 +164,8 @@ def test_the_train_page_offers_to_fine_tune_the_promoted_model(team_home, monkey
     at.selectbox(key="train_task").set_value("landmarks").run()
     at.selectbox(key="train_dataset").set_value("films").run()
     at.radio(key="train_init_landmarks").set_value("the promoted model: fine-tune on this dataset").run()
-    for name, value in {"epochs": "1", "input_size": "64", "batch_size": "4", "device": "cpu"}.items():
-        at.text_input(key=f"train_HeatmapConfig_{name}").set_value(value).run()
+    for name, value in {"epochs": 1, "input_size": 64, "batch_size": 4, "device": "cpu"}.items():
+        set_setting(at, f"train_HeatmapConfig_{name}", value)
     at.text_area(key="train_extra_HeatmapConfig").set_value("widths=[8,8,16,16,16]\nmix_limit=5\nrefine=0").run()
     assert not at.exception and not at.error
     at.button(key="train_start").click().run()
@@ -174,3 +174,16 @@ def test_the_train_page_offers_to_fine_tune_the_promoted_model(team_home, monkey
     assert wait_for(lambda: layout.read_status(run_dir).get("state") in ("done", "failed"), 300)
     assert layout.read_status(run_dir)["state"] == "done", (run_dir / "train.log").read_text()
     assert "fine-tuning mix: 4 films of 'films'" in (run_dir / "train.log").read_text()
+
+
+def set_setting(at, key: str, value) -> None:
+    """A Train page setting, whichever widget its type is drawn as (number box, choice list, checkbox, text)."""
+    for kind in ("number_input", "selectbox", "checkbox", "text_input"):
+        try:
+            widget = getattr(at, kind)(key=key)
+        except KeyError:
+            continue
+        widget.set_value(value if kind != "text_input" else str(value)).run()
+        return
+    raise AssertionError(f"no Train page setting {key}")
+

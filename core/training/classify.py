@@ -41,6 +41,7 @@ from core.training.schedule import warmup_cosine
 from core.training.finetune import training_mix
 from core.runs.configs import ClassifyConfig, ConfigError, init_checkpoint, to_plain
 from core.runs.recorder import RunRecorder
+from core.engine.trainer import EpochTask, Trainer
 
 log = logging.getLogger("cervicurve.run")
 # the task's own metrics.csv columns, after layout.COMMON_COLUMNS
@@ -425,89 +426,79 @@ def _fit_torch(cfg: ClassifyConfig, run_dir: Path, run: RunRecorder, runtime: Ru
     scheduler = warmup_cosine(optimizer, cfg.warmup_epochs * steps_per_epoch, cfg.epochs * steps_per_epoch)
     scaler = torch.amp.GradScaler(runtime.device.type) if runtime.amp_dtype is torch.float16 else None
 
-    start_epoch, best_metric, best_epoch, since_best, finished = 0, -1.0, 0, 0, False
-    last_path = run_dir / "last.pt"
-    if resume and last_path.exists():
-        state = torch.load(last_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start_epoch = int(state["meta"]["epoch"])
-        best_metric, best_epoch = float(state["best_metric"]), int(state["best_epoch"])
-        since_best, finished = int(state["epochs_since_best"]), bool(state.get("finished"))
-        run.keep_metrics_until(start_epoch)
-        log.info("resumed from last.pt after epoch %d (best macro-F1 %.4f at epoch %d)", start_epoch,
-                 best_metric, best_epoch)
-    elif resume:
-        log.info("resume asked, but no last.pt yet: starting from epoch 1")
-        run.keep_metrics_until(0)
-
     net: nn.Module = model
     if runtime.distributed:
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
+    task = _ClassifyEpochs(cfg, run_dir, runtime, model, net, train_loader, val_set, criterion, optimizer, scheduler,
+                           scaler, loss_weight, input_size, options, n_params, mixed_with)
 
-    epoch_times: list[float] = []
-    epoch = start_epoch
-    while epoch < cfg.epochs and not finished:
-        epoch += 1
-        started = time.perf_counter()
-        seed_everything(_epoch_seed(cfg.seed, epoch))
-        train_loader.generator.manual_seed(_epoch_seed(cfg.seed, epoch))
-        if hasattr(train_loader.sampler, "set_epoch"):
-            train_loader.sampler.set_epoch(epoch)
-        run.update(epoch=epoch - 1, message=f"epoch {epoch}/{cfg.epochs}")
-        train_loss = train_one_epoch(net, train_loader, criterion, optimizer, scheduler, scaler, runtime)
-        stop = [False]
-        if runtime.is_main:
-            logits, labels = predict_logits(model, _eval_loader(cfg, val_set, runtime), runtime)
-            val_loss, val_acc, val_f1 = _val_scores(logits, labels, loss_weight)
-            seconds = time.perf_counter() - started
-            epoch_times.append(seconds)
-            improved = val_f1 > best_metric + 1e-9
-            if improved:
-                best_metric, best_epoch, since_best = val_f1, epoch, 0
-            else:
-                since_best += 1
-            stop[0] = bool(cfg.patience and since_best >= cfg.patience)
-            # time budget: stop when another epoch of average length would overrun it
-            over_time = bool(cfg.time_limit_s and sum(epoch_times) + np.mean(epoch_times) > cfg.time_limit_s
-                             and epoch < cfg.epochs)
-            stop[0] = stop[0] or over_time
-            row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_acc": val_acc,
-                   "val_macro_f1": val_f1, "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3)}
-            metrics = {k: row[k] for k in ("train_loss", "val_loss", "val_acc", "val_macro_f1")}
-            meta = _meta(cfg, input_size, options, run_dir, epoch=epoch, metrics=metrics, n_parameters=n_params,
-                         best_metric=best_metric, best_epoch=best_epoch, mixed_with=mixed_with)
-            ending = stop[0] or epoch >= cfg.epochs
-            # metrics row before last.pt: a crash between the two redoes the epoch and the resume drops the row
-            run.append_metrics(row)
-            run.save_epoch(lambda: {
-                "state_dict": state_dict_of(model), "meta": meta, "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else {},
-                "best_metric": best_metric, "best_epoch": best_epoch, "epochs_since_best": since_best,
-                "finished": ending,
-            }, best={"state_dict": state_dict_of(model), "meta": meta} if improved else None, final=ending)
-            run.epoch_status(epoch, cfg.epochs, seconds, best_metric=best_metric, finished=stop[0], message=(
-                f"epoch {epoch}/{cfg.epochs}  train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  val_acc "
-                f"{val_acc:.3f}  val_macro_f1 {val_f1:.3f}  lr {row['lr']:.2e}  {seconds:.1f}s"
-                + ("  (best)" if improved else "")))
-            if over_time:
-                log.info("time limit: %.0f s used of time_limit_s %.0f; stopping after epoch %d",
-                         sum(epoch_times), cfg.time_limit_s, epoch)
-            elif stop[0]:
-                log.info("early stop: no macro-F1 gain for %d epochs (best %.4f at epoch %d)", since_best,
-                         best_metric, best_epoch)
-        if runtime.distributed:
-            torch.distributed.broadcast_object_list(stop, src=0)
-        finished = stop[0]
+    def share_stop(stop: bool) -> bool:
+        box = [stop]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return bool(box[0])
+
+    Trainer(run, task, epochs=cfg.epochs, metric="val_macro_f1", higher_is_better=True, patience=cfg.patience,
+            time_limit_s=cfg.time_limit_s, is_main=runtime.is_main,
+            share_stop=share_stop if runtime.distributed else None).fit(resume)
 
     if runtime.distributed:
         torch.distributed.barrier()
     if runtime.is_main:
         _finish_run(cfg, run_dir, run, model, val_set, runtime, splits, items)
+
+
+class _ClassifyEpochs(EpochTask):
+    """The classifier's hooks for the engine's loop (core.engine.trainer)."""
+
+    def __init__(self, cfg: ClassifyConfig, run_dir: Path, runtime: Runtime, model: nn.Module, net: nn.Module,
+                 train_loader: DataLoader, val_set: CropDataset, criterion, optimizer, scheduler, scaler,
+                 loss_weight, input_size: int, options: dict, n_params: int, mixed_with):
+        self.cfg, self.run_dir, self.runtime, self.model, self.net = cfg, run_dir, runtime, model, net
+        self.train_loader, self.val_set, self.criterion = train_loader, val_set, criterion
+        self.optimizer, self.scheduler, self.scaler, self.loss_weight = optimizer, scheduler, scaler, loss_weight
+        self.input_size, self.options, self.n_params, self.mixed_with = input_size, options, n_params, mixed_with
+        self.meta: dict = {}
+
+    def start_epoch(self, epoch: int) -> None:
+        seed_everything(_epoch_seed(self.cfg.seed, epoch))
+        self.train_loader.generator.manual_seed(_epoch_seed(self.cfg.seed, epoch))
+        if hasattr(self.train_loader.sampler, "set_epoch"):
+            self.train_loader.sampler.set_epoch(epoch)
+
+    def train_epoch(self, epoch: int) -> dict:
+        lr = self.optimizer.param_groups[0]["lr"]
+        loss = train_one_epoch(self.net, self.train_loader, self.criterion, self.optimizer, self.scheduler,
+                               self.scaler, self.runtime)
+        return {"train_loss": loss, "lr": lr}
+
+    def validate(self, epoch: int) -> dict:
+        logits, labels = predict_logits(self.model, _eval_loader(self.cfg, self.val_set, self.runtime), self.runtime)
+        val_loss, val_acc, val_f1 = _val_scores(logits, labels, self.loss_weight)
+        row = {"val_loss": val_loss, "val_acc": val_acc, "val_macro_f1": val_f1}
+        # best_*: this epoch's, for best.pt, which the Trainer asks for only when this epoch is the best so far
+        self.meta = _meta(self.cfg, self.input_size, self.options, self.run_dir, epoch=epoch, metrics=row,
+                          n_parameters=self.n_params, mixed_with=self.mixed_with, best_metric=val_f1, best_epoch=epoch)
+        return row
+
+    def state(self) -> dict:
+        return {"state_dict": self.model.state_dict(), "meta": self.meta, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else {}}
+
+    def load_state(self, state) -> None:
+        self.model.load_state_dict(state["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+
+    def best_payload(self) -> dict:
+        return {"state_dict": state_dict_of(self.model), "meta": self.meta}
+
+    def message(self, epoch: int, epochs: int, row, improved: bool) -> str:
+        return (f"epoch {epoch}/{epochs}  train_loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
+                f"val_acc {row['val_acc']:.3f}  val_macro_f1 {row['val_macro_f1']:.3f}  lr {row['lr']:.2e}  "
+                f"{row['seconds']:.1f}s" + ("  (best)" if improved else ""))
 
 
 def _finish_run(cfg: ClassifyConfig, run_dir: Path, run: RunRecorder, model: nn.Module, val_set: CropDataset,

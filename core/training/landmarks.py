@@ -44,6 +44,7 @@ from core.training.devices import pick_device
 from core.training.finetune import Mix, training_mix
 from core.training.schedule import warmup_cosine
 from core.training.checkpoints import state_dict_of
+from core.engine.trainer import EpochTask, Trainer
 from core.data.exports import crop_window, landmark_crop_window
 from core.data.measure import (LANDMARK_NAMES, LandmarkError, landmark_errors, landmark_flip_index,
                           roi_box_from_landmarks)
@@ -441,61 +442,10 @@ def _fit(cfg: HeatmapConfig, run: RunRecorder, progress_callback, items, resume:
     steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
     total_steps = steps_per_epoch * cfg.epochs
     scheduler = warmup_cosine(optimizer, min(50, total_steps // 10), total_steps)
-    first_epoch, best, best_epoch = 1, None, 0
-    if resume and (run_dir / "last.pt").is_file():
-        state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
-        net.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        first_epoch, best, best_epoch = int(state["epoch"]) + 1, state.get("best"), int(state.get("best_epoch", 0))
-        run.keep_metrics_until(int(state["epoch"]))
-    elif resume:
-        run.keep_metrics_until(0)
-
-    for epoch in range(first_epoch, cfg.epochs + 1):
-        epoch_started = time.time()
-        net.train()
-        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # resumable: same batches again
-        order = pool[torch.randperm(n, generator=generator)]
-        losses = []
-        lr = optimizer.param_groups[0]["lr"]
-        for step in range(steps_per_epoch):
-            index = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            if len(index) == 0:
-                index = order[:cfg.batch_size]
-            lr = optimizer.param_groups[0]["lr"]
-            losses.append(train_step(net, optimizer, train_split.contexts[index], train_split.points[index], cfg,
-                                     generator, device))
-            scheduler.step()
-        val = landmark_errors(list(zip(_predict_split(net, splits["val"], cfg, device), splits["val"].truth)))
-        seconds = time.time() - epoch_started
-        row = {"epoch": epoch, "train_loss": round(float(np.mean(losses)), 5), "lr": lr, "seconds": round(seconds, 3),
-               "val_mean_error_px": round(val["mean_error_px"], 4),
-               "val_mean_error_pct_c2c7": round(val["mean_error_pct_c2c7"], 4),
-               "val_cobb_mae_deg": None if val["cobb_mae_deg"] is None else round(val["cobb_mae_deg"], 4)}
-        improved = best is None or val["mean_error_px"] < best
-        if improved:
-            best, best_epoch = val["mean_error_px"], epoch
-        stop = bool(cfg.patience and epoch - best_epoch >= cfg.patience)
-        meta = _meta(cfg, {"epoch": epoch, "val": val, "mixed_with": mixed_with})
-        # metrics row before last.pt: a crash between the two redoes the epoch and the resume drops the row
-        run.append_metrics(row)
-        run.save_epoch(lambda: {"state_dict": net.state_dict(), "optimizer": optimizer.state_dict(),
-                                "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best,
-                                "best_epoch": best_epoch, "meta": meta},
-                       best={"state_dict": state_dict_of(net), "meta": meta} if improved else None,
-                       final=stop or epoch == cfg.epochs)
-        message = (f"epoch {epoch}/{cfg.epochs}: val error {val['mean_error_px']:.2f} px, Cobb MAE "
-                   f"{val['cobb_mae_deg']:.2f} deg" if val["cobb_mae_deg"] is not None else
-                   f"epoch {epoch}/{cfg.epochs}: val error {val['mean_error_px']:.2f} px")
-        run.epoch_status(epoch, cfg.epochs, seconds, best_metric=best, message=message, finished=stop)
-        run.check_cancel()  # after the checkpoints: a resume continues from the last one written
-        if progress_callback is not None:
-            progress_callback(epoch, cfg.epochs, row)
-        if stop:
-            log.info("early stop: no better val error for %d epochs (best %.3f px at epoch %d)", cfg.patience, best,
-                     best_epoch)
-            break
+    task = _LandmarkEpochs(cfg, net, optimizer, scheduler, train_split, splits["val"], pool, steps_per_epoch, device,
+                           mixed_with)
+    Trainer(run, task, epochs=cfg.epochs, metric="val_mean_error_px", higher_is_better=False,
+            patience=cfg.patience, on_epoch=progress_callback).fit(resume)
 
     run.update(message="evaluating on the test split", eta_s=None)
     report = evaluate(run_dir, items=None if items is None else
@@ -505,6 +455,56 @@ def _fit(cfg: HeatmapConfig, run: RunRecorder, progress_callback, items, resume:
     run.done(f"done: test error {report['mean_error_px']:.2f} px, Cobb MAE {report['cobb_mae_deg']:.2f} deg"
              if report.get("cobb_mae_deg") is not None else "done (no test images with landmarks)")
     return report
+
+
+class _LandmarkEpochs(EpochTask):
+    """The landmark model's hooks for the engine's loop (core.engine.trainer)."""
+
+    def __init__(self, cfg: HeatmapConfig, net, optimizer, scheduler, train_split: _Split, val_split: _Split,
+                 pool: torch.Tensor, steps_per_epoch: int, device: torch.device, mixed_with):
+        self.cfg, self.net, self.optimizer, self.scheduler, self.device = cfg, net, optimizer, scheduler, device
+        self.train_split, self.val_split, self.pool, self.steps = train_split, val_split, pool, steps_per_epoch
+        self.mixed_with, self.meta = mixed_with, {}
+
+    def train_epoch(self, epoch: int) -> dict:
+        cfg = self.cfg
+        self.net.train()
+        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # resumable: same batches again
+        order = self.pool[torch.randperm(len(self.pool), generator=generator)]
+        losses, lr = [], self.optimizer.param_groups[0]["lr"]
+        for step in range(self.steps):
+            index = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            if len(index) == 0:
+                index = order[:cfg.batch_size]
+            lr = self.optimizer.param_groups[0]["lr"]
+            losses.append(train_step(self.net, self.optimizer, self.train_split.contexts[index],
+                                     self.train_split.points[index], cfg, generator, self.device))
+            self.scheduler.step()
+        return {"train_loss": round(float(np.mean(losses)), 5), "lr": lr}
+
+    def validate(self, epoch: int) -> dict:
+        val = landmark_errors(list(zip(_predict_split(self.net, self.val_split, self.cfg, self.device),
+                                       self.val_split.truth)))
+        self.meta = _meta(self.cfg, {"epoch": epoch, "val": val, "mixed_with": self.mixed_with})
+        return {"val_mean_error_px": round(val["mean_error_px"], 4),
+                "val_mean_error_pct_c2c7": round(val["mean_error_pct_c2c7"], 4),
+                "val_cobb_mae_deg": None if val["cobb_mae_deg"] is None else round(val["cobb_mae_deg"], 4)}
+
+    def state(self) -> dict:
+        return {"state_dict": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "meta": self.meta}
+
+    def load_state(self, state) -> None:
+        self.net.load_state_dict(state["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+    def best_payload(self) -> dict:
+        return {"state_dict": state_dict_of(self.net), "meta": self.meta}
+
+    def message(self, epoch: int, epochs: int, row, improved: bool) -> str:
+        text = f"epoch {epoch}/{epochs}: val error {row['val_mean_error_px']:.2f} px"
+        return text + (f", Cobb MAE {row['val_cobb_mae_deg']:.2f} deg" if row["val_cobb_mae_deg"] is not None else "")
 
 
 def evaluate(run_dir: str | Path, split: str = "test", items: Sequence[Any] | None = None) -> dict:

@@ -1,0 +1,1 @@
+"""The training engine every torch task shares (core.engine.trainer)."""
