@@ -156,7 +156,8 @@ def one_run(run_id: str) -> None:
     elif info.task == "compare":
         table = reports.test_report(run_dir).get("models") or {}
         if table:
-            st.dataframe(pd.DataFrame({model: {reports.metric_name(k): reports.format_score(v) for k, v in scores.items()}
+            st.dataframe(pd.DataFrame({model: {reports.metric_name(k): reports.format_score(v)
+                                               for k, v in scores.items()}
                                        for model, scores in table.items()}).T, width="stretch")
     actions(run_dir, info)
 
@@ -169,7 +170,7 @@ def several(run_ids: list[str]) -> None:
     curves = result["curves"]
     columns = st.columns(3)
     for index, column in enumerate(("val_loss", "val_macro_f1", "val_acc", "train_loss", "val_mean_error_px", "mAP50")):
-        figure = charts.overlaid(curves, column)
+        figure = charts.overlaid(curves, column, reports.metric_name(column))
         if figure is not None:
             columns[index % 3].plotly_chart(figure, key=f"overlay_{column}")
     st.markdown("##### Config keys that differ")

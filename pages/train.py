@@ -177,8 +177,13 @@ chosen = st.session_state.get("train_run")
 default = chosen if chosen in ids else (active[0] if active else ids[0])
 if st.session_state.pop("train_follow", False) and chosen in ids:
     st.session_state["train_watch"] = chosen  # a run just started here: watch it
-watched = st.selectbox("Run", ids, index=ids.index(default), key="train_watch",
-                       format_func=lambda rid: f"{rid} — {labels[rid]}")
+elif st.session_state.get("train_watch") not in ids:
+    st.session_state["train_watch"] = default
+else:
+    # The same run again, set anew: the browser keeps showing the option's words from when it was picked unless
+    # the value is sent again (measured: "starting" stayed after the run was running); this redraws them.
+    st.session_state["train_watch"] = st.session_state["train_watch"]
+watched = st.selectbox("Run", ids, key="train_watch", format_func=lambda rid: f"{rid} — {labels[rid]}")
 if watched != chosen:
     st.session_state["train_run"] = watched
 live_view(watched, labels[watched])

@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from dataclasses import fields
 from pathlib import Path
 
@@ -20,9 +21,9 @@ import pytest
 from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1.errors import AppTestError
 
-from core.runs import hardware, launch, layout, registry
+from core.runs import hardware, launch, layout, registry, reports
 from core.runs.configs import ClassifyConfig, CompareConfig, HeatmapConfig, YoloConfig
-from ui.run_views import SETTINGS, setting_for
+from ui.run_views import setting_for
 from test_jobs import wait_for
 from test_train import import_tiny
 
@@ -120,7 +121,8 @@ def test_each_field_is_checked_and_start_waits_for_a_valid_config(tiny):
     with pytest.raises(AppTestError):  # a disabled Start cannot be pressed
         at.button(key="train_start").click().run()
     widget(at, "input_size").set_value("8").run()
-    assert at.error[0].value.startswith("input_size must be between 16 and 2048 px") and at.button(key="train_start").disabled
+    assert at.error[0].value.startswith("input_size must be between 16 and 2048 px")
+    assert at.button(key="train_start").disabled
     widget(at, "input_size").set_value("default").run()
     assert not at.error and not at.button(key="train_start").disabled
     widget(at, "epochs").set_value(3).run()
@@ -278,7 +280,7 @@ def test_a_run_started_by_one_app_process_is_seen_and_cancelled_by_a_new_one(tin
     assert layout.read_status(run_dir)["state"] == "cancelled"
 
 
-def test_a_dead_run_shows_as_dead_never_as_running(tiny):
+def test_a_dead_run_shows_as_interrupted_never_as_running(tiny):
     run_dir = layout.new_run_dir("cnn")
     (run_dir / layout.CONFIG_FILE).write_text("task: classify\nmodel: cnn\ndataset: tiny\n")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -289,3 +291,46 @@ def test_a_dead_run_shows_as_dead_never_as_running(tiny):
     assert at.selectbox(key="train_watch").options == [f"{run_dir.name} — interrupted"]
     assert not any("Running" in s.value for s in at.success)
     assert at.button(key=f"resume_{run_dir.name}")  # offered instead of Cancel
+
+
+def test_the_final_step_after_the_last_epoch_is_announced(tiny):
+    # A process standing in for a trainer in its final step (what classify's _finish_run writes): the page shows
+    # the step, the bar its epochs, and the chooser the same state.
+    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "core-final-step"])
+    try:
+        run_dir = layout.new_run_dir("cnn")
+        (run_dir / layout.CONFIG_FILE).write_text("task: classify\nmodel: cnn\ndataset: tiny\nepochs: 6\n")
+        layout.write_status(run_dir, {"state": "running", "pid": stand_in.pid, "epoch": 4, "epochs": 6,
+                                      "task": "classify", "device": "cpu", "eta_s": None, "heartbeat": time.time(),
+                                      "message": "calibrating on validation"})
+        at = page()
+        assert chooser_words(at, run_dir.name) == "running"
+        assert any(s.value == "**Running** on cpu — final step: calibrating on validation" for s in at.success)
+        assert progress_text(at) == "4 of 6 epochs done (stopped early) · final step"
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+
+
+@pytest.mark.parametrize("status,label,headline,progress", [
+    ({"state": "running", "epoch": 4, "epochs": 6, "message": "epoch 5/6", "device": "cpu"},
+     "running", "Running on cpu — training", "4 of 6 epochs done"),
+    ({"state": "running", "epoch": 6, "epochs": 6, "message": "evaluating on the test split", "device": "cuda:0"},
+     "running", "Running on cuda:0 — final step: evaluating on the test split", "6 of 6 epochs done"),
+    ({"state": "queued", "queued_at": "2026-12-07T10:00:00+00:00", "pid": None, "device": "cpu", "epochs": 6,
+      "message": "waiting"}, "waiting in the queue", "Waiting in the queue for cpu", "0 of 6 epochs done"),
+    ({"state": "queued", "pid": 12, "message": "starting", "epochs": 6}, "starting", "Starting", "0 of 6 epochs done"),
+    ({"state": "done", "epoch": 6, "epochs": 6, "message": "done"}, "done", "Done", "6 of 6 epochs done"),
+    ({"state": "done", "epoch": 6, "epochs": 6, "message": "done; test macro-F1 0.812"}, "done",
+     "Done — test macro-F1 0.812", "6 of 6 epochs done"),
+    ({"state": "cancelled", "epoch": 2, "epochs": 6, "message": "cancelled by user"}, "cancelled", "Cancelled by user",
+     "2 of 6 epochs done"),
+    ({"state": "done", "task": "compare", "epoch": 7, "epochs": 7, "message": "done: 7 models; best cnn"}, "done",
+     "Done — 7 models; best cnn", "7 of 7 models done"),
+    ({"state": "interrupted", "epoch": 2, "epochs": 10,
+      "message": "the training process is gone (killed or machine restarted); resume to continue"}, "interrupted",
+     "Interrupted — the training process is gone (killed or machine restarted)", "2 of 10 epochs done"),
+])
+def test_run_state_words_never_repeat_a_word_or_disagree_with_the_bar(status, label, headline, progress):
+    state = reports.run_state(status)
+    assert (state.label, state.headline, state.progress) == (label, headline, progress)

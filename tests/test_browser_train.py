@@ -1,5 +1,6 @@
-"""The Train page in a real browser: start a tiny run, see the curve gain a point; then two runs side by side on the
-Runs page. Prints the time from clicking Start to the first curve point and the server's CPU while an open Train
+"""The Train page in a real browser: start a tiny run through the settings' own widgets (plain labels), see the
+curve gain a point and the run chooser follow the run from starting to running by itself; then two runs side by side
+on the Runs page. Prints the time from clicking Start to the first curve point and the server's CPU while an open Train
 page polls a running run. CERVICURVE_SCREENSHOT_DIR keeps train_live.png and runs_compare.png."""
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ def set_field(page, label: str, value: str) -> None:
 
 
 def test_start_a_run_and_watch_the_curve_gain_a_point(browser, tmp_path, monkeypatch):  # noqa: F811
+    from playwright.sync_api import expect
+
     home = tmp_path / "workspace"
     home.mkdir()
     monkeypatch.setenv("CERVICURVE_HOME", str(home))
@@ -41,9 +44,9 @@ def test_start_a_run_and_watch_the_curve_gain_a_point(browser, tmp_path, monkeyp
         page = browser.new_page(viewport={"width": 1500, "height": 1300})
         page.goto(f"{url}/train")
         page.get_by_text(NOTICE).first.wait_for(timeout=60_000)
-        page.get_by_label("epochs", exact=True).wait_for(timeout=60_000)
-        for label, value in (("epochs", "60"), ("batch_size", "4"), ("input_size", "48"), ("patience", "0"),
-                             ("warmup_epochs", "0")):
+        page.get_by_label("Epochs", exact=True).wait_for(timeout=60_000)
+        for label, value in (("Epochs", "60"), ("Batch size", "4"), ("Input size (px)", "48"),
+                             ("Patience (epochs)", "0"), ("Warm-up epochs", "0")):
             set_field(page, label, value)
         start = page.get_by_role("button", name="Start")
         assert start.is_enabled()
@@ -54,6 +57,11 @@ def test_start_a_run_and_watch_the_curve_gain_a_point(browser, tmp_path, monkeyp
         points = page.evaluate(POINTS_JS)
         page.wait_for_function(f"({POINTS_JS})() > {points}", timeout=180_000)  # the curve gains a point by itself
         print(f"\nstart -> first curve point: {first_point:.1f} s")
+        [run] = layout.list_runs()
+        # the chooser was drawn while the run was starting; the live view's poll brings it up to date by itself
+        expect(page.get_by_role("combobox", name="Run", exact=True)).to_have_value(f"{run.run_id} — running",
+                                                                                 timeout=30_000)
+        page.get_by_text("Running on cpu — training").first.wait_for(timeout=30_000)
 
         # what an open Train page costs the server while one run trains: its CPU over 20 s of polling
         process = psutil.Process(server.pid)
@@ -67,7 +75,6 @@ def test_start_a_run_and_watch_the_curve_gain_a_point(browser, tmp_path, monkeyp
         shot = tmp_path / "train_live.png"
         page.screenshot(path=str(shot))
         keep_screenshot(shot, "train_live.png")
-        [run] = layout.list_runs()
         assert layout.read_status(run.run_dir)["state"] == "running"
         page.get_by_role("button", name="Cancel").first.click()
         wait_for(lambda: layout.read_status(run.run_dir)["state"] == "cancelled", timeout=60)

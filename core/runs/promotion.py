@@ -228,7 +228,8 @@ def card_summary(card: dict) -> str:
     score = (f"{reports.metric_name(headline['name'])} {reports.format_score(headline)}"
              if headline.get("name") and headline.get("value") is not None else "no test score")
     labels = card.get("labels_fingerprint")
-    return _joined(f"labels {labels}" if labels and not str(labels).startswith("not recorded") else "labels not recorded",
+    recorded = labels and not str(labels).startswith("not recorded")
+    return _joined(f"labels {labels}" if recorded else "labels not recorded",
                    f"scored on {scored_on(card)}" if card.get("test_metrics") else None, score,
                    f"trained on {card['device']}" if card.get("device") else None, sep=" · ")
 
@@ -246,7 +247,7 @@ def worse_confirmation(check: dict) -> str | None:
 
 
 def rollback_confirmation(task: str) -> str | None:
-    """What rolling ``task`` back does, in one line for its confirmation box; None when there is nothing to roll back to."""
+    """What rolling ``task`` back does, in one line for its confirmation box; None with nothing to roll back to."""
     earlier = history(task)
     if not earlier:
         return None
