@@ -15,7 +15,7 @@ from core import settings
 from core.runs import launch, layout, promotion, registry, reports
 from ui import charts
 from ui.frame import engine_errors, frame
-from ui.run_views import format_seconds, live_view
+from ui.run_views import curves, format_seconds, live_view
 
 state = frame("Runs")
 runs = state["runs"]
@@ -145,7 +145,7 @@ def one_run(run_id: str) -> None:
     if info.state in ("queued", "running"):
         live_view(run_id, row["state"])
         return
-    figures = charts.run_curves(layout.read_metrics(run_dir), info.task)
+    figures = curves(layout.read_metrics(run_dir), info.task)
     columns = st.columns(max(1, min(3, len(figures))))
     for index, figure in enumerate(figures):
         columns[index % len(columns)].plotly_chart(figure, key=f"detail_curve_{index}")

@@ -147,7 +147,7 @@ def setting_input(config_type: type, name: str, key: str, default_words: str = "
     if kind == "optional":
         means = default_words or "the usual value"
         text = st.text_input(spec.label, value="default" if default is None else str(default), key=key,
-                             help=f'{spec.help} Type a number, or "default" for {means}. Default: default.')
+                             help=f'{spec.help} Type a number, or "default" (the default) for {means}.')
         if text.strip().lower() not in ("", "default"):
             st.caption(f"default: {means}")
             return text
@@ -217,6 +217,14 @@ def progress(status: dict, state: reports.RunState, estimate: hardware.EpochEsti
     st.progress(state.fraction, text=text)
 
 
+def curves(metrics, task: str) -> list:
+    """The run's curves (``ui.charts.run_curves``) with each line named in plain words (``reports.metric_name``)."""
+    figures = charts.run_curves(metrics, task)
+    for figure in figures:
+        figure.for_each_trace(lambda trace: trace.update(name=reports.metric_name(trace.name)))
+    return figures
+
+
 def bold_headline(state: reports.RunState) -> str:
     """The headline with its state words in bold: ``**Running** on cpu — training``."""
     words = len(state.label)
@@ -279,8 +287,12 @@ def _live(run_id: str, shown: str | None = None) -> None:
     if state.state in ACTIVE and not state.final_step:
         st.caption(f"After the last epoch comes a short final step ({reports.final_step_note(task)}); the run is "
                    "done when it ends.")
+    if isinstance(status.get("best_metric"), (int, float)) and status.get("metric"):
+        name = reports.metric_name(status["metric"])
+        st.caption(f"{name[:1].upper() + name[1:] if name.startswith('best ') else 'Best ' + name} so far: "
+                   f"{status['best_metric']:.3f}")
     metrics = layout.read_metrics(run_dir)
-    figures = charts.run_curves(metrics, task)
+    figures = curves(metrics, task)
     if figures:
         columns = st.columns(min(3, len(figures)))
         for index, figure in enumerate(figures):
