@@ -74,8 +74,8 @@ class DemoProfile:
 # full: the landmark model trains beside the detector (step 3), so its epochs are the step's length; at 36 its
 # validation error was still falling (1.57 px, Cobb 2.7 deg) as the cosine schedule ended.
 PROFILES = {
-    "full": DemoProfile("full", patients=300, images_per_patient=3, image_size=384, detector_epochs=7,
-                        detector_imgsz=160, landmark_epochs=32, landmark_input=128, classifier_epochs=8,
+    "full": DemoProfile("full", patients=300, images_per_patient=3, image_size=512, detector_epochs=7,
+                        detector_imgsz=160, landmark_epochs=42, landmark_input=128, classifier_epochs=8,
                         classifier_input=96, batch=4, holdout=60),
     # quick: two films per patient at 320 px rather than one at 384: the detector gets twice the optimizer steps per
     # epoch and every model twice the variety for about the same compute (the 240 x 1 x 384 px profile reached a box

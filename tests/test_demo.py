@@ -50,7 +50,7 @@ def test_tiny_demo_builds_a_workspace_that_predicts(workspace):
     # the sidebar judges each model by its own held-out number
     from ui.frame import model_line
 
-    assert "held-out accuracy" in model_line(json.loads((workspace / "promoted/classify/promoted.json").read_text()))
+    assert "held-out phantoms" in model_line(json.loads((workspace / "promoted/classify/promoted.json").read_text()))
     assert "held-out boxes found" in model_line(json.loads((workspace / "promoted/detect/promoted.json").read_text()))
     if landmark_record["demo_check"]["cobb_mae_deg"] is not None:  # a tiny model may measure nothing
         assert "held-out angle error" in model_line(landmark_record)
