@@ -115,8 +115,8 @@ except ConfigError as exc:
     st.error(str(exc))
     st.stop()
 st.subheader("Settings")
-st.caption("Each value is checked by the run's config as you change it; hover over a field's ⓘ for what it does and "
-           "its default.")
+st.caption("Each value is checked by the run's config as you change it; hover over the ? beside a field for what it "
+           "does and its default.")
 # what "default" means for the settings that may be left to the model or the profile
 DEFAULT_WORDS = {"input_size": (f"the model's own size ({MODELS[base['model']].default_input_size} px for "
                                 f"{base['model']})" if base.get("model") in MODELS else "the profile's own size"),

@@ -84,7 +84,7 @@ def test_each_setting_is_the_widget_of_its_type_with_plain_words(tiny):
     assert "passes over the training films" in epochs.help and epochs.help.endswith("Default: 30.")
     assert (augment.label, augment.value) == ("Augment training films", True) and "Default: on." in augment.help
     assert widget(at, "input_size").value == "default" and "224 px for s_resnet34" in widget(at, "input_size").help
-    assert widget(at, "device").options[:2] == ["auto (a GPU if there is one, else the CPU)", "CPU"]
+    assert widget(at, "device").options[:2] == ["auto (GPU if any, else CPU)", "CPU"]
     assert widget(at, "class_weighting").options == ["weigh the loss by class rarity", "draw rare classes more often",
                                                      "no correction"]
     # no label is a raw config key

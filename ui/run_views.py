@@ -69,7 +69,7 @@ SETTINGS: dict[str, Setting] = {
     "amp": Setting("Mixed precision", "Half-precision arithmetic on a CUDA GPU: faster and lighter, same results "
                    "within noise.", choices={"auto": "auto (on for a CUDA GPU)", "true": "on", "false": "off"}),
     "device": Setting("Device", "Where the run trains. A busy device queues the run until it is free.",
-                      choices={"auto": "auto (a GPU if there is one, else the CPU)", "cpu": "CPU"}),
+                      choices={"auto": "auto (GPU if any, else CPU)", "cpu": "CPU"}),
     "seed": Setting("Random seed", "Fixes the random draws: the same seed on the same machine gives the same run.",
                     0, 2 ** 31 - 1, 1),
     "folds": Setting("Cross-validation folds", "A number of 2 or more: k-fold cross-validation grouped by patient.",
