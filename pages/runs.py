@@ -63,7 +63,9 @@ def classifier_detail(run_dir) -> None:
     if detail["roc"]:
         columns[1].plotly_chart(charts.roc(detail["roc"]), key=f"roc_{run_dir.name}")
     columns[2].plotly_chart(charts.reliability(detail["reliability"]), key=f"rel_{run_dir.name}")
-    st.dataframe(pd.DataFrame(detail["per_class"]), hide_index=True, width="stretch")
+    st.dataframe(pd.DataFrame(detail["per_class"]).rename(columns={"f1": reports.metric_name("f1"),
+                                                                   "roc_auc": reports.metric_name("roc_auc")}),
+                 hide_index=True, width="stretch")
     for note in detail["notes"]:
         st.caption(f"Note: {note}")
 

@@ -44,7 +44,7 @@ METRIC_NAMES = {
     "macro_f1": "macro-F1", "accuracy": "accuracy", "mean_one_vs_rest_accuracy": "mean one-vs-rest accuracy",
     "macro_precision": "macro precision", "macro_recall": "macro recall", "macro_roc_auc": "macro ROC-AUC",
     "quadratic_kappa": "quadratic-weighted kappa", "expected_calibration_error": "calibration error (ECE)",
-    "negative_log_likelihood": "log loss (NLL)",
+    "negative_log_likelihood": "log loss (NLL)", "f1": "F1", "roc_auc": "ROC-AUC",
     "mean_error_px": "mean landmark error (px)", "mean_error_pct_c2c7": "mean landmark error (% of C2-C7)",
     "cobb_mae_deg": "C2-C7 angle error (deg)", "mean_iou": "mean box IoU", "found_at_iou50": "boxes found (IoU >= 0.5)",
     "precision": "box precision", "recall": "box recall", "mAP50": "box mAP50", "mAP50_95": "box mAP50-95",
