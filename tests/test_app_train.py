@@ -334,3 +334,10 @@ def test_the_final_step_after_the_last_epoch_is_announced(tiny):
 def test_run_state_words_never_repeat_a_word_or_disagree_with_the_bar(status, label, headline, progress):
     state = reports.run_state(status)
     assert (state.label, state.headline, state.progress) == (label, headline, progress)
+
+
+def test_the_final_steps_the_pages_announce_are_the_ones_the_trainers_write():
+    # reports.FINAL_STEPS recognises these status messages; a trainer that rewords one would go unannounced
+    sources = "".join(path.read_text() for path in (ROOT / "core" / "training").glob("*.py"))
+    for message in reports.FINAL_STEPS:
+        assert f'message="{message}"' in sources, message
