@@ -209,6 +209,8 @@ def take_message(queue: LabelQueue) -> None:
     if outcome is None:
         session["label_notice"] = {"text": "That failed: the reason is shown above the film.", "kind": "error"}
         return
+    if message.action == "move" and message.discard:
+        session.pop(f"label_note_{message.image_id}", None)  # the typed note goes with the other changes
     if outcome.error:
         flash(outcome.error, "error")
         session["label_notice"] = {"text": outcome.error, "kind": "error"}
@@ -248,7 +250,8 @@ def annotate() -> None:
         notices.info(f"Nothing in the queue “{labels.FILTERS[filter_name]}”. Choose another queue or refresh.")
         return
     image = annotation_store.image(queue.current)
-    work = work_for(image)
+    with notices:  # a failed model draft says so there
+        work = work_for(image)
     work.touch()
     if f"label_note_{image.image_id}" in session:  # a note typed: an unsaved change before the component is drawn
         work.set_note(session[f"label_note_{image.image_id}"])
@@ -352,6 +355,7 @@ def review() -> None:
             session.setdefault("label_work", {})[choice.image_id] = Annotation.from_reading(
                 choice.image_id, (image.width, image.height), curvature_class=choice.curvature_class,
                 roi_box=choice.roi_box, landmarks=choice.landmarks, note=choice.note)
+            session["label_work"][choice.image_id].dirty = True  # saving the copy as it is accepts it
             # a queue of this one film, until the annotator picks a queue or refreshes
             session["label_queue"] = LabelQueue([choice.image_id], key=("fix", choice.label_id))
             session["label_queue_items"] = {}

@@ -238,6 +238,11 @@ def test_workflow_handles_messages_without_losing_edits():
                                            "edit": dict(edit, points=[None] * 23, box=None)}, "b")
     outcome = label_workflow.handle(message, works, queue, classes=CLASSES, save=save, draft=lambda w: None)
     assert not outcome.moved and "last film" in outcome.flash and saved[-1][0] == 9 and saved[-1][2] is None
+    # saving again with nothing changed stores no second row
+    message = label_workflow.read_message({"nonce": "e", "action": "save", "image_id": 9,
+                                           "edit": dict(edit, points=[None] * 23, box=None)}, "c")
+    outcome = label_workflow.handle(message, works, queue, classes=CLASSES, save=save, draft=lambda w: None)
+    assert len(saved) == 2 and "nothing changed" in outcome.flash
     with pytest.raises(ValueError, match="unknown action"):
         label_workflow.read_message({"nonce": "d", "action": "delete"}, "c")
     with pytest.raises(ValueError, match="class must be one of"):

@@ -32,8 +32,6 @@ BY_HAND = int(os.environ.get("CERVICURVE_LABEL_FILMS", "4"))
 FOR_TRAINING = 9  # the splits need 3 patients per class
 WITH_DRAFT = 4
 BEFORE = {"seconds_first_film": 68.0, "actions_first_film": 29}  # the user test, streamlit-drawable-canvas
-TASK_OPTIONS = {"detect": "Detect (C2–C7 box)", "landmarks": "Landmarks (23 points)",
-                "classify": "Classify (curvature class)"}
 
 pytestmark = [
     pytest.mark.browser,
@@ -138,8 +136,9 @@ def stored(store, image_id: int):
 
 def label_by_hand(ui: LabelPage, case, image_id: int, next_id: int | None) -> dict:
     """Box (one drag), 23 clicks, the class, Save & next, all in the component. Returns seconds (film on screen
-    to the next film on screen: the save is in the database by then), mouse actions, and where the points were
-    clicked in image pixels (as far as the screen can say: the view's scale)."""
+    to the next film on screen: the save is in the database by then), of those the seconds waiting on the server
+    (Save & next to the next film shown), mouse actions, and the view's scale (how precisely a click lands in image
+    pixels)."""
     ui.wait_film(image_id)
     ui.show_film()
     start, before = time.monotonic(), ui.actions
@@ -152,8 +151,10 @@ def label_by_hand(ui: LabelPage, case, image_id: int, next_id: int | None) -> di
     assert ui.state("placed") == "23"
     ui.press(f"#class-{case.curvature_class}")
     ui.press("#save-next")
+    sent = time.monotonic()
     ui.wait_film(next_id) if next_id is not None else ui.wait_answer()
-    return {"seconds": time.monotonic() - start, "actions": ui.actions - before, "scale": scale}
+    end = time.monotonic()
+    return {"seconds": end - start, "waiting": end - sent, "actions": ui.actions - before, "scale": scale}
 
 
 def open_label_page(browser, url: str, width: int, height: int, first_film: int) -> LabelPage:
@@ -169,7 +170,10 @@ def open_label_page(browser, url: str, width: int, height: int, first_film: int)
 
 def cut_texts(ui: LabelPage) -> list[str]:
     ui.wait_idle()
-    ui.page.wait_for_timeout(300)  # a last layout pass after the page settles (fonts, the component's height)
+    settled = "() => document.fonts.ready.then(() => new Promise(r => requestAnimationFrame(() => " \
+              "requestAnimationFrame(r))))"  # fonts in and a layout pass done
+    ui.page.evaluate(settled)
+    ui.kp("body").evaluate(f"b => ({settled})()")
     return ui.page.evaluate(CUT_TEXTS, ui.page.locator("body").element_handle())
 
 
@@ -330,6 +334,7 @@ def test_label_films_by_mouse(browser, tmp_path, monkeypatch):
             assert reading.curvature_class == case.curvature_class and reading.seconds is not None
         timing.update(seconds_per_film=[round(f["seconds"], 2) for f in films],
                       actions_per_film=[f["actions"] for f in films],
+                      seconds_waiting_per_film=[round(f["waiting"], 2) for f in films],
                       seconds_first_film=round(films[0]["seconds"], 2), actions_first_film=films[0]["actions"],
                       median_seconds=round(statistics.median(f["seconds"] for f in films), 2))
         shot = tmp_path / "label_annotating.png"
@@ -355,6 +360,8 @@ def test_label_films_by_mouse(browser, tmp_path, monkeypatch):
             ui.page.close()
     finally:
         stop_server(server)
+    log = (tmp_path / "server.log").read_text(errors="replace")
+    assert "will be removed after" not in log, log[-2000:]  # no deprecated st.components.v1.html on this page
     print(json.dumps(timing))
     if os.environ.get("CERVICURVE_LABEL_TIMING"):
         Path(os.environ["CERVICURVE_LABEL_TIMING"]).write_text(json.dumps(timing, indent=1))
@@ -412,35 +419,44 @@ def accept_draft(ui: LabelPage, case, image_id: int, next_id: int | None, store)
     return time.monotonic() - start - overhead
 
 
-def train_on_page(page, url: str, task: str, model: str, fields: dict[str, str], extra: tuple[str, ...] = ()) -> Path:
-    """Start a run from the Train page on the labeled films (task, dataset, model, the main fields, other keys),
-    as a user would, and wait until it finishes; returns the run folder."""
-    from core.runs import layout
+def choose(page, key: str, option) -> None:
+    """Pick ``option`` (text or pattern) in the select box with widget key ``key``; returns once the box shows it."""
+    page.locator(f".st-key-{key} [role=combobox]").click()
+    item = page.get_by_role("option", name=option).first
+    text = item.inner_text().strip()
+    item.click()
+    page.wait_for_function("([key, text]) => { const box = document.querySelector(`.st-key-${key}`); "
+                           "return !!box && (box.innerText.includes(text) || "
+                           "[...box.querySelectorAll('input')].some(i => i.value.includes(text))); }",
+                           arg=[key, text], timeout=30_000)
 
+
+def train_on_page(page, url: str, task: str, model: str, settings: tuple[str, ...]) -> Path:
+    """Start a run from the Train page on the labeled films — task, dataset and model picked in its select boxes,
+    the settings typed as key=value lines in its "Other settings" box (they override the fields above it) — as a
+    user would, and wait until it finishes; returns the run folder. Widgets are found by their keys."""
+    from core.runs import layout
+    from core.runs.registry import TASKS
+
+    config_name = {"classify": "ClassifyConfig", "detect": "YoloConfig", "landmarks": "HeatmapConfig"}[task]
     before = {run.run_id for run in layout.list_runs()}
     page.goto(f"{url}/train")
     page.get_by_text(NOTICE).first.wait_for(timeout=60_000)
-    for key, option in (("train_task", TASK_OPTIONS[task]), ("train_dataset", "films"),
-                        ("train_model" if task == "classify" else f"train_model_{task}", model)):
-        page.locator(f".st-key-{key} [role=combobox]").click()
-        page.get_by_role("option", name=re.compile(f"^{re.escape(option)}( —|$)")).click()  # "cnn — ..." too
-        page.wait_for_timeout(600)
-    for label, value in fields.items():
-        box = page.get_by_label(label, exact=True)
-        box.fill(value)
-        box.press("Enter")
-        page.wait_for_timeout(400)
-    if extra:
-        area = page.get_by_label("Other keys (one key=value per line)")
-        area.fill("\n".join(extra))
-        area.press("Control+Enter")
-        page.wait_for_timeout(600)
-    start = page.get_by_role("button", name="Start")
-    start.wait_for(timeout=30_000)
-    assert start.is_enabled(), page.locator("[data-testid='stAlert']").all_inner_texts()
-    start.click()
+    choose(page, "train_task", re.compile(f"^{re.escape(TASKS[task].title)}: "))
+    choose(page, "train_dataset", re.compile("^films$"))
+    choose(page, "train_model" if task == "classify" else f"train_model_{task}",
+           re.compile(f"^{re.escape(model)}( —|$)"))  # "cnn — ..." too
+    area = page.locator(f".st-key-train_extra_{config_name} textarea")
+    area.fill("\n".join(settings))
+    area.press("Control+Enter")
+    page.locator("[data-testid='stStatusWidget']").wait_for(state="hidden", timeout=60_000)
+    page.wait_for_function("() => { const b = [...document.querySelectorAll('.st-key-train_start button')]"
+                           ".filter(b => b.checkVisibility()); return b.length === 1 && !b[0].disabled; }",
+                           timeout=60_000)  # the settings taken: Start enabled
+    page.locator(".st-key-train_start button:visible").click()
     deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
+    new = []
+    while time.monotonic() < deadline:  # the run folder is the truth: poll it
         new = [run for run in layout.list_runs() if run.run_id not in before]
         if new and layout.read_status(new[0].run_dir)["state"] not in ("queued", "running"):
             break
@@ -449,7 +465,8 @@ def train_on_page(page, url: str, task: str, model: str, fields: dict[str, str],
     run_dir = Path(run.run_dir)
     status = layout.read_status(run_dir)
     assert status["state"] == "done", (run_dir / "train.log").read_text()[-3000:]
-    page.get_by_text("Done —").first.wait_for(timeout=60_000)  # the live view says so too
+    assert layout.read_config(run_dir)["dataset"] == "films"
+    page.get_by_text(re.compile(r"^Done\b")).first.wait_for(timeout=60_000)  # the live view says so too
     return run_dir
 
 
@@ -496,13 +513,13 @@ def test_label_export_train_and_label_from_drafts(browser, tmp_path, monkeypatch
         started = time.monotonic()
         train_tab = browser.new_page(viewport={"width": 1500, "height": 1300})  # the Label tab keeps its session
         detector = train_on_page(train_tab, url, "detect", "yolov8n.yaml",
-                                 {"epochs": "30", "imgsz": "128", "batch": "8", "device": "cpu", "patience": "30"})
+                                 ("epochs=30", "imgsz=128", "batch=8", "device=cpu", "patience=30"))
         landmarks = train_on_page(train_tab, url, "landmarks", "landmark-unet",
-                                  {"epochs": "25", "input_size": "64", "batch_size": "8", "device": "cpu"},
-                                  ("widths=[8,16,24,32,48]", "film=0", "mirror_average=false"))
+                                  ("epochs=25", "input_size=64", "batch_size=8", "device=cpu", "widths=[8,16,24,32,48]",
+                                   "film=0", "mirror_average=false"))
         classifier = train_on_page(train_tab, url, "classify", "cnn",
-                                   {"epochs": "3", "input_size": "32", "batch_size": "8", "device": "cpu",
-                                    "augment": "false", "warmup_epochs": "0"}, ("workers=0", "n_boot=0"))
+                                   ("epochs=3", "input_size=32", "batch_size=8", "device=cpu", "augment=false",
+                                    "warmup_epochs=0", "workers=0", "n_boot=0"))
         for run in (detector, landmarks, classifier):
             promotion.promote(run)
         timing["training_seconds"] = round(time.monotonic() - started, 1)
@@ -513,9 +530,7 @@ def test_label_export_train_and_label_from_drafts(browser, tmp_path, monkeypatch
         ui.wait_idle()
         page.locator(".st-key-label_auto_draft label").first.click()
         ui.wait_idle()
-        page.locator(".st-key-label_filter [role=combobox]").click()
-        page.get_by_role("option", name="Unlabeled").click()
-        ui.button("label_refresh").click()
+        ui.button("label_refresh").click()  # the Unlabeled queue read again: the films not labeled yet
         queue = [i for i in ids if i not in readings]
         with_draft = [accept_draft(ui, cases[ids.index(image_id)], image_id,
                                    queue[n + 1] if n + 1 < len(queue) else None, store)

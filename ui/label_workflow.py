@@ -396,7 +396,8 @@ def handle(message: Message, works: dict[int, Annotation], queue: LabelQueue, *,
     """Carry out one component message.
 
     The component's copy of the film is taken first, whatever the action, so nothing the annotator did is lost when
-    an action fails (Python's copy then equals the browser's, and the component starts again from it).
+    an action fails (Python's copy then equals the browser's, and the component starts again from it). A film with
+    no change since it was opened or saved is not saved again.
     ``save(work)`` stores the reading and returns (label id, a line to show); ``draft(work)`` fills the film from
     the models and returns a line or None. Failures of the kinds in ``errors`` come back as ``Outcome.error``."""
     work = works.get(message.image_id)
@@ -413,8 +414,11 @@ def handle(message: Message, works: dict[int, Annotation], queue: LabelQueue, *,
             outcome.flash = draft(work)
             return outcome
         if message.action == "save" or (message.action == "move" and message.save):
-            outcome.saved_label, outcome.flash = save(work)
-            work.saved()
+            if work.dirty:
+                outcome.saved_label, outcome.flash = save(work)
+                work.saved()
+            else:  # Save & next on a film left as it was: no empty or repeated row in the history
+                outcome.flash = f"Image {work.image_id}: nothing changed, nothing saved."
         if message.action == "move":
             if message.discard:
                 works.pop(work.image_id, None)  # opened again from the store next time

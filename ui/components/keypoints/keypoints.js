@@ -80,6 +80,7 @@
     return Math.min(viewSize.w / W, viewSize.h / H);
   }
   function transform() {
+    if (!centre) { const [W, H] = imageSize(); centre = [W / 2, H / 2]; }  // a new film: the whole of it
     const s = fitScale() * zoom;
     return { s: s, tx: viewSize.w / 2 - centre[0] * s, ty: viewSize.h / 2 - centre[1] * s };
   }
@@ -166,6 +167,7 @@
       try { sessionStorage.removeItem(storageKey()); } catch (e) { /* ignore */ }
     }
     token = newToken;
+    const hadBox = !!(work && work.box);
     work = { box: state.box ? state.box.slice() : null, points: state.points.map((p) => (p ? p.slice() : null)),
              hidden: new Set(state.hidden), cls: state.curvature_class || null,
              facing: state.facing || (work && work.facing) || "left" };
@@ -185,14 +187,16 @@
     if (newFilm) {
       zoom = 1;
       centre = null;
-      mode = work.box ? "points" : "box";
     }
+    if (newFilm || (!hadBox && work.box)) mode = work.box ? "points" : "box";  // e.g. a draft brought the box
   }
 
   // ------------------------------------------------------------------ the film and its window
 
   function loadFilm(url, key) {
     app.dataset.ready = "0";
+    film = null;  // never the last film under this film's points
+    draw();
     const picture = new Image();
     picture.onload = () => {
       if (args.film_key !== key) return;  // a newer film was asked for meanwhile
@@ -682,9 +686,9 @@
       if (work && mode === "points") canvas.classList.toggle("grab", nearestPoint(px, py) !== null);
       return;
     }
-    const dx = px - press.x, dy = py - press.y;
-    press.x = px; press.y = py;
     if (!press.moved && Math.hypot(px - press.x0, py - press.y0) < DRAG_PX) return;
+    const dx = px - press.x, dy = py - press.y;  // since the last move (since the press, for the first)
+    press.x = px; press.y = py;
     press.moved = true;
     if (press.kind === "pan" || press.kind === "click") {
       canvas.classList.add("panning");
