@@ -83,10 +83,12 @@ def measure(name: str, size: int, batch: int, epochs: int, dataset: str) -> dict
                         torch.tensor([data[i][1] for i in range(len(data))]))
     args = (name, size, batch, crops["train"][0], crops["train"][1], crops["val"][0])
     bare_epochs(*args, 1, runtime)  # warm-up: allocator, oneDNN kernels
-    bare = bare_epochs(*args, epochs, runtime)
-    run_dir = classify.train(cfg)
-    engine = [float(s) for s in layout.read_metrics(run_dir)["seconds"]][1:]  # epoch 1 carries the warm-up
-    bare += bare_epochs(*args, epochs, runtime)
+    # interleaved (bare, engine run, bare, engine run, bare) so a change in the machine's load hits both alike
+    bare, engine = bare_epochs(*args, max(1, epochs // 2), runtime), []
+    for _ in range(2):
+        run_dir = classify.train(cfg)
+        engine += [float(s) for s in layout.read_metrics(run_dir)["seconds"]][1:]  # epoch 1 carries the warm-up
+        bare += bare_epochs(*args, max(1, epochs // 2), runtime)
     return {"model": name, "device": str(runtime.device), "channels_last": runtime.channels_last,
             "train": len(crops["train"][1]), "val": len(crops["val"][1]),
             "bare_s": statistics.median(bare), "engine_s": statistics.median(engine)}
@@ -119,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Epoch cost: the engine's epoch against a bare PyTorch loop on the same crops", "",
         f"- {args.patients} phantom patients (256 px films, one each), patient-grouped 70/15/15; crops {args.size} px, "
-        f"batch {args.batch}; median of epochs 2-{args.epochs} of one engine run, and of {2 * args.epochs} bare epochs "
-        "run before and after it",
+        f"batch {args.batch}; median of epochs 2-{args.epochs} of two engine runs, and of the bare epochs run before, "
+        "between and after them",
         "- engine: `core.training.classify.train` (augmentation on the main process, validation pass with macro-F1, "
         "best.pt and last.pt saved, metrics and status written every epoch)",
         "- bare: the same model, batch and memory format over the crops as tensors made once: normalise, forward, "
