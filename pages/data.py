@@ -191,8 +191,8 @@ with overview_tab:
 
 # ------------------------------------------------------------------ export
 
-EXPORTS = {"folder": "Class folders", "csv": "CSV manifest + films", "yolo": "YOLO detection",
-           "yolo-landmarks": "YOLO pose (23 landmarks)", "coco": "COCO", "labelme": "CSXA-style Labelme JSON"}
+EXPORTS = {"folder": "Class folders", "csv": "CSV manifest + films", "yolo-detect": "YOLO detect (box)",
+           "yolo-pose": "YOLO pose (box + 23 points)", "coco": "COCO", "labelme": "CSXA-style Labelme JSON"}
 
 with export_tab:
     names = store().datasets()

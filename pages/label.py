@@ -16,7 +16,7 @@ import numpy as np
 import streamlit as st
 
 from core import settings
-from core.data import labels
+from core.data import exports, labels
 from core.data.imaging import read_image
 from core.settings import CLASSES
 from ui import canvas, label_workflow
@@ -273,7 +273,7 @@ def annotate() -> None:
         canvas.keypoints(
             key=KEYPOINTS, film=picture, film_key=picture_key, image_size=work.image_size,
             state=label_workflow.component_state(work, facing),
-            names={side: label_workflow.point_names(side) for side in label_workflow.FACINGS},
+            names=label_workflow.component_names(),
             sides=[label_workflow.image_side(i) for i in range(label_workflow.N_POINTS)],
             colours=label_workflow.point_colours(),
             vertebrae=[label_workflow.vertebra_of(i) for i in range(label_workflow.N_POINTS)],
@@ -448,7 +448,7 @@ def export() -> None:
     names = {"yolo-detect": "YOLO detect (box)", "yolo-pose": "YOLO pose (box + 23 points)",
              "coco": "COCO keypoints", "csv": "CSV manifest", "labelme": "CSXA-style Labelme JSON",
              "folder": "Class folders (ROI crops)"}
-    kind = st.selectbox("Format", labels.EXPORT_KINDS, format_func=names.get, key="label_export_kind")
+    kind = st.selectbox("Format", list(exports.EXPORT_KINDS), format_func=names.get, key="label_export_kind")
     if st.button("Export", type="primary", key="label_export"):
         out = settings.home() / "exports" / f"{dataset}-{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
         with engine_errors("Exporting"):

@@ -358,10 +358,18 @@ def export_labelme(dataset: str, out: str | Path, *, store: AnnotationStore | No
 
 # ---------------------------------------------------------------- the Data page's export
 
-# What the Data page offers: kind -> (export function, YOLO task)
-ARCHIVE_KINDS = {"folder": (export_folder, None), "csv": (export_csv, None), "yolo": (export_yolo, "detect"),
-                 "yolo-landmarks": (export_yolo, "landmarks"), "coco": (export_coco, None),
-                 "labelme": (export_labelme, None)}
+# Every export the pages offer (Data: as a zip download; Label: into a folder), one vocabulary:
+# kind -> (export function, YOLO task). The CLI's `export yolo --task detect|landmarks` is the same two YOLO kinds.
+EXPORT_KINDS = {"folder": (export_folder, None), "csv": (export_csv, None), "yolo-detect": (export_yolo, "detect"),
+                "yolo-pose": (export_yolo, "landmarks"), "coco": (export_coco, None), "labelme": (export_labelme, None)}
+
+
+def export_to(kind: str, dataset: str, out: str | Path, *, store: AnnotationStore | None = None) -> ExportReport:
+    """``dataset`` exported as ``kind`` into the folder ``out`` (no permission check: the caller's)."""
+    if kind not in EXPORT_KINDS:
+        raise DatasetError(f"unknown export kind {kind!r}; expected one of {', '.join(EXPORT_KINDS)}")
+    export, task = EXPORT_KINDS[kind]
+    return export(dataset, out, store=store) if task is None else export(dataset, out, task, store=store)
 
 
 def export_archive(kind: str, dataset: str, *, store: AnnotationStore | None = None,
@@ -373,14 +381,13 @@ def export_archive(kind: str, dataset: str, *, store: AnnotationStore | None = N
 
     from core.data.accounts import authorize
 
-    if kind not in ARCHIVE_KINDS:
-        raise DatasetError(f"unknown export kind {kind!r}; expected one of {', '.join(ARCHIVE_KINDS)}")
+    if kind not in EXPORT_KINDS:
+        raise DatasetError(f"unknown export kind {kind!r}; expected one of {', '.join(EXPORT_KINDS)}")
     authorize(actor, "export", f"{kind} export of dataset {dataset!r}", url=store.url if store is not None else None)
     check_dataset_name(dataset)  # the name becomes the zip's name: never a path
-    export, task = ARCHIVE_KINDS[kind]
     out = settings.exports_dir() / f"{dataset}-{kind}-{datetime.now():%Y%m%d-%H%M%S}"
     try:
-        report = export(dataset, out, store=store) if task is None else export(dataset, out, task, store=store)
+        report = export_to(kind, dataset, out, store=store)
         archive = Path(shutil.make_archive(str(out), "zip", root_dir=out))
     finally:
         shutil.rmtree(out, ignore_errors=True)

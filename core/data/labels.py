@@ -297,19 +297,13 @@ def annotator_stats(readings: Sequence[Reading]) -> list[AnnotatorStats]:
 
 # ---------------------------------------------------------------- export
 
-EXPORT_KINDS = ("yolo-detect", "yolo-pose", "coco", "csv", "labelme", "folder")
-
-
 def export(kind: str, dataset: str, out: str | Path, *, store: AnnotationStore | None = None, actor=None):
     """The Label page's export buttons (``core.data.exports``); returns its ExportReport. ``actor``: who asks (an
     admin in team mode: an export writes every label, and the films, to a folder on the server)."""
     from core.data import exports
     from core.data.accounts import authorize
 
-    if kind not in EXPORT_KINDS:
-        raise ValueError(f"unknown export {kind!r}; expected one of {', '.join(EXPORT_KINDS)}")
+    if kind not in exports.EXPORT_KINDS:
+        raise ValueError(f"unknown export {kind!r}; expected one of {', '.join(exports.EXPORT_KINDS)}")
     authorize(actor, "export", f"{kind} {dataset} -> {out}", url=store.url if store is not None else None)
-    if kind.startswith("yolo"):
-        return exports.export_yolo(dataset, out, task="detect" if kind == "yolo-detect" else "landmarks", store=store)
-    return {"coco": exports.export_coco, "csv": exports.export_csv, "labelme": exports.export_labelme,
-            "folder": exports.export_folder}[kind](dataset, out, store=store)
+    return exports.export_to(kind, dataset, out, store=store)

@@ -23,7 +23,7 @@ import numpy as np
 from core import settings
 from core.settings import CLASSES
 from core.data.accounts import SHELL
-from core.data import labels
+from core.data import exports, labels
 from core.data.imaging import ImageReadError, Radiograph, read_image
 from core.data.store import AnnotationStore, ImageRecord
 from core.inference.pipeline import ModelMissing, Predictor
@@ -191,7 +191,7 @@ def configure_labels(parser: argparse.ArgumentParser) -> None:
     agreement.add_argument("--dataset", required=True)
     agreement.add_argument("--json", action="store_true")
     export_parser = commands.add_parser("export", help="export the dataset's current labels")
-    export_parser.add_argument("kind", choices=labels.EXPORT_KINDS)
+    export_parser.add_argument("kind", choices=list(exports.EXPORT_KINDS))
     export_parser.add_argument("--dataset", required=True)
     export_parser.add_argument("--out", type=Path, required=True, help="a new (or empty) folder")
 
