@@ -136,6 +136,7 @@ def test_hidden_points_names_and_refused_edits(films):
     at = label_page()
     drawn = component(at)
     assert drawn["names"]["left"][3] == "C3 top, anterior" and drawn["names"]["right"][3] == "C3 top, posterior"
+    assert drawn["names"]["unknown"][3] == "C3 top, image left" and drawn["state"]["facing"] is None
     assert drawn["sides"][:4] == [None, "left", "right", "left"] and len(set(drawn["colours"])) == 6
     case = films[0]
     # a point off the film is refused (the component never sends one): nothing stored
@@ -153,6 +154,8 @@ def test_hidden_points_names_and_refused_edits(films):
     assert np.allclose(reading.landmarks, points, atol=0.005, equal_nan=True)
     shown = component(at)["state"]
     assert shown["hidden"] == [21, 22] and shown["facing"] == "right"
+    send(at, "move", step=1, facing="right")  # the next film starts from the facing the annotator gave
+    assert component(at)["state"]["facing"] == "right"
 
 
 def test_opening_on_an_empty_unlabeled_queue_shows_a_queue_with_films(films):
@@ -253,6 +256,8 @@ def test_queue_moves_skips_and_opens_on_films():
     queue = LabelQueue([1, 2, 3])
     assert queue.move(1) and queue.current == 2
     assert queue.move(1, skip=True) and queue.ids == [1, 3, 2] and queue.current == 3
+    assert queue.move(1, skip=True) and queue.ids == [1, 2, 3] and queue.current == 2
+    assert queue.move(1) and queue.current == 3 and queue.at_end
     assert queue.move(1, skip=True) and queue.ids == [1, 2, 3] and queue.current == 1  # the last one skipped: wrap
     assert not queue.move(-1) and queue.current == 1
     assert LabelQueue([]).current is None and not LabelQueue([]).move(1)
@@ -268,6 +273,7 @@ def test_point_names_colours_and_diagram():
     assert label_workflow.point_name(1, "left") == "C2 bottom, anterior"  # "C2 bottom left": the face on the left
     assert label_workflow.point_name(1, "right") == "C2 bottom, posterior"
     assert label_workflow.point_name(22, "right") == "C7 bottom, anterior"  # "C7 bottom right"
+    assert label_workflow.point_name(22, None) == "C7 bottom, image right"  # the facing not known yet
     assert [label_workflow.vertebra_of(i) for i in (0, 2, 3, 6, 7, 22)] == ["C2", "C2", "C3", "C3", "C4", "C7"]
     colours = label_workflow.point_colours()
     assert colours[3] == colours[6] != colours[7] and len(set(colours)) == 6

@@ -143,6 +143,8 @@ def label_by_hand(ui: LabelPage, case, image_id: int, next_id: int | None) -> di
     ui.show_film()
     start, before = time.monotonic(), ui.actions
     at, scale = ui.mapping()
+    if ui.kp("#face-left").is_visible():  # the session's first film: which side the face is on (asked once)
+        ui.press(f"#face-{case.facing}")
     x1, y1, x2, y2 = case.roi_box
     ui.drag(at(x1, y1), at(x2, y2))
     assert ui.state("mode") == "points"  # a box drawn: the next click places point 1
@@ -173,7 +175,8 @@ def cut_texts(ui: LabelPage) -> list[str]:
     settled = "() => document.fonts.ready.then(() => new Promise(r => requestAnimationFrame(() => " \
               "requestAnimationFrame(r))))"  # fonts in and a layout pass done
     ui.page.evaluate(settled)
-    ui.kp("body").evaluate(f"b => ({settled})()")
+    if ui.page.locator("iframe[title*='keypoints']").count():
+        ui.kp("body").evaluate(f"b => ({settled})()")
     return ui.page.evaluate(CUT_TEXTS, ui.page.locator("body").element_handle())
 
 
@@ -203,6 +206,14 @@ def use_the_rest(ui: LabelPage, case, image_id: int, store, shot: Path | None) -
     at, scale = ui.mapping()
     x1, y1, x2, y2 = case.roi_box
     ui.drag(at(x1, y1), at(x2, y2))
+    # the corners are named anterior/posterior from the side the face is on (kept from the films before; the
+    # Face button turns it), with the image side beside the name
+    if ui.kp("#facing").inner_text() != {"left": "Face ◀", "right": "Face ▶"}[case.facing]:
+        ui.press("#facing")
+    ui.click(at(*case.landmarks[0]))
+    anterior = "anterior" if case.facing == "left" else "posterior"
+    assert f"C2 bottom, {anterior}" in ui.kp("#next").inner_text() and "(image left)" in ui.kp("#next").inner_text()
+    ui.press("#undo")
 
     # a click outside the box (the skull) is questioned; Cancel drops it
     ui.click(at(x1 + (x2 - x1) / 2, max(1.0, y1 / 3)))
@@ -356,6 +367,7 @@ def test_label_films_by_mouse(browser, tmp_path, monkeypatch):
                                    ("Export", "Format")):
                 ui.page.locator(".st-key-label_section label").filter(has_text=section).click()
                 ui.text(shown)
+                ui.page.locator("iframe[title*='keypoints']").wait_for(state="detached", timeout=30_000)
                 assert not cut_texts(ui), (section, width, cut_texts(ui))
             ui.page.close()
     finally:

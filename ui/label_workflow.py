@@ -61,22 +61,29 @@ def image_side(index: int) -> str | None:
     return words[-1] if words[-1] in FACINGS else None
 
 
-def point_name(index: int, facing: str) -> str:
+def point_name(index: int, facing: str | None) -> str:
     """The landmark named for a person placing it: "C4 top, anterior" rather than CSXA's "C4 top left", whose
     left/right means the image side (ambiguous: the patient's left?). ``facing`` is the image side the face is on,
-    so the corner on that side is anterior."""
-    if facing not in FACINGS:
-        raise ValueError(f"facing must be 'left' or 'right', got {facing!r}")
+    so the corner on that side is anterior; None (not known yet) names the image side: "C4 top, image left"."""
+    if facing is not None and facing not in FACINGS:
+        raise ValueError(f"facing must be 'left', 'right' or None, got {facing!r}")
     words = LANDMARK_NAMES[index].split(" ")
     side = image_side(index)
     if side is None:
         return "C2 centroid (centre of the body)"
     edge = words[1] if len(words) == 3 else "bottom"
+    if facing is None:
+        return f"{words[0]} {edge}, image {side}"
     return f"{words[0]} {edge}, {'anterior' if side == facing else 'posterior'}"
 
 
-def point_names(facing: str) -> list[str]:
+def point_names(facing: str | None) -> list[str]:
     return [point_name(i, facing) for i in range(N_POINTS)]
+
+
+def component_names() -> dict[str, list[str]]:
+    """The names for each facing the component may show: "left", "right", and "unknown" (image sides)."""
+    return {"left": point_names("left"), "right": point_names("right"), "unknown": point_names(None)}
 
 
 def diagram_points() -> list[list[float]]:

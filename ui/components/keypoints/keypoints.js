@@ -73,7 +73,7 @@
 
   // ------------------------------------------------------------------ helpers on the film
 
-  const N = () => (args ? args.names.left.length : 23);
+  const N = () => (args ? args.names.unknown.length : 23);
   function imageSize() { return args ? args.image_size : [1, 1]; }
   function fitScale() {
     const [W, H] = imageSize();
@@ -91,8 +91,15 @@
     const b = work.box;
     return !b || (x >= b[0] && x <= b[2] && y >= b[1] && y <= b[3]);
   }
-  function facing() { return work && work.facing ? work.facing : "left"; }
-  function names() { return args.names[facing()]; }
+  // The side of the film the face is on (null until known): it names the anterior and posterior corners.
+  function facing() { return work && work.facing ? work.facing : null; }
+  function names() { return args.names[facing() || "unknown"]; }
+  function setFacing(side) {
+    // names only: nothing stored changes, so this is no edit to save or undo
+    work.facing = side;
+    keep();
+    render();
+  }
   function placed(i) { return work.points[i] !== null; }
   function placedCount() { let n = 0; for (let i = 0; i < N(); i++) if (placed(i)) n++; return n; }
   function nextIndex() {
@@ -170,7 +177,7 @@
     const hadBox = !!(work && work.box);
     work = { box: state.box ? state.box.slice() : null, points: state.points.map((p) => (p ? p.slice() : null)),
              hidden: new Set(state.hidden), cls: state.curvature_class || null,
-             facing: state.facing || (work && work.facing) || "left" };
+             facing: state.facing || (work && work.facing) || null };
     history = [];
     localDirty = false;
     try {
@@ -387,6 +394,19 @@
     const count = placedCount(), hidden = work.hidden.size;
     const done = count + " of " + N() + " placed" + (hidden ? " · " + hidden + " hidden" : "");
     box.textContent = "";
+    if (!facing()) {  // asked once; later films start from the answer (the Face button changes it)
+      box.append(text("b", "The face is on which side?"));
+      for (const [side, label] of [["left", "◀ Left"], ["right", "Right ▶"]]) {
+        const button = text("button", label);
+        button.type = "button";
+        button.id = "face-" + side;
+        button.className = "small";
+        button.title = "The patient faces the " + side + " of the film: the corners on that side are anterior";
+        button.addEventListener("click", () => setFacing(side));
+        box.append(button);
+      }
+      box.append(text("span", "·", "muted"));
+    }
     if (mode === "box") {
       box.append(text("b", work.box ? "Box: drag a corner to adjust, or drag a new box." :
                                   "Drag the C2–C7 box around the spine."));
@@ -425,15 +445,15 @@
     diagram.textContent = "";
     const spots = args.diagram;
     const X = (u) => 14 + u * 122, Y = (v) => 10 + v * 130;
-    const anteriorLeft = facing() === "left";
-    // posterior elements as a stub beside each body, the level's name beyond it
+    const known = facing() !== null, anteriorLeft = facing() === "left";
+    // posterior elements as a stub beside each body (once the facing is known), the level's name beyond it
     const stubX = anteriorLeft ? X(0.78) + 3 : X(0.22) - 15;
     const labelX = anteriorLeft ? stubX + 14 : stubX - 2;
     const anchor = anteriorLeft ? "start" : "end";
     const body = { fill: "#e6e8ee", stroke: "#9aa0ad" };
     const level = (name, top, bottom) => {
-      diagram.append(svg("rect", Object.assign({ x: stubX, y: top + 2, width: 12, height: bottom - top - 4, rx: 3 },
-                                               body)));
+      if (known) diagram.append(svg("rect", Object.assign({ x: stubX, y: top + 2, width: 12,
+                                                            height: bottom - top - 4, rx: 3 }, body)));
       diagram.append(svg("text", { x: labelX, y: (top + bottom) / 2 + 4, "text-anchor": anchor, "font-size": 10,
                                    fill: "#6b6f7b" }, name));
     };
@@ -448,9 +468,11 @@
                                                   body)));
       level(args.vertebrae[k], Y(spots[k][1]), Y(spots[k + 2][1]));
     }
-    diagram.append(svg("text", { x: anteriorLeft ? 2 : 148, y: 256, "text-anchor": anteriorLeft ? "start" : "end",
-                                 "font-size": 10, fill: "#1f6f8b" }, anteriorLeft ? "◀ face (anterior)" :
-                                 "(anterior) face ▶"));
+    if (known) {
+      diagram.append(svg("text", { x: anteriorLeft ? 2 : 148, y: 256, "text-anchor": anteriorLeft ? "start" : "end",
+                                   "font-size": 10, fill: "#1f6f8b" }, anteriorLeft ? "◀ face (anterior)" :
+                                   "(anterior) face ▶"));
+    }
     const current = nextIndex();
     for (let i = 0; i < N(); i++) {
       const [u, v] = spots[i];
@@ -471,7 +493,7 @@
       });
       diagram.append(g);
     }
-    $("facing-note").textContent = "· face " + facing();
+    $("facing-note").textContent = known ? "· face " + facing() : "· face ?";
   }
 
   function showButtons() {
@@ -481,7 +503,7 @@
     $("reset").disabled = placedCount() === 0 && work.hidden.size === 0;
     $("hide").disabled = nextIndex() === null;
     $("zoom-box").disabled = !work.box;
-    $("facing").textContent = facing() === "left" ? "Face ◀" : "Face ▶";
+    $("facing").textContent = { left: "Face ◀", right: "Face ▶" }[facing()] || "Face ?";
     $("previous").disabled = !args.nav.can_previous;
     $("next-film").disabled = !args.nav.can_next;
     $("skip").disabled = !args.nav.can_skip;
@@ -817,12 +839,7 @@
   $("zoom-out").addEventListener("click", () => zoomAt(viewSize.w / 2, viewSize.h / 2, 1 / 1.5));
   $("zoom-fit").addEventListener("click", fit);
   $("zoom-box").addEventListener("click", zoomToBox);
-  $("facing").addEventListener("click", () => {
-    // names only: nothing stored changes, so this is no edit to save or undo
-    work.facing = facing() === "left" ? "right" : "left";
-    keep();
-    render();
-  });
+  $("facing").addEventListener("click", () => setFacing(facing() === "left" ? "right" : "left"));
 
   // ------------------------------------------------------------------ keys (while the component has the focus)
 
