@@ -305,10 +305,9 @@ def tools(work: Annotation, image, check) -> None:
     if work.draft is not None:
         st.caption("Started from a model draft: the store will record how far you move each point.")
     box = "—" if work.roi_box is None else ", ".join(f"{v:.0f}" for v in work.roi_box)
-    st.caption(f"Saved box (image px): {box} · points: {len(work.placed_points)} · hidden: {len(work.hidden)} · "
-               f"{'unsaved changes' if work.dirty else 'saved'} · {work.elapsed():.0f} s on this film · keys in the "
-               "film: Z undo, H hidden, B box, P points, +/− zoom, 0 fit, X to box, 1/2/3 class, S save, "
-               "Enter save & next")
+    st.caption(f"As last saved or drafted: box (image px) {box} · {len(work.placed_points)} points · "
+               f"{len(work.hidden)} hidden · {work.elapsed():.0f} s on this film. Keys in the film: Z undo, H hidden, "
+               "B box, P points, +/− zoom, 0 fit, X to box, arrows move, 1/2/3 class, S save, Enter save & next.")
 
 
 # ------------------------------------------------------------------ review

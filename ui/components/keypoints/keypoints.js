@@ -645,12 +645,26 @@
   }
   function fit() { const [W, H] = imageSize(); zoom = 1; centre = [W / 2, H / 2]; render(); }
   function zoomToBox() {
+    // The whole box when it has about the view's shape. A tall C2-C7 box in a wide view would hardly zoom that way
+    // (its height already fills the view), so then its width fills the view, its top (C2) shown first: the film
+    // moves down with a drag, the arrow keys or Page Down.
     if (!work.box) return;
     const [x1, y1, x2, y2] = work.box;
     const margin = 0.06;
     const bw = (x2 - x1) * (1 + 2 * margin), bh = (y2 - y1) * (1 + 2 * margin);
-    zoom = Math.min(ZOOM_MAX, Math.max(ZOOM_MIN, Math.min(viewSize.w / bw, viewSize.h / bh) / fitScale()));
-    centre = [(x1 + x2) / 2, (y1 + y2) / 2];
+    const whole = Math.min(viewSize.w / bw, viewSize.h / bh), across = viewSize.w / bw;
+    const s = across > 1.25 * whole ? Math.min(across, 3 * whole) : whole;
+    zoom = Math.min(ZOOM_MAX, Math.max(ZOOM_MIN, s / fitScale()));
+    const shown = fitScale() * zoom;
+    const top = y1 - (y2 - y1) * margin;
+    centre = [(x1 + x2) / 2, s === whole ? (y1 + y2) / 2 : top + viewSize.h / shown / 2];
+    clampCentre();
+    render();
+  }
+  function pan(dx, dy) {  // by a share of the view
+    const s = fitScale() * zoom;
+    centre = [centre[0] + dx * viewSize.w / s, centre[1] + dy * viewSize.h / s];
+    clampCentre();
     render();
   }
 
@@ -868,6 +882,10 @@
     else if (key === "x") zoomToBox();
     else if (key === "f") $("facing").click();
     else if (key === "s") save();
+    else if (key === "arrowdown" || key === "pagedown") pan(0, key === "pagedown" ? 0.8 : 0.25);
+    else if (key === "arrowup" || key === "pageup") pan(0, key === "pageup" ? -0.8 : -0.25);
+    else if (key === "arrowleft") pan(-0.25, 0);
+    else if (key === "arrowright") pan(0.25, 0);
     else if (key === "enter" && event.target.tagName !== "BUTTON") saveNext();
     else if (/^[1-9]$/.test(key) && Number(key) <= args.classes.length) chooseClass(args.classes[Number(key) - 1]);
     else return;
