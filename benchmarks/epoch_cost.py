@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         f"batch {args.batch}; median of epochs 2-{args.epochs} of two engine runs, and of the bare epochs run before, "
         "between and after them",
         "- engine: `core.training.classify.train` (augmentation on the main process, validation pass with macro-F1, "
-        "best.pt and last.pt saved, metrics and status written every epoch)",
+        "metrics and status written every epoch, best.pt and last.pt after epoch 1 and then at most every 30 s)",
         "- bare: the same model, batch and memory format over the crops as tensors made once: normalise, forward, "
         "loss, backward, AdamW step; then a forward pass over the validation crops; no augmentation, no files",
         f"- machine: {platform.machine()}, {settings.cpu_threads()} torch threads, torch {torch.__version__}; "
