@@ -316,6 +316,7 @@
     app.dataset.busy = awaiting ? "1" : "0";
     app.dataset.mode = mode;
     app.classList.toggle("busy", !!awaiting);
+    app.classList.toggle("asking", !!pending);  // the click outside the box is answered first
   }
 
   function draw() {
