@@ -213,6 +213,14 @@ def use_the_rest(ui: LabelPage, case, image_id: int, store, shot: Path | None) -
     ui.click(at(*case.landmarks[0]))
     anterior = "anterior" if case.facing == "left" else "posterior"
     assert f"C2 bottom, {anterior}" in ui.kp("#next").inner_text() and "(image left)" in ui.kp("#next").inner_text()
+    # another section and back: the component is drawn afresh and keeps the edits not sent yet
+    ui.page.locator(".st-key-label_section label").filter(has_text="Review").click()
+    ui.page.locator("iframe[title*='keypoints']").wait_for(state="detached", timeout=30_000)
+    ui.page.locator(".st-key-label_section label").filter(has_text="Annotate").click()
+    ui.wait_film(image_id)
+    ui.show_film()
+    assert ui.state("placed") == "1" and ui.state("dirty") == "1" and ui.state("mode") == "points"
+    at, _ = ui.mapping()
     ui.press("#undo")
 
     # a click outside the box (the skull) is questioned; Cancel drops it

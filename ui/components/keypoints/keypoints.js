@@ -119,11 +119,11 @@
              hidden: new Set(s.hidden), cls: s.cls, facing: s.facing };
   }
   function storageKey() { return "cervicurve.keypoints.film." + token; }
-  function keep() {
+  const plain = (s) => ({ box: s.box, points: s.points, hidden: [...s.hidden], cls: s.cls, facing: s.facing });
+  function keep() {  // the local copy and its undo steps, for an iframe drawn afresh
     try {
-      const s = snapshot();
-      sessionStorage.setItem(storageKey(), JSON.stringify({ box: s.box, points: s.points, hidden: [...s.hidden],
-                                                             cls: s.cls, facing: s.facing, history: history.length }));
+      sessionStorage.setItem(storageKey(), JSON.stringify(Object.assign(plain(snapshot()), {
+        edited: localDirty, history: history.slice(-100).map(plain) })));
     } catch (e) { /* storage full or off: the edits still live here */ }
   }
   function edited() {           // after every local edit
@@ -183,14 +183,17 @@
     try {
       const kept = JSON.parse(sessionStorage.getItem(storageKey()) || "null");
       if (kept) {
-        restore({ box: kept.box, points: kept.points, hidden: kept.hidden, cls: kept.cls, facing: kept.facing });
-        localDirty = true;
-        setStatus("Unsent edits of this film were kept.", "");
+        restore(kept);
+        history = (kept.history || []).map((step) => Object.assign({}, step, { hidden: new Set(step.hidden) }));
+        localDirty = !!kept.edited;
+        if (localDirty) setStatus("Unsent edits of this film were kept.", "");
       }
     } catch (e) { /* nothing kept */ }
     target = null;
     pending = null;
     asking = null;
+    $("confirm").hidden = true;
+    $("question").hidden = true;
     if (newFilm) {
       zoom = 1;
       centre = null;
