@@ -263,7 +263,8 @@ def test_queue_moves_skips_and_opens_on_films():
     assert LabelQueue([]).current is None and not LabelQueue([]).move(1)
     lists = {"unlabeled": [], "rejected": [], "others": ["a", "b"], "mine": ["c"], "all": ["a", "b", "c"]}
     name, items, note = label_workflow.opening_queue(lists.get, {"unlabeled": "Unlabeled", "others": "Others"})
-    assert (name, items) == ("others", ["a", "b"]) and note == "Nothing in “Unlabeled”: opened “Others” (2 films)."
+    assert (name, items) == ("others", ["a", "b"])
+    assert note == "Nothing in “Unlabeled”: opened “Others” (2 films)."
     lists["unlabeled"] = ["z"]
     assert label_workflow.opening_queue(lists.get, {}) == ("unlabeled", ["z"], None)
 

@@ -192,5 +192,6 @@ def keypoints(*, key: str, film: str, film_key: str, image_size: tuple[int, int]
     return _component()(key=key, default=None, film=film, film_key=film_key,
                         image_size=[int(image_size[0]), int(image_size[1])], state=state, names=names, sides=sides,
                         colours=colours, vertebrae=vertebrae, diagram=diagram, classes=list(classes),
-                        suggested=suggested, nav=nav, view=view, ack=ack, notice=notice, endplates=[list(pair) for pair in ENDPLATES],
+                        suggested=suggested, nav=nav, view=view, ack=ack, notice=notice,
+                        endplates=[list(pair) for pair in ENDPLATES],
                         box_colour=BOX_COLOUR, height=640)
