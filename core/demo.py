@@ -16,7 +16,7 @@ failed | cancelled, written atomically for the app to poll):
 6. check the promoted models on held-out phantoms (new patients): box IoU >= 0.5 rate, Cobb MAE and the
    share within 5 deg, mean landmark error (px and % of C2-C7), class accuracy -> ``$CERVICURVE_HOME/demo_report.json`` and the classifier's ``promoted.json``
 
-Qualities: ``full`` (default, about 14 min on a quiet 2-core CPU), ``quick`` (under 5 min, weaker models) and
+Qualities: ``full`` (default, about 14 min on a quiet 2-core CPU before the classifier moved to 96 px), ``quick`` (under 5 min, weaker models) and
 ``tiny`` (for tests: minimal sizes, the same code path end to end; the models are not useful).
 Demo models are trained on synthetic phantoms only: they demonstrate the product, not clinical accuracy.
 """
