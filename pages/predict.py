@@ -5,8 +5,9 @@ and the PNG report say the same thing; a film the models cannot judge says so, w
 is drawn (landmarks, endplates, heatmap) that the verdict does not rest on.
 
 Thin: reading, detection, landmarks, classification and Grad-CAM are one ``core.inference.pipeline.Predictor``
-call (the same as ``python -m core predict``); the pictures, the PNG report and the models line are
-``core.inference.report``'s (the same as ``predict --report``). Torch is imported only once there is something
+call (the same as ``python -m core predict``); the PNG report and the models line are ``core.inference.report``'s
+(the same as ``predict --report``). The film is read in ``ui.film_viewer`` (zoom, pan, window/level, layers), which
+is sent only the layers the verdict shows. Torch is imported only once there is something
 to predict, so the page opens at once; then ``pipeline.preload`` loads the models in the background.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from core.data.exports import spreadsheet_safe
 from core.inference import pipeline, report
 from core.settings import CLASSES
 from ui.figures import probability_bars
+from ui.film_viewer import film_viewer, viewer_args
 from ui.frame import engine_errors, frame, selected_runs
 from ui.imagery import png_bytes, thumbnail_uri
 
@@ -136,23 +138,29 @@ def show_result(predictor, name: str, data: bytes, truth: str | None = None) -> 
             if not prediction.calibrated:
                 st.caption("Probabilities not calibrated for this film.")
 
-    pictures = report.pictures(prediction, alpha, evidence_only=True)  # at display size; JPEG-encoded once, here
-    annotated, heatmap = pictures
-    image_column, heatmap_column, numbers_column = st.columns([5, 5, 4], gap="medium")
-    drawn = "ROI box, landmarks and the C2/C7 endplates" if verdict.angle_shown and prediction.landmarks is not None \
-        else "ROI box" + ("" if prediction.box_source == "detector" else f" ({prediction.box_source})") + \
-        " — no landmarks drawn"
-    image_column.image(report.as_jpeg(annotated), caption=drawn, width="stretch")
-    if heatmap is not None:
-        heatmap_column.image(report.as_jpeg(heatmap), caption=f"{CAM_LABELS.get(method, method)} heatmap for "
-                                                              f"'{prediction.curvature_class}'", width="stretch")
-        if float(prediction.cam.max()) < 0.05:
-            heatmap_column.caption("The map is flat for this image: no region stands out to the model.")
-    elif prediction.cam is not None:
-        heatmap_column.info("No heatmap: the network's class is not the result for this film, so a map of where it "
-                            "looked is no evidence.")
-    else:
-        heatmap_column.info("No heatmap for this model.")
+    # The reading view: the film large, zoom, pan, window/level and layers (ui.film_viewer sends only what the
+    # verdict shows: no landmarks or endplates without the angle, no heatmap without the network's class). It spans
+    # the page: beside a numbers column it would be under half the window at 1024 px wide (the sidebar takes ~380 px);
+    # the numbers follow it, in two columns.
+    image_column = st.container()
+    numbers_column, about_column = st.columns([1, 1], gap="medium")
+    cam_label = f"{CAM_LABELS.get(method, method)} heatmap for '{prediction.curvature_class}'"
+    with image_column:
+        film_viewer(viewer_args(prediction, alpha, cam_label), key="film_viewer")
+        drawn = "ROI box, landmarks and the C2/C7 endplates" \
+            if verdict.angle_shown and prediction.landmarks is not None \
+            else "ROI box" + ("" if prediction.box_source == "detector" else f" ({prediction.box_source})") + \
+            " — no landmarks drawn"
+        st.caption(drawn)
+        if prediction.cam is not None and verdict.heatmap_shown:
+            st.caption(cam_label)
+            if float(prediction.cam.max()) < 0.05:
+                st.caption("The map is flat for this image: no region stands out to the model.")
+        elif prediction.cam is not None:
+            st.info("No heatmap: the network's class is not the result for this film, so a map of where it "
+                    "looked is no evidence.")
+        else:
+            st.info("No heatmap for this model.")
 
     with numbers_column:
         if verdict.lead == "network":
@@ -165,9 +173,10 @@ def show_result(predictor, name: str, data: bytes, truth: str | None = None) -> 
                     "or build the demo.")
         else:
             st.info(verdict.angle_note or "No angle.")
+    with about_column:
         st.download_button("Download the PNG report",  # composed only when clicked
                            lambda: report.report_png(prediction, provenance, quality=predictor.quality, truth=truth,
-                                                     images=pictures),
+                                                     images=report.pictures(prediction, alpha, evidence_only=True)),
                            file_name=f"{name.rsplit('.', 1)[0]}_report.png", mime="image/png",
                            on_click="ignore", key="report_download")
         dicom = prediction.radiograph.meta.get("dicom")

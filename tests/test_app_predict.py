@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 from pathlib import Path
 
@@ -123,6 +124,18 @@ def result_heading(at: AppTest) -> str:
     return next(s.value for s in at.subheader if ":" in s.value)
 
 
+def film_view(at: AppTest) -> dict:
+    """The arguments the page gives the reading view (ui/components/film_viewer), which AppTest cannot draw: what
+    the browser gets is all it can show."""
+    [viewer] = [e for e in at.get("component_instance") if e.proto.component_name.endswith("film_viewer")]
+    return json.loads(viewer.proto.json_args)
+
+
+def picture_captions(at: AppTest) -> list[str]:
+    """The captions under the reading view: what is drawn on the film, then the heatmap's."""
+    return [c.value for c in at.caption if c.value.startswith("ROI box") or " heatmap for '" in c.value]
+
+
 def test_a_phantom_gives_class_probabilities_heatmap_and_report(with_model):
     at = upload(predict_page(), ("spine.png", phantom_png("reversed", seed=3)))
     assert not at.error
@@ -131,17 +144,21 @@ def test_a_phantom_gives_class_probabilities_heatmap_and_report(with_model):
     # an angle, the page then gives no class at all rather than the network's capped answer
     judged = outcome != "not judged — check this film by eye"
     assert name == "spine.png"
-    captions = [image.proto.imgs[0].caption for image in at.get("image")]
+    captions = picture_captions(at)
     assert captions[0].startswith("ROI box")
+    view = film_view(at)
+    assert view["film"].startswith("data:image/jpeg;base64,") and max(view["size"]) <= 1024
+    assert view["landmarks"] is None and view["endplates"] is None  # no landmark model: no angle, nothing drawn
     bars = at.get("progress")
     bold = [bar.proto.text.startswith("**") for bar in bars]
     if judged:
         assert outcome.split(" ")[0] in CLASSES and outcome.endswith("%)")
         assert "Grad-CAM heatmap" in captions[1]
+        assert view["heatmap"].startswith("data:image/png;base64,") and view["heatmap_label"] == captions[1]
         assert bold == [c == outcome.split(" ")[0] for c in CLASSES]  # the network's answer in bold
     else:  # no class: no heatmap as its evidence, no bar marked as the answer, and the page says what to do
         assert any("no class is given" in w.value and "**What to do:**" in w.value for w in at.warning)
-        assert len(captions) == 1 and not any(bold)
+        assert len(captions) == 1 and not any(bold) and view["heatmap"] is None  # not even sent to the browser
         assert any(i.value.startswith("No heatmap: the network's class is not the result") for i in at.info)
     # the probabilities: one bar per class in the fixed order, summing to one
     assert [bar.proto.text.split(":")[0].strip("*") for bar in bars] == list(CLASSES)
@@ -161,8 +178,10 @@ def test_a_film_the_models_judge_shows_its_class_with_its_heatmap(with_judging_m
     # no detector: the whole image is read, which the title and the warning say (judged, with low confidence)
     assert name == "spine.png" and network in CLASSES and outcome.endswith("%, low confidence)")
     assert [w.value for w in at.warning if "whole image" in w.value and "**What to do:**" in w.value]
-    captions = [image.proto.imgs[0].caption for image in at.get("image")]
-    assert captions == ["ROI box (whole image) — no landmarks drawn", f"Grad-CAM heatmap for '{network}'"]
+    assert picture_captions(at) == ["ROI box (whole image) — no landmarks drawn", f"Grad-CAM heatmap for '{network}'"]
+    view = film_view(at)
+    assert view["box"] is None  # the whole image: a box would only frame the picture
+    assert view["heatmap"].startswith("data:image/png;base64,")
     assert [bar.proto.text.startswith("**") for bar in at.get("progress")] == [c == network for c in CLASSES]
     assert not at.expander or not any(e.label.startswith("Details: how unlike") for e in at.expander)
     assert any("carries no out-of-distribution reference" in c.value for c in at.caption)  # and the page says so
@@ -173,9 +192,11 @@ def test_heatmap_method_and_opacity_change_the_heatmap_only(with_judging_model):
     heading = result_heading(at)
     at.selectbox(key="cam_method").set_value("eigencam").run()
     assert not at.exception and not at.error
-    assert "Eigen-CAM heatmap" in at.get("image")[1].proto.imgs[0].caption
+    assert "Eigen-CAM heatmap" in picture_captions(at)[1] and "Eigen-CAM heatmap" in film_view(at)["heatmap_label"]
+    film = film_view(at)["film"]
     at.slider(key="cam_alpha").set_value(0.9).run()
     assert not at.exception and result_heading(at) == heading
+    assert film_view(at)["heatmap_alpha"] == 0.9 and film_view(at)["film"] == film  # the same film, more colour
 
 
 def test_garbage_bytes_are_an_error_message(with_model):
@@ -183,7 +204,7 @@ def test_garbage_bytes_are_an_error_message(with_model):
     assert [e.value for e in at.error] == [
         "The prediction failed: garbage.png: not a supported image (PNG, JPEG, TIFF or DICOM); "
         "its content matches none of them"]
-    assert not at.get("image")
+    assert not at.get("component_instance")
 
 
 def test_many_files_give_a_table_with_thumbnails_and_a_csv(with_model):

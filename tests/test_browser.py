@@ -135,13 +135,16 @@ def test_upload_a_phantom_and_see_class_and_heatmap(browser, tmp_path):
         verdict = heading.inner_text().split(": ", 1)[1]
         # the tiny test model flags films unlike its 64 px training set: then it says so and shows no class
         assert verdict.split(" ")[0] in ("normal", "straightened", "reversed") or verdict.startswith("not judged")
-        film = page.locator("[data-testid='stImage'] img").first
-        film.wait_for(timeout=30_000)
-        page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=film.element_handle())
-        assert film.bounding_box()["width"] > 100
+        # the film in the reading view (ui/components/film_viewer; tests/test_browser_predict.py tries its tools)
+        viewer = page.frame_locator("iframe[title*='film_viewer']")
+        viewer.locator("#app[data-ready='1']").wait_for(timeout=30_000)
+        assert viewer.locator("#view").bounding_box()["width"] > 100
         if not verdict.startswith("not judged"):
-            heatmap = page.locator("img[alt*='heatmap' i], [data-testid='stImage']:has-text('heatmap') img").first
-            heatmap.wait_for(timeout=30_000)
+            page.get_by_text("heatmap for '").first.wait_for(timeout=30_000)
+            heatmap = viewer.locator("#layer-heatmap")
+            assert heatmap.is_enabled() and heatmap.is_checked()
+            page.wait_for_function("() => document.querySelector(\"iframe[title*='film_viewer']\").contentDocument"
+                                   ".getElementById('view').dataset.layers.split(',').includes('heatmap')")
         page.wait_for_timeout(500)  # let the chart finish drawing before the picture
         shot = tmp_path / "predict_result.png"
         page.screenshot(path=str(shot), full_page=True)

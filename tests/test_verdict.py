@@ -20,7 +20,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from test_app_predict import model_home, phantom_png, predict_page, upload  # noqa: F401  (model_home: a fixture)
+from test_app_predict import (film_view, model_home, phantom_png, predict_page,  # noqa: F401  (model_home: a fixture)
+                              upload)
+from ui.film_viewer import viewer_args
 
 ROOT = Path(__file__).resolve().parents[1]
 SURE, UNSURE = np.full(23, 0.9), np.full(23, 0.3)
@@ -105,6 +107,8 @@ def test_a_flagged_film_with_sure_landmarks_is_judged_by_its_angle_in_every_outp
     annotated, heatmap = report.pictures(prediction, evidence_only=True)
     assert heatmap is None and colour_pixels(annotated, report.LANDMARK_COLOUR) > 0
     assert colour_pixels(annotated, report.ENDPLATE_COLOUR) > 0
+    view = viewer_args(prediction)  # the page's reading view gets the same: points and endplates, no map
+    assert view["heatmap"] is None and len(view["landmarks"]) == 23 and len(view["endplates"]) == 2
     png = Image.open(io.BytesIO(report.report_png(prediction, "classifier run X (promoted)")))
     assert png.format == "PNG" and png.width == 900  # one panel: no heatmap beside it
 
@@ -131,6 +135,8 @@ def test_a_withheld_angle_and_class_draw_nothing_and_say_why():
     annotated, heatmap = report.pictures(prediction, evidence_only=True)
     assert heatmap is None
     assert colour_pixels(annotated, report.LANDMARK_COLOUR) == colour_pixels(annotated, report.ENDPLATE_COLOUR) == 0
+    view = viewer_args(prediction)  # nor are they sent to the page's reading view, where a toggle could show them
+    assert view["heatmap"] is None and view["landmarks"] is None and view["endplates"] is None and view["box"]
     # even handed both pictures (as the page hands them), the report leaves the map out
     drawn_map = report.pictures(prediction)[1]
     assert drawn_map is not None  # the Teach page still gets the network's own map on request
@@ -165,6 +171,9 @@ def test_a_film_like_the_training_films_is_judged_by_the_network_with_its_eviden
     assert any("agrees with the network" in line for line in said["report"])
     annotated, heatmap = report.pictures(prediction, evidence_only=True)
     assert heatmap is not None and colour_pixels(annotated, report.LANDMARK_COLOUR) > 0
+    view = viewer_args(prediction, 0.4)
+    assert view["heatmap"].startswith("data:image/png;base64,") and view["heatmap_alpha"] == 0.4
+    assert len(view["landmarks"]) == 23 and [line["level"] for line in view["endplates"]] == ["C2", "C7"]
     # a low top probability or a whole-image read is judged, with a warning that says so
     low = film_prediction(flagged=False, probabilities={"normal": 0.5, "straightened": 0.3, "reversed": 0.2})
     assert low.verdict.title == "normal (50%, low confidence)" and low.verdict.warns
@@ -271,7 +280,8 @@ def test_flagged_films_get_one_verdict_on_the_page_in_the_table_csv_json_and_rep
         warning = next(w.value for w in at.warning if "no class is given" in w.value)
         assert warning.startswith(verdicts[path.name].why) and "**What to do:**" in warning and "Label page" in warning
         assert "x further" not in warning  # the jargon lives in the details
-        assert len(at.get("image")) == 1  # the film only: no heatmap for a class not given
+        view = film_view(at)  # the reading view gets the film only: no heatmap for a class not given, no landmarks
+        assert view["film"] and view["heatmap"] is None and view["landmarks"] is None and view["endplates"] is None
         assert any(i.value.startswith("No heatmap: the network's class is not the result") for i in at.info)
         assert not any(bar.proto.text.startswith("**") for bar in at.get("progress"))  # no bar is "the answer"
         assert any(e.label.startswith("Details: how unlike the training films") for e in at.expander)
