@@ -6,7 +6,7 @@ One `streamlit run app.py` on loopback and one system chromium with a browser co
 own Streamlit session) per user, all driven by playwright's async API from one event loop (playwright's sync
 objects cannot be shared across threads). Every session opens Predict (the default page, served at /; /predict
 is "Page not found"); once all show the page, they upload their films at the same moment. Upload-to-result
-ends when the class heading is shown and the heatmap image has loaded. By default one upload first loads the
+ends when the verdict heading is shown and the reading view has drawn the film. By default one upload first loads the
 models (a team's server has them loaded); ``--cold`` skips it, so the sessions also race for the model cache.
 ``--home`` as in app_latency.py (default: a tiny classifier in a temporary workspace). Writes
 benchmarks/results/team_load.md. tests/test_browser_team_load.py runs the same code with 8 small films, cold.
@@ -35,7 +35,7 @@ from test_browser import CHROMIUM, CHROMIUM_ARGS, NOTICE, start_server, stop_ser
 RESULTS = ROOT / "benchmarks" / "results" / "team_load.md"
 # Streamlit's exception box and st.error; warnings (low confidence, unlike training) are not errors.
 ERROR_SELECTOR = "[data-testid='stException'], [data-testid='stAlertContentError']"
-HEATMAP_SELECTOR = "[data-testid='stImage']:has-text('heatmap') img"
+VIEWER = "iframe[title*='film_viewer']"  # Predict's reading view (ui/components/film_viewer)
 
 
 @dataclass
@@ -76,7 +76,7 @@ async def errors_on(page) -> list[str]:
 
 
 async def upload_and_wait(page, image: Path, timeout_s: float) -> SessionResult:
-    """Hand the file to the uploader, wait for the class heading (or an error) and the loaded heatmap."""
+    """Hand the file to the uploader, wait for the verdict heading (or an error) and the drawn reading view."""
     result = SessionResult(image.name)
     timeout_ms = timeout_s * 1000
     started = time.perf_counter()
@@ -86,10 +86,8 @@ async def upload_and_wait(page, image: Path, timeout_s: float) -> SessionResult:
     # An error ends the wait at once instead of running out the clock.
     await heading.or_(page.locator(ERROR_SELECTOR).first).first.wait_for(timeout=timeout_ms)
     if await heading.is_visible():
-        heatmap = page.locator(HEATMAP_SELECTOR).first
-        await heatmap.wait_for(timeout=timeout_ms)
-        await page.wait_for_function("img => img.complete && img.naturalWidth > 0",
-                                     arg=await heatmap.element_handle(), timeout=timeout_ms)
+        # the result is drawn: the reading view holds the film (and the heatmap, for a film the models judge)
+        await page.frame_locator(VIEWER).locator("#app[data-ready='1']").wait_for(timeout=timeout_ms)
         result.seconds = time.perf_counter() - started
         stages = (await page.get_by_text("Time per stage (ms):").first.inner_text()).split(":", 1)[1]
         result.engine_seconds = sum(float(part.split()[-1]) for part in stages.split(",")) / 1000.0
@@ -210,7 +208,7 @@ def main() -> int:
         f"{gpu_in_use()}), one `streamlit run` server and one system chromium on loopback, one browser context "
         f"(session) per user, driven by playwright's async API. Each session opened Predict; when all showed the "
         f"page they uploaded a different {args.size} px phantom PNG at the same moment. Upload-to-result ends when "
-        f"the class heading is shown and the heatmap image has loaded in that session's page; the engine's share "
+        f"the verdict heading is shown and the reading view has drawn the film in that session's page; the engine's share "
         f"is the page's own \"Time per stage\" sum. The browsers share the machine's cores with the server (a "
         f"team's browsers run on their own machines), so these times overstate what each user would wait. Load average "
         f"(1 / 5 / 15 min) {averages(load_before)} before, {averages(load_after)} after: the machine is shared, and other "
