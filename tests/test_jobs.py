@@ -178,3 +178,42 @@ def test_checkpoints_are_written_together_after_the_first_epoch_then_at_most_eve
         assert epoch(4, improved=False, final=True) == (4, 2)  # the held best of epoch 2 lands with the last
         run.checkpoint_every_s = 0.0
         assert epoch(5, improved=False) == (5, 2)
+
+
+def test_a_last_checkpoint_of_another_layout_restarts_the_run_instead_of_crashing(workspace):
+    """A run interrupted under an older release (its last.pt holds the epoch inside meta) resumes from epoch 1
+    with one line in the log, not a KeyError."""
+    import torch
+
+    from core.engine.trainer import EpochTask, Trainer
+    from core.runs.recorder import RunRecorder
+
+    class Counting(EpochTask):
+        def __init__(self):
+            self.trained = []
+
+        def train_epoch(self, epoch):
+            self.trained.append(epoch)
+            return {"train_loss": 1.0 / epoch}
+
+        def validate(self, epoch):
+            return {"val_loss": 1.0 / epoch}
+
+        def state(self):
+            return {"state_dict": {}}
+
+        def load_state(self, state):
+            raise AssertionError("a foreign last.pt must not be loaded")
+
+        def best_payload(self):
+            return {"state_dict": {}}
+
+    run_dir = workspace / "runs" / "20260101-000000-classify-cnn-0001"
+    run_dir.mkdir(parents=True)
+    torch.save({"state_dict": {}, "meta": {"epoch": 2}, "best_metric": 0.5, "best_epoch": 2}, run_dir / "last.pt")
+    task = Counting()
+    with RunRecorder(run_dir, "classify") as run:
+        outcome = Trainer(run, task, epochs=3, metric="val_loss", higher_is_better=False).fit(resume=True)
+    assert task.trained == [1, 2, 3] and outcome.epochs_run == 3 and outcome.best_epoch == 3
+    assert "lacks" in (run_dir / "train.log").read_text()
+    assert torch.load(run_dir / "last.pt")["epoch"] == 3  # rewritten in the loop's own layout

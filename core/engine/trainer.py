@@ -28,6 +28,7 @@ from core.runs.recorder import RunRecorder
 
 log = logging.getLogger("cervicurve.run")
 LAST = "last.pt"
+COUNTERS = {"epoch", "best_metric", "best_epoch", "epochs_since_best", "finished"}  # the loop's part of last.pt
 
 
 class EpochTask:
@@ -84,8 +85,12 @@ class Trainer:
     def fit(self, resume: bool = False) -> Outcome:
         epoch, best, best_epoch, since_best, finished = 0, None, 0, 0, False
         last_path = Path(self.run.run_dir) / LAST
-        if resume and last_path.exists():
-            state = torch.load(last_path, map_location="cpu", weights_only=True)
+        state = torch.load(last_path, map_location="cpu", weights_only=True) if resume and last_path.exists() else None
+        if state is not None and not COUNTERS <= set(state):
+            # a last.pt this loop did not write (an older layout, a hand-made file): say so and start again
+            log.warning("last.pt lacks %s (another layout)", ", ".join(sorted(COUNTERS - set(state))))
+            state = None
+        if state is not None:
             self.task.load_state(state)
             epoch, best_epoch = int(state["epoch"]), int(state["best_epoch"])
             best = None if state.get("best_metric") is None else float(state["best_metric"])
@@ -94,7 +99,7 @@ class Trainer:
             log.info("resumed from last.pt after epoch %d (best %s %s at epoch %d)", epoch, self.metric,
                      "-" if best is None else f"{best:.4f}", best_epoch)
         elif resume:
-            log.info("resume asked, but no last.pt yet: starting from epoch 1")
+            log.info("resume asked, but no usable last.pt: starting from epoch 1")
             self.run.keep_metrics_until(0)
 
         epoch_times: list[float] = []
