@@ -169,8 +169,9 @@ def test_checkpoints_are_written_together_after_the_first_epoch_then_at_most_eve
 
         def epoch(n, improved, final=False):
             run.save_epoch(lambda: {"epoch": n}, best={"epoch": n} if improved else None, final=final)
-            return (torch.load(run_dir / "last.pt")["epoch"],
-                    torch.load(run_dir / "best.pt")["epoch"] if (run_dir / "best.pt").exists() else None)
+            best = run_dir / "best.pt"
+            return (torch.load(run_dir / "last.pt", weights_only=True)["epoch"],
+                    torch.load(best, weights_only=True)["epoch"] if best.exists() else None)
 
         assert epoch(1, improved=True) == (1, 1)
         assert epoch(2, improved=True) == (1, 1)  # held: best.pt and last.pt stay a pair from epoch 1
@@ -216,4 +217,4 @@ def test_a_last_checkpoint_of_another_layout_restarts_the_run_instead_of_crashin
         outcome = Trainer(run, task, epochs=3, metric="val_loss", higher_is_better=False).fit(resume=True)
     assert task.trained == [1, 2, 3] and outcome.epochs_run == 3 and outcome.best_epoch == 3
     assert "lacks" in (run_dir / "train.log").read_text()
-    assert torch.load(run_dir / "last.pt")["epoch"] == 3  # rewritten in the loop's own layout
+    assert torch.load(run_dir / "last.pt", weights_only=True)["epoch"] == 3  # rewritten in the loop's own layout
