@@ -5,6 +5,9 @@ Every import counts, including those inside functions: a lazy import is still a 
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +23,9 @@ LAYERS = (
     ("engine", ("core.engine",)),
     ("training", ("core.training",)),
     ("inference", ("core.inference",)),
-    ("app", ("core.demo", "core.cli", "core.__main__")),
+    ("app", ("core.demo",)),
+    # the command line on top: it may import every layer, and nothing in core imports it but the dispatcher
+    ("commands", ("core.commands", "core.cli", "core.__main__")),
 )
 PROJECT_PACKAGES = ("core", "models", "ui", "pages")
 
@@ -107,6 +112,12 @@ def test_core_imports_only_its_own_layer_or_lower(graph):
     assert upward == []
 
 
+def test_pages_and_ui_call_the_engine_not_the_commands(graph):
+    offenders = [f"{m} -> {t}" for m, targets in graph.items() if m.startswith(("ui", "pages")) or m == "app"
+                 for t in targets if layer_of(t) == len(LAYERS) - 1]
+    assert offenders == []
+
+
 def test_models_never_import_core_or_the_ui(graph):
     offenders = [f"{m} -> {t}" for m, targets in graph.items() if m.startswith("models")
                  for t in targets if not t.startswith("models")]
@@ -171,3 +182,20 @@ def test_only_detect_imports_ultralytics():
     sources = [ROOT / "app.py", *(p for d in ("core", "models", "pages", "ui", "benchmarks") for p in (ROOT / d).rglob("*.py"))]
     importers = sorted(p.relative_to(ROOT).as_posix() for p in sources if "ultralytics" in third_party_imports(p))
     assert importers == ["core/training/detect.py"]
+
+
+def test_phantom_and_measure_start_without_torch(tmp_path):
+    """The dispatcher imports only the chosen command's module, and these two need no model: torch stays out."""
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from core.cli import main\n"
+        f"out = Path({str(tmp_path / 'set')!r})\n"
+        "assert main(['phantom', '--out', str(out), '--patients', '1', '--size', '256', '--format', 'csxa']) == 0\n"
+        "assert main(['measure', *map(str, out.glob('csxa/datasets-PNG/*.json'))]) == 0\n"
+        "print(sorted(m for m in ('torch', 'torchvision', 'ultralytics') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "CERVICURVE_HOME": str(tmp_path / "home")})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]"

@@ -9,10 +9,8 @@ app runs) into ``$CERVICURVE_HOME/backups/``; a PostgreSQL store is backed up wi
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import sqlite3
-import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -113,28 +111,3 @@ def backup(url: str | None = None) -> Path:
         live.backup(copy_)  # page by page under SQLite's own locking: safe while the app writes
     return out
 
-
-# ---------------------------------------------------------------------------------------------- CLI
-def configure_db(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    sub.add_parser("upgrade", help="create missing tables, move the schema to the current version")
-    to = sub.add_parser("copy", help="copy every row into an empty database (e.g. SQLite -> PostgreSQL)")
-    to.add_argument("--to", required=True, metavar="URL", help="postgresql+psycopg://user@host:5432/name")
-    sub.add_parser("backup", help="a consistent copy of the SQLite store in $CERVICURVE_HOME/backups/")
-
-
-def run_db(args: argparse.Namespace) -> int:
-    try:
-        if args.action == "upgrade":
-            counts = upgrade()
-            print("schema current; rows: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-        elif args.action == "copy":
-            counts = copy(args.to)
-            print(f"copied to {make_url(args.to).render_as_string(hide_password=True)}: "
-                  + ", ".join(f"{k} {v}" for k, v in counts.items() if k != "schema_info"))
-        elif args.action == "backup":
-            print(f"backup written: {backup()}")
-    except (DatabaseError, SQLAlchemyError) as exc:
-        print(f"error: {getattr(exc, 'orig', None) or exc}", file=sys.stderr)
-        return 2
-    return 0

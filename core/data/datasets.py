@@ -1,5 +1,5 @@
-"""Datasets of the annotation store: class vocabulary, splits and the labelled items a trainer reads; the
-``split`` command. Importing is ``core.data.importers``, exporting ``core.data.exports``.
+"""Datasets of the annotation store: class vocabulary, splits and the labelled items a trainer reads. Importing is
+``core.data.importers``, exporting ``core.data.exports``.
 
 Splits are grouped by patient (no patient in two splits) and stratified by class. The train/val/test
 split deals each class's patients (shuffled by the seed) to the splits in proportion, at least one
@@ -12,7 +12,6 @@ patient is in two splits and leaves unsplit images out, logging how many (``chec
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import re
 from collections import Counter
@@ -308,48 +307,3 @@ def training_items(dataset: str, split: str | None = None, *, image_ids: Iterabl
         out.append(TrainingItem(path=image_path(item), label=item.class_index, roi_box=item.roi_box,
                                 landmarks=item.landmarks, patient_id=item.patient_id, image_id=item.image_id))
     return out
-
-
-# ---------------------------------------------------------------- CLI
-
-
-def configure_split(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--fractions", default="0.7,0.15,0.15", help="train,val,test")
-    parser.add_argument("--folds", type=int, help="also show K patient-grouped folds over train+val")
-    parser.add_argument("--freeze-test", action="store_true",
-                        help="freeze the test split after splitting: later splits never reshuffle it")
-    parser.add_argument("--no-stratify", action="store_true",
-                        help="deal patients by the fractions alone, ignoring class (a few films labeled for "
-                             "landmarks, or with grades missing)")
-
-
-def run_split(args: argparse.Namespace) -> int:
-    try:
-        fractions = [float(v) for v in str(args.fractions).split(",")]
-    except ValueError:
-        print(f"error: --fractions must be three numbers like 0.7,0.15,0.15, got {args.fractions!r}")
-        return 2
-    try:
-        from core.data.accounts import SHELL
-
-        counts = make_splits(args.dataset, fractions, seed=args.seed, actor=SHELL, stratify=not args.no_stratify)
-        print(f"splits of {args.dataset!r} (patient-grouped, "
-              f"{'class-stratified, ' if not args.no_stratify else ''}seed {args.seed}):")
-        for split, per_class in counts.items():
-            print(f"  {split:<5} " + "  ".join(f"{name} {n}" for name, n in per_class.items()))
-        with AnnotationStore() as store:
-            frozen = store.test_frozen_at(args.dataset)
-        if frozen is not None:
-            print(f"test split frozen since {frozen:%Y-%m-%d %H:%M} UTC: kept as it was")
-        elif args.freeze_test:
-            frozen = freeze_test(args.dataset)
-            print(f"test split frozen ({frozen:%Y-%m-%d %H:%M} UTC): later splits keep it as it is")
-        if args.folds:
-            for number, fold in enumerate(kfold_splits(args.dataset, args.folds, args.seed), start=1):
-                print(f"  fold {number}: train {len(fold.train)}  val {len(fold.val)}")
-    except DatasetError as error:
-        print(f"error: {error}")
-        return 2
-    return 0

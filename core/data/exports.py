@@ -1,12 +1,11 @@
 """Export a dataset of the annotation store: YOLO (detect or pose, optionally ROI-cropped), class folders,
-CSV manifest, COCO, CSXA-style Labelme; the ``export`` command.
+CSV manifest, COCO, CSXA-style Labelme.
 
 Also the ROI-crop window of a landmark export (``landmark_crop_window``, ``crop_window``), which the landmark
 models cut the same way at prediction time.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import re
@@ -392,38 +391,3 @@ def export_archive(kind: str, dataset: str, *, store: AnnotationStore | None = N
     finally:
         shutil.rmtree(out, ignore_errors=True)
     return archive, report
-
-
-# ---------------------------------------------------------------- CLI
-
-EXPORTERS = ("folder", "csv", "yolo", "coco", "labelme")
-
-
-def configure_export(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("kind", choices=EXPORTERS)
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--out", type=Path, required=True, help="a new (or empty) folder")
-    parser.add_argument("--task", choices=("detect", "landmarks"), default="detect", help="YOLO only")
-    parser.add_argument("--max-side", type=int, help="YOLO only: shrink images so their longer side is at most this")
-    parser.add_argument("--crop", choices=("roi",), help="YOLO landmarks only: export each image cropped to its ROI")
-    parser.add_argument("--roi-margin", type=float, default=LANDMARK_CROP_MARGIN,
-                        help="with --crop roi: widen the box by this fraction of its size on each side")
-
-
-def run_export(args: argparse.Namespace) -> int:
-    from core.data.accounts import SHELL, authorize
-
-    try:
-        check_dataset_name(args.dataset)
-        authorize(SHELL, "export", f"{args.kind} export of dataset {args.dataset!r} to {args.out}")
-        if args.kind == "yolo":
-            report = export_yolo(args.dataset, args.out, task=args.task, max_side=args.max_side, crop=args.crop,
-                                 roi_margin=args.roi_margin)
-        else:
-            report = {"folder": export_folder, "csv": export_csv, "coco": export_coco,
-                      "labelme": export_labelme}[args.kind](args.dataset, args.out)
-    except ValueError as error:  # DatasetError, a refused dataset name, an unreadable sheet
-        print(f"error: {error}")
-        return 2
-    print(report.format())
-    return 0

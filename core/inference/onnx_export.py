@@ -9,9 +9,7 @@ CerviCurve). torch's TorchScript exporter is used (``dynamo=False``): the newer 
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -21,7 +19,6 @@ import torch
 import torch.nn as nn
 
 from core.runs import promotion
-from core.runs.layout import JobError
 
 OPSET = 17
 ONNX_FILE = "model.onnx"
@@ -116,21 +113,3 @@ def export_promoted(task: str, out: str | Path | None = None, seed: int = 0, *, 
         raise OnnxExportError(f"onnxruntime differs from torch by {difference:.3g} (max abs) on the check input; "
                               f"{path} kept for inspection")
     return result
-
-
-def configure_onnx(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("task", choices=("classify", "landmarks"), help="which promoted model")
-    parser.add_argument("--out", help=f"ONNX file (default: promoted/<task>/{ONNX_FILE})")
-
-
-def run_onnx(args: argparse.Namespace) -> int:
-    from core.data.accounts import SHELL
-
-    try:
-        result = export_promoted(args.task, args.out, actor=SHELL)
-    except (OnnxExportError, JobError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{result['path']}: {result['model']} {result['input_shape']} -> {result['output_shape']}, "
-          f"onnxruntime vs torch max abs difference {result['max_abs_diff']:.2e}")
-    return 0

@@ -7,9 +7,7 @@ loaded through the task registry, exactly as Predict uses them; the result is wr
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -111,24 +109,3 @@ def analyse(run: str | Path, split: str = "test", *, actor=None) -> dict:
     result["run_id"] = run_dir.name
     layout.atomic_write_text(run_dir / f"{split}_analysis.json", json.dumps(result, indent=1))
     return result
-
-
-def configure_analyse(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", help="run folder or run id (landmarks or detect)")
-    parser.add_argument("--split", default="test")
-
-
-def run_analyse(args: argparse.Namespace) -> int:
-    from core.data.accounts import SHELL
-
-    try:
-        result = analyse(args.run, args.split, actor=SHELL)
-    except (ConfigError, layout.JobError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    summary = {k: v for k, v in result.items() if k not in ("iou", "bland_altman")}
-    if result.get("bland_altman"):
-        summary["bland_altman"] = {k: v for k, v in result["bland_altman"].items()
-                                   if k not in ("mean_deg", "difference_deg", "image_ids")}
-    print(json.dumps(summary, indent=1))
-    return 0

@@ -8,16 +8,14 @@ model it replaces in ``promoted/.history/<task>/``, so :func:`rollback` can put 
 """
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 from core import settings
-from core.data.accounts import SHELL, authorize
+from core.data.accounts import authorize
 from core.runs import registry, reports
 from core.runs.hardware import DATA_FILE
 from core.runs.layout import CONFIG_FILE, METRICS_FILE, TEST_REPORT, JobError, now_iso, read_config, read_status, \
@@ -303,19 +301,3 @@ def promoted_model(task: str = "classify") -> Path | None:
 def promoted_info(task: str = "classify") -> dict | None:
     path = settings.promoted_dir() / task / PROMOTED_FILE
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
-
-
-def configure_promote(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", help="run folder or run id")
-    parser.add_argument("--task", choices=registry.PROMOTABLE, default=None,
-                        help="default: the run's own task")
-
-
-def run_promote(args: argparse.Namespace) -> int:
-    try:
-        dest = promote(args.run, args.task, actor=SHELL)
-    except JobError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"promoted {Path(args.run).name} -> {dest}")
-    return 0

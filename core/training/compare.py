@@ -21,7 +21,6 @@ also make quick runs depend on machine speed, i.e. not repeatable). ``--ablation
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import datetime as _dt
 import json
@@ -29,7 +28,6 @@ import math
 import platform
 import shutil
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,7 +38,7 @@ import numpy as np
 from core import settings
 from core.runs import layout
 from core.runs.configs import CompareConfig, ConfigError
-from core.runs.recorder import RunCancelled, RunRecorder
+from core.runs.recorder import RunRecorder
 
 STUDY_MODELS = ("s_resnet34", "resnet34", "resnet152", "densenet121", "cnn", "rnn", "svm")
 ABLATION = (("s_resnet34", {"variant": "matrix"}), ("s_resnet34", {"variant": "channel"}),
@@ -491,42 +489,3 @@ def load(path: str | Path) -> list[dict]:
         raise FileNotFoundError(f"{table} does not exist: the comparison has not finished")
     with open(table, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
-
-
-# ---------------------------------------------------------------------------------------------- CLI
-def configure_compare(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true",
-                        help=f"phantom dataset ({QUICK_PATIENTS} patients) if missing, {QUICK_INPUT_SIZE} px inputs, "
-                             "few epochs: ~10 min on 2 CPU cores")
-    parser.add_argument("--full", action="store_true",
-                        help="the same phantom benchmark, every model and S-ResNet-34 variant to its early-stopping "
-                             f"point (no time cap); {FULL_INPUT_SIZE['cpu']} px on a CPU, {FULL_INPUT_SIZE['cuda']} px "
-                             "on a GPU")
-    parser.add_argument("--models", help=f"comma-separated subset of: {', '.join(STUDY_MODELS)}")
-    parser.add_argument("--folds", type=int, help="K-fold cross-validation instead of the train/val/test split")
-    parser.add_argument("--dataset", help=f"dataset name (default: default, or {QUICK_DATASET} with --quick)")
-    parser.add_argument("--ablation", action="store_true", help="S-ResNet-34 variants vs ResNet-34")
-    parser.add_argument("--epochs", type=int, help="epochs for every model (default: config / quick budget)")
-    parser.add_argument("--input-size", type=int, help="crop side in px for every model")
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n-boot", type=int, default=1000, help="patient bootstrap resamples")
-
-
-def run_compare(args: argparse.Namespace) -> int:
-    """The comparison in the foreground, as a run folder (``runs start`` with task: compare runs it in the background)."""
-    try:
-        cfg = CompareConfig.from_dict({
-            "models": args.models or [], "dataset": args.dataset, "folds": args.folds, "quick": args.quick,
-            "full": args.full,
-            "ablation": args.ablation, "epochs": args.epochs, "input_size": args.input_size,
-            "batch_size": args.batch_size, "seed": args.seed, "n_boot": args.n_boot})
-        run_dir = fit(cfg, layout.new_run_dir("ablation" if cfg.ablation else "study", "compare"))
-    except (CompareError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except RunCancelled:
-        return 143
-    print((run_dir / "compare.md").read_text(encoding="utf-8"))
-    print(f"written: {run_dir / 'compare.md'}, compare.csv, compare.html")
-    return 0

@@ -19,7 +19,7 @@ IMPORTERS = ("folder", "csv", "yolo", "coco", "csxa", "dicom")
 
 def _import_kind(kind: str, source: Path, labels: Path | None, *, sigmoid: str = "skip", resplit: bool = False,
                  **options) -> ImportReport:
-    """``python -m core import KIND SOURCE [--labels FILE]`` as a call."""
+    """Import a folder (or a CSV, COCO JSON, data.yaml) of the ``kind`` layout, not a zip."""
     if kind == "folder":
         return import_folder(source, **options)
     if kind == "csv":
@@ -33,6 +33,14 @@ def _import_kind(kind: str, source: Path, labels: Path | None, *, sigmoid: str =
     if kind == "dicom":
         return import_dicom(source, labels, resplit=resplit, **options)
     raise DatasetError(f"unknown import kind {kind!r}; expected one of {', '.join(IMPORTERS)}")
+
+
+def import_path(kind: str, source: str | Path, labels: str | Path | None = None, **options) -> ImportReport:
+    """Import ``source``, a folder or file of the ``kind`` layout or a .zip of one (``python -m core import``)."""
+    source, labels = Path(source), Path(labels) if labels else None
+    if source.suffix.lower() == ".zip" and not source.is_dir():
+        return import_archive(kind, source, labels, **options)
+    return _import_kind(kind, source, labels, **options)
 
 
 def import_archive(kind: str, archive: str | Path | bytes, labels: str | Path | None = None, *,

@@ -13,12 +13,12 @@ A phantom is built in three steps, one module each:
 ``cases`` puts them together into one image with its ground truth (23 CSXA landmarks, ROI box, class), which comes
 from :mod:`core.data.measure`, so labels and measurements agree by construction. Everything is drawn facing right
 and mirrored for ``facing="left"``. ``writers`` writes phantom sets (and ``dicom`` the DICOM files in them);
-``command`` is ``python -m core phantom``. ``geometry`` holds the shapes and the column curve they share.
+``geometry`` holds the shapes and the column curve they share. ``python -m core phantom`` is
+``core.commands.phantom``.
 
 This module is the package's interface: import from here, not from the modules.
 """
 from core.data.phantom.cases import PROFILES, PhantomCase, PhantomError, case_landmarks, generate_case
-from core.data.phantom.command import configure_phantom, run_phantom
 from core.data.phantom.dicom import write_dicom
 from core.data.phantom.render import attenuation, expose
 from core.data.phantom.view import BURNED_IN_TEXT
@@ -40,11 +40,9 @@ __all__ = [
     "PhantomError",
     "attenuation",
     "case_landmarks",
-    "configure_phantom",
     "contact_sheet",
     "expose",
     "generate_case",
-    "run_phantom",
     "write_dicom",
     "write_phantoms",
 ]

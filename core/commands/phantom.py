@@ -1,12 +1,11 @@
-"""``python -m core phantom``: write a phantom set (and optionally a contact sheet) from the command line."""
+"""``python -m core phantom``: write a phantom set (and optionally a contact sheet)."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from core.data.phantom.cases import PhantomCase, PhantomError
-from core.data.phantom.writers import FORMATS, contact_sheet, write_phantoms
+from core.data.phantom import FORMATS, PhantomCase, PhantomError, contact_sheet, write_phantoms
 
 
 def configure_phantom(parser: argparse.ArgumentParser) -> None:

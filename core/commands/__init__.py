@@ -1,0 +1,1 @@
+"""`python -m core COMMAND`: the command-line code, one module per command group, over the engine modules."""
