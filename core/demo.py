@@ -1,52 +1,54 @@
-"""``python -m core demo``: a working workspace from nothing — phantom data and the three demo models.
+"""The demo build: a working workspace from nothing — phantom films and the three demo models.
 
-Steps (each printed as ``[k/6] stage: message`` and written to ``$CERVICURVE_HOME/demo_status.json``,
-``{stage, step, steps, message, state, quality, pid, elapsed_s, updated_at}`` with ``state`` running | done |
-failed | cancelled, written atomically for the app to poll):
+A run like any other (task ``demo`` in ``core.runs.registry``, checked by ``DemoConfig``): ``python -m core demo``
+builds in the foreground (:func:`build`); the app's Build button queues it through ``core.runs.launch`` like a
+training run (:func:`start_build`), so one launcher spawns, watches and cancels every background process. Its run
+folder's status.json says where it is: ``step`` of ``steps`` (also ``epoch`` of ``epochs``, for the Runs page),
+``stage`` and ``message``; each step is also printed as ``[k/6] stage: message`` (in train.log when queued).
 
 1. write a synthetic phantom set in the CSXA layout (``core.data.phantom.write_phantoms``, on every core)
 2. import it as dataset ``phantom-demo`` (``core.data.importers.import_csxa``) and make patient-level splits
 3. train the ROI detector (``core.training.detect.fit``) in a process of its own while this one trains the heatmap
    landmark model on ROI crops (``core.training.landmarks.fit``; YOLO-pose stays selectable in the Train page and
-   CLI, but is far less precise at this budget: see core/training/landmarks.py); each a run folder under ``runs/``. Neither
-   keeps two cores busy on its own (Ultralytics' small batches run mostly on one), so together they take ~2/3 of
-   the time one after the other
+   CLI, but is far less precise at this budget: see core/training/landmarks.py); each a run folder under ``runs/``.
+   Neither keeps two cores busy on its own (Ultralytics' small batches run mostly on one), so together they take
+   ~2/3 of the time one after the other. The detector's process is the build's child, in the run's process group:
+   a cancel reaches it too
 4. train the S-ResNet-34 classifier (``core.training.classify.train``, a run folder under ``runs/``)
 5. promote the three runs (``core.runs.promotion.promote``); each ``promoted.json`` gets ``demo_quality``
 6. check the promoted models on held-out phantoms (new patients): box IoU >= 0.5 rate, Cobb MAE and the
-   share within 5 deg, mean landmark error (px and % of C2-C7), class accuracy -> ``$CERVICURVE_HOME/demo_report.json`` and the classifier's ``promoted.json``
+   share within 5 deg, mean landmark error (px and % of C2-C7), class accuracy -> ``demo_report.json`` in the run
+   folder and the workspace, and the promoted models' ``promoted.json``
 
-Qualities: ``full`` (default, about 14 min on a quiet 2-core CPU before the classifier moved to 96 px), ``quick`` (under 5 min, weaker models) and
-``tiny`` (for tests: minimal sizes, the same code path end to end; the models are not useful).
-Demo models are trained on synthetic phantoms only: they demonstrate the product, not clinical accuracy.
+Qualities: ``full`` (default: the models the README measures), ``quick`` (weaker models, a third of the time) and
+``tiny`` (for tests: minimal sizes, the same code path end to end; the models are not useful). The time each step
+took is in ``demo_report.json`` (``step_seconds``). Demo models are trained on synthetic phantoms only: they
+demonstrate the product, not clinical accuracy.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from core import settings
-from core.data.accounts import SHELL
-from core.runs import layout, promotion
+from core.data.accounts import SHELL, authorize
+from core.runs import launch, layout, promotion
+from core.runs.configs import DemoConfig
+from core.runs.recorder import RunRecorder
 
 DATASET = "phantom-demo"
 STEPS = ("generating phantoms", "importing dataset", "training detector and landmark model", "training classifier",
          "promoting models", "checking on held-out phantoms")
-STATUS_FILE = "demo_status.json"
 REPORT_FILE = "demo_report.json"
 HOLDOUT_SEED = 7_000_003  # held-out patients never share a seed with the training set
-
-Progress = Callable[[int, int, str, str], None]  # (step, steps, stage, message)
 
 
 @dataclass(frozen=True)
@@ -89,102 +91,79 @@ PROFILES = {
 }
 
 
-class DemoCancelled(KeyboardInterrupt):
-    """SIGTERM reached the demo process (the app's cancel button).
-
-    An interrupt, not an error: a YOLO run it stops marks itself cancelled rather than failed.
-    """
-
-
 # ------------------------------------------------------------------------------------ starting and watching a build
-# What the app's demo panel calls: the build runs as its own process (`python -m core demo`), the app only reads
-# demo_status.json and asks whether that process still lives.
-PID_FILE = "demo.pid"  # the process the app started, until its first status write names it
-LOG_FILE = "demo.log"
-_started: dict[int, subprocess.Popen] = {}  # this process's builds: polling reaps them, so none lingers as a zombie
-_start_lock = threading.Lock()
+_start_lock = threading.Lock()  # two clicks in one server queue one build
 
 
-def status_path() -> Path:
-    return settings.home() / STATUS_FILE
+def latest_build() -> dict | None:
+    """The newest demo run's status (``layout.read_status``: ``interrupted`` when its process is gone) with its
+    ``run_id``; None when no demo was ever built here."""
+    # by folder name (``<date>-<time>-demo-<quality>-<hex>``): the app asks on every rerun, and reading every run's
+    # status for it (layout.list_runs) would double what a rerun reads
+    root = settings.runs_dir()
+    builds = sorted(root.glob("????????-??????-demo-*"), reverse=True) if root.is_dir() else []
+    return layout.read_status(builds[0]) if builds else None
 
 
-def read_demo_status() -> dict | None:
-    """The demo's progress file, or None when no demo ever ran in this workspace."""
-    try:
-        return json.loads(status_path().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+def building(status: dict | None) -> bool:
+    """A build waits in the queue or runs (``status``: :func:`latest_build`'s)."""
+    return bool(status) and status.get("state") in ("queued", "running")
 
 
-def _is_demo_process(pid) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    child = _started.get(pid)
-    if child is not None and child.poll() is not None:
-        return False
-    import psutil
+def start_build(quality: str, *, actor=None) -> Path:
+    """Queue a demo build in this workspace (it starts when the device is free); its run folder.
 
-    try:
-        process = psutil.Process(pid)
-        # a zombie has finished; a recycled pid belongs to some other program
-        return process.status() != psutil.STATUS_ZOMBIE and "demo" in process.cmdline()
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:  # another user's process with that pid: cannot tell, so assume it is the build
-        return True
-
-
-def demo_running(status: dict | None = None) -> bool:
-    """A demo is being built in this workspace: the process the app started, or the one the status names, lives.
-
-    ``status``: ``read_demo_status()`` when the caller has read it already."""
-    try:
-        started_here = int((settings.home() / PID_FILE).read_text())
-    except (OSError, ValueError):
-        started_here = None
-    status = read_demo_status() if status is None else status
-    return _is_demo_process(started_here) or bool(
-        status and status.get("state") == "running" and _is_demo_process(status.get("pid")))
-
-
-def start_demo(quick: bool, *, actor=None) -> int:
-    """Start ``python -m core demo`` in its own process group (it outlives page reloads and the server); its pid.
-
-    ValueError when a build is already running in this workspace. It imports data and trains: an admin's action."""
-    from core.data.accounts import authorize
-
+    ValueError when one is already waiting or running. It imports data and trains: an admin's action."""
     authorize(actor, "import", "demo")
     with _start_lock:
-        if demo_running():
+        if building(latest_build()):
             raise ValueError("a demo build is already running in this workspace")
-        home = settings.home()
-        home.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, CERVICURVE_HOME=str(home), PYTHONUNBUFFERED="1")
-        # Explicit: importing ultralytics sets OMP_NUM_THREADS=1 in a server, and children inherit it.
-        env["OMP_NUM_THREADS"] = str(settings.cpu_threads())
-        status_path().unlink(missing_ok=True)
-        command = [sys.executable, "-m", "core", "demo"] + (["--quick"] if quick else [])
-        with open(home / LOG_FILE, "ab") as log:
-            process = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[1], env=env,
-                                       stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
-        _started[process.pid] = process
-        (home / PID_FILE).write_text(str(process.pid))
-        return process.pid
+        return launch.start_run({"task": "demo", "quality": quality}, actor=actor)
 
 
 # ------------------------------------------------------------------------------------ building
+def build(quality: str = "full", seed: int = 0) -> dict:
+    """Build the demo in this process (``python -m core demo``), in a new run folder; the held-out check."""
+    config = DemoConfig.from_dict({"quality": quality, "seed": seed})
+    return fit(config, layout.new_run_dir(quality, "demo"))
+
+
+def fit(config: Mapping[str, Any] | DemoConfig, run_dir: str | Path, *, resume: bool = False) -> dict:
+    """The registry's entry point (a queued build runs ``python -m core train`` on its config).
+
+    A resumed build starts again from step 1: its steps up to training take a minute, and each model is a run of
+    its own, so nothing half-trained is promoted."""
+    import torch
+
+    cfg = config if isinstance(config, DemoConfig) else DemoConfig.from_dict(config)
+    profile = PROFILES[cfg.quality]
+    torch.set_num_threads(settings.cpu_threads())
+    with RunRecorder(run_dir, "demo", model=cfg.quality) as run:
+        run.write_config(cfg.to_dict())
+        if resume:
+            run.update(message="resumed: building again from step 1")
+        report = _build(profile, _Reporter(run), cfg.seed, Path(run_dir))
+        run.done(f"done in {report['seconds']:.0f} s: class accuracy {report['class_accuracy']:.2f}, "
+                 f"box IoU>=0.5 {_fmt(report['box_iou50_rate'])}, Cobb MAE {_fmt(report['cobb_mae_deg'], ' deg')}",
+                 epoch=len(STEPS), step=len(STEPS))
+    return report
+
+
+def evaluate(run_dir: str | Path, split: str = "test") -> dict:
+    """A build trains no model of its own: its three models are runs of their own, evaluated as such."""
+    report = Path(run_dir) / REPORT_FILE
+    runs = json.loads(report.read_text(encoding="utf-8")).get("runs", {}) if report.exists() else {}
+    raise layout.JobError("a demo build is not a model: evaluate the runs it trained ("
+                          + (", ".join(runs.values()) or "none finished") + f"); its held-out check is {report}")
 
 
 class _Reporter:
-    """Progress lines, the callback and demo_status.json, from one place."""
+    """Progress lines and the run's status.json, from one place."""
 
-    def __init__(self, quality: str, progress: Progress | None, echo: bool):
-        self.quality, self.progress, self.echo = quality, progress, echo
-        self.step, self.stage, self.started = 0, "", time.time()
+    def __init__(self, run: RunRecorder):
+        self.run = run
+        self.step, self.stage = 0, ""
         self.lock = threading.Lock()  # the run watcher reports from its own thread
-        self.cancel = None  # the SIGTERM request, checked on every main-thread report
         self.background: Callable[[], str] | None = None  # what a training in another process is at
         # per step: wall seconds, and CPU seconds of this process and its reaped children (the detector, the phantom
         # pool): on a shared machine the CPU time shows what a step costs when the wall clock cannot
@@ -207,24 +186,16 @@ class _Reporter:
         self.step, self.stage = step, STEPS[step - 1]
         self.say(message or "started")
 
-    def say(self, message: str, state: str = "running") -> None:
-        if self.cancel is not None and state == "running" and threading.current_thread() is threading.main_thread():
-            self.cancel.check()
-        if self.background is not None and state == "running":
+    def say(self, message: str) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self.run.check_cancel()  # a cancel asked for while a library swallowed it (see cancel_on_sigterm)
+        if self.background is not None:
             message = f"{message}; {self.background()}"
         with self.lock:
-            if self.echo:
-                print(f"[{self.step}/{len(STEPS)}] {self.stage}: {message}", flush=True)
-            self.write(message, state)
-            if self.progress is not None:
-                self.progress(self.step, len(STEPS), self.stage, message)
-
-    def write(self, message: str, state: str) -> None:
-        layout.atomic_write_text(status_path(), json.dumps({
-            "stage": self.stage, "step": self.step, "steps": len(STEPS), "message": message, "state": state,
-            "quality": self.quality, "pid": os.getpid(), "elapsed_s": round(time.time() - self.started, 1),
-            "updated_at": layout.now_iso(),
-        }, indent=1))
+            print(f"[{self.step}/{len(STEPS)}] {self.stage}: {message}", flush=True)
+            # epoch = finished steps, for the views every run shares
+            self.run.update(stage=self.stage, step=self.step, steps=len(STEPS), epoch=self.step - 1,
+                            epochs=len(STEPS), message=message)
 
 
 class _RunWatcher:
@@ -264,40 +235,11 @@ class _RunWatcher:
                 self.reporter.say(message)
 
 
-def build_demo(quick: bool = False, progress: Progress | None = None, *, tiny: bool = False, seed: int = 0,
-               echo: bool = False) -> dict:
-    """Build the demo workspace in ``$CERVICURVE_HOME``; returns the held-out check (also in demo_report.json).
-
-    ``progress(step, steps, stage, message)`` is called on every change; ``echo`` prints the progress lines.
-    """
-    import torch
-
-    from core.runs.recorder import RunCancelled, cancel_on_sigterm
-
-    profile = PROFILES["tiny" if tiny else "quick" if quick else "full"]
-    reporter = _Reporter(profile.quality, progress, echo)
-    torch.set_num_threads(settings.cpu_threads())
-    try:
-        with cancel_on_sigterm(DemoCancelled) as cancel:
-            reporter.cancel = cancel
-            report = _build(profile, reporter, seed)
-    except (DemoCancelled, RunCancelled, KeyboardInterrupt):
-        reporter.say("cancelled", state="cancelled")
-        raise
-    except BaseException as error:
-        reporter.say(f"failed: {type(error).__name__}: {error}", state="failed")
-        raise
-    reporter.say(f"done in {report['seconds']:.0f} s: class accuracy {report['class_accuracy']:.2f}, "
-                 f"box IoU>=0.5 {_fmt(report['box_iou50_rate'])}, Cobb MAE {_fmt(report['cobb_mae_deg'], ' deg')}",
-                 state="done")
-    return report
-
-
 def _fmt(value, unit: str = "") -> str:
     return "n/a" if value is None else f"{value:.2f}{unit}"
 
 
-def _build(profile: DemoProfile, reporter: _Reporter, seed: int) -> dict:
+def _build(profile: DemoProfile, reporter: _Reporter, seed: int, run_dir: Path) -> dict:
     from core.data import datasets, importers, phantom
 
     started = time.time()
@@ -340,8 +282,10 @@ def _build(profile: DemoProfile, reporter: _Reporter, seed: int) -> dict:
     reporter.close_step()
     report.update({"quality": profile.quality, "profile": asdict(profile), "seconds": round(time.time() - started, 1),
                    "step_seconds": reporter.timings,
-                   "runs": {"detect": detect_run.name, "landmarks": landmark_run.name, "classify": classify_run.name}})
-    layout.atomic_write_text(settings.home() / REPORT_FILE, json.dumps(report, indent=1))
+                   "runs": {"detect": detect_run.name, "landmarks": landmark_run.name, "classify": classify_run.name},
+                   "build_run": run_dir.name})
+    for folder in (run_dir, settings.home()):  # the workspace's copy is the demo its models came from
+        layout.atomic_write_text(folder / REPORT_FILE, json.dumps(report, indent=1))
     check = {k: report[k] for k in ("images", "class_accuracy", "box_iou50_rate", "cobb_mae_deg", "cobb_within_5deg",
                                      "mean_landmark_error_px", "ood_flag_rate")}
     _annotate_promoted(settings.promoted_dir() / "classify", {"demo_check": check})
@@ -527,27 +471,3 @@ def check_holdout(profile: DemoProfile, seed: int, out: Path, reporter: _Reporte
                                          if points else None),
         "rows": rows,
     }
-
-
-# ------------------------------------------------------------------------------------ CLI
-def configure_demo(parser: argparse.ArgumentParser) -> None:
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="under 5 minutes on a 2-core CPU; weaker models")
-    size.add_argument("--tiny", action="store_true", help="for tests: minimal sizes, same steps; useless models")
-    parser.add_argument("--seed", type=int, default=0, help="phantom and training seed")
-
-
-def run_demo(args: argparse.Namespace) -> int:
-    from core.runs.recorder import RunCancelled
-
-    try:
-        report = build_demo(quick=args.quick, tiny=args.tiny, seed=args.seed, echo=True)
-    # PhantomError, DatasetError, ConfigError and JobError are all ValueErrors with a readable message
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: demo failed: {error}", file=sys.stderr)
-        return 2
-    except (DemoCancelled, RunCancelled, KeyboardInterrupt) as error:
-        print(f"demo cancelled ({error or 'interrupted'})", file=sys.stderr)
-        return 130
-    print(json.dumps({k: v for k, v in report.items() if k != "rows"}))
-    return 0

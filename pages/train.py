@@ -47,7 +47,8 @@ def field_error(base: dict, key: str, text: str) -> str | None:
 # ------------------------------------------------------------------ what to train
 left, right = st.columns([3, 2])
 with left:
-    task = st.selectbox("Task", list(registry.TASKS), key="train_task",
+    offered = [name for name, spec in registry.TASKS.items() if spec.offered]  # the demo has its own panel
+    task = st.selectbox("Task", offered, key="train_task",
                         format_func=lambda name: f"{registry.TASKS[name].title}: {registry.TASKS[name].description}")
     datasets = state["datasets"]
     if not datasets and task != "compare":

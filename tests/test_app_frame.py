@@ -66,22 +66,33 @@ def test_first_page_renders_without_loading_torch(workspace):
 
 @pytest.fixture()
 def demo_like_process():
-    """A live process whose command line says "demo", as `python -m core demo` would."""
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "demo"], start_new_session=True)
+    """A live process whose command line names core, as a queued build's ``python -m core train`` does."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "core", "train"],
+                               start_new_session=True)
     yield process
     process.kill()
     process.wait()
 
 
+def demo_run(status: dict) -> Path:
+    """A demo build's run folder as a build in another process writes it."""
+    from core.runs import layout
+
+    run_dir = layout.new_run_dir("quick", "demo")
+    (run_dir / "config.yaml").write_text("task: demo\nquality: quick\nseed: 0\n")
+    layout.write_status(run_dir, {"task": "demo", "model": "quick", "steps": 6, "epochs": 6,
+                                  "heartbeat": time.time(), **status})
+    return run_dir
+
+
 def test_a_demo_started_elsewhere_shows_its_progress(workspace, demo_like_process):
-    status = {"stage": "training classifier", "step": 2, "steps": 5, "message": "epoch 1/3", "state": "running",
-              "pid": demo_like_process.pid}
-    (workspace / "demo_status.json").write_text(json.dumps(status))
+    demo_run({"stage": "training classifier", "step": 4, "epoch": 3, "message": "epoch 1/3", "state": "running",
+              "pid": demo_like_process.pid})
     at = run_app()
     progress = at.get("progress")
     assert len(progress) == 1
-    assert progress[0].proto.value == 20  # one of five steps finished
-    assert "training classifier" in progress[0].proto.text and "(step 2 of 5)" in progress[0].proto.text
+    assert progress[0].proto.value == 50  # three of six steps finished
+    assert "training classifier" in progress[0].proto.text and "(step 4 of 6)" in progress[0].proto.text
     assert "build_demo" not in [b.key for b in at.button]  # no second build while one runs
 
     # The process dies without writing "failed" (killed, machine restarted): the page says so.
@@ -89,38 +100,56 @@ def test_a_demo_started_elsewhere_shows_its_progress(workspace, demo_like_proces
     demo_like_process.wait()
     at.run()
     assert not at.get("progress")
-    assert any("did not finish: epoch 1/3" in e.value for e in at.error)
+    assert any("did not finish at step 4 of 6 (training classifier): the training process is gone" in e.value
+               for e in at.error), [e.value for e in at.error]
     assert at.button(key="build_demo")
 
 
-def test_build_the_demo_starts_a_background_process(workspace):
+def test_a_demo_waiting_in_the_queue_says_so(workspace):
+    """Another run trains on the device: the build waits for it, and the page says what it waits for."""
+    from core.runs import layout
+
+    demo_run({"state": "queued", "queued_at": layout.now_iso(), "device": "cpu", "pid": None,
+              "message": "waiting"})
+    at = run_app()
+    progress = at.get("progress")
+    assert len(progress) == 1 and "waiting in the queue for cpu" in progress[0].proto.text
+    assert "build_demo" not in [b.key for b in at.button]
+
+
+def test_build_the_demo_queues_a_background_run_and_cancel_stops_it(workspace):
+    from core.runs import layout
+
     at = run_app()
     at.radio(key="demo_mode").set_value(at.radio(key="demo_mode").options[1])  # quick: the faster process
     at.button(key="build_demo").click().run()
     assert not at.exception and not at.error
-    pid = int((workspace / "demo.pid").read_text())
+    (run_dir,) = [r for r in layout.list_runs() if r.task == "demo"]
+    assert layout.read_config(run_dir.run_dir) == {"task": "demo", "quality": "quick", "seed": 0}
+    pid = layout.read_status(run_dir.run_dir)["pid"]  # the queue started it at once: the device was free
     try:
         command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        assert command[1:5] == [b"-m", b"core", b"demo", b"--quick"]
+        assert b"core.runs.queue" in command and b"train" in command  # the launcher's supervisor, as for any run
         environment = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         assert f"CERVICURVE_HOME={workspace}".encode() in environment
         assert any(v.startswith(b"OMP_NUM_THREADS=") for v in environment)
         assert os.getpgid(pid) == pid  # its own session: it outlives the page and the server
         assert len(at.get("progress")) == 1  # the page now polls its progress
         assert "build_demo" not in [b.key for b in at.button]
+
+        at.button(key="cancel_demo").click().run()
+        assert not at.exception
+        assert layout.read_status(run_dir.run_dir)["state"] == "cancelled"
+        assert at.button(key="build_demo")  # offered again
     finally:
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 20
         try:
-            while time.monotonic() < deadline and os.waitpid(pid, os.WNOHANG) == (0, 0):
-                time.sleep(0.1)
-        except ChildProcessError:  # already reaped by the page's liveness check
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
             pass
 
 
 def test_a_failed_demo_is_reported_and_offered_again(workspace):
-    (workspace / "demo_status.json").write_text(json.dumps(
-        {"stage": "phantoms", "step": 1, "steps": 5, "message": "disk full", "state": "failed"}))
+    demo_run({"stage": "generating phantoms", "step": 1, "epoch": 0, "message": "disk full", "state": "failed"})
     at = run_app()
     assert any("disk full" in e.value for e in at.error)
     assert at.button(key="build_demo")
@@ -156,20 +185,6 @@ def test_a_rerun_reads_the_run_list_once_and_counts_images_without_loading_them(
     assert len(listings) == 1
     at.run()
     assert not at.exception and len(listings) == 2
-
-
-def test_a_recycled_pid_is_not_a_running_demo(workspace):
-    """demo_status.json says running, but its pid now belongs to another program: the build is over."""
-    from core.demo import demo_running
-
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        status = {"state": "running", "pid": other.pid}
-        assert not demo_running(status)
-        assert not demo_running({"state": "running", "pid": os.getpid() + 10_000_000})
-    finally:
-        other.kill()
-        other.wait()
 
 
 def finished_run(task: str, model: str, dataset: str, report: dict, best_metric: float) -> Path:

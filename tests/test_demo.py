@@ -12,7 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from core.demo import STEPS
+from core.demo import PROFILES, STEPS
+from core.runs.configs import DEMO_QUALITIES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,8 +34,12 @@ def test_tiny_demo_builds_a_workspace_that_predicts(workspace):
     assert re.search(both + r"detector: done: .*mAP50-95", done.stdout, re.MULTILINE)
     assert re.search(r"^\[4/6\] training classifier: ", done.stdout, re.MULTILINE)
 
-    status = json.loads((workspace / "demo_status.json").read_text())
-    assert status["state"] == "done" and status["step"] == status["steps"] == 6 and status["quality"] == "tiny"
+    # the build is a run like the models it trains: one status file, listed with the other runs
+    builds = sorted((workspace / "runs").glob("*-demo-tiny-*"))
+    assert len(builds) == 1
+    status = json.loads((builds[0] / "status.json").read_text())
+    assert status["state"] == "done" and status["task"] == "demo" and status["step"] == status["steps"] == 6
+    assert status["epoch"] == status["epochs"] == 6  # the Runs page's "6 of 6 steps done"
 
     # three real run folders, promoted, each marked as a demo model of this quality
     for task in ("detect", "landmarks", "classify"):
@@ -57,6 +62,7 @@ def test_tiny_demo_builds_a_workspace_that_predicts(workspace):
         assert score in line or "no held-out test score" in line, line
 
     report = json.loads((workspace / "demo_report.json").read_text())
+    assert report == json.loads((builds[0] / "demo_report.json").read_text()) and report["build_run"] == builds[0].name
     assert report["images"] == 3 and 0.0 <= report["class_accuracy"] <= 1.0
     assert {"mean_landmark_error_px", "mean_landmark_error_pct_c2c7", "cobb_within_5deg"} <= set(report)
     assert json.loads((workspace / "promoted/classify/promoted.json").read_text())["demo_check"]["images"] == 3
@@ -96,13 +102,14 @@ def test_sigterm_cancels_the_demo_and_says_so(workspace):
     env = {**os.environ, "CERVICURVE_HOME": str(workspace), "PYTHONPATH": str(ROOT)}
     demo = subprocess.Popen([sys.executable, "-m", "core", "demo", "--tiny"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    status_file = workspace / "demo_status.json"
     deadline = time.monotonic() + 120
+    status_file = None
     while time.monotonic() < deadline:  # wait until it trains (step 3 or later)
         try:
+            status_file = next((workspace / "runs").glob("*-demo-tiny-*")) / "status.json"
             if json.loads(status_file.read_text())["step"] >= 3:
                 break
-        except (OSError, ValueError, KeyError):
+        except (StopIteration, OSError, ValueError, KeyError):
             pass
         time.sleep(0.1)
     demo.send_signal(signal.SIGTERM)
@@ -119,3 +126,7 @@ def test_sigterm_cancels_the_demo_and_says_so(workspace):
         assert recorded["state"] in ("cancelled", "queued"), recorded
         pid = recorded.get("pid")
         assert not pid or not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+
+
+def test_every_demo_quality_a_config_accepts_has_a_profile():
+    assert tuple(PROFILES) == DEMO_QUALITIES

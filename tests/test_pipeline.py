@@ -1,6 +1,6 @@
 """core.inference.pipeline: read -> detect -> landmarks -> crop -> classify -> Grad-CAM, in-process and as the CLI.
 
-The models are the tiny demo's (``build_demo(tiny=True)``: real detector, pose and S-ResNet-34 runs,
+The models are the tiny demo's (``core.demo.build("tiny")``: real detector, pose and S-ResNet-34 runs,
 promoted the way a user's would be). They are barely trained, so the detector and landmark models run
 with ``detection_threshold=0`` to always answer; what is checked is the data flow, not accuracy.
 """
@@ -34,14 +34,14 @@ SIZE = 192
 @pytest.fixture(scope="module")
 def demo_home(tmp_path_factory):
     """A workspace holding the tiny demo's promoted detector, landmark model and classifier."""
-    from core.demo import build_demo
+    from core import demo
 
     home = tmp_path_factory.mktemp("pipeline") / "workspace"
     home.mkdir()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("CERVICURVE_HOME", str(home))
         patch.delenv("CERVICURVE_DB", raising=False)
-        build_demo(tiny=True)
+        demo.build("tiny")
     return home
 
 

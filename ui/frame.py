@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import sys
-import time
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Iterator
 import streamlit as st
 
 from core import demo, settings
-from core.runs import registry
+from core.runs import launch, registry, reports
 from core.inference.report import NOTICE as NOTICE_PLAIN
 
 NOTICE = ("**Research and teaching use only — not a diagnosis.** CerviCurve's outputs are not validated for "
@@ -382,17 +381,20 @@ def selected_runs(state: dict) -> tuple[str | None, ...]:
 
 
 def demo_panel(state: dict) -> None:
-    """The first-launch offer to build the demo, and its progress while it runs."""
-    status = demo.read_demo_status()
-    if demo.demo_running(status):
+    """The first-launch offer to build the demo, and its progress while it waits or runs."""
+    status = demo.latest_build()
+    if demo.building(status):
         demo_progress()
         return
     if not workspace_is_empty(state) and (status is None or status.get("state") == "done"):
         return
     with st.container(border=True):
-        if status and status.get("state") in ("failed", "running"):
-            reason = status.get("message") or "the process ended without a message"
-            st.error(f"The last demo build did not finish: {reason}. Its log is `{settings.home() / demo.LOG_FILE}`.")
+        if status and status.get("state") in ("failed", "interrupted"):
+            step = status.get("step")
+            where = f" at step {step} of {len(demo.STEPS)} ({status.get('stage')})" if step else ""
+            reason = reports.run_state(status, "demo").detail or "the process ended without a message"
+            st.error(f"The last demo build did not finish{where}: {reason}. Its log is "
+                     f"`{settings.runs_dir() / status['run_id'] / 'train.log'}`.")
         st.markdown("#### This workspace is empty" if workspace_is_empty(state) else "#### Build the demo")
         st.write("Build the demo: synthetic lateral neck films (phantoms) and small models trained on them, "
                  "so Predict works at once. Or import your own data on the **Data** page.")
@@ -403,20 +405,29 @@ def demo_panel(state: dict) -> None:
                                       "3.5° on average)"], horizontal=True, key="demo_mode")
         if st.button("Build the demo", type="primary", key="build_demo"):
             with engine_errors("Starting the demo"):
-                demo.start_demo(quick=mode.startswith("Quick"), actor=actor())
-                time.sleep(0.3)
+                demo.start_build("quick" if mode.startswith("Quick") else "full", actor=actor())
                 st.rerun()
 
 
 @st.fragment(run_every="1s")
 def demo_progress() -> None:
-    """Polls demo_status.json; reruns the whole app when the build ends so the sidebar updates."""
-    status = demo.read_demo_status() or {}
-    if not demo.demo_running(status):
+    """Polls the demo run's status; reruns the whole app when the build ends so the sidebar updates."""
+    status = demo.latest_build()
+    if not demo.building(status):
         st.rerun(scope="app")  # finished or died: the app shows the new models or the failure
-    step, steps = int(status.get("step") or 0), max(1, int(status.get("steps") or 1))
-    label = f"Building the demo — {status.get('stage', 'starting')}: {status.get('message', '')}".rstrip(": ")
+    run = reports.run_state(status, "demo")
+    step, steps = int(status.get("step") or 0), len(demo.STEPS)
+    if run.label == "waiting in the queue":
+        text = f"The demo build is waiting in the queue {run.detail}: it starts when the run training there ends"
+    else:
+        label = f"Building the demo — {status.get('stage') or 'starting'}: {status.get('message', '')}".rstrip(": ")
+        text = f"{label} (step {max(step, 1)} of {steps})"
     with st.container(border=True):
         # The step in progress is not done yet: the bar shows the finished ones.
-        st.progress(min(1.0, max(0, step - 1) / steps), text=f"{label} (step {step} of {steps})")
-        st.caption("It runs in the background: keep using the app, reload the page or come back later.")
+        st.progress(min(1.0, max(0, step - 1) / steps), text=text)
+        st.caption("It runs in the background: keep using the app, reload the page or come back later. "
+                   "It is listed on the Runs page with the three models it trains.")
+        if st.button("Cancel the build", key="cancel_demo"):
+            with engine_errors("Cancelling the demo"):
+                launch.cancel_run(status["run_id"], actor=actor())
+                st.rerun(scope="app")

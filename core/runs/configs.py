@@ -426,6 +426,24 @@ class CompareConfig(StrictConfig):
         _check_minimum(self, n_boot=0)
 
 
+DEMO_QUALITIES = ("full", "quick", "tiny")  # core.demo.PROFILES, in that order
+
+
+@dataclass
+class DemoConfig(StrictConfig):
+    """The demo build as one run (``core.demo``): phantoms, the three demo models trained and promoted, a check."""
+
+    task: str = "demo"
+    quality: str = "full"   # full: the models the README measures; quick: weaker, faster; tiny: for tests
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.task != "demo":
+            raise ConfigError(f"DemoConfig is for task demo, not {self.task!r}")
+        if self.quality not in DEMO_QUALITIES:
+            raise ConfigError(f"quality must be one of {', '.join(DEMO_QUALITIES)}, got {self.quality!r}")
+
+
 def read_config_source(source: str | Path | Mapping[str, Any] | None = None, overrides: Sequence[str] = ()) -> dict:
     """Defaults < YAML file (or dict) < ``key=value`` overrides, before validation."""
     if source is None:

@@ -1,11 +1,11 @@
 """The task registry: each task declared once, and everything else (CLI, queue, promotion, pages, demo) reads it.
 
 A task is what a run trains: ``classify`` (the curvature class), ``detect`` (the C2-C7 box), ``landmarks`` (the 23
-points) and ``compare`` (the study's models side by side). Its entry says which config class checks its config, which
-module trains it (``fit(config, run_dir, resume=...)``, ``evaluate(run_dir, split)``, ``load(path)``, imported only
-when the task runs: a classifier run never imports Ultralytics), the words people see, and what can be done with its
-runs (promote, fine-tune, train on several GPUs, continue). Torch-free, so ``runs start`` checks a config before any
-process starts.
+points), ``compare`` (the study's models side by side) and ``demo`` (the demo workspace, built in six steps). Its
+entry says which config class checks its config, which module trains it (``fit(config, run_dir, resume=...)``,
+``evaluate(run_dir, split)``, ``load(path)``, imported only when the task runs: a classifier run never imports
+Ultralytics), the words people see, and what can be done with its runs (promote, fine-tune, train on several GPUs,
+continue). Torch-free, so ``runs start`` checks a config before any process starts.
 """
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from core.runs.configs import (LANDMARK_UNET, ClassifyConfig, CompareConfig, ConfigError, HeatmapConfig, StrictConfig,
-                               YoloConfig, read_config_source)
+from core.runs.configs import (LANDMARK_UNET, ClassifyConfig, CompareConfig, ConfigError, DemoConfig, HeatmapConfig,
+                               StrictConfig, YoloConfig, read_config_source)
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,8 @@ class TaskSpec:
     distributed: bool = False    # torchrun DDP over several GPUs
     continuable: bool = True     # "continue for N epochs" makes a new run from this one's weights
     promoted_as: str | None = None  # the promotable task its best.pt serves (a comparison's: its best classifier)
+    unit: str = "epochs"         # what its status counts (epoch / epochs)
+    offered: bool = True         # on the Train page's task list (the demo has its own panel)
 
     def trainer(self, data: Mapping[str, Any]) -> Trainer:
         return self.trainers[self.pick(data)]
@@ -63,7 +65,10 @@ TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (
              (Trainer(HeatmapConfig, "core.training.landmarks"), Trainer(YoloConfig, "core.training.detect", "yolo")),
              pick=_landmark_trainer, promotable=True, fine_tunable=True),
     TaskSpec("compare", "Comparison", "the study's models trained and scored on the same splits",
-             (Trainer(CompareConfig, "core.training.compare"),), continuable=False, promoted_as="classify"),
+             (Trainer(CompareConfig, "core.training.compare"),), continuable=False, promoted_as="classify",
+             unit="models"),
+    TaskSpec("demo", "Demo build", "phantom films and the three demo models, trained, promoted and checked",
+             (Trainer(DemoConfig, "core.demo"),), continuable=False, unit="steps", offered=False),
 )}
 # The tasks Predict uses, in its order: classifier, detector, landmark model.
 PROMOTABLE = tuple(name for name, spec in TASKS.items() if spec.promotable)

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from core.runs import layout
+from core.runs import layout, registry
 from core.runs.hardware import DATA_FILE
 
 # Liang et al. 2025 (abstract): S-ResNet-34 on 240 patients. Their "ACC" is most likely the mean one-vs-rest accuracy.
@@ -92,7 +92,7 @@ class RunState:
     detail: str         # what it is doing now, or how it ended ("" when there is nothing more to say)
     epoch: int          # finished epochs (models, for a comparison)
     epochs: int
-    unit: str           # "epochs", or "models" for a comparison
+    unit: str           # what the task counts: "epochs", "models" (a comparison), "steps" (the demo)
     final_step: bool    # running the step after the last epoch
     device: str = ""
 
@@ -170,7 +170,8 @@ def run_state(status: dict, task: str | None = None) -> RunState:
         detail = _after(message, state)
         if state == "failed":
             detail = _after(detail, "run failed")
-    return RunState(state, label, detail, epoch, epochs, "models" if task == "compare" else "epochs", final, device)
+    spec = registry.TASKS.get(task)
+    return RunState(state, label, detail, epoch, epochs, spec.unit if spec else "epochs", final, device)
 
 
 def read_json(path: Path) -> dict:
