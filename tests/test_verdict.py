@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw
 
 from test_app_predict import (film_view, model_home, phantom_png, predict_page,  # noqa: F401  (model_home: a fixture)
                               upload)
+from core.commands import predict as predict_command
 from ui.film_viewer import viewer_args
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +75,7 @@ def everywhere(prediction) -> dict:
     from core.inference import pipeline, report
 
     record = json.loads(json.dumps(prediction.to_json()))
-    row = pipeline._csv_row(prediction, None)
+    row = predict_command.csv_row(prediction, None)
     shown, lines = report.report_text(prediction, "classifier run X (promoted)")
     return {"json": record, "csv": row, "report_class": shown, "report": lines}
 

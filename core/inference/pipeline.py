@@ -29,16 +29,12 @@ only when its landmarks are all sure.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
-import csv
 import json
-import math
 import sys
 import threading
-import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -47,9 +43,9 @@ import numpy as np
 from core.evaluation import ood
 from core.inference import models
 from core.inference.models import ModelError
+from core.inference.stages import ClassScores, Crop, Film, Judgement, Landmarks, Roi, StageTimer
 from core.runs import layout, promotion
 from core.data.measure import Facing, read_facing
-from core.data.exports import spreadsheet_safe
 from core.data.imaging import ImageReadError, Radiograph, read_image, require_usable
 from core.data.measure import (LandmarkError, Measurements, RuleThresholds, measure_landmarks,
                                roi_box_from_landmarks)
@@ -190,6 +186,62 @@ _NO_CLASSIFIER = ("no classifier to predict with: nothing is promoted in this wo
                   "and promote it (`python -m core promote RUN`), or pass --model RUN_OR_CHECKPOINT.")
 
 
+# ------------------------------------------------------------------------------------ stages without a model
+def read_film(source: Any, name: str | None) -> Film:
+    """A path, bytes, a binary file object or an already read Radiograph, as a film to predict on."""
+    if isinstance(source, Radiograph):
+        return Film(source, name or str(source.meta.get("name", "image")))
+    # a file that decodes but cannot be a film (1 x 1, blank, a colour DICOM) is refused, not classified
+    radiograph = require_usable(read_image(source, name=name), name or "the image")
+    return Film(radiograph, name or (str(source) if isinstance(source, (str, Path)) else "the uploaded data"))
+
+
+def confirm_box(roi: Roi, landmarks: Landmarks) -> tuple[Roi, Landmarks]:
+    """A provisional detector box counts only when the landmarks placed in it give an angle and are sure; otherwise
+    the detector found no spine, and the landmarks, placed on whatever the box held, are dropped."""
+    if roi.provisional and (landmarks.measurements is None
+                            or float(np.mean(landmarks.confidence)) < SURE_LANDMARKS):
+        return Roi(unconfirmed=roi.confidence), landmarks.unconfirm()
+    return roi, landmarks
+
+
+def frame_from_landmarks(roi: Roi, landmarks: Landmarks, film: Film) -> Roi:
+    """Without a box, the one the sure landmarks of a whole-image landmark model frame."""
+    if roi.box is not None or landmarks.points is None:
+        return roi
+    try:
+        return replace(roi, box=roi_box_from_landmarks(landmarks.points, film.size), source="landmarks")
+    except LandmarkError:
+        return roi
+
+
+def _landmark_notes(landmarks: Landmarks) -> list[str]:
+    notes = []
+    if landmarks.outcome == "no box":
+        notes.append("the landmark model reads the detector's crop and there is no box: no measurements")
+    elif landmarks.outcome == "none found":
+        notes.append("the landmark model found no vertebrae: no measurements")
+    elif landmarks.outcome == "placed" and landmarks.missing:
+        notes.append(f"the landmark model was unsure of {_describe_points(landmarks.missing)}: those points are "
+                     "left out")
+    if landmarks.facing is not None and landmarks.facing.source == "lean":
+        notes.append(f"the patient {landmarks.facing.describe()}")
+    if landmarks.unmeasured is not None:
+        notes.append(f"no measurements: {landmarks.unmeasured}")
+    return notes
+
+
+def place_cam(scores: ClassScores, crop: Crop, film: Film) -> np.ndarray | None:
+    """The class activation map on the film, in original pixels."""
+    if scores.crop_map is None:
+        return None
+    from core.training import crops
+    from core.inference import explain
+
+    width, height = film.size
+    return explain.cam_to_image(scores.crop_map, crops.crop_box(crop.region, film.size, crop.margin), (height, width))
+
+
 # ------------------------------------------------------------------------------------ predictor
 class Predictor:
     """The models of one prediction setup. Paths default to the promoted models of the workspace.
@@ -245,178 +297,133 @@ class Predictor:
         """Predict one radiograph: a path, bytes, a binary file object or an already read Radiograph.
 
         ``facing`` ("left"/"right"): the side the patient faces, when the user knows it; otherwise it is read from
-        the film beside the vertebral bodies (``core.data.facing``), and only failing that from the neck's lean."""
+        the film beside the vertebral bodies (``core.data.measure.read_facing``), and only failing that from the
+        neck's lean."""
+        timer = StageTimer(STAGES)
+        with timer("read"):
+            film = read_film(source, name)
+        with timer("detect"):
+            roi = self.find_spine(film)
+        with timer("landmarks"):
+            landmarks = self.place_landmarks(film, roi, facing)
+            roi, landmarks = confirm_box(roi, landmarks)
+            roi = frame_from_landmarks(roi, landmarks, film)
+        with timer("crop"):
+            crop = self.crop(film, roi, landmarks)
+        with timer("classify"):
+            scores = self.classify(crop, cam_method)
+        with timer("cam"):
+            cam = place_cam(scores, crop, film)
+        unlike = self.assess(crop, scores, landmarks, roi)
+        judgement = self.judge(roi, landmarks, scores, unlike)
+        measured = landmarks.measurements is not None
+        return Prediction(
+            file=film.name, curvature_class=scores.curvature_class, probabilities=judgement.probabilities,
+            roi_box=roi.box if roi.box is not None else film.whole_box, box_confidence=roi.confidence,
+            box_source=roi.source, low_confidence=judgement.low_confidence, cam=cam,
+            cam_method=cam_method if cam is not None else None, landmarks=landmarks.points,
+            measurements=landmarks.measurements, agreement=judgement.agreement, radiograph=film.radiograph,
+            timings=timer.timings, notes=self.notes(film, roi, landmarks, scores), model=self.model_name,
+            ood_score=unlike.score, out_of_distribution=unlike.flagged, ood_components=unlike.components,
+            ood_reasons=unlike.reasons, calibrated=not unlike.flagged, missing_landmarks=list(landmarks.missing),
+            evidence=judgement.evidence, crop_box=crop.region, facing=landmarks.facing if measured else None,
+            lead=judgement.lead, spine_found=judgement.spine_found, angle_missing=None if measured else landmarks.no_angle,
+        )
+
+    # -------------------------------------------------------------------------------- the stages
+    def find_spine(self, film: Film) -> Roi:
+        """The detector's box around the cervical spine.
+
+        A lateral film holds one cervical spine, so the detector's best box is a candidate even at a low score:
+        a detector trained briefly often places it well but scores it low (full demo: 5 of 60 held-out films
+        at 0.007-0.19, IoU 0.75-0.88). With a landmark model to confirm it, such a box is provisional and counts only
+        when the landmarks in it are sure (:func:`confirm_box`); without one, the threshold alone decides."""
+        if self.detector is None:
+            return Roi()
+        confirmable = self.landmark_model is not None and self.landmark_model.needs_box
+        found = self.detector.detect(film.pixels, CANDIDATE_FLOOR if confirmable else self.detection_threshold)
+        if found is None:
+            return Roi(detector_missed=True)
+        confidence = float(found[1])
+        return Roi(_clip_box(found[0], *film.size), "detector", confidence,
+                   provisional=confidence < self.detection_threshold)
+
+    def place_landmarks(self, film: Film, roi: Roi, facing: str | None) -> Landmarks:
+        """The 23 points, fail soft (unsure ones dropped and named), the facing and the angle measured from them."""
+        if self.landmark_model is None:
+            return Landmarks("no model", no_angle="no landmark model is in use")
+        if self.landmark_model.needs_box and roi.source != "detector":
+            return Landmarks("no box", no_angle="the landmark model reads the area the detector finds, and it found none"
+                             if self.detector is not None else
+                             "the landmark model needs a detector's box, and no detector is in use")
+        from core.training.landmarks import visible_points
+
+        # every point with its confidence (threshold 0), then only the unsure ones dropped: fail soft
+        found = self.landmark_model.locate(film.pixels, roi.box, 0.0)
+        if found is None:
+            return Landmarks("none found", no_angle="the landmark model found no vertebrae")
+        placed, confidence = found[0], np.asarray(found[1], dtype=np.float64)
+        points, missing = visible_points(placed, confidence, self.detection_threshold)
+        if np.all(np.isfinite(points), axis=1).sum() < 3:
+            return Landmarks("none found", placed, confidence, missing=tuple(missing),
+                             no_angle="the landmark model found no vertebrae")
+        # the facing sets the angle's sign: read beside every point found, unsure ones included
+        facing_found = read_facing(film.pixels, placed, facing)
+        landmarks = Landmarks("placed", placed, confidence, points, tuple(missing), facing_found)
+        try:
+            measurements = measure_landmarks(points, facing=facing_found.facing,
+                                             pixel_spacing_mm=film.radiograph.pixel_spacing_mm, partial=True)
+        except LandmarkError as error:
+            return replace(landmarks, unmeasured=str(error),
+                           no_angle=f"the points found are not enough to measure ({error})")
+        problem = implausible(measurements)
+        if problem:
+            return replace(landmarks, unmeasured=problem, no_angle=problem)
+        return replace(landmarks, measurements=measurements)
+
+    def crop(self, film: Film, roi: Roi, landmarks: Landmarks) -> Crop:
+        """The window the classifier reads, cut and sized as its training run cut its films.
+
+        It is the box the landmark model's points imply: training boxes follow that rule
+        (measure.roi_box_from_landmarks), and a detector box a few pixels off frames the crop differently
+        (quick demo: test accuracy 0.97 on such boxes, 0.38 on the detector's at mean IoU 0.63). Unsure points
+        (C7 behind the shoulders) count with their guessed places: still closer than the detector's box."""
+        from core.training import crops
+
+        region = roi.box
+        if roi.source == "detector" and landmarks.measurements is not None and landmarks.placed is not None:
+            region = _landmark_frame(landmarks.placed, roi.box, *film.size) or roi.box
+        margin = float(self.meta.get("roi_margin", 0.05))
+        return Crop(region, margin, crops.classifier_crop(film.pixels, region, int(self.meta["input_size"]), margin))
+
+    def classify(self, crop: Crop, cam_method: str | None) -> ClassScores:
+        """The calibrated class probabilities, the class activation map on the crop when asked for, and the
+        penultimate features the OOD score compares with the training films'.
+
+        With a map asked for, the CAM's own forward pass classifies too (its target: the top class), so the network
+        runs once; the features come from whichever pass classifies."""
         from core.training import checkpoints, crops
         from core.inference import explain
 
-        timings = {stage: 0.0 for stage in STAGES}
-        clock = time.perf_counter()
-
-        def lap(stage: str) -> None:
-            nonlocal clock
-            now = time.perf_counter()
-            timings[stage] = round((now - clock) * 1000.0, 2)
-            clock = now
-
-        if isinstance(source, Radiograph):
-            radiograph, label = source, name or str(source.meta.get("name", "image"))
-        else:
-            # a file that decodes but cannot be a film (1 x 1, blank, a colour DICOM) is refused, not classified
-            radiograph = require_usable(read_image(source, name=name), name or "the image")
-            label = name or (str(source) if isinstance(source, (str, Path)) else "the uploaded data")
-        pixels = radiograph.pixels
-        height, width = pixels.shape
-        notes = list(radiograph.notes)
-        lap("read")
-
-        box, box_confidence, box_source = None, None, "whole image"
-        # A lateral film holds one cervical spine, so the detector's best box is a candidate even at a low score:
-        # a detector trained briefly often places it well but scores it low (full demo: 5 of 60 held-out films
-        # at 0.007-0.19, IoU 0.75-0.88). With a landmark model to confirm it, such a box counts only when the
-        # landmarks in it are sure (below); without one, the threshold alone decides.
-        provisional = False
-        if self.detector is not None:
-            confirmable = self.landmark_model is not None and self.landmark_model.needs_box
-            found = self.detector.detect(pixels, CANDIDATE_FLOOR if confirmable else self.detection_threshold)
-            if found is not None:
-                box, box_confidence, box_source = _clip_box(found[0], width, height), float(found[1]), "detector"
-                provisional = box_confidence < self.detection_threshold
-            else:
-                notes.append("the detector found no cervical spine")
-        lap("detect")
-
-        landmarks = measurements = landmark_confidence = found_points = facing_found = None
-        missing: list[str] = []
-        angle_missing = None if self.landmark_model is not None else "no landmark model is in use"
-        if self.landmark_model is not None and self.landmark_model.needs_box and box_source != "detector":
-            notes.append("the landmark model reads the detector's crop and there is no box: no measurements")
-            angle_missing = ("the landmark model reads the area the detector finds, and it found none"
-                             if self.detector is not None else
-                             "the landmark model needs a detector's box, and no detector is in use")
-        elif self.landmark_model is not None:
-            from core.training.landmarks import visible_points
-
-            # every point with its confidence (threshold 0), then only the unsure ones dropped: fail soft
-            found = self.landmark_model.locate(pixels, box, 0.0)
-            if found is not None:
-                found_points, landmark_confidence = found[0], np.asarray(found[1], dtype=np.float64)
-                landmarks, missing = visible_points(found[0], landmark_confidence, self.detection_threshold)
-                if np.all(np.isfinite(landmarks), axis=1).sum() < 3:
-                    landmarks = None
-            if landmarks is None:
-                notes.append("the landmark model found no vertebrae: no measurements")
-                angle_missing = "the landmark model found no vertebrae"
-            else:
-                if missing:
-                    notes.append(f"the landmark model was unsure of {_describe_points(missing)}: those points are "
-                                 "left out")
-                # the facing sets the angle's sign: read beside every point found, unsure ones included
-                facing_found = read_facing(pixels, found_points, facing)
-                if facing_found.source == "lean":
-                    notes.append(f"the patient {facing_found.describe()}")
-                try:
-                    measurements = measure_landmarks(landmarks, facing=facing_found.facing,
-                                                     pixel_spacing_mm=radiograph.pixel_spacing_mm, partial=True)
-                except LandmarkError as error:
-                    notes.append(f"no measurements: {error}")
-                    angle_missing = f"the points found are not enough to measure ({error})"
-                problem = implausible(measurements)
-                if problem:
-                    notes.append(f"no measurements: {problem}")
-                    angle_missing = problem
-                    measurements = None
-                if box is None:
-                    try:
-                        box, box_source = roi_box_from_landmarks(landmarks, (width, height)), "landmarks"
-                    except LandmarkError:
-                        pass
-        if provisional and (measurements is None or float(np.mean(landmark_confidence)) < SURE_LANDMARKS):
-            notes = [n for n in notes if not n.startswith("the landmark model")]
-            notes.append(f"the detector found no cervical spine (its best box scored {box_confidence:.2f}, and the "
-                         "landmark model did not confirm it)")
-            box, box_confidence, box_source = None, None, "whole image"
-            landmarks = measurements = landmark_confidence = found_points = facing_found = None
-            missing = []
-            angle_missing = "the detector found no cervical spine to place the landmarks on"
-        lap("landmarks")
-        if box is None:
-            box = [0.0, 0.0, float(width), float(height)]
-            notes.append("no ROI box: the whole image was classified (less reliable)")
-
-        # The classifier reads the box the landmark model's points imply: training boxes follow that rule
-        # (measure.roi_box_from_landmarks), and a detector box a few pixels off frames the crop differently
-        # (quick demo: test accuracy 0.97 on such boxes, 0.38 on the detector's at mean IoU 0.63). Unsure points
-        # (C7 behind the shoulders) count with their guessed places: still closer than the detector's box.
-        crop_region = None if box_source == "whole image" else box
-        if box_source == "detector" and measurements is not None and found_points is not None:
-            crop_region = _landmark_frame(found_points, box, width, height) or box
-        input_size, margin = int(self.meta["input_size"]), float(self.meta.get("roi_margin", 0.05))
-        crop = crops.classifier_crop(pixels, crop_region, input_size, margin)
-        lap("crop")
-
-        # With a map asked for, the CAM's own forward pass classifies too (its target: the top class), so the
-        # network runs once; "classify" then times that pass and "cam" placing the map on the film.
-        probs = crop_map = None
-        # the penultimate features for the OOD score come from whichever forward pass classifies (the lock is
-        # re-entrant: explain takes it again inside)
+        probs = crop_map = no_cam = None
+        # the lock is re-entrant: explain takes it again inside
         with explain.model_lock(self.model), self._features() as features:
             if cam_method and self.meta.get("kind") == "sklearn":
-                notes.append(f"no Grad-CAM: {self.model_name} is not a neural network")
+                no_cam = f"{self.model_name} is not a neural network"
             elif cam_method:
                 try:
-                    tensor = crops.normalise(crop[None], self.meta)
+                    tensor = crops.normalise(crop.pixels[None], self.meta)
                     crop_map, logits = explain.explain_with_logits(self.model, tensor, None, cam_method,
                                                                    model_name=self.model_name)
                     probs = checkpoints.calibrated(logits, self.meta)[0]
                 except explain.ExplainUnavailable as error:
-                    notes.append(f"no Grad-CAM: {error}")
+                    no_cam = str(error)
             if probs is None:
-                probs = checkpoints.classify_crops(self.model, self.meta, crop[None])[0]
-        index = int(np.argmax(probs))
-        probabilities = {c: float(p) for c, p in zip(self.classes, probs)}
-        lap("classify")
-
-        cam = None
-        if crop_map is not None:
-            region = crops.crop_box(crop_region, (width, height), margin)
-            cam = explain.cam_to_image(crop_map, region, (height, width))
-        lap("cam")
-
-        curvature_class = self.classes[index]
+                probs = checkpoints.classify_crops(self.model, self.meta, crop.pixels[None])[0]
         if self.ood_reference is not None and self.meta.get("kind") == "sklearn":
-            features = [self.model.features(crop.numpy())]  # the SVM's own features: the HOG it classifies
-        feature_ratio = float(self.ood_reference.ratio(features[0])[0]) if features else None
-        image_ratio = (float(self.image_reference.ratio(ood.crop_statistics(crop[0].numpy()))[0])
-                       if self.image_reference is not None else None)
-        if self.ood_reference is None:
-            notes.append("this classifier carries no out-of-distribution reference (trained before it existed): "
-                         "retrain it to learn whether a film is unlike its training films")
-        unlike = ood.assess(feature_ratio, landmark_confidence,
-                            None if landmark_confidence is None else self.detection_threshold,
-                            detector_in_setup=self.detector is not None, box_found=box_source == "detector",
-                            image_ratio=image_ratio)
-        if unlike.flagged:
-            probabilities = ood.cap_probabilities(probabilities)
-        low = (probabilities[curvature_class] < self.threshold or box_source == "whole image" or unlike.flagged)
-        agreement = None if measurements is None else measurements.rule_class == curvature_class
-        # a detector in the setup that found no spine (its box unconfirmed counts as none): no class is given
-        spine_found = None if self.detector is None else box_source == "detector"
-        lead = choose_lead(unlike.flagged, measurements, missing, landmark_confidence, spine_found)
-        evidence = None
-        if agreement is False:
-            evidence = which_evidence(measurements, landmark_confidence, missing, probabilities[curvature_class],
-                                      unlike.flagged)
-        return Prediction(
-            file=label, curvature_class=curvature_class, probabilities=probabilities, roi_box=box,
-            box_confidence=box_confidence, box_source=box_source, low_confidence=bool(low),
-            cam=cam, cam_method=cam_method if cam is not None else None, landmarks=landmarks,
-            measurements=measurements, agreement=agreement, radiograph=radiograph, timings=timings,
-            notes=notes, model=self.model_name, ood_score=unlike.score, out_of_distribution=unlike.flagged,
-            ood_components=unlike.components, ood_reasons=unlike.reasons, calibrated=not unlike.flagged,
-            missing_landmarks=missing, evidence=evidence, crop_box=crop_region,
-            facing=facing_found if measurements is not None else None, lead=lead, spine_found=spine_found,
-            angle_missing=None if measurements is not None else angle_missing,
-        )
+            features = [self.model.features(crop.pixels.numpy())]  # the SVM's own features: the HOG it classifies
+        return ClassScores(self.classes[int(np.argmax(probs))], {c: float(p) for c, p in zip(self.classes, probs)},
+                           crop_map, no_cam, features[0] if features else None)
 
     def _features(self):
         """Collects the classifier's penultimate features while open, when there is a reference to score them."""
@@ -425,6 +432,50 @@ class Predictor:
         from core.training.classify import capture_features
 
         return capture_features(self.model)
+
+    def assess(self, crop: Crop, scores: ClassScores, landmarks: Landmarks, roi: Roi) -> ood.OodResult:
+        """How unlike the training films this film is (``core.evaluation.ood``)."""
+        feature_ratio = (float(self.ood_reference.ratio(scores.features)[0]) if scores.features is not None
+                         else None)
+        image_ratio = (float(self.image_reference.ratio(ood.crop_statistics(crop.pixels[0].numpy()))[0])
+                       if self.image_reference is not None else None)
+        return ood.assess(feature_ratio, landmarks.confidence,
+                          None if landmarks.confidence is None else self.detection_threshold,
+                          detector_in_setup=self.detector is not None, box_found=roi.source == "detector",
+                          image_ratio=image_ratio)
+
+    def judge(self, roi: Roi, landmarks: Landmarks, scores: ClassScores, unlike: ood.OodResult) -> Judgement:
+        """What the result rests on (``choose_lead``), and the network's class weighed against the angle's."""
+        probabilities = ood.cap_probabilities(scores.probabilities) if unlike.flagged else scores.probabilities
+        probability, measurements = probabilities[scores.curvature_class], landmarks.measurements
+        low = probability < self.threshold or roi.source == "whole image" or unlike.flagged
+        agreement = None if measurements is None else measurements.rule_class == scores.curvature_class
+        # a detector in the setup that found no spine (its box unconfirmed counts as none): no class is given
+        spine_found = None if self.detector is None else roi.source == "detector"
+        lead = choose_lead(unlike.flagged, measurements, landmarks.missing, landmarks.confidence, spine_found)
+        evidence = None
+        if agreement is False:
+            evidence = which_evidence(measurements, landmarks.confidence, landmarks.missing, probability,
+                                      unlike.flagged)
+        return Judgement(probabilities, bool(low), agreement, spine_found, lead, evidence)
+
+    def notes(self, film: Film, roi: Roi, landmarks: Landmarks, scores: ClassScores) -> list[str]:
+        """The result's notes, in the order the stages met what they say."""
+        notes = list(film.radiograph.notes)
+        if roi.detector_missed:
+            notes.append("the detector found no cervical spine")
+        notes += _landmark_notes(landmarks)
+        if roi.unconfirmed is not None:
+            notes.append(f"the detector found no cervical spine (its best box scored {roi.unconfirmed:.2f}, and the "
+                         "landmark model did not confirm it)")
+        if roi.box is None:
+            notes.append("no ROI box: the whole image was classified (less reliable)")
+        if scores.no_cam is not None:
+            notes.append(f"no Grad-CAM: {scores.no_cam}")
+        if self.ood_reference is None:
+            notes.append("this classifier carries no out-of-distribution reference (trained before it existed): "
+                         "retrain it to learn whether a film is unlike its training films")
+        return notes
 
     def predict_many(self, sources: Iterable[Any], progress: Callable[[int, int, str], None] | None = None,
                      cam_method: str | None = "gradcam", facing: str | None = None
@@ -735,148 +786,3 @@ def _clip_box(box, width: int, height: int) -> list[float]:
 def predict(source: Any, name: str | None = None, cam_method: str | None = "gradcam", **models) -> Prediction:
     """One prediction with the promoted models (or ``classifier=``, ``detector=``, ``landmarks=`` paths)."""
     return Predictor(**models).predict(source, name=name, cam_method=cam_method)
-
-
-# ------------------------------------------------------------------------------------ CLI
-# The verdict first (what the page's table and title, the JSON and the PNG report say), then the evidence. ``class``
-# and ``p_*`` are the network's own answer, as in the JSON; the angle columns stay empty where the verdict withholds it.
-CSV_COLUMNS = ("file", "verdict", "judged", "verdict_class", "status", "lead", "class", "p_normal", "p_straightened",
-               "p_reversed", "x1", "y1", "x2", "y2", "box_confidence", "box_source", "low_confidence", "cobb_c2c7",
-               "cci", "rule_class", "agreement", "ood_score", "out_of_distribution", "why", "cam", "error")
-
-
-def configure_predict(parser: argparse.ArgumentParser) -> None:
-    from core.inference.explain import CAM_METHODS
-
-    parser.add_argument("images", nargs="+", help="radiographs (PNG, JPEG, TIFF, DICOM)")
-    parser.add_argument("--model", help="classifier: run id, run folder or checkpoint (default: the promoted one)")
-    parser.add_argument("--detector", help="ROI detector checkpoint or run (default: the promoted one)")
-    parser.add_argument("--landmarks", help="landmark model checkpoint or run (default: the promoted one)")
-    parser.add_argument("--cam", default="gradcam", choices=(*CAM_METHODS, "none"),
-                        help="class activation map method (default gradcam; none to skip)")
-    parser.add_argument("--out", type=Path, help="write <stem>_cam.png overlays and predictions.csv here")
-    parser.add_argument("--json", action="store_true", help="one JSON object per image")
-    parser.add_argument("--report", type=Path, metavar="OUT.png",
-                        help="the one-page PNG report the Predict page downloads (several images: OUT_<image>.png)")
-    parser.add_argument("--threshold", type=float, default=LOW_CONFIDENCE,
-                        help=f"top probability under which a result is flagged low-confidence (default {LOW_CONFIDENCE})")
-    parser.add_argument("--facing", choices=("left", "right"),
-                        help="the image side the patient faces (default: read from the film beside C3-C6)")
-    parser.add_argument("--detection-threshold", type=float, default=DETECTION_THRESHOLD,
-                        help=f"confidence a box or landmark set needs to count as found (default {DETECTION_THRESHOLD})")
-
-
-def run_predict(args: argparse.Namespace) -> int:
-    from core.inference import report
-
-    cam_method = None if args.cam == "none" else args.cam
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-    predictor = None
-    rows, failures, used_stems, rows_results = [], 0, set(), []
-    for path in args.images:
-        # Each file is read (and its size budgets checked) before any model loads: a batch of hostile or broken
-        # files is refused in one line each without torch and three models in memory (~1 GB here).
-        try:
-            radiograph = require_usable(read_image(path, name=path), path)
-        except ImageReadError as error:
-            result = PredictFailure(path, str(error))
-        else:
-            if predictor is None:
-                try:
-                    predictor = Predictor(args.model, args.detector, args.landmarks, threshold=args.threshold,
-                                          detection_threshold=args.detection_threshold)
-                except ModelError as error:
-                    print(f"error: {error}", file=sys.stderr)
-                    return 2
-                if not args.json:
-                    print(f"classifier {predictor.model_name} ({predictor.classifier_path}); detector "
-                          f"{'yes' if predictor.detector else 'none'}; landmarks "
-                          f"{'yes' if predictor.landmark_model else 'none'}"
-                          + (f"; demo model ({predictor.quality})" if predictor.quality else ""), file=sys.stderr)
-            result = next(predictor.predict_many([(path, radiograph)], cam_method=cam_method, facing=args.facing))
-        rows_results.append(result)
-        if isinstance(result, PredictFailure):
-            failures += 1
-            rows.append({"file": result.file, "error": result.reason})
-            print(json.dumps(result.to_json()) if args.json else f"{result.file}: error: {result.reason}",
-                  flush=True)
-            continue
-        cam_path = None
-        stem = _unique_stem(Path(result.file).stem, used_stems)
-        if args.out and result.verdict.heatmap_shown:  # no map for a class that is not given
-            cam_path = args.out / f"{stem}_cam.png"
-            report.write_overlay(result, cam_path)
-        if args.report:
-            target = args.report if len(args.images) == 1 else args.report.with_name(
-                f"{args.report.stem}_{stem}{args.report.suffix or '.png'}")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(report.report_png(result, report.provenance(predictor), quality=predictor.quality))
-        rows.append(_csv_row(result, cam_path))
-        print(json.dumps(result.to_json(cam_path)) if args.json else _summary(result), flush=True)
-    if len(args.images) > 1 and not args.json:
-        print(batch_summary(rows_results), file=sys.stderr)
-    if args.out:
-        with open(args.out / "predictions.csv", "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
-            writer.writeheader()
-            # file names and notes are user text: never a formula in the spreadsheet that opens this
-            writer.writerows({k: spreadsheet_safe(row.get(k, "")) for k in CSV_COLUMNS} for row in rows)
-    return 1 if failures else 0
-
-
-def _unique_stem(stem: str, used: set[str]) -> str:
-    candidate, number = stem, 1
-    while candidate in used:
-        number += 1
-        candidate = f"{stem}_{number}"
-    used.add(candidate)
-    return candidate
-
-
-def _csv_row(result: Prediction, cam_path: Path | None) -> dict:
-    verdict = result.verdict
-    m = result.measurements if verdict.angle_shown else None
-    return {
-        "file": result.file, "verdict": verdict.title, "judged": verdict.judged,
-        "verdict_class": verdict.curvature_class or "", "status": verdict.flag, "lead": verdict.lead,
-        "class": result.curvature_class,
-        **{f"p_{c}": round(result.probabilities.get(c, math.nan), 4) for c in ("normal", "straightened", "reversed")},
-        **dict(zip(("x1", "y1", "x2", "y2"), (round(v, 1) for v in result.roi_box))),
-        "box_confidence": "" if result.box_confidence is None else round(result.box_confidence, 4),
-        "box_source": result.box_source, "low_confidence": result.low_confidence,
-        "cobb_c2c7": "" if m is None or not math.isfinite(m.cobb_c2c7) else round(m.cobb_c2c7, 2),
-        "cci": "" if m is None or not math.isfinite(m.cci) else round(m.cci, 2),
-        "rule_class": "" if m is None else m.rule_class,
-        "agreement": "" if result.agreement is None else result.agreement,
-        "ood_score": "" if result.ood_score is None else result.ood_score,
-        "out_of_distribution": result.out_of_distribution, "why": verdict.why,
-        "cam": "" if cam_path is None else str(cam_path), "error": "",
-    }
-
-
-def _summary(result: Prediction) -> str:
-    """One line per film on the terminal: the verdict first, why, the evidence it rests on, then what to do."""
-    verdict = result.verdict
-    parts = [f"{result.file}: {verdict.title}"]
-    if verdict.warns:
-        parts.append(verdict.why)
-    parts.append(f"network {result.curvature_class} (p={result.confidence:.2f}"
-                 + (", not the result" if verdict.lead != "network" else "") + f"), box from {result.box_source}"
-                 + (f" ({result.box_confidence:.2f})" if result.box_confidence is not None else ""))
-    if result.measurements is not None and verdict.angle_shown:
-        m = result.measurements
-        angle = f"{angle_text(m)}" + (f", CCI {m.cci:.1f} %" if m.lowest_level == "C7" else "")
-        if result.facing is not None:
-            angle += f" (patient {result.facing.describe()})"
-        angle += f" -> {m.rule_class}"
-        if result.agreement is False and verdict.lead == "network":
-            angle += f" (disagrees with the network; favours {result.evidence})"
-        parts.append(angle)
-    elif verdict.angle_note:
-        parts.append(verdict.angle_note)
-    if result.ood_score is not None and result.out_of_distribution:
-        parts.append(f"out-of-distribution score {result.ood_score:.2f}")
-    if verdict.advice:
-        parts.append(f"what to do: {verdict.advice}")
-    return "; ".join(part.rstrip(".") for part in parts)
