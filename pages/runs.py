@@ -210,7 +210,8 @@ def onnx_panel(task: str, info: dict) -> None:
     difference = record.get("max_abs_diff")
     checked = isinstance(difference, (int, float)) and difference <= 1e-3
     if exported.is_file() and record.get("run_id") == info.get("run_id") and checked:
-        st.download_button("Download ONNX", exported.read_bytes(), key=f"onnx_download_{task}", on_click="ignore",
+        # a callable: Streamlit reads the file when the button is clicked, not on every rerun of the page
+        st.download_button("Download ONNX", exported.read_bytes, key=f"onnx_download_{task}", on_click="ignore",
                            file_name=f"cervicurve-{task}-{info.get('run_id')}.onnx", mime="application/octet-stream",
                            icon=":material/download:",
                            help="The promoted model as ONNX (opset {opset}), for onnxruntime and other tools".format(

@@ -16,6 +16,15 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_AUTOINSTALL", "0")
 
 
+@pytest.fixture(autouse=True)
+def main_module():
+    """Streamlit's script runner (AppTest) leaves its page as ``sys.modules["__main__"]``; a later test that spawns
+    processes (the phantom writer's pool) would have each child run that page. Put pytest's back after each test."""
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
+
+
 @pytest.fixture()
 def workspace(tmp_path, monkeypatch) -> Path:
     """A fresh, empty $CERVICURVE_HOME with its own SQLite database."""

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1.errors import AppTestError
@@ -36,23 +37,29 @@ def two_runs(workspace, monkeypatch):
 
 @pytest.fixture()
 def downloads(monkeypatch):
-    """The media stores AppTest creates, newest last: a download button's URL names its file in one of them."""
+    """The media stores and managers AppTest creates per run, newest last: a download button's URL names its file
+    in the newest store, and a deferred button's callable is registered with the newest manager."""
     stores: list[MemoryMediaFileStorage] = []
-    original = MemoryMediaFileStorage.__init__
+    managers: list[MediaFileManager] = []
+    for cls, kept in ((MemoryMediaFileStorage, stores), (MediaFileManager, managers)):
+        def keep(self, *args, _original=cls.__init__, _kept=kept, **kwargs):
+            _original(self, *args, **kwargs)
+            _kept.append(self)
 
-    def keep(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        stores.append(self)
-
-    monkeypatch.setattr(MemoryMediaFileStorage, "__init__", keep)
-    return stores
+        monkeypatch.setattr(cls, "__init__", keep)
+    return stores, managers
 
 
-def download(at: AppTest, stores, key: str) -> tuple[str, bytes]:
-    """(file name, bytes) a download button hands the browser."""
+def download(at: AppTest, media, key: str) -> tuple[str, bytes]:
+    """(file name, bytes) a download button hands the browser; a deferred one (``data`` a callable) is generated
+    here as the browser's click would."""
+    stores, managers = media
     [button] = [b for b in at.get("download_button") if b.key == key]
-    media = stores[-1].get_file(Path(button.proto.url).name)
-    return media.filename, media.content
+    url = button.proto.url
+    if button.proto.deferred_file_id:
+        url = managers[-1].execute_deferred(button.proto.deferred_file_id)
+    media_file = stores[-1].get_file(Path(url).name)
+    return media_file.filename, media_file.content
 
 
 def make_worse(run_dir: Path, macro_f1: float = 0.1) -> None:
@@ -162,6 +169,9 @@ def test_table_detail_comparison_promotion_card_deletion_rollback_and_onnx(two_r
     assert not at.error
     exported = settings.promoted_dir() / "classify" / "model.onnx"
     assert json.loads(exported.with_suffix(".json").read_text())["max_abs_diff"] < 1e-4
+    # the file is read when the button is clicked, not on every rerun of the page
+    [onnx_button] = [b for b in at.get("download_button") if b.key == "onnx_download_classify"]
+    assert onnx_button.proto.deferred_file_id and not onnx_button.proto.url
     name, data = download(at, downloads, "onnx_download_classify")
     assert data == exported.read_bytes() and name == f"cervicurve-classify-{first.name}.onnx"
     assert "Checked against torch: max abs difference" in texts(at)
