@@ -35,6 +35,20 @@ def workspace(tmp_path, monkeypatch) -> Path:
     return home
 
 
+@pytest.fixture(scope="module")
+def browser():
+    """Playwright's chromium, the system one (/usr/bin/chromium), one per test module. Mark the module with
+    ``pytestmark = tests.helpers.browser.BROWSER_MARKS`` so it skips where chromium is missing."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.helpers.browser import CHROMIUM, CHROMIUM_ARGS
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
 @pytest.fixture(scope="session")
 def postgres_url():
     """One throwaway PostgreSQL server for the session (started in a temporary folder, gone afterwards)."""

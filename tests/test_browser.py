@@ -5,93 +5,13 @@ Set CERVICURVE_SCREENSHOT_DIR to keep the screenshots (docs/screenshots is made 
 """
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
+from tests.helpers.browser import BROWSER_MARKS, NOTICE, keep_screenshot, start_server, stop_server
+# benchmarks/ (app_latency, team_load, teach_redraw) still import these from here; new code takes tests.helpers.browser
+from tests.helpers.browser import CHROMIUM, CHROMIUM_ARGS  # noqa: F401
+from tests.helpers.models import phantom_png, promote_tiny_classifier
+from tests.helpers.wait import wait_for_text
 
-import pytest
-
-from test_app_predict import phantom_png, promote_tiny_classifier
-
-ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-NOTICE = "Research and teaching use only"
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed (apt-get install chromium)"),
-]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(home: Path, log_path: Path, launcher: tuple[str, ...] = ("streamlit", "run", "app.py")
-                 ) -> tuple[subprocess.Popen, str]:
-    """`streamlit run app.py` (or ``launcher``: ``("ui.serve",)``, the README's command) on a free loopback port, in
-    its own process group; returns once it answers."""
-    port = free_port()
-    env = dict(os.environ, CERVICURVE_HOME=str(home), OMP_NUM_THREADS="2")
-    env.pop("CERVICURVE_DB", None)
-    command = [sys.executable, "-m", *launcher, "--server.port", str(port),
-               "--server.headless", "true", "--server.address", "127.0.0.1",
-               "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
-    log = open(log_path, "wb")
-    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as answer:
-                if answer.status == 200:
-                    return server, url
-        except OSError:
-            time.sleep(0.2)
-        if server.poll() is not None:
-            break
-    stop_server(server)
-    raise RuntimeError(f"streamlit did not start: {log_path.read_text(errors='replace')[-2000:]}")
-
-
-def stop_server(server: subprocess.Popen) -> None:
-    try:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=15)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
-
-
-def keep_screenshot(path: Path, name: str) -> None:
-    folder = os.environ.get("CERVICURVE_SCREENSHOT_DIR")
-    if folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, Path(folder) / name)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+pytestmark = BROWSER_MARKS
 
 
 def test_empty_workspace_shows_the_notice_and_the_demo_offer(browser, tmp_path):
@@ -164,11 +84,7 @@ def test_the_readme_launcher_loads_the_models_before_any_page_opens(browser, tmp
     log = tmp_path / "server.log"
     server, url = start_server(home, log, launcher=("ui.serve",))
     try:
-        deadline = time.monotonic() + 120
-        while "the promoted models are loaded" not in log.read_text(errors="replace"):
-            assert time.monotonic() < deadline, log.read_text(errors="replace")[-2000:]
-            assert server.poll() is None, log.read_text(errors="replace")[-2000:]
-            time.sleep(0.2)
+        wait_for_text(log, "the promoted models are loaded", timeout=120, alive=server)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url)
         page.get_by_text(NOTICE).first.wait_for(timeout=30_000)

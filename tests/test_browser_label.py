@@ -25,19 +25,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_browser import CHROMIUM, CHROMIUM_ARGS, NOTICE, keep_screenshot, start_server, stop_server
-from test_labels import unlabeled_phantoms
+from tests.helpers.browser import BROWSER_MARKS, NOTICE, keep_screenshot, start_server, stop_server
+from tests.helpers.films import unlabeled_phantoms
 
 BY_HAND = int(os.environ.get("CERVICURVE_LABEL_FILMS", "4"))
 FOR_TRAINING = 9  # the splits need 3 patients per class
 WITH_DRAFT = 4
 BEFORE = {"seconds_first_film": 68.0, "actions_first_film": 29}  # the user test, streamlit-drawable-canvas
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed (apt-get install chromium)"),
-]
+pytestmark = BROWSER_MARKS
 
 # Every control (button, widget label) with a text that does not fit: a cut text is wider than the box that shows
 # it (scrollWidth > clientWidth). Boxes a few pixels wide are screen-reader-only parts, not text shown.
@@ -319,16 +315,6 @@ def use_the_rest(ui: LabelPage, case, image_id: int, store, shot: Path | None) -
     expected[21:] = np.nan
     assert np.allclose(reading.landmarks, expected, atol=0.6 / zoomed + 0.01, equal_nan=True)
     assert reading.curvature_class == case.curvature_class
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def test_label_films_by_mouse(browser, tmp_path, monkeypatch):

@@ -11,14 +11,10 @@ import io
 import pytest
 from PIL import Image
 
-from test_app_predict import phantom_png, promote_tiny_classifier
-from test_browser import CHROMIUM, NOTICE, browser, start_server, stop_server  # noqa: F401  (browser: a fixture)
+from tests.helpers.browser import BROWSER_MARKS, NOTICE, start_server, stop_server
+from tests.helpers.models import phantom_png, promote_tiny_classifier
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed (apt-get install chromium)"),
-]
+pytestmark = BROWSER_MARKS
 
 VIEWER = "iframe[title*='film_viewer']"
 BOX_RGB = (255, 200, 0)  # core.inference.report.BOX_COLOUR, as the viewer draws it

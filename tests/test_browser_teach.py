@@ -7,19 +7,14 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 
 import pytest
 
 from core.settings import CLASSES
-from test_app_predict import promote_tiny_classifier
-from test_browser import CHROMIUM, NOTICE, browser, keep_screenshot, start_server, stop_server  # noqa: F401
+from tests.helpers.browser import BROWSER_MARKS, NOTICE, keep_screenshot, start_server, stop_server
+from tests.helpers.models import promote_tiny_classifier
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed (apt-get install chromium)"),
-]
+pytestmark = BROWSER_MARKS
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pytest
 
-from test_app_predict import promote_tiny_classifier
-from test_browser import CHROMIUM
+from tests.helpers.browser import BROWSER_MARKS
+from tests.helpers.models import promote_tiny_classifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import team_load  # noqa: E402
@@ -20,11 +19,7 @@ SESSIONS = 8
 FILM_PX = 256
 TIMEOUT_S = 300  # the whole run: page loads, the cold model load and all 8 results
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed (apt-get install chromium)"),
-]
+pytestmark = BROWSER_MARKS
 
 
 def test_eight_sessions_uploading_at_once_each_get_a_result_without_errors(tmp_path):

@@ -7,15 +7,13 @@ from __future__ import annotations
 import time
 
 import psutil
-import pytest
 
 from core.runs import launch, layout
-from test_browser import CHROMIUM, NOTICE, browser, keep_screenshot, start_server, stop_server  # noqa: F401
-from test_jobs import wait_for
-from test_train import import_tiny
+from tests.helpers.browser import BROWSER_MARKS, NOTICE, keep_screenshot, start_server, stop_server
+from tests.helpers.tiny import import_tiny
+from tests.helpers.wait import wait_for
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow,
-              pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed")]
+pytestmark = BROWSER_MARKS
 
 # markers drawn in the first trace of the first curve (the loss): one per finished epoch
 POINTS_JS = """() => {
@@ -31,7 +29,7 @@ def set_field(page, label: str, value: str) -> None:
     page.wait_for_timeout(600)
 
 
-def test_start_a_run_and_watch_the_curve_gain_a_point(browser, tmp_path, monkeypatch):  # noqa: F811
+def test_start_a_run_and_watch_the_curve_gain_a_point(browser, tmp_path, monkeypatch):
     from playwright.sync_api import expect
 
     home = tmp_path / "workspace"
@@ -82,7 +80,7 @@ def test_start_a_run_and_watch_the_curve_gain_a_point(browser, tmp_path, monkeyp
         stop_server(server)
 
 
-def test_two_runs_side_by_side_on_the_runs_page(browser, tmp_path, monkeypatch):  # noqa: F811
+def test_two_runs_side_by_side_on_the_runs_page(browser, tmp_path, monkeypatch):
     home = tmp_path / "workspace"
     home.mkdir()
     monkeypatch.setenv("CERVICURVE_HOME", str(home))

@@ -1,0 +1,89 @@
+"""The real app for browser tests: the system chromium's arguments, a `streamlit run` server on a free loopback port,
+screenshots kept on request. The ``browser`` fixture (playwright's chromium) is in tests/conftest.py.
+
+Needs /usr/bin/chromium (`apt-get install chromium`; scripts/test.sh installs it when run as root).
+Set CERVICURVE_SCREENSHOT_DIR to keep the screenshots (docs/screenshots is made this way).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT
+from tests.helpers.wait import wait_for
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+NOTICE = "Research and teaching use only"
+
+# A browser test module's marks: `pytestmark = BROWSER_MARKS` (slow: not in the fast lane, `pytest -m "not slow"`).
+BROWSER_MARKS = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed (apt-get install chromium)"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(home: Path, log_path: Path, launcher: tuple[str, ...] = ("streamlit", "run", "app.py"),
+                 timeout: float = 60.0) -> tuple[subprocess.Popen, str]:
+    """`streamlit run app.py` (or ``launcher``: ``("ui.serve",)``, the README's command) on a free loopback port, in
+    its own process group; returns once its health check answers."""
+    port = free_port()
+    env = dict(os.environ, CERVICURVE_HOME=str(home), OMP_NUM_THREADS="2")
+    env.pop("CERVICURVE_DB", None)
+    command = [sys.executable, "-m", *launcher, "--server.port", str(port),
+               "--server.headless", "true", "--server.address", "127.0.0.1",
+               "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
+    log = open(log_path, "wb")
+    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        if server.poll() is not None:
+            raise RuntimeError("the server exited")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as answer:
+                return answer.status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_for(healthy, timeout, every=0.2)
+    except (AssertionError, RuntimeError) as error:
+        stop_server(server)
+        raise RuntimeError(f"streamlit did not start ({error}): {log_path.read_text(errors='replace')[-2000:]}")
+    return server, url
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    try:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=15)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
+def keep_screenshot(path: Path, name: str) -> None:
+    folder = os.environ.get("CERVICURVE_SCREENSHOT_DIR")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, Path(folder) / name)
