@@ -126,6 +126,18 @@ def test_cli_trains_a_run_folder_that_the_pipeline_can_load(home, tmp_path):
     val = json.loads(scored.stdout)
     assert val["split"] == "val" and val["images"] == 3 and val["cobb_mae_deg"] is not None
     assert json.loads((run_dir / "val_report.json").read_text()) == val
+    # `analyse`: per-landmark errors and the model-vs-truth Bland-Altman limits the Runs page plots
+    analysed = subprocess.run([sys.executable, "-m", "core", "analyse", str(run_dir), "--split", "val"], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=300)
+    assert analysed.returncode == 0, analysed.stderr[-2000:]
+    analysis = json.loads((run_dir / "val_analysis.json").read_text())
+    assert len(analysis["per_landmark"]) == 23 and analysis["images"] + analysis["missed"] == 3
+    limits = analysis["bland_altman"]  # the three val phantoms' true landmarks always give an angle
+    differences = np.array(limits["difference_deg"])
+    assert len(limits["mean_deg"]) == len(differences) == len(limits["image_ids"]) >= 2
+    assert limits["bias_deg"] == pytest.approx(differences.mean())
+    assert limits["upper_deg"] - limits["lower_deg"] == pytest.approx(2 * 1.96 * differences.std(ddof=1))
+    assert json.loads(analysed.stdout)["bland_altman"]["bias_deg"] == pytest.approx(limits["bias_deg"])
 
     # a safe checkpoint (no pickled code) that says what it is
     data = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)

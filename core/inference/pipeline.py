@@ -7,7 +7,7 @@ same window) -> crop -> classify
 checkpoint's ``input_size`` and ``roi_margin`` and ``core.training.crops.normalise`` with its normalisation, so
 inference sees exactly what training saw.
 
-Models default to the promoted ones (``core.promotion.promoted_model``). Without a classifier nothing can be
+Models default to the promoted ones (``core.runs.promotion.promoted_model``). Without a classifier nothing can be
 predicted (:class:`ModelMissing`). Without a detector box the ROI comes from the landmarks of a
 whole-image landmark model, and failing that the whole image is classified and the result is flagged
 low-confidence. Without a landmark model (or, for an ROI-crop one, without a box) there are no measurements.
@@ -120,7 +120,7 @@ class Prediction:
         return float(max(self.probabilities.values()))
 
     def to_json(self, cam_path: str | Path | None = None) -> dict:
-        """The ``predict --json`` object of DESIGN.md. ``class`` and ``probabilities`` are the network's own answer;
+        """The ``predict --json`` object (README, "Command line"). ``class`` and ``probabilities`` are the network's own answer;
         ``verdict`` is the result (``verdict.class`` None: not judged), the same as the page, table and report."""
         verdict = self.verdict
         measurements = None

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.evaluation.agreement import bland_altman
 from core.data.measure import LANDMARK_NAMES, LandmarkError, infer_facing, measure_landmarks, roi_box_from_landmarks
 from core.runs import layout
 from core.runs.configs import ConfigError
@@ -63,14 +64,12 @@ def landmark_analysis(run_dir: Path, config: dict, split: str) -> dict:
                                 "median_error_px": float(np.nanmedian(errors[:, k])) if images else None}
                                for k, name in enumerate(LANDMARK_NAMES)],
               "bland_altman": None}
-    if len(angles) >= 2:
-        truth_deg, predicted_deg = np.array([a[0] for a in angles]), np.array([a[1] for a in angles])
-        difference = predicted_deg - truth_deg
-        bias, sd = float(difference.mean()), float(difference.std(ddof=1))
+    # the model against the truth, as agreement.py compares two annotators: difference = predicted - truth
+    limits = bland_altman([a[1] for a in angles], [a[0] for a in angles])
+    if limits is not None:
         result["bland_altman"] = {
-            "mean_deg": ((truth_deg + predicted_deg) / 2).tolist(), "difference_deg": difference.tolist(),
-            "image_ids": [a[2] for a in angles], "bias_deg": bias, "sd_deg": sd,
-            "lower_deg": bias - 1.96 * sd, "upper_deg": bias + 1.96 * sd}
+            "mean_deg": limits.means, "difference_deg": limits.differences, "image_ids": [a[2] for a in angles],
+            "bias_deg": limits.bias, "sd_deg": limits.sd, "lower_deg": limits.lower, "upper_deg": limits.upper}
     return result
 
 
