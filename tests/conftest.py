@@ -78,3 +78,40 @@ def database(request, workspace, monkeypatch):
     postgres_server.drop_database(url)
     # Nothing went around CERVICURVE_DB to the workspace's SQLite file.
     assert not (workspace / "cervicurve.db").exists(), "a SQLite store was opened in a PostgreSQL test"
+
+
+# ---------------------------------------------------------------------- a tiny promoted classifier (trains: slow)
+@pytest.fixture(scope="module")
+def model_home(tmp_path_factory) -> Path:
+    """A workspace with a tiny classifier trained (one epoch, ~15 s) and promoted, once per test module."""
+    from tests.helpers.models import promote_tiny_classifier
+
+    home = tmp_path_factory.mktemp("model") / "workspace"
+    promote_tiny_classifier(home)
+    return home
+
+
+@pytest.fixture()
+def with_model(model_home, monkeypatch, request) -> Path:
+    """$CERVICURVE_HOME is ``model_home`` for this test."""
+    monkeypatch.setenv("CERVICURVE_HOME", str(model_home))
+    if "database" not in request.fixturenames:  # else: its PostgreSQL database, or (sqlite) none set either
+        monkeypatch.delenv("CERVICURVE_DB", raising=False)  # the home's own SQLite file
+    return model_home
+
+
+@pytest.fixture(scope="module")
+def judged_home(model_home, tmp_path_factory) -> Path:
+    """``model_home``'s classifier without its out-of-distribution references, so that its class is the verdict
+    (tests.helpers.models.without_ood_references says why)."""
+    from tests.helpers.models import without_ood_references
+
+    return without_ood_references(model_home, tmp_path_factory.mktemp("judged") / "workspace")
+
+
+@pytest.fixture()
+def with_judging_model(judged_home, monkeypatch) -> Path:
+    """$CERVICURVE_HOME is ``judged_home`` for this test."""
+    monkeypatch.setenv("CERVICURVE_HOME", str(judged_home))
+    monkeypatch.delenv("CERVICURVE_DB", raising=False)
+    return judged_home

@@ -72,7 +72,7 @@ def test_bland_altman_and_landmark_distance():
 
 
 def test_team_report_on_two_readers_in_a_real_store(workspace):
-    from test_labels import unlabeled_phantoms
+    from tests.helpers.films import unlabeled_phantoms
 
     from core.data.store import AnnotationStore
 

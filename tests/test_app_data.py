@@ -143,7 +143,7 @@ def test_dicom_files_are_imported_de_identified(workspace):
 
 
 def test_bad_input_corpus_gets_a_message_for_each_file_and_nothing_is_stored(workspace):
-    from test_bad_inputs import ARCHIVES, IMAGES, workspace_is_empty
+    from tests.helpers.bad_inputs import ARCHIVES, IMAGES, workspace_is_empty
 
     from PIL import Image as PILImage
 

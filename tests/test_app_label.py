@@ -17,7 +17,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.data.store import AnnotationStore
 from core.settings import CLASSES
-from test_labels import unlabeled_phantoms
+from tests.helpers.films import unlabeled_phantoms
 from ui import canvas, label_workflow
 from ui.label_workflow import Annotation, LabelQueue
 

@@ -1,8 +1,8 @@
-"""Predict page through AppTest, with a real (tiny) classifier trained and promoted the way the app does it."""
+"""Predict page through AppTest, with a real (tiny) classifier trained and promoted the way the app does it (the
+``with_model`` / ``with_judging_model`` fixtures of tests/conftest.py)."""
 from __future__ import annotations
 
 import io
-import json
 import os
 from pathlib import Path
 
@@ -13,122 +13,13 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from core.settings import CLASSES
-
-ROOT = Path(__file__).resolve().parents[1]
-APP = str(ROOT / "app.py")
-
-
-def phantom_png(curvature_class: str, seed: int, size: int = 128) -> bytes:
-    from core.data.phantom import generate_case
-
-    case = generate_case(seed, size=size, curvature_class=curvature_class)
-    buffer = io.BytesIO()
-    Image.fromarray(case.image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def promote_tiny_classifier(home: Path) -> Path:
-    """Train a 32 px plain CNN for one epoch on 9 phantoms with core.training.classify, promote it; ~15 s on 2 cores.
-
-    Shared with tests/test_browser.py and benchmarks/app_latency.py.
-    """
-    from core.runs import layout, promotion
-    from core.training import classify
-    from core.data.datasets import TrainingItem
-    from core.data.phantom import generate_case
-    from core.runs.configs import ClassifyConfig
-
-    previous = os.environ.get("CERVICURVE_HOME")
-    os.environ["CERVICURVE_HOME"] = str(home)
-    try:
-        images = home / "train_images"
-        images.mkdir(parents=True, exist_ok=True)
-        items: dict[str, list] = {"train": [], "val": []}
-        number = 0
-        for split, per_class in (("train", 2), ("val", 1)):
-            for label, name in enumerate(CLASSES):
-                for _ in range(per_class):
-                    case = generate_case(500 + number, size=128, curvature_class=name)
-                    path = images / f"{split}_{number}.png"
-                    Image.fromarray(case.image).save(path)
-                    items[split].append(TrainingItem(path=path, label=label, roi_box=case.roi_box,
-                                                     landmarks=case.landmarks, patient_id=f"P{number}",
-                                                     image_id=number))
-                    number += 1
-        config = ClassifyConfig.from_dict({"model": "cnn", "epochs": 1, "batch_size": 4, "input_size": 32,
-                                           "workers": 0, "n_boot": 0, "device": "cpu", "augment": False,
-                                           "warmup_epochs": 0})
-        run_dir = classify.train(config, items=items)
-        return promotion.promote(run_dir)
-    finally:
-        if previous is None:
-            os.environ.pop("CERVICURVE_HOME", None)
-        else:
-            os.environ["CERVICURVE_HOME"] = previous
-
-
-@pytest.fixture(scope="module")
-def model_home(tmp_path_factory) -> Path:
-    home = tmp_path_factory.mktemp("predict") / "workspace"
-    promote_tiny_classifier(home)
-    return home
-
-
-@pytest.fixture()
-def with_model(model_home, monkeypatch) -> Path:
-    monkeypatch.setenv("CERVICURVE_HOME", str(model_home))
-    monkeypatch.delenv("CERVICURVE_DB", raising=False)
-    return model_home
-
-
-@pytest.fixture(scope="module")
-def judged_home(model_home, tmp_path_factory) -> Path:
-    """The tiny classifier as a checkpoint from before out-of-distribution references existed (the same weights,
-    its meta without them): nothing flags a film then, so the network's class is the verdict. The one-epoch model
-    finds every film unlike its six phantoms otherwise, and the page's judged path would go untested."""
-    import shutil
-
-    import torch
-
-    home = tmp_path_factory.mktemp("judged") / "workspace"
-    shutil.copytree(model_home / "promoted", home / "promoted")
-    path = home / "promoted" / "classify" / "best.pt"
-    checkpoint = torch.load(path, weights_only=True)
-    for key in ("ood_reference", "ood_image_reference"):
-        checkpoint["meta"].pop(key)
-    torch.save(checkpoint, path)
-    return home
-
-
-@pytest.fixture()
-def with_judging_model(judged_home, monkeypatch) -> Path:
-    monkeypatch.setenv("CERVICURVE_HOME", str(judged_home))
-    monkeypatch.delenv("CERVICURVE_DB", raising=False)
-    return judged_home
-
-
-def predict_page() -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=60).run()  # Predict is the default page
-    assert not at.exception
-    return at
-
-
-def upload(at: AppTest, *files: tuple[str, bytes]) -> AppTest:
-    at.file_uploader(key="predict_upload").set_value([(name, data, "application/octet-stream") for name, data in files])
-    at.run()
-    assert not at.exception
-    return at
+from tests.helpers import ROOT
+from tests.helpers.models import phantom_png, promote_tiny_classifier
+from tests.helpers.pages import APP, film_view, predict_page, upload
 
 
 def result_heading(at: AppTest) -> str:
     return next(s.value for s in at.subheader if ":" in s.value)
-
-
-def film_view(at: AppTest) -> dict:
-    """The arguments the page gives the reading view (ui/components/film_viewer), which AppTest cannot draw: what
-    the browser gets is all it can show."""
-    [viewer] = [e for e in at.get("component_instance") if e.proto.component_name.endswith("film_viewer")]
-    return json.loads(viewer.proto.json_args)
 
 
 def picture_captions(at: AppTest) -> list[str]:
@@ -284,7 +175,7 @@ def run_page_in_a_fresh_process(extra: str, **env: str) -> str:
     import sys
 
     script = (
-        "import sys, time\n"
+        "import sys\n"
         "from streamlit.testing.v1 import AppTest\n"
         f"at = AppTest.from_file({APP!r}, default_timeout=60).run()\n"
         "assert not at.exception, at.exception\n" + extra
@@ -307,9 +198,11 @@ def test_once_drawn_the_page_loads_the_model_in_the_background(with_model):
         "def loaded():  # classifiers in the per-process model cache (None while it is being imported)\n"
         "    cache = getattr(sys.modules.get('core.inference.models'), 'CACHE', None)\n"
         "    return sum(key[0] == 'classify' for key in cache.keys()) if cache else 0\n"
-        "deadline = time.monotonic() + 120\n"
-        "while time.monotonic() < deadline and not loaded():\n"
-        "    time.sleep(0.2)\n"
+        "from tests.helpers.wait import wait_for\n"
+        "try:\n"
+        "    wait_for(loaded, timeout=120, every=0.2)\n"
+        "except AssertionError:\n"
+        "    pass  # print what there is: the assertion below says it\n"
         "print(loaded())\n"
         # let the preload thread finish its warm-up: a process leaving while torch works in a daemon thread can
         # abort in C++ ('terminate called without an active exception', seen on a busy machine)

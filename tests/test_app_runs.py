@@ -16,9 +16,9 @@ from streamlit.testing.v1.errors import AppTestError
 
 from core import settings
 from core.runs import launch, layout, promotion
-from test_app_train import RUNS, texts
-from test_jobs import wait_for
-from test_train import import_tiny
+from tests.helpers.pages import RUNS, texts
+from tests.helpers.tiny import import_tiny
+from tests.helpers.wait import wait_for
 
 RUN = {"model": "cnn", "dataset": "tiny", "input_size": 32, "batch_size": 4, "n_boot": 50, "epochs": 2,
        "warmup_epochs": 0}

@@ -6,58 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.inference import teaching
 from core.settings import CLASSES
-from test_app_predict import promote_tiny_classifier
-
-ROOT = Path(__file__).resolve().parents[1]
-APP = str(ROOT / "app.py")
-
-
-@pytest.fixture(scope="module")
-def model_home(tmp_path_factory) -> Path:
-    home = tmp_path_factory.mktemp("teach") / "workspace"
-    promote_tiny_classifier(home)
-    return home
-
-
-@pytest.fixture()
-def with_model(model_home, monkeypatch, request) -> Path:
-    monkeypatch.setenv("CERVICURVE_HOME", str(model_home))
-    if "database" not in request.fixturenames:  # else: its PostgreSQL database, or (sqlite) none set either
-        monkeypatch.delenv("CERVICURVE_DB", raising=False)  # the home's own SQLite file
-    return model_home
-
-
-@pytest.fixture(scope="module")
-def judged_home(model_home, tmp_path_factory) -> Path:
-    """The tiny classifier as a checkpoint from before out-of-distribution references existed (same weights, its meta
-    without them): nothing flags a film then, so the network's class is the verdict. With them, the one-epoch model
-    finds every Explore phantom unlike its six training phantoms, and the judged path would go untested."""
-    import shutil
-
-    import torch
-
-    home = tmp_path_factory.mktemp("teach_judged") / "workspace"
-    shutil.copytree(model_home / "promoted", home / "promoted")
-    path = home / "promoted" / "classify" / "best.pt"
-    checkpoint = torch.load(path, weights_only=True)
-    for key in ("ood_reference", "ood_image_reference"):
-        checkpoint["meta"].pop(key)
-    torch.save(checkpoint, path)
-    return home
-
-
-@pytest.fixture()
-def with_judging_model(judged_home, monkeypatch) -> Path:
-    monkeypatch.setenv("CERVICURVE_HOME", str(judged_home))
-    monkeypatch.delenv("CERVICURVE_DB", raising=False)
-    return judged_home
+from tests.helpers.pages import APP
 
 
 def teach_page(part: str = "Explore") -> AppTest:

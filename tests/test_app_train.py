@@ -24,14 +24,11 @@ from streamlit.testing.v1.errors import AppTestError
 from core.runs import hardware, launch, layout, registry, reports
 from core.runs.configs import ClassifyConfig, CompareConfig, HeatmapConfig, YoloConfig
 from ui.run_views import setting_for
-from test_jobs import wait_for
-from test_train import import_tiny
+from tests.helpers import ROOT
+from tests.helpers.pages import APP, RUNS, fill, page, start, texts, widget
+from tests.helpers.tiny import import_tiny
+from tests.helpers.wait import stand_in_process, stop, wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
-TRAIN = str(ROOT / "pages" / "train.py")
-RUNS = str(ROOT / "pages" / "runs.py")
-APP = str(ROOT / "app.py")
-TINY = {"epochs": 40, "batch_size": 4, "input_size": "32", "warmup_epochs": 0, "patience": 0}
 FAST = {"model": "cnn", "dataset": "tiny", "input_size": 32, "batch_size": 4, "n_boot": 20, "warmup_epochs": 0,
         "patience": 0}
 
@@ -41,36 +38,6 @@ def tiny(workspace, monkeypatch):
     monkeypatch.setenv("CERVICURVE_THREADS", "1")
     import_tiny(workspace)
     return workspace
-
-
-def page(path: str = TRAIN) -> AppTest:
-    at = AppTest.from_file(path, default_timeout=60).run()
-    assert not at.exception, at.exception
-    return at
-
-
-def widget(at: AppTest, name: str, config: str = "ClassifyConfig"):
-    """The settings widget of config key ``name``, whatever kind it is."""
-    key = f"train_{config}_{name}"
-    for kind in ("number_input", "text_input", "checkbox", "selectbox"):
-        found = [w for w in at.get(kind) if w.key == key]
-        if found:
-            return found[0]
-    raise KeyError(key)
-
-
-def fill(at: AppTest, model: str = "cnn", **values) -> AppTest:
-    at.selectbox(key="train_model").set_value(model).run()
-    for name, value in {**TINY, **values}.items():
-        widget(at, name).set_value(int(value) if isinstance(widget(at, name).value, int) else value).run()
-    at.text_area(key="train_extra_ClassifyConfig").set_value("n_boot=20").run()
-    assert not at.exception
-    return at
-
-
-def texts(at: AppTest) -> str:
-    parts = [e.value for kind in ("markdown", "caption", "error", "info", "success", "warning") for e in at.get(kind)]
-    return "\n".join(str(p) for p in parts)
 
 
 def test_each_setting_is_the_widget_of_its_type_with_plain_words(tiny):
@@ -148,13 +115,6 @@ def test_the_gpu_panel_shows_nvml_readings(tiny, monkeypatch):
     at = page()
     shown = texts(at)
     assert "GPU 0: NVIDIA H200" in shown and "2.0 / 140.4 GiB" in shown and "37.0 %" in shown and "41.0 °C" in shown
-
-
-def start(at: AppTest) -> Path:
-    at.button(key="train_start").click().run()
-    assert not at.exception and not at.error, [e.value for e in at.error]
-    [run] = layout.list_runs()[:1]
-    return Path(run.run_dir)
 
 
 def poll_page(at: AppTest, predicate, timeout: float = 180.0):
@@ -262,9 +222,8 @@ def test_one_state_everywhere_and_a_time_estimate_before_the_first_epoch(tiny):
 def test_a_run_started_by_one_app_process_is_seen_and_cancelled_by_a_new_one(tiny):
     script = textwrap.dedent(f"""
         import sys
-        sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]
-        from streamlit.testing.v1 import AppTest
-        from test_app_train import fill, page, start
+        sys.path[:0] = [{str(ROOT)!r}]
+        from tests.helpers.pages import fill, page, start
         print(start(fill(page(), epochs="500")))
     """)
     env = dict(os.environ, CERVICURVE_HOME=str(tiny), PYTHONPATH=str(ROOT))
@@ -296,7 +255,7 @@ def test_a_dead_run_shows_as_interrupted_never_as_running(tiny):
 def test_the_final_step_after_the_last_epoch_is_announced(tiny):
     # A process standing in for a trainer in its final step (what classify's _finish_run writes): the page shows
     # the step, the bar its epochs, and the chooser the same state.
-    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "core-final-step"])
+    stand_in = stand_in_process("core-final-step")
     try:
         run_dir = layout.new_run_dir("cnn")
         (run_dir / layout.CONFIG_FILE).write_text("task: classify\nmodel: cnn\ndataset: tiny\nepochs: 6\n")
@@ -308,8 +267,7 @@ def test_the_final_step_after_the_last_epoch_is_announced(tiny):
         assert any(s.value == "**Running** on cpu — final step: calibrating on validation" for s in at.success)
         assert progress_text(at) == "4 of 6 epochs done (stopped early) · final step"
     finally:
-        stand_in.kill()
-        stand_in.wait()
+        stop(stand_in)
 
 
 @pytest.mark.parametrize("status,label,headline,progress", [

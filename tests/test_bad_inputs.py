@@ -2,11 +2,6 @@
 and nothing reaches the workspace."""
 from __future__ import annotations
 
-import io
-import stat
-import struct
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -15,101 +10,7 @@ from PIL import Image
 
 from core.cli import main as cli_main
 from core.data.imaging import ImageReadError, read_image, require_usable
-from core.data.store import AnnotationStore
-
-
-def _png(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _huge_png(side: int = 20_000) -> bytes:
-    """A real 20,000 x 20,000 1-bit PNG (400 Mpixels) in ~50 KB: every row zero."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    row = b"\0" * (1 + side // 8)
-    packer = zlib.compressobj(9)
-    idat = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
-            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
-
-
-def _dicom(rgb: bool = False, pixels: bool = True) -> bytes:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.PatientName, ds.PatientID, ds.Modality = "BAD^INPUT", "BAD-1", "OT"
-    if pixels:
-        ds.Rows = ds.Columns = 64
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-        ds.SamplesPerPixel = 3 if rgb else 1
-        ds.PhotometricInterpretation = "RGB" if rgb else "MONOCHROME2"
-        if rgb:
-            ds.PlanarConfiguration = 0
-        ds.PixelData = np.random.default_rng(0).integers(0, 255, (64, 64, ds.SamplesPerPixel), np.uint8).tobytes()
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
-def _zip(members: list[tuple[zipfile.ZipInfo | str, bytes]]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for info, data in members:
-            archive.writestr(info, data)
-    return buffer.getvalue()
-
-
-def _lying_zip_bomb() -> bytes:
-    """8 MB of zeros whose central directory claims 100 bytes: zipfile stops at the claimed size, the CRC fails."""
-    data = bytearray(_zip([("spines/normal/bomb.png", b"\0" * (8 << 20))]))
-    central = data.rfind(b"PK\x01\x02")
-    data[central + 24:central + 28] = struct.pack("<I", 100)  # uncompressed size
-    return bytes(data)
-
-
-def _declared_zip_bomb() -> bytes:
-    """A member declaring 3 GB, over the 2 GB limit: refused before anything inflates."""
-    data = bytearray(_zip([("spines/normal/big.png", b"\0" * 1024)]))
-    central = data.rfind(b"PK\x01\x02")
-    data[central + 24:central + 28] = struct.pack("<I", 3 * 1024**3)
-    return bytes(data)
-
-
-def _link(name: str) -> zipfile.ZipInfo:
-    info = zipfile.ZipInfo(name)
-    info.external_attr = (stat.S_IFLNK | 0o777) << 16
-    return info
-
-
-# file name -> (bytes, what the message says)
-IMAGES = {
-    "empty.png": (b"", "the file is empty"),
-    "truncated.png": (_png(np.full((64, 64), 128, np.uint8))[:60], "PNG"),
-    "notes.png": (b"Patient notes, not an image\n" * 4, "not a supported image"),
-    "huge.png": (_huge_png(), "decompression bomb"),
-    "dot.png": (_png(np.full((1, 1), 200, np.uint8)), "only 1 x 1 pixels"),
-    "blank16.tif": (None, "blank (one value everywhere"),
-    "rgb.dcm": (_dicom(rgb=True), "colour DICOM (RGB)"),
-    "nopixels.dcm": (_dicom(pixels=False), "no pixel data"),
-}
-ARCHIVES = {
-    "lying_bomb.zip": (_lying_zip_bomb(), "the archive is damaged"),
-    "declared_bomb.zip": (_declared_zip_bomb(), "would inflate to 3.0 GB"),
-    "absolute.zip": (_zip([("spines/normal/a.png", b"x"), (zipfile.ZipInfo("/etc/cron.d/evil"), b"* * * * * boom")]),
-                     "absolute path"),
-    "link.zip": (_zip([("spines/normal/a.png", b"x"), (_link("spines/normal/passwd.png"), b"/etc/passwd")]),
-                 "symbolic link"),
-}
+from tests.helpers.bad_inputs import ARCHIVES, IMAGES, workspace_is_empty
 
 
 @pytest.fixture(scope="module")
@@ -126,13 +27,6 @@ def corpus(tmp_path_factory) -> Path:
     for name, (data, _) in ARCHIVES.items():
         (root / name).write_bytes(data)
     return root
-
-
-def workspace_is_empty(workspace: Path) -> bool:
-    stored = [p for p in (workspace / "images").rglob("*") if p.is_file()] if (workspace / "images").exists() else []
-    scratch = list((workspace / "uploads").rglob("*")) if (workspace / "uploads").exists() else []
-    with AnnotationStore() as store:
-        return not stored and not scratch and store.images() == []
 
 
 @pytest.mark.parametrize("name", IMAGES)

@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 
-from test_train import ROOT, import_tiny, metric_rows, subprocess_env
+from tests.helpers import ROOT
+from tests.helpers.tiny import import_tiny, metric_rows, subprocess_env
 
 
 @pytest.mark.slow

@@ -156,7 +156,7 @@ def test_the_train_page_offers_to_fine_tune_the_promoted_model(team_home, monkey
     from streamlit.testing.v1 import AppTest
 
     from core.runs import layout
-    from test_jobs import wait_for
+    from tests.helpers.wait import wait_for
 
     monkeypatch.setenv("CERVICURVE_HOME", str(team_home))
     monkeypatch.setenv("CERVICURVE_THREADS", "1")

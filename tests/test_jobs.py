@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -13,9 +12,9 @@ import torch
 from core import settings
 from core.runs import launch, layout, promotion
 from core.cli import main as cli_main
-from test_train import import_tiny
-
-FAST = {"model": "cnn", "dataset": "tiny", "input_size": 64, "batch_size": 4, "n_boot": 20}
+from tests.helpers.tiny import FAST_CONFIG as FAST
+from tests.helpers.tiny import import_tiny
+from tests.helpers.wait import wait_for
 
 
 @pytest.fixture()
@@ -23,16 +22,6 @@ def tiny(workspace, monkeypatch):
     monkeypatch.setenv("CERVICURVE_THREADS", "1")  # shared 2-core machine: one thread per run
     import_tiny(workspace)
     return workspace
-
-
-def wait_for(predicate, timeout: float = 180.0, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s")
 
 
 def alive(pid: int) -> bool:

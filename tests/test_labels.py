@@ -11,33 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from core.data import labels
 from core.data.store import AnnotationStore
+from tests.helpers.films import unlabeled_phantoms
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def unlabeled_phantoms(home: Path, n: int, *, dataset: str = "films", size: int = 128, seed: int = 100) -> list:
-    """Write ``n`` phantom PNGs and import them with a manifest that gives no labels; returns the PhantomCases
-    (their ground truth: class, box, landmarks) in image-id order. Shared by the other labeling tests."""
-    from core.data.importers import import_csv
-    from core.data.phantom import generate_case
-    from core.settings import CLASSES
-
-    source = home.parent / f"{dataset}_source"
-    (source / "images").mkdir(parents=True, exist_ok=True)
-    cases, lines = [], ["path,label,patient_id"]
-    for i in range(n):
-        case = generate_case(seed + i, size=size, curvature_class=CLASSES[i % 3])
-        Image.fromarray(case.image).save(source / "images" / f"case{i:03d}.png")
-        lines.append(f"images/case{i:03d}.png,,P{i:03d}")
-        cases.append(case)
-    (source / "manifest.csv").write_text("\n".join(lines) + "\n")
-    report = import_csv(source / "manifest.csv", dataset=dataset)
-    assert report.imported == n, report.format()
-    return cases
 
 
 @pytest.fixture()

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_detect import write_box_dataset, write_landmark_dataset
+from tests.helpers.films import write_box_dataset, write_landmark_dataset
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ from core.evaluation import ood
 from core.runs import configs, registry
 from core.settings import CLASSES
 from core.training import checkpoints, classify
-from test_train import FAST, import_tiny
+from tests.helpers.tiny import FAST_OVERRIDES as FAST
+from tests.helpers.tiny import import_tiny
 
 
 def test_held_out_in_distribution_features_are_flagged_about_five_percent_and_shifted_ones_all():
@@ -237,7 +238,8 @@ def test_when_class_and_angle_disagree_the_note_says_which_evidence_wins():
 
 # ------------------------------------------------------------------------------------------ the Predict page
 def test_the_predict_page_warns_on_a_film_unlike_the_training_films(tmp_path, monkeypatch):
-    from test_app_predict import predict_page, promote_tiny_classifier, upload
+    from tests.helpers.models import promote_tiny_classifier
+    from tests.helpers.pages import predict_page, upload
 
     home = tmp_path / "workspace"
     home.mkdir()

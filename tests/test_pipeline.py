@@ -359,8 +359,7 @@ def test_preload_loads_each_model_once_while_a_request_waits_for_it(home, phanto
 def test_a_screenshot_is_not_judged_and_nothing_is_drawn_on_it(home, tmp_path):
     """Not a film (flat panels, a banner, text): no class, no landmarks, endplates or heatmap, whether the detector
     finds nothing (the default threshold) or is made to answer with its best box (threshold 0)."""
-    from test_verdict import colour_pixels, screenshot_png
-
+    from tests.helpers.films import colour_pixels, screenshot_png
     from core.inference import report
     from core.inference.pipeline import NOT_JUDGED_TITLE, Predictor
 

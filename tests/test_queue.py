@@ -6,8 +6,9 @@ import pytest
 
 from core.cli import main as cli_main
 from core.runs import launch, layout, queue
-from test_jobs import FAST, wait_for
-from test_train import import_tiny
+from tests.helpers.tiny import FAST_CONFIG as FAST
+from tests.helpers.tiny import import_tiny
+from tests.helpers.wait import wait_for
 
 
 @pytest.fixture()

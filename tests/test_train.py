@@ -9,13 +9,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
 
 from core.training import checkpoints, classify
 from core.runs import configs, layout, registry
@@ -23,45 +21,9 @@ from core.cli import main as cli_main
 from core.training.crops import NORMALISATION, classifier_crop
 from core.runs.layout import COMMON_COLUMNS
 from core.settings import CLASSES
-
-ROOT = Path(__file__).resolve().parents[1]
-FAST = ["model=cnn", "input_size=64", "batch_size=8", "n_boot=50", "dataset=tiny"]
-
-
-def write_tiny_dataset(folder: Path, patients: int = 30, size: int = 64, seed: int = 0,
-                       missing_box: int | None = None) -> Path:
-    """Phantom-like 64 px radiographs: a bright column bending forward (normal), straight or backward
-    (reversed) inside its ROI box; one patient per image, splits balanced by class. Returns the manifest."""
-    rng = np.random.default_rng(seed)
-    (folder / "images").mkdir(parents=True, exist_ok=True)
-    rows = []
-    for p in range(patients):
-        label = p % 3
-        image = rng.normal(0.25, 0.05, (size, size))
-        ys = np.arange(int(size * 0.15), int(size * 0.85))
-        t = (ys - ys.mean()) / (np.ptp(ys) / 2)
-        xs = size / 2 + (1 - label) * size * 0.15 * (1 - t ** 2) + rng.normal(0, 1.5)
-        for x, y in zip(xs, ys):
-            image[y, max(0, int(x) - 2): int(x) + 3] = 0.9
-        name = f"P{p:03d}.png"
-        Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8)).save(folder / "images" / name)
-        group = (p // 3) % 5  # three patients (one per class) per group: every split holds every class
-        split = {3: "val", 4: "test"}.get(group, "train")
-        box = ["", "", "", ""] if p == missing_box else [size * 0.2, size * 0.1, size * 0.8, size * 0.9]
-        rows.append([f"images/{name}", CLASSES[label], f"P{p:03d}", *box, split])
-    manifest = folder / "manifest.csv"
-    with open(manifest, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "label", "patient_id", "x1", "y1", "x2", "y2", "split"])
-        writer.writerows(rows)
-    return manifest
-
-
-def import_tiny(workspace: Path, name: str = "tiny", **kwargs) -> str:
-    from core.data import importers
-
-    importers.import_csv(write_tiny_dataset(workspace.parent / f"{name}-source", **kwargs), dataset=name)
-    return name
+from tests.helpers import ROOT
+from tests.helpers.tiny import FAST_OVERRIDES as FAST
+from tests.helpers.tiny import import_tiny, metric_rows, subprocess_env
 
 
 @pytest.fixture()
@@ -70,17 +32,6 @@ def tiny(workspace, monkeypatch):
     monkeypatch.setenv("CERVICURVE_THREADS", "1")
     import_tiny(workspace, missing_box=1)
     return workspace
-
-
-def metric_rows(run_dir: Path, drop=("seconds",)) -> list[dict]:
-    with open(run_dir / "metrics.csv", newline="") as handle:
-        return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(handle)]
-
-
-def subprocess_env(workspace: Path) -> dict:
-    env = dict(os.environ, CERVICURVE_HOME=str(workspace), CERVICURVE_THREADS="1", OMP_NUM_THREADS="1",
-               PYTHONPATH=str(ROOT))
-    return env
 
 
 # ---------------------------------------------------------------------------------------------- config

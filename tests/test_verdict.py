@@ -18,14 +18,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from test_app_predict import (film_view, model_home, phantom_png, predict_page,  # noqa: F401  (model_home: a fixture)
-                              upload)
 from core.commands import predict as predict_command
+from tests.helpers import ROOT
+from tests.helpers.films import colour_pixels, screenshot_png
+from tests.helpers.models import phantom_png
+from tests.helpers.pages import film_view, predict_page, upload
 from ui.film_viewer import viewer_args
 
-ROOT = Path(__file__).resolve().parents[1]
 SURE, UNSURE = np.full(23, 0.9), np.full(23, 0.3)
 
 
@@ -64,10 +65,6 @@ def film_prediction(*, flagged: bool, confidence=SURE, spine_found: bool | None 
         ood_reasons=["the classifier's features are 2.4x further from its training films than nearly all "
                      "held-out films"] if flagged else [],
         lead=lead, spine_found=spine_found, angle_missing=None if measured else "the landmark model found no vertebrae")
-
-
-def colour_pixels(image: Image.Image, colour) -> int:
-    return int(np.all(np.asarray(image.convert("RGB")) == np.asarray(colour, dtype=np.uint8), axis=-1).sum())
 
 
 def everywhere(prediction) -> dict:
@@ -220,19 +217,6 @@ def test_long_report_lines_wrap_to_the_page_instead_of_being_cut():
 
 
 # ------------------------------------------------------------------------------------ real page, real CLI
-def screenshot_png(seed: int = 0) -> bytes:
-    """Not a film: flat panels, a coloured banner and lines of text, like a screenshot of this app."""
-    rng = np.random.default_rng(seed)
-    image = Image.new("RGB", (320, 240), (250, 250, 250))
-    draw = ImageDraw.Draw(image)
-    draw.rectangle([0, 0, 60, 240], fill=(240, 242, 246))
-    draw.rectangle([70, 10, 310, 40], fill=(255, 75, 75))
-    for line in range(8):
-        draw.text((80, 50 + 20 * line), f"spine.png: normal ({rng.integers(50, 99)}%) OOD 9.1", fill=(30, 30, 30))
-    draw.rectangle([200, 120, 300, 220], fill=(40, 40, 40))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def noise_png(seed: int) -> bytes:

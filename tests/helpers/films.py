@@ -101,3 +101,26 @@ def write_landmark_dataset(out: Path, train: int = 8, val: int = 3, size: int = 
     (out / "data.yaml").write_text(
         f"path: {out}\ntrain: images/train\nval: images/val\nkpt_shape: [23, 3]\nnames:\n  0: cervical_spine\n")
     return out / "data.yaml"
+
+
+# ------------------------------------------------------------------------------------------ not films, and drawings
+def screenshot_png(seed: int = 0) -> bytes:
+    """Not a film: flat panels, a coloured banner and lines of text, like a screenshot of this app."""
+    import io
+
+    rng = np.random.default_rng(seed)
+    image = Image.new("RGB", (320, 240), (250, 250, 250))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle([0, 0, 60, 240], fill=(240, 242, 246))
+    draw.rectangle([70, 10, 310, 40], fill=(255, 75, 75))
+    for line in range(8):
+        draw.text((80, 50 + 20 * line), f"spine.png: normal ({rng.integers(50, 99)}%) OOD 9.1", fill=(30, 30, 30))
+    draw.rectangle([200, 120, 300, 220], fill=(40, 40, 40))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def colour_pixels(image: Image.Image, colour) -> int:
+    """How many pixels of ``image`` are exactly ``colour`` (RGB): what a report drew in that colour."""
+    return int(np.all(np.asarray(image.convert("RGB")) == np.asarray(colour, dtype=np.uint8), axis=-1).sum())
