@@ -5,7 +5,7 @@ sidebar, the demo offer). Nothing here imports torch: the first page renders bef
 """
 import streamlit as st
 
-from ui.frame import navigation
+from ui.frame import PAGE_ICON, navigation
 
-st.set_page_config(page_title="CerviCurve", page_icon="🦴", layout="wide")
+st.set_page_config(page_title="CerviCurve", page_icon=PAGE_ICON, layout="wide")
 navigation().run()
