@@ -48,6 +48,8 @@ DATASET = "phantom-demo"
 STEPS = ("generating phantoms", "importing dataset", "training detector and landmark model", "training classifier",
          "promoting models", "checking on held-out phantoms")
 REPORT_FILE = "demo_report.json"
+# what benchmarks/demo_build.py measured, per quality: the app's build offer quotes it rather than typed figures
+MEASURED_BUILDS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "demo_build.json"
 HOLDOUT_SEED = 7_000_003  # held-out patients never share a seed with the training set
 
 
@@ -103,6 +105,17 @@ def latest_build() -> dict | None:
     root = settings.runs_dir()
     builds = sorted(root.glob("????????-??????-demo-*"), reverse=True) if root.is_dir() else []
     return layout.read_status(builds[0]) if builds else None
+
+
+def measured_builds() -> dict[str, dict]:
+    """quality -> the last measured build of it (``wall_s``, ``cpu_count``, ``mean_load``, ``class_accuracy``,
+    ``cobb_mae_deg``, ``measured_at``, ...); empty where none was measured or the file is unreadable."""
+    try:
+        measured = json.loads(MEASURED_BUILDS.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {quality: entry for quality, entry in measured.items() if isinstance(entry, dict)} \
+        if isinstance(measured, dict) else {}
 
 
 def building(status: dict | None) -> bool:
