@@ -5,7 +5,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -73,12 +72,17 @@ def test_wrong_passwords_unknown_users_and_disabled_accounts_get_no_session(data
 
 
 def test_an_idle_session_expires(database, monkeypatch):
+    from datetime import timedelta
+
+    from core.data import accounts as accounts_module
+
     monkeypatch.setenv("CERVICURVE_SESSION_IDLE_MIN", "0.01")  # 0.6 s
     with Accounts(database) as accounts:
         accounts.add_user("ada", "correct horse", "admin")
         token = accounts.sign_in("ada", "correct horse")
         assert accounts.user_for(token) is not None
-        time.sleep(1.0)
+        now = accounts_module._now
+        monkeypatch.setattr(accounts_module, "_now", lambda: now() + timedelta(seconds=1.0))  # 1 s idle, no waiting
         assert accounts.user_for(token) is None
 
 

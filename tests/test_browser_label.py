@@ -27,6 +27,7 @@ import pytest
 
 from tests.helpers.browser import BROWSER_MARKS, NOTICE, keep_screenshot, start_server, stop_server
 from tests.helpers.films import unlabeled_phantoms
+from tests.helpers.wait import wait_for
 
 BY_HAND = int(os.environ.get("CERVICURVE_LABEL_FILMS", "4"))
 FOR_TRAINING = 9  # the splits need 3 patients per class
@@ -468,14 +469,11 @@ def train_on_page(page, url: str, task: str, model: str, settings: tuple[str, ..
                            ".filter(b => b.checkVisibility()); return b.length === 1 && !b[0].disabled; }",
                            timeout=60_000)  # the settings taken: Start enabled
     page.locator(".st-key-train_start button:visible").click()
-    deadline = time.monotonic() + 900
-    new = []
-    while time.monotonic() < deadline:  # the run folder is the truth: poll it
+    def finished() -> list:  # the run folder is the truth: poll it
         new = [run for run in layout.list_runs() if run.run_id not in before]
-        if new and layout.read_status(new[0].run_dir)["state"] not in ("queued", "running"):
-            break
-        time.sleep(1)
-    (run,) = new
+        return new if new and layout.read_status(new[0].run_dir)["state"] not in ("queued", "running") else []
+
+    (run,) = wait_for(finished, timeout=900, every=1)
     run_dir = Path(run.run_dir)
     status = layout.read_status(run_dir)
     assert status["state"] == "done", (run_dir / "train.log").read_text()[-3000:]

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import time
 
-import psutil
-
 from core.runs import launch, layout
-from tests.helpers.browser import BROWSER_MARKS, NOTICE, keep_screenshot, start_server, stop_server
+from tests.helpers.browser import BROWSER_MARKS, NOTICE, cpu_percent_over, keep_screenshot, start_server, stop_server
 from tests.helpers.tiny import import_tiny
 from tests.helpers.wait import wait_for
 
@@ -62,10 +60,7 @@ def test_start_a_run_and_watch_the_curve_gain_a_point(browser, tmp_path, monkeyp
         page.get_by_text("Running on cpu — training").first.wait_for(timeout=30_000)
 
         # what an open Train page costs the server while one run trains: its CPU over 20 s of polling
-        process = psutil.Process(server.pid)
-        process.cpu_percent(None)
-        time.sleep(20)
-        print(f"server CPU while the page polls a running run: {process.cpu_percent(None):.1f} % of one core")
+        print(f"server CPU while the page polls a running run: {cpu_percent_over(server.pid, 20):.1f} % of one core")
         # the app scrolls inside its main block: bring the live view into the picture
         page.get_by_text("Live view", exact=True).scroll_into_view_if_needed()
         page.mouse.wheel(0, 250)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from core.demo import PROFILES, STEPS
 from core.runs.configs import DEMO_QUALITIES
+from tests.helpers.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,21 +98,18 @@ def test_tiny_demo_builds_a_workspace_that_predicts(workspace):
 def test_sigterm_cancels_the_demo_and_says_so(workspace):
     """The app's cancel button sends SIGTERM: the demo stops, its status reads 'cancelled', nothing is promoted."""
     import signal
-    import time
 
     env = {**os.environ, "CERVICURVE_HOME": str(workspace), "PYTHONPATH": str(ROOT)}
     demo = subprocess.Popen([sys.executable, "-m", "core", "demo", "--tiny"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    status_file = None
-    while time.monotonic() < deadline:  # wait until it trains (step 3 or later)
+    def training() -> Path | None:  # the demo run's status file once it trains (step 3 or later)
         try:
             status_file = next((workspace / "runs").glob("*-demo-tiny-*")) / "status.json"
-            if json.loads(status_file.read_text())["step"] >= 3:
-                break
+            return status_file if json.loads(status_file.read_text())["step"] >= 3 else None
         except (StopIteration, OSError, ValueError, KeyError):
-            pass
-        time.sleep(0.1)
+            return None
+
+    status_file = wait_for(training, timeout=120, every=0.1)
     demo.send_signal(signal.SIGTERM)
     _, stderr = demo.communicate(timeout=120)
     assert demo.returncode == 130 and "demo cancelled" in stderr

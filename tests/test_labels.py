@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import pytest
 from core.data import labels
 from core.data.store import AnnotationStore
 from tests.helpers.films import unlabeled_phantoms
+from tests.helpers.wait import wait_for_files
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -121,16 +121,17 @@ def test_rule_check_flags_a_contradicting_class(films):
 
 WORKER = textwrap.dedent(
     """
-    import sys, time
+    import sys
     from pathlib import Path
     sys.path.insert(0, {root!r})
     from core.data import labels
     from core.data.store import AnnotationStore
+    from tests.helpers.wait import wait_for
     url, who, go = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     store = AnnotationStore(url)
     ids = [image.image_id for image in store.images("films")]
-    while not go.exists():
-        time.sleep(0.01)
+    (go.parent / f"ready-{{who}}").touch()
+    wait_for(go.exists, timeout=180, every=0.01)
     for round in range(5):
         for n, image_id in enumerate(ids):
             name = ("normal", "straightened", "reversed")[(n + (who == "ben") * (n % 2)) % 3]
@@ -147,7 +148,7 @@ def test_two_sessions_saving_the_same_images_at_once_keep_both_readings(films, t
     go = tmp_path / "go"
     workers = [subprocess.Popen([sys.executable, str(script), store.url, who, str(go)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for who in ("ana", "ben")]
-    time.sleep(1.0)
+    wait_for_files([tmp_path / f"ready-{who}" for who in ("ana", "ben")], workers)  # both started, then released
     go.touch()
     for worker in workers:
         _, err = worker.communicate(timeout=180)

@@ -15,6 +15,8 @@ import pytest
 import torch
 import yaml
 
+from tests.helpers.wait import wait_for
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -249,8 +251,6 @@ def test_the_example_config_shows_the_defaults():
 
 def test_a_background_run_can_be_cancelled_and_resumed(home):
     """The Train page's path: launch.start_run -> a real child process; cancel (SIGTERM) keeps last.pt; resume finishes."""
-    import time
-
     from core.runs import launch, layout, promotion
     from core.runs.configs import ConfigError
 
@@ -258,18 +258,15 @@ def test_a_background_run_can_be_cancelled_and_resumed(home):
         launch.start_run(tiny_config(epoch_count=3))
 
     run_dir = launch.start_run(tiny_config(epochs=150))
-    deadline = time.monotonic() + 120
-    while layout.read_status(run_dir).get("epoch", 0) < 1 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_for(lambda: layout.read_status(run_dir).get("epoch", 0) >= 1, timeout=120, every=0.2,
+             message=lambda: (run_dir / "train.log").read_text()[-2000:])
     assert layout.read_status(run_dir)["state"] == "running", (run_dir / "train.log").read_text()[-2000:]
     assert launch.cancel_run(run_dir)["state"] == "cancelled"
     stopped_at = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)["epoch"]
     assert 1 <= stopped_at < 150
 
     launch.resume_run(run_dir)
-    deadline = time.monotonic() + 300
-    while layout.read_status(run_dir)["state"] in ("queued", "running") and time.monotonic() < deadline:
-        time.sleep(0.5)
+    wait_for(lambda: layout.read_status(run_dir)["state"] not in ("queued", "running"), timeout=300, every=0.5)
     status = layout.read_status(run_dir)
     assert status["state"] == "done" and status["epoch"] == 150, status
     epochs = [int(r["epoch"]) for r in csv.DictReader((run_dir / "metrics.csv").open())]

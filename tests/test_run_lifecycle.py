@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from core.runs import layout
+from tests.helpers.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMON_FILES = {"config.yaml", "status.json", "metrics.csv", "train.log", "best.pt", "test_report.json"}
@@ -67,16 +68,6 @@ def status_from_another_process(home: Path, run_id: str) -> dict:
     return json.loads(cli(home, "runs", "status", run_id, "--json").stdout)
 
 
-def wait(predicate, timeout: float, every: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("task", list(TASKS))
 def test_start_watch_cancel_resume_finish(home, tmp_path, monkeypatch, task):
@@ -89,8 +80,8 @@ def test_start_watch_cancel_resume_finish(home, tmp_path, monkeypatch, task):
     # watched from another process until it has made progress (compare: while its first model trains)
     progressed = (lambda s: s["state"] == "running" and "training" in s.get("message", "")) if task == "compare" \
         else (lambda s: s["state"] == "running" and s.get("epoch", 0) >= 1)
-    wait(lambda: progressed(layout.read_status(run_dir)) or layout.read_status(run_dir)["state"] in
-         ("done", "failed"), timeout=240)
+    wait_for(lambda: progressed(layout.read_status(run_dir)) or layout.read_status(run_dir)["state"] in
+         ("done", "failed"), timeout=240, every=0.1)
     seen = status_from_another_process(home, run_id)["status"]
     assert seen["state"] == "running", (run_dir / "train.log").read_text()[-3000:]
     assert seen["task"] == task and isinstance(seen["pid"], int) and time.time() - seen["heartbeat"] < 60
@@ -100,7 +91,7 @@ def test_start_watch_cancel_resume_finish(home, tmp_path, monkeypatch, task):
     assert "cancelled" in (run_dir / "train.log").read_text()
 
     cli(home, "runs", "resume", run_id)
-    wait(lambda: layout.read_status(run_dir)["state"] not in ("queued", "running"), timeout=300, every=0.3)
+    wait_for(lambda: layout.read_status(run_dir)["state"] not in ("queued", "running"), timeout=300, every=0.3)
     final = status_from_another_process(home, run_id)
     assert final["status"]["state"] == "done", (run_dir / "train.log").read_text()[-3000:]
 
@@ -127,7 +118,7 @@ def test_a_setup_error_ends_as_failed_with_its_reason(home, tmp_path, monkeypatc
     config = tmp_path / "empty.yaml"
     config.write_text(json.dumps({**TASKS["classify"], "dataset": "no-such-dataset"}))
     run_dir = Path(cli(home, "runs", "start", "--config", str(config)).stdout.strip().splitlines()[-1])
-    wait(lambda: layout.read_status(run_dir)["state"] not in ("queued", "running"), timeout=120)
+    wait_for(lambda: layout.read_status(run_dir)["state"] not in ("queued", "running"), timeout=120, every=0.1)
     status = layout.read_status(run_dir)
     assert status["state"] == "failed" and "no-such-dataset" in status["message"]
     log = (run_dir / "train.log").read_text()

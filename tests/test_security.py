@@ -22,7 +22,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 import tracemalloc
 import urllib.request
 import zipfile
@@ -47,6 +46,8 @@ from core.data.store import AnnotationStore
 from core.runs import layout
 from core.data import accounts as accounts_module
 from core.data.accounts import SHELL, Accounts, PermissionDenied
+from tests.helpers.browser import free_port
+from tests.helpers.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -726,12 +727,6 @@ def test_a_pickled_checkpoint_is_refused_in_one_line(workspace, tmp_path):
 # ---------------------------------------------------------------------------------------------- the WebSocket
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture()
 def server(tmp_path):
     """`streamlit run app.py` with the shipped .streamlit/config.toml (only the port set), answering HTTP."""
@@ -741,17 +736,17 @@ def server(tmp_path):
     log = open(tmp_path / "server.log", "wb")
     process = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)],
                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 120
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=5) as answer:
+                return answer.status == 200
+        except OSError:
+            assert process.poll() is None, (tmp_path / "server.log").read_text(errors="replace")[-2000:]
+            return False
+
     try:
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=5) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                assert process.poll() is None and time.monotonic() < deadline, \
-                    (tmp_path / "server.log").read_text(errors="replace")[-2000:]
-                time.sleep(0.1)
+        wait_for(healthy, timeout=120, every=0.1,
+                 message=lambda: (tmp_path / "server.log").read_text(errors="replace")[-2000:])
         yield port
     finally:
         os.killpg(process.pid, signal.SIGTERM)
@@ -823,8 +818,6 @@ def attempt(accounts: Accounts, name: str, password: str):
         return accounts.sign_in(name, password)
     except PermissionDenied as refusal:
         return refusal
-
-
 
 
 # ---------------------------------------------------------------------------------------------- sign-in

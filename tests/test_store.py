@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ from sqlalchemy import create_engine, func, select, text
 
 from core import settings
 from core.data.store import AnnotationStore, images_table, labels_table
+from tests.helpers.wait import wait_for_files
 
 pytestmark = pytest.mark.usefixtures("database")  # every test on SQLite, then on PostgreSQL
 
@@ -203,13 +203,14 @@ def test_new_film_of_a_known_patient_joins_its_split_and_frozen_test_holds(works
 
 WORKER = textwrap.dedent(
     """
-    import sys, time
+    import sys
     from pathlib import Path
     sys.path.insert(0, {root!r})
     from core.data.store import AnnotationStore
+    from tests.helpers.wait import wait_for
     url, who, go = sys.argv[1], sys.argv[2], Path(sys.argv[3])
-    while not go.exists():
-        time.sleep(0.01)
+    (go.parent / f"ready-{{who}}").touch()
+    wait_for(go.exists, timeout=180, every=0.01)
     store = AnnotationStore(url)   # both processes may create the schema at the same moment
     ids = [store.add_image(f"images/{{n}}.png", sha256=f"{{n:064x}}", width=64, height=64,
                            patient_id=f"P{{n}}", source="worker", dataset="shared") for n in range(10)]
@@ -231,7 +232,7 @@ def test_two_processes_saving_at_once_lose_nothing(workspace, tmp_path):
     workers = [subprocess.Popen([sys.executable, str(script), url, who, str(go)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for who in ("ana", "ben")]
-    time.sleep(1.0)  # let both interpreters start, then release them together
+    wait_for_files([tmp_path / f"ready-{who}" for who in ("ana", "ben")], workers)  # both started: release together
     go.touch()
     for worker in workers:
         _, err = worker.communicate(timeout=180)

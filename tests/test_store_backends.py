@@ -5,13 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from core.data.store import AnnotationStore
+from tests.helpers.wait import wait_for_files
 
 ROOT = Path(__file__).resolve().parents[1]
 SHA = "{:064x}"
@@ -43,15 +43,16 @@ def test_schema_history_and_splits_behave_the_same(database):
 
 WORKER = textwrap.dedent(
     """
-    import sys, time
+    import sys
     from pathlib import Path
     sys.path.insert(0, {root!r})
     from core.data.store import AnnotationStore
+    from tests.helpers.wait import wait_for
     url, who, go, saves = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
     store = AnnotationStore(url)
     ids = [image.image_id for image in store.images("team")]
-    while not go.exists():
-        time.sleep(0.01)
+    (go.parent / f"ready-{{who}}").touch()
+    wait_for(go.exists, timeout=600, every=0.01)
     for i in range(saves):
         store.save_label(ids[i % len(ids)], annotator=who, curvature_class=("normal", "straightened", "reversed")[i % 3],
                          roi_box=[1, 2, 10 + i, 20 + i], note=f"{{who}}-{{i}}")
@@ -71,7 +72,7 @@ def test_four_annotator_processes_saving_at_once_lose_nothing(database, tmp_path
     go = tmp_path / "go"
     workers = [subprocess.Popen([sys.executable, str(script), database, who, str(go), str(saves)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for who in annotators]
-    time.sleep(1.5)  # every interpreter started, then all released together
+    wait_for_files([tmp_path / f"ready-{who}" for who in annotators], workers)  # every one started: release all
     go.touch()
     for worker in workers:
         _, err = worker.communicate(timeout=600)

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -24,6 +23,7 @@ from core.settings import CLASSES
 from tests.helpers import ROOT
 from tests.helpers.tiny import FAST_OVERRIDES as FAST
 from tests.helpers.tiny import import_tiny, metric_rows, subprocess_env
+from tests.helpers.wait import wait_for
 
 
 @pytest.fixture()
@@ -160,12 +160,9 @@ def test_resume_after_sigkill_mid_epoch_completes_every_epoch_once(tiny):
     env = subprocess_env(tiny)
     proc = subprocess.Popen([sys.executable, "-m", "core", "train", "--config", str(config), "--run-dir", str(run_dir)],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        status = layout.read_status_file(run_dir)
-        if status.get("epoch", 0) >= 1:  # epoch 1 checkpointed; epoch 2 under way
-            break
-        time.sleep(0.02)
+    # epoch 1 checkpointed, epoch 2 under way (or the process is gone: the assertions below say so)
+    wait_for(lambda: proc.poll() is not None or layout.read_status_file(run_dir).get("epoch", 0) >= 1,
+             timeout=120, every=0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done_before_kill = len(metric_rows(run_dir))
@@ -253,14 +250,12 @@ def test_compare_on_a_tiny_set_writes_the_table(tiny):
 def test_a_cancel_that_lands_in_a_finaliser_is_not_lost(monkeypatch):
     """Python ignores an exception raised in __del__ or a weakref callback (SQLAlchemy's, mid-demo); a SIGTERM
     handled there must still cancel the block, and print no "Exception ignored" traceback."""
-    import time
     import weakref
 
     from core.runs.recorder import RunCancelled, cancel_on_sigterm
 
     def signalled(*_):
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(0.05)  # the handler runs here, inside the finaliser
+        signal.raise_signal(signal.SIGTERM)  # its Python handler runs before this returns: inside the finaliser
 
     class SignalledWhileCollected:
         __del__ = signalled
@@ -288,15 +283,12 @@ def test_a_cancel_that_lands_in_a_finaliser_is_not_lost(monkeypatch):
 def test_a_cancel_held_over_a_checkpoint_window_lands_after_it(tmp_path):
     """Ultralytics writes last.pt before our metrics row; a SIGTERM in that window must wait for the row, so a
     resume never starts after an epoch that has no row (CI once saw epochs 1, 2, 3, 5, 6)."""
-    import time
-
     from core.runs import layout
     from core.runs.recorder import RunCancelled, RunRecorder
 
     with pytest.raises(RunCancelled), RunRecorder(tmp_path / "run", "detect", ["mAP50"]) as run:
         run.hold_cancel()
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(0.05)  # the handler has run and raised nothing
+        signal.raise_signal(signal.SIGTERM)  # its Python handler runs before this returns, and raises nothing
         run.append_metrics({"epoch": 4, "mAP50": 0.5})
         run.release_cancel()  # the held cancel is raised here, and the recorder ends the run as cancelled
         raise AssertionError("release_cancel() did not raise the held cancel")

@@ -87,3 +87,11 @@ def keep_screenshot(path: Path, name: str) -> None:
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, Path(folder) / name)
+
+
+def cpu_percent_over(pid: int, seconds: float) -> float:
+    """A process's CPU (% of one core) measured over the next ``seconds``. The wait is the measurement itself (a
+    window of time to average over), not a guess at how long something takes, so it is a fixed interval."""
+    import psutil
+
+    return psutil.Process(pid).cpu_percent(interval=seconds)
