@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from tests.helpers.wait import stand_in_process, stop
+
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
 NOTICE = "Research and teaching use only — not a diagnosis."
@@ -83,11 +85,9 @@ def test_first_page_renders_without_loading_torch(workspace):
 @pytest.fixture()
 def demo_like_process():
     """A live process whose command line names core, as a queued build's ``python -m core train`` does."""
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "core", "train"],
-                               start_new_session=True)
+    process = stand_in_process("core", "train", start_new_session=True)
     yield process
-    process.kill()
-    process.wait()
+    stop(process)
 
 
 def demo_run(status: dict) -> Path:
@@ -133,6 +133,7 @@ def test_a_demo_waiting_in_the_queue_says_so(workspace):
     assert "build_demo" not in [b.key for b in at.button]
 
 
+@pytest.mark.slow
 def test_build_the_demo_queues_a_background_run_and_cancel_stops_it(workspace):
     from core.runs import layout
 

@@ -27,6 +27,7 @@ def picture_captions(at: AppTest) -> list[str]:
     return [c.value for c in at.caption if c.value.startswith("ROI box") or " heatmap for '" in c.value]
 
 
+@pytest.mark.slow
 def test_a_phantom_gives_class_probabilities_heatmap_and_report(with_model):
     at = upload(predict_page(), ("spine.png", phantom_png("reversed", seed=3)))
     assert not at.error
@@ -61,6 +62,7 @@ def test_a_phantom_gives_class_probabilities_heatmap_and_report(with_model):
     assert any(c.value.startswith("**Classifier:** cnn · run") for c in at.sidebar.caption)
 
 
+@pytest.mark.slow
 def test_a_film_the_models_judge_shows_its_class_with_its_heatmap(with_judging_model):
     at = upload(predict_page(), ("spine.png", phantom_png("normal", seed=4)))
     assert not at.error
@@ -78,6 +80,7 @@ def test_a_film_the_models_judge_shows_its_class_with_its_heatmap(with_judging_m
     assert any("carries no out-of-distribution reference" in c.value for c in at.caption)  # and the page says so
 
 
+@pytest.mark.slow
 def test_heatmap_method_and_opacity_change_the_heatmap_only(with_judging_model):
     at = upload(predict_page(), ("spine.png", phantom_png("normal", seed=4)))
     heading = result_heading(at)
@@ -90,6 +93,7 @@ def test_heatmap_method_and_opacity_change_the_heatmap_only(with_judging_model):
     assert film_view(at)["heatmap_alpha"] == 0.9 and film_view(at)["film"] == film  # the same film, more colour
 
 
+@pytest.mark.slow
 def test_garbage_bytes_are_an_error_message(with_model):
     at = upload(predict_page(), ("garbage.png", os.urandom(2000)))
     assert [e.value for e in at.error] == [
@@ -98,6 +102,7 @@ def test_garbage_bytes_are_an_error_message(with_model):
     assert not at.get("component_instance")
 
 
+@pytest.mark.slow
 def test_many_files_give_a_table_with_thumbnails_and_a_csv(with_model):
     files = [("a.png", phantom_png("normal", seed=5)), ("b.png", phantom_png("reversed", seed=6)),
              ("broken.tif", b"II*\x00 truncated")]
@@ -130,6 +135,7 @@ def test_many_files_give_a_table_with_thumbnails_and_a_csv(with_model):
     assert result_heading(at).startswith("b.png: ")
 
 
+@pytest.mark.slow
 def test_two_uploads_with_one_name_stay_two_results_and_a_tiny_image_is_refused(with_model):
     import io
 
@@ -145,6 +151,7 @@ def test_two_uploads_with_one_name_stay_two_results_and_a_tiny_image_is_refused(
     assert "only 1 x 1 pixels" in table["error"][2]
 
 
+@pytest.mark.slow
 def test_a_sample_phantom_with_its_ground_truth(with_model):
     at = predict_page()
     at.button(key="sample_straightened").click().run()
@@ -153,6 +160,7 @@ def test_a_sample_phantom_with_its_ground_truth(with_model):
     assert any(c.value.startswith("Phantom ground truth: straightened") for c in at.caption)
 
 
+@pytest.mark.slow
 def test_dicom_header_is_shown_de_identified(with_model):
     from pydicom.data import get_testdata_file
 
@@ -186,6 +194,7 @@ def run_page_in_a_fresh_process(extra: str, **env: str) -> str:
     return result.stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_the_page_opens_without_loading_torch_even_with_a_model(with_model):
     loaded = run_page_in_a_fresh_process(
         "print(sorted(m for m in ('torch', 'ultralytics', 'pytorch_grad_cam') if m in sys.modules))\n",
@@ -193,6 +202,7 @@ def test_the_page_opens_without_loading_torch_even_with_a_model(with_model):
     assert loaded == "[]"
 
 
+@pytest.mark.slow
 def test_once_drawn_the_page_loads_the_model_in_the_background(with_model):
     loaded = run_page_in_a_fresh_process(
         "def loaded():  # classifiers in the per-process model cache (None while it is being imported)\n"
@@ -213,6 +223,7 @@ def test_once_drawn_the_page_loads_the_model_in_the_background(with_model):
     assert loaded == "1"
 
 
+@pytest.mark.slow
 def test_figures_draw_the_endplates_at_the_landmarks_and_the_report_is_a_png(with_judging_model, tmp_path):
     from core.data.measure import LANDMARK_NAMES
     from core.data.phantom import generate_case
@@ -279,6 +290,7 @@ def two_landmark_runs(tmp_path_factory) -> tuple[Path, str, str]:
     return home, runs[0], runs[1]
 
 
+@pytest.mark.slow
 def test_another_landmark_run_can_be_chosen_and_the_result_says_which(two_landmark_runs, monkeypatch):
     home, promoted, other = two_landmark_runs
     monkeypatch.setenv("CERVICURVE_HOME", str(home))

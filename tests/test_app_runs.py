@@ -76,6 +76,7 @@ def runs_page() -> AppTest:
     return at
 
 
+@pytest.mark.slow
 def test_table_detail_comparison_promotion_card_deletion_rollback_and_onnx(two_runs, downloads):
     first, second = two_runs
     at = runs_page()

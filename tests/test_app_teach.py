@@ -66,6 +66,7 @@ def models_answer(at: AppTest) -> str:
     return next(m.value for m in at.markdown if m.value.startswith("Model's answer:"))
 
 
+@pytest.mark.slow
 def test_a_film_the_models_do_not_judge_gets_no_class_and_no_heatmap(with_model):
     """The tiny model finds the Explore phantom unlike its training films: Predict gives no class for such a film, and
     neither does Teach — no class, no probabilities as an answer, no heatmap, and the reason."""
@@ -84,6 +85,7 @@ def test_a_film_the_models_do_not_judge_gets_no_class_and_no_heatmap(with_model)
     assert any("no angle of their own" in c.value for c in at.caption)  # no landmark model promoted
 
 
+@pytest.mark.slow
 def test_a_judged_film_shows_its_class_beside_the_rule_with_its_heatmap(with_judging_model):
     at = teach_page()
     answer = models_answer(at)
@@ -115,6 +117,7 @@ def page_text(at: AppTest) -> str:
     return "\n".join(texts)
 
 
+@pytest.mark.slow
 def test_nothing_a_student_sees_names_an_environment_variable(with_model, tmp_path, monkeypatch):
     """Every part of the page a student opens, with a model and a quiz: no CERVICURVE_ setting names (the rule's
     caption named its two thresholds' variables)."""
@@ -185,6 +188,7 @@ def create_button(at: AppTest):
     return next(button for button in at.button if button.label == "Create the quiz")  # the form's submit button
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("database")  # on SQLite, then on PostgreSQL
 def test_a_quiz_set_answered_and_scored(with_model):
     at = teach_page("Self-test")

@@ -126,6 +126,7 @@ def poll_page(at: AppTest, predicate, timeout: float = 180.0):
     return wait_for(check, timeout=timeout, every=0.5)
 
 
+@pytest.mark.slow
 def test_lifecycle_start_cancel_resume_finish_continue_promote_predict_rollback(tiny):
     at = fill(page())
     run_dir = start(at)
@@ -179,6 +180,7 @@ def progress_text(at: AppTest) -> str:
     return bar.proto.text
 
 
+@pytest.mark.slow
 def test_one_state_everywhere_and_a_time_estimate_before_the_first_epoch(tiny):
     # an earlier finished run here gives the time estimate for the same model, size and device
     earlier = launch.start_run(dict(FAST, epochs=2))
@@ -219,6 +221,7 @@ def test_one_state_everywhere_and_a_time_estimate_before_the_first_epoch(tiny):
     assert any(w.value == "**Cancelled** by user" for w in at.warning)  # not "Cancelled — cancelled by user"
 
 
+@pytest.mark.slow
 def test_a_run_started_by_one_app_process_is_seen_and_cancelled_by_a_new_one(tiny):
     script = textwrap.dedent(f"""
         import sys

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from core.demo import PROFILES, STEPS
 from core.runs.configs import DEMO_QUALITIES
 from tests.helpers.wait import wait_for
@@ -19,6 +21,7 @@ from tests.helpers.wait import wait_for
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_tiny_demo_builds_a_workspace_that_predicts(workspace):
     env = {**os.environ, "CERVICURVE_HOME": str(workspace), "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-m", "core", "demo", "--tiny"], cwd=ROOT, env=env,
@@ -95,6 +98,7 @@ def test_tiny_demo_builds_a_workspace_that_predicts(workspace):
     assert record["file"] == str(holdout[0]) and record["class"] in ("normal", "straightened", "reversed")
 
 
+@pytest.mark.slow
 def test_sigterm_cancels_the_demo_and_says_so(workspace):
     """The app's cancel button sends SIGTERM: the demo stops, its status reads 'cancelled', nothing is promoted."""
     import signal

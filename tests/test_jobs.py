@@ -28,6 +28,7 @@ def alive(pid: int) -> bool:
     return layout.pid_alive(pid)
 
 
+@pytest.mark.slow
 def test_started_run_finishes_in_the_background_and_can_be_promoted(tiny, capsys):
     run_dir = launch.start_run(dict(FAST, epochs=2))
     assert run_dir.parent == settings.runs_dir()
@@ -67,6 +68,7 @@ def test_a_bad_config_fails_before_any_process_starts(tiny):
     assert list(settings.runs_dir().iterdir()) == []
 
 
+@pytest.mark.slow
 def test_cancel_stops_the_process_group_and_marks_the_run_cancelled(tiny):
     run_dir = launch.start_run(dict(FAST, epochs=500))
     wait_for(lambda: layout.read_status(run_dir).get("epoch", 0) >= 1)
@@ -81,6 +83,7 @@ def test_cancel_stops_the_process_group_and_marks_the_run_cancelled(tiny):
     assert [r.state for r in layout.list_runs()] == ["cancelled"]
 
 
+@pytest.mark.slow
 def test_a_killed_run_reads_as_interrupted_and_resumes_to_the_end(tiny):
     epochs = 6
     run_dir = launch.start_run(dict(FAST, epochs=epochs))
@@ -107,6 +110,7 @@ def test_unknown_runs_are_clear_errors(tiny):
         promotion.promote(empty)
 
 
+@pytest.mark.slow
 def test_a_comparison_killed_mid_model_resumes_that_model_where_it_stopped(tiny):
     """compare --full runs for hours on a CPU: a kill (end of a session, a reboot) loses at most the epoch in
     flight, not the model. The member run resumes from its last.pt and records every epoch once."""

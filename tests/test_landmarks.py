@@ -100,6 +100,7 @@ def test_a_mirrored_spine_keeps_its_angle_and_faces_the_other_way(workspace):
 
 # ------------------------------------------------------------------------------------------ training runs
 
+@pytest.mark.slow
 def test_cli_trains_a_run_folder_that_the_pipeline_can_load(home, tmp_path):
     from core.runs import launch, layout, promotion
     from core.training.landmarks import FORMAT, HeatmapLandmarkModel
@@ -168,6 +169,7 @@ def test_cli_trains_a_run_folder_that_the_pipeline_can_load(home, tmp_path):
     assert promoted.name == "landmarks" and isinstance(load_landmark_model(promoted / "best.pt"), HeatmapLandmarkModel)
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_to_the_same_result(home, tmp_path):
     from core.training.landmarks import fit
 
@@ -249,6 +251,7 @@ def test_the_example_config_shows_the_defaults():
     assert shipped["model"] == "landmark-unet" and shipped["task"] == "landmarks"
 
 
+@pytest.mark.slow
 def test_a_background_run_can_be_cancelled_and_resumed(home):
     """The Train page's path: launch.start_run -> a real child process; cancel (SIGTERM) keeps last.pt; resume finishes."""
     from core.runs import launch, layout, promotion

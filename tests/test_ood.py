@@ -109,6 +109,7 @@ def tiny(workspace, monkeypatch):
     return workspace
 
 
+@pytest.mark.slow
 def test_a_finished_run_stores_its_reference_and_a_prediction_is_scored_against_it(tiny, tmp_path):
     from core.inference.pipeline import Predictor
 
@@ -151,6 +152,7 @@ def test_a_finished_run_stores_its_reference_and_a_prediction_is_scored_against_
     assert set(with_cam.probabilities) == set(CLASSES)
 
 
+@pytest.mark.slow
 def test_the_svm_carries_a_reference_on_its_own_hog_features(tiny, tmp_path):
     from core.inference.pipeline import Predictor
 
@@ -167,6 +169,7 @@ def test_the_svm_carries_a_reference_on_its_own_hog_features(tiny, tmp_path):
     assert not any("no out-of-distribution reference" in note for note in outside.notes)
 
 
+@pytest.mark.slow
 def test_a_classifier_without_a_reference_says_so(tiny):
     from core.inference.pipeline import Predictor
 
@@ -237,6 +240,7 @@ def test_when_class_and_angle_disagree_the_note_says_which_evidence_wins():
 
 
 # ------------------------------------------------------------------------------------------ the Predict page
+@pytest.mark.slow
 def test_the_predict_page_warns_on_a_film_unlike_the_training_films(tmp_path, monkeypatch):
     from tests.helpers.models import promote_tiny_classifier
     from tests.helpers.pages import predict_page, upload

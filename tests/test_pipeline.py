@@ -73,6 +73,7 @@ def run_cli(args, home, timeout=300):
                           timeout=timeout)
 
 
+@pytest.mark.slow
 def test_each_class_gives_a_full_prediction(home, phantom_files):
     from core.inference.pipeline import STAGES, Predictor
     from core.training.crops import crop_box
@@ -125,6 +126,7 @@ def test_each_class_gives_a_full_prediction(home, phantom_files):
             assert {"cobb_c2c7", "cci", "rule_class", "agrees_with_class"} <= set(record["measurements"])
 
 
+@pytest.mark.slow
 def test_without_detector_and_landmarks_the_whole_image_is_classified_and_flagged(home, phantom_files):
     from core.inference.pipeline import Predictor
 
@@ -139,6 +141,7 @@ def test_without_detector_and_landmarks_the_whole_image_is_classified_and_flagge
     assert result.to_json()["measurements"] is None
 
 
+@pytest.mark.slow
 def test_a_low_scored_box_counts_only_when_the_landmarks_in_it_are_sure(home, phantom_files, monkeypatch):
     # A briefly trained detector places the box well but scores it low; one spine per film makes its best box a
     # candidate, and the landmark model decides. The tiny models score everything under 0.99.
@@ -192,6 +195,7 @@ def test_impossible_angles_from_predicted_points_are_withheld(phantom_files):
     assert "implausible C2-C7 angle" in implausible(measure_landmarks(broken, facing=case.facing))
 
 
+@pytest.mark.slow
 def test_a_crop_landmark_model_without_a_box_gives_no_measurements(home, phantom_files):
     from core.inference.pipeline import Predictor
 
@@ -200,6 +204,7 @@ def test_a_crop_landmark_model_without_a_box_gives_no_measurements(home, phantom
     assert any("detector's crop" in note for note in result.notes)
 
 
+@pytest.mark.slow
 def test_uploads_in_a_batch_with_a_broken_one(home, phantom_files):
     from core.inference.pipeline import PredictFailure, Prediction, Predictor
 
@@ -214,6 +219,7 @@ def test_uploads_in_a_batch_with_a_broken_one(home, phantom_files):
     assert seen == [(0, 3, "first.png"), (1, 3, "broken.png"), (2, 3, "last.png")]
 
 
+@pytest.mark.slow
 def test_sessions_share_one_loaded_model_and_a_new_file_is_reloaded(home):
     from core.runs.promotion import promoted_model
     from core.inference.pipeline import Predictor
@@ -226,6 +232,7 @@ def test_sessions_share_one_loaded_model_and_a_new_file_is_reloaded(home):
     assert Predictor().model is not first.model
 
 
+@pytest.mark.slow
 def test_two_threads_predict_with_one_predictor(home, phantom_files):
     from core.inference.pipeline import Predictor
 
@@ -254,6 +261,7 @@ def test_two_threads_predict_with_one_predictor(home, phantom_files):
         assert np.allclose(results[i].cam, alone[i].cam, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_dicom_16_bit_monochrome1_matches_the_png(home, tmp_path):
     """The same phantom as 8-bit PNG, 16-bit PNG and 12-bit MONOCHROME1 DICOM: same class, box and angle."""
     from core.data.phantom import write_phantoms
@@ -277,6 +285,7 @@ def test_dicom_16_bit_monochrome1_matches_the_png(home, tmp_path):
     assert dicom.radiograph.pixel_spacing_mm is not None  # the DICOM states it: arc depth in mm when measured
 
 
+@pytest.mark.slow
 def test_cli_batch_reports_the_corrupt_file_and_predicts_the_rest(home, phantom_files, tmp_path):
     first, last = phantom_files["normal"][0], phantom_files["straightened"][0]
     corrupt = tmp_path / "corrupt.png"
@@ -320,6 +329,7 @@ def test_missing_classifier_is_a_clear_message(workspace, phantom_files):
     assert done.returncode != 0 and "Traceback" not in done.stderr and "nope.pt" in done.stderr
 
 
+@pytest.mark.slow
 def test_cli_writes_the_page_report(home, phantom_files, tmp_path):
     """`predict FILE --report OUT.png` writes the one-page report the Predict page downloads (same function)."""
     out = tmp_path / "report.png"
@@ -330,6 +340,7 @@ def test_cli_writes_the_page_report(home, phantom_files, tmp_path):
     assert page.getpixel((5, page.height - 5)) == (255, 243, 205)  # the research-use notice band
 
 
+@pytest.mark.slow
 def test_the_models_line_names_the_promoted_runs(home):
     from core.inference.pipeline import Predictor
     from core.inference.report import provenance
@@ -342,6 +353,7 @@ def test_the_models_line_names_the_promoted_runs(home):
     assert provenance(Predictor(detector=False, landmarks=False)).endswith("detector none · landmarks none")
 
 
+@pytest.mark.slow
 def test_preload_loads_each_model_once_while_a_request_waits_for_it(home, phantom_files):
     from core.inference import models, pipeline
 
@@ -356,6 +368,7 @@ def test_preload_loads_each_model_once_while_a_request_waits_for_it(home, phanto
     assert models.CACHE.loads - before == 3  # classifier, detector, landmarks: each loaded once, not twice
 
 
+@pytest.mark.slow
 def test_a_screenshot_is_not_judged_and_nothing_is_drawn_on_it(home, tmp_path):
     """Not a film (flat panels, a banner, text): no class, no landmarks, endplates or heatmap, whether the detector
     finds nothing (the default threshold) or is made to answer with its best box (threshold 0)."""

@@ -22,6 +22,7 @@ def state(run_dir) -> str:
     return layout.read_status(run_dir)["state"]
 
 
+@pytest.mark.slow
 def test_a_second_run_waits_then_starts_by_itself_when_the_first_ends(tiny):
     first = launch.start_run(dict(FAST, epochs=2, input_size=32))
     second = launch.start_run(dict(FAST, epochs=1, input_size=32, seed=1))
@@ -40,6 +41,7 @@ def test_a_second_run_waits_then_starts_by_itself_when_the_first_ends(tiny):
     assert queue.waiting() == []
 
 
+@pytest.mark.slow
 def test_waiting_runs_can_be_moved_and_cancelled_and_cancelling_frees_the_device(tiny, capsys):
     running = launch.start_run(dict(FAST, epochs=500, input_size=32))
     b = launch.start_run(dict(FAST, epochs=500, input_size=32, seed=1))

@@ -107,6 +107,7 @@ def test_bad_model_option_is_a_config_error(tiny):
 
 
 # ---------------------------------------------------------------------------------------------- a run
+@pytest.mark.slow
 def test_a_run_writes_every_file_and_checkpoints_load_weights_only(tiny):
     cfg = registry.load_config(configs.DEFAULT_CONFIG, FAST + ["epochs=2"])
     run_dir = classify.train(cfg)
@@ -144,6 +145,7 @@ def test_a_run_writes_every_file_and_checkpoints_load_weights_only(tiny):
     assert probs.shape == (1, 3) and np.isclose(probs.sum(), 1.0)
 
 
+@pytest.mark.slow
 def test_the_same_seed_gives_the_same_metrics_and_another_seed_does_not(tiny):
     runs = [classify.train(registry.load_config(None, FAST + ["epochs=2", f"seed={seed}"])) for seed in (7, 7, 8)]
     first, again, other = (metric_rows(r) for r in runs)
@@ -151,6 +153,7 @@ def test_the_same_seed_gives_the_same_metrics_and_another_seed_does_not(tiny):
     assert first != other
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_mid_epoch_completes_every_epoch_once(tiny):
     epochs = 5
     run_dir = tiny / "runs" / "killed"
@@ -184,6 +187,7 @@ def test_resume_after_sigkill_mid_epoch_completes_every_epoch_once(tiny):
     assert metric_rows(straight) == rows
 
 
+@pytest.mark.slow
 def test_time_limit_stops_a_run_after_the_epoch_that_uses_it_up(tiny):
     run_dir = classify.train(registry.load_config(None, FAST + ["epochs=4", "time_limit_s=0.001"]))
     assert [r["epoch"] for r in metric_rows(run_dir)] == ["1"]
@@ -192,6 +196,7 @@ def test_time_limit_stops_a_run_after_the_epoch_that_uses_it_up(tiny):
     assert "time limit" in (run_dir / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_evaluate_command_scores_another_split(tiny, capsys):
     run_dir = classify.train(registry.load_config(None, FAST + ["epochs=1"]))
     assert cli_main(["evaluate", str(run_dir), "--split", "val", "--n-boot", "20"]) == 0
@@ -207,6 +212,7 @@ def test_train_command_rejects_a_bad_config_before_training(tiny, capsys):
     assert not (tiny / "runs").exists() or not any((tiny / "runs").iterdir())  # no run folder was made
 
 
+@pytest.mark.slow
 def test_svm_run_uses_the_same_folder_and_checkpoint_format(tiny):
     run_dir = classify.train(registry.load_config(None, ["model=svm", "input_size=64", "dataset=tiny", "n_boot=50"]))
     status = json.loads((run_dir / "status.json").read_text())
@@ -222,6 +228,7 @@ def test_svm_run_uses_the_same_folder_and_checkpoint_format(tiny):
 
 
 # ---------------------------------------------------------------------------------------------- compare
+@pytest.mark.slow
 def test_compare_on_a_tiny_set_writes_the_table(tiny):
     from core.runs.configs import ConfigError
     from core.training import compare

@@ -245,6 +245,7 @@ def flagged_films(model_home, monkeypatch, tmp_path) -> list[Path]:
     return files
 
 
+@pytest.mark.slow
 def test_flagged_films_get_one_verdict_on_the_page_in_the_table_csv_json_and_report(flagged_films, tmp_path):
     from core.inference import report
     from core.inference.pipeline import Predictor, batch_summary
