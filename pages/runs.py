@@ -194,7 +194,6 @@ elif len(selected) > 1:
     several(selected)
 
 # ------------------------------------------------------------------ promoted models
-ONNX_TASKS = ("classify", "landmarks")  # the promoted models core.inference.onnx_export can export
 
 
 def demoted(markdown: str) -> str:
@@ -262,6 +261,6 @@ for task in registry.PROMOTABLE:
                     with engine_errors("Rolling back"):
                         promotion.rollback(task, actor=state["actor"])
                         st.rerun()
-        if task in ONNX_TASKS:
+        if task in registry.ONNX_EXPORTABLE:
             with right:
                 onnx_panel(task, info)

@@ -33,7 +33,7 @@ def run_promote(args: argparse.Namespace) -> int:
 def configure_onnx(parser: argparse.ArgumentParser) -> None:
     from core.inference.onnx_export import ONNX_FILE
 
-    parser.add_argument("task", choices=("classify", "landmarks"), help="which promoted model")
+    parser.add_argument("task", choices=registry.ONNX_EXPORTABLE, help="which promoted model")
     parser.add_argument("--out", help=f"ONNX file (default: promoted/<task>/{ONNX_FILE})")
 
 

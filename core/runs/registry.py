@@ -41,6 +41,7 @@ class TaskSpec:
     promoted_as: str | None = None  # the promotable task its best.pt serves (a comparison's: its best classifier)
     unit: str = "epochs"         # what its status counts (epoch / epochs)
     offered: bool = True         # on the Train page's task list (the demo has its own panel)
+    onnx: bool = False           # its promoted model exports to ONNX (core.inference.onnx_export; YOLO has its own)
 
     def trainer(self, data: Mapping[str, Any]) -> Trainer:
         return self.trainers[self.pick(data)]
@@ -58,12 +59,12 @@ def _landmark_trainer(data: Mapping[str, Any]) -> int:
 TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (
     TaskSpec("classify", "Classifier", "curvature class: S-ResNet-34 and the study's models",
              (Trainer(ClassifyConfig, "core.training.classify"),), promotable=True, fine_tunable=True,
-             distributed=True),
+             distributed=True, onnx=True),
     TaskSpec("detect", "Detector", "C2-C7 box: YOLO detector",
              (Trainer(YoloConfig, "core.training.detect", "yolo"),), promotable=True),
     TaskSpec("landmarks", "Landmark model", "the 23 CSXA landmarks: heatmap U-Net (or YOLO-pose)",
              (Trainer(HeatmapConfig, "core.training.landmarks"), Trainer(YoloConfig, "core.training.detect", "yolo")),
-             pick=_landmark_trainer, promotable=True, fine_tunable=True),
+             pick=_landmark_trainer, promotable=True, fine_tunable=True, onnx=True),
     TaskSpec("compare", "Comparison", "the study's models trained and scored on the same splits",
              (Trainer(CompareConfig, "core.training.compare"),), continuable=False, promoted_as="classify",
              unit="models"),
@@ -73,6 +74,7 @@ TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (
 # The tasks Predict uses, in its order: classifier, detector, landmark model.
 PROMOTABLE = tuple(name for name, spec in TASKS.items() if spec.promotable)
 FINE_TUNABLE = tuple(name for name, spec in TASKS.items() if spec.fine_tunable)
+ONNX_EXPORTABLE = tuple(name for name, spec in TASKS.items() if spec.onnx)
 
 
 def spec(task: str) -> TaskSpec:
