@@ -21,7 +21,9 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
 
-KINDS = ("classify", "detect", "landmarks")
+from core.runs import registry
+
+KINDS = registry.PROMOTABLE  # the models Predict loads, in its order: classifier, detector, landmark model
 MAX_MODELS = 6  # one full set is three models; room for a second set chosen in the sidebar
 
 
