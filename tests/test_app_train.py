@@ -299,6 +299,6 @@ def test_run_state_words_never_repeat_a_word_or_disagree_with_the_bar(status, la
 
 def test_the_final_steps_the_pages_announce_are_the_ones_the_trainers_write():
     # reports.FINAL_STEPS recognises these status messages; a trainer that rewords one would go unannounced
-    sources = "".join(path.read_text() for path in (ROOT / "core" / "training").glob("*.py"))
+    sources = "".join(path.read_text() for path in (ROOT / "core" / "training").rglob("*.py"))  # packages too
     for message in reports.FINAL_STEPS:
         assert f'message="{message}"' in sources, message

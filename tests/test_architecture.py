@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -200,3 +201,28 @@ def test_phantom_and_measure_start_without_torch(tmp_path):
                           env={**os.environ, "CERVICURVE_HOME": str(tmp_path / "home")})
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "[]"
+
+
+# ------------------------------------------------------------------------------------------ the tests themselves
+def test_no_test_file_imports_another_and_none_sleeps_a_fixed_time():
+    """Shared builders live in tests/helpers and fixtures in tests/conftest.py, so a test file can be read, moved or
+    deleted alone; a test waits on its condition (tests.helpers.wait.wait_for), never for a guessed time. Only
+    tests/helpers/wait.py sleeps: between the polls of a condition."""
+    test_files = sorted((ROOT / "tests").glob("test_*.py"))
+    siblings = {path.stem for path in test_files}
+    imports, sleeps = [], []
+    for path in [*test_files, *sorted((ROOT / "tests" / "helpers").glob("*.py")), ROOT / "tests" / "conftest.py"]:
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in siblings:
+                imports.append(f"{path.name}: from {node.module}")
+            elif isinstance(node, ast.Import):
+                imports += [f"{path.name}: import {a.name}" for a in node.names if a.name.split(".")[0] in siblings]
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "sleep"
+                  and path.name != "wait.py"):
+                sleeps.append(f"{path.name}:{node.lineno}")
+        # a sleep inside a child process's script (a string) counts too
+        sleeps += [f"{path.name}: in a script" for text in (n.value for n in ast.walk(tree)
+                                                              if isinstance(n, ast.Constant) and isinstance(n.value, str))
+                   if re.search(r"time\.sleep\(\s*[\d.]", text)]
+    assert imports == [] and sleeps == [], (imports, sleeps)

@@ -69,6 +69,7 @@ def run_together(*jobs):
     return results
 
 
+@pytest.mark.slow
 def test_two_yolo_models_predicting_at_once_leave_torch_threads_and_omp_as_they_were(home, yolo_runs):
     """Ultralytics sets torch to 1 thread (and OMP_NUM_THREADS) process-wide; overlapping calls in two threads
     must neither race on restoring that nor change each other's answers."""
@@ -99,6 +100,7 @@ def test_two_yolo_models_predicting_at_once_leave_torch_threads_and_omp_as_they_
     assert points[0].shape == (23, 2)
 
 
+@pytest.mark.slow
 def test_a_model_asked_for_by_two_threads_at_once_loads_once(home, yolo_runs):
     from core.inference import models
 
@@ -114,6 +116,7 @@ def test_a_model_asked_for_by_two_threads_at_once_loads_once(home, yolo_runs):
     assert first is second and len(calls) == 1 and cache.loads == 1
 
 
+@pytest.mark.slow
 def test_evicted_and_replaced_models_are_released(home, yolo_runs, tmp_path):
     """Past the limit the least recently used model goes, and a re-promoted file replaces its old version: no
     reference stays behind, so the memory is freed."""
@@ -140,6 +143,7 @@ def test_evicted_and_replaced_models_are_released(home, yolo_runs, tmp_path):
     assert old() is None and cache.loads == 3
 
 
+@pytest.mark.slow
 def test_a_file_that_is_no_model_is_a_model_error(home, tmp_path):
     from core.inference import models
 

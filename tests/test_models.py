@@ -86,6 +86,7 @@ def test_matrices_are_sized_per_stage_and_resized_for_other_inputs():
     assert all(scale.weight.grad is not None and scale.weight.grad.abs().sum() > 0 for scale in small.residual_scales())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n, spec in MODELS.items() if spec.kind == "torch"])
 def test_every_torch_model_trains_one_step_on_grayscale(name):
     torch.manual_seed(0)
@@ -247,6 +248,7 @@ def test_svm_refuses_a_file_from_another_scikit_learn_series(tmp_path):
     assert CurvatureSVM.load(path).predict(images).shape == (12,)
 
 
+@pytest.mark.slow
 def test_svm_classifies_a_tiny_phantom_set():
     def crops(seeds):
         images, labels = [], []

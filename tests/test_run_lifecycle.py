@@ -112,6 +112,7 @@ def test_start_watch_cancel_resume_finish(home, tmp_path, monkeypatch, task):
     assert run_id in listed and task in listed
 
 
+@pytest.mark.slow
 def test_a_setup_error_ends_as_failed_with_its_reason(home, tmp_path, monkeypatch):
     """A run that cannot even start (an empty dataset) says failed, with the message, never stays queued."""
     monkeypatch.setenv("CERVICURVE_HOME", str(home))

@@ -1200,6 +1200,7 @@ def test_bad_team_settings_are_named_at_start(workspace, monkeypatch):
             settings.session_max_hours()) == (5, 30.0, 4, 12.0)
 
 
+@pytest.mark.slow
 def test_the_predictions_csv_never_starts_a_formula(workspace, tmp_path):
     """A film named like a formula: predict --out writes its name into predictions.csv as text, not a formula."""
     from core.data import phantom

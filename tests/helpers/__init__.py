@@ -2,12 +2,18 @@
 
 - ``wait``: wait on a condition with a deadline (never a fixed sleep), a stand-in process that lives until stopped
 - ``tiny``: a tiny classification dataset imported into a workspace, fast run settings, a run's metric rows
-- ``films``: unlabeled phantoms in the store, small box and landmark datasets on disk
+- ``films``: unlabeled phantoms in the store, small box and landmark datasets on disk, a screenshot (not a film)
 - ``models``: a phantom PNG, a tiny promoted classifier, the same without its out-of-distribution references
 - ``pages``: AppTest drivers for the Predict and Train/Runs pages
-- ``browser``: the system chromium's arguments, a `streamlit run` server on a free port, screenshots
+- ``browser``: the system chromium's arguments, a `streamlit run` server on a free port, screenshots, marks
+- ``bad_inputs``: a corpus of broken and hostile images and archives, each with the words its message must hold
 
-A test file imports from here, never from another test file.
+Fixtures (tests/conftest.py): ``workspace`` (an empty $CERVICURVE_HOME), ``database`` (SQLite, then PostgreSQL),
+``browser`` (playwright's chromium), ``model_home`` / ``with_model`` / ``judged_home`` / ``with_judging_model`` (a tiny
+promoted classifier: training it makes a test slow).
+
+A test file imports from here, never from another test file. A test that trains a model, starts a process that
+trains, builds a demo or drives a browser is marked ``@pytest.mark.slow`` (``pytest -m "not slow"`` leaves it out).
 """
 from __future__ import annotations
 
