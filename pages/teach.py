@@ -58,8 +58,10 @@ def explore_part() -> None:
         st.slider("Extra noise", *teaching.NOISE_RANGE, 0.0, 0.01, key="explore_noise", persist_state="session")
         st.number_input("Film seed (the same settings give the same film)", 0, 2**31 - 1, defaults.seed,
                         key="explore_seed", persist_state="session")
-        layers = st.pills("Draw", list(teaching.LAYERS), selection_mode="multi", default=list(teaching.LAYERS),
-                          format_func=LAYER_LABELS.get, key="explore_layers", persist_state="session")
+        # one checkbox a line: five pills do not fit this column and the last ones were cut off
+        st.markdown("**Draw**")
+        layers = [layer for layer in teaching.LAYERS
+                  if st.checkbox(LAYER_LABELS[layer], True, key=f"explore_layer_{layer}", persist_state="session")]
     result = None
     with engine_errors("Drawing the film"), st.spinner("Drawing…"):
         result = teaching.explore(film_settings(), layers or (), runs)

@@ -56,6 +56,12 @@ def test_a_slider_move_redraws_and_moves_the_measured_angle_as_much(workspace):
     assert any(c.value.startswith("Redrawn at -4.0° in ") for c in at.caption)
     assert set(measured(at)) >= {"Ishihara index (CCI)", "a1: C3 corner to the chord", "a4: C6 corner to the chord",
                                  "Arc depth", "Rule class"}
+    # Each construction is a checkbox of its own (five pills did not fit the column): unticking one redraws
+    assert [c.label for c in at.checkbox if c.key.startswith("explore_layer_")] == [
+        "23 landmarks", "Cobb four-line", "Ishihara chord and a1–a4", "arc depth", "model's landmarks"]
+    drawn = at.get("image")[0].proto.imgs[0].url
+    at.checkbox(key="explore_layer_landmarks").uncheck().run()
+    assert not at.exception and at.get("image")[0].proto.imgs[0].url != drawn
 
 
 def image_captions(at: AppTest) -> list[str]:
@@ -255,6 +261,7 @@ def answer_as(at: AppTest, name: str, quiz) -> AppTest:
     return at
 
 
+@pytest.mark.slow
 def test_in_single_user_mode_a_student_sees_their_own_answers_and_only_the_teacher_sees_the_class(workspace):
     """Single-user mode: no sign-in, so a name proves nothing. Before: any student opened Class results and read
     every classmate's answers. Now a student sees the answers their own session submitted; the class's, only with the
@@ -291,6 +298,7 @@ def test_in_single_user_mode_a_student_sees_their_own_answers_and_only_the_teach
     assert [b.label for b in teacher.get("download_button")] == ["Download all answers (CSV)"]
 
 
+@pytest.mark.slow
 def test_in_team_mode_class_results_are_for_reviewers_and_a_student_sees_their_own(workspace):
     from core.data.accounts import Accounts
 
