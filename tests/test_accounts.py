@@ -92,6 +92,7 @@ def cli(workspace: Path, *args: str, stdin: str = "", env: dict | None = None) -
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_users_commands_take_the_password_from_stdin_never_the_arguments(workspace):
     added = cli(workspace, "users", "add", "ada", "--role", "admin", stdin="correct horse\n")
     assert added.returncode == 0 and "sign-in is now on" in added.stdout

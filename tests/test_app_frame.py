@@ -67,6 +67,7 @@ def test_every_page_shows_the_notice_and_sidebar(workspace, page):
     assert "0 images" in sidebar_text(at)
 
 
+@pytest.mark.slow
 def test_first_page_renders_without_loading_torch(workspace):
     """The notice and sidebar appear before any heavy library is imported."""
     script = (

@@ -43,6 +43,7 @@ def test_single_user_mode_says_so_and_asks_for_nobody(workspace):
     assert not any(t.key == "sign_in_name" for t in at.text_input)
 
 
+@pytest.mark.slow
 def test_sign_in_answers_a_wrong_name_and_a_wrong_password_alike(team):
     at = opened()
     assert not at.exception and [t.key for t in at.text_input] == ["sign_in_name", "sign_in_password"]

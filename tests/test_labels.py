@@ -141,6 +141,7 @@ WORKER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_two_sessions_saving_the_same_images_at_once_keep_both_readings(films, tmp_path):
     store, ids, _ = films
     script = tmp_path / "worker.py"

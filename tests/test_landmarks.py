@@ -197,6 +197,7 @@ def test_an_interrupted_run_resumes_to_the_same_result(home, tmp_path):
             assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-4, abs=1e-6), key
 
 
+@pytest.mark.slow
 def test_bad_configs_and_datasets_are_clear_errors(home, tmp_path):
     from core.runs.configs import ConfigError
     from core.training.landmarks import fit

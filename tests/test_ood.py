@@ -78,6 +78,7 @@ def test_the_components_combine_into_one_score_with_reasons():
     assert nothing.score is None and not nothing.flagged
 
 
+@pytest.mark.slow
 def test_crop_statistics_tell_a_radiograph_from_noise_and_flat_images():
     from core.data.phantom import generate_case
     from core.training.crops import classifier_crop

@@ -170,6 +170,7 @@ def test_patients_keep_curvature_and_facing_across_images(tmp_path):
         write_phantoms(tmp_path / "set", patients=1, size=96)
 
 
+@pytest.mark.slow
 def test_rendering_in_worker_processes_writes_the_same_set_byte_for_byte(tmp_path):
     # the demo renders on every core; a set must not depend on how many
     serial = write_phantoms(tmp_path / "one", patients=5, images_per_patient=2, seed=9, size=96, formats=("csxa",))
@@ -186,6 +187,7 @@ def test_rendering_in_worker_processes_writes_the_same_set_byte_for_byte(tmp_pat
         write_phantoms(tmp_path / "bad", patients=1, size=96, workers=0)
 
 
+@pytest.mark.slow
 def test_cli_writes_every_layout_with_consistent_counts_and_measurable_labels(tmp_path):
     out = tmp_path / "phantoms"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -511,6 +511,7 @@ def test_run_verbs_refuse_anything_but_a_run_folder_directly_under_runs(workspac
     assert tree(victim) == before_victim
 
 
+@pytest.mark.slow
 def test_runs_delete_from_the_shell_leaves_the_workspace_and_other_folders(workspace, tmp_path):
     run = finished_run()
     victim = run_like_folder(tmp_path / "victim")
@@ -536,6 +537,7 @@ def test_pages_and_core_share_one_run_check(workspace):
 # ---------------------------------------------------------------------------------------------- dataset names
 
 
+@pytest.mark.slow
 def test_a_dataset_name_that_is_a_path_is_refused_at_import(workspace, tmp_path):
     """Before: `import csv --dataset ../../x` stored the dataset as named (the Data page's export then wrote
     outside the workspace)."""
@@ -656,6 +658,7 @@ def test_exported_csv_cells_never_start_a_formula(workspace, tmp_path):
 # ---------------------------------------------------------------------------------------------- file modes
 
 
+@pytest.mark.slow
 def test_the_workspace_and_what_core_writes_in_it_are_private(tmp_path):
     """Before: cervicurve.db (password hashes) and images/ were created 0644 / 0755 under the usual umask 022."""
     home = tmp_path / "new-workspace"
@@ -676,6 +679,7 @@ def test_the_workspace_and_what_core_writes_in_it_are_private(tmp_path):
 # ---------------------------------------------------------------------------------------------- corrupt database
 
 
+@pytest.mark.slow
 def test_every_cli_verb_on_a_corrupt_database_prints_one_line(workspace, tmp_path):
     """Before: `users list`, `labels progress`, `split` and `db backup` printed tracebacks."""
     manifest = write_manifest(tmp_path / "src", ["P1", "P2", "P3"])
@@ -705,6 +709,7 @@ class Executes:
         return (Path.touch, (self.marker,))
 
 
+@pytest.mark.slow
 def test_a_pickled_checkpoint_is_refused_in_one_line(workspace, tmp_path):
     import torch
 
@@ -772,6 +777,7 @@ def websocket_status(port: int, origin: str, host: str | None = None) -> int:
         return refused.response.status_code
 
 
+@pytest.mark.slow
 def test_the_app_accepts_only_same_origin_websockets(server):
     """Before: enableCORS = false, and a page on any site could open the app's WebSocket and drive it."""
     assert websocket_status(server, f"http://127.0.0.1:{server}") == 101
@@ -866,6 +872,7 @@ def test_an_unknown_name_is_locked_the_same_way(workspace):
             assert answers[:5] == [None] * 5 and isinstance(answers[5], PermissionDenied)
 
 
+@pytest.mark.slow
 def test_failures_in_another_process_lock_this_one_until_an_admin_unlocks(workspace):
     """The count is shared by every process on the database; ``users unlock`` (the real CLI) clears it."""
     assert cli(workspace, "users", "add", "ada", "--role", "admin", stdin="correct horse\n").returncode == 0
@@ -1019,6 +1026,7 @@ def test_a_reviewer_cannot_accept_their_own_reading(team):
         assert [(r.reviewer, r.verdict) for r in store.reviews()] == [("rita", "accept")]
 
 
+@pytest.mark.slow
 def test_the_labels_command_refuses_a_review_of_ones_own_reading(team, workspace):
     from core.data import labels
 
@@ -1142,6 +1150,7 @@ def test_a_refused_admin_action_without_a_session_is_audited(team, workspace):
     assert "(no session)" in listing and "REFUSED" in listing
 
 
+@pytest.mark.slow
 def test_the_teach_page_in_team_mode_sets_and_answers_as_the_signed_in_user(team):
     """On the page: an annotator cannot set a quiz; a reviewer's quiz records the reviewer; the annotator answers as
     themself (no name to type) and a student name forged into session state is not used."""

@@ -224,6 +224,7 @@ WORKER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_two_processes_saving_at_once_lose_nothing(workspace, tmp_path):
     url = settings.db_url()  # not created yet: both workers may create the schema at once
     script = tmp_path / "worker.py"

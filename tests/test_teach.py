@@ -107,6 +107,7 @@ def answers_for(quiz: quizzes.Quiz, wrong: set[int]) -> dict[int, str]:
             for item in quiz.items}
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("database")  # on SQLite, then on PostgreSQL
 def test_a_phantom_quiz_in_the_annotation_database(workspace):
     made = teaching.create_quiz(title="Week 3", teacher="Dr Ortiz", films=5, seed=7)
@@ -205,6 +206,7 @@ def test_a_dataset_quiz_takes_labeled_images_and_their_labels(workspace):
         teaching.create_quiz(title="Q", teacher="T", films=5, dataset="films")
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("database")  # on SQLite, then on PostgreSQL
 def test_two_processes_answering_at_once_both_land(workspace):
     made = teaching.create_quiz(title="Q", teacher="T", films=3, seed=3)

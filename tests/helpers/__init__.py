@@ -13,7 +13,9 @@ Fixtures (tests/conftest.py): ``workspace`` (an empty $CERVICURVE_HOME), ``datab
 promoted classifier: training it makes a test slow).
 
 A test file imports from here, never from another test file. A test that trains a model, starts a process that
-trains, builds a demo or drives a browser is marked ``@pytest.mark.slow`` (``pytest -m "not slow"`` leaves it out).
+trains, builds a demo or drives a browser is marked ``@pytest.mark.slow`` (``pytest -m "not slow"`` leaves it out), and
+so is one that spends over ~2 s of CPU on its own (several ``python -m core``, streamlit or worker processes): the
+fast lane stays under 3 minutes.
 """
 from __future__ import annotations
 
