@@ -39,6 +39,8 @@ def main() -> int:
         while not done.wait(10.0):
             loads.append(os.getloadavg()[0])
 
+    # the code measured is the code at the start (a checkout may move on while a build runs for an hour)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     with tempfile.TemporaryDirectory(prefix="cervicurve-demo-bench-") as home:
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -52,7 +54,6 @@ def main() -> int:
             print(built.stderr[-3000:], file=sys.stderr)
             return built.returncode
         report = json.loads((Path(home) / REPORT_FILE).read_text(encoding="utf-8"))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     entry = {
         "measured_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": commit.stdout.strip(), "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),

@@ -114,8 +114,11 @@ def measured_builds() -> dict[str, dict]:
         measured = json.loads(MEASURED_BUILDS.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    return {quality: entry for quality, entry in measured.items() if isinstance(entry, dict)} \
-        if isinstance(measured, dict) else {}
+    if not isinstance(measured, dict):
+        return {}
+    needed = ("wall_s", "cpu_count", "class_accuracy", "cobb_mae_deg")  # what the offer quotes
+    return {quality: entry for quality, entry in measured.items() if isinstance(entry, dict)
+            and all(isinstance(entry.get(key), (int, float)) for key in needed)}
 
 
 def building(status: dict | None) -> bool:

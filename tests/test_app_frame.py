@@ -48,12 +48,17 @@ def test_the_demo_offer_quotes_the_measured_builds(workspace, tmp_path, monkeypa
 
     measured = tmp_path / "demo_build.json"
     monkeypatch.setattr(demo, "MEASURED_BUILDS", measured)
-    measured.write_text(json.dumps({"full": {"wall_s": 731.0, "cpu_count": 2, "mean_load": 5.2,
-                                             "class_accuracy": 0.953, "cobb_mae_deg": 1.81}}))
+    measured.write_text(json.dumps({"full": {"wall_s": 2031.0, "cpu_s": 1768.0, "cpu_count": 2, "mean_load": 5.2,
+                                             "class_accuracy": 0.953, "cobb_mae_deg": 1.81},
+                                    "quick": {"wall_s": 290.0, "cpu_s": 500.0, "cpu_count": 2, "mean_load": 2.1,
+                                              "class_accuracy": 0.85, "cobb_mae_deg": 3.5}}))
     full, quick = run_app().radio(key="demo_mode").options
-    assert full == ("Full (12 min on a 2-core CPU that was busy; on held-out phantoms the class was right on 95%, "
-                    "the angle off by 1.8° on average)")
-    assert quick == "Quick (not yet timed)"
+    assert full == ("Full (34 min on a 2-core CPU that was busy (29 min of CPU time); on held-out phantoms the class "
+                    "was right on 95%, the angle off by 1.8° on average)")
+    assert quick == ("Quick (5 min on a 2-core CPU; on held-out phantoms the class was right on 85%, the angle off by "
+                     "3.5° on average)")
+    measured.write_text(json.dumps({"full": {"wall_s": 2031.0}}))  # a record without the scores
+    assert run_app().radio(key="demo_mode").options == ["Full (not yet timed)", "Quick (not yet timed)"]
     measured.write_text("{not json")  # a torn or hand-broken file: the offer still stands, without figures
     assert run_app().radio(key="demo_mode").options == ["Full (not yet timed)", "Quick (not yet timed)"]
 
