@@ -22,9 +22,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))
 
-from test_browser import CHROMIUM, CHROMIUM_ARGS, NOTICE, start_server, stop_server  # noqa: E402
+from tests.helpers.browser import CHROMIUM, CHROMIUM_ARGS, NOTICE, start_server, stop_server  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "app_latency.md"
 USER_PAUSE_S = 1.5  # from the page showing to the file handed over: a user choosing a file takes longer
@@ -87,7 +87,7 @@ def workspace_or_tiny(home: Path | None, scratch: Path) -> Path:
     landmarks): shared by the browser benchmarks."""
     if home is not None:
         return home
-    from test_app_predict import promote_tiny_classifier
+    from tests.helpers.models import promote_tiny_classifier
 
     promote_tiny_classifier(scratch / "workspace")
     return scratch / "workspace"

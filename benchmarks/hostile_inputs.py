@@ -29,7 +29,7 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results" / "hostile_inputs.md"
 KILL_AT = 2.5 * 1024**3
 MiB = 1024**2
@@ -179,7 +179,7 @@ def mb(n: int) -> str:
 def build(scratch: Path) -> None:
     """The workspace with a tiny promoted classifier, and the hostile files (in their own process: the parent
     stays small, since a child's ru_maxrss starts from its parent's size at the fork)."""
-    from test_app_predict import promote_tiny_classifier
+    from tests.helpers.models import promote_tiny_classifier
 
     promote_tiny_classifier(scratch / "workspace")
     (scratch / "dicom").mkdir(exist_ok=True)  # import dicom takes a folder

@@ -6,8 +6,6 @@ Set CERVICURVE_SCREENSHOT_DIR to keep the screenshots (docs/screenshots is made 
 from __future__ import annotations
 
 from tests.helpers.browser import BROWSER_MARKS, NOTICE, keep_screenshot, start_server, stop_server
-# benchmarks/ (app_latency, team_load, teach_redraw) still import these from here; new code takes tests.helpers.browser
-from tests.helpers.browser import CHROMIUM, CHROMIUM_ARGS  # noqa: F401
 from tests.helpers.models import phantom_png, promote_tiny_classifier
 from tests.helpers.wait import wait_for_text
 
