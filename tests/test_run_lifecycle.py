@@ -23,12 +23,13 @@ ROOT = Path(__file__).resolve().parents[1]
 COMMON_FILES = {"config.yaml", "status.json", "metrics.csv", "train.log", "best.pt", "test_report.json"}
 
 TASKS = {
-    # enough epochs that a cancel lands mid-run on a busy machine (40 finished before a cancel from another shell
-    # arrived, at load 5; all 120 once checkpoints stopped being written every epoch), few enough that the resume
-    # finishes in seconds (a 32 px CNN epoch here: ~30 ms)
+    # enough epochs that a cancel lands mid-run whatever the load (the watch and the cancel are two `python -m core`
+    # processes, ~2-5 s; 40 CNN epochs finished before the cancel at load 5, all 120 once checkpoints stopped being
+    # written every epoch; all 120 landmark epochs when the machine turned quiet mid-suite), few enough that the
+    # resume finishes in under a minute (32 px epochs here: CNN ~30 ms, landmark U-Net ~50 ms)
     "classify": {"task": "classify", "model": "cnn", "dataset": "ph", "input_size": 32, "epochs": 800,
                  "batch_size": 4, "patience": 0, "n_boot": 0, "device": "cpu", "augment": False},
-    "landmarks": {"task": "landmarks", "model": "landmark-unet", "dataset": "ph", "input_size": 32, "epochs": 120,
+    "landmarks": {"task": "landmarks", "model": "landmark-unet", "dataset": "ph", "input_size": 32, "epochs": 800,
                   "batch_size": 4, "widths": [4, 4, 8, 8, 8], "refine": 0, "mirror_average": False,
                   "device": "cpu"},
     "detect": {"task": "detect", "model": "yolov8n.yaml", "dataset": "ph", "epochs": 24, "imgsz": 64, "batch": 4,
