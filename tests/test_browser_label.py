@@ -469,9 +469,12 @@ def train_on_page(page, url: str, task: str, model: str, settings: tuple[str, ..
                            ".filter(b => b.checkVisibility()); return b.length === 1 && !b[0].disabled; }",
                            timeout=60_000)  # the settings taken: Start enabled
     page.locator(".st-key-train_start button:visible").click()
-    def finished() -> list:  # the run folder is the truth: poll it
+    def finished() -> list:  # the run folder is the truth: poll its status.json as written
+        # (a folder the launcher has just made holds no config or status for a moment, and read_status derives
+        # "failed" for it: a clean-clone run stopped waiting there)
         new = [run for run in layout.list_runs() if run.run_id not in before]
-        return new if new and layout.read_status(new[0].run_dir)["state"] not in ("queued", "running") else []
+        return new if new and layout.read_status_file(Path(new[0].run_dir)).get("state") in (
+            "done", "failed", "cancelled") else []
 
     (run,) = wait_for(finished, timeout=900, every=1)
     run_dir = Path(run.run_dir)
