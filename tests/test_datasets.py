@@ -458,7 +458,7 @@ def _balanced_store(store: AnnotationStore, patients_per_class: int = 10, images
                 image_id = store.add_image(f"images/{n}.png", sha256=f"{n:064x}", width=64, height=64,
                                            patient_id=f"{name}-{p}", source="test", dataset="bal")
                 store.save_label(image_id, annotator="t", curvature_class=name)
-    extra = store.add_image("images/x.png", sha256="f" * 64, width=64, height=64, patient_id="normal-0",
+    store.add_image("images/x.png", sha256="f" * 64, width=64, height=64, patient_id="normal-0",
                             source="test", dataset="bal")  # unlabeled image of a labeled patient
 
 

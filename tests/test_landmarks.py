@@ -102,7 +102,7 @@ def test_a_mirrored_spine_keeps_its_angle_and_faces_the_other_way(workspace):
 
 @pytest.mark.slow
 def test_cli_trains_a_run_folder_that_the_pipeline_can_load(home, tmp_path):
-    from core.runs import launch, layout, promotion
+    from core.runs import layout, promotion
     from core.training.landmarks import FORMAT, HeatmapLandmarkModel
     from core.training.landmarks import load as load_landmark_model
     from core.data.phantom import generate_case
@@ -255,7 +255,7 @@ def test_the_example_config_shows_the_defaults():
 @pytest.mark.slow
 def test_a_background_run_can_be_cancelled_and_resumed(home):
     """The Train page's path: launch.start_run -> a real child process; cancel (SIGTERM) keeps last.pt; resume finishes."""
-    from core.runs import launch, layout, promotion
+    from core.runs import launch, layout
     from core.runs.configs import ConfigError
 
     with pytest.raises(ConfigError, match="unknown config key 'epoch_count'"):  # refused before any process starts

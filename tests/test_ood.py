@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from core.evaluation import ood
-from core.runs import configs, registry
+from core.runs import registry
 from core.settings import CLASSES
 from core.training import checkpoints, classify
 from tests.helpers.tiny import FAST_OVERRIDES as FAST

@@ -69,7 +69,7 @@ def film_prediction(*, flagged: bool, confidence=SURE, spine_found: bool | None 
 
 def everywhere(prediction) -> dict:
     """What each output says the result is: JSON, CSV row, the report's text."""
-    from core.inference import pipeline, report
+    from core.inference import report
 
     record = json.loads(json.dumps(prediction.to_json()))
     row = predict_command.csv_row(prediction, None)
