@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from core import settings
 from core.cli import main as cli_main
 from core.runs import launch, layout, queue
 from tests.helpers.tiny import FAST_CONFIG as FAST
@@ -71,3 +72,33 @@ def test_slots_per_device_are_a_setting(tiny, capsys):
     assert queue.slots() == 2 and "2 run(s) per device" in capsys.readouterr().out
     with pytest.raises(layout.JobError, match="whole number >= 1"):
         queue.set_slots(0)
+
+
+def test_a_new_run_appears_only_with_its_config_and_queued_status(workspace):
+    """Readers (the Runs page, `runs`, a test waiting on a run) list a run folder only once its config and status
+    are in it: a bare folder would read as failed and one without a queue entry as interrupted."""
+    seen_while_staged = {}
+
+    def prepare(staging, run_dir):
+        (staging / layout.CONFIG_FILE).write_text("task: classify\n", encoding="utf-8")
+        seen_while_staged["listed"] = [r.run_id for r in layout.list_runs()]
+        seen_while_staged["exists"] = run_dir.exists()
+        queue.enqueue(staging, ["train", "--run-dir", str(run_dir)], "cpu")
+        seen_while_staged["waiting"] = queue.waiting()
+
+    run_dir = layout.new_run_dir("s_resnet34", "classify", prepare)
+    assert seen_while_staged == {"listed": [], "exists": False, "waiting": []}
+    assert [r.run_id for r in layout.list_runs()] == [run_dir.name]
+    assert layout.read_status(run_dir)["state"] == "queued"
+    assert [d for d, _ in queue.waiting()] == [run_dir]
+    assert layout.run_dirs() == [run_dir]
+
+
+def test_a_run_whose_preparation_fails_leaves_no_folder(workspace):
+    def prepare(staging, run_dir):
+        (staging / layout.CONFIG_FILE).write_text("task: classify\n", encoding="utf-8")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        layout.new_run_dir("s_resnet34", "classify", prepare)
+    assert list(settings.runs_dir().iterdir()) == []

@@ -46,15 +46,18 @@ def start_run(config: str | Path | Mapping[str, Any], overrides: Sequence[str] =
     if nproc > 1 and not registry.spec(task).distributed:
         raise ConfigError(f"only {', '.join(n for n, s in registry.TASKS.items() if s.distributed)} runs train with "
                           f"DDP (nproc {nproc}); {task} runs use one device")
-    run_dir = layout.new_run_dir(resolved.get("model") or task, task)
-    (run_dir / layout.CONFIG_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
     data = data_record(resolved)
-    if data:
-        layout.atomic_write_text(run_dir / hardware.DATA_FILE, json.dumps(data, indent=1))
-    layout.write_status(run_dir, {"state": "queued", "epoch": 0, "epochs": resolved.get("epochs") or 0,
-                                  "task": task, "model": resolved.get("model"), "pid": None, "message": "waiting"})
-    queue.enqueue(run_dir, ["train", "--config", str(run_dir / layout.CONFIG_FILE), "--run-dir", str(run_dir)],
-                  hardware.device_key(resolved), nproc)
+
+    def prepare(staging: Path, run_dir: Path) -> None:
+        (staging / layout.CONFIG_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
+        if data:
+            layout.atomic_write_text(staging / hardware.DATA_FILE, json.dumps(data, indent=1))
+        layout.write_status(staging, {"epoch": 0, "epochs": resolved.get("epochs") or 0, "task": task,
+                                      "model": resolved.get("model"), "message": "waiting"})
+        queue.enqueue(staging, ["train", "--config", str(run_dir / layout.CONFIG_FILE), "--run-dir", str(run_dir)],
+                      hardware.device_key(resolved), nproc)
+
+    run_dir = layout.new_run_dir(resolved.get("model") or task, task, prepare)
     queue.advance()
     return run_dir
 

@@ -14,10 +14,11 @@ import json
 import os
 import re
 import secrets
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import yaml
 
@@ -67,13 +68,36 @@ def now_iso() -> str:
 RUN_ID = re.compile(r"\d{8}-\d{6}-[a-z]+-[\w-]{1,100}-[0-9a-f]{4}")
 
 
-def new_run_dir(model: str, task: str = "classify") -> Path:
-    """A fresh, empty run folder ``runs/<time>-<task>-<model>-<random>`` (sortable by start time)."""
+def new_run_dir(model: str, task: str = "classify",
+                prepare: Callable[[Path, Path], None] | None = None) -> Path:
+    """A fresh run folder ``runs/<time>-<task>-<model>-<random>`` (sortable by start time).
+
+    With ``prepare``, the folder is made under a hidden staging name, ``prepare(staging, run_dir)`` writes its
+    first files there (config, status; paths inside name ``run_dir``), and only then is it renamed into place:
+    a reader never meets a run folder without its config and status, which it would have to call failed."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     safe_model = "".join(c if c.isalnum() or c in "_-" else "_" for c in Path(str(model)).stem)[:100] or "model"
     run_dir = settings.runs_dir() / f"{stamp}-{task}-{safe_model}-{secrets.token_hex(2)}"
-    run_dir.mkdir(parents=True, exist_ok=False)
+    if prepare is None:
+        run_dir.mkdir(parents=True, exist_ok=False)
+        return run_dir
+    staging = run_dir.with_name(f".{run_dir.name}.staging")
+    staging.mkdir(parents=True, exist_ok=False)
+    try:
+        prepare(staging, run_dir)
+        if run_dir.exists():  # rename would replace an empty folder of the same name
+            raise FileExistsError(run_dir)
+        staging.rename(run_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return run_dir
+
+
+def run_dirs() -> list[Path]:
+    """Every run folder of the workspace, unsorted: not the hidden folders new_run_dir stages runs in."""
+    root = settings.runs_dir()
+    return [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")] if root.is_dir() else []
 
 
 def run_path(run: str | Path) -> Path:
@@ -221,7 +245,7 @@ def read_metrics(run_dir: str | Path):
 def list_runs() -> list[RunInfo]:
     """Every run folder in the workspace, newest first."""
     runs = []
-    for run_dir in sorted((p for p in settings.runs_dir().iterdir() if p.is_dir()), reverse=True):
+    for run_dir in sorted(run_dirs(), reverse=True):
         status = read_status(run_dir)
         config = read_config(run_dir)
         best = status.get("best_metric")

@@ -76,20 +76,17 @@ def is_waiting(status: dict) -> bool:
 def waiting() -> list[tuple[Path, dict]]:
     """Waiting runs in queue order (position, then time queued)."""
     found = []
-    for run_dir in settings.runs_dir().iterdir():
-        if run_dir.is_dir():
-            status = layout.read_status_file(run_dir)
-            if is_waiting(status):
-                found.append((run_dir, status))
+    for run_dir in layout.run_dirs():
+        status = layout.read_status_file(run_dir)
+        if is_waiting(status):
+            found.append((run_dir, status))
     return sorted(found, key=lambda item: (float(item[1].get("queue_position") or 0), str(item[1]["queued_at"])))
 
 
 def occupied() -> Counter:
     """Device -> how many live runs train on it now (started by the queue or by hand)."""
     busy: Counter = Counter()
-    for run_dir in settings.runs_dir().iterdir():
-        if not run_dir.is_dir():
-            continue
+    for run_dir in layout.run_dirs():
         raw = layout.read_status_file(run_dir)
         if raw.get("state") not in ("queued", "running") or is_waiting(raw):
             continue
