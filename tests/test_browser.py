@@ -5,7 +5,7 @@ Set CERVICURVE_SCREENSHOT_DIR to keep the screenshots (docs/screenshots is made 
 """
 from __future__ import annotations
 
-from tests.helpers.browser import BROWSER_MARKS, NOTICE, keep_screenshot, start_server, stop_server
+from tests.helpers.browser import BROWSER_MARKS, NOTICE, drawn, keep_screenshot, start_server, stop_server
 from tests.helpers.models import phantom_png, promote_tiny_classifier
 from tests.helpers.wait import wait_for_text
 
@@ -63,7 +63,7 @@ def test_upload_a_phantom_and_see_class_and_heatmap(browser, tmp_path):
             assert heatmap.is_enabled() and heatmap.is_checked()
             page.wait_for_function("() => document.querySelector(\"iframe[title*='film_viewer']\").contentDocument"
                                    ".getElementById('view').dataset.layers.split(',').includes('heatmap')")
-        page.wait_for_timeout(500)  # let the chart finish drawing before the picture
+        drawn(page)
         shot = tmp_path / "predict_result.png"
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 20_000

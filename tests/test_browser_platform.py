@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.helpers import ROOT
-from tests.helpers.browser import BROWSER_MARKS, NOTICE, start_server, stop_server
+from tests.helpers.browser import BROWSER_MARKS, NOTICE, drawn, start_server, stop_server
 
 pytestmark = BROWSER_MARKS
 
@@ -64,7 +64,8 @@ def test_a_page_opened_by_its_url_stays_on_the_app_server(browser, tmp_path, pat
         assert "loaded" in fonts, fonts
         favicon = page.evaluate("() => [...document.querySelectorAll('link[rel~=icon]')].map(l => l.href)")
         assert favicon and all(href.startswith(("data:", url)) for href in favicon), favicon
-        page.wait_for_timeout(1_000)  # a late request (a favicon after the rerun) would come now
+        drawn(page)  # the script's run is over: a late request (a favicon after the rerun) is made by now
+        page.wait_for_load_state("networkidle", timeout=30_000)
         assert not page.get_by_text("Page not found").is_visible()
 
         foreign = [address for address in requests

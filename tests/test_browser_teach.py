@@ -11,7 +11,7 @@ import re
 import pytest
 
 from core.settings import CLASSES
-from tests.helpers.browser import BROWSER_MARKS, NOTICE, keep_screenshot, start_server, stop_server
+from tests.helpers.browser import BROWSER_MARKS, NOTICE, after_rerun, drawn, keep_screenshot, start_server, stop_server
 from tests.helpers.models import promote_tiny_classifier
 
 pytestmark = BROWSER_MARKS
@@ -81,7 +81,7 @@ def test_the_angle_slider_walks_the_rule_class_through_its_thresholds(browser, s
         assert re.fullmatch(rf"Model's answer: (({'|'.join(CLASSES)}) \(\d+%[^)]*\)\. It (agrees|disagrees) with|"
                             rf"not judged — check this film by eye\. No class to set beside) the rule's {expected}\.",
                             verdict), verdict
-    page.wait_for_timeout(500)  # let the charts finish drawing before the picture
+    drawn(page)
     shot = scratch / "teach_explore.png"
     page.screenshot(path=str(shot), full_page=True)
     keep_screenshot(shot, "teach_explore.png")
@@ -101,8 +101,7 @@ def test_four_clicks_on_the_film_give_an_angle_against_the_truth(browser, served
     scale = 440 / film.pixels.shape[1]
     box = canvas.bounding_box()
     for x, y in teaching.truth_endplates(film.landmarks):
-        page.mouse.click(box["x"] + x * scale, box["y"] + y * scale)
-        page.wait_for_timeout(400)
+        after_rerun(page, lambda: page.mouse.click(box["x"] + x * scale, box["y"] + y * scale))
     value = page.locator("[data-testid='stMetric']").filter(has_text="Your angle").locator(
         "[data-testid='stMetricValue']")
     value.wait_for(timeout=60_000)
@@ -127,13 +126,12 @@ def test_a_five_film_quiz_is_answered_and_scored(browser, served):
     answers[1] = CLASSES[(CLASSES.index(truths[1]) + 1) % 3]  # one wrong
     for position, answer in enumerate(answers, start=1):
         group = page.get_by_role("radiogroup", name=f"Film {position}")
-        group.get_by_text(answer, exact=True).click()
-        page.wait_for_timeout(300)
+        after_rerun(page, group.get_by_text(answer, exact=True).click)
     page.get_by_role("button", name="Submit my answers").click()
     score = page.get_by_text("Score: 4/5 (80%)")
     score.wait_for(timeout=60_000)
     page.get_by_text("Film 2: you said").wait_for(timeout=30_000)
-    page.wait_for_timeout(500)
+    drawn(page)
     shot = scratch / "teach_quiz.png"
     page.screenshot(path=str(shot), full_page=True)
     keep_screenshot(shot, "teach_quiz.png")

@@ -7,7 +7,8 @@ from __future__ import annotations
 import time
 
 from core.runs import launch, layout
-from tests.helpers.browser import BROWSER_MARKS, NOTICE, cpu_percent_over, keep_screenshot, start_server, stop_server
+from tests.helpers.browser import (BROWSER_MARKS, NOTICE, after_rerun, cpu_percent_over, drawn, keep_screenshot,
+                                   start_server, stop_server)
 from tests.helpers.tiny import import_tiny
 from tests.helpers.wait import wait_for
 
@@ -23,8 +24,7 @@ POINTS_JS = """() => {
 def set_field(page, label: str, value: str) -> None:
     box = page.get_by_label(label, exact=True)
     box.fill(value)
-    box.press("Enter")
-    page.wait_for_timeout(600)
+    after_rerun(page, lambda: box.press("Enter"))
 
 
 def test_start_a_run_and_watch_the_curve_gain_a_point(browser, tmp_path, monkeypatch):
@@ -64,7 +64,7 @@ def test_start_a_run_and_watch_the_curve_gain_a_point(browser, tmp_path, monkeyp
         # the app scrolls inside its main block: bring the live view into the picture
         page.get_by_text("Live view", exact=True).scroll_into_view_if_needed()
         page.mouse.wheel(0, 250)
-        page.wait_for_timeout(800)
+        drawn(page)
         shot = tmp_path / "train_live.png"
         page.screenshot(path=str(shot))
         keep_screenshot(shot, "train_live.png")
@@ -98,7 +98,7 @@ def test_two_runs_side_by_side_on_the_runs_page(browser, tmp_path, monkeypatch):
         page.get_by_text("Test metrics in the study's layout").wait_for(timeout=60_000)
         page.get_by_text("the published row is").wait_for(timeout=30_000)  # (the table itself is a canvas grid)
         page.get_by_text("runs side by side").scroll_into_view_if_needed()
-        page.wait_for_timeout(1500)
+        drawn(page)
         shot = tmp_path / "runs_compare.png"
         page.screenshot(path=str(shot))
         keep_screenshot(shot, "runs_compare.png")

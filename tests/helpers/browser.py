@@ -95,3 +95,30 @@ def cpu_percent_over(pid: int, seconds: float) -> float:
     import psutil
 
     return psutil.Process(pid).cpu_percent(interval=seconds)
+
+
+# Streamlit marks its root element with the script's state (``data-test-script-state``: running, notRunning, ...).
+_WATCH_RERUN = """() => {
+  const app = document.querySelector("[data-testid='stApp']");
+  window.__cervicurveRan = false;
+  new MutationObserver(() => { if (app.dataset.testScriptState === 'running') window.__cervicurveRan = true; })
+    .observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
+}"""
+_IDLE = "document.querySelector(\"[data-testid='stApp']\")?.dataset.testScriptState === 'notRunning'"
+
+
+def after_rerun(page, action, timeout: float = 60_000) -> None:
+    """Do ``action`` (a click, a key press) that makes the app rerun; return once that rerun has finished."""
+    page.evaluate(_WATCH_RERUN)
+    action()
+    page.wait_for_function(f"() => window.__cervicurveRan && {_IDLE}", timeout=timeout)
+
+
+def drawn(page, timeout: float = 30_000) -> None:
+    """Return once the script is idle, the fonts are in, and every Plotly chart has drawn its plot: what a
+    screenshot needs."""
+    page.wait_for_function(f"""async () => {{
+      await document.fonts.ready;
+      const charts = [...document.querySelectorAll("[data-testid='stPlotlyChart']")];
+      return {_IDLE} && charts.every(chart => chart.querySelector('.main-svg'));
+    }}""", timeout=timeout)
