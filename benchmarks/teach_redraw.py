@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/teach_redraw.py [--home WORKSPACE] [--from 20] [--to -10] [--pause 1]
                                                 [--screenshots DIR]
 
-The angle slider is moved one degree at a time from ``--from`` to ``--to``. Engine: ``teaching.explore`` in this
+The angle slider is moved one degree at a time from ``--from`` to ``--to``. Engine: ``explore.explore`` in this
 process for each new angle (film, measurements, the models' answer with Grad-CAM, pictures) without the prefetch,
 the same angles again (every part cached), and a walk at another seed with the prefetch and ``--pause`` seconds
 between moves. Browser: `streamlit run app.py` with the system chromium; one ArrowLeft on the slider, timed until
@@ -34,26 +34,26 @@ RESULTS = ROOT / "benchmarks" / "results" / "teach_redraw.md"
 
 
 def engine_moves(angles: list[int], pause_s: float) -> dict[str, list[float]]:
-    """Seconds per ``teaching.explore`` over the angles: without the prefetch (every part made on the move), with it
+    """Seconds per ``explore.explore`` over the angles: without the prefetch (every part made on the move), with it
     and a pause between moves (a student looking at the film), and each angle again (everything cached);
     plus each stage's share without the prefetch."""
-    from core.inference import teaching
+    from core.inference.teaching import explore, films
 
-    teaching.explore(teaching.FilmSettings(cobb_c2c7=angles[0]), prefetch=False)  # loads the models, the patient
+    explore.explore(films.FilmSettings(cobb_c2c7=angles[0]), prefetch=False)  # loads the models, the patient
     runs: dict[str, list[float]] = {"cold": [], "prefetched": [], "again": []}
     for angle in angles[1:]:
         started = time.perf_counter()
-        result = teaching.explore(teaching.FilmSettings(cobb_c2c7=angle), prefetch=False)
+        result = explore.explore(films.FilmSettings(cobb_c2c7=angle), prefetch=False)
         runs["cold"].append(time.perf_counter() - started)
         for stage, ms in result.timings_ms.items():
             runs.setdefault(f"stage {stage}", []).append(ms / 1000)
     for angle in angles[1:]:
-        runs["again"].append(_timed(lambda: teaching.explore(teaching.FilmSettings(cobb_c2c7=angle), prefetch=False)))
+        runs["again"].append(_timed(lambda: explore.explore(films.FilmSettings(cobb_c2c7=angle), prefetch=False)))
     # The same walk at another seed (nothing cached), now with the prefetch and a pause after each redraw.
-    teaching.explore(teaching.FilmSettings(cobb_c2c7=angles[0], seed=2))
+    explore.explore(films.FilmSettings(cobb_c2c7=angles[0], seed=2))
     for angle in angles[1:]:
         time.sleep(pause_s)
-        runs["prefetched"].append(_timed(lambda: teaching.explore(teaching.FilmSettings(cobb_c2c7=angle, seed=2))))
+        runs["prefetched"].append(_timed(lambda: explore.explore(films.FilmSettings(cobb_c2c7=angle, seed=2))))
     return runs
 
 

@@ -12,7 +12,8 @@ import hashlib
 import pandas as pd
 import streamlit as st
 
-from core.inference import report, teaching
+from core.inference import report
+from core.inference.teaching import drawing, explore, films, quiz
 from core.settings import CLASSES
 from ui.figures import probability_bars
 from ui.frame import engine_errors, frame, selected_runs, store
@@ -30,15 +31,15 @@ runs = selected_runs(state)
 part = st.radio("Part", PARTS, horizontal=True, key="teach_part", label_visibility="collapsed")
 
 
-def film_settings() -> teaching.FilmSettings:
+def film_settings() -> films.FilmSettings:
     """The Explore sliders' current values (their defaults before Explore was opened)."""
-    defaults = teaching.FilmSettings()
+    defaults = films.FilmSettings()
     get = st.session_state.get
-    return teaching.FilmSettings(cobb_c2c7=get("explore_angle", defaults.cobb_c2c7),
-                                 facing=get("explore_facing", defaults.facing),
-                                 c7_hidden=get("explore_c7_hidden", defaults.c7_hidden),
-                                 exposure_stops=get("explore_exposure", defaults.exposure_stops),
-                                 noise=get("explore_noise", defaults.noise), seed=int(get("explore_seed", defaults.seed)))
+    return films.FilmSettings(cobb_c2c7=get("explore_angle", defaults.cobb_c2c7),
+                              facing=get("explore_facing", defaults.facing),
+                              c7_hidden=get("explore_c7_hidden", defaults.c7_hidden),
+                              exposure_stops=get("explore_exposure", defaults.exposure_stops),
+                              noise=get("explore_noise", defaults.noise), seed=int(get("explore_seed", defaults.seed)))
 
 
 # ------------------------------------------------------------------ 1. Explore
@@ -46,25 +47,25 @@ def film_settings() -> teaching.FilmSettings:
 
 def explore_part() -> None:
     controls, picture_column, facts = st.columns([3, 5, 4], gap="medium")
-    defaults = teaching.FilmSettings()
-    low, high = teaching.ANGLE_RANGE_DEG
+    defaults = films.FilmSettings()
+    low, high = films.ANGLE_RANGE_DEG
     with controls:
         st.slider("C2–C7 angle (°, lordosis positive)", int(low), int(high), int(defaults.cobb_c2c7), 1,
                   key="explore_angle", persist_state="session")
         st.radio("Patient faces", ["right", "left"], horizontal=True, key="explore_facing", persist_state="session")
         st.toggle("C7 hidden by the shoulders", key="explore_c7_hidden", persist_state="session")
-        st.slider("Exposure (stops: + darker, − lighter)", *teaching.EXPOSURE_RANGE_STOPS, 0.0, 0.25,
+        st.slider("Exposure (stops: + darker, − lighter)", *films.EXPOSURE_RANGE_STOPS, 0.0, 0.25,
                   key="explore_exposure", persist_state="session")
-        st.slider("Extra noise", *teaching.NOISE_RANGE, 0.0, 0.01, key="explore_noise", persist_state="session")
+        st.slider("Extra noise", *films.NOISE_RANGE, 0.0, 0.01, key="explore_noise", persist_state="session")
         st.number_input("Film seed (the same settings give the same film)", 0, 2**31 - 1, defaults.seed,
                         key="explore_seed", persist_state="session")
         # one checkbox a line: five pills do not fit this column and the last ones were cut off
         st.markdown("**Draw**")
-        layers = [layer for layer in teaching.LAYERS
+        layers = [layer for layer in drawing.LAYERS
                   if st.checkbox(LAYER_LABELS[layer], True, key=f"explore_layer_{layer}", persist_state="session")]
     result = None
     with engine_errors("Drawing the film"), st.spinner("Drawing…"):
-        result = teaching.explore(film_settings(), layers or (), runs)
+        result = explore.explore(film_settings(), layers or (), runs)
     if result is None:
         return
     truth = result.film.truth
@@ -80,7 +81,7 @@ def explore_part() -> None:
         st.caption(f"Rule on Cobb C2–C7: normal ≥ {t.normal_min_deg:g}°, reversed ≤ {t.reversed_max_deg:g}°, "
                    "straightened between (the thresholds this workspace is set to).")
         model = result.model
-        st.plotly_chart(rule_scale(t, teaching.ANGLE_RANGE_DEG, truth.cobb_c2c7,
+        st.plotly_chart(rule_scale(t, films.ANGLE_RANGE_DEG, truth.cobb_c2c7,
                                    None if model is None else model.cobb_c2c7,
                                    None if model is None else model.curvature_class),
                         key="explore_scale")
@@ -103,7 +104,7 @@ def explore_part() -> None:
     st.caption(f"Redrawn at {truth.cobb_c2c7:+.1f}° in {result.redraw_ms:.0f} ms ({timings})")  # the page's last line
 
 
-def models_answer(model: teaching.ModelAnswer, truth) -> None:
+def models_answer(model: explore.ModelAnswer, truth) -> None:
     """The models' answer as Predict gives it (one verdict): its class beside the rule's, or "not judged" and why;
     the network's probabilities only where its class is the answer."""
     verdict = model.verdict
@@ -125,7 +126,7 @@ def models_answer(model: teaching.ModelAnswer, truth) -> None:
 # ------------------------------------------------------------------ 2. Measure it yourself
 
 
-def point_canvas(film: teaching.Film) -> list[tuple[float, float]]:
+def point_canvas(film: films.Film) -> list[tuple[float, float]]:
     """The film on a canvas in point mode; returns the points placed, in film pixels."""
     from streamlit_drawable_canvas import st_canvas
 
@@ -146,17 +147,17 @@ def measure_part() -> None:
     film = None
     with engine_errors("Loading the film"):
         if source == "The Explore phantom":
-            film = teaching.phantom_film(film_settings())
+            film = films.phantom_film(film_settings())
             st.caption("The phantom of the Explore settings: change the angle there and come back.")
         elif not state["datasets"]:
             st.info("No dataset in this workspace yet: import one on the Data page, or use the Explore phantom.")
         else:
             dataset = st.selectbox("Dataset", state["datasets"], key="measure_dataset")
-            films = {f"{i.image_id}: {i.path.rsplit('/', 1)[-1]}"
+            images = {f"{i.image_id}: {i.path.rsplit('/', 1)[-1]}"
                      + (f" ({i.curvature_class})" if i.curvature_class else ""): i.image_id
                      for i in store().current_labels(dataset)}
-            choice = st.selectbox("Which film", list(films), key="measure_image")
-            film = teaching.dataset_film(films[choice], store())
+            choice = st.selectbox("Which film", list(images), key="measure_image")
+            film = films.dataset_film(images[choice], store())
     if film is None:
         return
     for note in film.notes:
@@ -181,7 +182,7 @@ def measure_part() -> None:
             st.warning("Only the first four points count: clear them to start again.")
         attempt = None
         with engine_errors("Measuring your angle"):
-            attempt = teaching.measure_attempt(film, points[:4], facing, runs)
+            attempt = explore.measure_attempt(film, points[:4], facing, runs)
         if attempt is None:
             return
         your, truth, model = st.columns(3)
@@ -217,7 +218,7 @@ def take_quiz(quizzes) -> None:
         student = st.text_input("Your name", key="quiz_student", max_chars=200, persist_state="session")
     films = None
     with engine_errors("Loading the films"), st.spinner("Drawing the films…"):
-        films = teaching.quiz_films(chosen)
+        films = quiz.quiz_films(chosen)
     if films is None:
         return
     answers = {}
@@ -232,7 +233,7 @@ def take_quiz(quizzes) -> None:
                                               key=f"quiz_{chosen.quiz_id}_answer_{item.position}")
     if st.button("Submit my answers", type="primary", key="quiz_submit"):
         with engine_errors("Submitting"):
-            scored = teaching.submit_answers(chosen.quiz_id, student, answers, actor=state["actor"])
+            scored = quiz.submit_answers(chosen.quiz_id, student, answers, actor=state["actor"])
             st.session_state[_SCORED] = (chosen.quiz_id, scored)
     show_own_score(chosen, films)
 
@@ -257,7 +258,7 @@ def show_score(result, films) -> None:
     columns = st.columns(4)  # the quiz's thumbnail size, however few were missed
     for index, (item, answer) in enumerate(result.missed):
         angle = "" if item.truth_cobb is None else f" ({item.truth_cobb:+.1f}°)"
-        said = teaching.model_said(item)
+        said = quiz.model_said(item)
         model = f"model: {said}" if item.model_name else said
         columns[index % len(columns)].image(thumbnail_png(films[item.position - 1], 320), width="stretch",
                                             caption=f"Film {item.position}: you said {answer}; truth "
@@ -283,9 +284,9 @@ def set_quiz() -> None:
     elif submitted:
         made = None
         with engine_errors("Creating the quiz"), st.spinner("Drawing the films and asking the models…"):
-            made = teaching.create_quiz(title=title, teacher=teacher, films=int(films), seed=int(seed),
-                                        dataset=dataset if source == "A labeled dataset" else None,
-                                        show_angle=show_angle, runs=runs, actor=state["actor"])
+            made = quiz.create_quiz(title=title, teacher=teacher, films=int(films), seed=int(seed),
+                                    dataset=dataset if source == "A labeled dataset" else None,
+                                    show_angle=show_angle, runs=runs, actor=state["actor"])
         if made is not None:
             st.success(f"Created {made.label}. Students pick it under **Take a quiz**.")
             if made.teacher_key:
@@ -304,7 +305,7 @@ def class_results(quizzes) -> None:
                                  "your own.")
     results = None
     with engine_errors("Reading the results"):
-        results = teaching.class_results(chosen.quiz_id, actor=state["actor"], teacher_key=key)
+        results = quiz.class_results(chosen.quiz_id, actor=state["actor"], teacher_key=key)
     if results is None:
         return
     if not results.everyone:
@@ -320,7 +321,7 @@ def class_results(quizzes) -> None:
                  hide_index=True, width="stretch", key="results_students",
                  column_config={"score": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="percent")})
     st.markdown("#### Per film")
-    per_film = [{**row, "model": teaching.model_said(item)} for row, item in zip(results.per_film(), chosen.items)]
+    per_film = [{**row, "model": quiz.model_said(item)} for row, item in zip(results.per_film(), chosen.items)]
     st.dataframe(pd.DataFrame(per_film), hide_index=True, width="stretch", key="results_films",
                  column_config={"correct_rate": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0,
                                                                                 format="percent")})
@@ -337,7 +338,7 @@ def own_results(chosen, results) -> None:
             return
         films = None
         with engine_errors("Loading the films"):
-            films = teaching.quiz_films(chosen)
+            films = quiz.quiz_films(chosen)
         if films is not None:
             show_score(results.students[0], films)
         return
@@ -345,7 +346,7 @@ def own_results(chosen, results) -> None:
                "only the answers this browser session submitted.")
     films = None
     with engine_errors("Loading the films"):
-        films = teaching.quiz_films(chosen)
+        films = quiz.quiz_films(chosen)
     if films is not None and not show_own_score(chosen, films):
         st.info("This session has not answered this quiz yet: answer it under **Take a quiz**.")
 
@@ -357,7 +358,7 @@ def self_test_part() -> None:
         return
     quizzes = None
     with engine_errors("Reading the quizzes"):
-        quizzes = teaching.list_quizzes()
+        quizzes = quiz.list_quizzes()
     if not quizzes:
         st.info("No quiz yet: a teacher sets one under **Set a quiz**.")
     elif role == "Take a quiz":

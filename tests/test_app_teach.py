@@ -10,7 +10,7 @@ import re
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.inference import teaching
+from core.inference.teaching import explore, films, geometry, quiz
 from core.settings import CLASSES
 from tests.helpers.pages import APP
 
@@ -77,9 +77,9 @@ def test_a_film_the_models_do_not_judge_gets_no_class_and_no_heatmap(with_model)
     """The tiny model finds the Explore phantom unlike its training films: Predict gives no class for such a film, and
     neither does Teach — no class, no probabilities as an answer, no heatmap, and the reason."""
     at = teach_page()
-    film = teaching.phantom_film(teaching.FilmSettings())
-    predictor, _ = teaching.predictor_for()
-    verdict = teaching.model_answer(film, predictor).verdict
+    film = films.phantom_film(films.FilmSettings())
+    predictor, _ = explore.predictor_for()
+    verdict = explore.model_answer(film, predictor).verdict
     assert not verdict.judged  # the premise: Predict would not judge this film either
     assert models_answer(at) == ("Model's answer: **not judged — check this film by eye**. No class to set beside "
                                  "the rule's **normal**.")
@@ -128,13 +128,13 @@ def test_nothing_a_student_sees_names_an_environment_variable(with_model, tmp_pa
     """Every part of the page a student opens, with a model and a quiz: no CERVICURVE_ setting names (the rule's
     caption named its two thresholds' variables)."""
     monkeypatch.setenv("CERVICURVE_DB", f"sqlite:///{tmp_path}/own.db")  # its quiz stays out of the shared home
-    made = teaching.create_quiz(title="Names", teacher="T", films=2, seed=1)
+    made = quiz.create_quiz(title="Names", teacher="T", films=2, seed=1)
     at = teach_page()
     seen = [page_text(at)]
     assert "Rule on Cobb C2–C7" in seen[0]
     at.radio(key="teach_part").set_value("Measure it yourself").run()
-    film = teaching.phantom_film(teaching.FilmSettings())
-    place(at, film, teaching.truth_endplates(film.landmarks))
+    film = films.phantom_film(films.FilmSettings())
+    place(at, film, geometry.truth_endplates(film.landmarks))
     seen.append(page_text(at))
     assert "Your angle" in seen[-1]
     at.radio(key="teach_part").set_value("Self-test").run()
@@ -152,12 +152,12 @@ def test_nothing_a_student_sees_names_an_environment_variable(with_model, tmp_pa
         assert "CERVICURVE_" not in text, part
 
 
-def canvas_key(at: AppTest, film: teaching.Film) -> str:
+def canvas_key(at: AppTest, film: films.Film) -> str:
     digest = hashlib.sha1(repr(film.key).encode()).hexdigest()[:10]
     return f"measure_canvas_{digest}_{at.session_state['measure_resets']}"
 
 
-def place(at: AppTest, film: teaching.Film, points) -> AppTest:
+def place(at: AppTest, film: films.Film, points) -> AppTest:
     """Points as the canvas's point tool sends them (film pixels -> canvas pixels)."""
     scale = 440 / film.pixels.shape[1]
     radius, stroke = 4, 1
@@ -172,8 +172,8 @@ def place(at: AppTest, film: teaching.Film, points) -> AppTest:
 
 def test_four_points_give_an_angle_against_the_truth(workspace):
     at = teach_page("Measure it yourself")
-    film = teaching.phantom_film(teaching.FilmSettings())
-    corners = teaching.truth_endplates(film.landmarks)
+    film = films.phantom_film(films.FilmSettings())
+    corners = geometry.truth_endplates(film.landmarks)
     place(at, film, corners[:3])
     assert [i.value for i in at.info] == ["3 of 4 points placed."]
     # The true corners, the C7 ones a little off: the student's angle differs from the truth by that tilt.
@@ -181,7 +181,7 @@ def test_four_points_give_an_angle_against_the_truth(workspace):
     off[3, 1] += 6.0
     place(at, film, off)
     metrics = {m.label: m.value for m in at.metric}
-    expected = teaching.endplate_cobb(off, film.facing)
+    expected = geometry.endplate_cobb(off, film.facing)
     assert metrics["Your angle"] == f"{expected:+.1f}°" and metrics["True angle"] == f"{film.truth.cobb_c2c7:+.1f}°"
     assert abs(expected - film.truth.cobb_c2c7) > 1.0
     assert metrics["Model's angle"] == "—"
@@ -208,10 +208,10 @@ def test_a_quiz_set_answered_and_scored(with_model):
     assert not at.exception and not at.error
     assert at.success[0].value.startswith("Created #1 Week 1 (5 films, phantoms, by Dr Ortiz)")
     key = teacher_key(at)
-    made = teaching.quiz(1)
+    made = quiz.quiz(1)
     # The models' answer, frozen at creation, is their verdict: the tiny model judges none of these phantoms.
     assert all(item.model_name and item.model_class is None for item in made.items)
-    assert {teaching.model_said(item) for item in made.items} == {"not judged"}
+    assert {quiz.model_said(item) for item in made.items} == {"not judged"}
 
     at.radio(key="quiz_role").set_value("Take a quiz").run()
     assert len(at.get("image")) == 5
@@ -272,7 +272,7 @@ def test_in_single_user_mode_a_student_sees_their_own_answers_and_only_the_teach
     teacher.number_input(key="quiz_films").set_value(3)
     create_button(teacher).click().run()
     key = teacher_key(teacher)
-    made = teaching.quiz(1)
+    made = quiz.quiz(1)
 
     answer_as(teach_page("Self-test"), "Zofia", made)
     bruno = answer_as(teach_page("Self-test"), "Bruno", made)
@@ -307,7 +307,7 @@ def test_in_team_mode_class_results_are_for_reviewers_and_a_student_sees_their_o
         accounts.add_user("ann", "annotator pw", "annotator")
         accounts.add_user("bob", "annotator pw", "annotator")
         rui = accounts.sign_in("rui", "reviewer pw")
-    made = teaching.create_quiz(title="Team quiz", teacher=None, films=2, seed=4, actor=rui)
+    made = quiz.create_quiz(title="Team quiz", teacher=None, films=2, seed=4, actor=rui)
     assert made.teacher_key is None  # team mode: the role decides, there is no key
 
     def teach_as(name: str, password: str) -> AppTest:

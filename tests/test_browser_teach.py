@@ -29,9 +29,9 @@ def served(tmp_path_factory):
     os.environ["CERVICURVE_HOME"] = str(home)
     try:
         assert cli.main(["quiz", "create", "--films", "5", "--seed", "5", "--title", "Browser quiz"]) == 0
-        from core.inference import teaching
+        from core.inference.teaching import quiz
 
-        truths = [item.truth_class for item in teaching.quiz(1).items]
+        truths = [item.truth_class for item in quiz.quiz(1).items]
     finally:
         if previous is None:
             os.environ.pop("CERVICURVE_HOME", None)
@@ -88,7 +88,7 @@ def test_the_angle_slider_walks_the_rule_class_through_its_thresholds(browser, s
 
 
 def test_four_clicks_on_the_film_give_an_angle_against_the_truth(browser, served):
-    from core.inference import teaching
+    from core.inference.teaching import films, geometry
 
     url, _, _, _ = served
     page = browser.new_page(viewport={"width": 1500, "height": 1200})
@@ -97,10 +97,10 @@ def test_four_clicks_on_the_film_give_an_angle_against_the_truth(browser, served
     page.get_by_text("Measure it yourself").click()
     canvas = page.locator("canvas.upper-canvas").first
     canvas.wait_for(timeout=60_000)
-    film = teaching.phantom_film(teaching.FilmSettings())  # the page's default Explore phantom
+    film = films.phantom_film(films.FilmSettings())  # the page's default Explore phantom
     scale = 440 / film.pixels.shape[1]
     box = canvas.bounding_box()
-    for x, y in teaching.truth_endplates(film.landmarks):
+    for x, y in geometry.truth_endplates(film.landmarks):
         after_rerun(page, lambda: page.mouse.click(box["x"] + x * scale, box["y"] + y * scale))
     value = page.locator("[data-testid='stMetric']").filter(has_text="Your angle").locator(
         "[data-testid='stMetricValue']")

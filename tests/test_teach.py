@@ -16,38 +16,38 @@ from core import cli
 from core.data import quizzes
 from core.data.measure import measure_landmarks
 from core.data.store import AnnotationStore
-from core.inference import teaching
+from core.inference.teaching import explore, films, geometry, quiz
 from core.settings import CLASSES, db_url
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 192  # px: small films keep these tests quick
 
 
-def settings(**changes) -> teaching.FilmSettings:
-    return teaching.FilmSettings(size=SIZE, seed=4, **changes)
+def settings(**changes) -> films.FilmSettings:
+    return films.FilmSettings(size=SIZE, seed=4, **changes)
 
 
 def test_same_settings_give_the_same_film_and_the_truth_follows_the_angle(workspace):
-    first, again = teaching.phantom_film(settings(cobb_c2c7=20)), teaching.phantom_film(settings(cobb_c2c7=20))
+    first, again = films.phantom_film(settings(cobb_c2c7=20)), films.phantom_film(settings(cobb_c2c7=20))
     assert np.array_equal(first.pixels, again.pixels) and first.pixels.shape[0] == SIZE
-    moved = teaching.phantom_film(settings(cobb_c2c7=5))
+    moved = films.phantom_film(settings(cobb_c2c7=5))
     assert moved.truth.cobb_c2c7 - first.truth.cobb_c2c7 == pytest.approx(-15.0, abs=0.02)
     # The rule's default thresholds: normal >= 10, reversed <= -4, straightened between.
-    classes = {angle: teaching.phantom_film(settings(cobb_c2c7=angle)).truth.rule_class for angle in (10, 9, -3, -4)}
+    classes = {angle: films.phantom_film(settings(cobb_c2c7=angle)).truth.rule_class for angle in (10, 9, -3, -4)}
     assert classes == {10: "normal", 9: "straightened", -3: "straightened", -4: "reversed"}
 
 
 def test_shoulders_facing_exposure_and_noise(workspace):
-    hidden, clear = teaching.phantom_film(settings(c7_hidden=True)), teaching.phantom_film(settings(c7_hidden=False))
+    hidden, clear = films.phantom_film(settings(c7_hidden=True)), films.phantom_film(settings(c7_hidden=False))
     assert hidden.c7_hidden is True and clear.c7_hidden is False
-    left = teaching.phantom_film(settings(facing="left"))
+    left = films.phantom_film(settings(facing="left"))
     assert left.facing == "left" and left.truth.cobb_c2c7 == pytest.approx(20.0, abs=0.02)
-    plain = teaching.phantom_film(settings())
-    darker = teaching.phantom_film(settings(exposure_stops=1.0))
-    noisy = teaching.phantom_film(settings(noise=0.1))
+    plain = films.phantom_film(settings())
+    darker = films.phantom_film(settings(exposure_stops=1.0))
+    noisy = films.phantom_film(settings(noise=0.1))
     assert darker.pixels.mean() < plain.pixels.mean()
     assert np.abs(noisy.pixels - plain.pixels).mean() > 0.03
-    assert np.array_equal(noisy.pixels, teaching.phantom_film(settings(noise=0.1)).pixels)  # the noise is seeded
+    assert np.array_equal(noisy.pixels, films.phantom_film(settings(noise=0.1)).pixels)  # the noise is seeded
     assert darker.truth == plain.truth == noisy.truth  # the film changes, the spine does not
 
 
@@ -55,24 +55,24 @@ def test_shoulders_facing_exposure_and_noise(workspace):
                                           (dict(facing="up"), "facing"), (dict(noise="lots"), "must be a number"),
                                           (dict(seed=-1), "seed")])
 def test_bad_settings_are_one_clear_error(workspace, bad, message):
-    with pytest.raises(teaching.TeachingError, match=message):
-        teaching.phantom_film(teaching.FilmSettings(**{"size": SIZE, **bad}))
+    with pytest.raises(films.TeachingError, match=message):
+        films.phantom_film(films.FilmSettings(**{"size": SIZE, **bad}))
 
 
 @pytest.mark.parametrize("facing", ["right", "left"])
 def test_four_points_on_the_true_corners_give_the_measured_angle(workspace, facing):
-    film = teaching.phantom_film(settings(cobb_c2c7=-7, facing=facing))
-    corners = teaching.truth_endplates(film.landmarks)
-    assert teaching.endplate_cobb(corners, facing) == pytest.approx(film.truth.cobb_c2c7, abs=1e-6)
+    film = films.phantom_film(settings(cobb_c2c7=-7, facing=facing))
+    corners = geometry.truth_endplates(film.landmarks)
+    assert geometry.endplate_cobb(corners, facing) == pytest.approx(film.truth.cobb_c2c7, abs=1e-6)
     swapped = corners[[1, 0, 3, 2]]  # either order within each endplate
-    assert teaching.endplate_cobb(swapped, facing) == pytest.approx(film.truth.cobb_c2c7, abs=1e-6)
-    with pytest.raises(teaching.TeachingError, match="on top of each other"):
-        teaching.endplate_cobb(np.array([corners[0], corners[0], corners[2], corners[3]]), facing)
+    assert geometry.endplate_cobb(swapped, facing) == pytest.approx(film.truth.cobb_c2c7, abs=1e-6)
+    with pytest.raises(films.TeachingError, match="on top of each other"):
+        geometry.endplate_cobb(np.array([corners[0], corners[0], corners[2], corners[3]]), facing)
 
 
 def test_the_construction_is_the_one_measured(workspace):
-    film = teaching.phantom_film(settings(cobb_c2c7=25))
-    cons = teaching.construction(film.landmarks, film.facing, film.truth, SIZE)
+    film = films.phantom_film(settings(cobb_c2c7=25))
+    cons = geometry.construction(film.landmarks, film.facing, film.truth, SIZE)
     for (posterior, anterior), (start, end) in zip((cons.endplates[:2], cons.endplates[2:]), cons.perpendiculars):
         plate, normal = anterior - posterior, end - start
         assert abs(np.dot(plate, normal)) / (np.linalg.norm(plate) * np.linalg.norm(normal)) < 1e-6
@@ -80,7 +80,7 @@ def test_the_construction_is_the_one_measured(workspace):
         assert np.linalg.norm(corner - foot) == pytest.approx(abs(toyama), rel=1e-6) and value == toyama
     point, foot, depth = cons.arc
     assert np.linalg.norm(point - foot) == pytest.approx(abs(film.truth.arc_depth_px), rel=1e-6)
-    exploration = teaching.explore(settings(cobb_c2c7=25))
+    exploration = explore.explore(settings(cobb_c2c7=25))
     assert exploration.model is None and "nothing is promoted" in exploration.model_missing
     assert exploration.picture.size == (film.pixels.shape[1], SIZE)
 
@@ -110,13 +110,13 @@ def answers_for(quiz: quizzes.Quiz, wrong: set[int]) -> dict[int, str]:
 @pytest.mark.slow
 @pytest.mark.usefixtures("database")  # on SQLite, then on PostgreSQL
 def test_a_phantom_quiz_in_the_annotation_database(workspace):
-    made = teaching.create_quiz(title="Week 3", teacher="Dr Ortiz", films=5, seed=7)
+    made = quiz.create_quiz(title="Week 3", teacher="Dr Ortiz", films=5, seed=7)
     assert [item.position for item in made.items] == [1, 2, 3, 4, 5]
     assert sorted(item.truth_class for item in made.items) == sorted(["normal", "normal", "straightened",
                                                                      "straightened", "reversed"])
     assert all(item.model_class is None for item in made.items)  # nothing promoted
     # The film is the phantom of its seed, and its truth is that phantom's own.
-    films = teaching.quiz_films(made)
+    films = quiz.quiz_films(made)
     for item, pixels in zip(made.items, films):
         from core.data.phantom import generate_case
 
@@ -124,13 +124,13 @@ def test_a_phantom_quiz_in_the_annotation_database(workspace):
         assert case.curvature_class == item.truth_class and case.cobb_c2c7 == pytest.approx(item.truth_cobb, abs=1e-6)
         assert pixels.shape == case.image.shape
 
-    teaching.submit_answers(made.quiz_id, "Ana", answers_for(made, wrong={2, 5}))
-    first_ben = teaching.submit_answers(made.quiz_id, "Ben", answers_for(made, wrong={1, 2, 3, 4, 5}))
+    quiz.submit_answers(made.quiz_id, "Ana", answers_for(made, wrong={2, 5}))
+    first_ben = quiz.submit_answers(made.quiz_id, "Ben", answers_for(made, wrong={1, 2, 3, 4, 5}))
     assert first_ben.correct == 0
-    ben = teaching.submit_answers(made.quiz_id, "  Ben ", answers_for(made, wrong=set()))  # a second try counts
+    ben = quiz.submit_answers(made.quiz_id, "  Ben ", answers_for(made, wrong=set()))  # a second try counts
     assert (ben.student, ben.correct, ben.total, ben.missed) == ("Ben", 5, 5, [])
 
-    results = teaching.quiz_results(made.quiz_id)
+    results = quiz.quiz_results(made.quiz_id)
     ana = results.student("Ana")
     assert (ana.correct, ana.total) == (3, 5)
     assert [item.position for item, _ in ana.missed] == [2, 5]
@@ -155,21 +155,21 @@ def test_a_phantom_quiz_in_the_annotation_database(workspace):
 
 @pytest.mark.usefixtures("database")  # on SQLite, then on PostgreSQL
 def test_bad_quiz_requests_say_what_to_fix(workspace):
-    made = teaching.create_quiz(title="Q", teacher="T", films=3, seed=1)
+    made = quiz.create_quiz(title="Q", teacher="T", films=3, seed=1)
     answers = answers_for(made, wrong=set())
     with pytest.raises(quizzes.QuizError, match="enter a name"):
-        teaching.submit_answers(made.quiz_id, "  ", answers)
+        quiz.submit_answers(made.quiz_id, "  ", answers)
     with pytest.raises(quizzes.QuizError, match=r"missing: 2"):
-        teaching.submit_answers(made.quiz_id, "Ana", {**answers, 2: None})
+        quiz.submit_answers(made.quiz_id, "Ana", {**answers, 2: None})
     with pytest.raises(quizzes.QuizError, match="unknown class lordotic"):
-        teaching.submit_answers(made.quiz_id, "Ana", {**answers, 1: "lordotic"})
+        quiz.submit_answers(made.quiz_id, "Ana", {**answers, 1: "lordotic"})
     with pytest.raises(quizzes.QuizError, match="from 1 to 50 films"):
-        teaching.create_quiz(title="Q", teacher="T", films=0)
+        quiz.create_quiz(title="Q", teacher="T", films=0)
     with pytest.raises(quizzes.QuizError, match="no quiz 99"):
-        teaching.quiz_results(99)
+        quiz.quiz_results(99)
     with pytest.raises(quizzes.QuizError, match="has 0 images with a class label"):
-        teaching.create_quiz(title="Q", teacher="T", films=2, dataset="nothing")
-    assert teaching.quiz_results(made.quiz_id).students == []  # nothing half-written
+        quiz.create_quiz(title="Q", teacher="T", films=2, dataset="nothing")
+    assert quiz.quiz_results(made.quiz_id).students == []  # nothing half-written
 
 
 def add_labeled_phantoms(home: Path, dataset: str, count: int) -> None:
@@ -192,24 +192,24 @@ def add_labeled_phantoms(home: Path, dataset: str, count: int) -> None:
 @pytest.mark.usefixtures("database")  # on SQLite, then on PostgreSQL
 def test_a_dataset_quiz_takes_labeled_images_and_their_labels(workspace):
     add_labeled_phantoms(workspace, "films", 4)
-    made = teaching.create_quiz(title="Real films", teacher="T", films=3, seed=2, dataset="films")
+    made = quiz.create_quiz(title="Real films", teacher="T", films=3, seed=2, dataset="films")
     assert made.source == "dataset" and len({item.image_id for item in made.items}) == 3
     labels = {item.image_id: item for item in AnnotationStore().current_labels("films")}
-    for item, pixels in zip(made.items, teaching.quiz_films(made)):
+    for item, pixels in zip(made.items, quiz.quiz_films(made)):
         label = labels[item.image_id]
         assert item.truth_class == label.curvature_class and item.image_path == label.path
         assert item.truth_cobb == pytest.approx(measure_landmarks(label.landmarks).cobb_c2c7)
         assert pixels.shape == (SIZE, label.width)
-    film = teaching.dataset_film(made.items[0].image_id)
+    film = films.dataset_film(made.items[0].image_id)
     assert film.truth.cobb_c2c7 == pytest.approx(made.items[0].truth_cobb)
     with pytest.raises(quizzes.QuizError, match="a quiz of 5 films needs at least 5"):
-        teaching.create_quiz(title="Q", teacher="T", films=5, dataset="films")
+        quiz.create_quiz(title="Q", teacher="T", films=5, dataset="films")
 
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("database")  # on SQLite, then on PostgreSQL
 def test_two_processes_answering_at_once_both_land(workspace):
-    made = teaching.create_quiz(title="Q", teacher="T", films=3, seed=3)
+    made = quiz.create_quiz(title="Q", teacher="T", films=3, seed=3)
     answers = ",".join(item.truth_class for item in made.items)
     students = [subprocess.Popen([sys.executable, "-m", "core", "quiz", "answer", str(made.quiz_id), "--student",
                                   name, "--answers", answers], cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -217,7 +217,7 @@ def test_two_processes_answering_at_once_both_land(workspace):
     outputs = [student.communicate(timeout=120)[0] for student in students]
     assert all(student.returncode == 0 for student in students)
     assert sorted(outputs) == ["Ana: 3/3 correct\n", "Ben: 3/3 correct\n"]
-    assert sorted(s.student for s in teaching.quiz_results(made.quiz_id).students) == ["Ana", "Ben"]
+    assert sorted(s.student for s in quiz.quiz_results(made.quiz_id).students) == ["Ana", "Ben"]
 
 
 @pytest.mark.usefixtures("database")  # on SQLite, then on PostgreSQL

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from core.data import quizzes
 from core.data.accounts import SHELL
-from core.inference.teaching import (create_quiz, list_quizzes, model_said, new_teacher_key, quiz_results,
-                                     submit_answers)
+from core.inference.teaching.quiz import (create_quiz, list_quizzes, model_said, new_teacher_key, quiz_results,
+                                          submit_answers)
 from core.settings import CLASSES
 
 
