@@ -101,14 +101,17 @@ def cpu_percent_over(pid: int, seconds: float) -> float:
 _WATCH_RERUN = """() => {
   const app = document.querySelector("[data-testid='stApp']");
   window.__cervicurveRan = false;
-  new MutationObserver(() => { if (app.dataset.testScriptState === 'running') window.__cervicurveRan = true; })
+  new MutationObserver(() => { if (app.dataset.testScriptState !== 'notRunning') window.__cervicurveRan = true; })
     .observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
 }"""
 _IDLE = "document.querySelector(\"[data-testid='stApp']\")?.dataset.testScriptState === 'notRunning'"
 
 
-def after_rerun(page, action, timeout: float = 60_000) -> None:
-    """Do ``action`` (a click, a key press) that makes the app rerun; return once that rerun has finished."""
+def after_rerun(page, action, timeout: float = 120_000) -> None:
+    """Wait for the app to be idle, do ``action`` (a click, a key press) that makes it rerun, and return once that
+    rerun has finished. (Acting during a run can lose the action, and a run already going when the watch starts
+    would hide whether the action's own rerun came.)"""
+    page.wait_for_function(f"() => {_IDLE}", timeout=timeout)
     page.evaluate(_WATCH_RERUN)
     action()
     page.wait_for_function(f"() => window.__cervicurveRan && {_IDLE}", timeout=timeout)
