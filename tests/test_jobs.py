@@ -142,6 +142,11 @@ def test_a_comparison_killed_mid_model_resumes_that_model_where_it_stopped(tiny)
     rows = compare_rows(run_dir)
     assert [r["model"] for r in rows] == ["svm", "cnn"] and rows[1]["run_dirs"] == member
     assert not (Path(member) / "last.pt").exists()
+    table = (run_dir / "compare.md").read_text()
+    # the resumed process trained only part of it: its wall time is not the comparison's
+    assert "(the last, resumed process only)" in table
+    training = float(table.split("training time (all models): ")[1].split(" s")[0])
+    assert training >= sum(float(r["train_seconds"]) for r in rows) - 2
 
 
 def compare_rows(run_dir):

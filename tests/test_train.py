@@ -237,6 +237,7 @@ def test_compare_on_a_tiny_set_writes_the_table(tiny):
                        "batch_size": 8, "n_boot": 50}, tiny / "cmp")
     table = (out / "compare.md").read_text()
     assert "| cnn |" in table and "| svm |" in table and "macro_f1" in table
+    assert "- wall time: " in table and "resumed" not in table
     with open(out / "compare.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [r["model"] for r in rows] == ["cnn", "svm"]

@@ -425,7 +425,7 @@ def fit(config: Mapping[str, Any] | CompareConfig, run_dir: str | Path, *, resum
                 f"{entry.label}: macro-F1 {_fmt(f1['value'])} [{_fmt(f1['low'])}, {_fmt(f1['high'])}], "
                 f"{entry.train_seconds:.0f} s"))
             run.check_cancel()
-        _write_tables(cfg, entries, plan_list, dataset, run_dir, time.perf_counter() - started)
+        _write_tables(cfg, entries, plan_list, dataset, run_dir, time.perf_counter() - started, resumed=bool(done))
         winner = _keep_best(entries, run_dir)
         run.write_json(layout.TEST_REPORT, {
             "split": "out-of-fold" if cfg.folds else "test", "dataset": dataset, "best": winner,
@@ -445,7 +445,7 @@ def _keep_best(entries: list[Entry], run_dir: Path) -> str | None:
 
 
 def _write_tables(cfg: CompareConfig, entries: list[Entry], plan_list, dataset: str, out_dir: Path,
-                  total: float) -> None:
+                  wall: float, resumed: bool = False) -> None:
     import torch
 
     first = plan_list[0]
@@ -460,7 +460,10 @@ def _write_tables(cfg: CompareConfig, entries: list[Entry], plan_list, dataset: 
                  f"macro-F1, at most {FULL_EPOCHS} epochs, no time cap)" if cfg.full else "custom"),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
                    f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}",
-        "total time": f"{total:.0f} s", "written": _dt.datetime.now().isoformat(timespec="seconds"),
+        "training time (all models)": f"{sum(e.train_seconds for e in entries):.0f} s",
+        # a resumed comparison's process saw only the models it trained: its wall time is not the whole
+        "wall time": f"{wall:.0f} s" + (" (the last, resumed process only)" if resumed else ""),
+        "written": _dt.datetime.now().isoformat(timespec="seconds"),
     }
     write_csv(entries, out_dir / "compare.csv")
     write_markdown(entries, out_dir / "compare.md", header)
