@@ -27,8 +27,10 @@ demonstrate the product, not clinical accuracy.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -341,6 +343,21 @@ def _fit_detector(config: dict, run_dir: str) -> None:
         sys.exit(1)
 
 
+@contextlib.contextmanager
+def _cancel_held(signals=(signal.SIGTERM, signal.SIGINT)):
+    """Hold a cancel (SIGTERM, SIGINT) that arrives inside the block, and deliver it when the block is done.
+    (Masking the signal would not do: the kernel hands it to any of torch's threads that does not mask it.)"""
+    arrived: list[int] = []
+    previous = {number: signal.signal(number, lambda signum, frame: arrived.append(signum)) for number in signals}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if arrived:
+            signal.raise_signal(arrived[0])  # the previous handler runs now (RunRecorder's raises RunCancelled)
+
+
 class _BackgroundDetector:
     """The detector's training in a process of its own, watched through its status.json."""
 
@@ -355,7 +372,14 @@ class _BackgroundDetector:
         # spawn: this process holds torch's thread pool, which a forked child would inherit broken
         self.process = multiprocessing.get_context("spawn").Process(
             target=_fit_detector, args=(self.config, str(self.run_dir)), name="demo-detector")
-        self.process.start()
+        # A cancel (SIGTERM raises in this process) landing inside start() would cut the child's pickled start-up
+        # data short, and the child would die printing a traceback: hold it until the child has it all.
+        try:
+            with _cancel_held():
+                self.process.start()
+        except BaseException:  # the held cancel, raised before `with` would call __exit__: stop the child now
+            self.__exit__()
+            raise
         self.reporter.background = self.progress
         return self
 

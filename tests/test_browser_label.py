@@ -75,14 +75,15 @@ class LabelPage:
     def kp(self, selector: str):
         return self.frame.locator(selector).first
 
-    def wait_film(self, image_id: int | None = None, timeout: float = 60_000) -> None:
+    def wait_film(self, image_id: int | None = None, timeout: float = 180_000) -> None:
         """The component shows ``image_id`` (any film when None), its film loaded, no answer pending."""
         which = "" if image_id is None else f"[data-image-id='{image_id}']"
         self.kp(f"#app[data-ready='1'][data-busy='0']{which}").wait_for(timeout=timeout)
 
-    def wait_answer(self) -> None:
-        """Python has answered the component's last message."""
-        self.kp("#app[data-busy='0']").wait_for(timeout=60_000)
+    def wait_answer(self, timeout: float = 180_000) -> None:
+        """Python has answered the component's last message. (A draft's first answer loads the three promoted
+        models into the server: on a busy 2-core machine that took over a minute.)"""
+        self.kp("#app[data-busy='0']").wait_for(timeout=timeout)
 
     def state(self, name: str) -> str:
         return self.kp("#app").get_attribute(f"data-{name}")
@@ -470,8 +471,6 @@ def train_on_page(page, url: str, task: str, model: str, settings: tuple[str, ..
                            timeout=60_000)  # the settings taken: Start enabled
     page.locator(".st-key-train_start button:visible").click()
     def finished() -> list:  # the run folder is the truth: poll its status.json as written
-        # (a folder the launcher has just made holds no config or status for a moment, and read_status derives
-        # "failed" for it: a clean-clone run stopped waiting there)
         new = [run for run in layout.list_runs() if run.run_id not in before]
         return new if new and layout.read_status_file(Path(new[0].run_dir)).get("state") in (
             "done", "failed", "cancelled") else []

@@ -132,3 +132,43 @@ def test_sigterm_cancels_the_demo_and_says_so(workspace):
 
 def test_every_demo_quality_a_config_accepts_has_a_profile():
     assert tuple(PROFILES) == DEMO_QUALITIES
+
+
+def test_a_cancel_during_the_detector_process_start_waits_for_the_start_then_stops_it(workspace, monkeypatch):
+    """A cancel (SIGTERM) that lands while the demo spawns its detector process used to cut the child's start-up
+    data short: the child died printing a traceback ("Ran out of input"). The signal now waits until the child has
+    started, then the demo stops it and the cancel goes on."""
+    import multiprocessing.process
+    import signal
+
+    from core import demo
+
+    class Cancelled(Exception):
+        pass
+
+    def on_term(signum, frame):
+        raise Cancelled()
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    start = multiprocessing.process.BaseProcess.start
+    started = []
+
+    def start_with_a_cancel(self):
+        os.kill(os.getpid(), signal.SIGTERM)  # the cancel arrives as the start begins
+        start(self)
+        started.append(self)
+
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", start_with_a_cancel)
+
+    class Reporter:
+        background = None
+
+    try:
+        with pytest.raises(Cancelled):
+            with demo._BackgroundDetector(demo.PROFILES["tiny"], Reporter(), seed=0):
+                pytest.fail("the cancel must stop the demo before the detector's with-block runs")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    (child,) = started  # the start ran whole before the cancel was let through
+    assert not child.is_alive() and child.exitcode is not None
+    assert Reporter.background is None
