@@ -95,7 +95,7 @@ def measurements_table(prediction) -> pd.DataFrame | None:
 
 
 def verdict_warning(verdict) -> str:
-    """The verdict's plain warning and what to do next (core.inference.pipeline.verdict_of words both)."""
+    """The verdict's plain warning and what to do next (core.inference.verdict.verdict_of words both)."""
     return verdict.why + (f"\n\n**What to do:** {verdict.advice}" if verdict.advice else "")
 
 

@@ -181,7 +181,7 @@ def test_a_low_scored_box_counts_only_when_the_landmarks_in_it_are_sure(home, ph
 
 def test_impossible_angles_from_predicted_points_are_withheld(phantom_files):
     from core.data.measure import measure_landmarks
-    from core.inference.pipeline import implausible
+    from core.inference.verdict import implausible
 
     _, case = phantom_files["normal"]
     assert implausible(measure_landmarks(case.landmarks, facing=case.facing)) is None
@@ -374,7 +374,8 @@ def test_a_screenshot_is_not_judged_and_nothing_is_drawn_on_it(home, tmp_path):
     finds nothing (the default threshold) or is made to answer with its best box (threshold 0)."""
     from tests.helpers.films import colour_pixels, screenshot_png
     from core.inference import report
-    from core.inference.pipeline import NOT_JUDGED_TITLE, Predictor
+    from core.inference.pipeline import Predictor
+    from core.inference.verdict import NOT_JUDGED_TITLE
 
     shot = tmp_path / "shot.png"
     shot.write_bytes(screenshot_png())

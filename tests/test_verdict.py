@@ -1,4 +1,4 @@
-"""One verdict per film (``core.inference.pipeline.verdict_of``), carried identically by the Predict page's title, its
+"""One verdict per film (``core.inference.verdict.verdict_of``), carried identically by the Predict page's title, its
 batch table (first column and summary line), ``predict --json``, ``predictions.csv`` and the PNG report; nothing is
 drawn (landmarks, endplates, heatmap) that the verdict does not rest on.
 

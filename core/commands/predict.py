@@ -12,6 +12,7 @@ from pathlib import Path
 from core.data import imaging
 from core.data.exports import spreadsheet_safe
 from core.inference import pipeline
+from core.inference.verdict import angle_text
 
 # The verdict first (what the page's table and title, the JSON and the PNG report say), then the evidence. ``class``
 # and ``p_*`` are the network's own answer, as in the JSON; the angle columns stay empty where the verdict withholds it.
@@ -141,7 +142,7 @@ def _summary(result: pipeline.Prediction) -> str:
                  + (f" ({result.box_confidence:.2f})" if result.box_confidence is not None else ""))
     if result.measurements is not None and verdict.angle_shown:
         m = result.measurements
-        angle = pipeline.angle_text(m) + (f", CCI {m.cci:.1f} %" if m.lowest_level == "C7" else "")
+        angle = angle_text(m) + (f", CCI {m.cci:.1f} %" if m.lowest_level == "C7" else "")
         if result.facing is not None:
             angle += f" (patient {result.facing.describe()})"
         angle += f" -> {m.rule_class}"

@@ -105,7 +105,7 @@ class Judgement:
     low_confidence: bool
     agreement: bool | None            # the network's class == the angle's rule class; None: no angle
     spine_found: bool | None          # None: no detector in the setup
-    lead: str                         # pipeline.LEADS
+    lead: str                         # verdict.LEADS
     evidence: str | None              # when class and angle disagree: which the evidence favours
 
 

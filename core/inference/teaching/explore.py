@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw
 
 from core.data.measure import RuleThresholds
 from core.inference import models, pipeline, report
+from core.inference.verdict import Verdict
 from core.inference.teaching.drawing import (
     LAYERS,
     MODEL_COLOUR,
@@ -39,7 +40,7 @@ from core.inference.teaching.geometry import Construction, construction, endplat
 
 @dataclass
 class ModelAnswer:
-    """The models' answer on a film, as Predict gives it: one verdict (``pipeline.verdict_of``) decides the class
+    """The models' answer on a film, as Predict gives it: one verdict (``verdict.verdict_of``) decides the class
     shown, whether the angle and the models' landmarks are shown, and whether the heatmap is evidence."""
 
     prediction: pipeline.Prediction
@@ -47,7 +48,7 @@ class ModelAnswer:
     agrees_with_rule: bool | None  # the verdict's class == the film's true class (None: no truth, or not judged)
 
     @property
-    def verdict(self) -> pipeline.Verdict:
+    def verdict(self) -> Verdict:
         return self.prediction.verdict
 
     @property
