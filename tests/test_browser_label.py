@@ -122,6 +122,14 @@ class LabelPage:
         self.kp(selector).click()
         self.actions += 1
 
+    def answered(self, selector: str, timeout: float = 180_000) -> None:
+        """Press ``selector`` (draft, save) and wait for Python's answer itself: a new revision of the film. The
+        component stops waiting after 30 s and reads as not busy, and an answer that comes later still replaces
+        what was edited meanwhile (a clean-clone run at load 14 saved a draft's points that way)."""
+        revision = self.kp("#app").get_attribute("data-revision")
+        self.press(selector)
+        self.kp(f"#app[data-busy='0']:not([data-revision='{revision}'])").wait_for(timeout=timeout)
+
     def key(self, key: str) -> None:
         self.page.keyboard.press(key)
         self.actions += 1
@@ -398,15 +406,13 @@ def accept_draft(ui: LabelPage, case, image_id: int, next_id: int | None, store)
         return draft
 
     if ui.state("placed") == "0" and ui.state("hidden") == "0":  # the page's draft brought nothing yet
-        ui.press("#draft")
-        ui.wait_answer()
+        ui.answered("#draft")
     draft = computed()
     if draft.roi_box is None:
         ui.press("#mode-box")
         x1, y1, x2, y2 = case.roi_box
         ui.drag(at(x1, y1), at(x2, y2))
-        ui.press("#draft")
-        ui.wait_answer()
+        ui.answered("#draft")
         draft = computed([round(v, 2) for v in case.roi_box])
     box = np.asarray(draft.roi_box if draft.roi_box is not None else case.roi_box, dtype=float)
     if np.abs(box - case.roi_box).max() > 2:  # the detector's box is off: its corners dragged into place
@@ -430,8 +436,11 @@ def accept_draft(ui: LabelPage, case, image_id: int, next_id: int | None, store)
             ui.drag(at(*points[k]), at(*case.landmarks[k]))
     assert ui.state("placed") == "23"
     ui.press(f"#class-{case.curvature_class}")
-    ui.press("#save-next")
-    ui.wait_film(next_id) if next_id is not None else ui.wait_answer()
+    if next_id is not None:
+        ui.press("#save-next")
+        ui.wait_film(next_id)
+    else:
+        ui.answered("#save-next")
     return time.monotonic() - start - overhead
 
 
