@@ -190,7 +190,7 @@ def test_a_classifier_without_a_reference_says_so(tiny):
 def test_a_hidden_c7_is_left_out_and_c2_to_c6_still_measured():
     from core.data.measure import LandmarkError, measure_landmarks, read_facing
     from core.data.phantom import generate_case
-    from core.inference.pipeline import _describe_points, implausible
+    from core.inference.verdict import describe_points, implausible
     from core.training.landmarks import visible_points
 
     case = generate_case(21, size=256, curvature_class="normal")
@@ -198,7 +198,7 @@ def test_a_hidden_c7_is_left_out_and_c2_to_c6_still_measured():
     points, missing = visible_points(case.landmarks, confidence, 0.25)
     assert missing == ["C7 top left", "C7 top right", "C7 bottom left", "C7 bottom right"]
     assert np.isnan(points[19:]).all() and np.isfinite(points[:19]).all()
-    assert _describe_points(missing) == "C7 (all 4 points)"
+    assert describe_points(missing) == "C7 (all 4 points)"
     with pytest.raises(LandmarkError, match="C7"):
         measure_landmarks(points, facing=case.facing)  # a full measurement still needs every point
     # signed by the facing read from the film (C3-C6 are enough), as Predict does
@@ -229,7 +229,7 @@ def test_a_hidden_c7_is_left_out_and_c2_to_c6_still_measured():
 def test_when_class_and_angle_disagree_the_note_says_which_evidence_wins():
     from core.data.measure import measure_landmarks
     from core.data.phantom import generate_case
-    from core.inference.pipeline import which_evidence
+    from core.inference.verdict import which_evidence
 
     far = measure_landmarks(generate_case(2, size=256, cobb_c2c7=30.0).landmarks)  # 20 deg from a threshold
     near = measure_landmarks(generate_case(2, size=256, cobb_c2c7=11.0).landmarks)  # 1 deg from 10 deg
@@ -279,7 +279,8 @@ def test_a_flagged_film_with_sure_landmarks_leads_with_its_angle_and_the_report_
     from core.data.measure import measure_landmarks
     from core.data.phantom import generate_case
     from core.inference import report
-    from core.inference.pipeline import Prediction, choose_lead
+    from core.inference.pipeline import Prediction
+    from core.inference.verdict import choose_lead
 
     case = generate_case(4, size=256, cobb_c2c7=25.0)
     m = measure_landmarks(case.landmarks, facing=case.facing)

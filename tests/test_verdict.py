@@ -38,7 +38,8 @@ def film_prediction(*, flagged: bool, confidence=SURE, spine_found: bool | None 
     from core.data.measure import measure_landmarks
     from core.data.phantom import generate_case
     from core.evaluation import ood
-    from core.inference.pipeline import Prediction, choose_lead
+    from core.inference.pipeline import Prediction
+    from core.inference.verdict import choose_lead
 
     case = generate_case(4, size=256, cobb_c2c7=cobb)
     m = measure_landmarks(case.landmarks, facing=case.facing) if measured else None
@@ -143,7 +144,7 @@ def test_a_withheld_angle_and_class_draw_nothing_and_say_why():
 
 
 def test_no_cervical_spine_found_withholds_the_class_even_from_a_sure_network():
-    from core.inference.pipeline import NO_SPINE
+    from core.inference.verdict import NO_SPINE
 
     prediction = film_prediction(flagged=False, spine_found=False, measured=False, box_source="whole image")
     verdict = prediction.verdict
