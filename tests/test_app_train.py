@@ -139,9 +139,10 @@ def test_lifecycle_start_cancel_resume_finish_continue_promote_predict_rollback(
     assert 1 <= epochs_done < 40
 
     at.button(key=f"resume_{run_dir.name}").click().run()
-    poll_page(at, lambda at: layout.read_status(run_dir)["state"] == "done", timeout=300)
+    # the page's own words first, then the file: the file can turn done between a poll's drawing and a check
+    poll_page(at, lambda at: any("Done" in s.value for s in at.success), timeout=300)
+    assert layout.read_status(run_dir)["state"] == "done"
     assert list(layout.read_metrics(run_dir)["epoch"]) == list(range(1, 41))  # every epoch once
-    assert any("Done" in s.value for s in at.success)
 
     # continue for 3 more epochs as a new run from the last checkpoint
     at.number_input(key=f"more_{run_dir.name}").set_value(3).run()
@@ -190,7 +191,9 @@ def test_one_state_everywhere_and_a_time_estimate_before_the_first_epoch(tiny):
     at = fill(page(), epochs=500)
     assert "per epoch**, so about" in texts(at) and "Estimated from this workspace: median of 2 epochs" in texts(at)
     running = start(at)
-    poll_page(at, lambda at: chooser_words(at, running.name) == "running" and at.get("plotly_chart"))
+    # the trainer writes an epoch's metrics row before its status: wait for the bar's first epoch, not the curve's
+    poll_page(at, lambda at: chooser_words(at, running.name) == "running" and at.get("plotly_chart")
+              and re.match(r"[1-9]\d* of \d+ epochs done", " ".join(p.proto.text for p in at.get("progress"))))
     # the chooser, the banner and the bar say the same, from the same status read
     banner = next(s.value for s in at.success if s.value.startswith("**Running**"))
     assert banner == "**Running** on cpu — training"  # no epoch number that could disagree with the bar
@@ -236,8 +239,8 @@ def test_a_run_started_by_one_app_process_is_seen_and_cancelled_by_a_new_one(tin
     # the first app process is gone; a new one finds the run from its folder alone
     at = page()
     assert at.selectbox(key="train_watch").value == run_dir.name
-    poll_page(at, lambda at: layout.read_status(run_dir)["state"] == "running")
-    assert any("Running" in s.value for s in at.success)
+    poll_page(at, lambda at: any("Running" in s.value for s in at.success))
+    assert layout.read_status(run_dir)["state"] == "running"
     at.button(key=f"cancel_{run_dir.name}").click().run()
     assert layout.read_status(run_dir)["state"] == "cancelled"
 

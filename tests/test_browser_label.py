@@ -394,6 +394,7 @@ def accept_draft(ui: LabelPage, case, image_id: int, next_id: int | None, store)
     from core.inference import drafts
 
     ui.wait_film(image_id)
+    ui.wait_idle()  # no script run still to come with another copy of this film
     ui.show_film()
     start, overhead = time.monotonic(), 0.0
     at, _scale = ui.mapping()
@@ -555,6 +556,10 @@ def test_label_export_train_and_label_from_drafts(browser, tmp_path, monkeypatch
         ui.wait_idle()
         ui.button("label_refresh").click()  # the Unlabeled queue read again: the films not labeled yet
         queue = [i for i in ids if i not in readings]
+        # the page's own words for the new queue: until then the rerun that reads it (and drafts its first film)
+        # is still to come, and its draft would arrive over what the test does meanwhile
+        ui.text(f"Film 1 of {len(queue)}", timeout=180_000)
+        ui.wait_idle()
         with_draft = [accept_draft(ui, cases[ids.index(image_id)], image_id,
                                    queue[n + 1] if n + 1 < len(queue) else None, store)
                       for n, image_id in enumerate(queue)]

@@ -38,6 +38,7 @@ COMPONENT_DIR = Path(__file__).resolve().parent / "components" / "keypoints"
 # 8-bit PNG is 1-3 MB, and it travels once per film shown.
 FILM_MAX_SIDE = 1600
 FILM_PNG_MAX_BYTES = 1_500_000  # larger PNGs go as JPEG (quality 95) instead
+ANSWER_WAIT_MS = 30_000  # then the component lets the annotator go on; a later answer never replaces newer edits
 
 
 # ------------------------------------------------------------------ view
@@ -182,16 +183,21 @@ def _component():
     return components.declare_component("keypoints", path=str(COMPONENT_DIR))
 
 
-def keypoints(*, key: str, film: str, film_key: str, image_size: tuple[int, int], state: dict, names: dict,
-              sides: list, colours: list, vertebrae: list, diagram: list, classes: Sequence[str],
-              suggested: str | None, nav: dict, view: dict, ack: str | None, notice: dict | None) -> Any:
-    """Draw the keypoints component; returns its last message (or None). Arguments are JSON (see keypoints.js):
-    ``state`` from ``label_workflow.component_state``, ``names`` {facing: 23 names}, ``nav`` {can_previous,
-    can_next, can_skip}, ``view`` the sliders' start, ``ack`` the nonce of the last message handled, ``notice``
-    {text, kind} to show by the buttons."""
-    return _component()(key=key, default=None, film=film, film_key=film_key,
-                        image_size=[int(image_size[0]), int(image_size[1])], state=state, names=names, sides=sides,
-                        colours=colours, vertebrae=vertebrae, diagram=diagram, classes=list(classes),
-                        suggested=suggested, nav=nav, view=view, ack=ack, notice=notice,
-                        endplates=[list(pair) for pair in ENDPLATES],
-                        box_colour=BOX_COLOUR, height=640)
+def keypoints_args(*, film: str, film_key: str, image_size: tuple[int, int], state: dict, names: dict,
+                   sides: list, colours: list, vertebrae: list, diagram: list, classes: Sequence[str],
+                   suggested: str | None, nav: dict, view: dict, ack: str | None, notice: dict | None,
+                   answer_wait_ms: int = ANSWER_WAIT_MS) -> dict:
+    """The keypoints component's render arguments, all JSON (see keypoints.js): ``state`` from
+    ``label_workflow.component_state``, ``names`` {facing: 23 names}, ``nav`` {can_previous, can_next, can_skip},
+    ``view`` the sliders' start, ``ack`` the nonce of the last message handled, ``notice`` {text, kind} to show by
+    the buttons, ``answer_wait_ms`` how long the component waits for an answer before letting the annotator go on."""
+    return dict(film=film, film_key=film_key, image_size=[int(image_size[0]), int(image_size[1])], state=state,
+                names=names, sides=sides, colours=colours, vertebrae=vertebrae, diagram=diagram,
+                classes=list(classes), suggested=suggested, nav=nav, view=view, ack=ack, notice=notice,
+                endplates=[list(pair) for pair in ENDPLATES], box_colour=BOX_COLOUR,
+                answer_wait_ms=int(answer_wait_ms))
+
+
+def keypoints(*, key: str, **args) -> Any:
+    """Draw the keypoints component (arguments as :func:`keypoints_args`); returns its last message (or None)."""
+    return _component()(key=key, default=None, height=640, **keypoints_args(**args))

@@ -39,7 +39,6 @@
   const DRAG_PX = 4;       // a press that moves less than this is a click
   const MIN_BOX_PX = 6;    // a smaller drag in box mode is not a box
   const ZOOM_MIN = 0.5, ZOOM_MAX = 40;
-  const ANSWER_WAIT_MS = 30000;
 
   // ------------------------------------------------------------------ state
 
@@ -58,6 +57,8 @@
   let asking = null;         // a move awaiting the unsaved-changes answer: {step, skip}
   let awaiting = null;       // nonce sent, answer not yet drawn
   let awaitingTimer = null;
+  let edits = 0;             // local edits made in this iframe, counted
+  let editsSent = 0;         // ... of which the last message sent to Python carried
   let press = null;          // the pointer press being tracked
   let spaceDown = false;
   let wl = loadView();
@@ -127,6 +128,7 @@
     } catch (e) { /* storage full or off: the edits still live here */ }
   }
   function edited() {           // after every local edit
+    edits++;
     localDirty = true;
     keep();
     render();
@@ -156,24 +158,40 @@
     const newToken = state.image_id + ":" + state.uid + ":" + state.revision;
     const newFilm = !server || server.image_id !== state.image_id;
     server = state;
-    if (newToken !== token) adopt(state, newToken, newFilm);
+    const kept = newToken !== token ? adopt(state, newToken, newFilm) : null;
     if (first && args.view && !wl) wl = args.view;
     if (!wl) wl = { brightness: 0, contrast: 0, invert: false };
     showView();
-    if (args.notice) setStatus(args.notice.text, args.notice.kind);
+    const notice = [args.notice ? args.notice.text : "", kept || ""].filter(Boolean).join(" ");
+    if (notice) setStatus(notice, kept ? "error" : args.notice.kind);
     else if (newFilm) setStatus("", "");
     if (!film || film.key !== args.film_key) loadFilm(args.film, args.film_key);
     buildClasses();
     layout();
   }
 
+  function unsentKey(imageId) { return "cervicurve.keypoints.unsent." + imageId; }
+
   function adopt(state, newToken, newFilm) {
     // Python's copy changed (another film, a save, a draft): start again from it, unless this iframe was reloaded
-    // and kept unsent edits of this very copy.
+    // and kept unsent edits of this very copy. Edits made after the last message sent cannot be in Python's copy
+    // (an answer that came after the component stopped waiting, or a rerun from outside the component): they are
+    // kept, never replaced. Returns a line for the status, or null.
+    const unsent = work && token && edits > editsSent ? plain(snapshot()) : null;
     if (token) {
       try { sessionStorage.removeItem(storageKey()); } catch (e) { /* ignore */ }
     }
+    if (unsent && !newFilm) {  // the same film: Python's new copy is older than what is on screen
+      token = newToken;
+      localDirty = true;
+      keep();
+      return "The server answered after your later edits: they are kept here, not yet saved.";
+    }
+    if (unsent) {  // another film came: this film's later edits wait for it to be shown again
+      try { sessionStorage.setItem(unsentKey(token.split(":")[0]), JSON.stringify(unsent)); } catch (e) { /* ignore */ }
+    }
     token = newToken;
+    editsSent = edits;
     const hadBox = !!(work && work.box);
     work = { box: state.box ? state.box.slice() : null, points: state.points.map((p) => (p ? p.slice() : null)),
              hidden: new Set(state.hidden), cls: state.curvature_class || null,
@@ -186,7 +204,23 @@
         restore(kept);
         history = (kept.history || []).map((step) => Object.assign({}, step, { hidden: new Set(step.hidden) }));
         localDirty = !!kept.edited;
-        if (localDirty) setStatus("Unsent edits of this film were kept.", "");
+        if (localDirty) {
+          edits++;  // not in Python's copy
+          setStatus("Unsent edits of this film were kept.", "");
+        }
+      }
+    } catch (e) { /* nothing kept */ }
+    let message = null;
+    try {
+      const later = JSON.parse(sessionStorage.getItem(unsentKey(state.image_id)) || "null");
+      if (later) {  // edits of this film that a late answer moved away from: back, unsaved and undoable
+        sessionStorage.removeItem(unsentKey(state.image_id));
+        history.push(snapshot());
+        restore(later);
+        edits++;  // not in Python's copy
+        localDirty = true;
+        keep();
+        message = "Edits of this film made while the server was slow to answer are back, not yet saved.";
       }
     } catch (e) { /* nothing kept */ }
     target = null;
@@ -199,6 +233,7 @@
       centre = null;
     }
     if (newFilm || (!hadBox && work.box)) mode = work.box ? "points" : "box";  // e.g. a draft brought the box
+    return message;
   }
 
   // ------------------------------------------------------------------ the film and its window
@@ -803,6 +838,7 @@
       step: 0, skip: false, save: false, discard: false, view: wl,
     }, extra || {});
     awaiting = nonce;
+    editsSent = edits;
     clearTimeout(awaitingTimer);
     awaitingTimer = setTimeout(() => {
       if (awaiting === nonce) {
@@ -810,7 +846,7 @@
         setStatus("No answer from the server yet: your edits are kept here; try again.", "error");
         render();
       }
-    }, ANSWER_WAIT_MS);
+    }, args.answer_wait_ms);
     render();
     setValue(message);
   }
