@@ -15,6 +15,8 @@ import pytest
 import torch
 import yaml
 
+from hypothesis import given, settings, strategies as st
+
 from tests.helpers.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -275,3 +277,31 @@ def test_a_background_run_can_be_cancelled_and_resumed(home):
     assert status["state"] == "done" and status["epoch"] == 150, status
     epochs = [int(r["epoch"]) for r in csv.DictReader((run_dir / "metrics.csv").open())]
     assert epochs == list(range(1, 151))  # nothing lost, nothing twice
+
+
+@settings(max_examples=25, deadline=None)
+@given(bits=st.sampled_from([8, 10, 12, 14, 16, "colour"]), seed=st.integers(0, 2**32 - 1),
+       size=st.tuples(st.integers(4, 90), st.integers(4, 90)), spread=st.sampled_from([1, 2, 3, 40, None]))
+def test_equalising_by_counting_greys_gives_numpys_quantile_and_interp_bit_for_bit(bits, seed, size, spread):
+    """The counted path for read_image's integer greys (8- to 16-bit films) must equal np.quantile + np.interp
+    exactly: the model was trained on windows equalised the slow way. Colour/luma films (greys off any integer
+    grid) keep the slow way. Nearly flat regions (1-3 greys) and regions under 16 pixels are in the draw."""
+    from core.training.landmarks import equalise
+
+    rng = np.random.default_rng(seed)
+    height, width = size
+    if bits == "colour":  # luma of an RGB film: weighted sums, not integer steps
+        rgb = rng.integers(0, 256, (height, width, 3)).astype(np.float32)
+        film = (rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)) / np.float32(255)
+    else:
+        steps = 2 ** bits - 1
+        top = steps if spread is None else min(steps, spread)
+        film = (rng.integers(0, top + 1, (height, width)).astype(np.float32) / np.float32(steps))
+    region = film[height // 4: height // 4 + max(1, height // 2), width // 4: width // 4 + max(1, width // 2)]
+    expected = film
+    finite = region[np.isfinite(region)]
+    if finite.size >= 16 and float(np.ptp(finite)) > 0:
+        levels = np.quantile(finite, np.linspace(0.0, 1.0, 257))
+        expected = np.interp(film, levels, np.linspace(0.0, 1.0, 257)).astype(np.float32)
+    got = equalise(film, region)
+    assert got.dtype == expected.dtype and np.array_equal(got, expected)

@@ -76,16 +76,81 @@ def _base_scale(roi_margin: float) -> float:
     return (1 + 2 * roi_margin) / (1 + 2 * CONTEXT_MARGIN)
 
 
+_LEVELS = np.linspace(0.0, 1.0, 257)
+# read_image's greys: stored integers k scaled to float32(k) / float32(2**bits - 1) (8- to 16-bit films)
+_GREY_STEPS = (255, 65535, 4095, 1023, 16383)
+
+
 def equalise(crop: np.ndarray, region: np.ndarray) -> np.ndarray:
     """``crop`` mapped through the cumulative histogram of ``region`` (the ROI box): every film's spine then spans
     the same grey levels. Real films differ in exposure curve, window/level and edge enhancement far more than the
     augmentation models; with the ROI equalised the full-demo model's median point error on the 6 real CSXA dev
-    films fell from 6.0 to 2.6 % of C2-C7 (true boxes), and on 20 phantoms it went from 0.48 to 0.51 %."""
+    films fell from 6.0 to 2.6 % of C2-C7 (true boxes), and on 20 phantoms it went from 0.48 to 0.51 %.
+
+    Films whose greys are read_image's integer steps take a counted path (bincount, a table per grey) that equals
+    ``np.quantile`` + ``np.interp`` bit for bit; over a 2048 px film's window ``np.interp`` alone took ~280 ms."""
+    steps = _grey_steps(crop)
+    crop_codes = None if steps is None else _grey_codes(crop, steps)
+    region_codes = None if crop_codes is None else _grey_codes(region, steps)
+    if region_codes is not None:
+        counts = np.bincount(region_codes.ravel(), minlength=steps + 1)
+        present = np.flatnonzero(counts)
+        if region_codes.size < 16 or present.size < 2:
+            return crop
+        greys = (present.astype(np.float32) / np.float32(steps))
+        levels = _quantiles(greys, counts[present])
+        table = np.zeros(steps + 1, dtype=np.float32)
+        used = np.flatnonzero(np.bincount(crop_codes.ravel(), minlength=steps + 1))
+        table[used] = np.interp(used.astype(np.float32) / np.float32(steps), levels, _LEVELS)
+        return table[crop_codes]
     region = region[np.isfinite(region)]
     if region.size < 16 or float(np.ptp(region)) == 0.0:
         return crop
-    levels = np.quantile(region, np.linspace(0.0, 1.0, 257))
-    return np.interp(crop, levels, np.linspace(0.0, 1.0, 257)).astype(np.float32)
+    levels = np.quantile(region, _LEVELS)
+    return np.interp(crop, levels, _LEVELS).astype(np.float32)
+
+
+def _grey_steps(pixels: np.ndarray) -> int | None:
+    """The integer scale of ``pixels``' greys (255 for an 8-bit film, ...), judged on a sample; None for others."""
+    sample = np.asarray(pixels, dtype=np.float32).ravel()[::97][:4096]
+    if sample.size == 0:
+        return None
+    return next((steps for steps in _GREY_STEPS if _grey_codes(sample, steps) is not None), None)
+
+
+def _grey_codes(pixels: np.ndarray, steps: int) -> np.ndarray | None:
+    """The integers k with ``pixels == float32(k) / float32(steps)`` exactly, else None."""
+    pixels = np.asarray(pixels)
+    if pixels.dtype != np.float32:
+        return None
+    codes = np.rint(pixels * np.float32(steps))
+    if not (np.isfinite(codes).all() and codes.min(initial=0) >= 0 and codes.max(initial=0) <= steps):
+        return None
+    codes = codes.astype(np.int32)
+    if not np.array_equal(codes.astype(np.float32) / np.float32(steps), pixels):
+        return None
+    return codes
+
+
+def _quantiles(greys: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``np.quantile(values, _LEVELS)`` (method "linear") of the values with these sorted distinct ``greys`` and their
+    ``counts``, with numpy's own arithmetic: its virtual indexes, neighbours and two-sided lerp."""
+    n = int(counts.sum())
+    virtual = (n - 1) * _LEVELS
+    previous = np.floor(virtual)
+    following = previous + 1
+    above = virtual >= n - 1
+    previous[above] = -1
+    following[above] = -1
+    previous, following = previous.astype(np.intp) % n, following.astype(np.intp) % n
+    gamma = virtual - np.where(above, -1, previous)
+    ends = np.cumsum(counts)  # sorted position i holds greys[first j with ends[j] > i]
+    low = greys[np.searchsorted(ends, previous, side="right")]
+    high = greys[np.searchsorted(ends, following, side="right")]
+    difference = high - low
+    lerp = np.add(low, difference * gamma)
+    np.subtract(high, difference * (1 - gamma), out=lerp, where=gamma >= 0.5, casting="unsafe")
+    return lerp
 
 
 def context_crop(pixels: np.ndarray, box: Sequence[float], input_size: int, roi_margin: float,
