@@ -24,7 +24,7 @@ MODEL_COLOUR = (255, 235, 0)
 STUDENT_COLOUR = (255, 140, 0)
 
 
-def _rgb(pixels: np.ndarray) -> Image.Image:
+def rgb(pixels: np.ndarray) -> Image.Image:
     return Image.fromarray(np.round(np.clip(pixels, 0, 1) * 255).astype(np.uint8)).convert("RGB")
 
 
@@ -33,7 +33,7 @@ def _extended(a: np.ndarray, b: np.ndarray, reach: float) -> list[tuple[float, f
     return [tuple(a - d * reach), tuple(b + d * reach)]
 
 
-def _endplate_lines(draw: ImageDraw.ImageDraw, corners: np.ndarray, colour, width: int, reach: float) -> None:
+def endplate_lines(draw: ImageDraw.ImageDraw, corners: np.ndarray, colour, width: int, reach: float) -> None:
     for a, b in ((corners[0], corners[1]), (corners[2], corners[3])):
         draw.line(_extended(a, b, reach), fill=colour, width=width)
 
@@ -41,12 +41,12 @@ def _endplate_lines(draw: ImageDraw.ImageDraw, corners: np.ndarray, colour, widt
 def draw_exploration(film: Film, cons: Construction | None, layers: Sequence[str],
                      model_landmarks: np.ndarray | None = None) -> Image.Image:
     """The film with the layers asked for (``LAYERS``) drawn over it."""
-    image = _rgb(film.pixels)
+    image = rgb(film.pixels)
     draw = ImageDraw.Draw(image)
     k = max(1.0, max(image.size) / 512)
     width, font = max(1, round(2 * k)), report._font(round(13 * k))
     if cons is not None and "cobb" in layers:
-        _endplate_lines(draw, cons.endplates, COBB_COLOUR, width, 0.8 * float(np.hypot(*(cons.endplates[1] - cons.endplates[0]))))
+        endplate_lines(draw, cons.endplates, COBB_COLOUR, width, 0.8 * float(np.hypot(*(cons.endplates[1] - cons.endplates[0]))))
         for start, end in cons.perpendiculars:
             draw.line([tuple(start), tuple(end)], fill=COBB_COLOUR, width=max(1, width - 1))
         if cons.meet is not None:
@@ -66,7 +66,7 @@ def draw_exploration(film: Film, cons: Construction | None, layers: Sequence[str
         r = 3.5 * k
         draw.ellipse([point[0] - r, point[1] - r, point[0] + r, point[1] + r], fill=ARC_COLOUR)
     if model_landmarks is not None and "model" in layers:
-        _endplate_lines(draw, truth_endplates(model_landmarks), MODEL_COLOUR, max(1, width - 1), 10 * k)
+        endplate_lines(draw, truth_endplates(model_landmarks), MODEL_COLOUR, max(1, width - 1), 10 * k)
         r = 2 * k
         for x, y in model_landmarks:
             if math.isfinite(x) and math.isfinite(y):

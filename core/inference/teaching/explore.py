@@ -19,8 +19,8 @@ from core.inference.teaching.drawing import (
     MODEL_COLOUR,
     STUDENT_COLOUR,
     TRUTH_COLOUR,
-    _endplate_lines,
-    _rgb,
+    endplate_lines,
+    rgb,
     draw_exploration,
 )
 from core.inference.teaching.films import (
@@ -28,8 +28,8 @@ from core.inference.teaching.films import (
     Film,
     FilmSettings,
     TeachingError,
-    _Prefetcher,
-    _Recent,
+    Prefetcher,
+    Recent,
     phantom_film,
 )
 from core.inference.teaching.geometry import Construction, construction, endplate_cobb, truth_endplates
@@ -84,7 +84,7 @@ class ModelAnswer:
         return report.pictures(self.prediction, evidence_only=True)[1]
 
 
-_answers = _Recent(48)  # a prediction holds the film and its map: ~2.5 MB at 512 px, ~120 MB in all
+_answers = Recent(48)  # a prediction holds the film and its map: ~2.5 MB at 512 px, ~120 MB in all
 
 
 def predictor_for(runs: Sequence[str | None] = (None, None, None)) -> tuple[pipeline.Predictor | None, str | None]:
@@ -108,7 +108,7 @@ def model_answer(film: Film, predictor: pipeline.Predictor) -> ModelAnswer:
     return _answers.get((film.key, files), run)
 
 
-_prefetcher = _Prefetcher()
+_prefetcher = Prefetcher()
 
 
 # ------------------------------------------------------------------------------------ Explore
@@ -213,15 +213,15 @@ def measure_attempt(film: Film, points, facing: str | None = None,
         elif model_cobb is None:
             missing = answer.angle_missing
             model_points = None
-    image = _rgb(film.pixels)
+    image = rgb(film.pixels)
     draw = ImageDraw.Draw(image)
     k = max(1.0, max(image.size) / 512)
     width = max(1, round(2 * k))
     if film.landmarks is not None:
-        _endplate_lines(draw, truth_endplates(film.landmarks), TRUTH_COLOUR, width, 14 * k)
+        endplate_lines(draw, truth_endplates(film.landmarks), TRUTH_COLOUR, width, 14 * k)
     if model_points is not None:
-        _endplate_lines(draw, truth_endplates(model_points), MODEL_COLOUR, width, 14 * k)
-    _endplate_lines(draw, student, STUDENT_COLOUR, width, 14 * k)
+        endplate_lines(draw, truth_endplates(model_points), MODEL_COLOUR, width, 14 * k)
+    endplate_lines(draw, student, STUDENT_COLOUR, width, 14 * k)
     r = 3 * k
     for x, y in student:
         draw.ellipse([x - r, y - r, x + r, y + r], outline=STUDENT_COLOUR, width=width)

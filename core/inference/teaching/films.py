@@ -91,7 +91,7 @@ class Film:
                           photometric="MONOCHROME2", original_size=(width, height), meta={"name": self.name})
 
 
-class _Recent:
+class Recent:
     """A small thread-safe LRU (Streamlit sessions and the prefetcher are threads of one process). A value being
     made is made once: a second caller for the same key waits for the first instead of repeating the work."""
 
@@ -122,7 +122,7 @@ class _Recent:
                 self.making.pop(key).set()
 
 
-class _Prefetcher:
+class Prefetcher:
     """One background thread that makes the Explore films one degree either side of the one just shown, with the
     models' answer on them, so the next slider step usually finds both ready. A newer request replaces the
     jobs not yet started (only the neighbours of the latest film matter)."""
@@ -176,7 +176,7 @@ def patient_for(seed: int, c7_hidden: bool) -> int:
                         f"in {_PATIENT_TRIES} tries; pick another seed")
 
 
-_phantoms = _Recent(48)  # a 512 px phantom is ~0.3 MB
+_phantoms = Recent(48)  # a 512 px phantom is ~0.3 MB
 
 
 def _phantom(seed: int, patient: int, cobb_c2c7: float, facing: str, size: int) -> PhantomCase:
