@@ -8,16 +8,16 @@ from typing import Any
 import numpy as np
 
 from core.data.datasets import DatasetError, parse_class
-from core.data.importers.commit import ImportReport, _run_import
+from core.data.importers.commit import ImportReport, run_import
 from core.data.importers.entries import (
     ProgressCallback,
-    _Candidate,
-    _is_file,
-    _numbers,
-    _outside,
-    _patient,
-    _require_dir,
-    _short,
+    Candidate,
+    is_file,
+    number_list,
+    outside_upload,
+    patient_id_from,
+    require_dir,
+    short_repr,
 )
 from core.data.store import SPLITS, AnnotationStore
 from core.settings import CLASSES
@@ -30,14 +30,14 @@ def _coco_key(value: Any) -> int | str | None:
     return value
 
 
-def _coco_annotation(cand: _Candidate, anns: list[dict], categories: dict) -> None:
+def _coco_annotation(cand: Candidate, anns: list[dict], categories: dict) -> None:
     """The largest box of an image's annotations, its category and keypoints onto ``cand``; ValueError."""
     boxes = []
     for ann in anns:
-        bbox = _numbers(ann["bbox"], f"annotation {_short(ann.get('id'))}: bbox")
+        bbox = number_list(ann["bbox"], f"annotation {short_repr(ann.get('id'))}: bbox")
         if len(bbox) != 4:
-            raise ValueError(f"annotation {_short(ann.get('id'))}: bbox must be [x, y, width, height], "
-                             f"got {_short(ann['bbox'])}")
+            raise ValueError(f"annotation {short_repr(ann.get('id'))}: bbox must be [x, y, width, height], "
+                             f"got {short_repr(ann['bbox'])}")
         x, y, w, h = bbox
         boxes.append((w * h, [x, y, x + w, y + h], ann))
     _, cand.roi_box, ann = max(boxes, key=lambda b: b[0])
@@ -45,7 +45,7 @@ def _coco_annotation(cand: _Candidate, anns: list[dict], categories: dict) -> No
     cand.curvature_class = parse_class(category or "") or cand.curvature_class
     keypoints = ann.get("keypoints") or []
     if keypoints:
-        values = _numbers(keypoints, f"annotation {_short(ann.get('id'))}: keypoints")
+        values = number_list(keypoints, f"annotation {short_repr(ann.get('id'))}: keypoints")
         if len(values) == 23 * 3:
             points = np.array(values, dtype=float).reshape(23, 3)
             points[points[:, 2] <= 0, :2] = np.nan
@@ -69,11 +69,11 @@ def import_coco(src: str | Path, labels: str | Path | None = None, *, dataset: s
     candidates = []
     for number, entry in enumerate(coco["images"]):
         if not isinstance(entry, dict) or not isinstance(entry.get("file_name"), str) or not entry["file_name"]:
-            skipped.append((f"images[{number}]", f"an image needs a file_name, got {_short(entry)}"))
+            skipped.append((f"images[{number}]", f"an image needs a file_name, got {short_repr(entry)}"))
             continue
         file_name = entry["file_name"]
-        path = next((p for p in (image_root / file_name, image_root / "images" / file_name) if _is_file(p)), None)
-        if path is not None and _outside(path, image_root, origin):
+        path = next((p for p in (image_root / file_name, image_root / "images" / file_name) if is_file(p)), None)
+        if path is not None and outside_upload(path, image_root, origin):
             skipped.append((file_name, "the path leads outside the uploaded folder"))
             continue
         if path is None:
@@ -83,7 +83,7 @@ def import_coco(src: str | Path, labels: str | Path | None = None, *, dataset: s
             candidates.append(_coco_candidate(path, entry, by_image, categories))
         except ValueError as error:
             skipped.append((file_name, str(error)))
-    return _run_import(candidates, skipped, source=Path(json_path), kind="coco", dataset=dataset, store=store,
+    return run_import(candidates, skipped, source=Path(json_path), kind="coco", dataset=dataset, store=store,
                        annotator=annotator, progress=progress, origin=origin, resplit=resplit)
 
 
@@ -92,7 +92,7 @@ def _read_coco(src: Path, labels: str | Path | None) -> tuple[Path, Path, dict]:
     if src.is_file():
         json_path, image_root = src, src.parent
     else:
-        image_root = _require_dir(src, "COCO image folder")
+        image_root = require_dir(src, "COCO image folder")
         json_path = Path(labels) if labels else next(
             (p for p in (src / "annotations.json", *sorted(src.glob("*.json")), *sorted(src.glob("annotations/*.json")))
              if p.is_file()), None)
@@ -116,29 +116,29 @@ def _index_annotations(coco: dict, skipped: list[tuple[str, str]]) -> tuple[dict
     for number, category in enumerate(coco.get("categories") or []):
         key = _coco_key(category.get("id")) if isinstance(category, dict) else None
         if key is None:
-            skipped.append((f"categories[{number}]", f"a category needs an id, got {_short(category)}"))
+            skipped.append((f"categories[{number}]", f"a category needs an id, got {short_repr(category)}"))
         else:
             categories[key] = str(category.get("name") or "")
     by_image: dict[Any, list[dict]] = {}
     for number, ann in enumerate(coco.get("annotations") or []):
         key = _coco_key(ann.get("image_id")) if isinstance(ann, dict) else None
         if key is None:
-            skipped.append((f"annotations[{number}]", f"an annotation needs an image_id, got {_short(ann)}"))
+            skipped.append((f"annotations[{number}]", f"an annotation needs an image_id, got {short_repr(ann)}"))
         elif ann.get("bbox"):
             by_image.setdefault(key, []).append(ann)
     return categories, by_image
 
 
-def _coco_candidate(path: Path, entry: dict, by_image: dict, categories: dict) -> _Candidate:
+def _coco_candidate(path: Path, entry: dict, by_image: dict, categories: dict) -> Candidate:
     """One image entry with CerviCurve's image-level fields and its annotations; ValueError with the reason."""
-    patient_id = _patient(entry.get("patient_id")) or _patient(path.stem, "the file name") or "unnamed"
+    patient_id = patient_id_from(entry.get("patient_id")) or patient_id_from(path.stem, "the file name") or "unnamed"
     split = entry.get("split")
     if split is not None and (not isinstance(split, str) or split not in SPLITS):
-        raise ValueError(f"unknown split {_short(split)}; expected one of {', '.join(SPLITS)}")
+        raise ValueError(f"unknown split {short_repr(split)}; expected one of {', '.join(SPLITS)}")
     label = entry.get("curvature_class")
     if label is not None and (not isinstance(label, str) or label and parse_class(label) is None):
-        raise ValueError(f"unknown curvature_class {_short(label)}; expected one of {', '.join(CLASSES)}")
-    cand = _Candidate(file=path, name=entry["file_name"], patient_id=patient_id, split=split,
+        raise ValueError(f"unknown curvature_class {short_repr(label)}; expected one of {', '.join(CLASSES)}")
+    cand = Candidate(file=path, name=entry["file_name"], patient_id=patient_id, split=split,
                       curvature_class=parse_class(label or ""))
     anns = by_image.get(_coco_key(entry.get("id")), []) if _coco_key(entry.get("id")) is not None else []
     if anns:

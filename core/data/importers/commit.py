@@ -25,8 +25,8 @@ import numpy as np
 from core import settings
 from core.data.datasets import DatasetError
 from core.data.imaging import read_image, require_usable
-from core.data.importers.deidentify import _deidentify_candidate
-from core.data.importers.entries import ProgressCallback, _Candidate, _read_input, _relative_name, _short
+from core.data.importers.deidentify import deidentify_candidate
+from core.data.importers.entries import ProgressCallback, Candidate, read_input, relative_name, short_repr
 from core.data.store import SPLITS, AnnotationStore, validate_box, validate_class, validate_landmarks
 
 _FORMAT_SUFFIX = {"png": ".png", "jpeg": ".jpg", "tiff": ".tif", "dicom": ".dcm"}
@@ -52,14 +52,14 @@ class ImportReport:
 
 @dataclass
 class _Ready:
-    candidate: _Candidate
+    candidate: Candidate
     sha256: str
     width: int
     height: int
     suffix: str
 
 
-def _commit(candidates: list[_Candidate], report: ImportReport, store: AnnotationStore, annotator: str,
+def _commit(candidates: list[Candidate], report: ImportReport, store: AnnotationStore, annotator: str,
             progress: ProgressCallback | None = None, resplit: bool = False) -> ImportReport:
     ready = _check_all(candidates, report, progress)
     _patient_splits(ready, report, store, resplit)
@@ -95,7 +95,7 @@ def _commit(candidates: list[_Candidate], report: ImportReport, store: Annotatio
     return report
 
 
-def _check_all(candidates: list[_Candidate], report: ImportReport,
+def _check_all(candidates: list[Candidate], report: ImportReport,
                progress: ProgressCallback | None) -> list[_Ready]:
     """Every candidate read and validated (the slow part, with progress); a failing one is skipped with its reason."""
     ready: list[_Ready] = []
@@ -142,14 +142,14 @@ def _add_rows(batch, ready: list[_Ready], stored_paths: list[Path], home: Path, 
     batch.set_splits(splits)  # once: the store checks one split per patient over the whole dataset
 
 
-def _checked(cand: _Candidate, seen: dict[str, str]) -> _Ready:
+def _checked(cand: Candidate, seen: dict[str, str]) -> _Ready:
     """Read and validate one candidate; ValueError with the reason when it cannot be imported."""
     if cand.prepare is not None:
         cand.prepare()
-    data = cand.data if cand.data is not None else _read_input(cand.file)
+    data = cand.data if cand.data is not None else read_input(cand.file)
     if cand.data is None and _is_dicom(data, cand.file.name):
         # Whatever importer found it: a DICOM is stored only as its de-identified copy, under its pseudonym.
-        _deidentify_candidate(cand, data, settings.pseudonym_salt())
+        deidentify_candidate(cand, data, settings.pseudonym_salt())
         data = cand.data
     sha = hashlib.sha256(data).hexdigest()
     if sha in seen:
@@ -169,7 +169,7 @@ def _is_dicom(data: bytes, name: str) -> bool:
     return data[128:132] == b"DICM" or name.lower().endswith((".dcm", ".dicom"))
 
 
-def _validate_candidate(cand: _Candidate, width: int, height: int) -> None:
+def _validate_candidate(cand: Candidate, width: int, height: int) -> None:
     if cand.normalised:
         _denormalise(cand, width, height)
     if cand.curvature_class is not None:
@@ -195,7 +195,7 @@ def _validate_candidate(cand: _Candidate, width: int, height: int) -> None:
         raise ValueError(f"unknown split {cand.split!r}; expected one of {', '.join(SPLITS)}")
 
 
-def _denormalise(cand: _Candidate, width: int, height: int) -> None:
+def _denormalise(cand: Candidate, width: int, height: int) -> None:
     """YOLO coordinates are fractions of the image size: turn them into pixels (here, once the size is known)."""
     cand.normalised = False
     if cand.roi_box is None:
@@ -254,7 +254,7 @@ def _stage_file(item: _Ready, staged: list[tuple[Path, Path]], created_dirs: lis
     if not folder.exists():
         folder.mkdir(parents=True)
         created_dirs.append(folder)
-    data = item.candidate.data if item.candidate.data is not None else _read_input(item.candidate.file)
+    data = item.candidate.data if item.candidate.data is not None else read_input(item.candidate.file)
     if hashlib.sha256(data).hexdigest() != item.sha256:
         raise DatasetError(f"{item.candidate.name} changed while it was being imported; import again")
     partial = dest.with_name(f"{dest.name}.{os.getpid()}.part")
@@ -290,7 +290,7 @@ def sweep_partial_images(store: AnnotationStore) -> list[Path]:
     return removed
 
 
-def _same_label(current, cand: _Candidate) -> bool:
+def _same_label(current, cand: Candidate) -> bool:
     if current is None:
         return False
     if cand.curvature_class is not None and cand.curvature_class != current.curvature_class:
@@ -304,20 +304,20 @@ def _same_label(current, cand: _Candidate) -> bool:
     return True
 
 
-def _run_import(candidates: list[_Candidate], skipped: list[tuple[str, str]], *, source: Path, kind: str,
+def run_import(candidates: list[Candidate], skipped: list[tuple[str, str]], *, source: Path, kind: str,
                 dataset: str | None, store: AnnotationStore | None, annotator: str | None,
                 progress: ProgressCallback | None = None, origin: str | None = None,
                 resplit: bool = False) -> ImportReport:
     report = ImportReport(dataset=dataset or _default_dataset(source), source=origin or str(source),
                           skipped=list(skipped))
     if len(report.dataset) > 200 or not report.dataset.strip() or not report.dataset.isprintable():
-        raise DatasetError(f"dataset name must be 1 to 200 printable characters, got {_short(report.dataset)}")
+        raise DatasetError(f"dataset name must be 1 to 200 printable characters, got {short_repr(report.dataset)}")
     if origin:
         # A temporary extraction is gone after the import: record where the files came from instead.
         root = source if source.is_dir() else source.parent
         for cand in candidates:
             if cand.source is None:
-                cand.source = f"{origin}/{_relative_name(cand.file, root)}"
+                cand.source = f"{origin}/{relative_name(cand.file, root)}"
     own_store = store is None
     store = store or AnnotationStore()
     try:

@@ -5,13 +5,13 @@ import csv
 from pathlib import Path
 
 from core.data.datasets import DatasetError, parse_class
-from core.data.importers.commit import ImportReport, _run_import
-from core.data.importers.entries import ProgressCallback, _Candidate, _is_file, _outside, _patient, _short
+from core.data.importers.commit import ImportReport, run_import
+from core.data.importers.entries import ProgressCallback, Candidate, is_file, outside_upload, patient_id_from, short_repr
 from core.data.store import SPLITS, AnnotationStore, validate_box
 from core.settings import CLASSES
 
 
-def _read_manifest(csv_path: Path) -> tuple[list[dict], list[tuple[str, str]]]:
+def read_manifest(csv_path: Path) -> tuple[list[dict], list[tuple[str, str]]]:
     """Rows of a ``path,label,patient_id[,x1,y1,x2,y2][,split]`` manifest, each checked; bad rows come back as skips."""
     try:
         with csv_path.open(newline="", encoding="utf-8-sig") as handle:
@@ -28,7 +28,7 @@ def _read_manifest(csv_path: Path) -> tuple[list[dict], list[tuple[str, str]]]:
     for number, raw in enumerate(raw_rows, start=2):  # line numbers as a spreadsheet shows them
         # A row longer than the header puts its extra cells in a list under the key None: ignored.
         row = {str(k).strip().lower(): (v if isinstance(v, str) else "").strip() for k, v in raw.items() if k is not None}
-        where = f"{csv_path.name} line {number} ({_short(row.get('path'))[1:-1] if row.get('path') else 'no path'})"
+        where = f"{csv_path.name} line {number} ({short_repr(row.get('path'))[1:-1] if row.get('path') else 'no path'})"
         if not row.get("path"):
             skipped.append((where, "no path"))
             continue
@@ -53,7 +53,7 @@ def _read_manifest(csv_path: Path) -> tuple[list[dict], list[tuple[str, str]]]:
             skipped.append((where, f"unknown split {split!r}; expected one of {', '.join(SPLITS)}"))
             continue
         try:
-            patient_id = _patient(row.get("patient_id"))
+            patient_id = patient_id_from(row.get("patient_id"))
         except ValueError as error:
             skipped.append((where, str(error)))
             continue
@@ -69,23 +69,23 @@ def import_csv(csv_path: str | Path, *, dataset: str | None = None, store: Annot
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise DatasetError(f"manifest {csv_path} not found")
-    rows, skipped = _read_manifest(csv_path)
+    rows, skipped = read_manifest(csv_path)
     candidates = []
     for row in rows:
         path = Path(row["path"])
         path = path if path.is_absolute() else csv_path.parent / path
-        if _outside(path, csv_path.parent, origin):
+        if outside_upload(path, csv_path.parent, origin):
             skipped.append((row["where"], "the path leads outside the uploaded folder"))
             continue
-        if not _is_file(path):
+        if not is_file(path):
             skipped.append((row["where"], f"file not found: {path}"))
             continue
         try:
-            patient_id = row["patient_id"] or _patient(path.stem, "the file name") or "unnamed"
+            patient_id = row["patient_id"] or patient_id_from(path.stem, "the file name") or "unnamed"
         except ValueError as error:
             skipped.append((row["where"], str(error)))
             continue
-        candidates.append(_Candidate(file=path, name=row["where"], patient_id=patient_id,
+        candidates.append(Candidate(file=path, name=row["where"], patient_id=patient_id,
                                      curvature_class=row["class"], roi_box=row["box"], split=row["split"]))
-    return _run_import(candidates, skipped, source=csv_path, kind="csv", dataset=dataset, store=store,
+    return run_import(candidates, skipped, source=csv_path, kind="csv", dataset=dataset, store=store,
                        annotator=annotator, progress=progress, origin=origin, resplit=resplit)

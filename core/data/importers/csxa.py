@@ -9,14 +9,14 @@ import numpy as np
 
 from core.data.datasets import DatasetError
 from core.data.imaging import ImageReadError, read_image
-from core.data.importers.commit import ImportReport, _run_import
+from core.data.importers.commit import ImportReport, run_import
 from core.data.importers.entries import (
     ProgressCallback,
-    _Candidate,
-    _image_files,
-    _labelme_landmarks,
-    _relative_name,
-    _require_dir,
+    Candidate,
+    image_files,
+    labelme_landmarks,
+    relative_name,
+    require_dir,
 )
 from core.data.store import AnnotationStore
 
@@ -108,7 +108,7 @@ def import_csxa(src: str | Path, sheet: str | Path | None = None, *, sigmoid: st
     """
     if sigmoid not in ("skip", "measure"):
         raise DatasetError(f"sigmoid must be 'skip' or 'measure', got {sigmoid!r}")
-    src = _require_dir(Path(src), "CSXA folder")
+    src = require_dir(Path(src), "CSXA folder")
     if sheet is None:
         found = [p for name in ("datasets.xlsx", "datasets.csv") for p in sorted(src.rglob(name))]
         if not found:
@@ -121,8 +121,8 @@ def import_csxa(src: str | Path, sheet: str | Path | None = None, *, sigmoid: st
         labelme.setdefault(json_path.stem, json_path)
 
     candidates, skipped = [], []
-    for path in _image_files(image_dir):
-        name = _relative_name(path, src)
+    for path in image_files(image_dir):
+        name = relative_name(path, src)
         number = csxa_case_number(path.stem, cases)
         if number is None:
             skipped.append((name, _no_case_reason(path.stem, Path(sheet).name)))
@@ -131,7 +131,7 @@ def import_csxa(src: str | Path, sheet: str | Path | None = None, *, sigmoid: st
         landmarks = None
         if json_path is not None:
             try:
-                landmarks = _labelme_landmarks(json_path)
+                landmarks = labelme_landmarks(json_path)
             except ValueError as error:
                 skipped.append((name, str(error)))
                 continue
@@ -140,7 +140,7 @@ def import_csxa(src: str | Path, sheet: str | Path | None = None, *, sigmoid: st
             skipped.append((name, found))
         else:
             candidates.append(found)
-    return _run_import(candidates, skipped, source=src, kind="csxa", dataset=dataset, store=store,
+    return run_import(candidates, skipped, source=src, kind="csxa", dataset=dataset, store=store,
                        annotator=annotator, progress=progress, origin=origin)
 
 
@@ -153,7 +153,7 @@ def _no_case_reason(stem: str, sheet_name: str) -> str:
             f"case {int(run)} is not in {sheet_name}")
 
 
-def _graded_candidate(path: Path, name: str, number: int, case: dict, landmarks, sigmoid: str) -> _Candidate | str:
+def _graded_candidate(path: Path, name: str, number: int, case: dict, landmarks, sigmoid: str) -> Candidate | str:
     """The candidate for a case's image with its class from the sheet's grade, or the reason it is skipped.
 
     A reason, not a ValueError: only these reasons skip a file; any other error (a bad threshold setting met while
@@ -182,5 +182,5 @@ def _graded_candidate(path: Path, name: str, number: int, case: dict, landmarks,
         meta["csxa"]["class_from"] = "cobb rule"
     else:
         return f"curvature grade {grade!r} in the sheet is not 1-5"
-    return _Candidate(file=path, name=name, patient_id=f"{number:04d}", curvature_class=curvature_class,
+    return Candidate(file=path, name=name, patient_id=f"{number:04d}", curvature_class=curvature_class,
                       landmarks=landmarks, box_from_landmarks=True, meta=meta)

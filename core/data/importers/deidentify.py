@@ -11,16 +11,16 @@ import io
 
 from core.data.deid import deidentify
 from core.data.imaging import ImageReadError, read_dicom_dataset
-from core.data.importers.entries import _Candidate, _read_input
+from core.data.importers.entries import Candidate, read_input
 
 
-def _deidentified_copy(cand: _Candidate, salt: bytes) -> None:
+def deidentified_copy(cand: Candidate, salt: bytes) -> None:
     """Read ``cand.file`` as DICOM and put its de-identified bytes and patient pseudonym on ``cand``;
     ValueError with the reason for a file that cannot or must not be stored."""
-    _deidentify_candidate(cand, _read_input(cand.file), salt)
+    deidentify_candidate(cand, read_input(cand.file), salt)
 
 
-def _deidentify_candidate(cand: _Candidate, data: bytes, salt: bytes) -> None:
+def deidentify_candidate(cand: Candidate, data: bytes, salt: bytes) -> None:
     """De-identify DICOM ``data`` onto ``cand``: its bytes, patient pseudonym, a pseudonymous source (the file name
     may name the patient) and ``.dcm``; ValueError with the reason for a file that cannot or must not be stored."""
     path = cand.file

@@ -4,10 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from core import settings
-from core.data.importers.commit import ImportReport, _run_import
-from core.data.importers.csv_manifest import _read_manifest
-from core.data.importers.deidentify import _deidentified_copy
-from core.data.importers.entries import ProgressCallback, _Candidate, _relative_name, _require_dir
+from core.data.importers.commit import ImportReport, run_import
+from core.data.importers.csv_manifest import read_manifest
+from core.data.importers.deidentify import deidentified_copy
+from core.data.importers.entries import ProgressCallback, Candidate, relative_name, require_dir
 from core.data.store import AnnotationStore
 
 
@@ -20,12 +20,12 @@ def import_dicom(src: str | Path, labels: str | Path | None = None, *, dataset: 
     ``labels`` is an optional manifest (``path,label[,x1,y1,x2,y2][,split]``) matched by relative path or file
     stem; its patient ids are ignored: the patient is the salted pseudonym of the DICOM PatientID.
     """
-    src = _require_dir(Path(src), "DICOM folder")
+    src = require_dir(Path(src), "DICOM folder")
     salt = settings.pseudonym_salt()
     by_key: dict[str, dict] = {}
     skipped: list[tuple[str, str]] = []
     if labels is not None:
-        rows, skipped = _read_manifest(Path(labels))
+        rows, skipped = read_manifest(Path(labels))
         for row in rows:
             by_key.setdefault(Path(row["path"]).as_posix(), row)
             by_key.setdefault(Path(row["path"]).stem, row)
@@ -33,14 +33,14 @@ def import_dicom(src: str | Path, labels: str | Path | None = None, *, dataset: 
     files = sorted(p for p in src.rglob("*") if p.is_file() and not p.name.startswith(".")
                    and p.suffix.lower() not in (".json", ".csv", ".txt", ".yaml", ".xlsx", ".md"))
     for path in files:
-        name = _relative_name(path, src)
+        name = relative_name(path, src)
         row = by_key.get(name) or by_key.get(path.stem) or {}
-        # The source is set pseudonymous by _deidentify_candidate: the file name may carry a name or a date.
-        cand = _Candidate(file=path, name=name, patient_id="", curvature_class=row.get("class"),
+        # The source is set pseudonymous by deidentify_candidate: the file name may carry a name or a date.
+        cand = Candidate(file=path, name=name, patient_id="", curvature_class=row.get("class"),
                           roi_box=row.get("box"), split=row.get("split"), suffix=".dcm",
                           meta={"deidentified": True})
         # Reading and de-identifying is the slow part: it runs while _commit checks (and reports progress).
-        cand.prepare = lambda cand=cand: _deidentified_copy(cand, salt)
+        cand.prepare = lambda cand=cand: deidentified_copy(cand, salt)
         candidates.append(cand)
-    return _run_import(candidates, skipped, source=src, kind="dicom", dataset=dataset, store=store,
+    return run_import(candidates, skipped, source=src, kind="dicom", dataset=dataset, store=store,
                        annotator=annotator, progress=progress, origin=origin, resplit=resplit)

@@ -16,7 +16,7 @@ ProgressCallback = Callable[[int, int, str], None]  # (done, total, name of the 
 
 
 @dataclass
-class _Candidate:
+class Candidate:
     """One image an importer found, with what it says about it; validated by ``_commit``."""
 
     file: Path
@@ -38,7 +38,7 @@ class _Candidate:
 # ---------------------------------------------------------------- sources
 
 
-def _read_input(path: Path) -> bytes:
+def read_input(path: Path) -> bytes:
     """A file's bytes, sized first: a file over ``settings.max_file_bytes()`` is refused, not loaded."""
     try:
         check_file_size(path.name, path.stat().st_size)
@@ -47,37 +47,37 @@ def _read_input(path: Path) -> bytes:
         raise ValueError(f"cannot read the file ({error.strerror or error})") from None
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*")
                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
-def _require_dir(path: Path, what: str) -> Path:
+def require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
         raise DatasetError(f"{what} {path} is not a folder")
     return path
 
 
-def _outside(path: Path, root: Path, origin: str | None) -> bool:
+def outside_upload(path: Path, root: Path, origin: str | None) -> bool:
     """An upload's manifest may only name files inside the upload (not the server's own files)."""
     return origin is not None and not path.resolve().is_relative_to(root.resolve())
 
 
-def _relative_name(path: Path, root: Path) -> str:
+def relative_name(path: Path, root: Path) -> str:
     try:
         return path.relative_to(root).as_posix()
     except ValueError:
         return str(path)
 
 
-def _is_file(path: Path) -> bool:
+def is_file(path: Path) -> bool:
     try:
         return path.is_file()
     except (OSError, ValueError):  # a name too long for the file system, an embedded NUL
         return False
 
 
-def _is_dir(path: Path) -> bool:
+def is_dir(path: Path) -> bool:
     try:
         return path.is_dir()
     except (OSError, ValueError):
@@ -89,7 +89,7 @@ def _is_dir(path: Path) -> bool:
 _LABELME_ERRORS = (ValueError, TypeError, AttributeError, IndexError, KeyError, OverflowError)
 
 
-def _patient(value: Any, where: str = "patient_id") -> str | None:
+def patient_id_from(value: Any, where: str = "patient_id") -> str | None:
     """A patient id from a manifest: text or a whole number, at most 200 characters; None when absent."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
@@ -101,7 +101,7 @@ def _patient(value: Any, where: str = "patient_id") -> str | None:
     return text
 
 
-def _labelme_landmarks(path: Path) -> np.ndarray:
+def labelme_landmarks(path: Path) -> np.ndarray:
     from core.data.measure import read_labelme
 
     try:
@@ -110,11 +110,11 @@ def _labelme_landmarks(path: Path) -> np.ndarray:
         raise ValueError(f"{path.name} is not a usable Labelme file ({error})") from None
 
 
-def _numbers(values: Any, what: str) -> list[float]:
+def number_list(values: Any, what: str) -> list[float]:
     """A JSON list of finite numbers (booleans and text refused)."""
     if not isinstance(values, (list, tuple)) or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        raise ValueError(f"{what} must be a list of numbers, got {_short(values)}")
+        raise ValueError(f"{what} must be a list of numbers, got {short_repr(values)}")
     try:
         out = [float(v) for v in values]
     except OverflowError:
@@ -124,6 +124,6 @@ def _numbers(values: Any, what: str) -> list[float]:
     return out
 
 
-def _short(value: Any) -> str:
+def short_repr(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."

@@ -7,17 +7,17 @@ from typing import Any
 import numpy as np
 
 from core.data.datasets import DatasetError, parse_class
-from core.data.importers.commit import ImportReport, _run_import
+from core.data.importers.commit import ImportReport, run_import
 from core.data.importers.entries import (
     ProgressCallback,
-    _Candidate,
-    _image_files,
-    _is_dir,
-    _is_file,
-    _outside,
-    _patient,
-    _relative_name,
-    _short,
+    Candidate,
+    image_files,
+    is_dir,
+    is_file,
+    outside_upload,
+    patient_id_from,
+    relative_name,
+    short_repr,
 )
 from core.data.store import AnnotationStore
 
@@ -42,7 +42,7 @@ def _yolo_names(names: Any, yaml_path: Path) -> dict[int, str]:
         out = {}
         for key, name in names.items():
             if isinstance(key, bool) or not isinstance(key, int) and not (isinstance(key, str) and key.isdigit()):
-                raise DatasetError(f"{yaml_path.name}: class ids in 'names' must be whole numbers, got {_short(key)}")
+                raise DatasetError(f"{yaml_path.name}: class ids in 'names' must be whole numbers, got {short_repr(key)}")
             out[int(key)] = str(name)
         return out
     raise DatasetError(f"{yaml_path.name}: 'names' must be a list or a mapping of class id to name")
@@ -85,22 +85,22 @@ def import_yolo(src: str | Path, *, dataset: str | None = None, store: Annotatio
     root = yaml_path.parent
     base = Path(str(config.get("path") or root))
     base = base if base.is_absolute() else root / base
-    if not _is_dir(base) or _outside(base, root, origin):
+    if not is_dir(base) or outside_upload(base, root, origin):
         base = root  # a set moved from another machine
     names = _yolo_names(config.get("names"), yaml_path)
 
     skipped: list[tuple[str, str]] = []
     images = _listed_images(config, base, yaml_path, origin, skipped)
     if not images:
-        images = {path.resolve(): None for path in _image_files(base / "images")}
+        images = {path.resolve(): None for path in image_files(base / "images")}
     candidates = []
     for path, split in sorted(images.items()):
-        name = _relative_name(path, base.resolve())
+        name = relative_name(path, base.resolve())
         try:
             candidates.append(_yolo_candidate(path, name, split, names))
         except ValueError as error:
             skipped.append((name, str(error)))
-    return _run_import(candidates, skipped, source=yaml_path.parent, kind="yolo", dataset=dataset, store=store,
+    return run_import(candidates, skipped, source=yaml_path.parent, kind="yolo", dataset=dataset, store=store,
                        annotator=annotator, progress=progress, origin=origin, resplit=resplit)
 
 
@@ -134,33 +134,33 @@ def _listed_images(config: dict, base: Path, yaml_path: Path, origin: str | None
         entries = config.get(split)
         for entry in entries if isinstance(entries, list) else [entries] if entries else []:
             where = base / str(entry)
-            if _outside(where, root, origin):
-                skipped.append((f"{yaml_path.name} {split}: {_short(entry)}", "leads outside the uploaded folder"))
+            if outside_upload(where, root, origin):
+                skipped.append((f"{yaml_path.name} {split}: {short_repr(entry)}", "leads outside the uploaded folder"))
                 continue
-            if _is_dir(where):
-                files = _image_files(where)
-            elif _is_file(where):
+            if is_dir(where):
+                files = image_files(where)
+            elif is_file(where):
                 try:
                     files = [base / line.strip() for line in where.read_text(encoding="utf-8").splitlines()
                              if line.strip()]
                 except (OSError, UnicodeDecodeError) as error:
-                    skipped.append((f"{yaml_path.name} {split}: {_short(entry)}", f"cannot read the list ({error})"))
+                    skipped.append((f"{yaml_path.name} {split}: {short_repr(entry)}", f"cannot read the list ({error})"))
                     continue
             else:
                 files = []
             for path in files:
-                if _outside(path, root, origin):
-                    skipped.append((_short(str(path)), "leads outside the uploaded folder"))
-                elif _is_file(path):
+                if outside_upload(path, root, origin):
+                    skipped.append((short_repr(str(path)), "leads outside the uploaded folder"))
+                elif is_file(path):
                     images.setdefault(path.resolve(), split)
     return images
 
 
-def _yolo_candidate(path: Path, name: str, split: str | None, names: dict[int, str]) -> _Candidate:
+def _yolo_candidate(path: Path, name: str, split: str | None, names: dict[int, str]) -> Candidate:
     """One image with its label file's largest box (and 23 keypoints, if any); ValueError with the reason."""
-    patient_id = _patient(path.stem, "the file name") or "unnamed"
-    objects = _yolo_objects(_yolo_label_path(path)) if _is_file(_yolo_label_path(path)) else []
-    cand = _Candidate(file=path, name=name, patient_id=patient_id, split=split)
+    patient_id = patient_id_from(path.stem, "the file name") or "unnamed"
+    objects = _yolo_objects(_yolo_label_path(path)) if is_file(_yolo_label_path(path)) else []
+    cand = Candidate(file=path, name=name, patient_id=patient_id, split=split)
     if objects:
         label_file = _yolo_label_path(path)
         obj = max(objects, key=lambda o: o[3] * o[4])

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.data.measure import LANDMARK_NAMES, RuleThresholds
-from core.data.phantom.geometry import Column, _curve, _ellipse, _polygon_centroid, _ribbon, _rounded
+from core.data.phantom.geometry import Column, smooth_curve, ellipse, polygon_centroid, ribbon, rounded_polygon
 
 # Margin (degrees) that sampled targets keep from the rule thresholds, so classes are unambiguous.
 _CLASS_MARGIN = 4.0
@@ -53,7 +53,7 @@ class Anatomy:
     params: dict
 
 
-def _sample_target(rng: np.random.Generator, curvature_class: str, thresholds: RuleThresholds) -> float:
+def sample_target(rng: np.random.Generator, curvature_class: str, thresholds: RuleThresholds) -> float:
     lo_t, hi_t = thresholds.reversed_max_deg, thresholds.normal_min_deg
     if curvature_class == "normal":
         return float(rng.uniform(hi_t + _CLASS_MARGIN, max(hi_t + _CLASS_MARGIN + 1, 40.0)))
@@ -200,9 +200,9 @@ def _add_bodies(bones: _Bones, rng: np.random.Generator, column: Column, levels:
         dent = rng.uniform(0.2, 1.0, 4) * scale  # endplate concavity, anterior waist: vary per body
         outline = [pt, (pt + at) / 2 + dent[0] * t, at, (at + ab) / 2 - (0.4 + dent[1]) * e, ab,
                    (ab + pb) / 2 - 0.5 * dent[2] * t, pb, (pb + pt) / 2 + 0.4 * dent[3] * e]
-        add(_rounded(outline, 1.4 * scale), 0.36, 0.42, 0.8, 3.0, 0.2)
+        add(rounded_polygon(outline, 1.4 * scale), 0.36, 0.42, 0.8, 3.0, 0.2)
         # Uncinate process: a faint hump over the posterior half of the upper endplate.
-        add(_rounded([pt + 0.5 * e, pt + 0.45 * (at - pt), pt + 0.3 * (at - pt) - 2.0 * t, pt - 1.5 * t], 0.8),
+        add(rounded_polygon([pt + 0.5 * e, pt + 0.45 * (at - pt), pt + 0.3 * (at - pt) - 2.0 * t, pt - 1.5 * t], 0.8),
             0.06, 0.12, 0.5)
         if degenerative and name in ("C4", "C5", "C6", "C7") and rng.random() < 0.6:
             for corner, sign in ((at, -1.0), (ab, 1.0)):  # anterior osteophytes (spurs) at the disc
@@ -233,8 +233,8 @@ def _add_c2(bones: _Bones, rng: np.random.Generator, column: Column) -> tuple[_A
     ])
     axis = _Axis(column, w2, hb, hd, dhw, adc)
     c2 = axis.local
-    add(_rounded(c2(c2_outline), 1.4 * scale), 0.38, 0.42, 0.9, 3.0, 0.2)
-    c2_centroid = _polygon_centroid(c2([[-w2 / 2, 0], [w2 / 2, 0], [w2 / 2 - 2.2, -hb], [-w2 / 2 - 0.4, -hb + 1.0]]))
+    add(rounded_polygon(c2(c2_outline), 1.4 * scale), 0.38, 0.42, 0.9, 3.0, 0.2)
+    c2_centroid = polygon_centroid(c2([[-w2 / 2, 0], [w2 / 2, 0], [w2 / 2 - 2.2, -hb], [-w2 / 2 - 0.4, -hb + 1.0]]))
     c2_left, c2_right = c2([[-w2 / 2, 0], [w2 / 2, 0]])
     return axis, (c2_centroid, c2_left, c2_right)
 
@@ -244,13 +244,13 @@ def _add_c1(bones: _Bones, rng: np.random.Generator, axis: _Axis) -> None:
     scale, add = bones.scale, bones.add
     c2, w2, hd, dhw, adc = axis.local, axis.w2, axis.hd, axis.dhw, axis.adc
     adi = rng.uniform(1.5, 3.0)
-    add(c2(_ellipse((adc + dhw + adi + 4.2 * scale, -hd + 8.5 * scale), 4.2 * scale, 6.3 * scale, rng.uniform(-15, 5))),
+    add(c2(ellipse((adc + dhw + adi + 4.2 * scale, -hd + 8.5 * scale), 4.2 * scale, 6.3 * scale, rng.uniform(-15, 5))),
         0.22, 0.45, 1.0, 2.0, 0.2)
-    add(c2(_rounded([[-w2 / 2 - 1, -hd + 1], [w2 / 2 - 3, -hd + 2], [w2 / 2 - 4, -hd + 15], [-w2 / 2 - 4, -hd + 16]],
+    add(c2(rounded_polygon([[-w2 / 2 - 1, -hd + 1], [w2 / 2 - 3, -hd + 2], [w2 / 2 - 4, -hd + 15], [-w2 / 2 - 4, -hd + 16]],
                     4.0)), 0.14, 0.1, 1.5, 3.0, 0.2)
-    post = _curve([[-w2 / 2 - 3, -hd + 11], [-w2 / 2 - 17, -hd + 11.5], [-w2 / 2 - 30, -hd + 9.5]], 12)
-    add(c2(_ribbon(post, 3.4 * scale, 2.6 * scale)), 0.16, 0.3, 1.0, 1.5, 0.2, spread=1.0)
-    add(c2(_ellipse((-w2 / 2 - 33 * scale, -hd + 9.5), 4.5 * scale, 6.0 * scale, -10)), 0.2, 0.35, 1.0, 2.0, 0.2)
+    post = smooth_curve([[-w2 / 2 - 3, -hd + 11], [-w2 / 2 - 17, -hd + 11.5], [-w2 / 2 - 30, -hd + 9.5]], 12)
+    add(c2(ribbon(post, 3.4 * scale, 2.6 * scale)), 0.16, 0.3, 1.0, 1.5, 0.2, spread=1.0)
+    add(c2(ellipse((-w2 / 2 - 33 * scale, -hd + 9.5), 4.5 * scale, 6.0 * scale, -10)), 0.2, 0.35, 1.0, 2.0, 0.2)
 
 
 def _facet_joints(rng: np.random.Generator, column: Column, levels: dict, discs: dict, widths: dict,
@@ -274,10 +274,10 @@ def _add_c2_posterior(bones: _Bones, rng: np.random.Generator, axis: _Axis, join
     c2, w2, hb = axis.local, axis.w2, axis.hb
     a3, p3, t3 = joints["C3"]
     c2_pars = np.concatenate([c2([[-w2 / 2 + 0.5, -hb + 3], [-w2 / 2 - 12, -hb + 6]]), [p3 - 0.8 * t3, a3 - 0.8 * t3]])
-    add(_rounded(c2_pars, 3.0 * scale), 0.28, 0.3, 1.0, 2.5, 0.2, spread=1.0)
+    add(rounded_polygon(c2_pars, 3.0 * scale), 0.28, 0.3, 1.0, 2.5, 0.2, spread=1.0)
     sp_len = rng.uniform(38, 46) * scale
-    spine2 = _curve([[-w2 / 2 - 8, -10], [-w2 / 2 - 20, -7], [-w2 / 2 - sp_len, 1]], 14)
-    add(c2(_ribbon(spine2, 5.5 * scale, 3.8 * scale)), 0.2, 0.35, 1.0, 2.5, 0.25)
+    spine2 = smooth_curve([[-w2 / 2 - 8, -10], [-w2 / 2 - 20, -7], [-w2 / 2 - sp_len, 1]], 14)
+    add(c2(ribbon(spine2, 5.5 * scale, 3.8 * scale)), 0.2, 0.35, 1.0, 2.5, 0.25)
 
 
 def _add_posterior_elements(bones: _Bones, rng: np.random.Generator, column: Column, levels: dict, widths: dict,
@@ -292,22 +292,22 @@ def _add_posterior_elements(bones: _Bones, rng: np.random.Generator, column: Col
         mid = (top + bot) / 2
         _, e, t = column.frame(mid)
         (a1, p1, t1), (a2, p2, t2) = joints[name], joints[nxt]
-        add(_rounded([a1 + 0.8 * t1, p1 + 0.8 * t1, p2 - 0.8 * t2, a2 - 0.8 * t2], 2.5 * scale),
+        add(rounded_polygon([a1 + 0.8 * t1, p1 + 0.8 * t1, p2 - 0.8 * t2, a2 - 0.8 * t2], 2.5 * scale),
             0.3, 0.3, 0.9, 2.5, 0.25, spread=1.0)
         h = bot - top
-        add(column.local(mid, _rounded([[-w / 2 + 1, -h / 2 + 1], [-w / 2 - 6, -h / 2 + 2], [-w / 2 - 6, -h / 2 + 6],
+        add(column.local(mid, rounded_polygon([[-w / 2 + 1, -h / 2 + 1], [-w / 2 - 6, -h / 2 + 2], [-w / 2 - 6, -h / 2 + 6],
                                         [-w / 2 + 1, -h / 2 + 6]], 1.5)), 0.05, 0.06, 0.8, 1.0, spread=1.0)
         start = column.local(mid, [[-w / 2 - 11 * scale, -1.0]])[0]
         junction = column.local(mid, [[-w / 2 - 19 * scale, 1.5]])[0]
         droop = math.radians(droop_deg[name] + rng.uniform(-6, 6))
         reach = spine_len[name] * scale * rng.uniform(0.85, 1.15)
         tip_pt = junction + reach * (-math.cos(droop) * e + math.sin(droop) * t)
-        path = _curve([start, junction, (junction + tip_pt) / 2 + 0.6 * t, tip_pt], 14)
+        path = smooth_curve([start, junction, (junction + tip_pt) / 2 + 0.6 * t, tip_pt], 14)
         long_spine = name in ("C6", "C7", "T1")
-        add(_ribbon(path, 3.4 * scale, (2.6 if long_spine else 1.8) * scale), rng.uniform(0.11, 0.18), 0.3, 0.8, 2.0,
+        add(ribbon(path, 3.4 * scale, (2.6 if long_spine else 1.8) * scale), rng.uniform(0.11, 0.18), 0.3, 0.8, 2.0,
             0.25)
         if not long_spine:  # bifid tip: the two tubercles project slightly apart
-            add(_ellipse(tip_pt + 1.2 * t, 2.2 * scale, 1.6 * scale), 0.08, 0.2, 0.6, 1.0, spread=0.6)
+            add(ellipse(tip_pt + 1.2 * t, 2.2 * scale, 1.6 * scale), 0.08, 0.2, 0.6, 1.0, spread=0.6)
 
 
 def _add_skull_base(bones: _Bones, rng: np.random.Generator, axis: _Axis):
@@ -326,20 +326,20 @@ def _add_skull_base(bones: _Bones, rng: np.random.Generator, axis: _Axis):
     basion = np.array([1.0, -5.0])
     opisthion = np.array([-rng.uniform(30, 36), -9.0])
     clivus_top = np.array([20.0, -46.0])
-    occiput = _curve([opisthion, [-46, -16], [-61, -36], [-71, -62], [-74, -100], [-66, -145], [-45, -190]], 40)
+    occiput = smooth_curve([opisthion, [-46, -16], [-61, -36], [-71, -62], [-74, -100], [-66, -145], [-45, -190]], 40)
     palate_b = rng.uniform(-4, 4)
     cranium = np.concatenate([occiput[::-1], [[-20, -7], [-8, -4], basion, clivus_top, [30, -70], [10, -260]]])
     add(head(cranium), 0.42, ramp_mm=6.0, texture=0.1)  # posterior fossa: both skull walls, brain
-    face = _curve([clivus_top, [38, -30], [44, palate_b - 6], [80, palate_b - 9], [125, palate_b - 6]], 20)
+    face = smooth_curve([clivus_top, [38, -30], [44, palate_b - 6], [80, palate_b - 9], [125, palate_b - 6]], 20)
     add(head(np.concatenate([face, [[125, -260], [10, -260], [30, -70]]])), 0.22, ramp_mm=8.0, texture=0.3)
-    add(head(_ribbon(occiput, 3.0, 6.0)), 0.25, 0.4, 1.5, 2.0, 0.3)  # occipital squama, outer and inner tables
-    add(head(_ribbon(_curve([basion, [9, -24], clivus_top], 12), 4.0)), 0.22, 0.3, 1.2, 2.0, 0.2)  # clivus
-    add(head(_ellipse([-22, -2], 7, 4.5, 10)), 0.14, 0.3, 1.0, 2.0, 0.2, spread=1.0)  # occipital condyles
-    add(head(_ellipse([-14, -12], 8.0, 14.0, 15)), 0.2, 0.25, 1.2, 4.0, 0.7, spread=2.0)  # mastoid air cells
-    add(head(_ribbon(_curve([[-30, -24], [-8, -36], [22, -54]], 14), 7.0, 2.0)), 0.3, 0.15, 1.5, 5.0, 0.3,
+    add(head(ribbon(occiput, 3.0, 6.0)), 0.25, 0.4, 1.5, 2.0, 0.3)  # occipital squama, outer and inner tables
+    add(head(ribbon(smooth_curve([basion, [9, -24], clivus_top], 12), 4.0)), 0.22, 0.3, 1.2, 2.0, 0.2)  # clivus
+    add(head(ellipse([-22, -2], 7, 4.5, 10)), 0.14, 0.3, 1.0, 2.0, 0.2, spread=1.0)  # occipital condyles
+    add(head(ellipse([-14, -12], 8.0, 14.0, 15)), 0.2, 0.25, 1.2, 4.0, 0.7, spread=2.0)  # mastoid air cells
+    add(head(ribbon(smooth_curve([[-30, -24], [-8, -36], [22, -54]], 14), 7.0, 2.0)), 0.3, 0.15, 1.5, 5.0, 0.3,
         spread=2.0)  # petrous ridge
-    add(head(_ellipse([32, -38], 9.0, 7.0, 0)), -0.25, ramp_mm=3.0)  # sphenoid sinus (air)
-    add(head(_ribbon(_curve([[45, palate_b], [75, palate_b - 1], [110, palate_b - 3]], 12), 2.2, 4.0)),
+    add(head(ellipse([32, -38], 9.0, 7.0, 0)), -0.25, ramp_mm=3.0)  # sphenoid sinus (air)
+    add(head(ribbon(smooth_curve([[45, palate_b], [75, palate_b - 1], [110, palate_b - 3]], 12), 2.2, 4.0)),
         0.2, 0.3, 1.0, 1.5, 0.2)  # hard palate
     return head
 
@@ -354,13 +354,13 @@ def _add_mandible(bones: _Bones, rng: np.random.Generator, axis: _Axis, head) ->
     drop = rng.uniform(-4, 8)  # mandibular plane
     chin = gonion + [76 * scale, 9 + drop]
     mandible = np.concatenate([
-        _curve([condyle + [-3, -2], condyle + [-4, 9], (condyle + gonion) / 2 + [-4, 0], gonion + [-2, -8]], 14),
-        _curve([gonion + [-2, -8], gonion + [3, 2], gonion + [30, 5 + drop / 3], chin], 16),
-        _curve([chin, chin + [6, -12], chin + [3, -25], gonion + [36, -24 + drop / 2], gonion + [27, -24]], 16),
-        _curve([gonion + [27, -24], condyle + [27, 4], condyle + [26, -3], condyle + [17, 9], condyle + [6, 4],
+        smooth_curve([condyle + [-3, -2], condyle + [-4, 9], (condyle + gonion) / 2 + [-4, 0], gonion + [-2, -8]], 14),
+        smooth_curve([gonion + [-2, -8], gonion + [3, 2], gonion + [30, 5 + drop / 3], chin], 16),
+        smooth_curve([chin, chin + [6, -12], chin + [3, -25], gonion + [36, -24 + drop / 2], gonion + [27, -24]], 16),
+        smooth_curve([gonion + [27, -24], condyle + [27, 4], condyle + [26, -3], condyle + [17, 9], condyle + [6, 4],
                 condyle + [3, -4]], 16),
     ])
-    add(head(_rounded(mandible, 1.5)), 0.12, 0.42, 2.2, 3.0, 0.25, spread=3.0)
+    add(head(rounded_polygon(mandible, 1.5)), 0.12, 0.42, 2.2, 3.0, 0.25, spread=3.0)
     alveolus = gonion + [32, -24 + drop / 2]
     for k in range(int(rng.integers(3, 7))):  # molars/premolars, lower and upper, in occlusion
         x = alveolus[0] + 3 + 9.5 * k
@@ -370,8 +370,8 @@ def _add_mandible(bones: _Bones, rng: np.random.Generator, axis: _Axis, head) ->
             crown = [[x - half, y0 - sign * 7], [x + half, y0 - sign * 7], [x + half - 0.4, y0], [x - half + 0.4, y0]]
             apex = y0 + sign * 12
             root = [[x - half + 0.8, y0 - 1], [x + half - 0.8, y0 - 1], [x + 0.8, apex], [x - 0.8, apex]]
-            add(head(_rounded(root, 1.0)), 0.12, 0.15, 0.8, 1.0, spread=1.0)
-            add(head(_rounded(crown, 2.2)), 0.25, 0.55, 1.0, 1.5, spread=1.0)
+            add(head(rounded_polygon(root, 1.0)), 0.12, 0.15, 0.8, 1.0, spread=1.0)
+            add(head(rounded_polygon(crown, 2.2)), 0.25, 0.55, 1.0, 1.5, spread=1.0)
     return gonion
 
 
@@ -380,9 +380,9 @@ def _add_hyoid(bones: _Bones, rng: np.random.Generator, column: Column, levels: 
     add = bones.add
     hy_s = levels["C3"][1] + rng.uniform(-4, 6)
     hy_a = widths["C3"][0] / 2 + rng.uniform(28, 40)
-    add(column.local(hy_s, _ellipse([hy_a, 0], 5.5, 3.0, -20)), 0.18, 0.4, 1.0, 1.5, 0.2)
-    horn = column.local(hy_s, _curve([[hy_a - 2, -1], [hy_a - 12, -6], [hy_a - 20, -12]], 10))
-    add(_ribbon(horn, 1.6, 1.2), 0.1, 0.25, 0.8, 1.0, spread=1.0)
+    add(column.local(hy_s, ellipse([hy_a, 0], 5.5, 3.0, -20)), 0.18, 0.4, 1.0, 1.5, 0.2)
+    horn = column.local(hy_s, smooth_curve([[hy_a - 2, -1], [hy_a - 12, -6], [hy_a - 20, -12]], 10))
+    add(ribbon(horn, 1.6, 1.2), 0.1, 0.25, 0.8, 1.0, spread=1.0)
 
 
 def _soft_tissue_params(rng: np.random.Generator, scale: float, length: float, widths: dict, hd: float,

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from core.data.measure import LANDMARK_NAMES, RuleThresholds, measure_landmarks, roi_box_from_landmarks
-from core.data.phantom.anatomy import Anatomy, _sample_target, build_anatomy
-from core.data.phantom.render import _draw_marker, _draw_text, _jpeg_artifacts, _shoulder_top, attenuation, expose
-from core.data.phantom.view import View, _patient_pose, build_view
+from core.data.phantom.anatomy import Anatomy, sample_target, build_anatomy
+from core.data.phantom.render import draw_marker, draw_text, jpeg_artifacts, shoulder_top, attenuation, expose
+from core.data.phantom.view import View, patient_pose, build_view
 from core.settings import CLASSES
 
 PROFILES = ("arc", "sigmoid1", "sigmoid2")  # sigmoid1: upper lordotic, lower kyphotic; sigmoid2: the reverse
@@ -87,7 +87,7 @@ def _mirror_landmarks(landmarks: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
-def _check_size(size: int) -> int:
+def check_size(size: int) -> int:
     if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or not 32 <= int(size) <= 8192:
         raise PhantomError(f"size must be a whole number of pixels from 32 to 8192, got {size!r}")
     return int(size)
@@ -109,7 +109,7 @@ class _Plan:
 
 
 def _plan(seed, size, curvature_class, cobb_c2c7, profile, facing, patient_seed, thresholds) -> _Plan:
-    size = _check_size(size)
+    size = check_size(size)
     if curvature_class is not None and curvature_class not in CLASSES:
         raise PhantomError(f"unknown curvature class {curvature_class!r}; use one of {', '.join(CLASSES)}")
     if curvature_class is not None and cobb_c2c7 is not None:
@@ -133,11 +133,11 @@ def _plan(seed, size, curvature_class, cobb_c2c7, profile, facing, patient_seed,
     drawn_facing = "left" if prng.random() < 0.5 else "right"
     drawn_class = CLASSES[int(prng.integers(len(CLASSES)))]
     if cobb_c2c7 is None:
-        target = _sample_target(np.random.default_rng([patient_seed, 0xC6]), curvature_class or drawn_class, thresholds)
+        target = sample_target(np.random.default_rng([patient_seed, 0xC6]), curvature_class or drawn_class, thresholds)
     else:
         target = float(cobb_c2c7)
     profile = profile or "arc"
-    pose = _patient_pose(prng)
+    pose = patient_pose(prng)
     anatomy = build_anatomy(prng, target, profile)
     view = build_view(np.random.default_rng([seed, 0xC7]), pose, anatomy, size)
     facing = facing or drawn_facing
@@ -194,16 +194,16 @@ def generate_case(
     noise_rng = np.random.default_rng([plan.seed, 0xC8])
     image = expose(attenuation(anatomy, view, noise_rng), view, noise_rng)
     if view.params["jpeg_quality"]:
-        image = _jpeg_artifacts(image, view.params["jpeg_quality"])
+        image = jpeg_artifacts(image, view.params["jpeg_quality"])
     probes = _probes(anatomy, view)
     if plan.facing == "left":
         image = image[:, ::-1]
         probes = {k: np.stack([view.width - 1 - v[:, 0], v[:, 1]], 1) for k, v in probes.items()}
     roi_box = roi_box_from_landmarks(landmarks, (view.width, view.height))
     if view.params["marker"]:
-        _draw_marker(image, view.params["marker_corner"], 1.0 / view.spacing, roi_box)
+        draw_marker(image, view.params["marker_corner"], 1.0 / view.spacing, roi_box)
     for line, (text, corner, height_frac, bright) in enumerate(view.params["text"]):  # after mirroring: readable
-        _draw_text(image, text, corner, height_frac, bright, roi_box, line)
+        draw_text(image, text, corner, height_frac, bright, roi_box, line)
     scale = 255 if bit_depth == 8 else 65535
     pixels = np.ascontiguousarray(np.round(image * scale).astype(np.uint8 if bit_depth == 8 else np.uint16))
 
@@ -212,7 +212,7 @@ def generate_case(
     if curvature_class is not None and measured.rule_class != curvature_class:  # cannot happen by design
         raise RuntimeError(f"phantom aimed at {curvature_class} but measures {measured.rule_class}")
     c7 = anatomy.column.local(sum(anatomy.levels["C7"]) / 2, [0, 0])[0]
-    c7_hidden = bool(_shoulder_top(c7[:1], anatomy, view.params["shoulder_shift"], 0)[0] < c7[1])
+    c7_hidden = bool(shoulder_top(c7[:1], anatomy, view.params["shoulder_shift"], 0)[0] < c7[1])
     return PhantomCase(
         image=pixels,
         landmarks=landmarks,

@@ -8,12 +8,12 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 
-def _smoothstep(x):
+def smoothstep(x):
     """0 -> 1 logistic step; x in units of the transition width."""
     return 0.5 * (1.0 + np.tanh(x))
 
 
-def _rounded(points, radius: float, steps: int = 5) -> np.ndarray:
+def rounded_polygon(points, radius: float, steps: int = 5) -> np.ndarray:
     """Polygon with every corner replaced by a quadratic curve ``radius`` long on each side."""
     p = np.asarray(points, dtype=float)
     prev, nxt = np.roll(p, 1, axis=0), np.roll(p, -1, axis=0)
@@ -28,14 +28,14 @@ def _rounded(points, radius: float, steps: int = 5) -> np.ndarray:
     return curve.reshape(-1, 2)
 
 
-def _ellipse(centre, ax: float, ay: float, angle_deg: float = 0.0, n: int = 28) -> np.ndarray:
+def ellipse(centre, ax: float, ay: float, angle_deg: float = 0.0, n: int = 28) -> np.ndarray:
     t = np.linspace(0, 2 * np.pi, n, endpoint=False)
     c, s = math.cos(math.radians(angle_deg)), math.sin(math.radians(angle_deg))
     x, y = ax * np.cos(t), ay * np.sin(t)
     return np.stack([centre[0] + c * x - s * y, centre[1] + s * x + c * y], axis=1)
 
 
-def _ribbon(path, half_start: float, half_end: float | None = None) -> np.ndarray:
+def ribbon(path, half_start: float, half_end: float | None = None) -> np.ndarray:
     """Polygon around a polyline whose half-width tapers from start to end (processes, arches)."""
     p = np.asarray(path, dtype=float)
     hw = np.linspace(half_start, half_start if half_end is None else half_end, len(p))
@@ -45,7 +45,7 @@ def _ribbon(path, half_start: float, half_end: float | None = None) -> np.ndarra
     return np.concatenate([p + normal * hw[:, None], (p - normal * hw[:, None])[::-1]])
 
 
-def _curve(points, n: int = 24) -> np.ndarray:
+def smooth_curve(points, n: int = 24) -> np.ndarray:
     """Smooth polyline through control points (Catmull-Rom), for bone outlines."""
     p = np.asarray(points, dtype=float)
     ext = np.concatenate([p[:1] * 2 - p[1:2], p, p[-1:] * 2 - p[-2:-1]])
@@ -59,7 +59,7 @@ def _curve(points, n: int = 24) -> np.ndarray:
     return np.concatenate(out)
 
 
-def _polygon_centroid(poly: np.ndarray) -> np.ndarray:
+def polygon_centroid(poly: np.ndarray) -> np.ndarray:
     x, y = poly[:, 0], poly[:, 1]
     cross = x * np.roll(y, -1) - np.roll(x, -1) * y
     area = cross.sum() / 2

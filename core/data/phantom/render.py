@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from core.data.phantom.anatomy import Anatomy, Bone
-from core.data.phantom.geometry import _curve, _ellipse, _ribbon, _smoothstep
+from core.data.phantom.geometry import smooth_curve, ellipse, ribbon, smoothstep
 from core.data.phantom.view import View
 
 
@@ -87,7 +87,7 @@ class _Film:
         self.att[y0:y1, x0:x1] += weight * value * mask
 
 
-def _shoulder_top(u: np.ndarray, anatomy: Anatomy, shift: float, which: int) -> np.ndarray:
+def shoulder_top(u: np.ndarray, anatomy: Anatomy, shift: float, which: int) -> np.ndarray:
     """v (mm) of the top edge of the left (0) or right (1) shoulder above patient-frame u."""
     p = anatomy.params
     c7 = anatomy.column.local(p["length"], [0, 0])[0]
@@ -114,11 +114,11 @@ def _soft_tissue(anatomy: Anatomy, view: View, factor: int) -> np.ndarray:
 
     # Neck in (s, n): the front jumps forward above the submental line (face), the back widens at the head.
     # The submental skin runs obliquely: lower towards the chin.
-    face = _smoothstep((p["chin_s"] - s + 0.3 * np.maximum(n - half - p["neck_front"], 0)) / 4.0)
+    face = smoothstep((p["chin_s"] - s + 0.3 * np.maximum(n - half - p["neck_front"], 0)) / 4.0)
     front = half + p["neck_front"] + face * (90 + p["neck_front"]) + np.maximum(s - L - 15, 0) * 0.9
-    back = -(half + p["neck_back"]) - 25 * _smoothstep((-hd - 5 - s) / 12.0) - np.maximum(s - L, 0) * 0.4
+    back = -(half + p["neck_back"]) - 25 * smoothstep((-hd - 5 - s) / 12.0) - np.maximum(s - L, 0) * 0.4
     mid, semi = (front + back) / 2, (front - back) / 2
-    lateral = p["neck_width"] * (1 + 0.1 * face + 0.3 * _smoothstep((-hd - 10 - s) / 10))
+    lateral = p["neck_width"] * (1 + 0.1 * face + 0.3 * smoothstep((-hd - 10 - s) / 10))
     neck = lateral * np.sqrt(np.clip(1 - ((n - mid) / semi) ** 2, 0, 1)) * per_mm
     mottle = ndimage.gaussian_filter(np.random.default_rng(p["mottle_seed"]).standard_normal((gh, gw)),
                                      6.0 / (factor * view.spacing))  # fat and muscle planes
@@ -128,10 +128,10 @@ def _soft_tissue(anatomy: Anatomy, view: View, factor: int) -> np.ndarray:
     # larynx narrowing it, the trachea; the nasopharynx curves forward above C2 under the skull base.
     c5 = anatomy.levels["C5"][0]
     pv_up, pv_low = p["prevertebral"]
-    prevert = pv_up + (pv_low - pv_up) * _smoothstep((s - c5) / 6.0)
+    prevert = pv_up + (pv_low - pv_up) * smoothstep((s - c5) / 6.0)
     hw = p["airway_half"] * (1 - (1 - p["larynx"]) * np.exp(-(((s - anatomy.levels["C5"][1]) / 7.0) ** 2)))
-    centre = half + prevert + hw + 22 * _smoothstep((-hd + 6 - s) / 7.0)
-    top = _smoothstep((s - (-hd - 12)) / 3.0)
+    centre = half + prevert + hw + 22 * smoothstep((-hd + 6 - s) / 7.0)
+    top = smoothstep((s - (-hd - 12)) / 3.0)
     air = np.clip(1 - ((n - centre) / hw) ** 4, 0, 1) ** 0.5 * top
     pocket = np.exp(-(((s - p["chin_s"] - 3) / 5) ** 2 + ((n - centre - 14) / 7) ** 2)) * (1 - face)  # vallecula
     airway = -(p["airway_width"] * air + 12 * pocket) * per_mm
@@ -140,7 +140,7 @@ def _soft_tissue(anatomy: Anatomy, view: View, factor: int) -> np.ndarray:
     u, v = mm[:, 0], mm[:, 1]
     shoulders = np.zeros_like(u)
     for which in (0, 1):
-        depth = np.maximum(v - _shoulder_top(u, anatomy, view.params["shoulder_shift"], which), 0)
+        depth = np.maximum(v - shoulder_top(u, anatomy, view.params["shoulder_shift"], which), 0)
         shoulders += p["shoulder_density"] / 2 * (1 - np.exp(-depth / 10.0))
     inside = np.clip(1 - ((n - mid) / (semi + 60)) ** 2, 0, 1) ** 0.5
     field = neck + airway * (neck > 0.05) + shoulders * np.maximum(inside, 0.3)
@@ -181,9 +181,9 @@ def attenuation(anatomy: Anatomy, view: View, rng: np.random.Generator) -> np.nd
     c7 = anatomy.column.local(p["length"], [0, 0])[0]
     for side in (-1.0, 1.0):
         shift = np.array([side * 5.0, side * 4.0 + p["clavicle"]]) + view.params["shoulder_shift"] * np.array([0, 1])
-        clavicle = _curve([c7 + [75, 42], c7 + [45, 32], c7 + [15, 22], c7 + [-20, 20]], 16) + shift
-        film.add(view.to_px(_ribbon(clavicle, 6.0, 5.0)), Bone(np.empty((0, 2)), 0.14, 0.35, 1.8, 4.0, 0.3), 0.5)
-        humerus = _ellipse(c7 + [-50 + side * 8, 60 + p["clavicle"] + side * 6], 24, 24)
+        clavicle = smooth_curve([c7 + [75, 42], c7 + [45, 32], c7 + [15, 22], c7 + [-20, 20]], 16) + shift
+        film.add(view.to_px(ribbon(clavicle, 6.0, 5.0)), Bone(np.empty((0, 2)), 0.14, 0.35, 1.8, 4.0, 0.3), 0.5)
+        humerus = ellipse(c7 + [-50 + side * 8, 60 + p["clavicle"] + side * 6], 24, 24)
         film.add(view.to_px(humerus), Bone(np.empty((0, 2)), 0.2, 0.35, 2.0, 6.0, 0.3), 0.5)
     factor = max(1, int(round(0.6 / view.spacing)))
     att = film.att + _upsample(_soft_tissue(anatomy, view, factor), view.height, view.width, factor)
@@ -191,7 +191,7 @@ def attenuation(anatomy: Anatomy, view: View, rng: np.random.Generator) -> np.nd
         back = float(view.to_px(anatomy.column.local(anatomy.params["length"] / 2,
                                                      [[-anatomy.params["neck_back"] - 20.0, 0]]))[0, 0])
         x = np.arange(view.width, dtype=np.float32)
-        att += view.params["backboard"] * _smoothstep((back - x) / 2.0)[None, :].astype(np.float32)
+        att += view.params["backboard"] * smoothstep((back - x) / 2.0)[None, :].astype(np.float32)
     return att
 
 
@@ -240,7 +240,7 @@ def expose(att: np.ndarray, view: View, rng: np.random.Generator) -> np.ndarray:
     return image.astype(np.float32)
 
 
-def _draw_marker(image: np.ndarray, corner: int, px_per_mm: float, keep_clear: list[float]) -> None:
+def draw_marker(image: np.ndarray, corner: int, px_per_mm: float, keep_clear: list[float]) -> None:
     """A lead side marker: a bright plate with a letter in a corner, as on most lateral films."""
     h, w = image.shape
     size = int(round(12 * px_per_mm))
@@ -260,7 +260,7 @@ def _draw_marker(image: np.ndarray, corner: int, px_per_mm: float, keep_clear: l
     region[...] = np.maximum(region, np.asarray(plate, np.float32) / 255.0 * 0.97)
 
 
-def _draw_text(image: np.ndarray, text: str, corner: int, height_frac: float, bright: bool,
+def draw_text(image: np.ndarray, text: str, corner: int, height_frac: float, bright: bool,
                keep_clear: list[float], line: int = 0) -> None:
     """Burned-in annotation text along an edge of the film, off the spine (skipped where it would cover it)."""
     from PIL import ImageFont
@@ -285,7 +285,7 @@ def _draw_text(image: np.ndarray, text: str, corner: int, height_frac: float, br
     region[...] = region * (1 - ink) + ink * (0.98 if bright else 0.02)
 
 
-def _jpeg_artifacts(image: np.ndarray, quality: int) -> np.ndarray:
+def jpeg_artifacts(image: np.ndarray, quality: int) -> np.ndarray:
     """JPEG's block and ringing artifacts added to the float image (as the difference an 8-bit round trip
     makes), so 8- and 16-bit output keep agreeing and 16-bit keeps its fine levels."""
     import io

@@ -1,6 +1,6 @@
 """One image's framing and film look: pixel spacing, rotation, crop and frame shape, exposure, noise, blur,
 processing, collimation, borders, markers, burned-in text, JPEG. Drawn per image from the image's seed; the
-patient's habitual pose (``_patient_pose``) comes from the patient's seed."""
+patient's habitual pose (``patient_pose``) comes from the patient's seed."""
 from __future__ import annotations
 
 import math
@@ -118,7 +118,7 @@ def _film_look(rng: np.random.Generator, lm_px: np.ndarray, width: int, height: 
     )
 
 
-def _patient_pose(rng: np.random.Generator) -> dict:
+def patient_pose(rng: np.random.Generator) -> dict:
     return dict(
         aspect=float(rng.choice([rng.uniform(0.65, 1.0), rng.uniform(1.0, 1.35)], p=[0.8, 0.2])),  # width / height
         spacing_1024=rng.uniform(*SPACING_AT_1024_MM),

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from core.data.measure import write_labelme
-from core.data.phantom.cases import PhantomCase, PhantomError, _check_size, generate_case
+from core.data.phantom.cases import PhantomCase, PhantomError, check_size, generate_case
 from core.data.phantom.dicom import write_dicom
 from core.settings import CLASSES
 
@@ -164,7 +164,7 @@ def _check_request(formats, patients, images_per_patient, workers, size, bit_dep
             raise PhantomError(f"{name} must be a whole number >= {low}, got {value!r}")
     if patients > 9999:
         raise PhantomError("at most 9999 patients per set (CSXA case numbers have four digits)")
-    size = _check_size(size)
+    size = check_size(size)
     if bit_depth not in (8, 16):
         raise PhantomError(f"bit_depth must be 8 or 16, got {bit_depth!r}")
     if not 0.0 <= sigmoid_fraction <= 1.0 or not 0.0 <= val_fraction < 1.0:

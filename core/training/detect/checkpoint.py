@@ -28,7 +28,7 @@ def _json_default(value):
     return str(value)  # paths, and anything odd a config may carry
 
 
-def _export_checkpoint(ultralytics_pt: Path, out: Path, meta: dict) -> Path:
+def export_checkpoint(ultralytics_pt: Path, out: Path, meta: dict) -> Path:
     """Our own run's Ultralytics .pt -> {"state_dict", "meta"} that torch.load(weights_only=True) can read."""
     import torch
     from ultralytics.nn.tasks import load_checkpoint
@@ -55,7 +55,7 @@ def _export_checkpoint(ultralytics_pt: Path, out: Path, meta: dict) -> Path:
     return out
 
 
-def _read_checkpoint(weights_path: str | Path, task: str | None) -> dict:
+def read_checkpoint(weights_path: str | Path, task: str | None) -> dict:
     """A CerviCurve YOLO checkpoint (weights only); ``task`` None accepts either task."""
     import pickle
 
@@ -80,6 +80,6 @@ def _read_checkpoint(weights_path: str | Path, task: str | None) -> dict:
     return checkpoint
 
 
-def _read_checkpoint_meta(weights_path: str | Path) -> dict:
-    return _read_checkpoint(weights_path, None)["meta"]
+def read_checkpoint_meta(weights_path: str | Path) -> dict:
+    return read_checkpoint(weights_path, None)["meta"]
 

@@ -23,7 +23,7 @@ def _split_dirs(root: Path, value) -> list[Path]:
     return [Path(e) if Path(e).is_absolute() else root / str(e) for e in entries]
 
 
-def _load_dataset_yaml(data_yaml: str | Path) -> tuple[dict, Path]:
+def load_dataset_yaml(data_yaml: str | Path) -> tuple[dict, Path]:
     import yaml
 
     path = Path(data_yaml).expanduser()
@@ -41,7 +41,7 @@ def _load_dataset_yaml(data_yaml: str | Path) -> tuple[dict, Path]:
     return data, root.resolve()
 
 
-def _write_dataset_yaml(data_yaml: str | Path, out: Path, yolo_task: str) -> Path:
+def write_dataset_yaml(data_yaml: str | Path, out: Path, yolo_task: str) -> Path:
     """A clean copy of the dataset yaml: absolute path, existing folders, our kpt_shape/flip_idx, no `download`.
 
     Ultralytics runs a yaml's `download:` entry (a URL, a shell command or Python) when a split is missing; the copy
@@ -49,7 +49,7 @@ def _write_dataset_yaml(data_yaml: str | Path, out: Path, yolo_task: str) -> Pat
     """
     import yaml
 
-    data, root = _load_dataset_yaml(data_yaml)
+    data, root = load_dataset_yaml(data_yaml)
     clean: dict[str, Any] = {"path": str(root)}
     for split in ("train", "val", "test"):
         value = data.get(split)
@@ -99,7 +99,7 @@ _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 def read_yolo_landmarks(data_yaml, split: str = "val") -> list[tuple[np.ndarray, np.ndarray]]:
     """(image, landmarks (23, 2) in pixels, nan where not visible) for every labelled image of a pose split."""
-    data, root = _load_dataset_yaml(data_yaml)
+    data, root = load_dataset_yaml(data_yaml)
     if not data.get(split):
         raise ValueError(f"{data_yaml} has no '{split}' split")
     items = []

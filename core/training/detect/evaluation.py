@@ -6,27 +6,27 @@ from pathlib import Path
 from typing import Iterable
 
 from core.runs import layout
-from core.training.detect.checkpoint import _read_checkpoint_meta
-from core.training.detect.dataset import _load_dataset_yaml, read_yolo_landmarks
+from core.training.detect.checkpoint import read_checkpoint_meta
+from core.training.detect.dataset import load_dataset_yaml, read_yolo_landmarks
 from core.training.detect.networks import TASKS
 from core.training.detect.predict import LandmarkModel
-from core.training.detect.recording import _column
-from core.training.detect.sandbox import _yolo_session, resolve_device
+from core.training.detect.recording import metrics_column
+from core.training.detect.sandbox import yolo_session, resolve_device
 
 
 def evaluate(run_dir: str | Path, split: str = "test") -> dict:
     """The run's best weights scored by Ultralytics' validator on ``split`` of the dataset it trained on;
     YOLO-pose runs add the landmark errors. Written to ``<split>_report.json``."""
     run_dir = layout.resolve_run(run_dir)
-    meta = _read_checkpoint_meta(run_dir / "best.pt")
+    meta = read_checkpoint_meta(run_dir / "best.pt")
     dataset_yaml = run_dir / "dataset.yaml"
-    data, _ = _load_dataset_yaml(dataset_yaml)
+    data, _ = load_dataset_yaml(dataset_yaml)
     if not data.get(split):
         raise ValueError(f"{dataset_yaml} has no '{split}' split")
     weights = run_dir / str(meta.get("ultralytics_weights") or "ultralytics/weights/best.pt")
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} (the run's own Ultralytics weights) is missing")
-    with _yolo_session():
+    with yolo_session():
         from ultralytics import YOLO
 
         results = YOLO(str(weights), task=TASKS[meta["task"]]).val(
@@ -34,7 +34,7 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict:
             project=str(run_dir), name=f"ultralytics_{split}", exist_ok=True, plots=False, verbose=False)
     scores = {k: float(v) for k, v in results.results_dict.items()}
     report = {"split": split, "run_id": run_dir.name, "task": meta["task"],
-              **{_column(k): v for k, v in scores.items()}}
+              **{metrics_column(k): v for k, v in scores.items()}}
     if meta["task"] == "landmarks":
         report["landmark_errors"] = evaluate_landmarks(LandmarkModel(run_dir / "best.pt"),
                                                        read_yolo_landmarks(dataset_yaml, split))

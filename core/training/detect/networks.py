@@ -16,10 +16,10 @@ DEFAULT_LANDMARK_MODEL = YOLO_DEFAULT_MODEL["landmarks"]
 TASKS = {"detect": "detect", "landmarks": "pose"}
 _OTHER_HEADS = ("-pose", "-seg", "-cls", "-obb", "-world", "yoloe", "rtdetr")
 # A tiny packaged network per task: the YOLO wrapper needs one to exist before our own network replaces it.
-_WRAPPER_STUB = {"detect": "yolov8n.yaml", "pose": "yolov8n-pose.yaml"}
+WRAPPER_STUB = {"detect": "yolov8n.yaml", "pose": "yolov8n-pose.yaml"}
 
 
-def _model_source(model: str | Path, yolo_task: str) -> str:
+def network_source(model: str | Path, yolo_task: str) -> str:
     """A packaged/local yaml (random weights) or an existing local .pt; never a name Ultralytics would download."""
     text = str(model).strip()
     name = Path(text).name.lower()
@@ -36,7 +36,7 @@ def _model_source(model: str | Path, yolo_task: str) -> str:
         if not path.is_file():
             raise FileNotFoundError(
                 f"YOLO weights {path} not found. CerviCurve never downloads weights: build the network from a yaml "
-                f"(e.g. {_WRAPPER_STUB[yolo_task]}) or give the path of a .pt file on this machine."
+                f"(e.g. {WRAPPER_STUB[yolo_task]}) or give the path of a .pt file on this machine."
             )
         return str(path.resolve())
     raise ValueError(

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from core import settings
-from core.training.detect.checkpoint import _read_checkpoint, _read_checkpoint_meta
-from core.training.detect.networks import _WRAPPER_STUB
-from core.training.detect.sandbox import _yolo_session, resolve_device
+from core.training.detect.checkpoint import read_checkpoint, read_checkpoint_meta
+from core.training.detect.networks import WRAPPER_STUB
+from core.training.detect.sandbox import yolo_session, resolve_device
 
 
 class _YoloPredictor:
@@ -23,13 +23,13 @@ class _YoloPredictor:
     task = "detect"
 
     def __init__(self, weights_path: str | Path):
-        checkpoint = _read_checkpoint(weights_path, self.task)
+        checkpoint = read_checkpoint(weights_path, self.task)
         self.path = Path(weights_path)
         self.meta = checkpoint["meta"]
         self.imgsz = int(self.meta.get("imgsz") or 640)
         self.names = self.meta["names"]
         self._lock = threading.Lock()
-        with _yolo_session():
+        with yolo_session():
             from ultralytics import YOLO
             from ultralytics.nn.tasks import DetectionModel, PoseModel
 
@@ -44,7 +44,7 @@ class _YoloPredictor:
             network.load_state_dict(checkpoint["state_dict"])
             network.names = dict(self.names)
             network.eval()
-            self._yolo = YOLO(_WRAPPER_STUB[yolo_task], task=yolo_task, verbose=False)
+            self._yolo = YOLO(WRAPPER_STUB[yolo_task], task=yolo_task, verbose=False)
             self._yolo.model = network
             # Ultralytics sets its predictor up (device, and torch's thread count on a CPU) on the first call:
             # do it now, while loading, rather than in the middle of someone's first prediction.
@@ -74,7 +74,7 @@ class _YoloPredictor:
             array = cv2.resize(np.ascontiguousarray(array, dtype=np.float32), size, interpolation=cv2.INTER_AREA)
             scale = (width / size[0], height / size[1])
         pixels = _as_bgr(array)
-        with self._lock, _yolo_session():
+        with self._lock, yolo_session():
             return self._run(pixels, min_confidence), scale
 
 
@@ -155,5 +155,5 @@ class LandmarkModel(_YoloPredictor):
 
 def load(path: str | Path) -> "RoiDetector | LandmarkModel":
     """The predictor a detect or YOLO-pose landmarks checkpoint holds."""
-    task = _read_checkpoint_meta(path).get("task")
+    task = read_checkpoint_meta(path).get("task")
     return LandmarkModel(path) if task == "landmarks" else RoiDetector(path)

@@ -29,7 +29,7 @@ def _same_file(stream, path: Path) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
-def _column(key: str) -> str:
+def metrics_column(key: str) -> str:
     """'metrics/mAP50-95(B)' -> 'mAP50_95', '(P)' -> 'pose_...', 'train/box_loss' -> 'train_box_loss'."""
     name = key.removeprefix("metrics/")
     if name.endswith("(B)"):
@@ -58,7 +58,7 @@ class _AnsiFreeFormatter(logging.Formatter):
 
 
 @contextlib.contextmanager
-def _ultralytics_log_into(run_dir: Path):
+def ultralytics_log_into(run_dir: Path):
     """Ultralytics' log into train.log, unless stdout already goes there (a background run)."""
     log_path = run_dir / layout.LOG_FILE
     if _same_file(sys.stdout, log_path):
@@ -75,7 +75,7 @@ def _ultralytics_log_into(run_dir: Path):
         handler.close()
 
 
-class _EpochRecorder:
+class EpochRecorder:
     """Ultralytics callbacks -> the run's metrics.csv rows and status (through the shared RunRecorder)."""
 
     def __init__(self, run, task: str, progress_callback: ProgressCallback | None):
@@ -113,8 +113,8 @@ class _EpochRecorder:
         self.epochs_run = epoch
         seconds = time.time() - self._epoch_started
         losses = trainer.label_loss_items(trainer.tloss, prefix="train") if trainer.tloss is not None else {}
-        values = {_column(k): float(v) for k, v in losses.items()}
-        values.update({_column(k): v for k, v in metrics.items()})
+        values = {metrics_column(k): float(v) for k, v in losses.items()}
+        values.update({metrics_column(k): v for k, v in metrics.items()})
         if trainer.fitness is not None:
             values["fitness"] = float(trainer.fitness)
         lrs = list((getattr(trainer, "lr", None) or {}).values())

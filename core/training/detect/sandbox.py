@@ -136,7 +136,7 @@ _saved: dict[str, Any] = {}
 
 
 @contextlib.contextmanager
-def _yolo_session():
+def yolo_session():
     """Every train/predict call runs in here: offline, AMP check local, threads and OMP restored afterwards."""
     global _active_sessions
     import torch

@@ -19,13 +19,13 @@ from typing import Any, Mapping
 from core.runs import layout
 from core.runs.configs import YoloConfig
 from core.runs.recorder import RunRecorder, log
-from core.training.detect.checkpoint import _export_checkpoint
-from core.training.detect.dataset import _load_dataset_yaml, _write_dataset_yaml, read_yolo_landmarks
+from core.training.detect.checkpoint import export_checkpoint
+from core.training.detect.dataset import load_dataset_yaml, write_dataset_yaml, read_yolo_landmarks
 from core.training.detect.evaluation import evaluate_landmarks
-from core.training.detect.networks import TASKS, _model_source
+from core.training.detect.networks import TASKS, network_source
 from core.training.detect.predict import LandmarkModel
-from core.training.detect.recording import ProgressCallback, _EpochRecorder, _ultralytics_log_into, columns_for
-from core.training.detect.sandbox import _yolo_session, resolve_device
+from core.training.detect.recording import ProgressCallback, EpochRecorder, ultralytics_log_into, columns_for
+from core.training.detect.sandbox import yolo_session, resolve_device
 
 
 @dataclass
@@ -87,21 +87,21 @@ def fit(config: Mapping[str, Any] | YoloConfig, run_dir, *, resume: bool = False
 
 def _train(cfg: YoloConfig, data_yaml, run, progress_callback, resume: bool) -> DetectorReport:
     task, yolo_task, run_dir = cfg.task, TASKS[cfg.task], run.run_dir
-    epochs = _EpochRecorder(run, task, progress_callback)
+    epochs = EpochRecorder(run, task, progress_callback)
     if resume:
         source = str(run_dir / "ultralytics" / "weights" / "last.pt")
         if not Path(source).is_file():
             raise FileNotFoundError(f"nothing to resume in {run_dir}: {source} is missing")
         run.keep_metrics_until(int(run.status.get("epoch") or 0))
     else:
-        source = _model_source(cfg.model, yolo_task)
-    dataset_yaml = _write_dataset_yaml(data_yaml, run_dir / "dataset.yaml", yolo_task)
+        source = network_source(cfg.model, yolo_task)
+    dataset_yaml = write_dataset_yaml(data_yaml, run_dir / "dataset.yaml", yolo_task)
     device = resolve_device(cfg.device)
     workers = cfg.workers if cfg.workers is not None else 0 if device == "cpu" else min(8, os.cpu_count() or 1)
     log.info(f"training {task} model {source} on {dataset_yaml} ({cfg.epochs} epochs, {cfg.imgsz} px, "
              f"device {device})")
     started = time.time()
-    with _yolo_session(), _ultralytics_log_into(run_dir):
+    with yolo_session(), ultralytics_log_into(run_dir):
         from ultralytics import YOLO
 
         try:
@@ -127,7 +127,7 @@ def _train(cfg: YoloConfig, data_yaml, run, progress_callback, resume: bool) -> 
         ultra_dir = Path(yolo.trainer.save_dir)
         final = epochs.final_metrics or epochs.epoch_metrics
         split = "val"
-        if "test" in _load_dataset_yaml(dataset_yaml)[0]:
+        if "test" in load_dataset_yaml(dataset_yaml)[0]:
             split = "test"
             run.update(message="evaluating on the test split", eta_s=None)
             final = {k: float(v) for k, v in yolo.val(
@@ -144,9 +144,9 @@ def _train(cfg: YoloConfig, data_yaml, run, progress_callback, resume: bool) -> 
         }
         best_src = ultra_dir / "weights" / "best.pt"
         last_src = ultra_dir / "weights" / "last.pt"
-        best = _export_checkpoint(best_src, run_dir / "best.pt",
+        best = export_checkpoint(best_src, run_dir / "best.pt",
                                   {**meta, "ultralytics_weights": str(best_src.relative_to(run_dir))})
-        last = _export_checkpoint(last_src, run_dir / "last.pt",
+        last = export_checkpoint(last_src, run_dir / "last.pt",
                                   {**meta, "ultralytics_weights": str(last_src.relative_to(run_dir))})
     report = DetectorReport(
         task=task, mAP50=_metric(final, "metrics/mAP50(B)"), mAP50_95=_metric(final, "metrics/mAP50-95(B)"),
