@@ -8,6 +8,7 @@ table, and a time estimate from earlier runs is shown before Start and before a 
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -256,6 +257,45 @@ def test_a_dead_run_shows_as_interrupted_never_as_running(tiny):
     assert at.selectbox(key="train_watch").options == [f"{run_dir.name} — interrupted"]
     assert not any("Running" in s.value for s in at.success)
     assert at.button(key=f"resume_{run_dir.name}")  # offered instead of Cancel
+
+
+def curve_epochs(at: AppTest) -> set[tuple]:
+    """The epochs each line of the page's curves has points at (plotly sends them as typed arrays)."""
+    import base64
+
+    import numpy as np
+
+    def values(x) -> tuple:
+        if isinstance(x, dict):  # {"dtype": "i1", "bdata": base64}
+            x = np.frombuffer(base64.b64decode(x["bdata"]), dtype=np.dtype(x["dtype"]))
+        return tuple(int(v) for v in x)
+
+    return {values(trace["x"]) for chart in at.get("plotly_chart")
+            for trace in json.loads(chart.proto.spec)["data"]}
+
+
+def test_the_curves_never_run_ahead_of_the_bar(tiny):
+    # A trainer appends an epoch's metrics row, then writes its status: a poll between the two writes reads a
+    # row the status does not count yet. The page shows what the status counts, everywhere.
+    stand_in = stand_in_process("core-between-writes")
+    try:
+        run_dir = layout.new_run_dir("cnn")
+        (run_dir / layout.CONFIG_FILE).write_text("task: classify\nmodel: cnn\ndataset: tiny\nepochs: 6\n")
+        (run_dir / layout.METRICS_FILE).write_text(
+            "epoch,split,train_loss,val_loss,lr,seconds,val_macro_f1\n1,val,1.0,1.1,0.001,2.0,0.3\n"
+            "2,val,0.9,1.0,0.001,2.0,0.4\n")
+        status = {"state": "running", "pid": stand_in.pid, "epoch": 1, "epochs": 6, "task": "classify",
+                  "device": "cpu", "heartbeat": time.time(), "message": "epoch 1/6"}
+        layout.write_status(run_dir, status)
+        at = page()
+        assert progress_text(at).startswith("1 of 6 epochs done")
+        assert curve_epochs(at) == {(1,)}
+        layout.write_status(run_dir, dict(status, epoch=2, message="epoch 2/6"))
+        at.run()
+        assert progress_text(at).startswith("2 of 6 epochs done")
+        assert curve_epochs(at) == {(1, 2)}
+    finally:
+        stop(stand_in)
 
 
 def test_the_final_step_after_the_last_epoch_is_announced(tiny):

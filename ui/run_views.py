@@ -292,6 +292,10 @@ def _live(run_id: str, shown: str | None = None) -> None:
         st.caption(f"{name[:1].upper() + name[1:] if name.startswith('best ') else 'Best ' + name} so far: "
                    f"{status['best_metric']:.3f}")
     metrics = layout.read_metrics(run_dir)
+    if state.state in ACTIVE and "epoch" in metrics:
+        # a trainer appends an epoch's row before its status: the curves stop at the bar's count, so a poll
+        # between the two writes never shows a point beside "0 of N epochs done"
+        metrics = metrics[metrics["epoch"] <= state.epoch]
     figures = curves(metrics, task)
     if figures:
         columns = st.columns(min(3, len(figures)))
