@@ -2,11 +2,19 @@
 waiting runs can be moved and cancelled, and the CLI shows and changes the queue."""
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
 import pytest
 
 from core import settings
 from core.cli import main as cli_main
 from core.runs import launch, layout, queue
+from tests.helpers import ROOT
 from tests.helpers.tiny import FAST_CONFIG as FAST
 from tests.helpers.tiny import import_tiny
 from tests.helpers.wait import wait_for
@@ -102,3 +110,26 @@ def test_a_run_whose_preparation_fails_leaves_no_folder(workspace):
     with pytest.raises(OSError, match="disk full"):
         layout.new_run_dir("s_resnet34", "classify", prepare)
     assert list(settings.runs_dir().iterdir()) == []
+
+
+def test_staging_left_by_a_killed_process_is_swept_by_the_next_run(workspace):
+    """A process killed while it stages a run leaves a hidden folder (never listed as a run); the next new run
+    removes those older than layout.STALE_S and leaves a young one, which may belong to a live process."""
+    killed = textwrap.dedent("""
+        import os, signal
+        from core.runs import layout
+        def prepare(staging, run_dir):
+            (staging / layout.CONFIG_FILE).write_text("task: classify\\n", encoding="utf-8")
+            os.kill(os.getpid(), signal.SIGKILL)
+        layout.new_run_dir("cnn", "classify", prepare)
+    """)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for _ in range(2):
+        assert subprocess.run([sys.executable, "-c", killed], env=env).returncode == -signal.SIGKILL
+    old, young = sorted(settings.runs_dir().glob(".*.staging"))
+    long_ago = time.time() - layout.STALE_S - 60
+    os.utime(old, (long_ago, long_ago))
+    assert layout.list_runs() == []
+    run_dir = layout.new_run_dir("cnn", "classify",
+                                 lambda staging, _: (staging / layout.CONFIG_FILE).write_text("task: classify\n"))
+    assert sorted(settings.runs_dir().iterdir()) == sorted([young, run_dir])

@@ -82,6 +82,7 @@ def new_run_dir(model: str, task: str = "classify",
         run_dir.mkdir(parents=True, exist_ok=False)
         return run_dir
     staging = run_dir.with_name(f".{run_dir.name}.staging")
+    _sweep_staging(staging.parent)
     staging.mkdir(parents=True, exist_ok=False)
     try:
         prepare(staging, run_dir)
@@ -92,6 +93,19 @@ def new_run_dir(model: str, task: str = "classify",
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return run_dir
+
+
+def _sweep_staging(root: Path) -> None:
+    """Staging folders a killed process left behind. One lives for the few milliseconds its first files take, so
+    one older than STALE_S belongs to no live process."""
+    if not root.is_dir():
+        return
+    for stale in root.glob(".*.staging"):
+        try:
+            if time.time() - stale.stat().st_mtime > STALE_S:
+                shutil.rmtree(stale, ignore_errors=True)
+        except OSError:  # another process swept it first
+            pass
 
 
 def run_dirs() -> list[Path]:
