@@ -305,3 +305,23 @@ def test_equalising_by_counting_greys_gives_numpys_quantile_and_interp_bit_for_b
         expected = np.interp(film, levels, np.linspace(0.0, 1.0, 257)).astype(np.float32)
     got = equalise(film, region)
     assert got.dtype == expected.dtype and np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("bits", [8, 12, 16])
+def test_a_films_grey_codes_found_once_give_the_same_windows(bits):
+    """locate finds a film's grey codes once and equalises each of its six windows from them: every window equals
+    the one equalised from its own pixels, mirrored too, and where the window leaves the film (padding)."""
+    from core.training.landmarks import GreyCodes, context_crop
+
+    steps = 2 ** bits - 1
+    rng = np.random.default_rng(bits)
+    film = (rng.integers(0, steps + 1, (300, 200)).astype(np.float32) / np.float32(steps))
+    greys = GreyCodes.of(film)
+    assert greys is not None and greys.steps == steps
+    mirrored = np.ascontiguousarray(film[:, ::-1])
+    for box in ([40.0, 60.0, 150.0, 250.0], [0.0, 0.0, 120.0, 90.0], [150.5, 220.2, 199.0, 299.0]):
+        for pixels, codes in ((film, greys), (mirrored, greys.mirrored())):
+            plain, window = context_crop(pixels, box, 32, 0.1, equalised=True)
+            counted, same_window = context_crop(pixels, box, 32, 0.1, equalised=True, greys=codes)
+            assert window == same_window and torch.equal(plain, counted)
+    assert GreyCodes.of(film * np.float32(0.999)) is None  # greys off the integer grid: the plain way

@@ -93,21 +93,42 @@ def equalise(crop: np.ndarray, region: np.ndarray) -> np.ndarray:
     crop_codes = None if steps is None else _grey_codes(crop, steps)
     region_codes = None if crop_codes is None else _grey_codes(region, steps)
     if region_codes is not None:
-        counts = np.bincount(region_codes.ravel(), minlength=steps + 1)
-        present = np.flatnonzero(counts)
-        if region_codes.size < 16 or present.size < 2:
-            return crop
-        greys = (present.astype(np.float32) / np.float32(steps))
-        levels = _quantiles(greys, counts[present])
-        table = np.zeros(steps + 1, dtype=np.float32)
-        used = np.flatnonzero(np.bincount(crop_codes.ravel(), minlength=steps + 1))
-        table[used] = np.interp(used.astype(np.float32) / np.float32(steps), levels, _LEVELS)
-        return table[crop_codes]
+        return _equalise_counted(crop, crop_codes, region_codes, steps)
     region = region[np.isfinite(region)]
     if region.size < 16 or float(np.ptp(region)) == 0.0:
         return crop
     levels = np.quantile(region, _LEVELS)
     return np.interp(crop, levels, _LEVELS).astype(np.float32)
+
+
+def _equalise_counted(crop: np.ndarray, crop_codes: np.ndarray, region_codes: np.ndarray, steps: int) -> np.ndarray:
+    """:func:`equalise` for greys that are integers on ``steps``, counted: the same values bit for bit."""
+    counts = np.bincount(region_codes.ravel(), minlength=steps + 1)
+    present = np.flatnonzero(counts)
+    if region_codes.size < 16 or present.size < 2:
+        return crop
+    levels = _quantiles(present.astype(np.float32) / np.float32(steps), counts[present])
+    # every grey of the scale (at most 65,536) costs less than counting which ones the window uses
+    table = np.interp(np.arange(steps + 1, dtype=np.float32) / np.float32(steps), levels, _LEVELS)
+    return table.astype(np.float32)[crop_codes]
+
+
+@dataclass(frozen=True)
+class GreyCodes:
+    """A film's greys as read_image's stored integers, ``pixels == float32(codes) / float32(steps)`` exactly: found
+    once per film, so each window equalised from it only counts (six windows per prediction)."""
+
+    codes: np.ndarray
+    steps: int
+
+    @classmethod
+    def of(cls, pixels: np.ndarray) -> "GreyCodes | None":
+        steps = _grey_steps(pixels)
+        codes = None if steps is None else _grey_codes(pixels, steps)
+        return None if codes is None else cls(codes, steps)
+
+    def mirrored(self) -> "GreyCodes":
+        return GreyCodes(self.codes[:, ::-1], self.steps)
 
 
 def _grey_steps(pixels: np.ndarray) -> int | None:
@@ -154,16 +175,22 @@ def _quantiles(greys: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 
 def context_crop(pixels: np.ndarray, box: Sequence[float], input_size: int, roi_margin: float,
-                 equalised: bool = False) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+                 equalised: bool = False, greys: GreyCodes | None = None
+                 ) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
     """``(crop (C, C) float32, window)``: the context window around ``box`` at the model's reading scale
-    (``equalised``: by the box's own histogram, :func:`equalise`)."""
+    (``equalised``: by the box's own histogram, :func:`equalise`; ``greys``: the film's :class:`GreyCodes`,
+    when known, make that cheaper with the same result)."""
     window = landmark_crop_window(box, CONTEXT_MARGIN)
     pixels = np.asarray(pixels, dtype=np.float32)
     crop = crop_window(pixels, window)
     if equalised:
         height, width = pixels.shape[:2]
         x1, y1, x2, y2 = (int(round(v)) for v in box)
-        crop = equalise(crop, pixels[max(0, y1):min(height, y2), max(0, x1):min(width, x2)])
+        inside = (slice(max(0, y1), min(height, y2)), slice(max(0, x1), min(width, x2)))
+        if greys is not None:  # padding outside the film is grey 0 in both
+            crop = _equalise_counted(crop, crop_window(greys.codes, window), greys.codes[inside], greys.steps)
+        else:
+            crop = equalise(crop, pixels[inside])
     crop = torch.from_numpy(np.ascontiguousarray(crop))
     side = _context_size(input_size, roi_margin)
     # antialiased: a 2048 px film shrinks ~10x here; plain bilinear would alias the trabecular texture
@@ -233,10 +260,11 @@ class HeatmapLandmarkModel:
         self._lock = threading.Lock()
 
     @torch.no_grad()
-    def _points(self, views: Sequence[tuple[np.ndarray, Sequence[float]]]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """``(points, confidence)`` for each ``(pixels, box)`` view, read in one forward pass."""
-        contexts, windows = zip(*(context_crop(pixels, box, self.input_size, self.crop_margin, self.equalised)
-                                  for pixels, box in views))
+    def _points(self, views: Sequence[tuple[np.ndarray, Sequence[float], GreyCodes | None]]
+                ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``(points, confidence)`` for each ``(pixels, box, greys)`` view, read in one forward pass."""
+        contexts, windows = zip(*(context_crop(pixels, box, self.input_size, self.crop_margin, self.equalised, greys)
+                                  for pixels, box, greys in views))
         scale = _base_scale(self.crop_margin)
         inputs = _sample(torch.stack(contexts)[:, None], torch.eye(2).expand(len(views), 2, 2) * scale,
                          torch.zeros(len(views), 2), self.input_size)
@@ -259,16 +287,18 @@ class HeatmapLandmarkModel:
         pixels = np.asarray(pixels)
         height, width = pixels.shape[:2]
         x1, y1, x2, y2 = (float(v) for v in box)
-        views = [(pixels, [x1, y1, x2, y2])]
+        greys = GreyCodes.of(pixels) if self.equalised else None
+        views = [(pixels, [x1, y1, x2, y2], greys)]
         if self.mirror_average:
-            views.append((np.ascontiguousarray(pixels[:, ::-1]), [width - x2, y1, width - x1, y2]))
+            views.append((np.ascontiguousarray(pixels[:, ::-1]), [width - x2, y1, width - x1, y2],
+                          None if greys is None else greys.mirrored()))
         found = self._points(views)
         for _ in range(self.refine):
             if float(found[0][1].mean()) < min_confidence:
                 break
             try:
-                views = [(view, roi_box_from_landmarks(points, (width, height)))
-                         for (view, _), (points, _) in zip(views, found)]
+                views = [(view, roi_box_from_landmarks(points, (width, height)), view_greys)
+                         for (view, _, view_greys), (points, _) in zip(views, found)]
             except LandmarkError:
                 break
             found = self._points(views)
