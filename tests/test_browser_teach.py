@@ -99,9 +99,15 @@ def test_four_clicks_on_the_film_give_an_angle_against_the_truth(browser, served
     canvas.wait_for(timeout=60_000)
     film = films.phantom_film(films.FilmSettings())  # the page's default Explore phantom
     scale = 440 / film.pixels.shape[1]
-    box = canvas.bounding_box()
+
+    def click(x: float, y: float) -> None:
+        # where the canvas is once the page is idle: one measured while the page still drew itself could move
+        # (a clean-clone run at load 10 clicked beside the canvas, and no rerun came)
+        box = canvas.bounding_box()
+        page.mouse.click(box["x"] + x * scale, box["y"] + y * scale)
+
     for x, y in geometry.truth_endplates(film.landmarks):
-        after_rerun(page, lambda: page.mouse.click(box["x"] + x * scale, box["y"] + y * scale))
+        after_rerun(page, lambda: click(x, y))
     value = page.locator("[data-testid='stMetric']").filter(has_text="Your angle").locator(
         "[data-testid='stMetricValue']")
     value.wait_for(timeout=60_000)
