@@ -129,12 +129,18 @@ def sent_points(message: dict) -> list:
     return [p for p in message["edit"]["points"] if p is not None]
 
 
-def test_a_late_draft_never_replaces_points_clicked_meanwhile(host):
+def draft_asked_then_given_up(host) -> tuple[Host, Annotation, dict]:
+    """A film shown, a draft asked for, and the component no longer waiting for it (after 0.3 s)."""
     ui = host(300)
     work = film(1)
     ui.render(work)
     asked = ui.press("#draft")
     ui.gave_up()
+    return ui, work, asked
+
+
+def test_a_late_draft_never_replaces_points_clicked_meanwhile(host):
+    ui, work, asked = draft_asked_then_given_up(host)
     for x, y in CLICKED:
         ui.click(x, y)
     assert ui.app("placed") == str(len(CLICKED))
@@ -182,11 +188,7 @@ def test_edits_after_a_late_move_come_back_with_their_film(host):
 
 
 def test_a_late_answer_with_no_edits_since_is_taken(host):
-    ui = host(300)
-    work = film(1)
-    ui.render(work)
-    asked = ui.press("#draft")
-    ui.gave_up()
+    ui, work, asked = draft_asked_then_given_up(host)
     ui.render(answer(work, asked, draft=True), ack=asked["nonce"])
     assert ui.app("placed") == "23" and ui.app("dirty") == "1"
 

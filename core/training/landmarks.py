@@ -89,11 +89,10 @@ def equalise(crop: np.ndarray, region: np.ndarray) -> np.ndarray:
 
     Films whose greys are read_image's integer steps take a counted path (bincount, a table per grey) that equals
     ``np.quantile`` + ``np.interp`` bit for bit; over a 2048 px film's window ``np.interp`` alone took ~280 ms."""
-    steps = _grey_steps(crop)
-    crop_codes = None if steps is None else _grey_codes(crop, steps)
-    region_codes = None if crop_codes is None else _grey_codes(region, steps)
+    greys = GreyCodes.of(crop)
+    region_codes = None if greys is None else _grey_codes(region, greys.steps)
     if region_codes is not None:
-        return _equalise_counted(crop, crop_codes, region_codes, steps)
+        return _equalise_counted(crop, greys.codes, region_codes, greys.steps)
     region = region[np.isfinite(region)]
     if region.size < 16 or float(np.ptp(region)) == 0.0:
         return crop
