@@ -21,7 +21,7 @@ from core.data.exports import spreadsheet_safe
 from core.inference import pipeline, report
 from core.settings import CLASSES
 from ui.figures import probability_bars
-from ui.film_viewer import film_viewer, viewer_args
+from ui.film_viewer import film_viewer, viewer_args, waiting_args
 from ui.frame import engine_errors, frame, selected_runs
 from ui.imagery import png_bytes, thumbnail_uri
 
@@ -111,41 +111,43 @@ def unlike_details(prediction) -> None:
         st.caption(f"• {reason}")
 
 
-def show_result(predictor, name: str, data: bytes, truth: str | None = None) -> None:
-    """The verdict (title, warning, what to do) | radiograph | heatmap | numbers and report, all from one verdict."""
+def show_result(predictor, name: str, data: bytes, truth: str | None = None, places=None) -> None:
+    """The verdict (title, warning, what to do) | radiograph | heatmap | numbers and report, all from one verdict.
+    ``places``: the page's (head, reading view, tail) containers, so the reading view takes the place (and the
+    iframe) of the empty one drawn before the upload; new ones below whatever is drawn already without it."""
     from core.inference.explain import CAM_METHODS
 
-    method_column, opacity_column, _ = st.columns([5, 5, 4], gap="medium")
-    method = method_column.selectbox("Heatmap method", list(CAM_METHODS),
-                                     format_func=lambda m: CAM_LABELS.get(m, m), key="cam_method")
-    alpha = opacity_column.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="cam_alpha")
-    with st.spinner(f"Analysing {name}…"):
-        prediction = predict_cached(predictor, name, data, method)
-    verdict = prediction.verdict
-    provenance = report.provenance(predictor)
-    st.subheader(f"{name}: {verdict.title}")
-    if truth:
-        st.caption(truth)
-    if verdict.warns:  # across the page, under the title: the first thing read after it
-        st.warning(verdict_warning(verdict), icon="⚠️")
-    if prediction.out_of_distribution or verdict.lead != "network":
-        with st.expander("Details: how unlike the training films, and the network's own answer"):
-            if prediction.ood_score is not None:
-                unlike_details(prediction)
-            if verdict.lead != "network":
-                st.write("The network's own answer (**not the result** for this film):")
-                probability_bars(prediction.probabilities)
-            if not prediction.calibrated:
-                st.caption("Probabilities not calibrated for this film.")
+    head, view, tail = places or (st.container(), st.container(), st.container())
+    with head:
+        method_column, opacity_column, _ = st.columns([5, 5, 4], gap="medium")
+        method = method_column.selectbox("Heatmap method", list(CAM_METHODS),
+                                         format_func=lambda m: CAM_LABELS.get(m, m), key="cam_method")
+        alpha = opacity_column.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="cam_alpha")
+        with st.spinner(f"Analysing {name}…"):
+            prediction = predict_cached(predictor, name, data, method)
+        verdict = prediction.verdict
+        provenance = report.provenance(predictor)
+        st.subheader(f"{name}: {verdict.title}")
+        if truth:
+            st.caption(truth)
+        if verdict.warns:  # across the page, under the title: the first thing read after it
+            st.warning(verdict_warning(verdict), icon="⚠️")
+        if prediction.out_of_distribution or verdict.lead != "network":
+            with st.expander("Details: how unlike the training films, and the network's own answer"):
+                if prediction.ood_score is not None:
+                    unlike_details(prediction)
+                if verdict.lead != "network":
+                    st.write("The network's own answer (**not the result** for this film):")
+                    probability_bars(prediction.probabilities)
+                if not prediction.calibrated:
+                    st.caption("Probabilities not calibrated for this film.")
 
     # The reading view: the film large, zoom, pan, window/level and layers (ui.film_viewer sends only what the
     # verdict shows: no landmarks or endplates without the angle, no heatmap without the network's class). It spans
     # the page: beside a numbers column it would be under half the window at 1024 px wide (the sidebar takes ~380 px);
     # the numbers follow it, in two columns.
-    image_column = st.container()
-    numbers_column, about_column = st.columns([1, 1], gap="medium")
     cam_label = f"{CAM_LABELS.get(method, method)} heatmap for '{prediction.curvature_class}'"
-    with image_column:
+    with view:
         film_viewer(viewer_args(prediction, alpha, cam_label), key="film_viewer")
         drawn = "ROI box, landmarks and the C2/C7 endplates" \
             if verdict.angle_shown and prediction.landmarks is not None \
@@ -162,6 +164,8 @@ def show_result(predictor, name: str, data: bytes, truth: str | None = None) -> 
         else:
             st.info("No heatmap for this model.")
 
+    with tail:
+        numbers_column, about_column = st.columns([1, 1], gap="medium")
     with numbers_column:
         if verdict.lead == "network":
             probability_bars(prediction.probabilities, prediction.curvature_class)
@@ -285,29 +289,37 @@ samples.write("Or try a synthetic sample:")
 for curvature_class in CLASSES:
     if samples.button(curvature_class, key=f"sample_{curvature_class}"):
         st.session_state["sample_class"] = curvature_class
+# Made in every run, in this order: the reading view is at the same place on the empty page and with one result,
+# so the browser keeps the viewer it made while the user picked a file.
+head, view, tail = st.container(), st.container(), st.container()
 
 sources, truth = [], None
 if uploads:
     sources = distinct_names([(upload.name, upload.getvalue()) for upload in uploads])
 elif st.session_state.get("sample_class"):
-    with engine_errors("Generating the sample"):
+    with head, engine_errors("Generating the sample"):
         name, data, truth = sample_phantom(st.session_state["sample_class"])
         sources = [(name, data)]
 runs = selected_runs(state)
+if runs[0] is None and state["models"]["classify"] is None:
+    if sources:
+        head.info("No classifier yet. Build the demo (above), or train a model on the Train page and promote it.")
+    st.stop()
 if not sources:
-    with engine_errors("Loading the models"):
+    with view:
+        film_viewer(waiting_args("Your film is read here: zoom, pan, window/level and the layers the result rests "
+                                 "on."), key="film_viewer")
+    with head, engine_errors("Loading the models"):
         pipeline.preload(*runs)  # the page is drawn: load the models while the user picks a file
     st.stop()
-if runs[0] is None and state["models"]["classify"] is None:
-    st.info("No classifier yet. Build the demo (above), or train a model on the Train page and promote it.")
-    st.stop()
 predictor = None
-with engine_errors("Loading the models"), st.spinner("Loading the models (once per server)…"):
+with head, engine_errors("Loading the models"), st.spinner("Loading the models (once per server)…"):
     predictor = pipeline.Predictor(*runs)  # from the process-wide model cache: cheap once loaded
 if predictor is None:
     st.stop()
 with engine_errors("The prediction"):
     if len(sources) == 1:
-        show_result(predictor, *sources[0], truth=truth)
+        show_result(predictor, *sources[0], truth=truth, places=(head, view, tail))
     else:
-        show_batch(predictor, sources)
+        with tail:
+            show_batch(predictor, sources)

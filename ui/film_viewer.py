@@ -5,6 +5,9 @@ no build step, nothing fetched) with zoom, pan, window/level and layers the read
 endplate lines only where ``verdict.angle_shown``, the heatmap only where ``verdict.heatmap_shown`` (what is not sent
 cannot be shown). Everything is in display coordinates (the film as sent, at most ``report.DISPLAY_MAX`` px).
 :func:`film_viewer` draws the component; it never answers Python (nothing to save), so it returns nothing.
+:func:`waiting_args` is the view before any film: the Predict page draws it where the result's view will be, with
+the same key, so the browser makes the viewer's iframe while the user picks a file and a result only sends it the
+film (an iframe made with the result cost ~0.9 s of a warm upload, benchmarks/results/app_latency.md).
 """
 from __future__ import annotations
 
@@ -102,6 +105,11 @@ def viewer_args(prediction, alpha: float = 0.5, heatmap_label: str = "Heatmap") 
     }
 
 
+def waiting_args(note: str) -> dict:
+    """The view with no film yet: the note only."""
+    return {"film": None, "note": note}
+
+
 @lru_cache(maxsize=1)
 def _component():
     import streamlit.components.v1 as components
@@ -110,5 +118,5 @@ def _component():
 
 
 def film_viewer(args: dict, *, key: str) -> Any:
-    """Draw the reading view with ``viewer_args``' arguments."""
+    """Draw the reading view with ``viewer_args``' (or ``waiting_args``') arguments."""
     return _component()(key=key, default=None, **args)

@@ -10,6 +10,8 @@
  * box [x1, y1, x2, y2] or null, box_label, landmarks (23 [x, y] or null each) or null, endplates
  * [{level, start, end}] or null, heatmap (RGBA PNG data URL) or null, heatmap_alpha, heatmap_label, colours.
  * A layer Python did not send (the verdict withholds it) cannot be turned on here.
+ * With no film (film null, note: what to do) it shows only the note: the Predict page draws it empty before any
+ * upload, so the browser has made this iframe by the time a result comes, and a result is one render message.
  */
 (function () {
   "use strict";
@@ -77,15 +79,26 @@
   });
 
   function onRender(next) {
+    app.dataset.renders = Number(app.dataset.renders || 0) + 1;
+    if (!next.film) { showEmpty(next.note || ""); return; }
+    app.classList.remove("empty");
     const newFilm = !args || args.film_key !== next.film_key;
     args = next;
-    app.dataset.renders = Number(app.dataset.renders || 0) + 1;
     if (newFilm) { zoom = 1; centre = null; loadFilm(args.film, args.film_key); }
     if (args.heatmap && (!heat || heat.url !== args.heatmap)) loadHeat(args.heatmap);
     if (!args.heatmap) heat = null;
     showLayers();
     showView();
     layout();
+  }
+
+  function showEmpty(note) {
+    args = null; film = null; heat = null;
+    app.dataset.ready = "0";
+    delete app.dataset.film;
+    $("empty").textContent = note;
+    app.classList.add("empty");
+    sendHeight();
   }
 
   function loadFilm(url, key) {
