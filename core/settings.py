@@ -26,6 +26,8 @@ VARIABLES = {
     "CERVICURVE_REVERSED_MAX_DEG": "Cobb C2-C7 angle (degrees) up to which a curve is reversed: a number such as -4, "
                                    "below CERVICURVE_NORMAL_MIN_DEG",
     "CERVICURVE_PRELOAD": "load the Predict models when the app starts: 1 (default) or 0",
+    "CERVICURVE_PRELOAD_WAIT_S": "seconds `python -m ui.serve` waits for the promoted models before the server "
+                                 "answers (they go on loading beside it after that): a number from 0 up, default 60",
     # Input budgets: a small hostile file must not take the memory (see README "Security").
     "CERVICURVE_MAX_IMAGE_MPX": "the largest image read, in megapixels (width x height, read from the header before "
                                 "decoding): a number above 0, default 50",
@@ -59,7 +61,7 @@ def check() -> None:
         except SettingsError as error:
             problems.append(str(error))
     for name, reader in (("CERVICURVE_MAX_IMAGE_MPX", max_image_pixels), ("CERVICURVE_MAX_FILE_MB", max_file_bytes),
-                         ("CERVICURVE_MAX_ZIP_MB", max_zip_bytes)):
+                         ("CERVICURVE_MAX_ZIP_MB", max_zip_bytes), ("CERVICURVE_PRELOAD_WAIT_S", preload_wait_s)):
         try:
             reader()
         except SettingsError as error:
@@ -197,6 +199,14 @@ def _checked_preload() -> bool:
     if value not in ("0", "1"):
         raise _bad("CERVICURVE_PRELOAD", value)
     return value == "1"
+
+
+def preload_wait_s() -> float:
+    """How long ``python -m ui.serve`` holds the server back while the promoted models load (0: not at all)."""
+    value = env_number("CERVICURVE_PRELOAD_WAIT_S", 60.0)
+    if value < 0:
+        raise _bad("CERVICURVE_PRELOAD_WAIT_S", os.environ["CERVICURVE_PRELOAD_WAIT_S"])
+    return value
 
 
 def db_url() -> str:

@@ -5,9 +5,10 @@ Set CERVICURVE_SCREENSHOT_DIR to keep the screenshots (docs/screenshots is made 
 """
 from __future__ import annotations
 
+import pytest
+
 from tests.helpers.browser import BROWSER_MARKS, NOTICE, drawn, keep_screenshot, start_server, stop_server
 from tests.helpers.models import phantom_png, promote_tiny_classifier
-from tests.helpers.wait import wait_for_text
 
 pytestmark = BROWSER_MARKS
 
@@ -72,23 +73,36 @@ def test_upload_a_phantom_and_see_class_and_heatmap(browser, tmp_path):
         stop_server(server)
 
 
-def test_the_readme_launcher_loads_the_models_before_any_page_opens(browser, tmp_path):
-    """`python -m ui.serve`: the promoted models load as the server starts, so the first upload does not wait for
-    torch and the models (benchmarks/app_latency.py times it)."""
+@pytest.mark.parametrize("case", ["loaded", "no wait", "broken model"])
+def test_the_readme_launcher_answers_once_the_models_are_loaded(browser, tmp_path, monkeypatch, case):
+    """`python -m ui.serve`: the promoted models load before the server answers, so the first upload does not wait
+    for torch and the models (benchmarks/app_latency.py times it); with CERVICURVE_PRELOAD_WAIT_S=0 the server answers
+    at once and they load beside it; a model that cannot be loaded is named in the log, and Predict says why."""
     home = tmp_path / "workspace"
     promote_tiny_classifier(home)
+    if case == "no wait":
+        monkeypatch.setenv("CERVICURVE_PRELOAD_WAIT_S", "0")
+    if case == "broken model":
+        (home / "promoted" / "classify" / "best.pt").write_bytes(b"not a checkpoint")
     radiograph = tmp_path / "spine.png"
     radiograph.write_bytes(phantom_png("normal", seed=5, size=256))
     log = tmp_path / "server.log"
-    server, url = start_server(home, log, launcher=("ui.serve",))
+    server, url = start_server(home, log, launcher=("ui.serve",))  # returns once the server answers
     try:
-        wait_for_text(log, "the promoted models are loaded", timeout=120, alive=server)
+        said = log.read_text(errors="replace")
+        assert {"loaded": "the promoted models are loaded",
+                "no wait": "(CERVICURVE_PRELOAD_WAIT_S=0)",
+                "broken model": "the promoted models could not be loaded"}[case] in said, said
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url)
         page.get_by_text(NOTICE).first.wait_for(timeout=30_000)
         page.locator("input[type='file']").first.set_input_files(str(radiograph))
-        page.get_by_text("spine.png").first.wait_for(timeout=60_000)
-        assert "Traceback" not in log.read_text(errors="replace")
+        if case == "broken model":
+            page.get_by_text("Loading the models failed").first.wait_for(timeout=60_000)
+            assert page.get_by_text("Traceback").count() == 0
+        else:
+            page.get_by_text("spine.png: ").first.wait_for(timeout=60_000)
+            assert "Traceback" not in log.read_text(errors="replace")
     finally:
         stop_server(server)
 

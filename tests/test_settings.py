@@ -24,6 +24,8 @@ def test_defaults_and_good_values_pass(workspace, monkeypatch):
     ("CERVICURVE_DB", "not a url", "CERVICURVE_DB='not a url' is not valid; expected a SQLAlchemy database URL"),
     ("CERVICURVE_DB", "mysql://u:secret@h/db", "the 'mysql' database is not supported"),
     ("CERVICURVE_PRELOAD", "yes", "CERVICURVE_PRELOAD='yes' is not valid; expected load the Predict models"),
+    ("CERVICURVE_PRELOAD_WAIT_S", "-5", "CERVICURVE_PRELOAD_WAIT_S='-5' is not valid; expected seconds"),
+    ("CERVICURVE_PRELOAD_WAIT_S", "soon", "CERVICURVE_PRELOAD_WAIT_S='soon' is not valid"),
 ])
 def test_a_bad_value_is_named_with_the_form_expected(workspace, monkeypatch, name, value, expected):
     monkeypatch.setenv(name, value)

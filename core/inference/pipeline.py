@@ -508,7 +508,7 @@ _preload_lock = threading.Lock()
 
 
 def preload(classifier: str | Path | None = None, detector: str | Path | bool | None = None,
-            landmarks: str | Path | bool | None = None) -> threading.Thread | None:
+            landmarks: str | Path | bool | None = None) -> "ModelPreload | None":
     """Load and warm up the models of a prediction setup in a daemon thread, once per set of model files.
 
     Returns the thread, or None when there is nothing (new) to load or ``CERVICURVE_PRELOAD=0`` (a server short
@@ -531,15 +531,24 @@ def preload(classifier: str | Path | None = None, detector: str | Path | bool | 
             return None
         _preloaded.add(files)
 
-    def work() -> None:
-        try:
-            Predictor(classifier_path, paths[1] or False, paths[2] or False).warm_up()
-        except Exception:  # a prediction loads the models again and shows the reason; the log keeps the details
-            traceback.print_exc(file=sys.stderr)
-
-    thread = threading.Thread(target=work, name="cervicurve-preload", daemon=True)
+    thread = ModelPreload(classifier_path, paths[1] or False, paths[2] or False)
     thread.start()
     return thread
+
+
+class ModelPreload(threading.Thread):
+    """Loads and warms the models of one prediction setup; once it is done, ``error`` is why it failed, or None."""
+
+    def __init__(self, *paths):
+        super().__init__(name="cervicurve-preload", daemon=True)
+        self.paths, self.error = paths, None
+
+    def run(self) -> None:
+        try:
+            Predictor(*self.paths).warm_up()
+        except Exception as exc:  # a prediction loads the models again and shows the reason; the log keeps details
+            self.error = exc
+            traceback.print_exc(file=sys.stderr)
 
 
 def batch_summary(results: Iterable["Prediction | PredictFailure"]) -> str:
