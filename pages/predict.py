@@ -17,8 +17,8 @@ import hashlib
 import pandas as pd
 import streamlit as st
 
-from core.data.exports import spreadsheet_safe
 from core.inference import pipeline, report
+from core.inference import table as predictions_table
 from core.settings import CLASSES
 from ui.figures import probability_bars
 from ui.film_viewer import film_viewer, viewer_args, waiting_args
@@ -239,8 +239,9 @@ def show_batch(predictor, sources: list[tuple[str, bytes]]) -> None:
         thumbnails = {r.file: thumbnail_uri(r.radiograph.pixels, 96) for r in results if hasattr(r, "radiograph")}
         advice = next((r.verdict.advice for r in results if hasattr(r, "verdict") and not r.verdict.judged), None)
         st.session_state["batch"] = cached = (key, results_table(results, thumbnails),
-                                              pipeline.batch_summary(results), advice)
-    _, table, summary, advice = cached
+                                              pipeline.batch_summary(results), advice,
+                                              predictions_table.csv_text(map(predictions_table.row, results)))
+    _, table, summary, advice, csv_text = cached
     failed = table[table["error"].notna()]
     if len(failed):  # the reasons already start with the file name
         st.error(f"{len(failed)} of {len(table)} files could not be analysed: " + "; ".join(failed["error"]))
@@ -261,8 +262,7 @@ def show_batch(predictor, sources: list[tuple[str, bytes]]) -> None:
             "unlike training films", help="the network's class is not used; probabilities capped at 90 %"),
         "ood_score": st.column_config.NumberColumn("OOD score", format="%.2f", help="over 1: unlike the training films"),
     })
-    st.download_button("Download the table (CSV)",
-                       table.drop(columns=["image"]).map(spreadsheet_safe).to_csv(index=False),
+    st.download_button("Download the table (CSV)", csv_text,  # predict --out's predictions.csv, row for row
                        file_name="cervicurve_predictions.csv", mime="text/csv", key="csv_download")
     if len(done):
         chosen = st.selectbox("Show one result in detail", list(done["file"]), key="detail_choice")

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.commands import predict as predict_command
+from core.inference import table as predictions_table
 from tests.helpers import ROOT
 from tests.helpers.films import colour_pixels, screenshot_png
 from tests.helpers.models import phantom_png
@@ -73,7 +73,7 @@ def everywhere(prediction) -> dict:
     from core.inference import report
 
     record = json.loads(json.dumps(prediction.to_json()))
-    row = predict_command.csv_row(prediction, None)
+    row = predictions_table.row(prediction)
     shown, lines = report.report_text(prediction, "classifier run X (promoted)")
     return {"json": record, "csv": row, "report_class": shown, "report": lines}
 
@@ -307,3 +307,10 @@ def test_flagged_films_get_one_verdict_on_the_page_in_the_table_csv_json_and_rep
         assert page.format == "PNG" and page.getpixel((5, page.height - 5)) == (255, 243, 205)
         shown, lines = report.report_text(predictions[path.name], report.provenance(predictor))
         assert shown is None and lines[0] == f"Result: {verdict.title}" and lines[1] == verdict.why
+    # the page's "Download the table (CSV)" is predict --out's predictions.csv, column for column (the CLI names
+    # files by the paths it was given, and writes the overlays the page has no folder for)
+    page_rows = {r["file"]: r for r in csv.DictReader(io.StringIO(at.session_state["batch"][4], newline=""))}
+    assert set(page_rows) == {path.name for path in flagged_films}
+    for name, row in rows.items():
+        assert {k: v for k, v in page_rows[name].items() if k not in ("file", "cam")} == \
+            {k: v for k, v in row.items() if k not in ("file", "cam")}

@@ -3,22 +3,13 @@ overlays, a CSV and the Predict page's PNG report on request."""
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import math
 import sys
 from pathlib import Path
 
 from core.data import imaging
-from core.data.exports import spreadsheet_safe
-from core.inference import pipeline
+from core.inference import pipeline, table
 from core.inference.verdict import angle_text
-
-# The verdict first (what the page's table and title, the JSON and the PNG report say), then the evidence. ``class``
-# and ``p_*`` are the network's own answer, as in the JSON; the angle columns stay empty where the verdict withholds it.
-CSV_COLUMNS = ("file", "verdict", "judged", "verdict_class", "status", "lead", "class", "p_normal", "p_straightened",
-               "p_reversed", "x1", "y1", "x2", "y2", "box_confidence", "box_source", "low_confidence", "cobb_c2c7",
-               "cci", "rule_class", "agreement", "ood_score", "out_of_distribution", "why", "cam", "error")
 
 
 def configure_predict(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +21,8 @@ def configure_predict(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--landmarks", help="landmark model checkpoint or run (default: the promoted one)")
     parser.add_argument("--cam", default="gradcam", choices=(*CAM_METHODS, "none"),
                         help="class activation map method (default gradcam; none to skip)")
-    parser.add_argument("--out", type=Path, help="write <stem>_cam.png overlays and predictions.csv here")
+    parser.add_argument("--out", type=Path, help="write <stem>_cam.png overlays and predictions.csv (the Predict "
+                        "page's table CSV) here")
     parser.add_argument("--json", action="store_true", help="one JSON object per image")
     parser.add_argument("--report", type=Path, metavar="OUT.png",
                         help="the one-page PNG report the Predict page downloads (several images: OUT_<image>.png)")
@@ -74,7 +66,7 @@ def run_predict(args: argparse.Namespace) -> int:
         rows_results.append(result)
         if isinstance(result, pipeline.PredictFailure):
             failures += 1
-            rows.append({"file": result.file, "error": result.reason})
+            rows.append(table.row(result))
             print(json.dumps(result.to_json()) if args.json else f"{result.file}: error: {result.reason}",
                   flush=True)
             continue
@@ -88,16 +80,12 @@ def run_predict(args: argparse.Namespace) -> int:
                 f"{args.report.stem}_{stem}{args.report.suffix or '.png'}")
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(report.report_png(result, report.provenance(predictor), quality=predictor.quality))
-        rows.append(csv_row(result, cam_path))
+        rows.append(table.row(result, cam_path))
         print(json.dumps(result.to_json(cam_path)) if args.json else _summary(result), flush=True)
     if len(args.images) > 1 and not args.json:
         print(pipeline.batch_summary(rows_results), file=sys.stderr)
     if args.out:
-        with open(args.out / "predictions.csv", "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
-            writer.writeheader()
-            # file names and notes are user text: never a formula in the spreadsheet that opens this
-            writer.writerows({k: spreadsheet_safe(row.get(k, "")) for k in CSV_COLUMNS} for row in rows)
+        (args.out / "predictions.csv").write_text(table.csv_text(rows), encoding="utf-8", newline="")
     return 1 if failures else 0
 
 
@@ -108,27 +96,6 @@ def _unique_stem(stem: str, used: set[str]) -> str:
         candidate = f"{stem}_{number}"
     used.add(candidate)
     return candidate
-
-
-def csv_row(result: pipeline.Prediction, cam_path: Path | None) -> dict:
-    verdict = result.verdict
-    m = result.measurements if verdict.angle_shown else None
-    return {
-        "file": result.file, "verdict": verdict.title, "judged": verdict.judged,
-        "verdict_class": verdict.curvature_class or "", "status": verdict.flag, "lead": verdict.lead,
-        "class": result.curvature_class,
-        **{f"p_{c}": round(result.probabilities.get(c, math.nan), 4) for c in ("normal", "straightened", "reversed")},
-        **dict(zip(("x1", "y1", "x2", "y2"), (round(v, 1) for v in result.roi_box))),
-        "box_confidence": "" if result.box_confidence is None else round(result.box_confidence, 4),
-        "box_source": result.box_source, "low_confidence": result.low_confidence,
-        "cobb_c2c7": "" if m is None or not math.isfinite(m.cobb_c2c7) else round(m.cobb_c2c7, 2),
-        "cci": "" if m is None or not math.isfinite(m.cci) else round(m.cci, 2),
-        "rule_class": "" if m is None else m.rule_class,
-        "agreement": "" if result.agreement is None else result.agreement,
-        "ood_score": "" if result.ood_score is None else result.ood_score,
-        "out_of_distribution": result.out_of_distribution, "why": verdict.why,
-        "cam": "" if cam_path is None else str(cam_path), "error": "",
-    }
 
 
 def _summary(result: pipeline.Prediction) -> str:
