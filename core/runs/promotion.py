@@ -4,13 +4,17 @@ The copy (best.pt, config, metrics, test report, ``promoted.json``) is made besi
 sees a half-copied model; a promoted model survives the deletion of its run folder (which is refused anyway).
 Each promotion writes a model card beside the model (``model_card.json`` and ``MODEL_CARD.md``: the labels'
 fingerprint, the splits, the test metrics with their intervals, the config, the date and the device) and keeps the
-model it replaces in ``promoted/.history/<task>/``, so :func:`rollback` can put it back.
+model it replaces in ``promoted/.history/<task>/``, so :func:`rollback` can put it back. A promotion or rollback
+killed mid-way leaves hidden folders named by its process id; :func:`recover` (run before every read and change of
+``promoted/``) puts back a model it had moved aside and removes its half-made copy, so a kill never loses the model
+Predict used.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -26,6 +30,8 @@ CARD_FILE = "model_card.json"
 CARD_TEXT = "MODEL_CARD.md"
 HISTORY_DIR = ".history"
 KEPT_HISTORY = 5  # previously promoted models kept per task for rollback
+# the hidden folders of a swap in progress: the copy being made, and the model it replaces while the copy goes in
+_IN_PROGRESS = re.compile(r"^\.(?P<task>[a-z_]+)\.(?:old\.(?P<old_pid>\d+)|(?P<tmp_pid>\d+)\.tmp)$")
 
 
 # ---------------------------------------------------------------------------------------------- promotion
@@ -39,6 +45,7 @@ def _best_checkpoint(run_dir: Path) -> Path | None:
 def promote(run_dir: str | Path, task: str | None = None, *, actor=None) -> Path:
     """Copy a run's best checkpoint to ``promoted/<task>/`` (with ``promoted.json``); Predict uses it."""
     authorize(actor, "promote", str(run_dir))
+    recover()
     run_dir = run_path(run_dir)  # only a run under runs/ is copied to Predict
     config = read_config(run_dir)
     task = task or registry.task_of(config).model_task
@@ -75,12 +82,51 @@ def _swap_in(staging: Path, task: str, keep_old: bool = True) -> None:
         os.replace(dest, old)
     os.replace(staging, dest)
     if keep_old and old.exists():
-        history = settings.promoted_dir() / HISTORY_DIR / task
-        history.mkdir(parents=True, exist_ok=True)
-        os.replace(old, history / f"{len(list(history.iterdir())):04d}-{now_iso().replace(':', '')}")
-        for stale in sorted(history.iterdir())[:-KEPT_HISTORY]:
-            shutil.rmtree(stale, ignore_errors=True)
+        _keep_in_history(old, task)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def recover() -> None:
+    """Undo what a promotion or rollback killed mid-swap left: the model it had moved aside goes back to
+    ``promoted/<task>/`` if the new one never arrived (else to the history, as the swap would have put it), a
+    promotion's half-made copy is removed and a rollback's goes back to the history. Only a dead process's folders are touched: a live one is mid-swap."""
+    root = settings.promoted_dir()
+    if not root.is_dir():
+        return
+    for folder in sorted(root.iterdir()):
+        found = _IN_PROGRESS.match(folder.name)
+        if found is None or _alive(int(found["old_pid"] or found["tmp_pid"])):
+            continue
+        task = found["task"]
+        try:
+            if found["tmp_pid"] and "rolled_back_at" in (reports.read_json(folder / PROMOTED_FILE) or {}):
+                _keep_in_history(folder, task)  # a rollback's: the history's model it was putting back
+            elif found["tmp_pid"]:
+                shutil.rmtree(folder)  # a promotion's half-made copy: its run still has the model
+            elif not (root / task).exists():
+                os.replace(folder, root / task)
+            else:
+                _keep_in_history(folder, task)
+        except OSError:  # another process recovered it first
+            pass
+
+
+def _keep_in_history(folder: Path, task: str) -> None:
+    history = settings.promoted_dir() / HISTORY_DIR / task
+    history.mkdir(parents=True, exist_ok=True)
+    os.replace(folder, history / f"{len(list(history.iterdir())):04d}-{now_iso().replace(':', '')}")
+    for stale in sorted(history.iterdir())[:-KEPT_HISTORY]:
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def history(task: str = "classify") -> list[dict]:
@@ -99,6 +145,7 @@ def rollback(task: str = "classify", *, actor=None) -> dict:
     authorize(actor, "promote", f"roll back {task}")
     if task not in registry.PROMOTABLE:
         raise JobError(f"task must be one of {', '.join(registry.PROMOTABLE)}, got {task!r}")
+    recover()
     earlier = history(task)
     if not earlier:
         raise JobError(f"no earlier promoted {task} model to roll back to")
@@ -292,6 +339,7 @@ def check_against_promoted(run_dir: str | Path, task: str | None = None) -> dict
 
 def promoted_model(task: str = "classify") -> Path | None:
     """The promoted checkpoint for a task, or None when nothing was promoted."""
+    recover()
     dest = settings.promoted_dir() / task
     if (dest / PROMOTED_FILE).exists() and (dest / "best.pt").exists():
         return dest / "best.pt"
@@ -299,5 +347,6 @@ def promoted_model(task: str = "classify") -> Path | None:
 
 
 def promoted_info(task: str = "classify") -> dict | None:
+    recover()
     path = settings.promoted_dir() / task / PROMOTED_FILE
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
