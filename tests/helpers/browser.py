@@ -40,9 +40,10 @@ def free_port() -> int:
 
 
 def start_server(home: Path, log_path: Path, launcher: tuple[str, ...] = ("streamlit", "run", "app.py"),
-                 timeout: float = 60.0) -> tuple[subprocess.Popen, str]:
+                 timeout: float = 180.0) -> tuple[subprocess.Popen, str]:
     """`streamlit run app.py` (or ``launcher``: ``("ui.serve",)``, the README's command) on a free loopback port, in
-    its own process group; returns once its health check answers."""
+    its own process group; returns once its health check answers (ui.serve answers once the promoted models are
+    loaded: torch's import alone can take half a minute on a busy machine)."""
     port = free_port()
     env = dict(os.environ, CERVICURVE_HOME=str(home), OMP_NUM_THREADS="2")
     env.pop("CERVICURVE_DB", None)
