@@ -99,7 +99,8 @@ def _alive(pid: int) -> bool:
 def recover() -> None:
     """Undo what a promotion or rollback killed mid-swap left: the model it had moved aside goes back to
     ``promoted/<task>/`` if the new one never arrived (else to the history, as the swap would have put it), a
-    promotion's half-made copy is removed and a rollback's goes back to the history. Only a dead process's folders are touched: a live one is mid-swap."""
+    promotion's half-made copy is removed and a rollback's goes back to the history. Only a dead process's folders
+    are touched: a live one is mid-swap."""
     root = settings.promoted_dir()
     if not root.is_dir():
         return
