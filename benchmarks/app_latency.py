@@ -81,8 +81,8 @@ SHOWN_PROBE = """(name) => {
 
 def upload_to_result(browser, url: str, image: Path, pause_s: float = 0.0) -> tuple[float, float, float]:
     """Seconds from handing the file to the uploader to the first frame showing both the verdict's title and the
-    film drawn in the reading view, the engine's own share, and when (``time.time()``) that frame came (the page's "Time per stage" line: read, detect,
-    landmarks, crop, classify, cam). ``pause_s``: how long after the notice shows the file is given (a user takes
+    film drawn in the reading view; the engine's own share (the page's "Time per stage" line: read, detect,
+    landmarks, crop, classify, cam); and when (``time.time()``) that frame came. ``pause_s``: how long after the notice shows the file is given (a user takes
     a moment to pick one; at 0 the upload competes with the page's own first drawing)."""
     page = browser.new_page(viewport={"width": 1500, "height": 1200})
     page.goto(url)
@@ -194,8 +194,9 @@ def main() -> int:
         f"{os.cpu_count()} CPU cores ({platform.machine()}, no GPU used), torch {torch.__version__}, "
         f"system chromium driven by playwright. Upload-to-result ends at the first animation frame "
         f"showing both the verdict's title and the film drawn in the reading view (marked in the page; until "
-        f"2026-12-08 it ended when playwright's polling waits noticed them, up to ~0.5 s later). The first upload is made the moment the page shows "
-        f"after a fresh server start, with each launcher. 1-minute load average "
+        f"2026-12-08 it ended when playwright's polling waits noticed them, up to ~0.5 s later). The first "
+        f"upload is made the moment the page shows after a fresh server start, with each launcher. 1-minute load "
+        f"average "
         f"{load_before:.1f} before, {load_after:.1f} after (other work on the machine slows every number).",
         "",
         f"Models: {models_of(home)}.",
