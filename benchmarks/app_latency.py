@@ -82,8 +82,9 @@ SHOWN_PROBE = """(name) => {
 def upload_to_result(browser, url: str, image: Path, pause_s: float = 0.0) -> tuple[float, float, float]:
     """Seconds from handing the file to the uploader to the first frame showing both the verdict's title and the
     film drawn in the reading view; the engine's own share (the page's "Time per stage" line: read, detect,
-    landmarks, crop, classify, cam); and when (``time.time()``) that frame came. ``pause_s``: how long after the notice shows the file is given (a user takes
-    a moment to pick one; at 0 the upload competes with the page's own first drawing)."""
+    landmarks, crop, classify, cam); and when (``time.time()``) that frame came. ``pause_s``: how long after the
+    notice shows the file is given (a user takes a moment to pick one; at 0 the upload competes with the page's own
+    first drawing)."""
     page = browser.new_page(viewport={"width": 1500, "height": 1200})
     page.goto(url)
     page.get_by_text(NOTICE).first.wait_for(timeout=60_000)
