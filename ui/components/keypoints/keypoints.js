@@ -349,6 +349,9 @@
     app.dataset.imageId = server.image_id;
     app.dataset.revision = server.revision;
     app.dataset.placed = placedCount();
+    // what is on screen, in image pixels (for assistive tools and the browser tests: the same as the drawing)
+    app.dataset.box = JSON.stringify(work.box);
+    app.dataset.points = JSON.stringify(work.points);
     app.dataset.hidden = work.hidden.size;
     app.dataset.dirty = dirty() ? "1" : "0";
     app.dataset.busy = awaiting ? "1" : "0";
